@@ -1,0 +1,207 @@
+//! How an attempt ended, and the rule that decides what its task does next. A failing task is
+//! data, not an error: every ending is an `Outcome`.
+
+use serde::Serialize;
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The command exited 0.
+    Succeeded,
+    /// The command exited non-zero.
+    Failed { exit_code: i32 },
+    /// The command was killed by a signal that br did not send.
+    Signalled { signal: i32 },
+    /// The task's `timeout` passed; br killed its process group.
+    TimedOut,
+    /// br could not start the command (e.g. the log file or working directory is unusable).
+    SpawnFailed { reason: String },
+    /// The worker was told to stop (Ctrl-C on `br run`, SIGTERM): not the task's fault.
+    Interrupted,
+    /// The task's session was cancelled.
+    Cancelled,
+    /// The worker went silent past its lease; recorded by whoever requeued the task.
+    LeaseLost,
+    /// The command succeeded but changed files outside its declared `files`, and the plan says
+    /// `scope = "strict"`.
+    ScopeViolation { files: Vec<String> },
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Signalled { .. } => "signalled",
+            Outcome::TimedOut => "timed_out",
+            Outcome::SpawnFailed { .. } => "spawn_failed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Cancelled => "cancelled",
+            Outcome::LeaseLost => "lease_lost",
+            Outcome::ScopeViolation { .. } => "scope_violation",
+        }
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Succeeded | Outcome::ScopeViolation { .. } => Some(0),
+            Outcome::Failed { exit_code } => Some(*exit_code),
+            _ => None,
+        }
+    }
+
+    /// A short reason for humans: "exit 1", "killed by signal 9", "timed out".
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Succeeded => "succeeded".into(),
+            Outcome::Failed { exit_code: 127 } => "exit 127 (command not found)".into(),
+            Outcome::Failed { exit_code } => format!("exit {exit_code}"),
+            Outcome::Signalled { signal } => format!("killed by signal {signal}"),
+            Outcome::TimedOut => "timed out".into(),
+            Outcome::SpawnFailed { reason } => format!("could not start: {reason}"),
+            Outcome::Interrupted => "interrupted".into(),
+            Outcome::Cancelled => "cancelled".into(),
+            Outcome::LeaseLost => "lease lost (worker went silent)".into(),
+            Outcome::ScopeViolation { files } => {
+                format!("changed files outside its scope: {}", files.join(", "))
+            }
+        }
+    }
+}
+
+/// How many times a task may lose its lease (its worker died or went silent) before it is
+/// failed instead of requeued. A lost lease is not the task's fault, so it does not spend the
+/// plan's `retries`; this bound only stops a task that kills every worker it runs on from
+/// looping forever.
+pub const MAX_LOST_LEASES: u32 = 3;
+
+/// What a task does after an attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskNext {
+    /// The task succeeded; its dependents may become ready.
+    Succeed,
+    /// The attempt failed and retries remain: the task is ready again as the next attempt.
+    Retry,
+    /// The attempt did not finish for a reason outside the task (lost lease, interruption): the
+    /// task is ready again as the next attempt.
+    Requeue,
+    /// The task failed for good; its dependents are skipped.
+    Fail,
+    /// The session was cancelled.
+    Cancel,
+}
+
+/// The counts of earlier endings that bound how often a task is run again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// The task's `retries`: extra attempts allowed after failed attempts.
+    pub retries: u32,
+    /// Failed attempts before this one.
+    pub failures: u32,
+    /// Lost leases before this one.
+    pub lost: u32,
+}
+
+/// The rule every store backend applies when an attempt ends.
+pub fn next_after(outcome: &Outcome, budget: Budget, session_cancelled: bool) -> TaskNext {
+    if session_cancelled {
+        return match outcome {
+            Outcome::Succeeded => TaskNext::Succeed,
+            _ => TaskNext::Cancel,
+        };
+    }
+    match outcome {
+        Outcome::Succeeded => TaskNext::Succeed,
+        Outcome::Cancelled => TaskNext::Cancel,
+        Outcome::Interrupted => TaskNext::Requeue,
+        Outcome::LeaseLost if budget.lost < MAX_LOST_LEASES.max(budget.retries) => {
+            TaskNext::Requeue
+        }
+        Outcome::LeaseLost => TaskNext::Fail,
+        Outcome::Failed { .. }
+        | Outcome::Signalled { .. }
+        | Outcome::TimedOut
+        | Outcome::SpawnFailed { .. }
+        | Outcome::ScopeViolation { .. } => {
+            if budget.failures < budget.retries {
+                TaskNext::Retry
+            } else {
+                TaskNext::Fail
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(retries: u32, failures: u32, lost: u32) -> Budget {
+        Budget {
+            retries,
+            failures,
+            lost,
+        }
+    }
+
+    #[test]
+    fn next_state_table() {
+        let fail = Outcome::Failed { exit_code: 1 };
+        let cases = [
+            (
+                Outcome::Succeeded,
+                budget(0, 0, 0),
+                false,
+                TaskNext::Succeed,
+            ),
+            (fail.clone(), budget(0, 0, 0), false, TaskNext::Fail),
+            (fail.clone(), budget(1, 0, 0), false, TaskNext::Retry),
+            (fail.clone(), budget(1, 1, 0), false, TaskNext::Fail),
+            (Outcome::TimedOut, budget(2, 1, 0), false, TaskNext::Retry),
+            (
+                Outcome::LeaseLost,
+                budget(0, 0, 0),
+                false,
+                TaskNext::Requeue,
+            ),
+            (
+                Outcome::LeaseLost,
+                budget(0, 0, 2),
+                false,
+                TaskNext::Requeue,
+            ),
+            (Outcome::LeaseLost, budget(0, 0, 3), false, TaskNext::Fail),
+            (
+                Outcome::LeaseLost,
+                budget(5, 0, 4),
+                false,
+                TaskNext::Requeue,
+            ),
+            (
+                Outcome::Interrupted,
+                budget(0, 9, 9),
+                false,
+                TaskNext::Requeue,
+            ),
+            (fail.clone(), budget(3, 0, 0), true, TaskNext::Cancel),
+            (Outcome::Succeeded, budget(0, 0, 0), true, TaskNext::Succeed),
+            (Outcome::Cancelled, budget(3, 0, 0), false, TaskNext::Cancel),
+        ];
+        for (outcome, b, cancelled, want) in cases {
+            assert_eq!(
+                next_after(&outcome, b, cancelled),
+                want,
+                "{outcome:?} {b:?} {cancelled}"
+            );
+        }
+    }
+
+    #[test]
+    fn describes_command_not_found() {
+        assert_eq!(
+            Outcome::Failed { exit_code: 127 }.describe(),
+            "exit 127 (command not found)"
+        );
+    }
+}
