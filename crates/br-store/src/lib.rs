@@ -1,1 +1,197 @@
-//! placeholder
+//! The store: where every session, task, attempt, worker, lock and event of br lives, and the only
+//! channel between br's processes. [`Store`] is the contract; [`sqlite::SqliteStore`] is the
+//! embedded backend; [`conformance`] is the suite every backend must pass.
+//!
+//! Rules every backend keeps:
+//! - Time comes from the store's clock ([`Store::now`]), never from a caller's.
+//! - Each method is one transaction: it happens entirely or not at all.
+//! - Writes for an attempt are fenced by its [`Lease`]: a write for an attempt that is no longer
+//!   current is refused and recorded as `stale_result_rejected`.
+//! - Event `seq` strictly increases in commit order.
+
+pub mod audit;
+pub mod conformance;
+pub mod error;
+pub mod model;
+pub mod sqlite;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use br_core::outcome::Outcome;
+use br_core::state::SessionAction;
+use br_core::{LockPath, SessionId, TaskId, Timestamp, WorkerId};
+
+pub use error::{Result, StoreError};
+pub use model::*;
+
+/// The contract between br's processes and their shared state. Callers depend only on this, so a
+/// PostgreSQL backend can replace SQLite without changing them.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The store's clock: the one time source for leases, heartbeats and timestamps.
+    fn now(&self) -> Result<Timestamp>;
+
+    // Sessions.
+
+    /// Creates a session with all its tasks (`session_created`, `task_ready` for tasks with no
+    /// `after`), ready for workers to claim.
+    fn create_session(&self, new: &NewSession) -> Result<Session>;
+    fn session(&self, id: &SessionId) -> Result<Session>;
+    /// Finds a session by full id, name (the latest with that name) or unique id prefix.
+    fn resolve_session(&self, reference: &str) -> Result<Session>;
+    /// Sessions, newest first.
+    fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>>;
+    /// Pauses, resumes or cancels a session, refusing transitions its state does not allow.
+    /// Cancelling cancels every task that is not running; running tasks end when their workers
+    /// report (they learn of it from their next heartbeat).
+    fn change_session(&self, id: &SessionId, action: SessionAction) -> Result<Session>;
+    /// How many local workers `br run` should keep for the session.
+    fn set_workers_wanted(&self, id: &SessionId, workers: u32) -> Result<()>;
+    /// The session's tasks in plan order.
+    fn tasks(&self, session: &SessionId) -> Result<Vec<Task>>;
+    fn task(&self, session: &SessionId, task: &TaskId) -> Result<Task>;
+    fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
+    /// Deletes a finished session with its tasks, attempts and events.
+    fn delete_session(&self, id: &SessionId) -> Result<()>;
+
+    // Workers and leases.
+
+    fn register_worker(&self, new: &NewWorker) -> Result<WorkerId>;
+    /// Records that the worker is alive and renews the lease it names, if it still holds it.
+    fn heartbeat(&self, worker: &WorkerId, lease: Option<&Lease>) -> Result<Heartbeat>;
+    /// In one transaction: picks the first ready task (plan order, oldest session first) of a
+    /// claimable session whose files conflict with no held lock, takes its locks and leases it.
+    fn claim_next_task(&self, request: &ClaimRequest<'_>) -> Result<Claim>;
+    /// Records how an attempt ended, if its lease is still current.
+    fn finish_attempt(&self, lease: &Lease, outcome: &Outcome) -> Result<Finish>;
+    /// Requeues (or fails) attempts whose lease expired and marks silent workers offline.
+    /// Any process may call it; it is idempotent.
+    fn requeue_expired_leases(&self) -> Result<Expired>;
+    /// Asks up to `count` live workers serving `session` to leave, idle ones first. Busy ones
+    /// leave after their current task.
+    fn request_worker_stops(&self, session: &SessionId, count: u32) -> Result<Vec<WorkerId>>;
+    /// Records that a worker left cleanly.
+    fn stop_worker(&self, worker: &WorkerId) -> Result<()>;
+    fn workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>>;
+    fn worker(&self, id: &WorkerId) -> Result<Worker>;
+    /// Deletes stopped and offline workers last seen before `before`; returns how many.
+    fn prune_workers(&self, before: Timestamp) -> Result<u32>;
+
+    // Locks.
+
+    /// Takes manual session locks on all `paths`, or none of them.
+    fn lock_paths(&self, session: &SessionId, paths: &[LockPath]) -> Result<LockOutcome>;
+    /// Releases the session's manual locks on `paths` (all of them when `None`); returns what
+    /// was released.
+    fn unlock_paths(&self, session: &SessionId, paths: Option<&[LockPath]>) -> Result<Vec<String>>;
+    fn locks(&self) -> Result<Vec<Lock>>;
+
+    // Events.
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+    fn append_event(&self, event: &NewEvent) -> Result<Event>;
+    /// The newest event's `seq` (0 when there is none).
+    fn last_seq(&self) -> Result<i64>;
+    /// Returns when another process may have changed the store, or after `timeout`. A cheap
+    /// way to wait without re-reading everything.
+    fn wait_for_change(&self, timeout: Duration) -> Result<()>;
+
+    /// The seed's summary of everything in the store.
+    fn summary(&self) -> Result<Summary>;
+}
+
+/// Where a store lives, from `--store` / `BR_STORE` or the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Reads a store URL: `postgres://…`, `sqlite://PATH`, `sqlite:PATH`, or a plain file path.
+    pub fn parse(url: &str) -> Result<StoreLocation> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(url.to_string()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() {
+            return Err(StoreError::UnsupportedUrl {
+                url: url.to_string(),
+                reason: "no file path".into(),
+            });
+        }
+        if let Some((scheme, _)) = url.split_once("://")
+            && scheme != "sqlite"
+        {
+            return Err(StoreError::UnsupportedUrl {
+                url: url.to_string(),
+                reason: "expected a file path, sqlite://PATH or postgres://…".into(),
+            });
+        }
+        Ok(StoreLocation::Sqlite(PathBuf::from(path)))
+    }
+
+    /// The default store of a repository: `<git common dir>/br/br.db`.
+    pub fn default_for(git_common_dir: &Path) -> StoreLocation {
+        StoreLocation::Sqlite(git_common_dir.join("br").join("br.db"))
+    }
+
+    /// Opens (creating if needed) the store.
+    pub fn open(&self) -> Result<Box<dyn Store>> {
+        match self {
+            StoreLocation::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path)?)),
+            StoreLocation::Postgres(url) => Err(StoreError::UnsupportedUrl {
+                url: redact_password(url),
+                reason: "this build of br has no PostgreSQL backend yet".into(),
+            }),
+        }
+    }
+}
+
+/// Hides a password in a URL before it is shown.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            StoreLocation::parse("x/br.db").unwrap(),
+            StoreLocation::Sqlite("x/br.db".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("sqlite:///tmp/a.db").unwrap(),
+            StoreLocation::Sqlite("/tmp/a.db".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("sqlite:a.db").unwrap(),
+            StoreLocation::Sqlite("a.db".into())
+        );
+        assert!(matches!(
+            StoreLocation::parse("postgres://u:p@h/db").unwrap(),
+            StoreLocation::Postgres(_)
+        ));
+        assert!(StoreLocation::parse("mysql://x").is_err());
+        assert!(StoreLocation::parse("sqlite:").is_err());
+        assert_eq!(
+            redact_password("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+    }
+}

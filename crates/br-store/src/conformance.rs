@@ -1,0 +1,1279 @@
+//! The conformance suite: the behaviour every [`Store`] backend must show, written once against
+//! the trait. A backend's test file calls [`conformance_tests!`] with a function that makes a
+//! fresh, empty store; each check becomes its own `#[test]`.
+//!
+//! The checks use real time for leases (short heartbeat timeouts) and poll until a deadline
+//! rather than sleeping for a fixed time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use br_core::outcome::{Outcome, TaskNext};
+use br_core::plan::{Isolation, OnConflict, ScopeMode};
+use br_core::state::SessionAction;
+use br_core::{
+    Attempt, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId, TaskSpec, TaskState,
+    WorkerId, WorkerStatus,
+};
+
+use crate::audit::{audit_lock_order, audit_terminal_once};
+use crate::model::*;
+use crate::{Store, StoreError};
+
+/// A fresh, empty store that can be opened more than once (each handle is like another process).
+pub trait Backend {
+    fn open(&self) -> Box<dyn Store>;
+}
+
+/// Expands to one `#[test]` per conformance check, each on a fresh backend from `$fresh`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@tests $fresh;
+            session_is_created_with_ready_and_pending_tasks,
+            claim_takes_ready_tasks_in_plan_order,
+            success_readies_dependents_and_completes_the_session,
+            failure_skips_dependents_transitively_and_fails_the_session,
+            failed_attempt_is_retried_while_retries_remain,
+            claim_waits_for_conflicting_locks,
+            lock_sets_are_taken_all_or_nothing,
+            manual_locks_conflict_name_the_holder_and_release,
+            heartbeat_renews_the_lease,
+            expired_lease_is_requeued_as_next_attempt,
+            stale_result_is_rejected,
+            lost_leases_are_bounded,
+            cancel_stops_waiting_tasks_and_fences_running_ones,
+            pause_stops_claims_until_resume,
+            invalid_transitions_are_refused,
+            sessions_resolve_by_id_prefix_and_name,
+            scale_down_stops_idle_workers_first,
+            stopping_a_worker_gives_its_task_back,
+            events_are_ordered_and_filtered,
+            summary_counts_everything,
+            only_finished_sessions_are_deleted,
+            wait_for_change_sees_other_handles,
+            concurrent_workers_claim_each_task_once_without_lock_overlap,
+        );
+    };
+    (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let backend = ($fresh)();
+                $crate::conformance::$name(&backend);
+            }
+        )+
+    };
+}
+
+// Building blocks.
+
+fn task(id: &str, files: &[&str], after: &[&str]) -> TaskSpec {
+    TaskSpec {
+        id: TaskId::new(id).expect("valid id"),
+        run: format!("echo {id}"),
+        files: files
+            .iter()
+            .map(|f| LockPath::parse(f).expect("valid path"))
+            .collect(),
+        after: after
+            .iter()
+            .map(|a| TaskId::new(*a).expect("valid id"))
+            .collect(),
+        timeout: None,
+        retries: 0,
+        env: BTreeMap::new(),
+    }
+}
+
+fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
+    Plan {
+        name: name.to_string(),
+        workers: None,
+        base: "HEAD".into(),
+        isolation: Isolation::Shared,
+        heartbeat_timeout: Duration::from_secs(30),
+        retries: 0,
+        scope: ScopeMode::Report,
+        verify: None,
+        on_conflict: OnConflict::Report,
+        tasks,
+    }
+}
+
+fn submit(store: &dyn Store, plan: Plan) -> Session {
+    store
+        .create_session(&NewSession {
+            plan,
+            repo_root: PathBuf::from("/repo"),
+            plan_path: Some(PathBuf::from("/repo/br.toml")),
+            base_commit: None,
+            workers_wanted: 2,
+        })
+        .expect("create session")
+}
+
+fn worker(store: &dyn Store, session: Option<&SessionId>, timeout: Duration) -> WorkerId {
+    store
+        .register_worker(&NewWorker {
+            host: "test-host".into(),
+            pid: 4242,
+            session: session.cloned(),
+            heartbeat_timeout: timeout,
+        })
+        .expect("register worker")
+}
+
+fn log_dir() -> &'static Path {
+    Path::new("/tmp/br-conformance-logs")
+}
+
+fn claim(store: &dyn Store, w: &WorkerId) -> Claim {
+    store
+        .claim_next_task(&ClaimRequest {
+            worker: w,
+            session: None,
+            log_dir: log_dir(),
+        })
+        .expect("claim")
+}
+
+fn claim_task(store: &dyn Store, w: &WorkerId) -> ClaimedTask {
+    match claim(store, w) {
+        Claim::Task(t) => *t,
+        other => panic!("expected a task, got {other:?}"),
+    }
+}
+
+fn states(store: &dyn Store, s: &SessionId) -> Vec<(String, TaskState)> {
+    store
+        .tasks(s)
+        .expect("tasks")
+        .into_iter()
+        .map(|t| (t.id.to_string(), t.state))
+        .collect()
+}
+
+fn kinds(store: &dyn Store, s: &SessionId) -> Vec<EventKind> {
+    session_events(store, s)
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn session_events(store: &dyn Store, s: &SessionId) -> Vec<Event> {
+    store
+        .events(&EventFilter {
+            session: Some(s.clone()),
+            ..Default::default()
+        })
+        .expect("events")
+}
+
+fn poll_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn short_lease_plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
+    let mut p = plan(name, tasks);
+    p.heartbeat_timeout = Duration::from_millis(150);
+    p
+}
+
+use TaskState::{Cancelled, Failed, Pending, Ready, Running, Skipped, Succeeded};
+
+// The checks.
+
+pub fn session_is_created_with_ready_and_pending_tasks(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan("build", vec![task("a", &[], &[]), task("b", &[], &["a"])]),
+    );
+    assert_eq!(s.status, SessionStatus::Created);
+    assert_eq!(s.name, "build");
+    assert!(s.slug.starts_with("build-"), "{}", s.slug);
+    assert_eq!(
+        (s.total_tasks, s.queued_tasks, s.progress_percent),
+        (2, 2, 0.0)
+    );
+    assert_eq!(
+        states(&*store, &s.id),
+        [("a".into(), Ready), ("b".into(), Pending)]
+    );
+    assert_eq!(
+        kinds(&*store, &s.id),
+        [EventKind::SessionCreated, EventKind::TaskReady]
+    );
+    let t = store
+        .task(&s.id, &TaskId::new("b").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (t.after.clone(), t.attempts, t.run.as_str()),
+        (vec!["a".to_string()], 0, "echo b")
+    );
+    assert!(matches!(
+        store.task(&s.id, &TaskId::new("zzz").expect("id")),
+        Err(StoreError::NoSuchTask { .. })
+    ));
+}
+
+pub fn claim_takes_ready_tasks_in_plan_order(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan("p", vec![task("t1", &["a"], &[]), task("t2", &[], &[])]),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let c = claim_task(&*store, &w);
+    assert_eq!(c.lease.task_id.as_str(), "t1");
+    assert_eq!(c.lease.attempt, Attempt(1));
+    assert_eq!(c.lease.worker_id, w);
+    assert_eq!(c.run, "echo t1");
+    assert_eq!(c.log_path, log_dir().join(s.id.as_str()).join("t1.1.log"));
+    assert_eq!(c.files, vec![LockPath::parse("a").expect("path")]);
+    let s2 = store.session(&s.id).expect("session");
+    assert_eq!(s2.status, SessionStatus::Running);
+    assert!(s2.started_at.is_some());
+    assert_eq!((s2.running_tasks, s2.queued_tasks), (1, 1));
+    let wk = store.worker(&w).expect("worker");
+    assert_eq!(wk.status, WorkerStatus::Busy);
+    assert_eq!(wk.current_task.as_ref().map(TaskId::as_str), Some("t1"));
+    assert_eq!(wk.session_id.as_ref(), Some(&s.id));
+    let locks = store.locks().expect("locks");
+    assert_eq!(locks.len(), 1);
+    assert_eq!(
+        (
+            locks[0].path.as_str(),
+            locks[0].task_id.as_ref().map(TaskId::as_str)
+        ),
+        ("a", Some("t1"))
+    );
+    let second = claim_task(&*store, &w);
+    assert_eq!(second.lease.task_id.as_str(), "t2");
+    assert!(matches!(claim(&*store, &w), Claim::Nothing));
+    let k = kinds(&*store, &s.id);
+    for want in [
+        EventKind::SessionStarted,
+        EventKind::TaskStarted,
+        EventKind::LockAcquired,
+    ] {
+        assert!(k.contains(&want), "{want} missing from {k:?}");
+    }
+}
+
+pub fn success_readies_dependents_and_completes_the_session(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("a", &["x"], &[]),
+                task("b", &[], &["a"]),
+                task("c", &[], &["a", "b"]),
+            ],
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    for (id, then) in [
+        ("a", vec![Succeeded, Ready, Pending]),
+        ("b", vec![Succeeded, Succeeded, Ready]),
+    ] {
+        let c = claim_task(&*store, &w);
+        assert_eq!(c.lease.task_id.as_str(), id);
+        assert!(
+            matches!(claim(&*store, &w), Claim::Nothing),
+            "nothing else ready"
+        );
+        let f = store
+            .finish_attempt(&c.lease, &Outcome::Succeeded)
+            .expect("finish");
+        assert_eq!(f, Finish::Recorded(TaskNext::Succeed));
+        let got: Vec<TaskState> = states(&*store, &s.id)
+            .into_iter()
+            .map(|(_, st)| st)
+            .collect();
+        assert_eq!(got, then);
+    }
+    assert!(store.locks().expect("locks").is_empty(), "locks released");
+    let c = claim_task(&*store, &w);
+    store
+        .finish_attempt(&c.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let done = store.session(&s.id).expect("session");
+    assert_eq!(done.status, SessionStatus::Completed);
+    assert_eq!(
+        (
+            done.completed_tasks,
+            done.progress_percent,
+            done.running_tasks
+        ),
+        (3, 100.0, 0)
+    );
+    assert!(done.completed_at.is_some());
+    let wk = store.worker(&w).expect("worker");
+    assert_eq!(
+        (wk.status, wk.tasks_completed, wk.current_task.clone()),
+        (WorkerStatus::Idle, 3, None)
+    );
+    assert_eq!(
+        kinds(&*store, &s.id).last(),
+        Some(&EventKind::SessionCompleted)
+    );
+    let t = store
+        .task(&s.id, &TaskId::new("a").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (t.exit_code, t.outcome.as_deref(), t.attempts),
+        (Some(0), Some("succeeded"), 1)
+    );
+    assert!(t.finished_at.is_some() && t.started_at.is_some());
+    let ends = audit_terminal_once(&session_events(&*store, &s.id)).expect("terminal once");
+    assert_eq!(ends.len(), 3);
+}
+
+pub fn failure_skips_dependents_transitively_and_fails_the_session(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("a", &[], &[]),
+                task("b", &[], &["a"]),
+                task("c", &[], &["b"]),
+                task("d", &[], &[]),
+            ],
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let a = claim_task(&*store, &w);
+    let f = store
+        .finish_attempt(&a.lease, &Outcome::Failed { exit_code: 3 })
+        .expect("finish");
+    assert_eq!(f, Finish::Recorded(TaskNext::Fail));
+    assert_eq!(
+        states(&*store, &s.id),
+        [
+            ("a".into(), Failed),
+            ("b".into(), Skipped),
+            ("c".into(), Skipped),
+            ("d".into(), Ready)
+        ]
+    );
+    let mid = store.session(&s.id).expect("session");
+    assert_eq!(mid.status, SessionStatus::Running, "d still to run");
+    assert_eq!(
+        (mid.failed_tasks, mid.skipped_tasks, mid.progress_percent),
+        (1, 2, 75.0)
+    );
+    let d = claim_task(&*store, &w);
+    store
+        .finish_attempt(&d.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let end = store.session(&s.id).expect("session");
+    assert_eq!(end.status, SessionStatus::Failed);
+    let t = store
+        .task(&s.id, &TaskId::new("a").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (t.exit_code, t.outcome.as_deref()),
+        (Some(3), Some("failed"))
+    );
+    assert_eq!(store.worker(&w).expect("worker").tasks_failed, 1);
+    let k = kinds(&*store, &s.id);
+    assert_eq!(
+        k.iter().filter(|k| **k == EventKind::TaskSkipped).count(),
+        2
+    );
+    assert_eq!(k.last(), Some(&EventKind::SessionFailed));
+}
+
+pub fn failed_attempt_is_retried_while_retries_remain(b: &dyn Backend) {
+    let store = b.open();
+    let mut flaky = task("flaky", &["f"], &[]);
+    flaky.retries = 1;
+    let s = submit(&*store, plan("p", vec![flaky]));
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let first = claim_task(&*store, &w);
+    let f = store
+        .finish_attempt(&first.lease, &Outcome::TimedOut)
+        .expect("finish");
+    assert_eq!(f, Finish::Recorded(TaskNext::Retry));
+    assert_eq!(states(&*store, &s.id), [("flaky".into(), Ready)]);
+    assert!(store.locks().expect("locks").is_empty());
+    let second = claim_task(&*store, &w);
+    assert_eq!(second.lease.attempt, Attempt(2));
+    assert_eq!(
+        second.log_path,
+        log_dir().join(s.id.as_str()).join("flaky.2.log")
+    );
+    store
+        .finish_attempt(&second.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+    let attempts = store
+        .attempts(&s.id, &TaskId::new("flaky").expect("id"))
+        .expect("attempts");
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt.0, a.outcome.clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, Some("timed_out".to_string())),
+            (2, Some("succeeded".to_string()))
+        ]
+    );
+    assert!(kinds(&*store, &s.id).contains(&EventKind::TaskRequeued));
+}
+
+pub fn claim_waits_for_conflicting_locks(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("dir", &["src"], &[]),
+                task("file", &["src/app.py"], &[]),
+                task("glob", &["docs/*.md"], &[]),
+                task("other", &["docs/*.txt"], &[]),
+            ],
+        ),
+    );
+    let w1 = worker(&*store, None, Duration::from_secs(30));
+    let w2 = worker(&*store, None, Duration::from_secs(30));
+    let dir = claim_task(&*store, &w1);
+    assert_eq!(dir.lease.task_id.as_str(), "dir");
+    // `file` overlaps `src`, so the next free task in plan order is `glob`, then `other`.
+    assert_eq!(claim_task(&*store, &w2).lease.task_id.as_str(), "glob");
+    let w3 = worker(&*store, None, Duration::from_secs(30));
+    assert_eq!(claim_task(&*store, &w3).lease.task_id.as_str(), "other");
+    let w4 = worker(&*store, None, Duration::from_secs(30));
+    assert!(matches!(claim(&*store, &w4), Claim::Nothing));
+    let file = store
+        .task(&s.id, &TaskId::new("file").expect("id"))
+        .expect("task");
+    assert_eq!(file.state, Ready);
+    let blocked = file.blocked_by.expect("blocked_by recorded");
+    assert_eq!(blocked["paths"], serde_json::json!(["src/app.py"]));
+    assert_eq!(blocked["held_by"][0]["task_id"], "dir");
+    let conflicts: Vec<Event> = session_events(&*store, &s.id)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::LockConflict)
+        .collect();
+    assert_eq!(conflicts.len(), 1, "one event per new reason, not per poll");
+    assert_eq!(
+        conflicts[0].detail["paths"],
+        serde_json::json!(["src/app.py"])
+    );
+    store
+        .finish_attempt(&dir.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert_eq!(claim_task(&*store, &w4).lease.task_id.as_str(), "file");
+    audit_lock_order(&session_events(&*store, &s.id)).expect("no overlapping locks");
+}
+
+pub fn lock_sets_are_taken_all_or_nothing(b: &dyn Backend) {
+    let store = b.open();
+    let holder = submit(&*store, plan("holder", vec![task("h", &[], &[])]));
+    let s = submit(
+        &*store,
+        plan("p", vec![task("multi", &["a.txt", "b.txt", "c.txt"], &[])]),
+    );
+    assert_eq!(
+        store
+            .lock_paths(&holder.id, &[LockPath::parse("b.txt").expect("path")])
+            .expect("lock"),
+        LockOutcome::Acquired
+    );
+    let w = worker(&*store, Some(&s.id), Duration::from_secs(30));
+    let req = ClaimRequest {
+        worker: &w,
+        session: Some(&s.id),
+        log_dir: log_dir(),
+    };
+    assert!(matches!(
+        store.claim_next_task(&req).expect("claim"),
+        Claim::Nothing
+    ));
+    let locks = store.locks().expect("locks");
+    assert_eq!(locks.len(), 1, "no partial lock set: {locks:?}");
+    store.unlock_paths(&holder.id, None).expect("unlock");
+    let Claim::Task(c) = store.claim_next_task(&req).expect("claim") else {
+        panic!("free now")
+    };
+    let mut held: Vec<String> = store
+        .locks()
+        .expect("locks")
+        .into_iter()
+        .map(|l| l.path)
+        .collect();
+    held.sort();
+    assert_eq!(held, ["a.txt", "b.txt", "c.txt"]);
+    store
+        .finish_attempt(&c.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert!(store.locks().expect("locks").is_empty());
+}
+
+pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn Backend) {
+    let store = b.open();
+    let a = submit(&*store, plan("a", vec![task("ta", &["shared.txt"], &[])]));
+    let b2 = submit(&*store, plan("b", vec![task("tb", &[], &[])]));
+    let p = |s: &str| LockPath::parse(s).expect("path");
+    assert_eq!(
+        store
+            .lock_paths(&a.id, &[p("shared.txt"), p("docs")])
+            .expect("lock"),
+        LockOutcome::Acquired
+    );
+    // Locking again is a no-op, not a conflict with itself.
+    assert_eq!(
+        store.lock_paths(&a.id, &[p("docs")]).expect("lock"),
+        LockOutcome::Acquired
+    );
+    assert_eq!(store.locks().expect("locks").len(), 2);
+    let LockOutcome::Conflict(found) = store
+        .lock_paths(&b2.id, &[p("free.txt"), p("docs/guide.md")])
+        .expect("lock")
+    else {
+        panic!("expected a conflict")
+    };
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].wanted, "docs/guide.md");
+    assert_eq!(found[0].held.path, "docs");
+    assert_eq!(found[0].held.session_id, a.id);
+    assert_eq!(found[0].held.task_id, None);
+    assert_eq!(
+        store.locks().expect("locks").len(),
+        2,
+        "free.txt not taken: all or nothing"
+    );
+    // A session's own manual lock does not block its own task.
+    let w = worker(&*store, Some(&a.id), Duration::from_secs(30));
+    let c = store
+        .claim_next_task(&ClaimRequest {
+            worker: &w,
+            session: Some(&a.id),
+            log_dir: log_dir(),
+        })
+        .expect("claim");
+    assert!(matches!(c, Claim::Task(_)), "{c:?}");
+    let released = store
+        .unlock_paths(&a.id, Some(&[p("docs")]))
+        .expect("unlock");
+    assert_eq!(released, ["docs"]);
+    assert_eq!(
+        store
+            .lock_paths(&b2.id, &[p("docs/guide.md")])
+            .expect("lock"),
+        LockOutcome::Acquired
+    );
+    let k = kinds(&*store, &b2.id);
+    assert!(k.contains(&EventKind::LockConflict) && k.contains(&EventKind::LockAcquired));
+    let all = store.events(&EventFilter::default()).expect("events");
+    audit_lock_order(&all).expect("lock order");
+}
+
+pub fn heartbeat_renews_the_lease(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, short_lease_plan("p", vec![task("t", &[], &[])]));
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let c = claim_task(&*store, &w);
+    let until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < until {
+        let hb = store.heartbeat(&w, Some(&c.lease)).expect("heartbeat");
+        assert!(hb.lease_held && !hb.session_cancelled && !hb.stop_requested);
+        assert_eq!(
+            store.requeue_expired_leases().expect("requeue"),
+            Expired::default()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert_eq!(
+        store
+            .finish_attempt(&c.lease, &Outcome::Succeeded)
+            .expect("finish"),
+        Finish::Recorded(TaskNext::Succeed)
+    );
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+}
+
+pub fn expired_lease_is_requeued_as_next_attempt(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, short_lease_plan("p", vec![task("t", &["x"], &[])]));
+    let dead = worker(&*store, None, Duration::from_millis(150));
+    let first = claim_task(&*store, &dead);
+    let expired = poll_until("the lease to expire", || {
+        let e = store.requeue_expired_leases().expect("requeue");
+        (!e.leases.is_empty()).then_some(e)
+    });
+    assert_eq!(
+        expired.leases,
+        vec![(first.lease.clone(), TaskNext::Requeue)]
+    );
+    assert_eq!(expired.workers, vec![dead.clone()]);
+    assert_eq!(
+        store.worker(&dead).expect("worker").status,
+        WorkerStatus::Offline
+    );
+    assert!(
+        store.locks().expect("locks").is_empty(),
+        "the dead lease's locks are released"
+    );
+    assert_eq!(
+        store.requeue_expired_leases().expect("again"),
+        Expired::default(),
+        "idempotent"
+    );
+    let live = worker(&*store, None, Duration::from_secs(30));
+    let second = claim_task(&*store, &live);
+    assert_eq!(
+        (second.lease.task_id.as_str(), second.lease.attempt),
+        ("t", Attempt(2))
+    );
+    store
+        .finish_attempt(&second.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+    let attempts = store
+        .attempts(&s.id, &TaskId::new("t").expect("id"))
+        .expect("attempts");
+    assert_eq!(attempts[0].outcome.as_deref(), Some("lease_lost"));
+    let k = kinds(&*store, &s.id);
+    assert!(k.contains(&EventKind::TaskRequeued));
+    let offline = store
+        .events(&EventFilter::default())
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == EventKind::WorkerOffline)
+        .count();
+    assert_eq!(offline, 1);
+}
+
+pub fn stale_result_is_rejected(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, short_lease_plan("p", vec![task("t", &["x"], &[])]));
+    let zombie = worker(&*store, None, Duration::from_millis(150));
+    let old = claim_task(&*store, &zombie);
+    poll_until("the lease to expire", || {
+        (!store
+            .requeue_expired_leases()
+            .expect("requeue")
+            .leases
+            .is_empty())
+        .then_some(())
+    });
+    let live = worker(&*store, None, Duration::from_secs(30));
+    let new = claim_task(&*store, &live);
+    // The zombie wakes: its heartbeat says the lease is gone, and its result is refused.
+    let hb = store
+        .heartbeat(&zombie, Some(&old.lease))
+        .expect("heartbeat");
+    assert!(!hb.lease_held && hb.rejoined);
+    assert_eq!(
+        store
+            .finish_attempt(&old.lease, &Outcome::Failed { exit_code: 9 })
+            .expect("finish"),
+        Finish::Stale
+    );
+    assert_eq!(
+        store
+            .task(&s.id, &TaskId::new("t").expect("id"))
+            .expect("task")
+            .state,
+        Running
+    );
+    assert_eq!(
+        store.locks().expect("locks").len(),
+        1,
+        "the live attempt keeps its lock"
+    );
+    store
+        .finish_attempt(&new.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let t = store
+        .task(&s.id, &TaskId::new("t").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (t.state, t.attempts, t.worker_id.as_ref()),
+        (Succeeded, 2, Some(&live))
+    );
+    let rejected: Vec<Event> = session_events(&*store, &s.id)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::StaleResultRejected)
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].worker_id.as_ref(), Some(&zombie));
+    assert_eq!(rejected[0].attempt, Some(Attempt(1)));
+    let zw = store.worker(&zombie).expect("worker");
+    assert_eq!(
+        (zw.status, zw.current_task.clone()),
+        (WorkerStatus::Idle, None)
+    );
+}
+
+pub fn lost_leases_are_bounded(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        short_lease_plan("p", vec![task("crasher", &[], &[])]),
+    );
+    let mut last = TaskNext::Requeue;
+    for round in 1..=4u32 {
+        let w = worker(&*store, None, Duration::from_secs(30));
+        let c = claim_task(&*store, &w);
+        assert_eq!(c.lease.attempt, Attempt(round));
+        last = poll_until("the lease to expire", || {
+            store
+                .requeue_expired_leases()
+                .expect("requeue")
+                .leases
+                .first()
+                .map(|l| l.1)
+        });
+    }
+    assert_eq!(last, TaskNext::Fail, "the fourth lost lease fails the task");
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Failed
+    );
+}
+
+pub fn cancel_stops_waiting_tasks_and_fences_running_ones(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("run", &["r"], &[]),
+                task("wait", &[], &["run"]),
+                task("free", &[], &[]),
+            ],
+        ),
+    );
+    store
+        .lock_paths(&s.id, &[LockPath::parse("manual").expect("path")])
+        .expect("lock");
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let running = claim_task(&*store, &w);
+    let after = store
+        .change_session(&s.id, SessionAction::Cancel)
+        .expect("cancel");
+    assert_eq!(after.status, SessionStatus::Cancelled);
+    assert!(after.completed_at.is_none(), "a task is still running");
+    assert_eq!(
+        states(&*store, &s.id),
+        [
+            ("run".into(), Running),
+            ("wait".into(), Cancelled),
+            ("free".into(), Cancelled)
+        ]
+    );
+    let held: Vec<String> = store
+        .locks()
+        .expect("locks")
+        .into_iter()
+        .map(|l| l.path)
+        .collect();
+    assert_eq!(
+        held,
+        ["r"],
+        "the running task keeps its lock until its process is gone"
+    );
+    let hb = store
+        .heartbeat(&w, Some(&running.lease))
+        .expect("heartbeat");
+    assert!(hb.session_cancelled && hb.lease_held);
+    assert!(matches!(claim(&*store, &w), Claim::Nothing));
+    let f = store
+        .finish_attempt(&running.lease, &Outcome::Cancelled)
+        .expect("finish");
+    assert_eq!(f, Finish::Recorded(TaskNext::Cancel));
+    let end = store.session(&s.id).expect("session");
+    assert_eq!(
+        (end.status, end.cancelled_tasks),
+        (SessionStatus::Cancelled, 3)
+    );
+    assert!(end.completed_at.is_some());
+    assert!(store.locks().expect("locks").is_empty());
+    audit_terminal_once(&session_events(&*store, &s.id)).expect("terminal once");
+}
+
+pub fn pause_stops_claims_until_resume(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan("p", vec![task("a", &[], &[]), task("b", &[], &[])]),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let a = claim_task(&*store, &w);
+    let paused = store
+        .change_session(&s.id, SessionAction::Pause)
+        .expect("pause");
+    assert_eq!(paused.status, SessionStatus::Paused);
+    let w2 = worker(&*store, None, Duration::from_secs(30));
+    assert!(matches!(claim(&*store, &w2), Claim::Nothing));
+    // A running task of a paused session finishes normally.
+    store
+        .finish_attempt(&a.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Paused
+    );
+    store
+        .change_session(&s.id, SessionAction::Resume)
+        .expect("resume");
+    let b2 = claim_task(&*store, &w2);
+    store
+        .finish_attempt(&b2.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+    let k = kinds(&*store, &s.id);
+    assert!(k.contains(&EventKind::SessionPaused) && k.contains(&EventKind::SessionResumed));
+}
+
+pub fn invalid_transitions_are_refused(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, plan("p", vec![task("a", &[], &[])]));
+    let err = store
+        .change_session(&s.id, SessionAction::Resume)
+        .expect_err("not paused");
+    assert!(matches!(err, StoreError::Transition(_)), "{err}");
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let a = claim_task(&*store, &w);
+    store
+        .finish_attempt(&a.lease, &Outcome::Succeeded)
+        .expect("finish");
+    for action in [
+        SessionAction::Pause,
+        SessionAction::Resume,
+        SessionAction::Cancel,
+    ] {
+        let err = store
+            .change_session(&s.id, action)
+            .expect_err("completed is final");
+        assert!(err.to_string().ends_with("it is completed"), "{err}");
+    }
+    assert!(store.set_workers_wanted(&s.id, 3).is_err());
+    assert!(
+        store
+            .lock_paths(&s.id, &[LockPath::parse("x").expect("path")])
+            .is_err()
+    );
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+    let missing = SessionId::from_string("000000000000");
+    assert!(matches!(
+        store.session(&missing),
+        Err(StoreError::NoSuchSession(_))
+    ));
+}
+
+pub fn sessions_resolve_by_id_prefix_and_name(b: &dyn Backend) {
+    let store = b.open();
+    let first = submit(&*store, plan("nightly", vec![task("a", &[], &[])]));
+    std::thread::sleep(Duration::from_millis(5));
+    let second = submit(&*store, plan("nightly", vec![task("a", &[], &[])]));
+    let other = submit(&*store, plan("other", vec![task("a", &[], &[])]));
+    assert_eq!(
+        store.resolve_session(first.id.as_str()).expect("id").id,
+        first.id
+    );
+    assert_eq!(
+        store.resolve_session("nightly").expect("name").id,
+        second.id,
+        "latest by name"
+    );
+    assert_eq!(
+        store
+            .resolve_session(&other.id.as_str()[..8])
+            .expect("prefix")
+            .id,
+        other.id
+    );
+    assert!(matches!(
+        store.resolve_session("nope"),
+        Err(StoreError::NoSuchSession(_))
+    ));
+    assert!(matches!(
+        store.resolve_session("%"),
+        Err(StoreError::NoSuchSession(_))
+    ));
+    let listed: Vec<SessionId> = store
+        .list_sessions(&SessionFilter::default())
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [other.id.clone(), second.id.clone(), first.id.clone()],
+        "newest first"
+    );
+    let limited = store
+        .list_sessions(&SessionFilter {
+            limit: Some(1),
+            status: Some(SessionStatus::Created),
+        })
+        .expect("list");
+    assert_eq!(limited.len(), 1);
+}
+
+pub fn scale_down_stops_idle_workers_first(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan("p", vec![task("a", &[], &[]), task("b", &[], &[])]),
+    );
+    let busy = worker(&*store, Some(&s.id), Duration::from_secs(30));
+    let idle1 = worker(&*store, Some(&s.id), Duration::from_secs(30));
+    let req = ClaimRequest {
+        worker: &busy,
+        session: Some(&s.id),
+        log_dir: log_dir(),
+    };
+    let Claim::Task(c) = store.claim_next_task(&req).expect("claim") else {
+        panic!("a task")
+    };
+    let idle2 = worker(&*store, Some(&s.id), Duration::from_secs(30));
+    let mut chosen = store.request_worker_stops(&s.id, 2).expect("stops");
+    chosen.sort();
+    let mut want = vec![idle1.clone(), idle2.clone()];
+    want.sort();
+    assert_eq!(chosen, want, "idle workers leave first");
+    let stop_req = ClaimRequest {
+        worker: &idle1,
+        session: Some(&s.id),
+        log_dir: log_dir(),
+    };
+    assert!(matches!(
+        store.claim_next_task(&stop_req).expect("claim"),
+        Claim::Stop
+    ));
+    assert!(
+        store
+            .heartbeat(&idle2, None)
+            .expect("heartbeat")
+            .stop_requested
+    );
+    assert!(
+        !store
+            .heartbeat(&busy, Some(&c.lease))
+            .expect("heartbeat")
+            .stop_requested
+    );
+    let more = store.request_worker_stops(&s.id, 5).expect("stops");
+    assert_eq!(more, vec![busy.clone()], "then busy ones, after their task");
+    store.stop_worker(&idle1).expect("stop");
+    store
+        .stop_worker(&idle1)
+        .expect("stopping twice is harmless");
+    assert_eq!(
+        store.worker(&idle1).expect("worker").status,
+        WorkerStatus::Stopped
+    );
+}
+
+pub fn stopping_a_worker_gives_its_task_back(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, plan("p", vec![task("a", &["lockme"], &[])]));
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let c = claim_task(&*store, &w);
+    store.stop_worker(&w).expect("stop");
+    let t = store
+        .task(&s.id, &TaskId::new("a").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (t.state, t.outcome.as_deref()),
+        (Ready, Some("interrupted"))
+    );
+    assert!(store.locks().expect("locks").is_empty());
+    assert_eq!(
+        store
+            .finish_attempt(&c.lease, &Outcome::Succeeded)
+            .expect("finish"),
+        Finish::Stale,
+        "the stopped worker's lease is gone"
+    );
+    let w2 = worker(&*store, None, Duration::from_secs(30));
+    let again = claim_task(&*store, &w2);
+    assert_eq!(again.lease.attempt, Attempt(2));
+    let k = store.events(&EventFilter::default()).expect("events");
+    assert!(k.iter().any(|e| e.kind == EventKind::WorkerStopped));
+}
+
+pub fn events_are_ordered_and_filtered(b: &dyn Backend) {
+    let store = b.open();
+    let a = submit(&*store, plan("a", vec![task("x", &[], &[])]));
+    let b2 = submit(&*store, plan("b", vec![task("y", &[], &[])]));
+    let all = store.events(&EventFilter::default()).expect("events");
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        store.last_seq().expect("last"),
+        all.last().expect("some").seq
+    );
+    let only_b = session_events(&*store, &b2.id);
+    assert!(only_b.iter().all(|e| e.session_id.as_ref() == Some(&b2.id)));
+    let after = store
+        .events(&EventFilter {
+            after_seq: Some(all[1].seq),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .expect("events");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].seq, all[2].seq);
+    let ev = store
+        .append_event(&NewEvent {
+            kind: EventKind::ScopeViolation,
+            session_id: Some(a.id.clone()),
+            task_id: Some(TaskId::new("x").expect("id")),
+            worker_id: None,
+            attempt: Some(Attempt(1)),
+            detail: serde_json::json!({ "files": ["b.txt"] }),
+        })
+        .expect("append");
+    assert_eq!(ev.kind, EventKind::ScopeViolation);
+    assert!(ev.seq > all.last().expect("some").seq);
+    assert_eq!(ev.detail["files"][0], "b.txt");
+    let json = serde_json::to_value(&ev).expect("json");
+    for key in [
+        "seq",
+        "at",
+        "kind",
+        "session_id",
+        "task_id",
+        "worker_id",
+        "attempt",
+        "detail",
+    ] {
+        assert!(json.get(key).is_some(), "event JSON lacks {key}");
+    }
+    assert_eq!(json["kind"], "scope_violation");
+}
+
+pub fn summary_counts_everything(b: &dyn Backend) {
+    let store = b.open();
+    let empty = store.summary().expect("summary");
+    assert_eq!(
+        (
+            empty.workers.total,
+            empty.sessions.total,
+            empty.tasks.queued
+        ),
+        (0, 0, 0)
+    );
+    // Oldest session first: `q` is claimed before `p`.
+    let done = submit(&*store, plan("q", vec![task("z", &[], &[])]));
+    std::thread::sleep(Duration::from_millis(5));
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("a", &[], &[]),
+                task("b", &[], &[]),
+                task("c", &[], &[]),
+            ],
+        ),
+    );
+    let w1 = worker(&*store, None, Duration::from_secs(30));
+    let w2 = worker(&*store, None, Duration::from_secs(30));
+    let z = claim_task(&*store, &w1);
+    assert_eq!(z.lease.task_id.as_str(), "z");
+    store
+        .finish_attempt(&z.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let a = claim_task(&*store, &w1);
+    let b3 = claim_task(&*store, &w2);
+    store
+        .finish_attempt(&b3.lease, &Outcome::Failed { exit_code: 1 })
+        .expect("finish");
+    let sum = store.summary().expect("summary");
+    assert_eq!(
+        (
+            sum.workers.total,
+            sum.workers.idle,
+            sum.workers.busy,
+            sum.workers.offline
+        ),
+        (2, 1, 1, 0)
+    );
+    assert_eq!(sum.workers.utilization, 0.5);
+    assert_eq!((sum.sessions.active, sum.sessions.total), (1, 2));
+    assert_eq!(
+        (
+            sum.tasks.queued,
+            sum.tasks.running,
+            sum.tasks.completed,
+            sum.tasks.failed
+        ),
+        (1, 1, 1, 1)
+    );
+    let json = serde_json::to_value(&sum).expect("json");
+    assert!(json["timestamp"].is_string());
+    assert!(json["workers"]["utilization"].is_number());
+    let _ = (a, s, done);
+}
+
+pub fn only_finished_sessions_are_deleted(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, plan("p", vec![task("a", &[], &[])]));
+    assert!(matches!(
+        store.delete_session(&s.id),
+        Err(StoreError::Transition(_))
+    ));
+    store
+        .change_session(&s.id, SessionAction::Cancel)
+        .expect("cancel");
+    store.delete_session(&s.id).expect("delete");
+    assert!(matches!(
+        store.session(&s.id),
+        Err(StoreError::NoSuchSession(_))
+    ));
+    assert!(session_events(&*store, &s.id).is_empty());
+}
+
+pub fn wait_for_change_sees_other_handles(b: &dyn Backend) {
+    let watcher = b.open();
+    let writer = b.open();
+    // The first call only starts watching.
+    watcher
+        .wait_for_change(Duration::from_millis(1))
+        .expect("wait");
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        submit(&*writer, plan("p", vec![task("a", &[], &[])]));
+    });
+    let started = Instant::now();
+    watcher
+        .wait_for_change(Duration::from_secs(10))
+        .expect("wait");
+    t.join().expect("writer thread");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woke on the write, not the timeout"
+    );
+    assert_eq!(
+        watcher
+            .list_sessions(&SessionFilter::default())
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+/// Several handles (like several worker processes) claim and finish a session whose tasks have
+/// overlapping lock sets. Every task runs exactly once, and the event log proves that no two
+/// running tasks ever held overlapping locks.
+pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Backend) {
+    let setup = b.open();
+    let pool = ["a", "b", "c", "d", "e", "f"];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let tasks: Vec<TaskSpec> = (0..120)
+        .map(|i| {
+            let files: Vec<String> = (0..rng.usize(1..3))
+                .map(|_| {
+                    let p = pool[rng.usize(..pool.len())];
+                    if rng.bool() {
+                        p.to_string()
+                    } else {
+                        format!("{p}/x")
+                    }
+                })
+                .collect();
+            let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+            task(&format!("t{i}"), &refs, &[])
+        })
+        .collect();
+    let s = submit(&*setup, plan("stress", tasks));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let store = b.open();
+            let session = s.id.clone();
+            std::thread::spawn(move || {
+                let w = worker(&*store, Some(&session), Duration::from_secs(30));
+                let mut ran = Vec::new();
+                loop {
+                    let c = store
+                        .claim_next_task(&ClaimRequest {
+                            worker: &w,
+                            session: Some(&session),
+                            log_dir: log_dir(),
+                        })
+                        .expect("claim");
+                    match c {
+                        Claim::Task(c) => {
+                            std::thread::sleep(Duration::from_micros(300));
+                            store
+                                .finish_attempt(&c.lease, &Outcome::Succeeded)
+                                .expect("finish");
+                            ran.push(c.lease.task_id.to_string());
+                        }
+                        Claim::Stop => break,
+                        Claim::Nothing => {
+                            if store
+                                .session(&session)
+                                .expect("session")
+                                .status
+                                .is_terminal()
+                            {
+                                break;
+                            }
+                            store
+                                .wait_for_change(Duration::from_millis(20))
+                                .expect("wait");
+                        }
+                    }
+                }
+                ran
+            })
+        })
+        .collect();
+    let mut ran: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("worker thread"))
+        .collect();
+    ran.sort();
+    let mut want: Vec<String> = (0..120).map(|i| format!("t{i}")).collect();
+    want.sort();
+    assert_eq!(ran, want, "every task ran exactly once");
+    let end = setup.session(&s.id).expect("session");
+    assert_eq!(
+        (end.status, end.completed_tasks),
+        (SessionStatus::Completed, 120)
+    );
+    let events = session_events(&*setup, &s.id);
+    let checked = audit_lock_order(&events).expect("no overlapping locks");
+    assert_eq!(checked, 120);
+    audit_terminal_once(&events).expect("terminal once");
+}

@@ -1,0 +1,338 @@
+//! The records the store hands out and takes in. Their JSON forms are the contracts of
+//! `br status --json`, `br workers --json`, `br locks --json` and `br events --json` (DESIGN.md).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use br_core::outcome::TaskNext;
+use br_core::plan::{Isolation, OnConflict, ScopeMode};
+use br_core::{Attempt, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId, TaskState};
+use br_core::{Timestamp, WorkerId, WorkerStatus};
+use serde::Serialize;
+
+/// What `submit` needs to create a session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub plan: Plan,
+    /// The repository root the session was submitted from.
+    pub repo_root: PathBuf,
+    /// The plan file, when there is one.
+    pub plan_path: Option<PathBuf>,
+    /// `plan.base` resolved to a commit, when the caller resolved it.
+    pub base_commit: Option<String>,
+    /// How many local workers `br run` should keep (changed by `br scale`).
+    pub workers_wanted: u32,
+}
+
+/// One session, with the counts that `br status` and the dashboards show.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub name: String,
+    pub slug: String,
+    pub status: SessionStatus,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub progress_percent: f64,
+    pub total_tasks: u32,
+    pub completed_tasks: u32,
+    pub failed_tasks: u32,
+    pub running_tasks: u32,
+    pub queued_tasks: u32,
+    pub skipped_tasks: u32,
+    pub cancelled_tasks: u32,
+    pub repo_root: String,
+    pub plan_path: Option<String>,
+    pub base: String,
+    pub base_commit: Option<String>,
+    pub isolation: Isolation,
+    pub scope: ScopeMode,
+    pub verify: Option<String>,
+    pub on_conflict: OnConflict,
+    pub heartbeat_timeout_ms: u64,
+    pub workers_wanted: u32,
+}
+
+impl Session {
+    /// Tasks that reached a terminal state.
+    pub fn finished_tasks(&self) -> u32 {
+        self.completed_tasks + self.failed_tasks + self.skipped_tasks + self.cancelled_tasks
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    /// The branch a task of this session works on (worktree isolation only).
+    pub fn task_branch(&self, task: &TaskId) -> Option<String> {
+        match self.isolation {
+            Isolation::Worktree => Some(format!("br/{}/{}", self.slug, task)),
+            Isolation::Shared => None,
+        }
+    }
+}
+
+/// Percent of tasks that reached a terminal state, to one decimal.
+pub fn progress_percent(finished: u32, total: u32) -> f64 {
+    if total == 0 {
+        return 100.0;
+    }
+    (f64::from(finished) * 1000.0 / f64::from(total)).floor() / 10.0
+}
+
+/// One task of a session, as `br status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub state: TaskState,
+    /// How many attempts have started.
+    pub attempts: u32,
+    pub worker_id: Option<WorkerId>,
+    pub branch: Option<String>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub files: Vec<String>,
+    pub after: Vec<String>,
+    pub log_path: Option<String>,
+    pub run: String,
+    /// How the latest attempt ended (`succeeded`, `failed`, `timed_out`, `lease_lost`, …).
+    pub outcome: Option<String>,
+    /// Why a ready task is not running: the lock that holds it back and who holds it.
+    pub blocked_by: Option<serde_json::Value>,
+    pub timeout_ms: Option<u64>,
+    pub retries: u32,
+}
+
+/// One attempt of a task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: Attempt,
+    pub worker_id: WorkerId,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub detail: serde_json::Value,
+    pub log_path: Option<String>,
+}
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct NewWorker {
+    pub host: String,
+    pub pid: u32,
+    /// Only claim tasks of this session.
+    pub session: Option<SessionId>,
+    /// Silent this long, the worker is offline.
+    pub heartbeat_timeout: Duration,
+}
+
+/// A worker, as `br workers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub status: WorkerStatus,
+    pub host: String,
+    pub pid: u32,
+    /// The session of its current task, or else the session it serves.
+    pub session_id: Option<SessionId>,
+    pub current_task: Option<TaskId>,
+    pub attempt: Option<Attempt>,
+    pub tasks_completed: u32,
+    pub tasks_failed: u32,
+    pub last_heartbeat: Timestamp,
+    pub started_at: Timestamp,
+    /// When its current task started.
+    pub task_started_at: Option<Timestamp>,
+    pub stop_requested: bool,
+}
+
+/// Which workers to list.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerFilter {
+    pub status: Option<WorkerStatus>,
+    /// Only workers serving this session (their `--session`).
+    pub session: Option<SessionId>,
+}
+
+/// A worker's right to run one attempt. Every write for the attempt carries it, and the store
+/// refuses writes whose lease is no longer current (fencing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub session_id: SessionId,
+    pub task_id: TaskId,
+    pub attempt: Attempt,
+    pub worker_id: WorkerId,
+}
+
+/// Everything a worker needs to run a claimed attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub lease: Lease,
+    pub session_name: String,
+    pub session_slug: String,
+    pub run: String,
+    pub env: BTreeMap<String, String>,
+    pub files: Vec<LockPath>,
+    pub timeout: Option<Duration>,
+    /// The lease lasts this long after each heartbeat.
+    pub lease_ttl: Duration,
+    pub isolation: Isolation,
+    pub scope: ScopeMode,
+    pub base_commit: Option<String>,
+    pub repo_root: String,
+    pub log_path: PathBuf,
+}
+
+/// The answer to `claim_next_task`.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    Task(Box<ClaimedTask>),
+    /// Nothing is claimable now.
+    Nothing,
+    /// This worker was asked to stop (e.g. `br scale` down).
+    Stop,
+}
+
+/// What a worker asks `claim_next_task` for.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub worker: &'a WorkerId,
+    /// Only this session's tasks.
+    pub session: Option<&'a SessionId>,
+    /// Logs go to `<log_dir>/<session>/<task>.<attempt>.log`.
+    pub log_dir: &'a std::path::Path,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Whether the worker still holds the lease it named (true when it named none).
+    pub lease_held: bool,
+    /// The leased task's session was cancelled: stop the task.
+    pub session_cancelled: bool,
+    /// The worker was asked to stop after its current task.
+    pub stop_requested: bool,
+    /// The worker had been marked offline and is now back.
+    pub rejoined: bool,
+}
+
+/// The answer to `finish_attempt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The outcome was recorded; the task does `next`.
+    Recorded(TaskNext),
+    /// The lease was no longer current: the outcome was refused (`stale_result_rejected`).
+    Stale,
+}
+
+/// What `requeue_expired_leases` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Attempts whose lease expired, with what their task does next.
+    pub leases: Vec<(Lease, TaskNext)>,
+    /// Workers marked offline.
+    pub workers: Vec<WorkerId>,
+}
+
+/// A held lock, as `br locks` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lock {
+    pub path: String,
+    pub session_id: SessionId,
+    /// The task holding it; none for a session's manual lock (`br lock`).
+    pub task_id: Option<TaskId>,
+    pub attempt: Option<Attempt>,
+    pub acquired_at: Timestamp,
+}
+
+/// One way a wanted lock overlaps a held one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockConflict {
+    pub wanted: String,
+    pub held: Lock,
+}
+
+/// The answer to `lock_paths`: all acquired, or none and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    Acquired,
+    Conflict(Vec<LockConflict>),
+}
+
+/// One event of the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub kind: EventKind,
+    pub session_id: Option<SessionId>,
+    pub task_id: Option<TaskId>,
+    pub worker_id: Option<WorkerId>,
+    pub attempt: Option<Attempt>,
+    pub detail: serde_json::Value,
+}
+
+/// An event that a caller outside the store records (scope checks, merge conflicts).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub session_id: Option<SessionId>,
+    pub task_id: Option<TaskId>,
+    pub worker_id: Option<WorkerId>,
+    pub attempt: Option<Attempt>,
+    pub detail: serde_json::Value,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events with a larger `seq`.
+    pub after_seq: Option<i64>,
+    pub session: Option<SessionId>,
+    /// At most this many, oldest first.
+    pub limit: Option<usize>,
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub status: Option<SessionStatus>,
+    pub limit: Option<usize>,
+}
+
+/// The seed's summary (`br summary --json`), plus running tasks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub timestamp: Timestamp,
+    pub workers: WorkerCounts,
+    pub sessions: SessionCounts,
+    pub tasks: TaskCounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerCounts {
+    pub total: u32,
+    pub idle: u32,
+    pub busy: u32,
+    pub offline: u32,
+    /// Busy workers over live (idle + busy) workers, 0.0 to 1.0.
+    pub utilization: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionCounts {
+    pub active: u32,
+    pub total: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskCounts {
+    pub queued: u32,
+    pub running: u32,
+    pub completed: u32,
+    pub failed: u32,
+}

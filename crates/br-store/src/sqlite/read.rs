@@ -1,0 +1,414 @@
+//! Reads: sessions, tasks, attempts, workers, locks, events and the summary. Each runs inside
+//! one read transaction, so what it returns is a consistent snapshot.
+
+use std::str::FromStr;
+
+use br_core::{Attempt, SessionId, TaskId, Timestamp, WorkerId};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::de::DeserializeOwned;
+
+use super::OpResult;
+use crate::error::StoreError;
+use crate::model::*;
+
+pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, plan_path, base, \
+    base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
+    created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
+    skipped_tasks, cancelled_tasks, running_tasks";
+
+const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
+    files, after, log_path, run, outcome, blocked_by, timeout_ms, retries";
+
+const WORKER_COLUMNS: &str = "id, status, host, pid, session_id, task_session_id, task_id, \
+    attempt, tasks_completed, tasks_failed, last_heartbeat, started_at, task_started_at, \
+    stop_requested";
+
+/// A column that should hold a known word but does not: the store is damaged.
+fn conversion(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
+}
+
+pub(super) fn parsed<T>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(idx)?;
+    text.parse().map_err(|e| conversion(idx, e))
+}
+
+/// Enums stored by their serde name (`"worktree"`, `"strict"`).
+pub(super) fn serde_word<T: DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| conversion(idx, e))
+}
+
+pub(super) fn json<T: DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| conversion(idx, e))
+}
+
+fn ts(r: &Row<'_>, idx: usize) -> rusqlite::Result<Timestamp> {
+    Ok(Timestamp(r.get(idx)?))
+}
+
+fn opt_ts(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Timestamp>> {
+    Ok(r.get::<_, Option<i64>>(idx)?.map(Timestamp))
+}
+
+pub(super) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
+    let total: u32 = r.get(17)?;
+    let succeeded: u32 = r.get(18)?;
+    let failed: u32 = r.get(19)?;
+    let skipped: u32 = r.get(20)?;
+    let cancelled: u32 = r.get(21)?;
+    let running: u32 = r.get(22)?;
+    let finished = succeeded + failed + skipped + cancelled;
+    Ok(Session {
+        id: SessionId::from_string(r.get::<_, String>(0)?),
+        name: r.get(1)?,
+        slug: r.get(2)?,
+        status: parsed(r, 3)?,
+        repo_root: r.get(4)?,
+        plan_path: r.get(5)?,
+        base: r.get(6)?,
+        base_commit: r.get(7)?,
+        isolation: serde_word(r, 8)?,
+        scope: serde_word(r, 9)?,
+        verify: r.get(10)?,
+        on_conflict: serde_word(r, 11)?,
+        heartbeat_timeout_ms: r.get(12)?,
+        workers_wanted: r.get(13)?,
+        created_at: ts(r, 14)?,
+        started_at: opt_ts(r, 15)?,
+        completed_at: opt_ts(r, 16)?,
+        progress_percent: progress_percent(finished, total),
+        total_tasks: total,
+        completed_tasks: succeeded,
+        failed_tasks: failed,
+        running_tasks: running,
+        queued_tasks: total.saturating_sub(finished + running),
+        skipped_tasks: skipped,
+        cancelled_tasks: cancelled,
+    })
+}
+
+pub(super) fn session(c: &Connection, id: &str) -> OpResult<Session> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
+    c.prepare_cached(&sql)?
+        .query_row([id], session_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NoSuchSession(id.to_string()).into())
+}
+
+pub(super) fn resolve_session(c: &Connection, reference: &str) -> OpResult<Session> {
+    if let Ok(s) = session(c, reference) {
+        return Ok(s);
+    }
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE name = ?1 ORDER BY created_at DESC, id LIMIT 1"
+    );
+    if let Some(s) = c
+        .prepare_cached(&sql)?
+        .query_row([reference], session_from_row)
+        .optional()?
+    {
+        return Ok(s);
+    }
+    // Ids are lowercase hex: anything else cannot be a prefix (and must not reach LIKE).
+    if !reference.is_empty() && reference.chars().all(|ch| ch.is_ascii_hexdigit()) {
+        let pattern = format!("{}%", reference.to_ascii_lowercase());
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id LIKE ?1 ORDER BY created_at DESC LIMIT 6"
+        );
+        let found = c
+            .prepare_cached(&sql)?
+            .query_map([pattern], session_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        match found.len() {
+            0 => {}
+            1 => return Ok(found.into_iter().next().expect("one element")),
+            _ => {
+                return Err(StoreError::AmbiguousSession {
+                    reference: reference.to_string(),
+                    candidates: found
+                        .iter()
+                        .map(|s| format!("{} ({})", s.id, s.name))
+                        .collect(),
+                }
+                .into());
+            }
+        }
+    }
+    Err(StoreError::NoSuchSession(reference.to_string()).into())
+}
+
+pub(super) fn sessions(c: &Connection, filter: &SessionFilter) -> OpResult<Vec<Session>> {
+    let limit = filter
+        .limit
+        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR status = ?1)
+         ORDER BY created_at DESC, id LIMIT ?2"
+    );
+    let status = filter.status.map(|s| s.as_str());
+    let rows = c
+        .prepare_cached(&sql)?
+        .query_map(params![status, limit], session_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn task_from_row(r: &Row<'_>, session: &Session) -> rusqlite::Result<Task> {
+    let id: TaskId = {
+        let text: String = r.get(0)?;
+        TaskId::new(text).map_err(|e| conversion(0, e))?
+    };
+    Ok(Task {
+        branch: session.task_branch(&id),
+        id,
+        state: parsed(r, 1)?,
+        attempts: r.get(2)?,
+        worker_id: r.get::<_, Option<String>>(3)?.map(WorkerId::from_string),
+        exit_code: r.get(4)?,
+        started_at: opt_ts(r, 5)?,
+        finished_at: opt_ts(r, 6)?,
+        files: json(r, 7)?,
+        after: json(r, 8)?,
+        log_path: r.get(9)?,
+        run: r.get(10)?,
+        outcome: r.get(11)?,
+        blocked_by: r
+            .get::<_, Option<String>>(12)?
+            .map(|text| serde_json::from_str(&text).map_err(|e| conversion(12, e)))
+            .transpose()?,
+        timeout_ms: r.get(13)?,
+        retries: r.get(14)?,
+    })
+}
+
+pub(super) fn tasks(c: &Connection, session_id: &str) -> OpResult<Vec<Task>> {
+    let session = session(c, session_id)?;
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq");
+    let rows = c
+        .prepare_cached(&sql)?
+        .query_map([session_id], |r| task_from_row(r, &session))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub(super) fn task(c: &Connection, session_id: &str, task_id: &str) -> OpResult<Task> {
+    let session = session(c, session_id)?;
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 AND id = ?2");
+    c.prepare_cached(&sql)?
+        .query_row([session_id, task_id], |r| task_from_row(r, &session))
+        .optional()?
+        .ok_or_else(|| {
+            StoreError::NoSuchTask {
+                session: session_id.to_string(),
+                task: task_id.to_string(),
+            }
+            .into()
+        })
+}
+
+pub(super) fn attempts(
+    c: &Connection,
+    session_id: &str,
+    task_id: &str,
+) -> OpResult<Vec<AttemptRecord>> {
+    task(c, session_id, task_id)?;
+    let rows = c
+        .prepare_cached(
+            "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path
+             FROM attempts WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt",
+        )?
+        .query_map([session_id, task_id], |r| {
+            Ok(AttemptRecord {
+                attempt: Attempt(r.get(0)?),
+                worker_id: WorkerId::from_string(r.get::<_, String>(1)?),
+                started_at: ts(r, 2)?,
+                finished_at: opt_ts(r, 3)?,
+                outcome: r.get(4)?,
+                exit_code: r.get(5)?,
+                detail: json(r, 6)?,
+                log_path: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+fn worker_from_row(r: &Row<'_>) -> rusqlite::Result<Worker> {
+    let serving: Option<String> = r.get(4)?;
+    let task_session: Option<String> = r.get(5)?;
+    let task_id = r
+        .get::<_, Option<String>>(6)?
+        .map(|t| TaskId::new(t).map_err(|e| conversion(6, e)))
+        .transpose()?;
+    Ok(Worker {
+        id: WorkerId::from_string(r.get::<_, String>(0)?),
+        status: parsed(r, 1)?,
+        host: r.get(2)?,
+        pid: r.get(3)?,
+        session_id: task_session.or(serving).map(SessionId::from_string),
+        current_task: task_id,
+        attempt: r.get::<_, Option<u32>>(7)?.map(Attempt),
+        tasks_completed: r.get(8)?,
+        tasks_failed: r.get(9)?,
+        last_heartbeat: ts(r, 10)?,
+        started_at: ts(r, 11)?,
+        task_started_at: opt_ts(r, 12)?,
+        stop_requested: r.get(13)?,
+    })
+}
+
+pub(super) fn workers(c: &Connection, filter: &WorkerFilter) -> OpResult<Vec<Worker>> {
+    let sql = format!(
+        "SELECT {WORKER_COLUMNS} FROM workers
+         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR session_id = ?2)
+         ORDER BY started_at, id"
+    );
+    let rows = c
+        .prepare_cached(&sql)?
+        .query_map(
+            params![
+                filter.status.map(|s| s.as_str()),
+                filter.session.as_ref().map(SessionId::as_str)
+            ],
+            worker_from_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub(super) fn worker(c: &Connection, id: &str) -> OpResult<Worker> {
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?1");
+    c.prepare_cached(&sql)?
+        .query_row([id], worker_from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NoSuchWorker(id.to_string()).into())
+}
+
+pub(super) fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<Lock> {
+    Ok(Lock {
+        path: r.get(0)?,
+        session_id: SessionId::from_string(r.get::<_, String>(1)?),
+        task_id: r
+            .get::<_, Option<String>>(2)?
+            .map(|t| TaskId::new(t).map_err(|e| conversion(2, e)))
+            .transpose()?,
+        attempt: r.get::<_, Option<u32>>(3)?.map(Attempt),
+        acquired_at: ts(r, 4)?,
+    })
+}
+
+pub(super) const LOCK_COLUMNS: &str = "path, session_id, task_id, attempt, acquired_at";
+
+pub(super) fn locks(c: &Connection) -> OpResult<Vec<Lock>> {
+    let sql = format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY acquired_at, id");
+    let rows = c
+        .prepare_cached(&sql)?
+        .query_map([], lock_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub(super) fn events(c: &Connection, filter: &EventFilter) -> OpResult<Vec<Event>> {
+    let limit = filter
+        .limit
+        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = c
+        .prepare_cached(
+            "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
+             WHERE seq > ?1 AND (?2 IS NULL OR session_id = ?2)
+             ORDER BY seq LIMIT ?3",
+        )?
+        .query_map(
+            params![
+                filter.after_seq.unwrap_or(0),
+                filter.session.as_ref().map(SessionId::as_str),
+                limit
+            ],
+            |r| {
+                Ok(Event {
+                    seq: r.get(0)?,
+                    at: ts(r, 1)?,
+                    kind: parsed(r, 2)?,
+                    session_id: r.get::<_, Option<String>>(3)?.map(SessionId::from_string),
+                    task_id: r
+                        .get::<_, Option<String>>(4)?
+                        .map(|t| TaskId::new(t).map_err(|e| conversion(4, e)))
+                        .transpose()?,
+                    worker_id: r.get::<_, Option<String>>(5)?.map(WorkerId::from_string),
+                    attempt: r.get::<_, Option<u32>>(6)?.map(Attempt),
+                    detail: json(r, 7)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub(super) fn summary(c: &Connection, now: i64) -> OpResult<Summary> {
+    let (mut idle, mut busy, mut offline) = (0u32, 0u32, 0u32);
+    let mut stmt = c.prepare_cached("SELECT status, count(*) FROM workers GROUP BY status")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let n: u32 = r.get(1)?;
+        match r.get::<_, String>(0)?.as_str() {
+            "idle" => idle = n,
+            "busy" => busy = n,
+            "offline" => offline = n,
+            _ => {}
+        }
+    }
+    let (sessions_total, active, total, succeeded, failed, finished, running) = c
+        .prepare_cached(
+            "SELECT count(*),
+                    COALESCE(SUM(status IN ('created', 'running', 'paused')), 0),
+                    COALESCE(SUM(total_tasks), 0),
+                    COALESCE(SUM(succeeded_tasks), 0),
+                    COALESCE(SUM(failed_tasks), 0),
+                    COALESCE(SUM(succeeded_tasks + failed_tasks + skipped_tasks + cancelled_tasks), 0),
+                    COALESCE(SUM(running_tasks), 0)
+             FROM sessions",
+        )?
+        .query_row([], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, u32>(5)?,
+                r.get::<_, u32>(6)?,
+            ))
+        })?;
+    let live = idle + busy;
+    Ok(Summary {
+        timestamp: Timestamp(now),
+        workers: WorkerCounts {
+            total: live + offline,
+            idle,
+            busy,
+            offline,
+            utilization: if live == 0 {
+                0.0
+            } else {
+                (f64::from(busy) / f64::from(live) * 1000.0).round() / 1000.0
+            },
+        },
+        sessions: SessionCounts {
+            active,
+            total: sessions_total,
+        },
+        tasks: TaskCounts {
+            queued: total.saturating_sub(finished + running),
+            running,
+            completed: succeeded,
+            failed,
+        },
+    })
+}

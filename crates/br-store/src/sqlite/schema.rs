@@ -1,0 +1,132 @@
+//! The SQLite schema and its migrations. `PRAGMA user_version` holds the schema version; a store
+//! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
+
+/// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const V1: &str = r#"
+CREATE TABLE sessions (
+    id                   TEXT PRIMARY KEY,
+    name                 TEXT NOT NULL,
+    slug                 TEXT NOT NULL,
+    status               TEXT NOT NULL,
+    repo_root            TEXT NOT NULL,
+    plan_path            TEXT,
+    base                 TEXT NOT NULL,
+    base_commit          TEXT,
+    isolation            TEXT NOT NULL,
+    scope                TEXT NOT NULL,
+    verify               TEXT,
+    on_conflict          TEXT NOT NULL,
+    heartbeat_timeout_ms INTEGER NOT NULL,
+    workers_wanted       INTEGER NOT NULL,
+    created_at           INTEGER NOT NULL,
+    started_at           INTEGER,
+    completed_at         INTEGER,
+    -- Counters kept in step with task states, so progress and summaries never count rows.
+    total_tasks          INTEGER NOT NULL,
+    succeeded_tasks      INTEGER NOT NULL DEFAULT 0,
+    failed_tasks         INTEGER NOT NULL DEFAULT 0,
+    skipped_tasks        INTEGER NOT NULL DEFAULT 0,
+    cancelled_tasks      INTEGER NOT NULL DEFAULT 0,
+    running_tasks        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_by_status ON sessions (status);
+CREATE INDEX sessions_by_name ON sessions (name, created_at);
+CREATE INDEX sessions_by_created ON sessions (created_at);
+
+CREATE TABLE tasks (
+    session_id       TEXT NOT NULL,
+    id               TEXT NOT NULL,
+    seq              INTEGER NOT NULL,
+    run              TEXT NOT NULL,
+    files            TEXT NOT NULL,
+    after            TEXT NOT NULL,
+    env              TEXT NOT NULL,
+    timeout_ms       INTEGER,
+    retries          INTEGER NOT NULL,
+    state            TEXT NOT NULL,
+    deps_left        INTEGER NOT NULL,
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    failures         INTEGER NOT NULL DEFAULT 0,
+    lost             INTEGER NOT NULL DEFAULT 0,
+    worker_id        TEXT,
+    lease_expires_at INTEGER,
+    exit_code        INTEGER,
+    outcome          TEXT,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    log_path         TEXT,
+    blocked_by       TEXT,
+    PRIMARY KEY (session_id, id)
+);
+-- Claiming reads only ready tasks, in plan order: a 10,000-task session claims as fast as a
+-- 10-task one.
+CREATE INDEX tasks_ready ON tasks (session_id, seq) WHERE state = 'ready';
+CREATE INDEX tasks_leases ON tasks (lease_expires_at) WHERE state = 'running';
+CREATE INDEX tasks_by_seq ON tasks (session_id, seq);
+
+CREATE TABLE task_deps (
+    session_id TEXT NOT NULL,
+    dep_id     TEXT NOT NULL,
+    task_id    TEXT NOT NULL,
+    PRIMARY KEY (session_id, dep_id, task_id)
+);
+
+CREATE TABLE attempts (
+    session_id  TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    worker_id   TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    outcome     TEXT,
+    exit_code   INTEGER,
+    detail      TEXT NOT NULL DEFAULT '{}',
+    log_path    TEXT,
+    PRIMARY KEY (session_id, task_id, attempt)
+);
+
+CREATE TABLE workers (
+    id                   TEXT PRIMARY KEY,
+    host                 TEXT NOT NULL,
+    pid                  INTEGER NOT NULL,
+    status               TEXT NOT NULL,
+    session_id           TEXT,
+    task_session_id      TEXT,
+    task_id              TEXT,
+    attempt              INTEGER,
+    task_started_at      INTEGER,
+    tasks_completed      INTEGER NOT NULL DEFAULT 0,
+    tasks_failed         INTEGER NOT NULL DEFAULT 0,
+    started_at           INTEGER NOT NULL,
+    last_heartbeat       INTEGER NOT NULL,
+    heartbeat_timeout_ms INTEGER NOT NULL,
+    stop_requested       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX workers_by_status ON workers (status);
+
+CREATE TABLE locks (
+    id          INTEGER PRIMARY KEY,
+    path        TEXT NOT NULL,
+    session_id  TEXT NOT NULL,
+    task_id     TEXT,
+    attempt     INTEGER,
+    acquired_at INTEGER NOT NULL
+);
+CREATE INDEX locks_by_owner ON locks (session_id, task_id);
+
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    session_id TEXT,
+    task_id    TEXT,
+    worker_id  TEXT,
+    attempt    INTEGER,
+    detail     TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_by_session ON events (session_id, seq);
+"#;

@@ -1,0 +1,306 @@
+//! Session writes: creating a session with its tasks, pausing, resuming, cancelling, deleting,
+//! and settling a session once all its tasks are terminal.
+
+use std::collections::BTreeSet;
+
+use br_core::ids::slugify;
+use br_core::state::{SessionAction, TransitionError};
+use br_core::{EventKind, SessionId, SessionStatus, TaskState};
+use rusqlite::{OptionalExtension, params};
+use serde_json::json;
+
+use super::{Ev, OpResult, Tx, lock};
+use crate::error::StoreError;
+use crate::model::NewSession;
+
+/// A per-session counter kept in step with task states.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Counter {
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    Running,
+}
+
+impl Counter {
+    fn column(self) -> &'static str {
+        match self {
+            Counter::Succeeded => "succeeded_tasks",
+            Counter::Failed => "failed_tasks",
+            Counter::Skipped => "skipped_tasks",
+            Counter::Cancelled => "cancelled_tasks",
+            Counter::Running => "running_tasks",
+        }
+    }
+}
+
+pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> OpResult<()> {
+    let sql = format!(
+        "UPDATE sessions SET {col} = {col} + ?1 WHERE id = ?2",
+        col = counter.column()
+    );
+    tx.prepare_cached(&sql)?.execute(params![delta, session])?;
+    Ok(())
+}
+
+pub(super) fn status(tx: &Tx<'_>, session: &str) -> OpResult<SessionStatus> {
+    let text: Option<String> = tx
+        .prepare_cached("SELECT status FROM sessions WHERE id = ?1")?
+        .query_row([session], |r| r.get(0))
+        .optional()?;
+    let text = text.ok_or_else(|| StoreError::NoSuchSession(session.to_string()))?;
+    text.parse()
+        .map_err(|e| StoreError::Damaged(format!("session {session}: {e}")).into())
+}
+
+pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
+    let plan = &new.plan;
+    let id = loop {
+        let id = SessionId::from_random(fastrand::u64(..));
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1)",
+            [id.as_str()],
+            |r| r.get(0),
+        )?;
+        if !taken {
+            break id;
+        }
+    };
+    // The id suffix keeps branch names of two sessions with the same name apart.
+    let slug = format!("{}-{}", slugify(&plan.name), &id.as_str()[..6]);
+    tx.execute(
+        "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
+             isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
+             created_at, total_tasks)
+         VALUES (?1, ?2, ?3, 'created', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            id.as_str(),
+            plan.name,
+            slug,
+            new.repo_root.to_string_lossy(),
+            new.plan_path
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            plan.base,
+            new.base_commit,
+            plan.isolation.as_str(),
+            plan.scope.as_str(),
+            plan.verify,
+            plan.on_conflict.as_str(),
+            u64::try_from(plan.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+            new.workers_wanted,
+            tx.now,
+            plan.tasks.len(),
+        ],
+    )?;
+    tx.event(
+        Ev::new(EventKind::SessionCreated)
+            .session(id.as_str())
+            .detail(json!({
+                "name": plan.name,
+                "tasks": plan.tasks.len(),
+                "plan_path": new.plan_path,
+                "base_commit": new.base_commit,
+                "isolation": plan.isolation.as_str(),
+            })),
+    )?;
+    let mut insert_task = tx.prepare_cached(
+        "INSERT INTO tasks (session_id, id, seq, run, files, after, env, timeout_ms, retries,
+             state, deps_left)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut insert_dep = tx.prepare_cached(
+        "INSERT OR IGNORE INTO task_deps (session_id, dep_id, task_id) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut ready = Vec::new();
+    for (seq, task) in plan.tasks.iter().enumerate() {
+        let after: BTreeSet<&str> = task.after.iter().map(|a| a.as_str()).collect();
+        let files: Vec<&str> = task.files.iter().map(|f| f.as_str()).collect();
+        let state = if after.is_empty() {
+            TaskState::Ready
+        } else {
+            TaskState::Pending
+        };
+        insert_task.execute(params![
+            id.as_str(),
+            task.id.as_str(),
+            seq,
+            task.run,
+            serde_json::to_string(&files)?,
+            serde_json::to_string(&task.after)?,
+            serde_json::to_string(&task.env)?,
+            task.timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            task.retries,
+            state.as_str(),
+            after.len(),
+        ])?;
+        for dep in &after {
+            insert_dep.execute(params![id.as_str(), dep, task.id.as_str()])?;
+        }
+        if state == TaskState::Ready {
+            ready.push(task.id.as_str());
+        }
+    }
+    for task in ready {
+        tx.event(
+            Ev::new(EventKind::TaskReady)
+                .session(id.as_str())
+                .task(task),
+        )?;
+    }
+    settle(tx, id.as_str())?;
+    Ok(id)
+}
+
+pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<()> {
+    let current = status(tx, id)?;
+    let next = current.apply(action, id)?;
+    tx.execute(
+        "UPDATE sessions SET status = ?1 WHERE id = ?2",
+        params![next.as_str(), id],
+    )?;
+    let kind = match action {
+        SessionAction::Pause => EventKind::SessionPaused,
+        SessionAction::Resume => EventKind::SessionResumed,
+        SessionAction::Cancel => EventKind::SessionCancelled,
+    };
+    tx.event(
+        Ev::new(kind)
+            .session(id)
+            .detail(json!({ "from": current.as_str() })),
+    )?;
+    if action == SessionAction::Cancel {
+        // Tasks not running stop here; running ones end when their workers report, so their
+        // locks stay held until their processes are gone.
+        let waiting: Vec<String> = tx
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE session_id = ?1 AND state IN ('pending', 'ready')
+                 ORDER BY seq",
+            )?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut cancel = tx.prepare_cached(
+            "UPDATE tasks SET state = 'cancelled', finished_at = ?1, blocked_by = NULL
+             WHERE session_id = ?2 AND id = ?3",
+        )?;
+        for task in &waiting {
+            cancel.execute(params![tx.now, id, task])?;
+            tx.event(
+                Ev::new(EventKind::TaskCancelled)
+                    .session(id)
+                    .task(task)
+                    .detail(json!({ "reason": "session cancelled" })),
+            )?;
+        }
+        bump(tx, id, Counter::Cancelled, waiting.len() as i64)?;
+        lock::release_session_locks(tx, id)?;
+        settle(tx, id)?;
+    }
+    Ok(())
+}
+
+/// Ends the session once every task is terminal: `completed` if all succeeded, else `failed`.
+/// A cancelled session gets its `completed_at` once its last running task has ended.
+pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
+    let (status, total, succeeded, failed, skipped, cancelled, running, completed_at): (
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<i64>,
+    ) = tx
+        .prepare_cached(
+            "SELECT status, total_tasks, succeeded_tasks, failed_tasks, skipped_tasks,
+                    cancelled_tasks, running_tasks, completed_at
+             FROM sessions WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        })?;
+    let status: SessionStatus = status
+        .parse()
+        .map_err(|e| StoreError::Damaged(format!("session {id}: {e}")))?;
+    if status.is_terminal() {
+        if status == SessionStatus::Cancelled && running == 0 && completed_at.is_none() {
+            tx.execute(
+                "UPDATE sessions SET completed_at = ?1 WHERE id = ?2",
+                params![tx.now, id],
+            )?;
+        }
+        return Ok(());
+    }
+    if succeeded + failed + skipped + cancelled < total {
+        return Ok(());
+    }
+    let (next, kind) = if succeeded == total {
+        (SessionStatus::Completed, EventKind::SessionCompleted)
+    } else {
+        (SessionStatus::Failed, EventKind::SessionFailed)
+    };
+    tx.execute(
+        "UPDATE sessions SET status = ?1, completed_at = ?2 WHERE id = ?3",
+        params![next.as_str(), tx.now, id],
+    )?;
+    tx.event(Ev::new(kind).session(id).detail(json!({
+        "succeeded": succeeded,
+        "failed": failed,
+        "skipped": skipped,
+        "cancelled": cancelled,
+    })))?;
+    lock::release_session_locks(tx, id)?;
+    Ok(())
+}
+
+pub(super) fn set_workers_wanted(tx: &Tx<'_>, id: &str, workers: u32) -> OpResult<()> {
+    let current = status(tx, id)?;
+    if current.is_terminal() {
+        return Err(StoreError::Transition(TransitionError {
+            session: id.to_string(),
+            action: "scale",
+            status: current,
+        })
+        .into());
+    }
+    tx.execute(
+        "UPDATE sessions SET workers_wanted = ?1 WHERE id = ?2",
+        params![workers, id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn delete(tx: &Tx<'_>, id: &str) -> OpResult<()> {
+    let current = status(tx, id)?;
+    if !current.is_terminal() {
+        return Err(StoreError::Transition(TransitionError {
+            session: id.to_string(),
+            action: "delete",
+            status: current,
+        })
+        .into());
+    }
+    for sql in [
+        "DELETE FROM task_deps WHERE session_id = ?1",
+        "DELETE FROM attempts WHERE session_id = ?1",
+        "DELETE FROM locks WHERE session_id = ?1",
+        "DELETE FROM events WHERE session_id = ?1",
+        "DELETE FROM tasks WHERE session_id = ?1",
+        "DELETE FROM sessions WHERE id = ?1",
+    ] {
+        tx.execute(sql, [id])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! What only the SQLite backend can get wrong: files that are not br stores, stores from a newer
+//! br, a store locked by another process. Each must be refused with a clear error and left
+//! exactly as it was.
+
+use std::time::Duration;
+
+use br_store::sqlite::{CURRENT_VERSION, SqliteStore};
+use br_store::{SessionFilter, Store, StoreError};
+
+fn bytes(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).expect("read store file")
+}
+
+#[test]
+fn store_from_a_newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("br.db");
+    drop(SqliteStore::open(&path).expect("create"));
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open raw");
+        conn.pragma_update(None, "user_version", CURRENT_VERSION + 5)
+            .expect("bump version");
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .expect("leave WAL so the file is self-contained");
+    }
+    let before = bytes(&path);
+    let err = SqliteStore::open(&path).expect_err("newer store must be refused");
+    match &err {
+        StoreError::NewerSchema {
+            found, supported, ..
+        } => {
+            assert_eq!((*found, *supported), (CURRENT_VERSION + 5, CURRENT_VERSION));
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(err.to_string().contains("written by a newer br"), "{err}");
+    assert_eq!(
+        bytes(&path),
+        before,
+        "the newer store is left exactly as it was"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("br.db");
+    let garbage = b"this is not an sqlite database, it is a text file with enough bytes \
+                    in it to look like something: 0123456789abcdef0123456789abcdef"
+        .repeat(20);
+    std::fs::write(&path, &garbage).expect("write garbage");
+    let err = SqliteStore::open(&path).expect_err("garbage must be refused");
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    assert_eq!(bytes(&path), garbage);
+}
+
+#[test]
+fn someone_elses_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open raw");
+        conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);")
+            .expect("create foreign table");
+    }
+    let before = bytes(&path);
+    let err = SqliteStore::open(&path).expect_err("a foreign database must be refused");
+    assert!(err.to_string().contains("not a br store"), "{err}");
+    assert_eq!(bytes(&path), before);
+}
+
+#[test]
+fn a_locked_store_gives_a_busy_error_and_keeps_its_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("br.db");
+    let store = SqliteStore::open_with(&path, Duration::from_millis(200)).expect("create");
+    let holder = rusqlite::Connection::open(&path).expect("open raw");
+    holder
+        .execute_batch("BEGIN EXCLUSIVE;")
+        .expect("take the write lock");
+    let err = store
+        .set_workers_wanted(&br_core::SessionId::from_string("000000000000"), 1)
+        .expect_err("the write must give up");
+    assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+    assert!(err.is_transient());
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
+    holder.execute_batch("ROLLBACK;").expect("release");
+    assert!(
+        store
+            .list_sessions(&SessionFilter::default())
+            .expect("list")
+            .is_empty()
+    );
+}
+
+#[test]
+fn opening_twice_migrates_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("nested").join("br.db");
+    let a = SqliteStore::open(&path).expect("create with its directory");
+    let b = SqliteStore::open(&path).expect("open again");
+    assert_eq!(a.summary().expect("summary").sessions.total, 0);
+    assert_eq!(b.last_seq().expect("seq"), 0);
+    let conn = rusqlite::Connection::open(&path).expect("open raw");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, CURRENT_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+}
