@@ -1,9 +1,25 @@
-//! Lock paths: normalised repo-relative paths or globs, and the conservative rule that decides
-//! whether two of them could ever name a common file.
+//! Lock paths: normalised repo-relative paths or globs, and the rule that decides whether two of
+//! them could ever name a common file.
 //!
-//! PLACEHOLDER: being rewritten (overlap is exact-prefix only here).
+//! A lock covers every path its glob matches and everything under such a path, because a lock on a
+//! directory must keep other tasks out of the files inside it. Two locks overlap when some path is
+//! covered by both.
+//!
+//! Patterns mean exactly what they mean to `globset` with `literal_separator(true)`: `?` and `*`
+//! never match `/`, `**` as a whole segment matches any number of segments, a `**` inside a segment
+//! acts as `*`, and `*` matches a leading `.`. To decide overlap, each pattern is parsed the way
+//! globset parses it and compiled into a small automaton over bytes for the same regular expression
+//! globset would build (globset matches bytes, so `?` is one byte, not one character). After every
+//! accepting state the automaton may read `/` and then anything, which is "everything under a
+//! matched path". Two locks overlap when the product of their automata can reach a pair of accepting
+//! states. Alternatives `{a,b}` are branches inside the automaton, so nothing is expanded and the
+//! cost is bounded by the product of the two pattern sizes.
 
-use serde::Serialize;
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use serde::{Serialize, Serializer};
 
 /// Why a string cannot be a lock path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,50 +30,169 @@ pub enum LockPathError {
     Absolute(String),
     #[error("`{0}` leaves the repository (`..`)")]
     Escapes(String),
+    #[error("`{}` contains a control character", .0.escape_debug())]
+    ControlCharacter(String),
     #[error("`{path}` is not a valid glob: {reason}")]
     InvalidGlob { path: String, reason: String },
 }
 
 /// A normalised, repo-relative path or glob (`src/api/**`, `Cargo.lock`, `docs`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct LockPath(String);
+///
+/// Equality, hashing, ordering, `Display` and serialisation all use the normalised text only; the
+/// compiled automaton is derived from it.
+#[derive(Clone)]
+pub struct LockPath {
+    text: String,
+    /// The bytes every covered path starts with: the leading literal part of the pattern, with
+    /// escapes resolved. For a literal lock this is the whole path.
+    prefix: Vec<u8>,
+    /// Whether the pattern is one literal path (possibly spelled with escapes).
+    literal: bool,
+    nfa: Nfa,
+}
 
 impl LockPath {
+    /// Normalises and validates a lock path.
+    ///
+    /// Leading `./`, `.` segments, repeated `/` and a trailing `/` are dropped; a lone `.` means the
+    /// whole repository and becomes `**`. Refused: an empty path, control characters, an absolute
+    /// path, a `..` segment, and anything globset (with `literal_separator(true)`) refuses, plus a
+    /// pattern that can match no path at all (such as `a/[/]`).
     pub fn parse(input: &str) -> Result<LockPath, LockPathError> {
         if input.is_empty() {
             return Err(LockPathError::Empty);
         }
+        if input.chars().any(char::is_control) {
+            return Err(LockPathError::ControlCharacter(input.to_string()));
+        }
         if input.starts_with('/') {
             return Err(LockPathError::Absolute(input.to_string()));
         }
-        if input.split('/').any(|s| s == "..") {
-            return Err(LockPathError::Escapes(input.to_string()));
+        let invalid = |reason: String| LockPathError::InvalidGlob {
+            path: input.to_string(),
+            reason,
+        };
+        // Segments are split where the glob parser sees a separator, so a `/` inside a class
+        // (`[./]`) or escaped (`\/`) is not mistaken for one.
+        let raw = parse_glob(input).map_err(|reason| invalid(globset_reason(input, reason)))?;
+        let text = normalise(input, &raw.separators)?;
+        globset::GlobBuilder::new(&text)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| invalid(e.kind().to_string()))?;
+        let tokens = parse_glob(&text)
+            .map_err(|reason| invalid(reason.to_string()))?
+            .tokens;
+        let nfa =
+            Nfa::compile(&tokens).ok_or_else(|| invalid("it can match no path".to_string()))?;
+        let literal = tokens.iter().all(|t| matches!(t, Token::Literal(_)));
+        let mut prefix = Vec::new();
+        for token in &tokens {
+            let Token::Literal(c) = token else { break };
+            prefix.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
         }
-        Ok(LockPath(input.trim_end_matches('/').to_string()))
+        Ok(LockPath {
+            text,
+            prefix,
+            literal,
+            nfa,
+        })
     }
 
+    /// The normalised text, as stored and shown.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
+    /// Whether the text uses glob syntax (or escapes). When false, `as_str()` is exactly the one
+    /// path this lock names, and the lock covers that path and everything under it.
     pub fn is_glob(&self) -> bool {
-        self.0.contains(['*', '?', '[', '{'])
+        self.text.contains(['*', '?', '[', '{', '\\'])
     }
 
+    /// Whether some path is covered by both locks: equal paths, one under the other, or globs that
+    /// can match a common path (or a path under the other's match). Symmetric.
+    ///
+    /// Exact for globset's semantics except in two conservative directions, which can only report
+    /// a conflict that no real path has: the search runs over all byte strings rather than only
+    /// well-formed paths (valid UTF-8, no empty segment, no leading or trailing `/`), and a pair of
+    /// very large patterns (more than 16M pairs of automaton edges, far beyond any realistic path) is
+    /// reported as overlapping unsearched.
     pub fn overlaps(&self, other: &LockPath) -> bool {
-        let (a, b) = (&self.0, &other.0);
-        a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
+        if self.literal && other.literal {
+            return literal_paths_overlap(&self.prefix, &other.prefix);
+        }
+        // Every covered path starts with the literal prefix, so prefixes that disagree rule out
+        // most unrelated pairs without touching the automata.
+        let n = self.prefix.len().min(other.prefix.len());
+        if self.prefix[..n] != other.prefix[..n] {
+            return false;
+        }
+        self.nfa.intersects(&other.nfa)
     }
 
+    /// Whether a concrete repo-relative file path (as git reports it, e.g. `src/a b.rs`) is covered:
+    /// equal to, under, or matched by this lock, or under a path the glob matches. The file is taken
+    /// literally: `*` or `[` in it are ordinary characters.
+    ///
+    /// This is `overlaps` against the literal lock `file`, so a file that is an ancestor of what the
+    /// lock names (`docs` for `docs/**`, e.g. a submodule or a directory replaced by a file) is also
+    /// covered. That is safe for scope checks: any lock that covers such a file also overlaps this
+    /// lock, so no task holding it could have been running alongside.
     pub fn covers_file(&self, file: &str) -> bool {
-        file == self.0 || file.starts_with(&format!("{}/", self.0))
+        let file = file.as_bytes();
+        if self.literal {
+            return literal_paths_overlap(&self.prefix, file);
+        }
+        let n = self.prefix.len().min(file.len());
+        if self.prefix[..n] != file[..n] {
+            return false;
+        }
+        self.nfa.intersects(&Nfa::literal(file))
     }
 }
 
-impl std::fmt::Display for LockPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl fmt::Debug for LockPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LockPath").field(&self.text).finish()
+    }
+}
+
+impl fmt::Display for LockPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl PartialEq for LockPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for LockPath {}
+
+impl Hash for LockPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl PartialOrd for LockPath {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LockPath {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl Serialize for LockPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
     }
 }
 
@@ -75,4 +210,1251 @@ pub fn overlapping<'a>(
         }
     }
     out
+}
+
+/// Two literal paths overlap when they are equal or one is a `/`-separated prefix of the other.
+fn literal_paths_overlap(a: &[u8], b: &[u8]) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long.starts_with(short) && (long.len() == short.len() || long[short.len()] == b'/')
+}
+
+/// Rebuilds the text from its segments, dropping empty and `.` segments and refusing `..`.
+fn normalise(input: &str, separators: &[usize]) -> Result<String, LockPathError> {
+    let mut out = String::with_capacity(input.len());
+    let mut start = 0;
+    let ends = separators
+        .iter()
+        .copied()
+        .chain(std::iter::once(input.len()));
+    for end in ends {
+        let segment = input.get(start..end).unwrap_or_default();
+        start = end + 1;
+        match segment {
+            "" | "." => {}
+            ".." => return Err(LockPathError::Escapes(input.to_string())),
+            segment => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(segment);
+            }
+        }
+    }
+    if out.is_empty() {
+        // Only `.` segments: the whole repository.
+        out.push_str("**");
+    }
+    Ok(out)
+}
+
+/// Prefers globset's wording for a pattern both parsers refuse.
+fn globset_reason(glob: &str, ours: &str) -> String {
+    match globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .build()
+    {
+        Err(e) => e.kind().to_string(),
+        Ok(_) => ours.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing: a port of globset's parser (0.4), so that the tokens here are the ones globset builds
+// its regex from, including its context rules for `**`.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    /// `?`: one byte except `/`.
+    Any,
+    /// `*`: any run of bytes except `/`.
+    ZeroOrMore,
+    /// `**/` at the start: nothing, `/`, or anything ending in `/`.
+    RecursivePrefix,
+    /// `/**` at the end: `/` and then anything.
+    RecursiveSuffix,
+    /// `/**/` in the middle: `/`, or `/` anything `/`.
+    RecursiveZeroOrMore,
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+    Alternates(Vec<Vec<Token>>),
+}
+
+#[derive(Debug)]
+struct ParsedGlob {
+    tokens: Vec<Token>,
+    /// Byte offsets of the `/` characters that separate segments (not escaped, not in a class).
+    separators: Vec<usize>,
+}
+
+/// Globset refuses deeper nesting; so do we, which also bounds every recursion below.
+const MAX_ALTERNATES_DEPTH: usize = 100;
+
+fn parse_glob(glob: &str) -> Result<ParsedGlob, &'static str> {
+    let mut parser = Parser {
+        chars: glob.char_indices().peekable(),
+        prev: None,
+        cur: None,
+        cur_at: 0,
+        alternates_stack: Vec::new(),
+        branches: vec![Vec::new()],
+        separators: Vec::new(),
+    };
+    parser.run()?;
+    match <[Vec<Token>; 1]>::try_from(parser.branches) {
+        Ok([tokens]) => Ok(ParsedGlob {
+            tokens,
+            separators: parser.separators,
+        }),
+        Err(_) => Err("unclosed alternate group; missing '}'"),
+    }
+}
+
+struct Parser<'a> {
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    prev: Option<char>,
+    cur: Option<char>,
+    cur_at: usize,
+    alternates_stack: Vec<usize>,
+    branches: Vec<Vec<Token>>,
+    separators: Vec<usize>,
+}
+
+const UNOPENED_ALTERNATES: &str = "unopened alternate group; missing '{'";
+
+impl Parser<'_> {
+    fn run(&mut self) -> Result<(), &'static str> {
+        while let Some(c) = self.bump() {
+            match c {
+                '?' => self.push(Token::Any)?,
+                '*' => self.parse_star()?,
+                '[' => self.parse_class()?,
+                '{' => self.push_alternate()?,
+                '}' => self.pop_alternate()?,
+                ',' => self.parse_comma()?,
+                '\\' => self.parse_backslash()?,
+                '/' => {
+                    self.separators.push(self.cur_at);
+                    self.push(Token::Literal('/'))?;
+                }
+                c => self.push(Token::Literal(c))?,
+            }
+        }
+        Ok(())
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        self.prev = self.cur;
+        self.cur = match self.chars.next() {
+            Some((at, c)) => {
+                self.cur_at = at;
+                Some(c)
+            }
+            None => None,
+        };
+        self.cur
+    }
+
+    /// Consumes the `/` (or end of input) that follows a recursive `**`.
+    fn bump_separator(&mut self) {
+        if self.bump() == Some('/') {
+            self.separators.push(self.cur_at);
+        }
+    }
+
+    fn peek(&mut self) -> Option<char> {
+        self.chars.peek().map(|&(_, c)| c)
+    }
+
+    fn push(&mut self, token: Token) -> Result<(), &'static str> {
+        let branch = self.branches.last_mut().ok_or(UNOPENED_ALTERNATES)?;
+        branch.push(token);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Result<Token, &'static str> {
+        self.branches
+            .last_mut()
+            .and_then(Vec::pop)
+            .ok_or(UNOPENED_ALTERNATES)
+    }
+
+    fn have_tokens(&self) -> Result<bool, &'static str> {
+        self.branches
+            .last()
+            .map(|branch| !branch.is_empty())
+            .ok_or(UNOPENED_ALTERNATES)
+    }
+
+    fn push_alternate(&mut self) -> Result<(), &'static str> {
+        if self.alternates_stack.len() >= MAX_ALTERNATES_DEPTH {
+            return Err("too many nested alternate groups");
+        }
+        self.alternates_stack.push(self.branches.len());
+        self.branches.push(Vec::new());
+        Ok(())
+    }
+
+    fn pop_alternate(&mut self) -> Result<(), &'static str> {
+        let start = self.alternates_stack.pop().ok_or(UNOPENED_ALTERNATES)?;
+        if start > self.branches.len() {
+            return Err(UNOPENED_ALTERNATES);
+        }
+        let alternates = self.branches.drain(start..).collect();
+        self.push(Token::Alternates(alternates))
+    }
+
+    fn parse_comma(&mut self) -> Result<(), &'static str> {
+        if self.alternates_stack.is_empty() {
+            self.push(Token::Literal(','))
+        } else {
+            self.branches.push(Vec::new());
+            Ok(())
+        }
+    }
+
+    fn parse_backslash(&mut self) -> Result<(), &'static str> {
+        match self.bump() {
+            None => Err("dangling '\\'"),
+            Some(c) => self.push(Token::Literal(c)),
+        }
+    }
+
+    /// Globset's rules: `**` is recursive only as a whole segment (or a whole alternative that
+    /// starts the pattern or follows a `/`); anywhere else it is two `*`.
+    fn parse_star(&mut self) -> Result<(), &'static str> {
+        let prev = self.prev;
+        if self.peek() != Some('*') {
+            return self.push(Token::ZeroOrMore);
+        }
+        self.bump();
+        if !self.have_tokens()? {
+            if self.peek().is_some_and(|c| c != '/') {
+                self.push(Token::ZeroOrMore)?;
+                return self.push(Token::ZeroOrMore);
+            }
+            self.push(Token::RecursivePrefix)?;
+            self.bump_separator();
+            return Ok(());
+        }
+        if prev != Some('/')
+            && (self.branches.len() <= 1 || (prev != Some(',') && prev != Some('{')))
+        {
+            self.push(Token::ZeroOrMore)?;
+            return self.push(Token::ZeroOrMore);
+        }
+        let is_suffix = match self.peek() {
+            None => {
+                self.bump();
+                true
+            }
+            Some(',' | '}') if self.branches.len() >= 2 => true,
+            Some('/') => {
+                self.bump_separator();
+                false
+            }
+            Some(_) => {
+                self.push(Token::ZeroOrMore)?;
+                return self.push(Token::ZeroOrMore);
+            }
+        };
+        let token = match self.pop()? {
+            Token::RecursivePrefix => Token::RecursivePrefix,
+            Token::RecursiveSuffix => Token::RecursiveSuffix,
+            _ if is_suffix => Token::RecursiveSuffix,
+            _ => Token::RecursiveZeroOrMore,
+        };
+        self.push(token)
+    }
+
+    fn parse_class(&mut self) -> Result<(), &'static str> {
+        fn extend_last(ranges: &mut [(char, char)], end: char) -> Result<(), &'static str> {
+            let range = ranges.last_mut().ok_or("invalid character range")?;
+            range.1 = end;
+            if range.1 < range.0 {
+                return Err("invalid character range");
+            }
+            Ok(())
+        }
+        let mut ranges = Vec::new();
+        let negated = matches!(self.peek(), Some('!' | '^'));
+        if negated {
+            self.bump();
+        }
+        let mut first = true;
+        let mut in_range = false;
+        loop {
+            let Some(c) = self.bump() else {
+                return Err("unclosed character class; missing ']'");
+            };
+            match c {
+                ']' if first => ranges.push((']', ']')),
+                ']' => break,
+                '-' if first => ranges.push(('-', '-')),
+                '-' if in_range => {
+                    extend_last(&mut ranges, '-')?;
+                    in_range = false;
+                }
+                '-' => in_range = true,
+                '[' if !in_range && self.peek() == Some(':') => {
+                    match self.try_parse_posix_class() {
+                        Some(class) => ranges.extend_from_slice(class),
+                        None => ranges.push(('[', '[')),
+                    }
+                    in_range = false;
+                }
+                c => {
+                    if in_range {
+                        extend_last(&mut ranges, c)?;
+                    } else {
+                        ranges.push((c, c));
+                    }
+                    in_range = false;
+                }
+            }
+            first = false;
+        }
+        if in_range {
+            // A trailing `-` is literal.
+            ranges.push(('-', '-'));
+        }
+        self.push(Token::Class { negated, ranges })
+    }
+
+    /// `[:name:]` inside a class. Like globset, a well-formed but unknown name is consumed and
+    /// yields `None` (the `[` then counts as a literal); anything else rewinds.
+    fn try_parse_posix_class(&mut self) -> Option<&'static [(char, char)]> {
+        let saved = (self.chars.clone(), self.prev, self.cur, self.cur_at);
+        let mut name = String::new();
+        if self.bump() == Some(':') {
+            loop {
+                match self.bump() {
+                    Some(':') if self.peek() == Some(']') => {
+                        self.bump();
+                        return posix_class_ranges(&name);
+                    }
+                    Some(c) if c.is_ascii_lowercase() && name.len() < 8 => name.push(c),
+                    _ => break,
+                }
+            }
+        }
+        (self.chars, self.prev, self.cur, self.cur_at) = saved;
+        None
+    }
+}
+
+fn posix_class_ranges(name: &str) -> Option<&'static [(char, char)]> {
+    Some(match name {
+        "alnum" => &[('0', '9'), ('A', 'Z'), ('a', 'z')],
+        "alpha" => &[('A', 'Z'), ('a', 'z')],
+        "blank" => &[('\t', '\t'), (' ', ' ')],
+        "cntrl" => &[('\x00', '\x1f'), ('\x7f', '\x7f')],
+        "digit" => &[('0', '9')],
+        "graph" => &[('!', '~')],
+        "lower" => &[('a', 'z')],
+        "print" => &[(' ', '~')],
+        "punct" => &[('!', '/'), (':', '@'), ('[', '`'), ('{', '~')],
+        "space" => &[('\t', '\r'), (' ', ' ')],
+        "upper" => &[('A', 'Z')],
+        "xdigit" => &[('0', '9'), ('A', 'F'), ('a', 'f')],
+        _ => return None,
+    })
+}
+
+/// Whether globset turns these tokens into an empty regex. It drops such alternatives, so
+/// `{a,}` matches only `a`, and `{,}` matches the empty string.
+fn regex_is_empty(tokens: &[Token]) -> bool {
+    tokens.iter().all(|token| match token {
+        Token::Alternates(alternates) => alternates.iter().all(|alt| regex_is_empty(alt)),
+        _ => false,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Automata over bytes.
+// ---------------------------------------------------------------------------------------------
+
+/// A set of bytes, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    const EMPTY: ByteSet = ByteSet([0; 4]);
+    const FULL: ByteSet = ByteSet([u64::MAX; 4]);
+
+    fn single(byte: u8) -> ByteSet {
+        let mut set = ByteSet::EMPTY;
+        set.insert(byte);
+        set
+    }
+
+    fn not_slash() -> ByteSet {
+        ByteSet::single(b'/').complement()
+    }
+
+    fn insert(&mut self, byte: u8) {
+        self.0[usize::from(byte >> 6)] |= 1 << (byte & 63);
+    }
+
+    fn insert_range(&mut self, lo: u8, hi: u8) {
+        for byte in lo..=hi {
+            self.insert(byte);
+        }
+    }
+
+    fn complement(self) -> ByteSet {
+        ByteSet(self.0.map(|word| !word))
+    }
+
+    fn union(self, other: ByteSet) -> ByteSet {
+        let mut out = self;
+        for (word, other) in out.0.iter_mut().zip(other.0) {
+            *word |= other;
+        }
+        out
+    }
+
+    fn intersects(&self, other: &ByteSet) -> bool {
+        self.0.iter().zip(other.0).any(|(a, b)| a & b != 0)
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == ByteSet::EMPTY
+    }
+
+    /// The bytes a class matches, mirroring the regex globset writes for it: `/` is removed from
+    /// the ranges, and each non-ASCII endpoint becomes its UTF-8 bytes, so in `[a-é]` the range
+    /// runs from `a` to the first byte of `é` and the second byte stands alone.
+    fn class(negated: bool, ranges: &[(char, char)]) -> ByteSet {
+        let mut set = ByteSet::EMPTY;
+        let mut add = |start: char, end: char| {
+            let (mut sbuf, mut ebuf) = ([0; 4], [0; 4]);
+            let sb = start.encode_utf8(&mut sbuf).as_bytes();
+            let eb = end.encode_utf8(&mut ebuf).as_bytes();
+            if start == end {
+                sb.iter().for_each(|&b| set.insert(b));
+            } else if let (Some((&last, head)), Some((&first, tail))) =
+                (sb.split_last(), eb.split_first())
+            {
+                head.iter().for_each(|&b| set.insert(b));
+                set.insert_range(last, first);
+                tail.iter().for_each(|&b| set.insert(b));
+            }
+        };
+        if negated {
+            ranges.iter().for_each(|&(s, e)| add(s, e));
+            set.insert(b'/');
+            return set.complement();
+        }
+        for &(start, end) in ranges {
+            if start > '/' || end < '/' {
+                add(start, end);
+            } else {
+                if start < '/' {
+                    add(start, '.');
+                }
+                if end > '/' {
+                    add('0', end);
+                }
+            }
+        }
+        set
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    bytes: ByteSet,
+    to: usize,
+}
+
+/// An automaton without empty moves: state 0 starts, and the last state is "anything under a
+/// covered path", entered by reading `/` after an accepting state.
+#[derive(Debug, Clone)]
+struct Nfa {
+    /// `edges[offsets[s]..offsets[s + 1]]` leave state `s`.
+    offsets: Vec<usize>,
+    edges: Vec<Edge>,
+    accepting: Vec<bool>,
+}
+
+/// Above this many pairs of edges, `intersects` answers `true` without searching. It bounds both
+/// the search's time and its memory (a state has at least one edge, counting the "anything under"
+/// loop), and no realistic pair of lock paths comes near it.
+const MAX_EDGE_PAIRS: usize = 1 << 24;
+
+impl Nfa {
+    /// Compiles glob tokens; `None` when the pattern can match nothing.
+    fn compile(tokens: &[Token]) -> Option<Nfa> {
+        let mut thompson = Thompson::default();
+        let start = thompson.state();
+        let accept = if matches!(tokens, [Token::RecursivePrefix]) {
+            // Globset special-cases a lone `**`: it matches everything.
+            let all = thompson.state();
+            thompson.empty_move(start, all);
+            thompson.edge(all, ByteSet::FULL, all);
+            all
+        } else {
+            thompson.sequence(tokens, start)
+        };
+        thompson.finish(start, accept)
+    }
+
+    /// The automaton of one literal path.
+    fn literal(path: &[u8]) -> Nfa {
+        let n = path.len();
+        let mut nfa = Nfa {
+            offsets: vec![0],
+            edges: Vec::with_capacity(n + 2),
+            accepting: Vec::with_capacity(n + 2),
+        };
+        for (i, &byte) in path.iter().enumerate() {
+            nfa.edges.push(Edge {
+                bytes: ByteSet::single(byte),
+                to: i + 1,
+            });
+            nfa.offsets.push(nfa.edges.len());
+            nfa.accepting.push(false);
+        }
+        nfa.edges.push(Edge {
+            bytes: ByteSet::single(b'/'),
+            to: n + 1,
+        });
+        nfa.offsets.push(nfa.edges.len());
+        nfa.accepting.push(true);
+        nfa.push_under_state();
+        nfa
+    }
+
+    /// Appends the "anything under" state: accepting, looping on every byte.
+    fn push_under_state(&mut self) {
+        let under = self.accepting.len();
+        self.edges.push(Edge {
+            bytes: ByteSet::FULL,
+            to: under,
+        });
+        self.offsets.push(self.edges.len());
+        self.accepting.push(true);
+    }
+
+    fn len(&self) -> usize {
+        self.accepting.len()
+    }
+
+    fn is_accepting(&self, state: usize) -> bool {
+        self.accepting.get(state).copied().unwrap_or(false)
+    }
+
+    fn edges(&self, state: usize) -> &[Edge] {
+        match (self.offsets.get(state), self.offsets.get(state + 1)) {
+            (Some(&lo), Some(&hi)) => self.edges.get(lo..hi).unwrap_or_default(),
+            _ => &[],
+        }
+    }
+
+    /// Whether some byte string is accepted by both: a depth-first search of the product.
+    fn intersects(&self, other: &Nfa) -> bool {
+        match self.edges.len().checked_mul(other.edges.len()) {
+            Some(pairs) if pairs <= MAX_EDGE_PAIRS => {}
+            _ => return true,
+        }
+        let width = other.len();
+        let total = self.len() * width;
+        let mut seen = vec![0u64; total.div_ceil(64).max(1)];
+        seen[0] = 1;
+        let mut stack = vec![(0, 0)];
+        while let Some((p, q)) = stack.pop() {
+            if self.is_accepting(p) && other.is_accepting(q) {
+                return true;
+            }
+            for a in self.edges(p) {
+                for b in other.edges(q) {
+                    if !a.bytes.intersects(&b.bytes) {
+                        continue;
+                    }
+                    let id = a.to * width + b.to;
+                    let bit = 1u64 << (id % 64);
+                    if let Some(word) = seen.get_mut(id / 64)
+                        && *word & bit == 0
+                    {
+                        *word |= bit;
+                        stack.push((a.to, b.to));
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A Thompson automaton (with empty moves) for globset's regex, before they are removed.
+#[derive(Debug, Default)]
+struct Thompson {
+    edges: Vec<Vec<(ByteSet, usize)>>,
+    empty_moves: Vec<Vec<usize>>,
+}
+
+impl Thompson {
+    fn state(&mut self) -> usize {
+        self.edges.push(Vec::new());
+        self.empty_moves.push(Vec::new());
+        self.edges.len() - 1
+    }
+
+    fn edge(&mut self, from: usize, bytes: ByteSet, to: usize) {
+        if !bytes.is_empty()
+            && let Some(edges) = self.edges.get_mut(from)
+        {
+            edges.push((bytes, to));
+        }
+    }
+
+    fn empty_move(&mut self, from: usize, to: usize) {
+        if let Some(moves) = self.empty_moves.get_mut(from) {
+            moves.push(to);
+        }
+    }
+
+    fn sequence(&mut self, tokens: &[Token], start: usize) -> usize {
+        tokens
+            .iter()
+            .fold(start, |cur, token| self.token(token, cur))
+    }
+
+    /// Adds `token` after state `cur` and returns the state where it ends.
+    fn token(&mut self, token: &Token, cur: usize) -> usize {
+        let slash = ByteSet::single(b'/');
+        match token {
+            Token::Literal(c) => c.encode_utf8(&mut [0; 4]).bytes().fold(cur, |cur, byte| {
+                let next = self.state();
+                self.edge(cur, ByteSet::single(byte), next);
+                next
+            }),
+            Token::Any => {
+                let next = self.state();
+                self.edge(cur, ByteSet::not_slash(), next);
+                next
+            }
+            Token::ZeroOrMore => {
+                let spin = self.state();
+                self.empty_move(cur, spin);
+                self.edge(spin, ByteSet::not_slash(), spin);
+                spin
+            }
+            Token::RecursivePrefix => {
+                // (?:/?|.*/)
+                let end = self.state();
+                self.empty_move(cur, end);
+                self.edge(cur, slash, end);
+                let spin = self.state();
+                self.empty_move(cur, spin);
+                self.edge(spin, ByteSet::FULL, spin);
+                self.edge(spin, slash, end);
+                end
+            }
+            Token::RecursiveSuffix => {
+                // /.*
+                let spin = self.state();
+                self.edge(cur, slash, spin);
+                self.edge(spin, ByteSet::FULL, spin);
+                spin
+            }
+            Token::RecursiveZeroOrMore => {
+                // (?:/|/.*/)
+                let end = self.state();
+                self.edge(cur, slash, end);
+                let spin = self.state();
+                self.edge(cur, slash, spin);
+                self.edge(spin, ByteSet::FULL, spin);
+                self.edge(spin, slash, end);
+                end
+            }
+            Token::Class { negated, ranges } => {
+                let next = self.state();
+                self.edge(cur, ByteSet::class(*negated, ranges), next);
+                next
+            }
+            Token::Alternates(alternates) => {
+                let mut live = alternates.iter().filter(|alt| !regex_is_empty(alt));
+                let Some(first) = live.next() else {
+                    return cur;
+                };
+                let end = self.state();
+                for alternate in std::iter::once(first).chain(live) {
+                    let branch = self.state();
+                    self.empty_move(cur, branch);
+                    let branch_end = self.sequence(alternate, branch);
+                    self.empty_move(branch_end, end);
+                }
+                end
+            }
+        }
+    }
+
+    /// Removes empty moves, keeps the states reachable from `start` (renumbered so `start` is 0),
+    /// merges parallel edges, and appends the "anything under" state. `None` when `accept` is
+    /// unreachable.
+    fn finish(self, start: usize, accept: usize) -> Option<Nfa> {
+        let n = self.edges.len();
+        let mut index = vec![usize::MAX; n];
+        let mut order = vec![start];
+        *index.get_mut(start)? = 0;
+        let mut states: Vec<(bool, Vec<(ByteSet, usize)>)> = Vec::new();
+        let mut closure = Vec::new();
+        let mut in_closure = vec![false; n];
+        let mut next = 0;
+        while let Some(&state) = order.get(next) {
+            next += 1;
+            self.closure(state, &mut closure, &mut in_closure);
+            let mut out: Vec<(ByteSet, usize)> = Vec::new();
+            for &member in &closure {
+                for &(bytes, to) in self.edges.get(member).map_or(&[][..], Vec::as_slice) {
+                    match out.iter_mut().find(|(_, t)| *t == to) {
+                        Some(edge) => edge.0 = edge.0.union(bytes),
+                        None => out.push((bytes, to)),
+                    }
+                    if let Some(slot) = index.get_mut(to)
+                        && *slot == usize::MAX
+                    {
+                        *slot = order.len();
+                        order.push(to);
+                    }
+                }
+            }
+            states.push((closure.contains(&accept), out));
+        }
+        if !states.iter().any(|(accepting, _)| *accepting) {
+            return None;
+        }
+        let under = states.len();
+        let mut nfa = Nfa {
+            offsets: vec![0],
+            edges: Vec::new(),
+            accepting: Vec::with_capacity(under + 1),
+        };
+        for (accepting, out) in states {
+            for (bytes, to) in out {
+                nfa.edges.push(Edge {
+                    bytes,
+                    to: index.get(to).copied()?,
+                });
+            }
+            if accepting {
+                nfa.edges.push(Edge {
+                    bytes: ByteSet::single(b'/'),
+                    to: under,
+                });
+            }
+            nfa.offsets.push(nfa.edges.len());
+            nfa.accepting.push(accepting);
+        }
+        nfa.push_under_state();
+        Some(nfa)
+    }
+
+    /// The states reachable from `state` by empty moves, itself included, into `out`.
+    fn closure(&self, state: usize, out: &mut Vec<usize>, marks: &mut [bool]) {
+        for &member in out.iter() {
+            if let Some(mark) = marks.get_mut(member) {
+                *mark = false;
+            }
+        }
+        out.clear();
+        let mut stack = vec![state];
+        while let Some(s) = stack.pop() {
+            match marks.get_mut(s) {
+                Some(mark) if !*mark => *mark = true,
+                _ => continue,
+            }
+            out.push(s);
+            if let Some(moves) = self.empty_moves.get(s) {
+                stack.extend_from_slice(moves);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    fn lock(s: &str) -> LockPath {
+        LockPath::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    #[test]
+    fn parse_normalises() {
+        let cases = [
+            ("src", "src"),
+            ("./src/", "src"),
+            ("src//a", "src/a"),
+            ("src/./a", "src/a"),
+            ("./././x", "x"),
+            ("a/b/", "a/b"),
+            ("a///b//", "a/b"),
+            (".", "**"),
+            ("./", "**"),
+            ("././/.", "**"),
+            ("src/api/**", "src/api/**"),
+            ("./**/*.rs", "**/*.rs"),
+            ("src/a b.rs", "src/a b.rs"),
+            (" src ", " src "),
+            (".git", ".git"),
+            ("...", "..."),
+            ("..a/b..", "..a/b.."),
+            ("{a,b}//c", "{a,b}/c"),
+            // An escaped `/` and a `/` inside a class are not separators, so nothing is dropped.
+            ("a\\/", "a\\/"),
+            ("a[/.]b", "a[/.]b"),
+            ("x/[a/./b]", "x/[a/./b]"),
+            ("Cargo.lock", "Cargo.lock"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(lock(input).as_str(), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn parse_refuses() {
+        use LockPathError::*;
+        let invalid = |p: &str| InvalidGlob {
+            path: p.to_string(),
+            reason: String::new(),
+        };
+        let cases = [
+            ("", Empty),
+            ("/etc/passwd", Absolute("/etc/passwd".into())),
+            ("/", Absolute("/".into())),
+            ("//x", Absolute("//x".into())),
+            ("../x", Escapes("../x".into())),
+            ("a/../b", Escapes("a/../b".into())),
+            ("a/..", Escapes("a/..".into())),
+            ("./..", Escapes("./..".into())),
+            ("a\0b", ControlCharacter("a\0b".into())),
+            ("a\tb", ControlCharacter("a\tb".into())),
+            ("a\nb", ControlCharacter("a\nb".into())),
+            ("\u{7f}", ControlCharacter("\u{7f}".into())),
+            ("\u{85}x", ControlCharacter("\u{85}x".into())),
+            ("a/[b", invalid("a/[b")),
+            ("a/{b", invalid("a/{b")),
+            ("a}", invalid("a}")),
+            ("a\\", invalid("a\\")),
+            ("[z-a]", invalid("[z-a]")),
+            // Valid to globset, but the class can never match: `/` separates segments.
+            ("a/[/]", invalid("a/[/]")),
+        ];
+        for (input, want) in cases {
+            let got = LockPath::parse(input).expect_err(input);
+            match (&got, &want) {
+                (
+                    InvalidGlob { path, reason },
+                    InvalidGlob {
+                        path: want_path, ..
+                    },
+                ) => {
+                    assert_eq!(path, want_path);
+                    assert!(!reason.is_empty(), "{input:?}");
+                }
+                _ => assert_eq!(got, want, "input {input:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_glob_reason_is_globsets() {
+        let err = LockPath::parse("a/[b").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`a/[b` is not a valid glob: unclosed character class; missing ']'"
+        );
+    }
+
+    #[test]
+    fn control_character_message_is_escaped() {
+        let err = LockPath::parse("a\nb").unwrap_err();
+        assert_eq!(err.to_string(), "`a\\nb` contains a control character");
+    }
+
+    #[test]
+    fn identity_is_the_normalised_text() {
+        use std::collections::HashSet;
+        assert_eq!(lock("./src/"), lock("src"));
+        assert!(lock("a") < lock("b"));
+        let set: HashSet<LockPath> = ["src", "./src", "src/", "docs"].map(lock).into();
+        assert_eq!(set.len(), 2);
+        assert_eq!(lock("./src//x").to_string(), "src/x");
+        assert_eq!(format!("{:?}", lock("src")), "LockPath(\"src\")");
+    }
+
+    #[test]
+    fn serialises_as_its_normalised_string() {
+        let json = serde_json::to_string(&vec![lock("./src/"), lock(".")]).unwrap();
+        assert_eq!(json, r#"["src","**"]"#);
+    }
+
+    #[test]
+    fn is_glob_means_not_one_literal_path() {
+        for s in ["src/*.rs", "a?", "[ab]", "{a,b}", "**", "a\\*b"] {
+            assert!(lock(s).is_glob(), "{s}");
+        }
+        for s in ["src", "Cargo.lock", "a,b", "x]"] {
+            assert!(!lock(s).is_glob(), "{s}");
+        }
+    }
+
+    /// `(a, b, overlaps)`; every pair is checked both ways.
+    const OVERLAPS: &[(&str, &str, bool)] = &[
+        // Plain paths.
+        ("src", "src", true),
+        ("src", "src/app.py", true),
+        ("src/a/b/c", "src", true),
+        ("src", "srcs", false),
+        ("src", "src.rs", false),
+        ("src/a", "src/b", false),
+        ("a/b", "a/bc", false),
+        ("a b/c", "a b", true),
+        // `**` and directories.
+        ("src", "src/**", true),
+        ("src/**", "src/a/b/c", true),
+        ("src/**", "srcs/a", false),
+        ("**", "x", true),
+        ("**", "a/b/*.rs", true),
+        ("**", "**", true),
+        ("**", "{a,b}/[!c]?", true),
+        ("docs", "docs/**/*.md", true),
+        ("a/**", "b", false),
+        ("a/b/c", "a/b/d/**", false),
+        ("a/**/b", "c/**", false),
+        ("a/**/**/b", "a/b", true),
+        ("**/b/**", "a/b", true),
+        ("**/x", "a/b/x", true),
+        ("**/x", "x", true),
+        ("**/*.rs", "src/x.rs", true),
+        ("a/**/b", "a/b", true),
+        // `a/c` may be a directory, and `a/**/b` matches `a/c/b` inside it.
+        ("a/**/b", "a/c", true),
+        // Same reason: `**/b` matches `a/c/b`.
+        ("**/b", "a/c", true),
+        // `x.py` may be a directory holding `x.py/y.rs`.
+        ("**/*.rs", "x.py", true),
+        ("*/*.rs", "x.py", true),
+        ("src/**/test_*.py", "src/a/**", true),
+        ("src/**/test_*.py", "docs/**", false),
+        // A single `*` never crosses `/`.
+        ("*.rs", "src/x.rs", false),
+        ("*.rs", "x.py", false),
+        ("*/x", "a/b/x", false),
+        ("*/x", "a/x", true),
+        // `*` matches a directory, which covers what is under it.
+        ("*", "anything/deep", true),
+        ("src/*", "src/a/b", true),
+        ("src/*.rs", "src/foo.rs/bar", true),
+        // `src/x.rs` may be a directory holding `src/x.rs/x.rs`.
+        ("src/*/x.rs", "src/x.rs", true),
+        ("a/*/b", "a/x/c", false),
+        ("a/b", "a/*/c", true),
+        // Globs against globs.
+        ("src/*.rs", "src/*.py", false),
+        ("a/*", "b/*", false),
+        ("*.py", "*.rs", false),
+        ("a*", "*b", true),
+        ("src/a?c", "src/*c", true),
+        ("?", "ab", false),
+        ("?", "??", false),
+        ("src/?.rs", "src/ab.rs", false),
+        ("src/?", "src/x", true),
+        ("*.lock", "Cargo.lock", true),
+        ("Cargo.lock", "Cargo.*", true),
+        // `*` matches a leading `.` and the empty string, as in globset.
+        (".hidden", "*", true),
+        ("src/*.rs", "src/.rs", true),
+        // `**` that is not a whole segment is `*`.
+        ("a**b", "axyb", true),
+        ("a**b", "ax/yb", false),
+        // Classes.
+        ("src/[ab].rs", "src/c.rs", false),
+        ("src/[ab].rs", "src/b.rs", true),
+        ("src/[a-c].rs", "src/b.rs", true),
+        ("src/[a-c].rs", "src/d.rs", false),
+        ("src/[!a].rs", "src/b.rs", true),
+        ("src/[^a].rs", "src/a.rs", false),
+        ("src/[!a].rs", "src/[!b].rs", true),
+        ("src/[ab].rs", "src/[bc].rs", true),
+        ("src/[ab].rs", "src/[cd].rs", false),
+        ("src/[ab].rs", "src/[!ab].rs", false),
+        ("[[:digit:]]x", "1x", true),
+        ("[[:digit:]]x", "ax", false),
+        ("[ab]", "c/**", false),
+        // `[a/b]` is `[ab]`: a class never matches `/`.
+        ("[a/b]", "a", true),
+        ("[a/b]", "a/b", true),
+        // Alternatives.
+        ("src/{a,b}.rs", "src/b.rs", true),
+        ("src/{a,b}.rs", "src/c.rs", false),
+        ("src/{api,web}/**", "src/web/x.rs", true),
+        ("src/{api,web}/**", "src/cli/x.rs", false),
+        ("{a,b}/x", "b", true),
+        ("{a/x,b}", "a", true),
+        ("{a/x,b}", "a/y", false),
+        ("x/{**/y,z}", "x/q/y", true),
+        // The `**/` opening an alternative is recursive, and `.*/` reaches `x/q/z/y`.
+        ("x/{**/y,z}", "x/q/z", true),
+        ("x/{**/y,z}", "w/y", false),
+        ("{*.rs,*.py}", "{*.md,*.txt}", false),
+        // Globset drops empty alternatives: `x{a,}` is only `xa`.
+        ("x{a,}", "x", false),
+        ("x{a,}", "xa", true),
+        // Escapes are literal characters.
+        ("src/a\\*b", "src/a*b", true),
+        ("src/a\\*b", "src/axb", false),
+        // `src/[x]` unescaped is a class: it matches `src/x`, not the file named `src/[x]`.
+        ("src/\\[x\\]", "src/[x]", false),
+        ("src/\\[x\\]", "src/?x?", true),
+        // Globset matches bytes: `?` is one byte, and `é` is two.
+        ("?.rs", "é.rs", false),
+        ("??.rs", "é.rs", true),
+        ("*.rs", "é.rs", true),
+    ];
+
+    #[test]
+    fn overlap_table() {
+        for &(a, b, want) in OVERLAPS {
+            let (la, lb) = (lock(a), lock(b));
+            assert_eq!(la.overlaps(&lb), want, "{a} vs {b}");
+            assert_eq!(lb.overlaps(&la), want, "{b} vs {a}");
+        }
+    }
+
+    /// Literal paths in the table are also checked through `covers_file`, which must agree with
+    /// `overlaps` against the literal lock.
+    #[test]
+    fn covers_file_agrees_with_the_table() {
+        for &(a, b, want) in OVERLAPS {
+            for (glob, file) in [(a, b), (b, a)] {
+                if !lock(file).is_glob() {
+                    assert_eq!(lock(glob).covers_file(file), want, "{glob} covers {file}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn covers_file_takes_the_file_literally() {
+        let cases = [
+            ("src", "src/a b.rs", true),
+            ("src/*.rs", "src/a b.rs", true),
+            ("src/*.rs", "src/a/b.rs", false),
+            ("src/**", "src/deep/er/x", true),
+            ("src/api/**", "src/web/x", false),
+            // Covered as an ancestor of what the lock names: a submodule, or a directory that the
+            // task replaced by a file. Any lock that covers it also overlaps this one.
+            ("docs/**", "docs", true),
+            // `[`, `*` in a real file name are plain characters.
+            ("src/[ab].rs", "src/[ab].rs", false),
+            ("src/[ab].rs", "src/a.rs", true),
+            ("src/\\[ab\\].rs", "src/[ab].rs", true),
+            ("src/a*", "src/a*", true),
+            ("src", "src*", false),
+            ("x/**/y", "x/y", true),
+            ("x/**/y", "x/z", true),
+            ("x/*/y", "x/z/w", false),
+        ];
+        for (glob, file, want) in cases {
+            assert_eq!(lock(glob).covers_file(file), want, "{glob} covers {file}");
+        }
+    }
+
+    #[test]
+    fn overlapping_lists_every_pair() {
+        let wanted = ["src/api/**", "Cargo.lock", "docs"].map(lock);
+        let held = ["src/**/*.rs", "README.md", "*.lock", "docs/x"].map(lock);
+        let pairs: Vec<(&str, &str)> = overlapping(&wanted, &held)
+            .into_iter()
+            .map(|(w, h)| (w.as_str(), h.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("src/api/**", "src/**/*.rs"),
+                ("Cargo.lock", "*.lock"),
+                ("docs", "docs/x"),
+            ]
+        );
+        assert!(overlapping(&wanted, &[]).is_empty());
+    }
+
+    #[test]
+    fn huge_patterns_do_not_panic() {
+        let long = "a/".repeat(3000) + "*";
+        let other = "*/".repeat(3000) + "b";
+        let (a, b) = (lock(&long), lock(&other));
+        assert!(a.overlaps(&b));
+        assert!(a.overlaps(&a));
+        let nested = "{".repeat(50) + "a" + &"}".repeat(50);
+        assert!(lock(&nested).overlaps(&lock("a")));
+    }
+
+    // ---- property tests against globset -------------------------------------------------------
+
+    const PATTERN_SEGMENTS: &[&str] = &["a", "b", "ab", "*", "?", "**", "[ab]", "a*"];
+    const PATH_NAMES: &[&str] = &["a", "b", "ab"];
+    /// Two patterns of `n` and `m` segments that overlap share a path of at most `n + m`
+    /// segments over `PATH_NAMES`, so with patterns of up to 3 segments this universe holds a
+    /// witness for every overlap.
+    const MAX_PATH_DEPTH: usize = 6;
+
+    fn pattern_of(max_segments: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PATTERN_SEGMENTS), 1..=max_segments)
+            .prop_map(|segments| segments.join("/"))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        pattern_of(4)
+    }
+
+    /// Whitespace-separated.
+    const RICH_SEGMENTS: &str = r"a b ab * ? ** [ab] a* *b [!a] [^b]* a** **b ?*? {a,b} {a,*b} {a/b,*}
+        {**/a,b} {a,} x{,} \* \a [*] {,a/**} [[:alpha:]] {{a,b},ab} [a-b]? [[:foo:]]";
+
+    fn rich_pattern() -> impl Strategy<Value = String> {
+        let segments: Vec<&str> = RICH_SEGMENTS.split_whitespace().collect();
+        prop::collection::vec(prop::sample::select(segments), 1..=4)
+            .prop_map(|segments| segments.join("/"))
+    }
+
+    const RICH_PATH_NAMES: &[&str] = &["a", "b", "ab", "*", "x"];
+    const RICH_MAX_PATH_DEPTH: usize = 4;
+
+    /// Every path of up to `depth` segments over `names`, each with the index of its parent
+    /// (parents come first).
+    type Universe = Vec<(String, Option<usize>)>;
+
+    fn build_universe(names: &[&str], depth: usize) -> Universe {
+        let mut paths: Universe = names.iter().map(|name| (name.to_string(), None)).collect();
+        let mut level = 0..paths.len();
+        for _ in 1..depth {
+            let next_start = paths.len();
+            for parent in level {
+                for name in names {
+                    let path = format!("{}/{name}", paths[parent].0);
+                    paths.push((path, Some(parent)));
+                }
+            }
+            level = next_start..paths.len();
+        }
+        paths
+    }
+
+    fn universe() -> &'static Universe {
+        static UNIVERSE: std::sync::OnceLock<Universe> = std::sync::OnceLock::new();
+        UNIVERSE.get_or_init(|| build_universe(PATH_NAMES, MAX_PATH_DEPTH))
+    }
+
+    fn rich_universe() -> &'static Universe {
+        static UNIVERSE: std::sync::OnceLock<Universe> = std::sync::OnceLock::new();
+        UNIVERSE.get_or_init(|| build_universe(RICH_PATH_NAMES, RICH_MAX_PATH_DEPTH))
+    }
+
+    /// Which universe paths the glob covers according to globset: the glob matches the path or
+    /// one of its ancestors.
+    fn covered_by_globset(pattern: &str, universe: &Universe) -> Vec<bool> {
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(true)
+            .build()
+            .unwrap()
+            .compile_matcher();
+        let mut covered: Vec<bool> = Vec::new();
+        for (path, parent) in universe {
+            let by_parent = parent.is_some_and(|p| covered[p]);
+            covered.push(by_parent || glob.is_match(path));
+        }
+        covered
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Never a missed conflict: a path both globs cover means `overlaps` is true.
+        #[test]
+        fn overlap_never_misses_a_conflict(a in pattern(), b in pattern()) {
+            let (ca, cb) = (covered_by_globset(&a, universe()), covered_by_globset(&b, universe()));
+            if let Some(i) = (0..ca.len()).find(|&i| ca[i] && cb[i]) {
+                let got = lock(&a).overlaps(&lock(&b));
+                prop_assert!(got, "missed conflict: {} and {} both cover {}", a, b, universe()[i].0);
+            }
+        }
+
+        /// Not needlessly conservative: on this alphabet every reported overlap has a witness.
+        #[test]
+        fn overlap_is_exact_on_a_small_alphabet(a in pattern_of(3), b in pattern_of(3)) {
+            let (ca, cb) = (covered_by_globset(&a, universe()), covered_by_globset(&b, universe()));
+            let witness = (0..ca.len()).any(|i| ca[i] && cb[i]);
+            prop_assert_eq!(lock(&a).overlaps(&lock(&b)), witness, "{} vs {}", a, b);
+        }
+
+        /// The same with braces, negated classes, `**` inside a segment, escapes and names that
+        /// contain glob characters.
+        #[test]
+        fn overlap_never_misses_a_conflict_with_richer_syntax(
+            a in rich_pattern(),
+            b in rich_pattern(),
+        ) {
+            let universe = rich_universe();
+            let (ca, cb) = (covered_by_globset(&a, universe), covered_by_globset(&b, universe));
+            if let Some(i) = (0..ca.len()).find(|&i| ca[i] && cb[i]) {
+                let got = lock(&a).overlaps(&lock(&b));
+                prop_assert!(got, "missed conflict: {} and {} both cover {}", a, b, universe[i].0);
+            }
+        }
+
+        /// `covers_file` is globset matching the file or one of its ancestors, or the file being
+        /// an ancestor of such a match.
+        #[test]
+        fn covers_file_agrees_with_globset(a in pattern_of(3)) {
+            let covered = covered_by_globset(&a, universe());
+            let la = lock(&a);
+            for (i, (path, _)) in universe().iter().enumerate() {
+                if covered[i] {
+                    prop_assert!(la.covers_file(path), "{} should cover {}", a, path);
+                } else if path.split('/').count() <= 3 {
+                    // Deep enough in the universe for every descendant that matters.
+                    let dir = format!("{path}/");
+                    let above_a_match = universe()
+                        .iter()
+                        .zip(&covered)
+                        .any(|((p, _), &c)| c && p.starts_with(&dir));
+                    prop_assert_eq!(la.covers_file(path), above_a_match, "{} covers {}", a, path);
+                }
+            }
+        }
+
+        #[test]
+        fn overlap_is_symmetric(a in pattern(), b in pattern()) {
+            let (la, lb) = (lock(&a), lock(&b));
+            prop_assert_eq!(la.overlaps(&lb), lb.overlaps(&la));
+        }
+
+        #[test]
+        fn every_lock_overlaps_itself(a in pattern()) {
+            let la = lock(&a);
+            prop_assert!(la.overlaps(&la));
+        }
+
+        /// Arbitrary input never panics, and what parses overlaps itself and is stable under
+        /// re-parsing its normalised text.
+        #[test]
+        fn parse_is_total_and_idempotent(s in r"[a-c./*?\[\]{},!^\\-]{0,12}") {
+            if let Ok(l) = LockPath::parse(&s) {
+                prop_assert!(l.overlaps(&l), "{:?}", l);
+                let again = LockPath::parse(l.as_str());
+                prop_assert_eq!(again.as_ref(), Ok(&l));
+                let _ = l.covers_file(&s);
+            }
+        }
+    }
 }
