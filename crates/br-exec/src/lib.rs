@@ -1,1 +1,10 @@
-//! placeholder
+//! Everything in br that acts on the world: the worker loop, task processes and their signals,
+//! the reaper that outlives a killed worker, the local worker pool of `br run`, and git.
+
+pub mod git;
+pub mod pool;
+pub mod process;
+pub mod reaper;
+pub mod worker;
+
+pub use git::{Git, GitError, Repo};
