@@ -141,14 +141,28 @@ impl StoreLocation {
 
     /// Opens (creating if needed) the store.
     pub fn open(&self) -> Result<Box<dyn Store>> {
+        self.open_with(&OpenOptions::default())
+    }
+
+    pub fn open_with(&self, options: &OpenOptions) -> Result<Box<dyn Store>> {
         match self {
-            StoreLocation::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open(path)?)),
+            StoreLocation::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open_with(
+                path,
+                options.busy_timeout.unwrap_or(sqlite::DEFAULT_BUSY_TIMEOUT),
+            )?)),
             StoreLocation::Postgres(url) => Err(StoreError::UnsupportedUrl {
                 url: redact_password(url),
                 reason: "this build of br has no PostgreSQL backend yet".into(),
             }),
         }
     }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// How long a write waits for another process's transaction [default: the backend's].
+    pub busy_timeout: Option<Duration>,
 }
 
 /// Hides a password in a URL before it is shown.

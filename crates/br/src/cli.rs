@@ -1,0 +1,385 @@
+//! The command line: every command, flag and help text. Parsing only; `cmd/` does the work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Sessions can be named by full id, a unique id prefix, or name (the latest with that name).
+`br parallel <command> …` is accepted as an alias of `br <command> …`.
+
+Exit codes:
+  0    success (for run/wait/resume: every task succeeded)
+  1    the session ended with failed, skipped or cancelled tasks
+  2    bad input: invalid plan, unknown session or task, refused transition, bad arguments
+  3    lock conflict (br lock)
+  4    br could not do its job: store locked, damaged or from a newer br; git or I/O failure
+  124  br wait --timeout passed before the session ended
+  130  interrupted (Ctrl-C); the session is left paused and nothing recorded is lost";
+
+/// br runs a plan of tasks on a git repository in parallel: each task on a worker, two running
+/// tasks never holding overlapping file locks, everything recorded durably so that nothing is
+/// lost when any process dies.
+#[derive(Debug, Parser)]
+#[command(name = "br", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Run as if br was started in DIR (the repository).
+    #[arg(short = 'C', value_name = "DIR", global = true)]
+    pub dir: Option<PathBuf>,
+
+    /// Where state lives: a SQLite file path, sqlite://PATH, or postgres://… [default:
+    /// <git common dir>/br/br.db]
+    #[arg(long, env = "BR_STORE", value_name = "URL", global = true)]
+    pub store: Option<String>,
+
+    /// Print JSON instead of text (where the command has a JSON form).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a throwaway repository with a sample plan and run it live
+    Demo(DemoArgs),
+    /// Write a commented example plan (br.toml)
+    Init(InitArgs),
+    /// Submit a plan and run it to the end with local workers
+    Run(RunArgs),
+    /// Create a session from a plan and queue its tasks; run nothing
+    Submit(SubmitArgs),
+    /// Run one worker process: claim tasks, run them, report, until stopped
+    Worker(WorkerArgs),
+    /// Wait until a session ends; exit as `br run` does
+    Wait(WaitArgs),
+    /// Submit and run a plan given by flags (or --plan): the seed's spelling
+    Start(StartArgs),
+    /// Show one session with every task
+    Status(StatusArgs),
+    /// List sessions, newest first
+    List(ListArgs),
+    /// Start nothing new in a session (running tasks finish)
+    Pause(SessionArg),
+    /// Resume a paused session; runs local workers if none are serving it
+    Resume(ResumeArgs),
+    /// Cancel a session: stop its running tasks (TERM, grace, KILL), release its locks
+    Cancel(CancelArgs),
+    /// Change how many local workers a running `br run` keeps
+    Scale(ScaleArgs),
+    /// List workers with status, host, pid, current task and last heartbeat
+    Workers(WorkersArgs),
+    /// Take manual locks for a session, all or none
+    Lock(LockArgs),
+    /// Release a session's manual locks (all of them without PATH)
+    Unlock(UnlockArgs),
+    /// List held locks
+    Locks,
+    /// Show the event log (NDJSON with --json)
+    Events(EventsArgs),
+    /// Show a task's output
+    Logs(LogsArgs),
+    /// The summary of workers, sessions and tasks
+    Summary,
+    /// Delete old finished sessions and their logs; prune stale workers
+    Cleanup(CleanupArgs),
+    /// Internal: the reaper that stops a dead worker's task processes
+    #[command(name = "__reaper", hide = true)]
+    Reaper,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many workers
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Keep the demo repository to explore
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the plan
+    #[arg(default_value = "br.toml")]
+    pub path: PathBuf,
+    /// Overwrite an existing file
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// How `br run`, `br start` and `br resume` drive a session.
+#[derive(Debug, Args, Clone)]
+pub struct DriveArgs {
+    /// Local workers to run [default: the plan's `workers`, else the number of CPUs]
+    #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: Option<u32>,
+    /// Print plain progress lines even on a terminal
+    #[arg(long)]
+    pub no_dashboard: bool,
+    /// How often workers heartbeat
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub heartbeat_interval: Duration,
+    /// Between SIGTERM and SIGKILL when a task must stop
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plan file
+    #[arg(default_value = "br.toml")]
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The plan file
+    #[arg(default_value = "br.toml")]
+    pub plan: PathBuf,
+    /// Workers that `br run`/`br resume` should keep for it [default: the plan's `workers`]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Only run this session's tasks, and leave when it ends
+    #[arg(long, value_name = "SESSION")]
+    pub session: Option<String>,
+    /// Leave as soon as nothing is claimable
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// How often to heartbeat
+    #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
+    pub heartbeat_interval: Duration,
+    /// Silent this long, this worker is shown offline [default: the session's, else 30s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when a task must stop
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub kill_grace: Duration,
+    /// Stop when standard input closes (used by `br run` for the workers it starts)
+    #[arg(long, hide = true)]
+    pub watch_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    pub session: String,
+    /// Give up after this long (exit 124)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The session's name
+    pub name: String,
+    /// Take tasks (and settings) from this plan file; flags add to it
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// A task: ID=COMMAND (repeat)
+    #[arg(long = "task", short = 't', value_name = "ID=COMMAND")]
+    pub tasks: Vec<String>,
+    /// A file a task modifies: ID=PATH (repeat)
+    #[arg(long = "files", short = 'f', value_name = "ID=PATH")]
+    pub files: Vec<String>,
+    /// A dependency: ID=OTHER_ID, ID waits for OTHER_ID (repeat)
+    #[arg(long = "after", short = 'a', value_name = "ID=OTHER")]
+    pub after: Vec<String>,
+    /// worktree or shared
+    #[arg(long)]
+    pub isolation: Option<String>,
+    /// Extra attempts after a failed attempt
+    #[arg(long)]
+    pub retries: Option<u32>,
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The session [default: the newest]
+    pub session: Option<String>,
+    /// Also show each task's command, log path and attempts
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sessions in this state
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArg {
+    pub session: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    pub session: String,
+    /// Only mark the session running; do not start local workers
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub session: String,
+    /// Do not wait for running tasks to stop
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    pub session: String,
+    /// The number of local workers to keep
+    #[arg(value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub workers: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Only workers in this state (idle, busy, offline, stopped)
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Include stopped workers
+    #[arg(long, short)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    pub session: String,
+    /// Repo-relative paths or globs
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    pub session: String,
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this session's events
+    pub session: Option<String>,
+    /// Keep printing new events as they happen
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only the last N events
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub session: String,
+    pub task: String,
+    /// Which attempt [default: the latest]
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Keep printing output as the attempt writes it, until it ends
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Delete sessions that ended more than N days ago
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+    /// Show what would be done, do nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 500ms, 30s, 10m"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// `br parallel <command> …` is the seed's spelling: drop the word before clap sees it.
+pub fn strip_parallel_alias(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    let mut stripped = false;
+    let mut expect_value = false;
+    for arg in iter {
+        if !stripped && !expect_value {
+            let text = arg.to_string_lossy();
+            if text == "parallel" {
+                stripped = true;
+                continue;
+            }
+            if text == "-C" || text == "--store" {
+                expect_value = true;
+                out.push(arg);
+                continue;
+            }
+            if !text.starts_with('-') {
+                // The first positional is the command: no alias here.
+                stripped = true;
+            }
+        } else {
+            expect_value = false;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strip(args: &[&str]) -> Vec<String> {
+        strip_parallel_alias(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn parallel_alias_is_dropped_once() {
+        assert_eq!(strip(&["br", "parallel", "status"]), ["br", "status"]);
+        assert_eq!(
+            strip(&["br", "-C", "parallel", "parallel", "list"]),
+            ["br", "-C", "parallel", "list"]
+        );
+        assert_eq!(
+            strip(&["br", "--json", "parallel", "list"]),
+            ["br", "--json", "list"]
+        );
+        assert_eq!(strip(&["br", "run", "parallel"]), ["br", "run", "parallel"]);
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,150 @@
+//! `br events` (the event log) and `br logs` (a task's output).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use br_core::TaskId;
+use br_store::{Event, EventFilter};
+
+use crate::cli::{EventsArgs, LogsArgs};
+use crate::context::Context;
+use crate::exit::{Exit, usage};
+
+pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let session = args
+        .session
+        .as_deref()
+        .map(|s| store.resolve_session(s))
+        .transpose()?
+        .map(|s| s.id);
+    let mut filter = EventFilter {
+        session,
+        ..Default::default()
+    };
+    let mut all = store.events(&filter)?;
+    if let Some(n) = args.limit {
+        let skip = all.len().saturating_sub(n);
+        all.drain(..skip);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut last = 0;
+    for ev in &all {
+        write_event(&mut out, ev, ctx.json)?;
+        last = ev.seq;
+    }
+    out.flush()?;
+    if !args.follow {
+        return Ok(Exit::Success);
+    }
+    if last == 0 {
+        last = store.last_seq()?;
+    }
+    loop {
+        store.wait_for_change(Duration::from_millis(250))?;
+        filter.after_seq = Some(last);
+        for ev in store.events(&filter)? {
+            write_event(&mut out, &ev, ctx.json)?;
+            last = ev.seq;
+        }
+        out.flush()?;
+    }
+}
+
+fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, ev)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let mut line = format!("{:>6} {} {:<21}", ev.seq, ev.at, ev.kind.as_str());
+    if let Some(s) = &ev.session_id {
+        line.push_str(&format!(" session={s}"));
+    }
+    if let Some(t) = &ev.task_id {
+        line.push_str(&format!(" task={t}"));
+    }
+    if let Some(a) = ev.attempt {
+        line.push_str(&format!(" attempt={a}"));
+    }
+    if let Some(w) = &ev.worker_id {
+        line.push_str(&format!(" worker={w}"));
+    }
+    if ev.detail.as_object().is_some_and(|d| !d.is_empty()) {
+        line.push_str(&format!(" {}", ev.detail));
+    }
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+pub fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(&args.session)?;
+    let task = TaskId::new(args.task.clone()).map_err(|e| usage(e.to_string()))?;
+    let attempts = store.attempts(&s.id, &task)?;
+    let Some(latest) = attempts.last() else {
+        return Err(usage(format!(
+            "task {task} of session {} has not run yet",
+            s.id
+        )));
+    };
+    let wanted = args.attempt.unwrap_or(latest.attempt.0);
+    let attempt = attempts
+        .iter()
+        .find(|a| a.attempt.0 == wanted)
+        .ok_or_else(|| {
+            usage(format!(
+                "task {task} has no attempt {wanted} (it has 1 to {})",
+                latest.attempt
+            ))
+        })?;
+    let path = attempt
+        .log_path
+        .clone()
+        .ok_or_else(|| usage(format!("attempt {wanted} of {task} has no log")))?;
+    let mut out = std::io::stdout().lock();
+    let mut offset = 0u64;
+    loop {
+        offset += copy_from(&path, offset, &mut out)?;
+        out.flush()?;
+        if !args.follow {
+            return Ok(Exit::Success);
+        }
+        let finished = store
+            .attempts(&s.id, &task)?
+            .iter()
+            .any(|a| a.attempt.0 == wanted && a.finished_at.is_some());
+        if finished {
+            // One last read: output written just before the attempt ended.
+            copy_from(&path, offset, &mut out)?;
+            out.flush()?;
+            return Ok(Exit::Success);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = store.wait_for_change(Duration::ZERO);
+    }
+}
+
+/// Copies the file from `offset` to its current end; a missing file is empty.
+fn copy_from(path: &str, offset: u64, out: &mut impl Write) -> anyhow::Result<u64> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot read {path}"))),
+    };
+    file.seek(SeekFrom::Start(offset))
+        .with_context(|| format!("cannot read {path}"))?;
+    let mut copied = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {path}"))?;
+        if n == 0 {
+            return Ok(copied);
+        }
+        out.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
+}

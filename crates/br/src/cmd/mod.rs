@@ -1,0 +1,62 @@
+//! One function per command; `dispatch` picks it. Commands parse nothing and decide nothing the
+//! library crates decide: they wire the store, the executor and the terminal together.
+
+mod demo;
+mod events;
+mod lock;
+mod plan;
+mod session;
+mod worker;
+
+use std::io::Write;
+
+use crate::cli::Command;
+use crate::context::Context;
+use crate::exit::Exit;
+
+pub fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Demo(a) => demo::demo(ctx, a),
+        Command::Init(a) => plan::init(ctx, a),
+        Command::Run(a) => plan::run(ctx, a),
+        Command::Submit(a) => plan::submit(ctx, a),
+        Command::Start(a) => plan::start(ctx, a),
+        Command::Worker(a) => worker::worker(ctx, a),
+        Command::Workers(a) => worker::workers(ctx, a),
+        Command::Wait(a) => session::wait(ctx, a),
+        Command::Status(a) => session::status(ctx, a),
+        Command::List(a) => session::list(ctx, a),
+        Command::Pause(a) => session::pause(ctx, a),
+        Command::Resume(a) => session::resume(ctx, a),
+        Command::Cancel(a) => session::cancel(ctx, a),
+        Command::Scale(a) => session::scale(ctx, a),
+        Command::Summary => session::summary(ctx),
+        Command::Cleanup(a) => session::cleanup(ctx, a),
+        Command::Lock(a) => lock::lock(ctx, a),
+        Command::Unlock(a) => lock::unlock(ctx, a),
+        Command::Locks => lock::locks(ctx),
+        Command::Events(a) => events::events(ctx, a),
+        Command::Logs(a) => events::logs(ctx, a),
+        Command::Reaper => unreachable_reaper(),
+    }
+}
+
+/// `__reaper` is handled before a context exists (it must not touch the repository or store).
+fn unreachable_reaper() -> anyhow::Result<Exit> {
+    Err(crate::exit::usage("`__reaper` is internal to br workers"))
+}
+
+/// Writes JSON to stdout with a trailing newline.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

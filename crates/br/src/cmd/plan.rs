@@ -1,0 +1,269 @@
+//! Commands that start from a plan: `init`, `submit`, `run`, `start`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use br_core::Plan;
+use br_core::plan::Isolation;
+use br_store::{NewSession, Session, Store};
+
+use crate::cli::{DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
+use crate::cmd::{print, print_json};
+use crate::context::Context;
+use crate::drive::{DriveOptions, drive, final_report};
+use crate::exit::{Exit, usage};
+
+pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
+    let path = ctx.path(&args.path);
+    if path.exists() && !args.force {
+        return Err(usage(format!(
+            "{} already exists (use --force to overwrite it)",
+            path.display()
+        )));
+    }
+    std::fs::write(&path, Plan::example())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    print(&format!(
+        "wrote {}: edit it, then run it with `br run {}`\n",
+        path.display(),
+        args.path.display()
+    ))?;
+    Ok(Exit::Success)
+}
+
+/// Reads and validates a plan; errors name the file as the user typed it.
+pub fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, PathBuf)> {
+    let full = ctx.path(path);
+    let text = match std::fs::read_to_string(&full) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(usage(format!(
+                "no plan at {}: write one with `br init`, or name yours: br run PLAN",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot read plan {}", path.display()))
+            );
+        }
+    };
+    let plan = Plan::parse(&text, path)?;
+    Ok((plan, full))
+}
+
+/// The default number of local workers: the plan's, else one per CPU.
+pub fn default_workers(plan_workers: Option<u32>) -> u32 {
+    plan_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(4))
+            .unwrap_or(4)
+            .clamp(1, 16)
+    })
+}
+
+/// Creates the session: resolves the base, records the plan, queues the tasks.
+pub fn submit_plan(
+    ctx: &Context,
+    store: &dyn Store,
+    plan: Plan,
+    plan_path: Option<PathBuf>,
+    workers: u32,
+) -> anyhow::Result<Session> {
+    let repo = ctx.repo()?;
+    let base_commit = match repo.resolve_commit(&plan.base) {
+        Ok(commit) => Some(commit),
+        // Shared tasks run in the repository as it is; a commit is only needed to make worktrees.
+        Err(_) if plan.isolation == Isolation::Shared && plan.base == "HEAD" => None,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "base `{}`: worktree isolation starts every task from a commit (make one first, \
+                 or set isolation = \"shared\")",
+                plan.base
+            )));
+        }
+    };
+    Ok(store.create_session(&NewSession {
+        plan,
+        repo_root: repo.root.clone(),
+        plan_path,
+        base_commit,
+        workers_wanted: workers,
+    })?)
+}
+
+pub fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
+    let (plan, path) = load_plan(ctx, &args.plan)?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| default_workers(plan.workers));
+    let store = ctx.open_store()?;
+    let session = submit_plan(ctx, &*store, plan, Some(path), workers)?;
+    if ctx.json {
+        print_json(&session)?;
+    } else {
+        print(&format!(
+            "submitted session {} ({} tasks); run it with `br resume {}` or `br worker`\n{}\n",
+            session.name, session.total_tasks, session.id, session.id
+        ))?;
+    }
+    Ok(Exit::Success)
+}
+
+pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
+    let (plan, path) = load_plan(ctx, &args.plan)?;
+    run_plan(ctx, plan, Some(path), &args.drive)
+}
+
+pub fn run_plan(
+    ctx: &Context,
+    plan: Plan,
+    plan_path: Option<PathBuf>,
+    drive_args: &DriveArgs,
+) -> anyhow::Result<Exit> {
+    let workers = drive_args
+        .workers
+        .unwrap_or_else(|| default_workers(plan.workers));
+    let store = ctx.open_store()?;
+    let session = submit_plan(ctx, &*store, plan, plan_path, workers)?;
+    if !ctx.json {
+        print(&format!(
+            "session {} ({}): {} tasks, {} workers, {} isolation\n",
+            session.name, session.id, session.total_tasks, workers, session.isolation
+        ))?;
+    }
+    let opts = DriveOptions {
+        workers,
+        plain: drive_args.no_dashboard,
+        heartbeat_interval: drive_args.heartbeat_interval,
+        kill_grace: drive_args.kill_grace,
+        from_seq: 0,
+    };
+    finish(
+        ctx,
+        &*store,
+        &session,
+        drive(ctx, &*store, &session, &opts)?,
+    )
+}
+
+/// After a drive: the final report (or JSON status) and the exit code.
+pub fn finish(
+    ctx: &Context,
+    store: &dyn Store,
+    session: &Session,
+    exit: Exit,
+) -> anyhow::Result<Exit> {
+    let s = store.session(&session.id)?;
+    if ctx.json {
+        crate::cmd::session::print_status_json(store, &s)?;
+    } else if exit != Exit::Interrupted {
+        let mut out = std::io::stdout().lock();
+        final_report(store, &s, &mut out)?;
+    }
+    Ok(exit)
+}
+
+pub fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
+    let mut text = String::new();
+    let mut file = PathBuf::from("<command line>");
+    let mut plan_path = None;
+    if let Some(p) = &args.plan {
+        let full = ctx.path(p);
+        text = std::fs::read_to_string(&full)
+            .with_context(|| format!("cannot read plan {}", p.display()))?;
+        text.push('\n');
+        file = PathBuf::from(format!("{} + command line", p.display()));
+        plan_path = Some(full);
+    } else {
+        text.push_str(&format!("name = {}\n", toml_string(&args.name)));
+        if let Some(i) = &args.isolation {
+            text.push_str(&format!("isolation = {}\n", toml_string(i)));
+        }
+        if let Some(r) = args.retries {
+            text.push_str(&format!("retries = {r}\n"));
+        }
+    }
+    text.push_str(&tasks_from_flags(&args)?);
+    let mut plan = Plan::parse(&text, &file)?;
+    plan.name = args.name.clone();
+    if args.plan.is_some() {
+        if let Some(i) = &args.isolation {
+            plan.isolation = match i.as_str() {
+                "shared" => Isolation::Shared,
+                "worktree" => Isolation::Worktree,
+                other => {
+                    return Err(usage(format!(
+                        "--isolation must be `worktree` or `shared`, got `{other}`"
+                    )));
+                }
+            };
+        }
+        if let Some(r) = args.retries {
+            plan.retries = r;
+        }
+    }
+    run_plan(ctx, plan, plan_path, &args.drive)
+}
+
+/// `--task ID=CMD`, `--files ID=PATH`, `--after ID=OTHER` as `[[task]]` tables.
+fn tasks_from_flags(args: &StartArgs) -> anyhow::Result<String> {
+    fn split<'a>(flag: &str, value: &'a str) -> anyhow::Result<(&'a str, &'a str)> {
+        value
+            .split_once('=')
+            .filter(|(id, _)| !id.is_empty())
+            .ok_or_else(|| usage(format!("{flag} takes ID=VALUE, got `{value}`")))
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut runs = std::collections::BTreeMap::new();
+    for t in &args.tasks {
+        let (id, cmd) = split("--task", t)?;
+        if runs.insert(id, cmd).is_some() {
+            return Err(usage(format!("--task `{id}` given twice")));
+        }
+        order.push(id);
+    }
+    if order.is_empty() && args.plan.is_none() {
+        return Err(usage(
+            "no tasks: give --task ID=COMMAND (repeat) or --plan FILE",
+        ));
+    }
+    let mut files: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for f in &args.files {
+        let (id, path) = split("--files", f)?;
+        files.entry(id).or_default().push(path);
+    }
+    let mut after: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for a in &args.after {
+        let (id, dep) = split("--after", a)?;
+        after.entry(id).or_default().push(dep);
+    }
+    for id in files.keys().chain(after.keys()) {
+        if !runs.contains_key(id) {
+            return Err(usage(format!("`{id}` is not a task given with --task")));
+        }
+    }
+    let list = |items: Option<&Vec<&str>>| {
+        let quoted: Vec<String> = items
+            .into_iter()
+            .flatten()
+            .map(|s| toml_string(s))
+            .collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let mut text = String::new();
+    for id in order {
+        text.push_str(&format!(
+            "\n[[task]]\nid = {}\nrun = {}\nfiles = {}\nafter = {}\n",
+            toml_string(id),
+            toml_string(runs[id]),
+            list(files.get(id)),
+            list(after.get(id)),
+        ));
+    }
+    Ok(text)
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}

@@ -1,0 +1,507 @@
+//! Commands about sessions: `status`, `list`, `pause`, `resume`, `cancel`, `scale`, `wait`,
+//! `summary`, `cleanup`.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use br_core::state::SessionAction;
+use br_core::time::{ago, short_duration};
+use br_core::{SessionStatus, TaskState, Timestamp, WorkerStatus};
+use br_store::{Session, SessionFilter, Store, WorkerFilter};
+
+use crate::cli::{
+    CancelArgs, CleanupArgs, ListArgs, ResumeArgs, ScaleArgs, SessionArg, StatusArgs, WaitArgs,
+};
+use crate::cmd::plan::default_workers;
+use crate::cmd::{print, print_json};
+use crate::context::Context;
+use crate::drive::{DriveOptions, drive, exit_for};
+use crate::exit::{Exit, usage};
+use crate::table::{Table, or_dash};
+
+/// The session named on the command line, or the newest one.
+pub fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Result<Session> {
+    match reference {
+        Some(r) => Ok(store.resolve_session(r)?),
+        None => store
+            .list_sessions(&SessionFilter {
+                limit: Some(1),
+                ..Default::default()
+            })?
+            .into_iter()
+            .next()
+            .ok_or_else(|| usage("there are no sessions yet: start one with `br run`")),
+    }
+}
+
+/// `br status --json`: the session's fields plus `tasks`.
+pub fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(s)?;
+    let tasks = serde_json::to_value(store.tasks(&s.id)?)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("tasks".into(), tasks);
+    }
+    Ok(value)
+}
+
+pub fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
+    print_json(&status_json(store, s)?)
+}
+
+pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = find_session(&*store, args.session.as_deref())?;
+    if ctx.json {
+        print_status_json(&*store, &s)?;
+        return Ok(Exit::Success);
+    }
+    let now = store.now()?;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "session {} ({})  {}  {}/{} done ({}%), {} running, {} failed, {} skipped",
+        s.name,
+        s.id,
+        s.status,
+        s.finished_tasks(),
+        s.total_tasks,
+        s.progress_percent,
+        s.running_tasks,
+        s.failed_tasks,
+        s.skipped_tasks
+    )?;
+    let base = s
+        .base_commit
+        .as_deref()
+        .map_or("-", |c| &c[..c.len().min(12)]);
+    let when = match (s.started_at, s.completed_at) {
+        (Some(a), Some(b)) => format!("ran {}", short_duration(b.since(a))),
+        (Some(a), None) => format!("started {}", ago(now.since(a))),
+        _ => format!("created {}", ago(now.since(s.created_at))),
+    };
+    writeln!(
+        out,
+        "base {base} · {} isolation · {} workers wanted · {when}",
+        s.isolation, s.workers_wanted
+    )?;
+    let tasks = store.tasks(&s.id)?;
+    let mut table = Table::new(&[
+        "TASK", "STATE", "ATTEMPT", "WORKER", "EXIT", "TIME", "FILES", "NOTE",
+    ]);
+    for t in &tasks {
+        let time = match (t.started_at, t.finished_at) {
+            (Some(a), Some(b)) => short_duration(b.since(a)),
+            (Some(a), None) if t.state == TaskState::Running => short_duration(now.since(a)),
+            _ => "-".into(),
+        };
+        table.row(vec![
+            t.id.to_string(),
+            t.state.to_string(),
+            if t.attempts == 0 {
+                "-".into()
+            } else {
+                t.attempts.to_string()
+            },
+            or_dash(t.worker_id.as_ref()),
+            or_dash(t.exit_code),
+            time,
+            if t.files.is_empty() {
+                "-".into()
+            } else {
+                t.files.join(",")
+            },
+            task_note(t, &tasks),
+        ]);
+    }
+    out.push_str(&table.render());
+    if args.verbose {
+        for t in &tasks {
+            writeln!(out, "\n{}:\n  run: {}", t.id, t.run)?;
+            if let Some(b) = &t.branch {
+                writeln!(out, "  branch: {b}")?;
+            }
+            for a in store.attempts(&s.id, &t.id)? {
+                writeln!(
+                    out,
+                    "  attempt {} on {}: {} (log: {})",
+                    a.attempt,
+                    a.worker_id,
+                    a.outcome.as_deref().unwrap_or("running"),
+                    a.log_path.as_deref().unwrap_or("-")
+                )?;
+            }
+        }
+    }
+    print(&out)?;
+    Ok(Exit::Success)
+}
+
+/// Why a task is where it is, in a few words.
+fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
+    match t.state {
+        TaskState::Pending => {
+            let waiting: Vec<&str> = t
+                .after
+                .iter()
+                .filter(|a| {
+                    all.iter()
+                        .any(|o| o.id.as_str() == a.as_str() && o.state != TaskState::Succeeded)
+                })
+                .map(String::as_str)
+                .collect();
+            format!("waits for {}", waiting.join(","))
+        }
+        TaskState::Ready => match &t.blocked_by {
+            Some(b) => {
+                let holder = &b["held_by"][0];
+                let who = holder["task_id"]
+                    .as_str()
+                    .map(|t| format!("task {t}"))
+                    .unwrap_or_else(|| {
+                        format!("session {}", holder["session_id"].as_str().unwrap_or("?"))
+                    });
+                format!(
+                    "lock {} held by {who}",
+                    holder["path"].as_str().unwrap_or("?")
+                )
+            }
+            None if t.attempts > 0 => {
+                format!("retry after {}", t.outcome.as_deref().unwrap_or("?"))
+            }
+            None => String::new(),
+        },
+        TaskState::Failed | TaskState::Cancelled => t.outcome.clone().unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let status = args
+        .status
+        .as_deref()
+        .map(str::parse::<SessionStatus>)
+        .transpose()
+        .map_err(|e| usage(e.to_string()))?;
+    let sessions = store.list_sessions(&SessionFilter {
+        status,
+        limit: Some(args.limit),
+    })?;
+    if ctx.json {
+        print_json(&sessions)?;
+        return Ok(Exit::Success);
+    }
+    let now = store.now()?;
+    let mut table = Table::new(&[
+        "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "CREATED",
+    ]);
+    for s in &sessions {
+        table.row(vec![
+            s.id.to_string(),
+            s.name.clone(),
+            s.status.to_string(),
+            format!("{}%", s.progress_percent),
+            format!("{}/{}", s.finished_tasks(), s.total_tasks),
+            (s.failed_tasks + s.skipped_tasks).to_string(),
+            ago(now.since(s.created_at)),
+        ]);
+    }
+    if table.is_empty() {
+        print("no sessions\n")?;
+    } else {
+        print(&table.render())?;
+    }
+    Ok(Exit::Success)
+}
+
+fn change(ctx: &Context, reference: &str, action: SessionAction) -> anyhow::Result<Session> {
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(reference)?;
+    let s = store.change_session(&s.id, action)?;
+    Ok(s)
+}
+
+pub fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
+    let s = change(ctx, &args.session, SessionAction::Pause)?;
+    if ctx.json {
+        print_json(&s)?;
+    } else {
+        print(&format!(
+            "paused session {} ({}): nothing new starts; {} running task(s) finish\n",
+            s.name, s.id, s.running_tasks
+        ))?;
+    }
+    Ok(Exit::Success)
+}
+
+pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(&args.session)?;
+    // A session whose `br run` was killed is still `running`: resuming it means serving it again.
+    let s = match s.status {
+        SessionStatus::Paused => store.change_session(&s.id, SessionAction::Resume)?,
+        SessionStatus::Created | SessionStatus::Running => s,
+        _ => {
+            return Err(store
+                .change_session(&s.id, SessionAction::Resume)
+                .err()
+                .map_or_else(
+                    || usage(format!("session {} is {}", s.id, s.status)),
+                    Into::into,
+                ));
+        }
+    };
+    let serving = store
+        .workers(&WorkerFilter {
+            session: Some(s.id.clone()),
+            ..Default::default()
+        })?
+        .into_iter()
+        .filter(|w| w.status.is_live())
+        .count();
+    if args.detach || serving > 0 {
+        if !ctx.json {
+            print(&format!(
+                "resumed session {} ({}); {serving} worker(s) serving it\n",
+                s.name, s.id
+            ))?;
+        } else {
+            print_json(&s)?;
+        }
+        return Ok(Exit::Success);
+    }
+    let workers = args.drive.workers.unwrap_or(if s.workers_wanted > 0 {
+        s.workers_wanted
+    } else {
+        default_workers(None)
+    });
+    if !ctx.json {
+        print(&format!(
+            "resuming session {} ({}): {} of {} tasks left, {workers} workers\n",
+            s.name,
+            s.id,
+            s.total_tasks - s.finished_tasks(),
+            s.total_tasks
+        ))?;
+    }
+    let opts = DriveOptions {
+        workers,
+        plain: args.drive.no_dashboard,
+        heartbeat_interval: args.drive.heartbeat_interval,
+        kill_grace: args.drive.kill_grace,
+        from_seq: store.last_seq()?,
+    };
+    let exit = drive(ctx, &*store, &s, &opts)?;
+    crate::cmd::plan::finish(ctx, &*store, &s, exit)
+}
+
+pub fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(&args.session)?;
+    let s = store.change_session(&s.id, SessionAction::Cancel)?;
+    let mut s = s;
+    if !args.force && s.running_tasks > 0 {
+        if !ctx.json {
+            print(&format!(
+                "cancelling session {} ({}): stopping {} running task(s)…\n",
+                s.name, s.id, s.running_tasks
+            ))?;
+        }
+        // Workers see the cancellation at their next heartbeat; dead workers' tasks end when
+        // their leases expire. Wait for both, within reason.
+        let limit = s.heartbeat_timeout() * 2 + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
+        while s.running_tasks > 0 && Instant::now() < deadline {
+            let _ = store.requeue_expired_leases();
+            store.wait_for_change(Duration::from_millis(200))?;
+            s = store.session(&s.id)?;
+        }
+    }
+    if ctx.json {
+        print_json(&s)?;
+    } else if s.running_tasks > 0 {
+        print(&format!(
+            "cancelled session {} ({}); {} task(s) still stopping\n",
+            s.name, s.id, s.running_tasks
+        ))?;
+    } else {
+        print(&format!(
+            "cancelled session {} ({}): {} task(s) cancelled, {} succeeded before\n",
+            s.name, s.id, s.cancelled_tasks, s.completed_tasks
+        ))?;
+    }
+    Ok(Exit::Success)
+}
+
+pub fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(&args.session)?;
+    store.set_workers_wanted(&s.id, args.workers)?;
+    let serving = store
+        .workers(&WorkerFilter {
+            session: Some(s.id.clone()),
+            ..Default::default()
+        })?
+        .into_iter()
+        .filter(|w| w.status.is_live())
+        .count();
+    if ctx.json {
+        print_json(
+            &serde_json::json!({ "session_id": s.id, "workers_wanted": args.workers, "workers_live": serving }),
+        )?;
+    } else if serving == 0 {
+        print(&format!(
+            "session {} ({}) will keep {} workers, but no `br run` is serving it now: \
+             the change applies when one does (br resume {})\n",
+            s.name, s.id, args.workers, s.id
+        ))?;
+    } else {
+        print(&format!(
+            "session {} ({}): {} → {} workers (idle ones leave first)\n",
+            s.name, s.id, serving, args.workers
+        ))?;
+    }
+    Ok(Exit::Success)
+}
+
+pub fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(&args.session)?;
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let mut last_requeue = Instant::now();
+    loop {
+        let s = store.session(&s.id)?;
+        if s.status.is_terminal() && s.running_tasks == 0 {
+            if ctx.json {
+                print_status_json(&*store, &s)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                crate::drive::final_report(&*store, &s, &mut out)?;
+            }
+            return Ok(exit_for(&s));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!(
+                "error: session {} ({}) is still {} after {}",
+                s.name,
+                s.id,
+                s.status,
+                humantime::format_duration(args.timeout.unwrap_or_default())
+            );
+            return Ok(Exit::WaitTimedOut);
+        }
+        if last_requeue.elapsed() >= Duration::from_secs(1) {
+            last_requeue = Instant::now();
+            let _ = store.requeue_expired_leases();
+        }
+        store.wait_for_change(Duration::from_millis(200))?;
+    }
+}
+
+pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let s = store.summary()?;
+    if ctx.json {
+        print_json(&s)?;
+        return Ok(Exit::Success);
+    }
+    print(&format!(
+        "workers   {} total: {} idle, {} busy, {} offline · utilization {:.0}%\n\
+         sessions  {} active of {}\n\
+         tasks     {} queued, {} running, {} completed, {} failed\n",
+        s.workers.total,
+        s.workers.idle,
+        s.workers.busy,
+        s.workers.offline,
+        s.workers.utilization * 100.0,
+        s.sessions.active,
+        s.sessions.total,
+        s.tasks.queued,
+        s.tasks.running,
+        s.tasks.completed,
+        s.tasks.failed
+    ))?;
+    Ok(Exit::Success)
+}
+
+pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let now = store.now()?;
+    let cutoff = Timestamp(now.millis() - i64::from(args.days) * 86_400_000);
+    let old: Vec<Session> = store
+        .list_sessions(&SessionFilter::default())?
+        .into_iter()
+        .filter(|s| s.status.is_terminal() && s.running_tasks == 0)
+        .filter(|s| s.completed_at.unwrap_or(s.created_at) <= cutoff)
+        .collect();
+    let log_dir = ctx.log_dir().ok();
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    let mut report = Vec::new();
+    for s in &old {
+        let logs = log_dir
+            .as_ref()
+            .map(|d| d.join(s.id.as_str()))
+            .filter(|d| d.exists());
+        if !args.dry_run {
+            store.delete_session(&s.id)?;
+            if let Some(dir) = &logs {
+                std::fs::remove_dir_all(dir).map_err(|e| {
+                    anyhow::Error::new(e).context(format!("cannot remove {}", dir.display()))
+                })?;
+            }
+        }
+        report.push(serde_json::json!({
+            "session_id": s.id, "name": s.name, "status": s.status,
+            "logs": logs.map(|d| d.display().to_string()),
+        }));
+    }
+    let stale: Vec<_> = store
+        .workers(&WorkerFilter::default())?
+        .into_iter()
+        .filter(|w| matches!(w.status, WorkerStatus::Offline | WorkerStatus::Stopped))
+        .filter(|w| w.last_heartbeat <= cutoff)
+        .collect();
+    let pruned = if args.dry_run {
+        u32::try_from(stale.len()).unwrap_or(u32::MAX)
+    } else {
+        store.prune_workers(Timestamp(cutoff.millis() + 1))?
+    };
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "dry_run": args.dry_run, "sessions": report, "workers_pruned": pruned,
+        }))?;
+        return Ok(Exit::Success);
+    }
+    let mut out = String::new();
+    for r in &report {
+        writeln!(
+            out,
+            "{verb} session {} ({}, {}){}",
+            r["name"].as_str().unwrap_or("?"),
+            r["session_id"].as_str().unwrap_or("?"),
+            r["status"].as_str().unwrap_or("?"),
+            r["logs"]
+                .as_str()
+                .map(|l| format!(" and its logs {l}"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(
+        out,
+        "{} {} finished session(s) older than {} day(s); {} {pruned} stale worker record(s)",
+        verb,
+        report.len(),
+        args.days,
+        if args.dry_run {
+            "would prune"
+        } else {
+            "pruned"
+        }
+    )?;
+    print(&out)?;
+    Ok(Exit::Success)
+}

@@ -1,0 +1,164 @@
+//! `br worker` (one worker process) and `br workers` (the list).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use br_core::WorkerStatus;
+use br_core::time::{ago, short_duration};
+use br_exec::worker::{Exit as WorkerExit, Note, WorkerConfig, run_worker};
+use br_store::WorkerFilter;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::cli::{WorkerArgs, WorkersArgs};
+use crate::cmd::{print, print_json};
+use crate::context::Context;
+use crate::exit::{Exit, usage};
+use crate::table::{Table, or_dash};
+
+pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let repo = ctx.repo()?.clone();
+    let session = args
+        .session
+        .as_deref()
+        .map(|s| store.resolve_session(s))
+        .transpose()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT, SIGHUP] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    if args.watch_stdin {
+        // Our parent (`br run`) holds the other end: when it dies, stop.
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("watch-stdin".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                let mut stdin = std::io::stdin();
+                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+                stop.store(true, Ordering::SeqCst);
+            })
+            .context("cannot watch standard input")?;
+    }
+    let exe = std::env::current_exe().context("cannot find the br executable")?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let config = WorkerConfig {
+        log_dir: repo.log_dir(),
+        repo,
+        session: session.as_ref().map(|s| s.id.clone()),
+        heartbeat_interval: args.heartbeat_interval,
+        heartbeat_timeout: args
+            .heartbeat_timeout
+            .or(session.as_ref().map(|s| s.heartbeat_timeout()))
+            .unwrap_or(Duration::from_secs(30)),
+        kill_grace: args.kill_grace,
+        exit_when_idle: args.exit_when_idle,
+        reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
+        host,
+    };
+    let mut stderr = std::io::stderr();
+    let mut notify = |note: Note| {
+        let line = match note {
+            Note::Registered(id) => format!("worker {id} registered (pid {})", std::process::id()),
+            Note::Started(t) => format!(
+                "started {}/{} attempt {}",
+                t.session_name, t.lease.task_id, t.lease.attempt
+            ),
+            Note::Finished {
+                task,
+                outcome,
+                recorded,
+            } => format!(
+                "finished {}/{} attempt {}: {}{}",
+                task.session_name,
+                task.lease.task_id,
+                task.lease.attempt,
+                outcome.describe(),
+                if recorded {
+                    ""
+                } else {
+                    " (refused: the lease was lost)"
+                }
+            ),
+            Note::LeaseLost(t) => format!(
+                "lost the lease on {}/{} attempt {}: stopped it",
+                t.session_name, t.lease.task_id, t.lease.attempt
+            ),
+            Note::StoreTrouble(e) => format!("warning: {e}"),
+        };
+        let _ = writeln!(stderr, "{line}");
+    };
+    let exit = run_worker(&*store, &config, &stop, &mut notify)?;
+    let why = match exit {
+        WorkerExit::Stopped => "stopped",
+        WorkerExit::AskedToLeave => "asked to leave",
+        WorkerExit::SessionEnded => "its session ended",
+        WorkerExit::Idle => "nothing left to claim",
+    };
+    let _ = writeln!(std::io::stderr(), "worker left: {why}");
+    Ok(Exit::Success)
+}
+
+pub fn workers(ctx: &Context, args: WorkersArgs) -> anyhow::Result<Exit> {
+    let store = ctx.open_store()?;
+    let status = args
+        .status
+        .as_deref()
+        .map(str::parse::<WorkerStatus>)
+        .transpose()
+        .map_err(|e| usage(e.to_string()))?;
+    let workers: Vec<_> = store
+        .workers(&WorkerFilter {
+            status,
+            session: None,
+        })?
+        .into_iter()
+        .filter(|w| args.all || status.is_some() || w.status != WorkerStatus::Stopped)
+        .collect();
+    if ctx.json {
+        print_json(&workers)?;
+        return Ok(Exit::Success);
+    }
+    let now = store.now()?;
+    let mut table = Table::new(&[
+        "ID",
+        "STATUS",
+        "HOST",
+        "PID",
+        "SESSION",
+        "TASK",
+        "ELAPSED",
+        "DONE",
+        "FAILED",
+        "HEARTBEAT",
+    ]);
+    for w in &workers {
+        table.row(vec![
+            w.id.to_string(),
+            w.status.to_string(),
+            w.host.clone(),
+            w.pid.to_string(),
+            or_dash(w.session_id.as_ref()),
+            match (&w.current_task, w.attempt) {
+                (Some(t), Some(a)) => format!("{t}#{a}"),
+                _ => "-".into(),
+            },
+            or_dash(w.task_started_at.map(|t| short_duration(now.since(t)))),
+            w.tasks_completed.to_string(),
+            w.tasks_failed.to_string(),
+            ago(now.since(w.last_heartbeat)),
+        ]);
+    }
+    if table.is_empty() {
+        print("no workers\n")?;
+    } else {
+        print(&table.render())?;
+    }
+    Ok(Exit::Success)
+}

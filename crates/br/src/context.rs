@@ -1,0 +1,100 @@
+//! What every command needs: the directory it acts in, the repository, and the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use br_exec::Repo;
+use br_store::{OpenOptions, Store, StoreLocation};
+
+#[derive(Debug)]
+pub struct Context {
+    /// The directory br acts in (`-C DIR`, else the current directory).
+    pub dir: PathBuf,
+    store_url: Option<String>,
+    pub json: bool,
+    repo: OnceLock<Repo>,
+}
+
+impl Context {
+    pub fn new(
+        dir: Option<PathBuf>,
+        store_url: Option<String>,
+        json: bool,
+    ) -> anyhow::Result<Context> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let dir = match dir {
+            Some(d) if d.is_absolute() => d,
+            Some(d) => cwd.join(d),
+            None => cwd,
+        };
+        if !dir.is_dir() {
+            return Err(crate::exit::usage(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
+        Ok(Context {
+            dir,
+            store_url: store_url.filter(|s| !s.is_empty()),
+            json,
+            repo: OnceLock::new(),
+        })
+    }
+
+    /// The repository `dir` is in.
+    pub fn repo(&self) -> anyhow::Result<&Repo> {
+        if let Some(repo) = self.repo.get() {
+            return Ok(repo);
+        }
+        let repo = Repo::discover(&self.dir)?;
+        Ok(self.repo.get_or_init(|| repo))
+    }
+
+    /// A path the user typed, relative to `dir`.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    pub fn store_location(&self) -> anyhow::Result<StoreLocation> {
+        match &self.store_url {
+            Some(url) => Ok(match StoreLocation::parse(url)? {
+                StoreLocation::Sqlite(p) => StoreLocation::Sqlite(self.path(&p)),
+                other => other,
+            }),
+            None => Ok(StoreLocation::default_for(&self.repo()?.common_dir)),
+        }
+    }
+
+    /// The store, as a URL other br processes (the workers we start) can open.
+    pub fn store_url_for_children(&self) -> anyhow::Result<String> {
+        Ok(match self.store_location()? {
+            StoreLocation::Sqlite(p) => p.to_string_lossy().into_owned(),
+            StoreLocation::Postgres(url) => url,
+        })
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<Box<dyn Store>> {
+        // BR_BUSY_TIMEOUT: how long a write waits when another process holds the store's lock.
+        let busy_timeout = match std::env::var("BR_BUSY_TIMEOUT") {
+            Ok(text) if !text.is_empty() => {
+                Some(humantime::parse_duration(&text).map_err(|e| {
+                    crate::exit::usage(format!("BR_BUSY_TIMEOUT=`{text}` is not a duration ({e})"))
+                })?)
+            }
+            _ => None,
+        };
+        Ok(self
+            .store_location()?
+            .open_with(&OpenOptions { busy_timeout })?)
+    }
+
+    /// Where attempt logs go: beside the repository's br state.
+    pub fn log_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(self.repo()?.log_dir())
+    }
+}

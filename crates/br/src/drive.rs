@@ -1,0 +1,249 @@
+//! Driving a session to its end from this terminal: the local worker pool, progress, and a clean
+//! stop on Ctrl-C (the session is left paused, its running tasks stopped and queued again).
+//! `br run`, `br start`, `br resume` and `br demo` all end here.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use br_core::SessionStatus;
+use br_core::state::SessionAction;
+use br_exec::pool::{LocalPool, PoolEvent, PoolSpec};
+use br_store::{EventFilter, Session, Store};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::context::Context;
+use crate::exit::Exit;
+use crate::progress::{Progress, Style};
+
+#[derive(Debug, Clone)]
+pub struct DriveOptions {
+    pub workers: u32,
+    pub plain: bool,
+    pub heartbeat_interval: Duration,
+    pub kill_grace: Duration,
+    /// Show events from this seq on (0: the session's whole history).
+    pub from_seq: i64,
+}
+
+/// How long the session's workers may take to leave after it ended before they are stopped.
+const LEAVE_GRACE: Duration = Duration::from_secs(30);
+
+pub fn drive(
+    ctx: &Context,
+    store: &dyn Store,
+    session: &Session,
+    opts: &DriveOptions,
+) -> anyhow::Result<Exit> {
+    let id = session.id.clone();
+    if session.workers_wanted != opts.workers {
+        store.set_workers_wanted(&id, opts.workers)?;
+    }
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let repo = ctx.repo()?;
+    let exe = std::env::current_exe().context("cannot find the br executable")?;
+    let spec = PoolSpec {
+        program: exe,
+        args: [
+            "-C".into(),
+            repo.root.clone().into_os_string(),
+            "--store".into(),
+            ctx.store_url_for_children()?.into(),
+            "worker".into(),
+            "--session".into(),
+            id.as_str().into(),
+            "--heartbeat-timeout".into(),
+            humantime::format_duration(session.heartbeat_timeout())
+                .to_string()
+                .into(),
+            "--heartbeat-interval".into(),
+            humantime::format_duration(opts.heartbeat_interval)
+                .to_string()
+                .into(),
+            "--kill-grace".into(),
+            humantime::format_duration(opts.kill_grace)
+                .to_string()
+                .into(),
+            "--watch-stdin".into(),
+        ]
+        .into(),
+        log_dir: repo.log_dir().join(id.as_str()).join("workers"),
+    };
+    let mut pool = LocalPool::new(spec);
+    // Progress goes to stdout, unless stdout is for the final JSON.
+    let (out, style): (Box<dyn Write>, Style) = if ctx.json {
+        (Box::new(std::io::stderr()), Style::Quiet)
+    } else if std::io::stdout().is_terminal() && !opts.plain {
+        (Box::new(std::io::stdout()), Style::Terminal)
+    } else {
+        (Box::new(std::io::stdout()), Style::Lines)
+    };
+    let mut progress = Progress::new(out, style);
+    let mut last_seq = opts.from_seq;
+    let mut interrupts = 0usize;
+    let mut ended_at: Option<Instant> = None;
+    let mut gave_up = false;
+    let mut last_requeue = Instant::now();
+    loop {
+        let new_signals = signals.pending().count();
+        if new_signals > 0 {
+            let first = interrupts == 0;
+            interrupts += new_signals;
+            if first {
+                interrupt(store, &id, &mut pool, &mut progress)?;
+            }
+            if interrupts >= 2 {
+                progress.note("interrupted again: killing workers now")?;
+                pool.kill_all();
+            }
+        }
+        if interrupts == 0 && !gave_up {
+            for event in pool.supervise(store, &id)? {
+                match event {
+                    PoolEvent::Exited(w) if !w.asked && !w.status.success() => {
+                        progress.note(&format!(
+                            "worker {} (pid {}) exited unexpectedly ({}); see {}",
+                            w.index,
+                            w.pid,
+                            w.status,
+                            w.log.display()
+                        ))?;
+                    }
+                    PoolEvent::GaveUp { log } => {
+                        gave_up = true;
+                        progress.note(&format!(
+                            "workers keep failing right after they start; stopped replacing them. See {}",
+                            log.display()
+                        ))?;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            pool.reap();
+        }
+        let events = store.events(&EventFilter {
+            after_seq: Some(last_seq),
+            session: Some(id.clone()),
+            limit: Some(1000),
+        })?;
+        for ev in &events {
+            progress.event(ev)?;
+            last_seq = ev.seq;
+        }
+        let s = store.session(&id)?;
+        progress.status(&s, store.now()?)?;
+        let ended = s.status.is_terminal();
+        if (ended || interrupts > 0 || gave_up) && pool.live() == 0 {
+            if events.len() < 1000 {
+                break;
+            }
+            continue;
+        }
+        if ended {
+            let since = *ended_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > LEAVE_GRACE {
+                pool.stop_all();
+            }
+        }
+        if last_requeue.elapsed() >= Duration::from_secs(1) {
+            last_requeue = Instant::now();
+            // Workers do this too; br run helps in case all of them are gone.
+            if let Err(e) = store.requeue_expired_leases()
+                && !e.is_transient()
+            {
+                return Err(e.into());
+            }
+        }
+        store.wait_for_change(Duration::from_millis(100))?;
+    }
+    progress.finish()?;
+    let s = store.session(&id)?;
+    if interrupts > 0 {
+        let stdout = std::io::stdout();
+        let mut err = std::io::stderr().lock();
+        let _ = stdout.lock().flush();
+        writeln!(
+            err,
+            "interrupted: session {} ({}) is {}; its running tasks were stopped and will run again. \
+             Continue with: br resume {}",
+            s.name, s.id, s.status, s.id
+        )?;
+        return Ok(Exit::Interrupted);
+    }
+    if gave_up && !s.status.is_terminal() {
+        return Err(anyhow::anyhow!(
+            "session {} ({}) could not run: its workers failed to start",
+            s.name,
+            s.id
+        ));
+    }
+    Ok(exit_for(&s))
+}
+
+/// First Ctrl-C: start nothing new, stop what runs (each worker interrupts its task and records
+/// it as interrupted, so it reruns later without spending a retry), and leave.
+fn interrupt(
+    store: &dyn Store,
+    id: &br_core::SessionId,
+    pool: &mut LocalPool,
+    progress: &mut Progress<Box<dyn Write>>,
+) -> anyhow::Result<()> {
+    let s = store.session(id)?;
+    if matches!(s.status, SessionStatus::Created | SessionStatus::Running) {
+        store.change_session(id, SessionAction::Pause)?;
+    }
+    progress.note(&format!(
+        "interrupted: pausing session {} and stopping {} running task(s) (Ctrl-C again to kill at once)",
+        s.name, s.running_tasks
+    ))?;
+    pool.stop_all();
+    Ok(())
+}
+
+pub fn exit_for(s: &Session) -> Exit {
+    match s.status {
+        SessionStatus::Completed => Exit::Success,
+        _ => Exit::SessionFailed,
+    }
+}
+
+/// `session demo (3f9a1c0b7d2e) completed in 2.3s: 7 succeeded, 1 failed, 2 skipped`, then a
+/// line per task that did not succeed.
+pub fn final_report(store: &dyn Store, s: &Session, out: &mut dyn Write) -> anyhow::Result<()> {
+    let took = match (s.started_at, s.completed_at) {
+        (Some(a), Some(b)) => format!(" in {}", br_core::time::short_duration(b.since(a))),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "session {} ({}) {}{took}: {} succeeded, {} failed, {} skipped, {} cancelled",
+        s.name,
+        s.id,
+        s.status,
+        s.completed_tasks,
+        s.failed_tasks,
+        s.skipped_tasks,
+        s.cancelled_tasks
+    )?;
+    if s.completed_tasks < s.total_tasks {
+        for t in store.tasks(&s.id)? {
+            if t.state == br_core::TaskState::Succeeded {
+                continue;
+            }
+            let reason = match (&t.outcome, t.exit_code) {
+                (Some(o), Some(code)) if o == "failed" => format!("exit {code}"),
+                (Some(o), _) => o.clone(),
+                (None, _) => t.state.to_string(),
+            };
+            write!(out, "  {} {}: {}", t.state, t.id, reason)?;
+            if let Some(log) = &t.log_path {
+                write!(out, " (log: {log})")?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! Progress as a session runs: one plain, parseable line per state change when output is not a
+//! terminal (`+1.234s task_started task=api attempt=1 worker=w…`), and on a terminal the notable
+//! lines plus one status line redrawn in place.
+
+use std::io::Write;
+
+use br_core::{EventKind, Timestamp};
+use br_store::{Event, Session};
+
+/// Where progress goes and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Every state change as a line; no escape codes.
+    Lines,
+    /// Notable changes as lines, and a status line redrawn in place.
+    Terminal,
+    /// Nothing (e.g. `--json`, where only the final JSON is printed).
+    Quiet,
+}
+
+#[derive(Debug)]
+pub struct Progress<W: Write> {
+    out: W,
+    style: Style,
+    start: Option<Timestamp>,
+    status_shown: bool,
+}
+
+impl<W: Write> Progress<W> {
+    pub fn new(out: W, style: Style) -> Progress<W> {
+        Progress {
+            out,
+            style,
+            start: None,
+            status_shown: false,
+        }
+    }
+
+    pub fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        let start = *self.start.get_or_insert(ev.at);
+        let notable = matches!(
+            ev.kind,
+            EventKind::TaskFailed
+                | EventKind::TaskRequeued
+                | EventKind::TaskSkipped
+                | EventKind::StaleResultRejected
+                | EventKind::MergeConflict
+                | EventKind::ScopeViolation
+                | EventKind::SessionCompleted
+                | EventKind::SessionFailed
+                | EventKind::SessionCancelled
+                | EventKind::SessionPaused
+                | EventKind::SessionResumed
+        );
+        let show = match self.style {
+            Style::Quiet => false,
+            Style::Lines => shown_as_line(ev.kind),
+            Style::Terminal => notable,
+        };
+        if show {
+            self.clear_status()?;
+            writeln!(self.out, "{}", event_line(ev, start))?;
+        }
+        Ok(())
+    }
+
+    pub fn note(&mut self, text: &str) -> std::io::Result<()> {
+        if self.style == Style::Quiet {
+            return Ok(());
+        }
+        self.clear_status()?;
+        writeln!(self.out, "{text}")
+    }
+
+    pub fn status(&mut self, s: &Session, now: Timestamp) -> std::io::Result<()> {
+        if self.style != Style::Terminal {
+            return Ok(());
+        }
+        let elapsed = s.started_at.map(|t| now.since(t)).unwrap_or_default();
+        let line = format!(
+            "[{}/{}] {} running, {} queued, {} failed, {} skipped · {} · {}",
+            s.finished_tasks(),
+            s.total_tasks,
+            s.running_tasks,
+            s.queued_tasks,
+            s.failed_tasks,
+            s.skipped_tasks,
+            s.status,
+            br_core::time::short_duration(elapsed),
+        );
+        write!(self.out, "\r\x1b[2K{line}")?;
+        self.status_shown = true;
+        self.out.flush()
+    }
+
+    fn clear_status(&mut self) -> std::io::Result<()> {
+        if self.status_shown {
+            write!(self.out, "\r\x1b[2K")?;
+            self.status_shown = false;
+        }
+        Ok(())
+    }
+
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        self.clear_status()?;
+        self.out.flush()
+    }
+}
+
+/// The kinds worth a line in plain progress: state changes, not lock bookkeeping.
+fn shown_as_line(kind: EventKind) -> bool {
+    !matches!(kind, EventKind::LockAcquired | EventKind::LockReleased)
+}
+
+/// `+1.234s task_failed task=api attempt=1 worker=w… reason="exit 2"`
+pub fn event_line(ev: &Event, start: Timestamp) -> String {
+    let offset = ev.at.millis() - start.millis();
+    let mut line = format!(
+        "+{}.{:03}s {}",
+        offset / 1000,
+        offset.rem_euclid(1000),
+        ev.kind
+    );
+    let mut field = |key: &str, value: &str| {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        line.push_str(&quote(value));
+    };
+    if let Some(t) = &ev.task_id {
+        field("task", t.as_str());
+    }
+    if let Some(a) = ev.attempt {
+        field("attempt", &a.to_string());
+    }
+    if let Some(w) = &ev.worker_id {
+        field("worker", w.as_str());
+    }
+    let detail = &ev.detail;
+    for key in [
+        "reason",
+        "because",
+        "exit_code",
+        "next_attempt",
+        "name",
+        "tasks",
+    ] {
+        if let Some(v) = detail.get(key).filter(|v| !v.is_null()) {
+            field(key, &plain(v));
+        }
+    }
+    for key in ["paths", "files"] {
+        if let Some(list) = detail.get(key).and_then(|v| v.as_array()) {
+            let joined: Vec<String> = list.iter().map(plain).collect();
+            field(key, &joined.join(","));
+        }
+    }
+    if ev.kind == EventKind::LockConflict
+        && let Some(holder) = detail.get("held_by").and_then(|h| h.get(0))
+    {
+        let who = match holder.get("task_id").and_then(|t| t.as_str()) {
+            Some(task) => task.to_string(),
+            None => format!("session:{}", plain(&holder["session_id"])),
+        };
+        field("held_by", &who);
+    }
+    if matches!(
+        ev.kind,
+        EventKind::SessionCompleted | EventKind::SessionFailed
+    ) {
+        for key in ["succeeded", "failed", "skipped", "cancelled"] {
+            if let Some(v) = detail.get(key) {
+                field(key, &plain(v));
+            }
+        }
+    }
+    line
+}
+
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Quotes a value that would not survive whitespace splitting.
+fn quote(v: &str) -> String {
+    if !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') {
+        return v.to_string();
+    }
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use br_core::{Attempt, SessionId, TaskId, WorkerId};
+    use serde_json::json;
+
+    use super::*;
+
+    fn ev(kind: EventKind, at: i64, detail: serde_json::Value) -> Event {
+        Event {
+            seq: 1,
+            at: Timestamp(at),
+            kind,
+            session_id: Some(SessionId::from_string("abc")),
+            task_id: Some(TaskId::new("api").expect("id")),
+            worker_id: Some(WorkerId::from_string("w1")),
+            attempt: Some(Attempt(2)),
+            detail,
+        }
+    }
+
+    #[test]
+    fn lines_are_parseable() {
+        let line = event_line(
+            &ev(
+                EventKind::TaskFailed,
+                2_345,
+                json!({"reason": "exit 2", "exit_code": 2}),
+            ),
+            Timestamp(1_000),
+        );
+        assert_eq!(
+            line,
+            "+1.345s task_failed task=api attempt=2 worker=w1 reason=\"exit 2\" exit_code=2"
+        );
+        let conflict = event_line(
+            &ev(
+                EventKind::LockConflict,
+                1_000,
+                json!({"paths": ["src/a.rs"], "held_by": [{"task_id": "dir", "session_id": "abc"}]}),
+            ),
+            Timestamp(1_000),
+        );
+        assert!(
+            conflict.ends_with("paths=src/a.rs held_by=dir"),
+            "{conflict}"
+        );
+    }
+
+    #[test]
+    fn plain_style_has_no_escape_codes() {
+        let mut out = Vec::new();
+        let mut p = Progress::new(&mut out, Style::Lines);
+        p.event(&ev(EventKind::TaskStarted, 10, json!({})))
+            .expect("write");
+        p.event(&ev(EventKind::LockAcquired, 10, json!({"paths": ["x"]})))
+            .expect("write");
+        p.finish().expect("flush");
+        let text = String::from_utf8(out).expect("utf8");
+        assert_eq!(text, "+0.000s task_started task=api attempt=2 worker=w1\n");
+    }
+}
