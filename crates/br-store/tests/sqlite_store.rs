@@ -114,3 +114,24 @@ fn opening_twice_migrates_once() {
         .expect("mode");
     assert_eq!(mode, "wal");
 }
+
+#[test]
+fn many_processes_creating_the_same_store_at_once_all_succeed() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("br.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("every opener succeeds");
+        }
+    }
+}

@@ -234,8 +234,10 @@ pub fn final_report(store: &dyn Store, s: &Session, out: &mut dyn Write) -> anyh
                 continue;
             }
             let reason = match (&t.outcome, t.exit_code) {
-                (Some(o), Some(code)) if o == "failed" => format!("exit {code}"),
-                (Some(o), _) => o.clone(),
+                (Some(o), Some(code)) if o == "failed" => {
+                    br_core::Outcome::Failed { exit_code: code }.describe()
+                }
+                (Some(o), _) => o.replace('_', " "),
                 (None, _) => t.state.to_string(),
             };
             write!(out, "  {} {}: {}", t.state, t.id, reason)?;

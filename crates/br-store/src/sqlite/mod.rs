@@ -195,9 +195,16 @@ impl SqliteStore {
         let ctx = "open the store";
         conn.busy_timeout(self.busy_timeout)
             .map_err(|e| self.sql_error(ctx, e))?;
-        // Read the version before writing anything: a newer store must stay untouched.
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        // Read the version before writing anything: a newer store must stay untouched. One
+        // statement reads the version and the table count from the same snapshot: another br
+        // creating this store at the same moment must not look like someone else's tables.
+        let (version, tables): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version),
+                        (SELECT count(*) FROM sqlite_master)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(|e| self.sql_error(ctx, e))?;
         if version > CURRENT_VERSION {
             return Err(StoreError::NewerSchema {
@@ -208,9 +215,6 @@ impl SqliteStore {
         }
         if version == 0 {
             // An empty file is ours to initialise; someone else's database is not.
-            let tables: i64 = conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-                .map_err(|e| self.sql_error(ctx, e))?;
             if tables > 0 {
                 return Err(StoreError::NotAStore {
                     path: self.path.clone(),

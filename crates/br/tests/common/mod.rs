@@ -1,0 +1,304 @@
+//! Shared test harness: a real git repository in a temp dir with hermetic git configuration, the
+//! real `br` binary, its store opened directly for assertions, and guards that make sure no
+//! process a test starts outlives it.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use br_store::sqlite::SqliteStore;
+use br_store::{Event, EventFilter, Store};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BR: &str = env!("CARGO_BIN_EXE_br");
+
+/// A git repository in a temp dir, with br's state in its `.git/br`.
+pub struct TestRepo {
+    dir: tempfile::TempDir,
+    home: tempfile::TempDir,
+}
+
+impl TestRepo {
+    pub fn new() -> TestRepo {
+        let dir = tempfile::Builder::new()
+            .prefix("br-test-")
+            .tempdir()
+            .expect("temp dir");
+        let home = tempfile::tempdir().expect("temp home");
+        let repo = TestRepo { dir, home };
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo.write("README.md", "test repository\n");
+        repo.git(&["add", "--all"]);
+        repo.git(&["commit", "--quiet", "-m", "initial"]);
+        repo
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Environment that keeps git and br away from the developer's configuration.
+    fn hermetic(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Test Author")
+            .env("GIT_AUTHOR_EMAIL", "author@example.invalid")
+            .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_NAME", "Test Committer")
+            .env("GIT_COMMITTER_EMAIL", "committer@example.invalid")
+            .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+            .env("LC_ALL", "C")
+            .env("BR_BUSY_TIMEOUT", "20s");
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(self.path());
+        self.hermetic(&mut cmd);
+        let out = cmd.output().expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
+    pub fn write(&self, name: &str, content: &str) {
+        let path = self.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).expect("read")
+    }
+
+    pub fn br_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BR);
+        cmd.args(args).current_dir(self.path());
+        self.hermetic(&mut cmd);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs br to completion.
+    pub fn br(&self, args: &[&str]) -> Run {
+        let out = self.br_command(args).output().expect("run br");
+        Run::from(out)
+    }
+
+    /// Starts br in the background; the guard kills it (and waits) if the test ends first.
+    pub fn spawn(&self, args: &[&str]) -> Guard {
+        let child = self
+            .br_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn br");
+        Guard { child: Some(child) }
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.path().join(".git").join("br").join("br.db")
+    }
+
+    /// The store, opened directly: the tests check what br recorded.
+    pub fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.store_path()).expect("open the store")
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.store()
+            .events(&EventFilter::default())
+            .expect("events")
+    }
+
+    pub fn status(&self, session: &str) -> Value {
+        let run = self.br(&["status", session, "--json"]);
+        assert_eq!(run.code, 0, "status failed: {}", run.stderr);
+        serde_json::from_str(&run.stdout).expect("status JSON")
+    }
+
+    pub fn workers(&self) -> Vec<Value> {
+        let run = self.br(&["workers", "--all", "--json"]);
+        assert_eq!(run.code, 0, "workers failed: {}", run.stderr);
+        serde_json::from_str(&run.stdout).expect("workers JSON")
+    }
+
+    /// The only session in the store (tests that submit one).
+    pub fn session_id(&self) -> String {
+        let run = self.br(&["list", "--json"]);
+        let list: Value = serde_json::from_str(&run.stdout).expect("list JSON");
+        list[0]["id"].as_str().expect("a session").to_string()
+    }
+}
+
+/// A finished br run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// A background br process that is killed and reaped when dropped.
+pub struct Guard {
+    child: Option<Child>,
+}
+
+impl Guard {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.as_ref().expect("child").id()).expect("pid")
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+
+    /// Waits for it to exit on its own, up to `limit`.
+    pub fn wait(mut self, limit: Duration) -> Run {
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(_status) = child.try_wait().expect("try_wait") {
+                return Run::from(child.wait_with_output().expect("output"));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "br did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM first so a `br run` stops its workers; then make sure.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `limit`.
+pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name, which is in parentheses.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Processes whose command line mentions `needle` (to prove none was left behind).
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && alive(pid) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Parses an RFC 3339 timestamp from status JSON into milliseconds.
+pub fn millis(v: &Value) -> i64 {
+    let text = v.as_str().expect("a timestamp");
+    let t = humantime::parse_rfc3339(text).expect("RFC 3339");
+    i64::try_from(
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after epoch")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+/// Waits until no process holds the store's write lock (a SIGSTOPped worker could, for the
+/// few microseconds of a transaction), so a test that stops a worker does not stop the world.
+pub fn store_write_lock_free(store_path: &Path) -> bool {
+    let conn = rusqlite::Connection::open(store_path).expect("open store");
+    conn.busy_timeout(Duration::ZERO).expect("busy timeout");
+    match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
+        Ok(()) => true,
+        Err(_) => false,
+    }
+}
+
+/// Stops a process with SIGSTOP at a moment it holds no store lock.
+pub fn stop_outside_transaction(pid: i32, store_path: &Path) {
+    for _ in 0..200 {
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+        std::thread::sleep(Duration::from_millis(5));
+        if store_write_lock_free(store_path) {
+            return;
+        }
+        kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("could not stop {pid} outside a store transaction");
+}
