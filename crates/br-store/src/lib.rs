@@ -13,6 +13,7 @@ pub mod audit;
 pub mod conformance;
 pub mod error;
 pub mod model;
+pub mod snapshot;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};

@@ -27,6 +27,9 @@ pub struct DriveOptions {
     pub from_seq: i64,
 }
 
+/// The shortest time between two passes of the supervision loop.
+const LOOP_MIN: Duration = Duration::from_millis(50);
+
 /// How long the session's workers may take to leave after it ended before they are stopped.
 const LEAVE_GRACE: Duration = Duration::from_secs(30);
 
@@ -86,6 +89,7 @@ pub fn drive(
     let mut ended_at: Option<Instant> = None;
     let mut gave_up = false;
     let mut last_requeue = Instant::now();
+    let mut loop_started = Instant::now();
     loop {
         let new_signals = signals.pending().count();
         if new_signals > 0 {
@@ -157,7 +161,14 @@ pub fn drive(
                 return Err(e.into());
             }
         }
+        // Wake on changes, but at most every LOOP_MIN: the workers' commits come in bursts, and
+        // one pass per burst shows the same progress for a fraction of the CPU they need.
+        let since = loop_started.elapsed();
+        if since < LOOP_MIN {
+            std::thread::sleep(LOOP_MIN - since);
+        }
         store.wait_for_change(Duration::from_millis(100))?;
+        loop_started = Instant::now();
     }
     progress.finish()?;
     let s = store.session(&id)?;

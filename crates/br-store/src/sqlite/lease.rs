@@ -168,7 +168,8 @@ pub(super) fn anything_claimable(
             "SELECT EXISTS (
                  SELECT 1 FROM sessions s
                  WHERE s.status IN ('created', 'running') AND (?1 IS NULL OR s.id = ?1)
-                   AND EXISTS (SELECT 1 FROM tasks t WHERE t.session_id = s.id AND t.state = 'ready'))",
+                   AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_ready
+                               WHERE t.session_id = s.id AND t.state = 'ready'))",
         )?
         .query_row([session.map(SessionId::as_str)], |r| r.get(0))?;
     Ok(any)
@@ -197,7 +198,7 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
     let sessions: Vec<String> = tx
         .prepare_cached(
             "SELECT id FROM sessions WHERE status IN ('created', 'running') AND (?1 IS NULL OR id = ?1)
-             ORDER BY created_at, id",
+             ORDER BY created_at, rowid",
         )?
         .query_map([request.session.map(SessionId::as_str)], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
@@ -227,7 +228,9 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
 fn ready_batch(tx: &Tx<'_>, session_id: &str, after_seq: i64) -> OpResult<Vec<Candidate>> {
     let rows: Vec<(String, i64, String, Option<String>)> = tx
         .prepare_cached(
-            "SELECT id, seq, files, blocked_by FROM tasks
+            // Without statistics SQLite would walk `tasks_by_seq` past every finished task;
+            // the partial index holds only ready tasks, so a claim never scans the session.
+            "SELECT id, seq, files, blocked_by FROM tasks INDEXED BY tasks_ready
              WHERE session_id = ?1 AND state = 'ready' AND seq > ?2
              ORDER BY seq LIMIT ?3",
         )?

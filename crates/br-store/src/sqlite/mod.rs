@@ -150,6 +150,29 @@ impl Tx<'_> {
     }
 }
 
+/// The busy timeout of this process's stores, for [`retry_while_busy`] (a plain function
+/// pointer, so it cannot carry the value itself). One process uses one timeout.
+static BUSY_TIMEOUT_US: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(10_000_000);
+
+/// How long the `n`th retry waits. SQLite's own handler sleeps 1, 2, 5, 10… ms, which under a
+/// few busy workers costs more than the transactions themselves (they take tens of
+/// microseconds); retrying sooner at first keeps per-task overhead low.
+fn busy_wait_us(n: u64) -> u64 {
+    (50 * (n + 1)).min(2_000)
+}
+
+/// SQLite calls this while another connection holds the lock; `false` gives up (SQLITE_BUSY).
+fn retry_while_busy(attempts: i32) -> bool {
+    let n = u64::try_from(attempts).unwrap_or(0);
+    let waited: u64 = (0..n).map(busy_wait_us).sum();
+    if waited >= BUSY_TIMEOUT_US.load(Ordering::Relaxed) {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(busy_wait_us(n)));
+    true
+}
+
 fn clock_now() -> i64 {
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -193,7 +216,11 @@ impl SqliteStore {
     fn prepare(&self) -> Result<()> {
         let mut conn = self.lock_conn();
         let ctx = "open the store";
-        conn.busy_timeout(self.busy_timeout)
+        BUSY_TIMEOUT_US.store(
+            u64::try_from(self.busy_timeout.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        conn.busy_handler(Some(retry_while_busy))
             .map_err(|e| self.sql_error(ctx, e))?;
         // Read the version before writing anything: a newer store must stay untouched. One
         // statement reads the version and the table count from the same snapshot: another br
@@ -495,7 +522,8 @@ impl Store for SqliteStore {
         let deadline = Instant::now() + timeout;
         let version = || -> Result<i64> {
             let conn = self.lock_conn();
-            conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+            conn.prepare_cached("PRAGMA data_version")
+                .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
                 .map_err(|e| self.sql_error("watch the store", e))
         };
         let mut seen = self.seen_version.load(Ordering::Relaxed);

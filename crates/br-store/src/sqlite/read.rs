@@ -107,7 +107,7 @@ pub(super) fn resolve_session(c: &Connection, reference: &str) -> OpResult<Sessi
         return Ok(s);
     }
     let sql = format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE name = ?1 ORDER BY created_at DESC, id LIMIT 1"
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE name = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1"
     );
     if let Some(s) = c
         .prepare_cached(&sql)?
@@ -120,7 +120,7 @@ pub(super) fn resolve_session(c: &Connection, reference: &str) -> OpResult<Sessi
     if !reference.is_empty() && reference.chars().all(|ch| ch.is_ascii_hexdigit()) {
         let pattern = format!("{}%", reference.to_ascii_lowercase());
         let sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id LIKE ?1 ORDER BY created_at DESC LIMIT 6"
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id LIKE ?1 ORDER BY created_at DESC, rowid DESC LIMIT 6"
         );
         let found = c
             .prepare_cached(&sql)?
@@ -150,7 +150,7 @@ pub(super) fn sessions(c: &Connection, filter: &SessionFilter) -> OpResult<Vec<S
         .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR status = ?1)
-         ORDER BY created_at DESC, id LIMIT ?2"
+         ORDER BY created_at DESC, rowid DESC LIMIT ?2"
     );
     let status = filter.status.map(|s| s.as_str());
     let rows = c

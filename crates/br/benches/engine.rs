@@ -1,0 +1,248 @@
+//! The engine benchmark: prints numbers, asserts nothing (run `cargo bench -p br --bench engine`).
+//!
+//! 1. 1,000 trivial tasks (`true`) in shared mode on 4 workers, against the same 1,000 commands
+//!    through `xargs -P 4`, in the same run: wall times, their ratio, and br's overhead per task.
+//! 2. 16 × `sleep 0.5` on 4 workers: the makespan against the ideal 2.0 s.
+//! 3. Claim latency straight on the store: a 10-task session against a 10,000-task one, at
+//!    its start and at its end.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use br_core::outcome::Outcome;
+use br_core::{Plan, SessionStatus};
+use br_store::sqlite::SqliteStore;
+use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
+
+const BR: &str = env!("CARGO_BIN_EXE_br");
+
+fn main() {
+    let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let want = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    println!(
+        "br engine benchmark ({} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if want("throughput") {
+        throughput();
+    }
+    if want("makespan") {
+        makespan();
+    }
+    if want("claim") {
+        claim_latency();
+    }
+}
+
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::Builder::new()
+            .prefix("br-bench-")
+            .tempdir()
+            .expect("temp dir");
+        let repo = Repo { dir };
+        repo.git(&["init", "--quiet"]);
+        std::fs::write(repo.path().join("README.md"), "bench\n").expect("write");
+        repo.git(&["add", "--all"]);
+        repo.git(&[
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+            "commit",
+            "--quiet",
+            "-m",
+            "init",
+        ]);
+        repo
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn git(&self, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(self.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .expect("git")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    /// Runs a plan with `br run`; returns the wall time and the session's makespan.
+    fn run(&self, plan: &str, workers: u32) -> (Duration, Duration) {
+        std::fs::write(self.path().join("br.toml"), plan).expect("write plan");
+        let started = Instant::now();
+        let out = Command::new(BR)
+            .args(["run", "--workers", &workers.to_string(), "--json"])
+            .current_dir(self.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("br run");
+        let wall = started.elapsed();
+        assert!(
+            out.status.success(),
+            "br run failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let ms = |key: &str| {
+            humantime::parse_rfc3339(status[key].as_str().expect("timestamp")).expect("rfc3339")
+        };
+        let makespan = ms("completed_at")
+            .duration_since(ms("started_at"))
+            .unwrap_or_default();
+        (wall, makespan)
+    }
+}
+
+fn plan_of(name: &str, commands: impl Iterator<Item = String>) -> String {
+    let mut plan = format!("name = \"{name}\"\nisolation = \"shared\"\n");
+    for (i, run) in commands.enumerate() {
+        plan.push_str(&format!("[[task]]\nid = \"t{i}\"\nrun = \"{run}\"\n"));
+    }
+    plan
+}
+
+fn throughput() {
+    const N: usize = 1000;
+    let repo = Repo::new();
+    let (br_wall, br_span) = repo.run(
+        &plan_of("throughput", (0..N).map(|_| "true".to_string())),
+        4,
+    );
+    let started = Instant::now();
+    let mut xargs = Command::new("xargs")
+        .args(["-P", "4", "-n", "1", "sh", "-c"])
+        .current_dir(repo.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("xargs");
+    {
+        let mut stdin = xargs.stdin.take().expect("stdin");
+        for _ in 0..N {
+            writeln!(stdin, "true").expect("feed xargs");
+        }
+    }
+    assert!(xargs.wait().expect("xargs").success());
+    let xargs_wall = started.elapsed();
+    let per_task = (br_wall.as_secs_f64() - xargs_wall.as_secs_f64()) / N as f64 * 1000.0;
+    println!("\n1,000 × `true`, shared mode, 4 workers");
+    println!(
+        "  br run (wall, incl. startup)  {:>8.3} s",
+        br_wall.as_secs_f64()
+    );
+    println!(
+        "  br session makespan           {:>8.3} s",
+        br_span.as_secs_f64()
+    );
+    println!(
+        "  xargs -P 4                    {:>8.3} s",
+        xargs_wall.as_secs_f64()
+    );
+    println!(
+        "  ratio br / xargs              {:>8.2}",
+        br_wall.as_secs_f64() / xargs_wall.as_secs_f64()
+    );
+    println!(
+        "  overhead per task             {:>8.3} ms of wall time ({:.3} ms of worker time per task with 4 workers)",
+        per_task,
+        per_task * 4.0
+    );
+}
+
+fn makespan() {
+    let repo = Repo::new();
+    let (wall, span) = repo.run(
+        &plan_of("makespan", (0..16).map(|_| "sleep 0.5".to_string())),
+        4,
+    );
+    println!("\n16 × `sleep 0.5`, 4 workers (ideal makespan 2.000 s)");
+    println!(
+        "  session makespan  {:>8.3} s  ({:+.1}% of ideal)",
+        span.as_secs_f64(),
+        (span.as_secs_f64() / 2.0 - 1.0) * 100.0
+    );
+    println!("  br run wall time  {:>8.3} s", wall.as_secs_f64());
+}
+
+fn claim_latency() {
+    println!("\nclaim + finish latency on the store (SQLite), one worker");
+    for n in [10usize, 10_000] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("br.db")).expect("store");
+        let text = plan_of("claims", (0..n).map(|_| "true".to_string()));
+        let plan = Plan::parse(&text, Path::new("bench.toml")).expect("plan");
+        let created = Instant::now();
+        let session = store
+            .create_session(&NewSession {
+                plan,
+                repo_root: dir.path().to_path_buf(),
+                plan_path: None,
+                base_commit: None,
+                workers_wanted: 1,
+            })
+            .expect("session");
+        let create_time = created.elapsed();
+        let worker = store
+            .register_worker(&NewWorker {
+                host: "bench".into(),
+                pid: std::process::id(),
+                session: None,
+                heartbeat_timeout: Duration::from_secs(30),
+            })
+            .expect("worker");
+        // Every claim and finish of the whole session, so the last claims (where a scan past
+        // finished tasks would show) are measured as well as the first.
+        let mut claims = Vec::with_capacity(n);
+        let mut finishes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let claim = store
+                .claim_next_task(&ClaimRequest {
+                    worker: &worker,
+                    session: None,
+                    log_dir: dir.path(),
+                })
+                .expect("claim");
+            claims.push(t.elapsed());
+            let Claim::Task(task) = claim else {
+                panic!("expected a task")
+            };
+            let t = Instant::now();
+            store
+                .finish_attempt(&task.lease, &Outcome::Succeeded)
+                .expect("finish");
+            finishes.push(t.elapsed());
+        }
+        assert_eq!(
+            store.session(&session.id).expect("session").status,
+            SessionStatus::Completed
+        );
+        let k = 10.min(n);
+        println!(
+            "  {n:>6}-task session: claim median {:>6.0} µs (first {k}: {:>6.0} µs, last {k}: {:>6.0} µs); finish median {:>6.0} µs; submit {:.1} ms",
+            median_us(&claims),
+            median_us(&claims[..k]),
+            median_us(&claims[n - k..]),
+            median_us(&finishes),
+            create_time.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+fn median_us(samples: &[Duration]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2].as_secs_f64() * 1e6
+}
