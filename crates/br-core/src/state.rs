@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 macro_rules! string_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident ($what:literal) { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
@@ -32,7 +32,7 @@ macro_rules! string_enum {
                 match s {
                     $($text => Ok($name::$variant),)+
                     _ => Err(UnknownState {
-                        what: stringify!($name),
+                        what: $what,
                         value: s.to_string(),
                         expected: &[$($text),+],
                     }),
@@ -53,7 +53,7 @@ pub struct UnknownState {
 
 string_enum!(
     /// `created → running ⇄ paused → completed | failed | cancelled`.
-    SessionStatus {
+    SessionStatus ("session status") {
         Created = "created",
         Running = "running",
         Paused = "paused",
@@ -65,7 +65,7 @@ string_enum!(
 
 string_enum!(
     /// `pending → ready → running → succeeded | failed`, and `skipped`, `cancelled`.
-    TaskState {
+    TaskState ("task state") {
         Pending = "pending",
         Ready = "ready",
         Running = "running",
@@ -78,7 +78,7 @@ string_enum!(
 
 string_enum!(
     /// `idle ⇄ busy`, then `offline` (heartbeat timed out) or `stopped` (left cleanly).
-    WorkerStatus {
+    WorkerStatus ("worker status") {
         Idle = "idle",
         Busy = "busy",
         Offline = "offline",
@@ -199,7 +199,7 @@ mod tests {
         let err = "bogus".parse::<WorkerStatus>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown WorkerStatus `bogus` (expected one of: idle, busy, offline, stopped)"
+            "unknown worker status `bogus` (expected one of: idle, busy, offline, stopped)"
         );
     }
 }

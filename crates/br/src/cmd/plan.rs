@@ -33,6 +33,8 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
 
 /// Reads and validates a plan; errors name the file as the user typed it.
 pub fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, PathBuf)> {
+    // Outside a repository nothing can run: say that before anything about the plan.
+    ctx.repo()?;
     let full = ctx.path(path);
     let text = match std::fs::read_to_string(&full) {
         Ok(text) => text,

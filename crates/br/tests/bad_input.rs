@@ -1,0 +1,233 @@
+//! Bad input gets one clear message and a non-zero exit, and nothing already recorded is lost:
+//! bad plans, a directory that is not a repository, unknown sessions, a locked store, a store
+//! from a newer br, a damaged store.
+
+mod common;
+
+use common::TestRepo;
+
+/// The messages, with the temp dir's path replaced so snapshots are stable.
+fn shown(repo: &TestRepo, run: &common::Run) -> String {
+    let path = repo.path().to_string_lossy().into_owned();
+    let canonical = repo
+        .path()
+        .canonicalize()
+        .expect("canonical")
+        .to_string_lossy()
+        .into_owned();
+    let mut text = format!(
+        "exit: {}\nstdout:\n{}stderr:\n{}",
+        run.code, run.stdout, run.stderr
+    )
+    .replace(&canonical, "[REPO]")
+    .replace(&path, "[REPO]");
+    // Session ids are random; a store br refuses to read has none to hide.
+    let listed = repo.br(&["list", "--json"]).stdout;
+    if let Ok(serde_json::Value::Array(sessions)) = serde_json::from_str(&listed) {
+        for s in sessions {
+            text = text.replace(s["id"].as_str().expect("id"), "[SESSION]");
+        }
+    }
+    text
+}
+
+fn no_session_recorded(repo: &TestRepo) {
+    if repo.store_path().exists() {
+        let list = repo.br(&["list", "--json"]);
+        assert_eq!(list.stdout.trim(), "[]", "a refused plan records nothing");
+    }
+}
+
+const BAD_PLANS: &[(&str, &str)] = &[
+    (
+        "unknown_key",
+        "name = \"x\"\n[[task]]\nid = \"a\"\nrun = \"true\"\nfles = [\"a\"]\n",
+    ),
+    (
+        "duplicate_id",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    ),
+    (
+        "unknown_after",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\nafter = [\"schema\"]\n",
+    ),
+    (
+        "cycle",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\nafter = [\"c\"]\n[[task]]\nid = \"b\"\nrun = \"true\"\nafter = [\"a\"]\n[[task]]\nid = \"c\"\nrun = \"true\"\nafter = [\"b\"]\n",
+    ),
+    (
+        "absolute_path",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\nfiles = [\"/etc/passwd\"]\n",
+    ),
+    (
+        "escaping_path",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\nfiles = [\"src/../../secret\"]\n",
+    ),
+    (
+        "invalid_glob",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\nfiles = [\"src/[a\"]\n",
+    ),
+    (
+        "zero_duration",
+        "heartbeat_timeout = \"0s\"\n[[task]]\nid = \"a\"\nrun = \"true\"\ntimeout = \"0s\"\n",
+    ),
+    (
+        "absurd_duration",
+        "[[task]]\nid = \"a\"\nrun = \"true\"\ntimeout = \"400days\"\n",
+    ),
+    (
+        "bad_task_id",
+        "[[task]]\nid = \"has space\"\nrun = \"true\"\n",
+    ),
+    ("syntax", "[[task]\nid = \"a\"\n"),
+    ("no_tasks", "name = \"empty\"\n"),
+];
+
+#[test]
+fn every_bad_plan_is_refused_with_file_line_and_reason() {
+    let repo = TestRepo::new();
+    let mut all = String::new();
+    for (name, text) in BAD_PLANS {
+        let file = format!("{name}.toml");
+        repo.write(&file, text);
+        let run = repo.br(&["run", &file]);
+        assert_eq!(run.code, 2, "{name}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with(&format!("error: {file}")),
+            "{name}: names the file: {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{name}: nothing ran: {}", run.stdout);
+        all.push_str(&format!("--- {name}\n{}", shown(&repo, &run)));
+        no_session_recorded(&repo);
+    }
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn a_missing_plan_and_a_directory_outside_git_are_refused() {
+    let repo = TestRepo::new();
+    let missing = repo.br(&["run"]);
+    assert_eq!(missing.code, 2);
+    let outside = tempfile::tempdir().expect("temp dir");
+    let not_git = repo.br(&["-C", outside.path().to_str().expect("utf8"), "run"]);
+    assert_eq!(not_git.code, 2);
+    let text = shown(&repo, &missing)
+        + &shown(&repo, &not_git)
+            .replace(&outside.path().to_string_lossy().into_owned(), "[OUTSIDE]");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn unknown_sessions_and_tasks_are_refused() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "name = \"p\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    assert_eq!(repo.br(&["run"]).code, 0);
+    let mut text = String::new();
+    for args in [
+        vec!["status", "deadbeef"],
+        vec!["logs", "p", "nope"],
+        vec!["resume", "p"],
+        vec!["lock", "nosuch", "x"],
+        vec!["lock", "p", "../x"],
+        vec!["list", "--status", "bogus"],
+    ] {
+        let run = repo.br(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        text.push_str(&format!(
+            "--- br {}\n{}",
+            args.join(" "),
+            shown(&repo, &run)
+        ));
+    }
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn a_locked_store_is_reported_and_keeps_its_data() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "name = \"p\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    assert_eq!(repo.br(&["run"]).code, 0);
+    let holder = rusqlite::Connection::open(repo.store_path()).expect("open");
+    holder
+        .execute_batch("BEGIN EXCLUSIVE;")
+        .expect("lock the store");
+    let mut cmd = repo.br_command(&["submit"]);
+    cmd.env("BR_BUSY_TIMEOUT", "300ms");
+    let run = common::Run::from(cmd.output().expect("run br"));
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is locked by another process"),
+        "{}",
+        run.stderr
+    );
+    holder.execute_batch("ROLLBACK;").expect("unlock");
+    let list = repo.br(&["list", "--json"]);
+    let sessions: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+    assert_eq!(
+        sessions.as_array().expect("array").len(),
+        1,
+        "the earlier session is intact"
+    );
+    assert_eq!(sessions[0]["status"], "completed");
+}
+
+#[test]
+fn a_store_from_a_newer_br_is_refused_untouched() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "name = \"p\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    assert_eq!(repo.br(&["run"]).code, 0);
+    {
+        let conn = rusqlite::Connection::open(repo.store_path()).expect("open");
+        conn.pragma_update(None, "user_version", 999).expect("bump");
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .expect("leave WAL");
+    }
+    let before = std::fs::read(repo.store_path()).expect("read");
+    let mut text = String::new();
+    for args in [vec!["status"], vec!["run"]] {
+        let run = repo.br(&args);
+        assert_eq!(run.code, 4, "{}", run.stderr);
+        text.push_str(&shown(&repo, &run));
+    }
+    assert_eq!(
+        std::fs::read(repo.store_path()).expect("read"),
+        before,
+        "not a byte changed"
+    );
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn a_damaged_store_is_refused_untouched() {
+    let repo = TestRepo::new();
+    std::fs::create_dir_all(repo.store_path().parent().expect("dir")).expect("mkdir");
+    let garbage = b"not a database at all, just bytes ".repeat(100);
+    std::fs::write(repo.store_path(), &garbage).expect("write");
+    let run = repo.br(&["list"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert_eq!(std::fs::read(repo.store_path()).expect("read"), garbage);
+    insta::assert_snapshot!(shown(&repo, &run));
+}
+
+#[test]
+fn a_postgres_url_without_a_backend_says_so() {
+    let repo = TestRepo::new();
+    let run = repo.br(&["--store", "postgres://user:secret@localhost/br", "list"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        !run.stderr.contains("secret"),
+        "the password is not shown: {}",
+        run.stderr
+    );
+    insta::assert_snapshot!(shown(&repo, &run));
+}
