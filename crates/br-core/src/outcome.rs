@@ -26,6 +26,9 @@ pub enum Outcome {
     /// The command succeeded but changed files outside its declared `files`, and the plan says
     /// `scope = "strict"`.
     ScopeViolation { files: Vec<String> },
+    /// The command succeeded but br could not keep what it changed (a git failure in its
+    /// worktree); nothing is on the task branch.
+    Unrecorded { reason: String },
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::LeaseLost => "lease_lost",
             Outcome::ScopeViolation { .. } => "scope_violation",
+            Outcome::Unrecorded { .. } => "unrecorded",
         }
     }
 
@@ -66,6 +70,7 @@ impl Outcome {
             Outcome::ScopeViolation { files } => {
                 format!("changed files outside its scope: {}", files.join(", "))
             }
+            Outcome::Unrecorded { reason } => format!("its changes could not be kept: {reason}"),
         }
     }
 }
@@ -123,7 +128,8 @@ pub fn next_after(outcome: &Outcome, budget: Budget, session_cancelled: bool) ->
         | Outcome::Signalled { .. }
         | Outcome::TimedOut
         | Outcome::SpawnFailed { .. }
-        | Outcome::ScopeViolation { .. } => {
+        | Outcome::ScopeViolation { .. }
+        | Outcome::Unrecorded { .. } => {
             if budget.failures < budget.retries {
                 TaskNext::Retry
             } else {

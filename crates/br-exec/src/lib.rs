@@ -1,10 +1,12 @@
 //! Everything in br that acts on the world: the worker loop, task processes and their signals,
 //! the reaper that outlives a killed worker, the local worker pool of `br run`, and git.
 
+pub mod conflicts;
 pub mod git;
 pub mod pool;
 pub mod process;
 pub mod reaper;
 pub mod worker;
+pub mod worktree;
 
 pub use git::{Git, GitError, Repo};

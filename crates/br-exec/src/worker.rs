@@ -9,13 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use br_core::plan::Isolation;
-use br_core::{Outcome, SessionId, WorkerId};
-use br_store::{Claim, ClaimRequest, ClaimedTask, Finish, NewWorker, Store, StoreError};
+use br_core::outcome::TaskNext;
+use br_core::plan::{Isolation, ScopeMode};
+use br_core::{EventKind, Outcome, SessionId, TaskState, WorkerId};
+use br_store::{
+    AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store, StoreError,
+};
 
+use crate::conflicts::{FinishedBranch, conflicting_branches};
 use crate::git::Repo;
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
+use crate::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -103,6 +108,7 @@ pub fn run_worker(
         stop,
         reaper: reaper.as_mut(),
         notify,
+        slot: None,
     };
     let result = worker.serve();
     // Leave a clean record even if serving failed; a failure here is secondary.
@@ -120,6 +126,9 @@ struct Worker<'a> {
     stop: &'a StopFlag,
     reaper: Option<&'a mut Reaper>,
     notify: &'a mut dyn FnMut(Note),
+    /// The worktree slot this worker runs worktree-isolated tasks in, taken on first use and
+    /// held until the worker leaves.
+    slot: Option<WorktreeSlot>,
 }
 
 /// The longest an idle worker sleeps between looks at the store; it also wakes on any change.
@@ -194,15 +203,32 @@ impl Worker<'_> {
     fn run_attempt(&mut self, task: ClaimedTask) -> Result<(), StoreError> {
         let lease = task.lease.clone();
         (self.notify)(Note::Started(Box::new(task.clone())));
-        let outcome = self.execute(&task);
-        let lease_lost = matches!(outcome, Execution::LeaseLost(_));
-        let outcome = match outcome {
-            Execution::Done(o) | Execution::LeaseLost(o) => o,
+        let (outcome, lease_lost, report, result) = match self.prepare(&task) {
+            Err(reason) => (
+                Outcome::SpawnFailed { reason },
+                false,
+                AttemptReport::default(),
+                None,
+            ),
+            Ok(dir) => {
+                let execution = self.execute(&task, &dir);
+                let lease_lost = matches!(execution, Execution::LeaseLost(_));
+                let outcome = match execution {
+                    Execution::Done(o) | Execution::LeaseLost(o) => o,
+                };
+                let (outcome, report, result) = self.conclude(&task, outcome, lease_lost);
+                (outcome, lease_lost, report, result)
+            }
         };
         if lease_lost {
             (self.notify)(Note::LeaseLost(Box::new(task.clone())));
         }
-        let finish = with_retries(|| self.store.finish_attempt(&lease, &outcome))?;
+        let finish = with_retries(|| self.store.finish_attempt_with(&lease, &outcome, &report))?;
+        if finish == Finish::Recorded(TaskNext::Succeed)
+            && let Some(result) = &result
+        {
+            self.predict_conflicts(&task, result);
+        }
         (self.notify)(Note::Finished {
             task: Box::new(task),
             outcome,
@@ -211,20 +237,171 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Runs the attempt's process to its end, heartbeating, and decides its outcome.
-    fn execute(&mut self, task: &ClaimedTask) -> Execution {
-        let dir = match task.isolation {
-            Isolation::Shared => self.config.repo.root.clone(),
+    /// The directory the attempt runs in: the repository itself, or a worktree slot reset to the
+    /// attempt's base commit.
+    fn prepare(&mut self, task: &ClaimedTask) -> Result<PathBuf, String> {
+        match task.isolation {
+            Isolation::Shared => Ok(self.config.repo.root.clone()),
             Isolation::Worktree => {
-                return Execution::Done(Outcome::SpawnFailed {
-                    reason: "this br cannot run worktree-isolated tasks yet".into(),
-                });
+                let base = task.base_commit.as_deref().ok_or_else(|| {
+                    "the session has no base commit to make a worktree from".to_string()
+                })?;
+                let slot = match &mut self.slot {
+                    Some(slot) => slot,
+                    None => self.slot.insert(
+                        WorktreeSlot::acquire(&self.config.repo).map_err(|e| error_chain(&e))?,
+                    ),
+                };
+                slot.checkout(&spec(task, base))
+                    .map_err(|e| error_chain(&e))
+            }
+        }
+    }
+
+    /// For a worktree attempt: commits what it left, checks its scope, and keeps the result on
+    /// the task branch (success) or at its attempt ref (anything else: never thrown away).
+    fn conclude(
+        &mut self,
+        task: &ClaimedTask,
+        outcome: Outcome,
+        lease_lost: bool,
+    ) -> (Outcome, AttemptReport, Option<AttemptResult>) {
+        let (Some(slot), Some(base)) = (self.slot.as_mut(), task.base_commit.as_deref()) else {
+            return (outcome, AttemptReport::default(), None);
+        };
+        if task.isolation != Isolation::Worktree {
+            return (outcome, AttemptReport::default(), None);
+        }
+        let spec = spec(task, base);
+        let result = match slot.commit_result(&spec) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = error_chain(&e);
+                let outcome = if outcome == Outcome::Succeeded && !lease_lost {
+                    Outcome::Unrecorded { reason }
+                } else {
+                    (self.notify)(Note::StoreTrouble(format!(
+                        "could not keep the attempt's changes: {reason}"
+                    )));
+                    outcome
+                };
+                return (outcome, AttemptReport::default(), None);
             }
         };
+        let violations = scope_violations(&result.changed, &task.files);
+        let mut outcome = outcome;
+        if outcome == Outcome::Succeeded
+            && !violations.is_empty()
+            && task.scope == ScopeMode::Strict
+        {
+            outcome = Outcome::ScopeViolation {
+                files: violations.clone(),
+            };
+        }
+        let keep = if outcome == Outcome::Succeeded && !lease_lost {
+            Keep::Branch
+        } else {
+            Keep::AttemptRef
+        };
+        if let Err(e) = slot.keep(&spec, &result, keep) {
+            let reason = error_chain(&e);
+            if keep == Keep::Branch {
+                outcome = Outcome::Unrecorded { reason };
+            } else {
+                (self.notify)(Note::StoreTrouble(format!(
+                    "could not keep the attempt's changes: {reason}"
+                )));
+            }
+        }
+        let report = AttemptReport {
+            commit: result.commit.clone(),
+            changed: result.changed.clone(),
+            scope_violations: violations,
+        };
+        let kept = (keep == Keep::Branch && outcome == Outcome::Succeeded).then_some(result);
+        (outcome, report, kept)
+    }
+
+    /// After a task's success is recorded: compares its branch with the session's other finished
+    /// task branches (and the integration branch) without touching any working tree, and records
+    /// a `merge_conflict` for each pair that would not merge. Only pairs that changed a common
+    /// path (or one a directory of the other's) can conflict, so only those are merged.
+    fn predict_conflicts(&mut self, task: &ClaimedTask, result: &AttemptResult) {
+        let Some(base) = task.base_commit.as_deref() else {
+            return;
+        };
+        if result.commit.is_none() {
+            return;
+        }
+        let session = &task.lease.session_id;
+        let mine = FinishedBranch {
+            task: task.lease.task_id.to_string(),
+            branch: format!("refs/heads/br/{}/{}", task.session_slug, task.lease.task_id),
+            changed: result.changed.clone(),
+        };
+        let others = match self.finished_branches(task) {
+            Ok(o) => o,
+            Err(e) => return self.trouble(&e),
+        };
+        let integration = format!("refs/heads/br/{}/integration", task.session_slug);
+        let found = conflicting_branches(&self.config.repo, base, &mine, &others, &integration);
+        for (with, files) in found.unwrap_or_else(|e| {
+            (self.notify)(Note::StoreTrouble(format!(
+                "conflict prediction failed: {}",
+                error_chain(&e)
+            )));
+            Vec::new()
+        }) {
+            let event = NewEvent {
+                kind: EventKind::MergeConflict,
+                session_id: Some(session.clone()),
+                task_id: Some(task.lease.task_id.clone()),
+                worker_id: Some(self.id.clone()),
+                attempt: Some(task.lease.attempt),
+                detail: serde_json::json!({
+                    "files": files,
+                    "with": with,
+                    "tasks": [task.lease.task_id.as_str(), with.as_str()],
+                }),
+            };
+            if let Err(e) = with_retries(|| self.store.append_event(&event)) {
+                self.trouble(&e);
+            }
+        }
+    }
+
+    /// The session's other succeeded tasks, with what their latest attempt changed.
+    fn finished_branches(&self, task: &ClaimedTask) -> Result<Vec<FinishedBranch>, StoreError> {
+        let session = &task.lease.session_id;
+        let mut out = Vec::new();
+        for t in self.store.tasks(session)? {
+            if t.state != TaskState::Succeeded || t.id == task.lease.task_id {
+                continue;
+            }
+            let attempts = self.store.attempts(session, &t.id)?;
+            let changed: Vec<String> = attempts
+                .last()
+                .and_then(|a| a.detail.get("changed"))
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .unwrap_or_default();
+            if changed.is_empty() {
+                continue;
+            }
+            out.push(FinishedBranch {
+                branch: format!("refs/heads/br/{}/{}", task.session_slug, t.id),
+                task: t.id.to_string(),
+                changed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs the attempt's process in `dir` to its end, heartbeating, and decides its outcome.
+    fn execute(&mut self, task: &ClaimedTask, dir: &std::path::Path) -> Execution {
         let command = TaskCommand {
             run: task.run.clone(),
-            dir: dir.clone(),
-            env: task_env(task, &dir, &self.config.repo),
+            dir: dir.to_path_buf(),
+            env: task_env(task, dir, &self.config.repo),
             log_path: task.log_path.clone(),
         };
         let mut process = match TaskProcess::spawn(&command) {
@@ -302,6 +479,17 @@ impl Worker<'_> {
 enum Execution {
     Done(Outcome),
     LeaseLost(Outcome),
+}
+
+fn spec<'a>(task: &'a ClaimedTask, base: &'a str) -> AttemptSpec<'a> {
+    AttemptSpec {
+        session_id: task.lease.session_id.as_str(),
+        session_name: &task.session_name,
+        session_slug: &task.session_slug,
+        task_id: task.lease.task_id.as_str(),
+        attempt: task.lease.attempt.0,
+        base_commit: base,
+    }
 }
 
 /// The environment a task runs with: its plan `env`, plus `BR_*` variables that tell it where

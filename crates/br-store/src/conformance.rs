@@ -54,6 +54,8 @@ macro_rules! conformance_tests {
             only_finished_sessions_are_deleted,
             wait_for_change_sees_other_handles,
             concurrent_workers_claim_each_task_once_without_lock_overlap,
+            attempt_reports_are_kept_and_scope_violations_recorded,
+            a_finished_task_can_be_requeued_on_a_new_base,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -1275,4 +1277,92 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Back
     let checked = audit_lock_order(&events).expect("no overlapping locks");
     assert_eq!(checked, 120);
     audit_terminal_once(&events).expect("terminal once");
+}
+
+pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(&*store, plan("p", vec![task("a", &["a/**"], &[])]));
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let c = claim_task(&*store, &w);
+    let report = AttemptReport {
+        commit: Some("c0ffee".into()),
+        changed: vec!["a/x".into(), "b.txt".into()],
+        scope_violations: vec!["b.txt".into()],
+    };
+    store
+        .finish_attempt_with(&c.lease, &Outcome::Succeeded, &report)
+        .expect("finish");
+    let attempts = store
+        .attempts(&s.id, &TaskId::new("a").expect("id"))
+        .expect("attempts");
+    assert_eq!(attempts[0].detail["commit"], "c0ffee");
+    assert_eq!(
+        attempts[0].detail["changed"],
+        serde_json::json!(["a/x", "b.txt"])
+    );
+    let events = session_events(&*store, &s.id);
+    let violation = events
+        .iter()
+        .find(|e| e.kind == EventKind::ScopeViolation)
+        .expect("scope_violation recorded");
+    assert_eq!(violation.detail["files"], serde_json::json!(["b.txt"]));
+    let succeeded = events
+        .iter()
+        .find(|e| e.kind == EventKind::TaskSucceeded)
+        .expect("succeeded");
+    assert_eq!(succeeded.detail["commit"], "c0ffee");
+    assert!(violation.seq < succeeded.seq);
+}
+
+pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn Backend) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan("p", vec![task("a", &["x"], &[]), task("b", &[], &[])]),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    for _ in 0..2 {
+        let c = claim_task(&*store, &w);
+        store
+            .finish_attempt(&c.lease, &Outcome::Succeeded)
+            .expect("finish");
+    }
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+    let a = TaskId::new("a").expect("id");
+    let requeued = store
+        .requeue_task(&s.id, &a, "1234abcd", "merge conflict with b")
+        .expect("requeue");
+    assert_eq!(
+        (requeued.state, requeued.base_commit.as_deref()),
+        (Ready, Some("1234abcd"))
+    );
+    let again = store.session(&s.id).expect("session");
+    assert_eq!(
+        (again.status, again.completed_tasks, again.completed_at),
+        (SessionStatus::Running, 1, None)
+    );
+    let c = claim_task(&*store, &w);
+    assert_eq!(
+        (c.lease.attempt, c.base_commit.as_deref()),
+        (Attempt(2), Some("1234abcd"))
+    );
+    store
+        .finish_attempt(&c.lease, &Outcome::Succeeded)
+        .expect("finish");
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+    let pending = submit(&*store, plan("q", vec![task("z", &[], &[])]));
+    let z = TaskId::new("z").expect("id");
+    assert!(
+        matches!(
+            store.requeue_task(&pending.id, &z, "1234", "x"),
+            Err(StoreError::Transition(_))
+        ),
+        "only a finished task can be requeued"
+    );
 }

@@ -52,6 +52,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn tasks(&self, session: &SessionId) -> Result<Vec<Task>>;
     fn task(&self, session: &SessionId, task: &TaskId) -> Result<Task>;
     fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
+    /// Queues a task that already ended (typically succeeded) again as its next attempt,
+    /// starting from `base_commit` — the merge queue's `on_conflict = "requeue"`. Its session
+    /// becomes running again if it had ended.
+    fn requeue_task(
+        &self,
+        session: &SessionId,
+        task: &TaskId,
+        base_commit: &str,
+        reason: &str,
+    ) -> Result<Task>;
     /// Deletes a finished session with its tasks, attempts and events.
     fn delete_session(&self, id: &SessionId) -> Result<()>;
 
@@ -64,7 +74,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// claimable session whose files conflict with no held lock, takes its locks and leases it.
     fn claim_next_task(&self, request: &ClaimRequest<'_>) -> Result<Claim>;
     /// Records how an attempt ended, if its lease is still current.
-    fn finish_attempt(&self, lease: &Lease, outcome: &Outcome) -> Result<Finish>;
+    fn finish_attempt(&self, lease: &Lease, outcome: &Outcome) -> Result<Finish> {
+        self.finish_attempt_with(lease, outcome, &AttemptReport::default())
+    }
+    /// The same, with what the attempt changed; scope violations in `report` are recorded as a
+    /// `scope_violation` event in the same transaction.
+    fn finish_attempt_with(
+        &self,
+        lease: &Lease,
+        outcome: &Outcome,
+        report: &AttemptReport,
+    ) -> Result<Finish>;
     /// Requeues (or fails) attempts whose lease expired and marks silent workers offline.
     /// Any process may call it; it is idempotent.
     fn requeue_expired_leases(&self) -> Result<Expired>;

@@ -104,6 +104,9 @@ pub struct Task {
     pub blocked_by: Option<serde_json::Value>,
     pub timeout_ms: Option<u64>,
     pub retries: u32,
+    /// The commit this task's next attempt starts from, when it differs from the session's
+    /// (the merge queue requeues a task on top of the integration branch).
+    pub base_commit: Option<String>,
 }
 
 /// One attempt of a task.
@@ -218,6 +221,17 @@ pub struct Heartbeat {
     pub stop_requested: bool,
     /// The worker had been marked offline and is now back.
     pub rejoined: bool,
+}
+
+/// What a worker found out about an attempt besides its outcome (worktree isolation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AttemptReport {
+    /// The commit holding the attempt's result (on the task branch, or its attempt ref).
+    pub commit: Option<String>,
+    /// Repo-relative paths the attempt changed, relative to its base.
+    pub changed: Vec<String>,
+    /// Changed paths outside the task's declared `files` (recorded as `scope_violation`).
+    pub scope_violations: Vec<String>,
 }
 
 /// The answer to `finish_attempt`.

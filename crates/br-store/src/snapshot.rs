@@ -1208,8 +1208,22 @@ mod tests {
         fn claim_next_task(&self, request: &ClaimRequest<'_>) -> Result<Claim> {
             self.inner.claim_next_task(request)
         }
-        fn finish_attempt(&self, lease: &Lease, outcome: &Outcome) -> Result<Finish> {
-            self.inner.finish_attempt(lease, outcome)
+        fn finish_attempt_with(
+            &self,
+            lease: &Lease,
+            outcome: &Outcome,
+            report: &AttemptReport,
+        ) -> Result<Finish> {
+            self.inner.finish_attempt_with(lease, outcome, report)
+        }
+        fn requeue_task(
+            &self,
+            session: &SessionId,
+            task: &TaskId,
+            base_commit: &str,
+            reason: &str,
+        ) -> Result<Task> {
+            self.inner.requeue_task(session, task, base_commit, reason)
         }
         fn requeue_expired_leases(&self) -> Result<Expired> {
             self.inner.requeue_expired_leases()

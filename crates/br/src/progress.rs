@@ -137,15 +137,17 @@ pub fn event_line(ev: &Event, start: Timestamp) -> String {
         field("worker", w.as_str());
     }
     let detail = &ev.detail;
+    // `tasks` is a count on session_created, and a pair on merge_conflict (then `with` says it).
     for key in [
         "reason",
         "because",
+        "with",
         "exit_code",
         "next_attempt",
         "name",
         "tasks",
     ] {
-        if let Some(v) = detail.get(key).filter(|v| !v.is_null()) {
+        if let Some(v) = detail.get(key).filter(|v| !v.is_null() && !v.is_array()) {
             field(key, &plain(v));
         }
     }

@@ -289,12 +289,19 @@ fn lease_task(
     let worker = request.worker.as_str();
     let task_id = candidate.id.as_str();
     let session = super::read::session(tx, session_id)?;
-    let (previous_attempt, run, env, timeout_ms): (u32, String, String, Option<u64>) = tx
+    let (previous_attempt, run, env, timeout_ms, task_base): (
+        u32,
+        String,
+        String,
+        Option<u64>,
+        Option<String>,
+    ) = tx
         .prepare_cached(
-            "SELECT attempt, run, env, timeout_ms FROM tasks WHERE session_id = ?1 AND id = ?2",
+            "SELECT attempt, run, env, timeout_ms, base_commit FROM tasks
+             WHERE session_id = ?1 AND id = ?2",
         )?
         .query_row([session_id, task_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?;
     let attempt = previous_attempt + 1;
     let ttl_ms = i64::try_from(session.heartbeat_timeout_ms).unwrap_or(i64::MAX);
@@ -386,13 +393,18 @@ fn lease_task(
         lease_ttl: Duration::from_millis(session.heartbeat_timeout_ms),
         isolation: session.isolation,
         scope: session.scope,
-        base_commit: session.base_commit,
+        base_commit: task_base.or(session.base_commit),
         repo_root: session.repo_root,
         log_path,
     }))
 }
 
-pub(super) fn finish(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<Finish> {
+pub(super) fn finish(
+    tx: &Tx<'_>,
+    lease: &Lease,
+    outcome: &Outcome,
+    report: &AttemptReport,
+) -> OpResult<Finish> {
     let worker = lease.worker_id.as_str();
     let (session_id, task_id) = (lease.session_id.as_str(), lease.task_id.as_str());
     if !lease_is_current(tx, lease)? {
@@ -432,7 +444,17 @@ pub(super) fn finish(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<
         .execute(params![worker, session_id, task_id, lease.attempt.0])?;
         return Ok(Finish::Stale);
     }
-    let next = apply_outcome(tx, lease, outcome)?;
+    if !report.scope_violations.is_empty() {
+        tx.event(
+            Ev::new(EventKind::ScopeViolation)
+                .session(session_id)
+                .task(task_id)
+                .worker(Some(worker))
+                .attempt(lease.attempt.0)
+                .detail(json!({ "files": report.scope_violations })),
+        )?;
+    }
+    let next = apply_outcome_with(tx, lease, outcome, report)?;
     let (completed, failed) = match next {
         TaskNext::Succeed => (1, 0),
         TaskNext::Fail | TaskNext::Retry => (0, 1),
@@ -453,6 +475,15 @@ pub(super) fn finish(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<
 /// Records an attempt's end on its task, releases its locks, moves the task on by the core rule,
 /// and settles the session. The caller has checked that `lease` is current.
 fn apply_outcome(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<TaskNext> {
+    apply_outcome_with(tx, lease, outcome, &AttemptReport::default())
+}
+
+fn apply_outcome_with(
+    tx: &Tx<'_>,
+    lease: &Lease,
+    outcome: &Outcome,
+    report: &AttemptReport,
+) -> OpResult<TaskNext> {
     let (session_id, task_id) = (lease.session_id.as_str(), lease.task_id.as_str());
     let attempt = lease.attempt.0;
     let worker = Some(lease.worker_id.as_str());
@@ -464,7 +495,15 @@ fn apply_outcome(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<Task
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     let session_status = session::status(tx, session_id)?;
-    let detail = serde_json::to_value(outcome)?;
+    let mut detail = serde_json::to_value(outcome)?;
+    if let serde_json::Value::Object(map) = &mut detail {
+        if let Some(commit) = &report.commit {
+            map.insert("commit".into(), json!(commit));
+        }
+        if !report.changed.is_empty() {
+            map.insert("changed".into(), json!(report.changed));
+        }
+    }
     tx.prepare_cached(
         "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, detail = ?4
          WHERE session_id = ?5 AND task_id = ?6 AND attempt = ?7",
@@ -530,7 +569,11 @@ fn apply_outcome(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<Task
     match next {
         TaskNext::Succeed => {
             session::bump(tx, session_id, Counter::Succeeded, 1)?;
-            tx.event(ev(EventKind::TaskSucceeded).detail(json!({ "exit_code": 0 })))?;
+            tx.event(ev(EventKind::TaskSucceeded).detail(json!({
+                "exit_code": 0,
+                "commit": report.commit,
+                "changed_files": report.changed.len(),
+            })))?;
             release_dependents(tx, session_id, task_id)?;
         }
         TaskNext::Retry | TaskNext::Requeue => {

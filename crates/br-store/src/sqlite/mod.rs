@@ -430,10 +430,28 @@ impl Store for SqliteStore {
         self.write("claim a task", |tx| lease::claim(tx, request))
     }
 
-    fn finish_attempt(&self, lease: &Lease, outcome: &Outcome) -> Result<Finish> {
+    fn finish_attempt_with(
+        &self,
+        lease: &Lease,
+        outcome: &Outcome,
+        report: &AttemptReport,
+    ) -> Result<Finish> {
         self.write("record an attempt's outcome", |tx| {
-            lease::finish(tx, lease, outcome)
+            lease::finish(tx, lease, outcome, report)
         })
+    }
+
+    fn requeue_task(
+        &self,
+        session: &SessionId,
+        task: &TaskId,
+        base_commit: &str,
+        reason: &str,
+    ) -> Result<Task> {
+        self.write("requeue a task", |tx| {
+            session::requeue_task(tx, session.as_str(), task.as_str(), base_commit, reason)
+        })?;
+        self.task(session, task)
     }
 
     fn requeue_expired_leases(&self) -> Result<Expired> {

@@ -18,7 +18,7 @@ pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, pla
     skipped_tasks, cancelled_tasks, running_tasks";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
-    files, after, log_path, run, outcome, blocked_by, timeout_ms, retries";
+    files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit";
 
 const WORKER_COLUMNS: &str = "id, status, host, pid, session_id, task_session_id, task_id, \
     attempt, tasks_completed, tasks_failed, last_heartbeat, started_at, task_started_at, \
@@ -185,6 +185,7 @@ fn task_from_row(r: &Row<'_>, session: &Session) -> rusqlite::Result<Task> {
             .transpose()?,
         timeout_ms: r.get(13)?,
         retries: r.get(14)?,
+        base_commit: r.get(15)?,
     })
 }
 

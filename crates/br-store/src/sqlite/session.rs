@@ -9,7 +9,7 @@ use br_core::{EventKind, SessionId, SessionStatus, TaskState};
 use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 
-use super::{Ev, OpResult, Tx, lock};
+use super::{Ev, OpError, OpResult, Tx, lock};
 use crate::error::StoreError;
 use crate::model::NewSession;
 
@@ -302,5 +302,70 @@ pub(super) fn delete(tx: &Tx<'_>, id: &str) -> OpResult<()> {
     ] {
         tx.execute(sql, [id])?;
     }
+    Ok(())
+}
+
+pub(super) fn requeue_task(
+    tx: &Tx<'_>,
+    session_id: &str,
+    task_id: &str,
+    base_commit: &str,
+    reason: &str,
+) -> OpResult<()> {
+    let status = status(tx, session_id)?;
+    let refused = || {
+        OpError::from(StoreError::Transition(TransitionError {
+            session: session_id.to_string(),
+            action: "requeue a task of",
+            status,
+        }))
+    };
+    let state: Option<String> = tx
+        .prepare_cached("SELECT state FROM tasks WHERE session_id = ?1 AND id = ?2")?
+        .query_row([session_id, task_id], |r| r.get(0))
+        .optional()?;
+    let state: TaskState = state
+        .ok_or_else(|| StoreError::NoSuchTask {
+            session: session_id.to_string(),
+            task: task_id.to_string(),
+        })?
+        .parse()
+        .map_err(|e| StoreError::Damaged(format!("task {task_id}: {e}")))?;
+    let counter = match state {
+        TaskState::Succeeded => Counter::Succeeded,
+        TaskState::Failed => Counter::Failed,
+        _ => return Err(refused()),
+    };
+    if status == SessionStatus::Cancelled {
+        return Err(refused());
+    }
+    tx.execute(
+        "UPDATE tasks SET state = 'ready', base_commit = ?1, finished_at = NULL, blocked_by = NULL
+         WHERE session_id = ?2 AND id = ?3",
+        params![base_commit, session_id, task_id],
+    )?;
+    bump(tx, session_id, counter, -1)?;
+    if status.is_terminal() {
+        // The session has work again.
+        tx.execute(
+            "UPDATE sessions SET status = 'running', completed_at = NULL WHERE id = ?1",
+            [session_id],
+        )?;
+        tx.event(
+            Ev::new(EventKind::SessionResumed)
+                .session(session_id)
+                .detail(json!({ "from": status.as_str(), "reason": reason })),
+        )?;
+    }
+    tx.event(
+        Ev::new(EventKind::TaskRequeued)
+            .session(session_id)
+            .task(task_id)
+            .detail(json!({
+                "reason": reason,
+                "base_commit": base_commit,
+                "from": state.as_str(),
+            })),
+    )?;
     Ok(())
 }

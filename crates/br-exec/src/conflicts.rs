@@ -1,0 +1,168 @@
+//! Conflict prediction: whether two task results would merge cleanly, answered by git's merge
+//! machinery on objects alone (`git merge-tree --write-tree`), so no working tree, index or ref is
+//! touched and it can run while tasks are running.
+
+use std::ffi::OsString;
+use std::sync::OnceLock;
+
+use crate::git::{GitError, Repo, failure};
+
+/// `merge-tree --write-tree` came in git 2.38 and its `--merge-base` option in 2.40.
+pub const MERGE_TREE_MIN_VERSION: (u32, u32) = (2, 40);
+
+/// The installed git's version, asked once per process.
+static GIT_VERSION: OnceLock<(u32, u32, u32)> = OnceLock::new();
+
+/// Checks once that git can predict conflicts.
+fn require_merge_tree(repo: &Repo) -> Result<(), GitError> {
+    let version = match GIT_VERSION.get() {
+        Some(v) => *v,
+        None => {
+            let v = repo.git().version()?;
+            *GIT_VERSION.get_or_init(|| v)
+        }
+    };
+    let (major, minor, patch) = version;
+    if (major, minor) < MERGE_TREE_MIN_VERSION {
+        return Err(GitError::TooOld {
+            feature: "conflict prediction (`git merge-tree --write-tree --merge-base`)",
+            need: format!("{}.{}", MERGE_TREE_MIN_VERSION.0, MERGE_TREE_MIN_VERSION.1),
+            found: format!("{major}.{minor}.{patch}"),
+        });
+    }
+    Ok(())
+}
+
+/// The files that would conflict if `theirs` were merged into `ours`, both descending from
+/// `base`: sorted, empty when they merge cleanly. Revisions may be commit ids or ref names.
+pub fn predict_conflicts(
+    repo: &Repo,
+    base: &str,
+    ours: &str,
+    theirs: &str,
+) -> Result<Vec<String>, GitError> {
+    require_merge_tree(repo)?;
+    let args: Vec<OsString> = [
+        "merge-tree",
+        "--write-tree",
+        "--name-only",
+        "--no-messages",
+        "-z",
+        &format!("--merge-base={base}"),
+        "--end-of-options",
+        ours,
+        theirs,
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    let out = repo.git().output(&args)?;
+    // 0: clean; 1: conflicts; anything else: git could not do the merge at all.
+    match out.status.code() {
+        Some(0) => Ok(Vec::new()),
+        Some(1) => Ok(parse_conflicted_files(&out.stdout)),
+        _ => Err(failure(&args, &out)),
+    }
+}
+
+/// `-z --name-only --no-messages` output: the tree id, then each conflicted path, each followed
+/// by NUL, and an empty field if informational messages would follow.
+fn parse_conflicted_files(out: &[u8]) -> Vec<String> {
+    let mut files: Vec<String> = out
+        .split(|b| *b == 0)
+        .skip(1)
+        .take_while(|f| !f.is_empty())
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicted_files_are_read_from_nul_separated_output() {
+        let out = b"d1d16218decc0c71c8732588ccb69e8d0ccb880a\0f\0odd\nname\0f\0";
+        assert_eq!(parse_conflicted_files(out), ["f", "odd\nname"]);
+        assert!(parse_conflicted_files(b"e154a230\0").is_empty());
+        assert_eq!(parse_conflicted_files(b"e154\0a\0\0message\0"), ["a"]);
+    }
+}
+
+/// A finished task's branch and the paths it changed relative to its base.
+#[derive(Debug, Clone)]
+pub struct FinishedBranch {
+    pub task: String,
+    pub branch: String,
+    pub changed: Vec<String>,
+}
+
+/// Whether two sets of changed paths touch a common path, or one a directory of the other's —
+/// the only way two branches from the same base can conflict.
+pub fn paths_meet(a: &[String], b: &[String]) -> bool {
+    a.iter().any(|p| {
+        b.iter().any(|q| {
+            p == q
+                || q.strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+                || p.strip_prefix(q.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    })
+}
+
+/// The finished branches (by task id, or `integration`) that `mine` would not merge with
+/// cleanly, and the conflicting files of each. Only branches whose changes meet `mine`'s are
+/// merged; the integration branch, when it exists, always is.
+pub fn conflicting_branches(
+    repo: &Repo,
+    base: &str,
+    mine: &FinishedBranch,
+    others: &[FinishedBranch],
+    integration_ref: &str,
+) -> Result<Vec<(String, Vec<String>)>, GitError> {
+    let mut found = Vec::new();
+    for other in others
+        .iter()
+        .filter(|o| paths_meet(&mine.changed, &o.changed))
+    {
+        let files = predict_conflicts(repo, base, &mine.branch, &other.branch)?;
+        if !files.is_empty() {
+            found.push((other.task.clone(), files));
+        }
+    }
+    let git = repo.git();
+    let exists = git
+        .output(["rev-parse", "--verify", "--quiet", integration_ref])?
+        .status
+        .success();
+    if exists {
+        let files = predict_conflicts(repo, base, &mine.branch, integration_ref)?;
+        if !files.is_empty() {
+            found.push(("integration".to_string(), files));
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod paths_tests {
+    use super::paths_meet;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn paths_meet_on_equal_paths_and_directories() {
+        assert!(paths_meet(&v(&["a.txt"]), &v(&["b.txt", "a.txt"])));
+        assert!(paths_meet(&v(&["src"]), &v(&["src/x.rs"])));
+        assert!(paths_meet(&v(&["src/x.rs"]), &v(&["src"])));
+        assert!(!paths_meet(&v(&["src/x.rs"]), &v(&["src/xy.rs"])));
+        assert!(!paths_meet(&v(&["src"]), &v(&["srcs/a"])));
+        assert!(!paths_meet(&v(&[]), &v(&["a"])));
+    }
+}

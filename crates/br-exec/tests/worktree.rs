@@ -1,0 +1,1074 @@
+//! Worktree slots, attempt results, conflict prediction and reconcile, with real git in temporary
+//! repositories.
+//!
+//! Every git command — the tests' own and br's — runs with hermetic configuration: no system or
+//! global config, an empty `HOME`, no inherited author variables. The tests' commands get it on
+//! each `Command`; br's get it through `git::set_process_env`, because tests run on parallel
+//! threads and changing the process environment would be `unsafe` and racy.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use br_core::LockPath;
+use br_exec::Repo;
+use br_exec::conflicts::predict_conflicts;
+use br_exec::git::set_process_env;
+use br_exec::worktree::{
+    AttemptSpec, Keep, Reconcile, ReconcileMode, SavedLeftovers, WorktreeError, WorktreeSlot,
+    reconcile, scope_violations,
+};
+use tempfile::TempDir;
+
+const SESSION_ID: &str = "0123456789ab";
+const SESSION_NAME: &str = "Build v3.1";
+const SLUG: &str = "build-v3.1";
+
+/// The same for every test in this process, so setting it once is right.
+fn hermetic() {
+    let home = std::env::temp_dir().join(format!("br-test-no-home-{}", std::process::id()));
+    let mut vars: Vec<(OsString, Option<OsString>)> = vec![
+        ("GIT_CONFIG_NOSYSTEM".into(), Some("1".into())),
+        ("GIT_CONFIG_GLOBAL".into(), Some("/dev/null".into())),
+        ("HOME".into(), Some(home.into_os_string())),
+    ];
+    for var in [
+        "XDG_CONFIG_HOME",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_COUNT",
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_AUTHOR_DATE",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+        "GIT_COMMITTER_DATE",
+        "EMAIL",
+    ] {
+        vars.push((var.into(), None));
+    }
+    set_process_env(vars);
+}
+
+/// A repository in a temporary directory, with a user checkout that has work in progress.
+struct TestRepo {
+    tmp: TempDir,
+    root: PathBuf,
+    repo: Repo,
+    base: String,
+}
+
+impl TestRepo {
+    /// Commits `a.txt`, `dir/b.txt`, `gone.txt`, `old-name.txt`, `f.txt` and a `.gitignore`
+    /// ignoring `*.log` and `target/`.
+    fn new() -> TestRepo {
+        hermetic();
+        let tmp = TempDir::new().unwrap();
+        let root = tmp.path().join("repo");
+        std::fs::create_dir_all(root.join("dir")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        git_in(tmp.path(), &root, &["init", "-q", "-b", "main"]);
+        for (path, text) in [
+            ("a.txt", "a\n"),
+            ("dir/b.txt", "b\n"),
+            ("gone.txt", "to be deleted\n"),
+            ("old-name.txt", "to be renamed\n"),
+            ("f.txt", "1\n2\n3\n"),
+            (".gitignore", "*.log\ntarget/\n"),
+        ] {
+            std::fs::write(root.join(path), text).unwrap();
+        }
+        git_in(tmp.path(), &root, &["add", "-A"]);
+        git_in(tmp.path(), &root, &["commit", "-q", "-m", "base"]);
+        let repo = Repo::discover(&root).unwrap();
+        let base = git_in(tmp.path(), &root, &["rev-parse", "HEAD"]);
+        TestRepo {
+            tmp,
+            root,
+            repo,
+            base,
+        }
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        git_in(self.tmp.path(), &self.root, args)
+    }
+
+    fn git_at(&self, dir: &Path, args: &[&str]) -> String {
+        git_in(self.tmp.path(), dir, args)
+    }
+
+    fn git_succeeds(&self, dir: &Path, args: &[&str]) -> bool {
+        git_command(self.tmp.path(), dir, args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    fn attempt(&self, task: &'static str, attempt: u32) -> AttemptSpec<'_> {
+        AttemptSpec {
+            session_id: SESSION_ID,
+            session_name: SESSION_NAME,
+            session_slug: SLUG,
+            task_id: task,
+            attempt,
+            base_commit: &self.base,
+        }
+    }
+
+    fn worktrees_dir(&self) -> PathBuf {
+        self.repo.worktrees_dir()
+    }
+
+    /// Puts the user's checkout in a state worth protecting: a staged edit, an unstaged edit, an
+    /// untracked and an ignored file, an extra branch, and a worktree of their own with an
+    /// uncommitted edit.
+    fn user_work_in_progress(&self) {
+        self.git(&["branch", "feature"]);
+        self.git(&["tag", "v1"]);
+        let theirs = self.tmp.path().join("their-worktree");
+        self.git(&["worktree", "add", "-q", theirs.to_str().unwrap(), "feature"]);
+        std::fs::write(theirs.join("a.txt"), "their edit\n").unwrap();
+        std::fs::write(self.root.join("a.txt"), "staged\n").unwrap();
+        self.git(&["add", "a.txt"]);
+        std::fs::write(self.root.join("a.txt"), "staged then edited\n").unwrap();
+        std::fs::write(self.root.join("mine.txt"), "untracked\n").unwrap();
+        std::fs::write(self.root.join("build.log"), "ignored\n").unwrap();
+    }
+
+    /// Everything of the user's that br must not touch.
+    fn user_state(&self) -> UserState {
+        let theirs = self.tmp.path().join("their-worktree");
+        let status = |dir: &Path| {
+            self.git_at(
+                dir,
+                &[
+                    "--no-optional-locks",
+                    "status",
+                    "--porcelain=v2",
+                    "--branch",
+                    "--ignored",
+                    "-uall",
+                ],
+            )
+        };
+        let br_dir = self.worktrees_dir();
+        let worktrees = self
+            .git(&["worktree", "list", "--porcelain"])
+            .split("\n\n")
+            .filter(|block| {
+                let path = block
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("worktree ");
+                !Path::new(path).starts_with(&br_dir)
+            })
+            .map(str::to_string)
+            .collect();
+        let refs = self
+            .git(&["for-each-ref", "--format=%(refname) %(objectname)"])
+            .lines()
+            .filter(|l| !l.starts_with("refs/heads/br/") && !l.starts_with("refs/br/"))
+            .map(str::to_string)
+            .collect();
+        UserState {
+            head: self.git(&["symbolic-ref", "HEAD"]),
+            head_commit: self.git(&["rev-parse", "HEAD"]),
+            index: std::fs::read(self.root.join(".git/index")).unwrap(),
+            status: status(&self.root),
+            files: files_under(&self.root),
+            their_status: status(&theirs),
+            their_files: files_under(&theirs),
+            refs,
+            worktrees,
+        }
+    }
+
+    /// Installs hooks that leave a marker file when they run, a pre-commit hook that fails, and
+    /// commit signing that cannot work.
+    fn hostile_hooks(&self) -> PathBuf {
+        let markers = self.tmp.path().join("hook-markers");
+        std::fs::create_dir_all(&markers).unwrap();
+        let hooks = self.root.join(".git/hooks");
+        std::fs::create_dir_all(&hooks).unwrap();
+        for hook in [
+            "post-checkout",
+            "post-commit",
+            "reference-transaction",
+            "post-index-change",
+            "post-rewrite",
+            "pre-auto-gc",
+        ] {
+            let script = format!("#!/bin/sh\ntouch '{}/{hook}'\nexit 0\n", markers.display());
+            write_executable(&hooks.join(hook), &script);
+        }
+        write_executable(
+            &hooks.join("pre-commit"),
+            &format!(
+                "#!/bin/sh\ntouch '{}/pre-commit'\nexit 1\n",
+                markers.display()
+            ),
+        );
+        self.git(&["config", "commit.gpgSign", "true"]);
+        self.git(&["config", "gpg.program", "false"]);
+        markers
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct UserState {
+    head: String,
+    head_commit: String,
+    index: Vec<u8>,
+    status: String,
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    their_status: String,
+    their_files: BTreeMap<PathBuf, Vec<u8>>,
+    refs: Vec<String>,
+    worktrees: Vec<String>,
+}
+
+fn write_executable(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A git command for the tests' own use, hermetic and with a fixed identity and date.
+fn git_command(tmp: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C").arg(dir).args(args).current_dir(dir);
+    for var in br_exec::git::GIT_LOCATION_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", tmp.join("home"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("GIT_CONFIG_PARAMETERS")
+        .env("GIT_AUTHOR_NAME", "Test Author")
+        .env("GIT_AUTHOR_EMAIL", "author@example.com")
+        .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_NAME", "Test Committer")
+        .env("GIT_COMMITTER_EMAIL", "committer@example.com")
+        .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn git_in(tmp: &Path, dir: &Path, args: &[&str]) -> String {
+    let out = git_command(tmp, dir, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+fn files_under(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_name() == ".git" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                files.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn write(dir: &Path, path: &str, text: &str) {
+    let path = dir.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The slot holds exactly `commit`: detached there, nothing modified, untracked or ignored, and
+/// an index whose tree is the commit's tree.
+fn assert_pristine(t: &TestRepo, slot: &Path, commit: &str) {
+    assert_eq!(t.git_at(slot, &["rev-parse", "HEAD"]), commit);
+    assert!(
+        !t.git_succeeds(slot, &["symbolic-ref", "-q", "HEAD"]),
+        "HEAD is detached"
+    );
+    assert_eq!(
+        t.git_at(slot, &["status", "--porcelain", "--ignored", "-uall"]),
+        "",
+        "slot is clean"
+    );
+    assert_eq!(
+        t.git_at(slot, &["write-tree"]),
+        t.git(&["rev-parse", &format!("{commit}^{{tree}}")])
+    );
+    // The files on disk are the commit's, byte for byte.
+    let listed = t.git_at(slot, &["ls-files", "-z"]);
+    let mut tracked: Vec<PathBuf> = listed
+        .split('\0')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    tracked.sort();
+    let on_disk: Vec<PathBuf> = files_under(slot).into_keys().collect();
+    assert_eq!(on_disk, tracked);
+    for path in &tracked {
+        let want = t.git(&["show", &format!("{commit}:{}", path.display())]);
+        let have = std::fs::read_to_string(slot.join(path)).unwrap();
+        assert_eq!(have.trim_end(), want, "{}", path.display());
+    }
+}
+
+#[test]
+fn checkout_gives_a_detached_tree_equal_to_the_base() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let dir = slot.checkout(&t.attempt("api", 1)).unwrap();
+    assert_eq!(dir, slot.path());
+    assert!(dir.starts_with(t.worktrees_dir()));
+    assert_pristine(&t, &dir, &t.base);
+}
+
+#[test]
+fn next_attempt_in_a_slot_starts_from_a_pristine_tree() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let dir = slot.checkout(&t.attempt("api", 1)).unwrap();
+    let untouched_inode = std::fs::metadata(dir.join("f.txt")).unwrap().ino();
+    // Everything a messy task can leave: tracked edits (staged and not), new files, ignored
+    // files and directories, deletions, a nested repository, a branch checked out in the slot.
+    write(&dir, "a.txt", "edited\n");
+    write(&dir, "dir/b.txt", "staged edit\n");
+    t.git_at(&dir, &["add", "dir/b.txt"]);
+    write(&dir, "new/deep/file.txt", "new\n");
+    write(&dir, "debug.log", "ignored\n");
+    write(&dir, "target/out/bin", "ignored dir\n");
+    std::fs::remove_file(dir.join("gone.txt")).unwrap();
+    t.git_at(&dir, &["switch", "-q", "-c", "task-made-branch"]);
+    slot.finish(&t.attempt("api", 1), Keep::AttemptRef).unwrap();
+    write(&dir, "after-finish.txt", "left after finish\n");
+    t.git_at(&dir, &["init", "-q", "nested"]);
+
+    let again = slot.checkout(&t.attempt("api", 2)).unwrap();
+    assert_eq!(again, dir);
+    assert_pristine(&t, &dir, &t.base);
+    assert_eq!(
+        std::fs::metadata(dir.join("f.txt")).unwrap().ino(),
+        untouched_inode,
+        "the slot was reset in place, not checked out afresh"
+    );
+
+    // A later attempt may start from a different base (a requeue onto the integration tip).
+    write(&t.root, "f.txt", "1\n2\n3\n4\n");
+    t.git(&["commit", "-q", "-am", "second"]);
+    let second = t.git(&["rev-parse", "HEAD"]);
+    write(&dir, "a.txt", "edited again\n");
+    let spec = AttemptSpec {
+        base_commit: &second,
+        ..t.attempt("api", 3)
+    };
+    slot.checkout(&spec).unwrap();
+    assert_pristine(&t, &dir, &second);
+}
+
+#[test]
+fn finish_commits_every_kind_of_change_on_top_of_the_tasks_own_commits() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let attempt = t.attempt("api", 2);
+    let dir = slot.checkout(&attempt).unwrap();
+
+    // The task commits twice itself…
+    write(&dir, "committed-1.txt", "one\n");
+    t.git_at(&dir, &["add", "committed-1.txt"]);
+    t.git_at(&dir, &["commit", "-q", "-m", "task commit 1"]);
+    write(&dir, "dir/b.txt", "b from commit 2\n");
+    t.git_at(&dir, &["commit", "-q", "-am", "task commit 2"]);
+    // …and leaves modified, new, deleted and renamed files, some with odd names.
+    write(&dir, "a.txt", "modified\n");
+    write(&dir, "new/file.txt", "new\n");
+    write(&dir, "odd\nname with spaces.txt", "odd\n");
+    write(&dir, "ünïcödé.txt", "unicode\n");
+    write(&dir, "debug.log", "ignored: not committed\n");
+    std::fs::remove_file(dir.join("gone.txt")).unwrap();
+    std::fs::rename(dir.join("old-name.txt"), dir.join("new-name.txt")).unwrap();
+
+    let result = slot.finish(&attempt, Keep::Branch).unwrap();
+    let commit = result.commit.clone().unwrap();
+    let branch = format!("br/{SLUG}/api");
+    assert_eq!(t.git(&["rev-parse", &branch]), commit);
+    assert_eq!(
+        result.changed,
+        [
+            "a.txt",
+            "committed-1.txt",
+            "dir/b.txt",
+            "gone.txt",
+            "new-name.txt",
+            "new/file.txt",
+            "odd\nname with spaces.txt",
+            "old-name.txt",
+            "ünïcödé.txt",
+        ]
+    );
+
+    // History: base, the task's two commits, then br's.
+    let subjects = t.git(&["log", "--format=%s", &format!("{}..{commit}", t.base)]);
+    let subjects: Vec<&str> = subjects.lines().collect();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    assert_eq!(&subjects[1..], ["task commit 2", "task commit 1"]);
+    let message = t.git(&["log", "-1", "--format=%B", &commit]);
+    assert!(message.contains("api"), "{message}");
+    assert!(message.contains(SESSION_NAME), "{message}");
+    assert!(message.contains(SESSION_ID), "{message}");
+    assert!(message.contains("attempt 2"), "{message}");
+    assert!(message.contains("Br-Attempt: 2"), "{message}");
+    assert_eq!(
+        t.git(&["rev-parse", &format!("{commit}~3")]),
+        t.base,
+        "linear on the base"
+    );
+
+    // Content.
+    let show = |path: &str| t.git(&["show", &format!("{commit}:{path}")]);
+    assert_eq!(show("a.txt"), "modified");
+    assert_eq!(show("dir/b.txt"), "b from commit 2");
+    assert_eq!(show("new/file.txt"), "new");
+    assert_eq!(show("new-name.txt"), "to be renamed");
+    assert_eq!(show("committed-1.txt"), "one");
+    assert_eq!(show("ünïcödé.txt"), "unicode");
+    for absent in ["gone.txt", "old-name.txt", "debug.log"] {
+        assert!(
+            !t.git_succeeds(&t.root, &["cat-file", "-e", &format!("{commit}:{absent}")]),
+            "{absent} must not be in the result"
+        );
+    }
+}
+
+#[test]
+fn a_task_that_changes_nothing_leaves_its_branch_at_the_base() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let attempt = t.attempt("noop", 1);
+    let dir = slot.checkout(&attempt).unwrap();
+    write(&dir, "only-ignored.log", "ignored\n");
+    let result = slot.finish(&attempt, Keep::Branch).unwrap();
+    assert_eq!(result.commit, None);
+    assert!(result.changed.is_empty());
+    assert_eq!(t.git(&["rev-parse", &format!("br/{SLUG}/noop")]), t.base);
+}
+
+#[test]
+fn a_failed_attempt_is_kept_at_its_attempt_ref_and_the_branch_is_left_alone() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let branch = format!("refs/heads/br/{SLUG}/api");
+
+    // A failure with no earlier success: no branch at all.
+    let first = t.attempt("api", 1);
+    let dir = slot.checkout(&first).unwrap();
+    write(&dir, "partial.txt", "half done\n");
+    let failed = slot.finish(&first, Keep::AttemptRef).unwrap();
+    assert!(!t.git_succeeds(&t.root, &["rev-parse", "--verify", "-q", &branch]));
+    let kept = format!("refs/br/attempts/{SESSION_ID}/api/1");
+    assert_eq!(t.git(&["rev-parse", &kept]), failed.commit.clone().unwrap());
+    assert_eq!(
+        t.git(&["show", &format!("{kept}:partial.txt")]),
+        "half done"
+    );
+    assert_eq!(failed.changed, ["partial.txt"]);
+
+    // A success, then a failed rerun: the branch keeps the success.
+    let second = t.attempt("api", 2);
+    let dir = slot.checkout(&second).unwrap();
+    write(&dir, "good.txt", "good\n");
+    let good = slot.finish(&second, Keep::Branch).unwrap().commit.unwrap();
+    let third = t.attempt("api", 3);
+    let dir = slot.checkout(&third).unwrap();
+    assert!(!dir.join("good.txt").exists(), "the rerun starts fresh");
+    write(&dir, "bad.txt", "bad\n");
+    let bad = slot
+        .finish(&third, Keep::AttemptRef)
+        .unwrap()
+        .commit
+        .unwrap();
+    assert_eq!(t.git(&["rev-parse", &branch]), good);
+    let kept = format!("refs/br/attempts/{SESSION_ID}/api/3");
+    assert_eq!(t.git(&["rev-parse", &kept]), bad);
+
+    // A failure that changed nothing leaves no ref behind.
+    let fourth = t.attempt("api", 4);
+    slot.checkout(&fourth).unwrap();
+    assert_eq!(slot.finish(&fourth, Keep::AttemptRef).unwrap().commit, None);
+    assert!(!t.git_succeeds(
+        &t.root,
+        &[
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/br/attempts/{SESSION_ID}/api/4")
+        ]
+    ));
+}
+
+#[test]
+fn a_rerun_replaces_the_previous_attempts_branch() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let first = t.attempt("api", 1);
+    let dir = slot.checkout(&first).unwrap();
+    write(&dir, "one.txt", "1\n");
+    slot.finish(&first, Keep::Branch).unwrap();
+    let second = t.attempt("api", 2);
+    let dir = slot.checkout(&second).unwrap();
+    write(&dir, "two.txt", "2\n");
+    let result = slot.finish(&second, Keep::Branch).unwrap();
+    let branch = format!("br/{SLUG}/api");
+    assert_eq!(t.git(&["rev-parse", &branch]), result.commit.unwrap());
+    assert!(!t.git_succeeds(&t.root, &["cat-file", "-e", &format!("{branch}:one.txt")]));
+}
+
+#[test]
+fn a_task_branch_checked_out_elsewhere_is_not_moved_and_the_result_is_kept() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let first = t.attempt("api", 1);
+    let dir = slot.checkout(&first).unwrap();
+    write(&dir, "one.txt", "1\n");
+    let one = slot.finish(&first, Keep::Branch).unwrap().commit.unwrap();
+    // The user inspects the task branch in a worktree of their own.
+    let inspect = t.tmp.path().join("inspect");
+    let branch = format!("br/{SLUG}/api");
+    t.git(&["worktree", "add", "-q", inspect.to_str().unwrap(), &branch]);
+
+    let second = t.attempt("api", 2);
+    let dir = slot.checkout(&second).unwrap();
+    write(&dir, "two.txt", "2\n");
+    let err = slot.finish(&second, Keep::Branch).unwrap_err();
+    assert!(
+        matches!(err, WorktreeError::BranchCheckedOut { .. }),
+        "{err}"
+    );
+    assert_eq!(t.git(&["rev-parse", &branch]), one);
+    let kept = format!("refs/br/attempts/{SESSION_ID}/api/2");
+    assert_eq!(t.git(&["show", &format!("{kept}:two.txt")]), "2");
+}
+
+#[test]
+fn leftovers_of_a_dead_attempt_are_kept_before_the_slot_is_reused() {
+    let t = TestRepo::new();
+    let first = t.attempt("api", 1);
+    let number = {
+        let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+        let dir = slot.checkout(&first).unwrap();
+        write(&dir, "committed.txt", "the task committed this\n");
+        t.git_at(&dir, &["add", "committed.txt"]);
+        t.git_at(&dir, &["commit", "-q", "-m", "task commit before dying"]);
+        write(&dir, "a.txt", "unfinished edit\n");
+        write(&dir, "new.txt", "unfinished new file\n");
+        std::fs::remove_file(dir.join("gone.txt")).unwrap();
+        // The worker dies here: no finish.
+        slot.number()
+    };
+
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    assert_eq!(
+        slot.number(),
+        number,
+        "the dead worker's slot is free again"
+    );
+    let dir = slot.checkout(&t.attempt("api", 2)).unwrap();
+    assert_pristine(&t, &dir, &t.base);
+
+    let kept = format!("refs/br/attempts/{SESSION_ID}/api/1");
+    let show = |path: &str| t.git(&["show", &format!("{kept}:{path}")]);
+    assert_eq!(show("a.txt"), "unfinished edit");
+    assert_eq!(show("new.txt"), "unfinished new file");
+    assert_eq!(show("committed.txt"), "the task committed this");
+    assert!(!t.git_succeeds(&t.root, &["cat-file", "-e", &format!("{kept}:gone.txt")]));
+    let subjects = t.git(&["log", "--format=%s", &format!("{}..{kept}", t.base)]);
+    assert!(
+        subjects.starts_with("br: leftovers of task api"),
+        "{subjects}"
+    );
+    assert!(subjects.ends_with("task commit before dying"), "{subjects}");
+    // Nothing of the dead attempt reached the task branch.
+    assert!(!t.git_succeeds(
+        &t.root,
+        &["rev-parse", "--verify", "-q", &format!("br/{SLUG}/api")]
+    ));
+}
+
+#[test]
+fn the_users_checkout_branches_and_worktrees_are_untouched() {
+    let t = TestRepo::new();
+    t.user_work_in_progress();
+    let before = t.user_state();
+    {
+        let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+        let other = WorktreeSlot::acquire(&t.repo).unwrap();
+        for (n, keep) in [(1, Keep::AttemptRef), (2, Keep::Branch)] {
+            let attempt = t.attempt("api", n);
+            let dir = slot.checkout(&attempt).unwrap();
+            write(&dir, "a.txt", "task edit\n");
+            write(&dir, "task.log", "ignored\n");
+            std::fs::remove_file(dir.join("gone.txt")).unwrap();
+            slot.finish(&attempt, keep).unwrap();
+        }
+        drop(other);
+    }
+    reconcile(&t.repo, ReconcileMode::Apply, 0).unwrap();
+    let after = t.user_state();
+    assert_eq!(before, after);
+    assert!(
+        !t.worktrees_dir().join("slot-0").exists(),
+        "reconcile removed the free slots"
+    );
+}
+
+#[test]
+fn user_hooks_and_signing_never_apply_to_brs_own_operations() {
+    let t = TestRepo::new();
+    let markers = t.hostile_hooks();
+    // The hooks are live for ordinary git commands: the test would prove nothing otherwise.
+    t.git(&["update-ref", "refs/heads/probe", "HEAD"]);
+    assert!(markers.join("reference-transaction").exists());
+    std::fs::remove_file(markers.join("reference-transaction")).unwrap();
+
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    for n in 1..=2 {
+        let attempt = t.attempt("api", n);
+        let dir = slot.checkout(&attempt).unwrap();
+        write(&dir, "a.txt", &format!("attempt {n}\n"));
+        let result = slot.finish(&attempt, Keep::Branch).unwrap();
+        assert!(result.commit.is_some());
+    }
+    drop(slot);
+    reconcile(&t.repo, ReconcileMode::Apply, 0).unwrap();
+    let ran: Vec<_> = std::fs::read_dir(&markers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(ran.is_empty(), "hooks ran: {ran:?}");
+}
+
+#[test]
+fn brs_commits_use_the_configured_identity_or_a_fallback() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let first = t.attempt("api", 1);
+    let dir = slot.checkout(&first).unwrap();
+    write(&dir, "x.txt", "x\n");
+    let commit = slot.finish(&first, Keep::Branch).unwrap().commit.unwrap();
+    assert_eq!(
+        t.git(&["log", "-1", "--format=%an <%ae> / %cn <%ce>", &commit]),
+        "br <br@localhost> / br <br@localhost>"
+    );
+    drop(slot);
+
+    t.git(&["config", "user.name", "Ada"]);
+    t.git(&["config", "user.email", "ada@example.com"]);
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let second = t.attempt("api", 2);
+    let dir = slot.checkout(&second).unwrap();
+    write(&dir, "y.txt", "y\n");
+    let commit = slot.finish(&second, Keep::Branch).unwrap().commit.unwrap();
+    assert_eq!(
+        t.git(&["log", "-1", "--format=%an <%ae>", &commit]),
+        "Ada <ada@example.com>"
+    );
+}
+
+#[test]
+fn concurrent_acquires_get_different_slots_and_a_freed_slot_is_reused() {
+    let t = TestRepo::new();
+    let threads = 8;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let repo = t.repo.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                WorktreeSlot::acquire(&repo).unwrap()
+            })
+        })
+        .collect();
+    let mut slots: Vec<WorktreeSlot> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut numbers: Vec<u32> = slots.iter().map(WorktreeSlot::number).collect();
+    numbers.sort();
+    assert_eq!(numbers, (0..threads as u32).collect::<Vec<_>>());
+
+    // Each checks out in parallel: distinct directories, all pristine.
+    std::thread::scope(|s| {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let t = &t;
+            s.spawn(move || {
+                let task: &'static str = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"][i];
+                let attempt = t.attempt(task, 1);
+                let dir = slot.checkout(&attempt).unwrap();
+                write(&dir, &format!("{task}.txt"), task);
+                slot.finish(&attempt, Keep::Branch).unwrap();
+            });
+        }
+    });
+    for task in ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"] {
+        let branch = format!("br/{SLUG}/{task}");
+        let changed = t.git(&["diff", "--name-only", &t.base, &branch]);
+        assert_eq!(changed, format!("{task}.txt"));
+    }
+
+    let freed = slots.remove(3).number();
+    let again = WorktreeSlot::acquire(&t.repo).unwrap();
+    assert_eq!(again.number(), freed);
+}
+
+/// Not a test on its own: `a_killed_holders_slot_is_freed` runs this in a child process, which
+/// takes a slot and waits to be killed.
+#[test]
+#[ignore = "run by a_killed_holders_slot_is_freed in a child process"]
+fn slot_holder_process() {
+    let Some(root) = std::env::var_os("BR_TEST_HOLD_SLOT_IN") else {
+        return;
+    };
+    hermetic();
+    let repo = Repo::discover(Path::new(&root)).unwrap();
+    let slot = WorktreeSlot::acquire(&repo).unwrap();
+    println!("SLOT {}", slot.number());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills and reaps the child if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_killed_holders_slot_is_freed() {
+    let t = TestRepo::new();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["slot_holder_process", "--exact", "--ignored", "--nocapture"])
+            .env("BR_TEST_HOLD_SLOT_IN", &t.root)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut held = None;
+    for line in BufReader::new(child.0.stdout.take().unwrap()).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("SLOT ") {
+            held = Some(n.parse::<u32>().unwrap());
+            break;
+        }
+    }
+    let held = held.expect("the holder reported its slot");
+    let mine = WorktreeSlot::acquire(&t.repo).unwrap();
+    assert_ne!(mine.number(), held, "a live holder's slot is not shared");
+    drop(mine);
+
+    child.0.kill().unwrap(); // SIGKILL: no destructor runs in the holder.
+    child.0.wait().unwrap();
+    let numbers: Vec<u32> = (0..2)
+        .map(|_| WorktreeSlot::acquire(&t.repo).unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(WorktreeSlot::number)
+        .collect();
+    assert!(numbers.contains(&held), "{numbers:?} after the holder died");
+}
+
+#[test]
+fn predicted_conflicts_name_the_files_both_sides_changed() {
+    let t = TestRepo::new();
+    let branch = |name: &str, edits: &[(&str, &str)]| {
+        t.git(&["switch", "-q", "-c", name, &t.base]);
+        for (path, text) in edits {
+            write(&t.root, path, text);
+        }
+        t.git(&["add", "-A"]);
+        t.git(&["commit", "-q", "-m", name]);
+        t.git(&["rev-parse", "HEAD"])
+    };
+    let one = branch("one", &[("f.txt", "ONE\n2\n3\n"), ("odd\nname", "1\n")]);
+    let two = branch("two", &[("f.txt", "TWO\n2\n3\n"), ("odd\nname", "2\n")]);
+    let elsewhere = branch("elsewhere", &[("a.txt", "a elsewhere\n")]);
+    let below = branch("below", &[("f.txt", "1\n2\nTHREE\n")]);
+    t.git(&["switch", "-q", "main"]);
+
+    assert_eq!(
+        predict_conflicts(&t.repo, &t.base, &one, &two).unwrap(),
+        ["f.txt", "odd\nname"]
+    );
+    assert_eq!(
+        predict_conflicts(&t.repo, &t.base, "two", "one").unwrap(),
+        ["f.txt", "odd\nname"]
+    );
+    assert!(
+        predict_conflicts(&t.repo, &t.base, &one, &elsewhere)
+            .unwrap()
+            .is_empty()
+    );
+    // Different lines of the same file merge.
+    assert!(
+        predict_conflicts(&t.repo, &t.base, "elsewhere", &below)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(predict_conflicts(&t.repo, &t.base, &one, "no-such-branch").is_err());
+}
+
+#[test]
+fn scope_violations_list_changes_no_declared_lock_covers() {
+    let locks = |paths: &[&str]| -> Vec<LockPath> {
+        paths.iter().map(|p| LockPath::parse(p).unwrap()).collect()
+    };
+    let changed = |paths: &[&str]| -> Vec<String> { paths.iter().map(|p| p.to_string()).collect() };
+    let cases: &[(&[&str], &[&str], &[&str])] = &[
+        // declared, changed, violations
+        (&["a/**"], &["a/x.txt", "a/b/y.txt"], &[]),
+        (&["a/**"], &["a/x.txt", "b.txt"], &["b.txt"]),
+        (&["src"], &["src/main.rs", "srcs/x"], &["srcs/x"]),
+        (&["*.md"], &["README.md", "docs/x.md"], &["docs/x.md"]),
+        (
+            &["Cargo.lock", "src/api/**"],
+            &["Cargo.lock", "src/api/a.rs"],
+            &[],
+        ),
+        (&[], &["anything.txt", "b"], &["anything.txt", "b"]),
+        (&[], &[], &[]),
+        (&["**"], &["every/thing", "x"], &[]),
+        (&["a b/*"], &["a b/c d.txt", "a/c"], &["a/c"]),
+    ];
+    for (declared, paths, want) in cases {
+        assert_eq!(
+            scope_violations(&changed(paths), &locks(declared)),
+            changed(want),
+            "declared {declared:?}, changed {paths:?}"
+        );
+    }
+}
+
+/// What is under br's worktree directory and what git has registered: a dry run changes neither.
+fn reconcile_observable(t: &TestRepo) -> (BTreeMap<PathBuf, Vec<u8>>, String, String) {
+    (
+        files_under(&t.worktrees_dir()),
+        t.git(&["worktree", "list", "--porcelain"]),
+        t.git(&["for-each-ref", "--format=%(refname) %(objectname)"]),
+    )
+}
+
+#[test]
+fn reconcile_prunes_strays_removes_extra_free_slots_and_keeps_work() {
+    let t = TestRepo::new();
+    let dir = t.worktrees_dir();
+    let mut slots: Vec<WorktreeSlot> = (0..4)
+        .map(|_| WorktreeSlot::acquire(&t.repo).unwrap())
+        .collect();
+    for (i, slot) in slots.iter_mut().enumerate() {
+        slot.checkout(&t.attempt(["t0", "t1", "t2", "t3"][i], 1))
+            .unwrap();
+    }
+    for (i, slot) in slots.iter_mut().enumerate() {
+        if i != 2 {
+            slot.finish(&t.attempt(["t0", "t1", "t2", "t3"][i], 1), Keep::Branch)
+                .unwrap();
+        }
+    }
+    // Slot 2 dies mid-attempt with work in it; slot 1 stays held; slots 0 and 3 are free.
+    write(slots[2].path(), "unsaved.txt", "work of a dead attempt\n");
+    let held = slots.remove(1);
+    drop(slots);
+
+    // A registration of br's whose directory is gone, and one of the user's.
+    let stray = dir.join("verify-tmp");
+    t.git(&["worktree", "add", "-q", "--detach", stray.to_str().unwrap()]);
+    std::fs::remove_dir_all(&stray).unwrap();
+    let users = t.tmp.path().join("users-removable-drive");
+    t.git(&["worktree", "add", "-q", "--detach", users.to_str().unwrap()]);
+    std::fs::remove_dir_all(&users).unwrap();
+
+    let before = reconcile_observable(&t);
+    let planned = reconcile(&t.repo, ReconcileMode::DryRun, 1).unwrap();
+    assert_eq!(
+        reconcile_observable(&t),
+        before,
+        "a dry run changes nothing"
+    );
+    let kept_ref = format!("refs/br/attempts/{SESSION_ID}/t2/1");
+    assert_eq!(
+        planned,
+        Reconcile {
+            pruned: vec![stray.clone()],
+            removed: vec![dir.join("slot-2"), dir.join("slot-3")],
+            saved: vec![SavedLeftovers {
+                slot: dir.join("slot-2"),
+                reference: kept_ref.clone(),
+                commit: None,
+            }],
+            in_use: vec![held.path().to_path_buf()],
+            kept: vec![dir.join("slot-0")],
+            other: vec![],
+        }
+    );
+
+    let done = reconcile(&t.repo, ReconcileMode::Apply, 1).unwrap();
+    let saved_commit = t.git(&["rev-parse", &kept_ref]);
+    assert_eq!(
+        done,
+        Reconcile {
+            saved: vec![SavedLeftovers {
+                slot: dir.join("slot-2"),
+                reference: kept_ref.clone(),
+                commit: Some(saved_commit),
+            }],
+            ..planned
+        }
+    );
+    assert_eq!(
+        t.git(&["show", &format!("{kept_ref}:unsaved.txt")]),
+        "work of a dead attempt"
+    );
+    let listed = t.git(&["worktree", "list", "--porcelain"]);
+    for gone in [&stray, &dir.join("slot-2"), &dir.join("slot-3")] {
+        assert!(!listed.contains(gone.to_str().unwrap()), "{listed}");
+        assert!(!gone.exists());
+    }
+    assert!(!dir.join("slot-2.lock").exists());
+    assert!(!dir.join("slot-2.attempt").exists());
+    for kept in [&dir.join("slot-0"), held.path()] {
+        assert!(listed.contains(kept.to_str().unwrap()), "{listed}");
+        assert!(kept.is_dir());
+    }
+    assert!(
+        listed.contains(users.to_str().unwrap()),
+        "the user's registration is theirs to prune: {listed}"
+    );
+    for task in ["t0", "t1", "t3"] {
+        assert!(t.git_succeeds(
+            &t.root,
+            &["rev-parse", "--verify", "-q", &format!("br/{SLUG}/{task}")]
+        ));
+    }
+
+    // The held slot keeps working, and a removed slot's number is handed out again.
+    let mut held = held;
+    held.checkout(&t.attempt("t1", 2)).unwrap();
+    let a = WorktreeSlot::acquire(&t.repo).unwrap();
+    let mut b = WorktreeSlot::acquire(&t.repo).unwrap();
+    assert_eq!((a.number(), b.number()), (0, 2));
+    let dir_b = b.checkout(&t.attempt("t9", 1)).unwrap();
+    assert_pristine(&t, &dir_b, &t.base);
+
+    // A second reconcile has nothing left to prune or save.
+    drop((a, b, held));
+    let again = reconcile(&t.repo, ReconcileMode::Apply, 1).unwrap();
+    assert!(
+        again.pruned.is_empty() && again.saved.is_empty(),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn ids_that_are_not_ref_components_are_refused() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    for (session_id, slug, task) in [
+        ("../../heads", SLUG, "api"),
+        (SESSION_ID, "a b", "api"),
+        (SESSION_ID, SLUG, "x.lock"),
+        (SESSION_ID, SLUG, "-rf"),
+        (SESSION_ID, SLUG, "a/b"),
+    ] {
+        let attempt = AttemptSpec {
+            session_id,
+            session_slug: slug,
+            task_id: task,
+            ..t.attempt("api", 1)
+        };
+        let err = slot.checkout(&attempt).unwrap_err();
+        assert!(
+            matches!(err, WorktreeError::BadRefComponent { .. }),
+            "{err}"
+        );
+        assert!(matches!(
+            slot.finish(&attempt, Keep::Branch).unwrap_err(),
+            WorktreeError::BadRefComponent { .. }
+        ));
+    }
+}
+
+#[test]
+fn a_slot_damaged_by_hand_is_checked_out_afresh() {
+    let t = TestRepo::new();
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let dir = slot.checkout(&t.attempt("api", 1)).unwrap();
+    slot.finish(&t.attempt("api", 1), Keep::AttemptRef).unwrap();
+    std::fs::remove_file(dir.join(".git")).unwrap();
+    slot.checkout(&t.attempt("api", 2)).unwrap();
+    assert_pristine(&t, &dir, &t.base);
+    slot.discard().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    slot.checkout(&t.attempt("api", 3)).unwrap();
+    assert_pristine(&t, &dir, &t.base);
+}
+
+#[test]
+fn an_abandoned_rebase_or_cherry_pick_does_not_follow_into_the_next_attempt() {
+    let t = TestRepo::new();
+    for (name, text) in [("one", "ONE\n2\n3\n"), ("two", "TWO\n2\n3\n")] {
+        t.git(&["switch", "-q", "-c", name, &t.base]);
+        write(&t.root, "f.txt", text);
+        t.git(&["commit", "-q", "-am", name]);
+    }
+    t.git(&["switch", "-q", "main"]);
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    for (n, conflicting) in [(1, ["rebase", "two"]), (2, ["cherry-pick", "two"])] {
+        let attempt = t.attempt("api", n);
+        let dir = slot.checkout(&attempt).unwrap();
+        t.git_at(&dir, &["checkout", "-q", "--detach", "one"]);
+        assert!(
+            !t.git_succeeds(&dir, &conflicting),
+            "{conflicting:?} conflicts"
+        );
+        slot.finish(&attempt, Keep::AttemptRef).unwrap();
+        slot.checkout(&t.attempt("api", n + 10)).unwrap();
+        assert_pristine(&t, &dir, &t.base);
+        for state in [
+            "rebase-merge",
+            "rebase-apply",
+            "CHERRY_PICK_HEAD",
+            "sequencer",
+        ] {
+            let path = t.git_at(&dir, &["rev-parse", "--git-path", state]);
+            assert!(!dir.join(&path).exists(), "{state} left behind");
+        }
+        slot.discard().unwrap();
+    }
+}
