@@ -107,6 +107,18 @@ pub struct Task {
     /// The commit this task's next attempt starts from, when it differs from the session's
     /// (the merge queue requeues a task on top of the integration branch).
     pub base_commit: Option<String>,
+    /// Paths its latest attempt changed outside its declared `files`.
+    pub scope_violations: Vec<String>,
+    /// Predicted merge conflicts with other tasks' branches (or `integration`).
+    pub conflicts: Vec<TaskConflict>,
+}
+
+/// A predicted merge conflict, seen from one of its two sides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskConflict {
+    /// The other task (or `integration`).
+    pub with: String,
+    pub files: Vec<String>,
 }
 
 /// One attempt of a task.

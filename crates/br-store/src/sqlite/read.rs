@@ -186,32 +186,88 @@ fn task_from_row(r: &Row<'_>, session: &Session) -> rusqlite::Result<Task> {
         timeout_ms: r.get(13)?,
         retries: r.get(14)?,
         base_commit: r.get(15)?,
+        scope_violations: Vec::new(),
+        conflicts: Vec::new(),
     })
+}
+
+/// Fills in scope violations and predicted conflicts from the session's events (both sides of
+/// each conflict). A violation counts for the attempt that made it only.
+fn annotate(c: &Connection, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
+    let mut stmt = c.prepare_cached(
+        "SELECT kind, task_id, attempt, detail FROM events
+         WHERE session_id = ?1 AND kind IN ('scope_violation', 'merge_conflict')
+         ORDER BY seq",
+    )?;
+    let rows = stmt
+        .query_map([session_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<u32>>(2)?,
+                json::<serde_json::Value>(r, 3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let files_of = |detail: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(detail["files"].clone()).unwrap_or_default()
+    };
+    for (kind, task, attempt, detail) in rows {
+        let Some(task) = task else { continue };
+        if kind == "scope_violation" {
+            if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == task)
+                && attempt == Some(t.attempts)
+            {
+                t.scope_violations = files_of(&detail);
+            }
+            continue;
+        }
+        let with = detail["with"].as_str().unwrap_or_default().to_string();
+        let files = files_of(&detail);
+        for (me, other) in [
+            (task.as_str(), with.as_str()),
+            (with.as_str(), task.as_str()),
+        ] {
+            if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == me) {
+                let conflict = TaskConflict {
+                    with: other.to_string(),
+                    files: files.clone(),
+                };
+                if !t.conflicts.contains(&conflict) {
+                    t.conflicts.push(conflict);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn tasks(c: &Connection, session_id: &str) -> OpResult<Vec<Task>> {
     let session = session(c, session_id)?;
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq");
-    let rows = c
+    let mut rows = c
         .prepare_cached(&sql)?
         .query_map([session_id], |r| task_from_row(r, &session))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    annotate(c, session_id, &mut rows)?;
     Ok(rows)
 }
 
 pub(super) fn task(c: &Connection, session_id: &str, task_id: &str) -> OpResult<Task> {
     let session = session(c, session_id)?;
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 AND id = ?2");
-    c.prepare_cached(&sql)?
+    let task = c
+        .prepare_cached(&sql)?
         .query_row([session_id, task_id], |r| task_from_row(r, &session))
         .optional()?
-        .ok_or_else(|| {
-            StoreError::NoSuchTask {
-                session: session_id.to_string(),
-                task: task_id.to_string(),
-            }
-            .into()
-        })
+        .ok_or_else(|| StoreError::NoSuchTask {
+            session: session_id.to_string(),
+            task: task_id.to_string(),
+        })?;
+    let mut one = [task];
+    annotate(c, session_id, &mut one)?;
+    let [task] = one;
+    Ok(task)
 }
 
 pub(super) fn attempts(

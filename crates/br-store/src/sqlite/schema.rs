@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -134,4 +134,11 @@ CREATE INDEX events_by_session ON events (session_id, seq);
 /// Per-task base commits, for tasks the merge queue requeues on top of the integration branch.
 const V2: &str = r#"
 ALTER TABLE tasks ADD COLUMN base_commit TEXT;
+"#;
+
+/// Reading a task shows its scope violations and predicted conflicts: find those events of a
+/// session without reading all of them.
+const V3: &str = r#"
+CREATE INDEX events_notes ON events (session_id, seq)
+    WHERE kind IN ('scope_violation', 'merge_conflict');
 "#;
