@@ -282,7 +282,7 @@ const EXAMPLE: &str = r#"# A br plan: shell commands that br runs in parallel, e
 #
 #   br run              run the plan in br.toml, with live progress
 #   br status           every task: state, attempts, branch, exit code, log
-#   br merge example    merge the task branches into br/example/integration
+#   br merge example    merge the task branches into br/<session-slug>/integration
 #
 # Every top-level key is optional. A key that is commented out shows its default (for `verify`,
 # which has none, an example): uncomment it to change it.
@@ -315,12 +315,12 @@ workers = 2
 # keeps the result; "strict" fails the attempt.
 # scope = "report"
 
-# A command that checks a task's work after its `run` succeeds (run with `sh -c` in the task's
-# directory); a non-zero exit fails the attempt. Default: no check.
+# A command `br merge` runs (with `sh -c`, in a worktree) on each merge candidate before it
+# lands on the integration branch; a candidate whose check fails does not land. Default: none.
 # verify = "make test"
 
-# When a task's branch conflicts while merging: "report" lists the conflicting files;
-# "requeue" runs the task again.
+# When `br merge` cannot land a task's branch (a conflict, or `verify` failed): "report" lists
+# it; "requeue" runs the task again on top of the integration branch, to land it next time.
 # on_conflict = "report"
 
 # Each [[task]] is one command. Only `id` and `run` are required.

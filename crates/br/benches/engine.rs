@@ -5,6 +5,11 @@
 //! 2. 16 × `sleep 0.5` on 4 workers: the makespan against the ideal 2.0 s.
 //! 3. Claim latency straight on the store: a 10-task session against a 10,000-task one, at
 //!    its start and at its end.
+//! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots against
+//!    plain `git worktree add` + `git worktree remove` per attempt.
+//!
+//! `cargo bench -p br --bench engine -- NAME` runs only the sections whose name contains NAME
+//! (throughput, makespan, claim, worktrees).
 
 use std::io::Write;
 use std::path::Path;
@@ -34,6 +39,17 @@ fn main() {
     if want("claim") {
         claim_latency();
     }
+    if want("worktrees") {
+        worktrees();
+    }
+}
+
+fn worktrees() {
+    use br_exec::worktree::bench::{bench_worktrees, build_repository};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");
+    let timings = bench_worktrees(&repo, 12).expect("time worktrees");
+    println!("\nfresh trees for attempts (5,000-file repository)\n{timings}");
 }
 
 struct Repo {
