@@ -325,20 +325,60 @@ fn the_plan_br_init_writes_runs_in_a_fresh_repository() {
     let repo = TestRepo::new();
     let init = repo.br(&["init"]);
     assert_eq!(init.code, 0, "{}", init.stderr);
-    assert_eq!(repo.br(&["init"]).code, 2, "it does not overwrite without --force");
+    assert_eq!(
+        repo.br(&["init"]).code,
+        2,
+        "it does not overwrite without --force"
+    );
     let run = repo.br(&["run"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let status = repo.status("example");
     assert_eq!(status["completed_tasks"], 3);
     let slug = status["slug"].as_str().expect("slug");
-    assert_eq!(repo.git(&["show", &format!("br/{slug}/greeting:notes/greeting.md")]), "Hello from br");
+    assert_eq!(
+        repo.git(&["show", &format!("br/{slug}/greeting:notes/greeting.md")]),
+        "Hello from br"
+    );
     // The example's two note tasks lock overlapping paths (a directory and a file in it): they
     // never ran at the same time.
     let tasks = status["tasks"].as_array().expect("tasks");
     let span = |id: &str| {
         let t = tasks.iter().find(|t| t["id"] == id).expect("task");
-        (common::millis(&t["started_at"]), common::millis(&t["finished_at"]))
+        (
+            common::millis(&t["started_at"]),
+            common::millis(&t["finished_at"]),
+        )
     };
     let (a, b) = (span("notes"), span("greeting"));
-    assert!(a.1 <= b.0 || b.1 <= a.0, "overlapping locks ran at once: {a:?} {b:?}");
+    assert!(
+        a.1 <= b.0 || b.1 <= a.0,
+        "overlapping locks ran at once: {a:?} {b:?}"
+    );
+}
+
+#[test]
+fn the_demo_runs_to_completion_and_cleans_up_after_itself() {
+    let repo = TestRepo::new();
+    let demo = repo.br(&["demo", "--workers", "4"]);
+    assert_eq!(demo.code, 0, "{}\n{}", demo.stdout, demo.stderr);
+    assert!(demo.stdout.contains("completed"), "{}", demo.stdout);
+    assert!(
+        demo.stdout.contains("task_requeued task=flaky"),
+        "the flaky task retried: {}",
+        demo.stdout
+    );
+    assert!(
+        demo.stdout.contains("lock_conflict"),
+        "api and web took turns: {}",
+        demo.stdout
+    );
+    let dir = demo
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("br demo: a throwaway repository at "))
+        .expect("the demo names its repository");
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the throwaway repository is removed"
+    );
 }

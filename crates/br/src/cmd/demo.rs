@@ -12,27 +12,26 @@ use crate::cmd::print;
 use crate::context::Context;
 use crate::exit::Exit;
 
-const DEMO_PLAN: &str = r#"# The br demo: seven tasks on a pool of workers.
+const DEMO_PLAN: &str = r#"# The br demo: seven tasks on a pool of workers, each in its own git worktree and branch.
 name = "demo"
-isolation = "shared"
 heartbeat_timeout = "10s"
 
 [[task]]
 id = "schema"
 run = "sleep 0.4 && mkdir -p gen && echo 'create table users (id int);' > gen/schema.sql"
-files = ["gen/schema.sql"]
+files = ["gen/**"]
 
-# api and web wait for schema, and both append to build.log: br never runs them at once.
+# api and web wait for schema, and both write VERSION: br never runs them at once.
 [[task]]
 id = "api"
-run = "sleep 0.8 && echo 'api built' >> build.log"
-files = ["src/api/**", "build.log"]
+run = "sleep 0.8 && echo 'api v2' > src/api/lib.txt && echo 3.1 > VERSION"
+files = ["src/api/**", "VERSION"]
 after = ["schema"]
 
 [[task]]
 id = "web"
-run = "sleep 0.8 && echo 'web built' >> build.log"
-files = ["src/web/**", "build.log"]
+run = "sleep 0.8 && echo 'web v2' > src/web/app.txt && echo 3.1 > VERSION"
+files = ["src/web/**", "VERSION"]
 after = ["schema"]
 
 [[task]]
@@ -52,7 +51,8 @@ retries = 1
 
 [[task]]
 id = "package"
-run = "sleep 0.3 && echo packaged"
+run = "sleep 0.3 && mkdir -p dist && echo packaged > dist/package.txt"
+files = ["dist/**"]
 after = ["api", "web", "docs", "lint", "flaky"]
 "#;
 
@@ -64,7 +64,7 @@ const FILES: &[(&str, &str)] = &[
     ("src/api/lib.txt", "api\n"),
     ("src/web/app.txt", "web\n"),
     ("docs/guide.md", "# Guide\n"),
-    (".gitignore", "build.log\ngen/\n"),
+    ("VERSION", "3.0\n"),
 ];
 
 pub fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
@@ -76,8 +76,9 @@ pub fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
     if !ctx.json {
         print(&format!(
             "br demo: a throwaway repository at {}\n\
-             seven tasks: schema first; api and web after it, never at once (both write build.log);\n\
-             docs and lint alongside; flaky fails once and passes on its retry; package last\n",
+             seven tasks, each in its own worktree: schema first; api and web after it, never at\n\
+             once (both write VERSION); docs and lint alongside; flaky fails once and passes on\n\
+             its retry; package last\n",
             dir.path().display(),
         ))?;
     }
@@ -91,6 +92,18 @@ pub fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
         kill_grace: std::time::Duration::from_secs(5),
     };
     let exit = run_plan(&demo_ctx, plan, Some(path), &drive)?;
+    if !ctx.json {
+        let branches = Git::new(dir.path())
+            .run([
+                "for-each-ref",
+                "--format=  %(refname:short)  %(subject)",
+                "refs/heads/br",
+            ])
+            .unwrap_or_default();
+        print(&format!(
+            "each task's work is on its own branch:\n{branches}\n"
+        ))?;
+    }
     if !ctx.json {
         if args.keep {
             let kept = dir.keep();
