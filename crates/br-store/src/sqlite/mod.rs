@@ -205,8 +205,18 @@ impl SqliteStore {
             busy_timeout,
             seen_version: AtomicI64::new(-1),
         };
-        store.prepare()?;
-        Ok(store)
+        // Until a new file is in WAL mode, two processes initialising it at once can deadlock on
+        // the lock upgrade, and SQLite then answers BUSY at once, without its busy handler.
+        // Initialising is idempotent, so try again until the busy timeout.
+        let deadline = Instant::now() + busy_timeout;
+        loop {
+            match store.prepare() {
+                Err(StoreError::Busy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(fastrand::u64(2..20)));
+                }
+                other => return other.map(|()| store),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -253,28 +253,13 @@ pub fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
 pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
-    // A session whose `br run` was killed is still `running`: resuming it means serving it again.
+    // A session whose `br run` was killed is still `running`: resuming it means serving it
+    // again. Paused becomes running; an ended session is refused by the store.
     let s = match s.status {
-        SessionStatus::Paused => store.change_session(&s.id, SessionAction::Resume)?,
         SessionStatus::Created | SessionStatus::Running => s,
-        _ => {
-            return Err(store
-                .change_session(&s.id, SessionAction::Resume)
-                .err()
-                .map_or_else(
-                    || usage(format!("session {} is {}", s.id, s.status)),
-                    Into::into,
-                ));
-        }
+        _ => store.change_session(&s.id, SessionAction::Resume)?,
     };
-    let serving = store
-        .workers(&WorkerFilter {
-            session: Some(s.id.clone()),
-            ..Default::default()
-        })?
-        .into_iter()
-        .filter(|w| w.status.is_live())
-        .count();
+    let serving = serving_workers(&*store, &s)?;
     if args.detach || serving > 0 {
         if !ctx.json {
             print(&format!(
@@ -309,6 +294,36 @@ pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
     };
     let exit = drive(ctx, &*store, &s, &opts)?;
     crate::cmd::plan::finish(ctx, &*store, &s, exit)
+}
+
+/// Workers that serve the session and are really alive. After a crash, a worker's row says
+/// `busy` or `idle` until its heartbeat times out; on this host, whether its process still
+/// exists settles it at once.
+fn serving_workers(store: &dyn Store, s: &Session) -> anyhow::Result<usize> {
+    let _ = store.requeue_expired_leases();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let workers = store.workers(&WorkerFilter {
+        session: Some(s.id.clone()),
+        ..Default::default()
+    })?;
+    Ok(workers
+        .iter()
+        .filter(|w| w.status.is_live())
+        .filter(|w| w.host != host || process_exists(w.pid))
+        .count())
+}
+
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // Signal 0 checks existence; EPERM means it exists but belongs to someone else.
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
 }
 
 pub fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
@@ -353,14 +368,7 @@ pub fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
     store.set_workers_wanted(&s.id, args.workers)?;
-    let serving = store
-        .workers(&WorkerFilter {
-            session: Some(s.id.clone()),
-            ..Default::default()
-        })?
-        .into_iter()
-        .filter(|w| w.status.is_live())
-        .count();
+    let serving = serving_workers(&*store, &s)?;
     if ctx.json {
         print_json(
             &serde_json::json!({ "session_id": s.id, "workers_wanted": args.workers, "workers_live": serving }),
