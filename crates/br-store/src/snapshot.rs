@@ -263,7 +263,7 @@ impl Fingerprint {
 /// Which tasks a refresh re-read: only those its events named, or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reread {
-    Some,
+    Named,
     All,
 }
 
@@ -352,6 +352,14 @@ impl SnapshotBuilder {
                 && Some(s) == selected.as_ref()
             {
                 dirty.insert(t.clone());
+                // A predicted merge conflict shows on both of its tasks; the event names the
+                // second only in its detail.
+                if ev.kind == EventKind::MergeConflict
+                    && let Some(with) = ev.detail.get("with").and_then(|w| w.as_str())
+                    && let Ok(with) = TaskId::new(with)
+                {
+                    dirty.insert(with);
+                }
             }
             if is_notable(ev.kind) {
                 snap.events.push(ev);
@@ -366,7 +374,7 @@ impl SnapshotBuilder {
         };
         let recompute = match reread {
             Reread::All => None,
-            Reread::Some => Some(&dirty),
+            Reread::Named => Some(&dirty),
         };
         self.assemble(cheap, now, recompute, snap);
         Ok(())
@@ -433,7 +441,7 @@ impl SnapshotBuilder {
         snap: &mut Snapshot,
     ) -> Result<Reread> {
         let Some(selected) = &snap.selected else {
-            return Ok(Reread::Some);
+            return Ok(Reread::Named);
         };
         let id = selected.id.clone();
         if dirty.len() > REREAD_ALL_MIN.max(selected.tasks.len() / REREAD_ALL_DIVISOR) {
@@ -460,7 +468,7 @@ impl SnapshotBuilder {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Reread::Some)
+        Ok(Reread::Named)
     }
 
     /// Puts the freshly read parts into the snapshot and recomputes what derives from them.
@@ -1065,6 +1073,18 @@ mod tests {
             })
             .unwrap();
         assert_same(store, &mut inc, "scope violation");
+        // A predicted merge conflict names its second task only in the detail.
+        store
+            .append_event(&NewEvent {
+                kind: EventKind::MergeConflict,
+                session_id: Some(build.id.clone()),
+                task_id: Some(TaskId::new("api").unwrap()),
+                worker_id: None,
+                attempt: None,
+                detail: serde_json::json!({ "with": "app", "files": ["src/api/mod.rs"] }),
+            })
+            .unwrap();
+        assert_same(store, &mut inc, "merge conflict");
         let w4 = worker(store, Duration::from_secs(30));
         let running = claim(store, &w4);
         assert_same(store, &mut inc, "claim before stop");

@@ -47,7 +47,8 @@ fn main() {
 fn worktrees() {
     use br_exec::worktree::bench::{bench_worktrees, build_repository};
     let dir = tempfile::tempdir().expect("temp dir");
-    let repo = build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");
+    let repo =
+        build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");
     let timings = bench_worktrees(&repo, 12).expect("time worktrees");
     println!("\nfresh trees for attempts (5,000-file repository)\n{timings}");
 }

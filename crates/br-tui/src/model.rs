@@ -1,0 +1,405 @@
+//! The dashboard's state and how it changes: [`Model`] (a snapshot plus what the user selected,
+//! typed and opened), [`update`] (one message in, maybe one store action out) and [`perform`]
+//! (carries an action out against the store).
+
+use br_core::state::SessionAction;
+use br_core::{SessionId, TaskId};
+use br_store::Store;
+use br_store::snapshot::{Snapshot, TaskRow};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use crate::DashboardOptions;
+use crate::follow::LogTail;
+
+/// Which list the arrow keys move in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Sessions,
+    Tasks,
+}
+
+/// What the screen shows on top of (or instead of) the panels.
+#[derive(Debug)]
+pub enum Mode {
+    Normal,
+    /// The key overlay.
+    Help,
+    /// Typing the task filter after `/`.
+    Filter,
+    /// Waiting for y/n before cancelling a session.
+    ConfirmCancel {
+        session: SessionId,
+        name: String,
+    },
+    /// A task's log, full screen.
+    Log(LogTail),
+}
+
+/// Something that happened: a key was pressed, or the snapshot was refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Key(KeyEvent),
+    /// `Model::snapshot` was brought up to date.
+    Refreshed,
+    /// Reading the store failed; the dashboard keeps the last snapshot and says why.
+    StoreFailed(String),
+}
+
+/// A request to the store that a key asked for. The loop carries it out with [`perform`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    ChangeSession {
+        session: SessionId,
+        action: SessionAction,
+    },
+}
+
+/// The snapshot being shown and the user's state around it.
+#[derive(Debug)]
+pub struct Model {
+    pub snapshot: Snapshot,
+    pub compact: bool,
+    pub color: bool,
+    focus: Focus,
+    /// The session whose tasks the user wants; the snapshot follows it from the next refresh.
+    selected_session: Option<SessionId>,
+    /// The task under the cursor; `None` means the first visible one.
+    selected_task: Option<TaskId>,
+    filter: String,
+    mode: Mode,
+    /// The outcome of the last action, or a store error, for the footer.
+    status: Option<String>,
+    quit: bool,
+}
+
+/// How far PageUp / PageDown move.
+const PAGE: isize = 10;
+
+impl Model {
+    pub fn new(snapshot: Snapshot, options: &DashboardOptions) -> Model {
+        let selected_session = options
+            .session
+            .clone()
+            .or_else(|| snapshot.selected.as_ref().map(|s| s.id.clone()));
+        Model {
+            snapshot,
+            compact: options.compact,
+            color: options.color,
+            focus: Focus::Sessions,
+            selected_session,
+            selected_task: None,
+            filter: String::new(),
+            mode: Mode::Normal,
+            status: None,
+            quit: false,
+        }
+    }
+
+    pub fn focus(&self) -> Focus {
+        self.focus
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    pub fn mode_mut(&mut self) -> &mut Mode {
+        &mut self.mode
+    }
+
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    pub fn status(&self) -> Option<&str> {
+        self.status.as_deref()
+    }
+
+    pub fn should_quit(&self) -> bool {
+        self.quit
+    }
+
+    pub fn selected_session(&self) -> Option<&SessionId> {
+        self.selected_session.as_ref()
+    }
+
+    /// Position of the selected session in the snapshot's list.
+    pub fn session_index(&self) -> Option<usize> {
+        let id = self.selected_session.as_ref()?;
+        self.snapshot
+            .sessions
+            .iter()
+            .position(|s| &s.session.id == id)
+    }
+
+    /// The selected session's tasks that pass the filter (a case-insensitive substring of the
+    /// task id or its state).
+    pub fn visible_tasks(&self) -> Vec<&TaskRow> {
+        let Some(selected) = &self.snapshot.selected else {
+            return Vec::new();
+        };
+        if self.filter.is_empty() {
+            return selected.tasks.iter().collect();
+        }
+        let needle = self.filter.to_lowercase();
+        selected
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.task.id.as_str().to_lowercase().contains(&needle)
+                    || t.task.state.as_str().contains(&needle)
+            })
+            .collect()
+    }
+
+    /// Position of the task cursor among [`visible_tasks`](Self::visible_tasks).
+    pub fn task_index(&self, visible: &[&TaskRow]) -> usize {
+        self.selected_task
+            .as_ref()
+            .and_then(|id| visible.iter().position(|t| &t.task.id == id))
+            .unwrap_or(0)
+    }
+
+    /// The task under the cursor.
+    pub fn selected_task(&self) -> Option<&TaskRow> {
+        let visible = self.visible_tasks();
+        let i = self.task_index(&visible);
+        visible.get(i).copied()
+    }
+
+    /// Reconciles the selection with a new snapshot: keeps the user's choice while it exists,
+    /// else follows the session the snapshot shows.
+    fn update_snapshot_selection(&mut self) {
+        let exists = |id: &SessionId| self.snapshot.sessions.iter().any(|s| &s.session.id == id);
+        if !self.selected_session.as_ref().is_some_and(exists) {
+            self.selected_session = self
+                .snapshot
+                .selected
+                .as_ref()
+                .map(|s| s.id.clone())
+                .or_else(|| self.snapshot.sessions.first().map(|s| s.session.id.clone()));
+        }
+        if let Mode::Log(tail) = &mut self.mode
+            && let Some(selected) = &self.snapshot.selected
+            && &selected.id == tail.session()
+            && let Some(row) = selected.tasks.iter().find(|t| &t.task.id == tail.task())
+            && let Some(path) = &row.task.log_path
+        {
+            // A new attempt writes a new log: follow the task, not the file.
+            tail.retarget(path.into(), row.task.attempts);
+        }
+    }
+
+    fn move_session(&mut self, delta: isize) {
+        let n = self.snapshot.sessions.len();
+        if n == 0 {
+            return;
+        }
+        let from = self.session_index().unwrap_or(0);
+        let to = step(from, delta, n);
+        let id = self.snapshot.sessions[to].session.id.clone();
+        if Some(&id) != self.selected_session.as_ref() {
+            self.selected_session = Some(id);
+            self.selected_task = None;
+        }
+    }
+
+    fn move_task(&mut self, delta: isize) {
+        let visible = self.visible_tasks();
+        if visible.is_empty() {
+            return;
+        }
+        let to = step(self.task_index(&visible), delta, visible.len());
+        self.selected_task = Some(visible[to].task.id.clone());
+    }
+
+    fn move_cursor(&mut self, delta: isize) {
+        match self.focus {
+            Focus::Sessions => self.move_session(delta),
+            Focus::Tasks => self.move_task(delta),
+        }
+    }
+
+    fn selected_session_row(&self) -> Option<(SessionId, String)> {
+        let i = self.session_index()?;
+        let s = &self.snapshot.sessions[i].session;
+        Some((s.id.clone(), s.name.clone()))
+    }
+
+    fn session_action(&mut self, action: SessionAction) -> Option<Action> {
+        let Some((session, _)) = self.selected_session_row() else {
+            self.status = Some("no session selected".into());
+            return None;
+        };
+        Some(Action::ChangeSession { session, action })
+    }
+
+    fn open_log(&mut self) {
+        let Some(selected) = &self.snapshot.selected else {
+            return;
+        };
+        let session = selected.id.clone();
+        let Some(row) = self.selected_task() else {
+            self.status = Some("no task selected".into());
+            return;
+        };
+        match &row.task.log_path {
+            Some(path) => {
+                let tail =
+                    LogTail::new(session, row.task.id.clone(), path.into(), row.task.attempts);
+                self.mode = Mode::Log(tail);
+            }
+            None => {
+                self.status = Some(format!("task {} has not started: no log yet", row.task.id));
+            }
+        }
+    }
+}
+
+/// `from + delta`, kept within `0..len`.
+fn step(from: usize, delta: isize, len: usize) -> usize {
+    let last = len.saturating_sub(1);
+    if delta == isize::MIN {
+        return 0;
+    }
+    if delta == isize::MAX {
+        return last;
+    }
+    from.saturating_add_signed(delta).min(last)
+}
+
+/// Applies one message to the model. Returns the store action it asks for, if any.
+pub fn update(model: &mut Model, msg: Msg) -> Option<Action> {
+    match msg {
+        Msg::Refreshed => {
+            model.update_snapshot_selection();
+            None
+        }
+        Msg::StoreFailed(why) => {
+            model.status = Some(format!("store: {why}"));
+            None
+        }
+        Msg::Key(key) => on_key(model, key),
+    }
+}
+
+fn on_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
+    // Terminals that report releases and repeats send them too; a press is what counts.
+    if key.kind == KeyEventKind::Release {
+        return None;
+    }
+    if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        model.quit = true;
+        return None;
+    }
+    match &mut model.mode {
+        Mode::Help => {
+            model.mode = Mode::Normal;
+            None
+        }
+        Mode::ConfirmCancel { session, .. } => {
+            let session = session.clone();
+            model.mode = Mode::Normal;
+            if matches!(key.code, KeyCode::Char('y' | 'Y')) {
+                Some(Action::ChangeSession {
+                    session,
+                    action: SessionAction::Cancel,
+                })
+            } else {
+                model.status = Some("not cancelled".into());
+                None
+            }
+        }
+        Mode::Log(tail) => {
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('q') => model.mode = Mode::Normal,
+                KeyCode::Up | KeyCode::Char('k') => tail.scroll_up(1),
+                KeyCode::Down | KeyCode::Char('j') => tail.scroll_down(1),
+                KeyCode::PageUp => tail.scroll_up(PAGE.unsigned_abs()),
+                KeyCode::PageDown => tail.scroll_down(PAGE.unsigned_abs()),
+                KeyCode::Home | KeyCode::Char('g') => tail.scroll_up(usize::MAX),
+                KeyCode::End | KeyCode::Char('G' | 'f' | 'F') => tail.follow(),
+                _ => {}
+            }
+            None
+        }
+        Mode::Filter => {
+            match key.code {
+                KeyCode::Esc => {
+                    model.filter.clear();
+                    model.mode = Mode::Normal;
+                }
+                KeyCode::Enter => model.mode = Mode::Normal,
+                KeyCode::Backspace => {
+                    model.filter.pop();
+                }
+                KeyCode::Up => model.move_task(-1),
+                KeyCode::Down => model.move_task(1),
+                KeyCode::Char(c) if !c.is_control() => model.filter.push(c),
+                _ => {}
+            }
+            None
+        }
+        Mode::Normal => on_normal_key(model, key),
+    }
+}
+
+fn on_normal_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
+    model.status = None;
+    match key.code {
+        KeyCode::Char('q') => model.quit = true,
+        KeyCode::Esc => model.filter.clear(),
+        KeyCode::Char('?') => model.mode = Mode::Help,
+        KeyCode::Tab | KeyCode::BackTab => {
+            model.focus = match model.focus {
+                Focus::Sessions => Focus::Tasks,
+                Focus::Tasks => Focus::Sessions,
+            }
+        }
+        KeyCode::Left | KeyCode::Char('h') => model.focus = Focus::Sessions,
+        KeyCode::Right | KeyCode::Char('l') => model.focus = Focus::Tasks,
+        KeyCode::Up | KeyCode::Char('k') => model.move_cursor(-1),
+        KeyCode::Down | KeyCode::Char('j') => model.move_cursor(1),
+        KeyCode::PageUp => model.move_cursor(-PAGE),
+        KeyCode::PageDown => model.move_cursor(PAGE),
+        KeyCode::Home | KeyCode::Char('g') => model.move_cursor(isize::MIN),
+        KeyCode::End | KeyCode::Char('G') => model.move_cursor(isize::MAX),
+        KeyCode::Enter => match model.focus {
+            Focus::Sessions => model.focus = Focus::Tasks,
+            Focus::Tasks => model.open_log(),
+        },
+        KeyCode::Char('/') => {
+            model.focus = Focus::Tasks;
+            model.mode = Mode::Filter;
+        }
+        KeyCode::Char('p') => return model.session_action(SessionAction::Pause),
+        KeyCode::Char('r') => return model.session_action(SessionAction::Resume),
+        KeyCode::Char('c') => match model.selected_session_row() {
+            Some((session, name)) => model.mode = Mode::ConfirmCancel { session, name },
+            None => model.status = Some("no session selected".into()),
+        },
+        _ => {}
+    }
+    None
+}
+
+/// Carries out `action` against the store and says in the footer how it went. A refused
+/// transition (resuming a completed session) is a message, not a failure of the dashboard.
+pub fn perform(store: &dyn Store, model: &mut Model, action: Action) {
+    match action {
+        Action::ChangeSession { session, action } => {
+            model.status = Some(match store.change_session(&session, action) {
+                Ok(s) => format!("{} session {}", done_verb(action), s.name),
+                Err(e) => e.to_string(),
+            });
+        }
+    }
+}
+
+fn done_verb(action: SessionAction) -> &'static str {
+    match action {
+        SessionAction::Pause => "paused",
+        SessionAction::Resume => "resumed",
+        SessionAction::Cancel => "cancelled",
+    }
+}

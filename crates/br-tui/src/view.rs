@@ -1,0 +1,1065 @@
+//! Drawing a [`Model`]: the full layout, the compact one that fits 80×24, a minimal one for
+//! tiny terminals, the log view and the overlays. Drawing never changes the model and never
+//! fails: every size down to 1×1 (and 0×0) gets something sensible.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use br_core::time::{ago, short_duration};
+use br_core::{SessionId, TaskState, Timestamp, WorkerStatus};
+use br_store::snapshot::{LockRow, SessionRow, Snapshot, TaskRow, Waiting};
+use br_store::{Event, Worker};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+
+use crate::follow::LogTail;
+use crate::model::{Focus, Mode, Model};
+use crate::theme::Theme;
+
+/// Below this the full layout does not fit and the compact one is used.
+const FULL_MIN_WIDTH: u16 = 90;
+const FULL_MIN_HEIGHT: u16 = 28;
+/// Below this even the compact layout does not fit: a few lines of numbers are shown.
+const TINY_WIDTH: u16 = 30;
+const TINY_HEIGHT: u16 = 8;
+
+/// `--once` frames stop growing here, so a 10,000-task session does not print 10,000 lines.
+const ONCE_MAX_TASKS: usize = 1000;
+const ONCE_MAX_EVENTS: usize = 12;
+
+/// Draws the model on the frame.
+pub fn view(model: &Model, frame: &mut Frame) {
+    let area = frame.area();
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    let theme = Theme::new(model.color);
+    if let Mode::Log(tail) = model.mode() {
+        draw_log(frame, area, tail, model, theme);
+        return;
+    }
+    if area.width < TINY_WIDTH || area.height < TINY_HEIGHT {
+        draw_tiny(frame, area, &model.snapshot);
+    } else if model.compact || area.width < FULL_MIN_WIDTH || area.height < FULL_MIN_HEIGHT {
+        draw_compact(frame, area, model, theme);
+    } else {
+        draw_full(frame, area, model, theme);
+    }
+    match model.mode() {
+        Mode::Help => draw_help(frame, area, theme),
+        Mode::ConfirmCancel { name, .. } => draw_confirm(frame, area, name, theme),
+        Mode::Normal | Mode::Filter | Mode::Log(_) => {}
+    }
+}
+
+/// The height at which every row of `snapshot` shows (within the `--once` caps).
+pub(crate) fn natural_height(snapshot: &Snapshot, compact: bool) -> u16 {
+    let tasks = snapshot
+        .selected
+        .as_ref()
+        .map_or(0, |s| s.tasks.len())
+        .clamp(1, ONCE_MAX_TASKS);
+    let sessions = snapshot.sessions.len().max(1);
+    let workers = snapshot.workers.len().max(1);
+    let events = snapshot.events.len().clamp(1, ONCE_MAX_EVENTS);
+    let locks = snapshot.locks.len().max(1);
+    let h = if compact {
+        // Stats, then each section: title, header, rows; events: title, rows; footer.
+        2 + (2 + sessions) + (2 + workers) + (2 + tasks) + (1 + events) + 1
+    } else {
+        4 + (3 + sessions) + (3 + workers) + (3 + tasks) + (2 + events.max(locks + 1)) + 1
+    };
+    u16::try_from(h).unwrap_or(u16::MAX).max(FULL_MIN_HEIGHT)
+}
+
+/// Splits `area` into rows of the given heights, top to bottom; the last may be cut short.
+fn rows_of(area: Rect, heights: &[u16]) -> Vec<Rect> {
+    let mut y = area.y;
+    let bottom = area.bottom();
+    heights
+        .iter()
+        .map(|&h| {
+            let h = h.min(bottom.saturating_sub(y));
+            let r = Rect::new(area.x, y, area.width, h);
+            y = y.saturating_add(h);
+            r
+        })
+        .collect()
+}
+
+/// Shares `total` lines among panels that each want `(min, want)`, giving every panel its
+/// minimum, then more in order of the list up to what it wants and its cap; the flexible
+/// panel takes whatever is left. When everything fits, every panel gets what it wants.
+fn allot(total: u16, panels: &[(u16, u16, u16)], flex: usize) -> Vec<u16> {
+    let want_all: u32 = panels.iter().map(|p| u32::from(p.1)).sum();
+    let mut heights: Vec<u16> = panels.iter().map(|p| p.0).collect();
+    let mins: u16 = heights.iter().fold(0u16, |a, b| a.saturating_add(*b));
+    let mut left = total.saturating_sub(mins);
+    let fits = want_all <= u32::from(total);
+    for (i, &(min, want, cap)) in panels.iter().enumerate() {
+        if i == flex {
+            continue;
+        }
+        let goal = if fits { want } else { want.min(cap.max(min)) };
+        let more = goal.saturating_sub(min).min(left);
+        heights[i] += more;
+        left -= more;
+    }
+    if let Some(h) = heights.get_mut(flex) {
+        *h += left;
+    }
+    heights
+}
+
+fn pct_of(total: u16, percent: u16) -> u16 {
+    u16::try_from(u32::from(total) * u32::from(percent) / 100).unwrap_or(total)
+}
+
+fn draw_full(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
+    let snap = &model.snapshot;
+    let tasks_visible = model.visible_tasks();
+    let body = area.height.saturating_sub(1);
+    let n = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
+    let bottom_rows = n(snap
+        .events
+        .len()
+        .max(snap.locks.len() + 1)
+        .clamp(1, ONCE_MAX_EVENTS));
+    let heights = allot(
+        body,
+        &[
+            (4, 4, 4),
+            (
+                4,
+                n(snap.sessions.len().max(1)).saturating_add(3),
+                pct_of(body, 28),
+            ),
+            (
+                4,
+                n(snap.workers.len().max(1)).saturating_add(3),
+                pct_of(body, 25),
+            ),
+            (5, n(tasks_visible.len().max(1)).saturating_add(3), u16::MAX),
+            (3, bottom_rows.saturating_add(2), 8),
+        ],
+        3,
+    );
+    let mut all = heights.clone();
+    all.push(1);
+    let r = rows_of(area, &all);
+    draw_stats(frame, r[0], snap, theme, Borders::ALL);
+    draw_sessions(frame, r[1], model, theme, false);
+    draw_workers(frame, r[2], snap, theme, false);
+    draw_tasks(frame, r[3], model, &tasks_visible, theme, false);
+    let [locks, events] =
+        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(r[4]);
+    draw_locks(frame, locks, snap, theme);
+    draw_events(frame, events, snap, theme, Borders::ALL);
+    draw_footer(frame, r[5], model, theme);
+}
+
+fn draw_compact(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
+    let snap = &model.snapshot;
+    let tasks_visible = model.visible_tasks();
+    let body = area.height.saturating_sub(1);
+    let n = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
+    let heights = allot(
+        body,
+        &[
+            (2, 2, 2),
+            (3, n(snap.sessions.len().max(1)).saturating_add(2), 5),
+            (3, n(snap.workers.len().max(1)).saturating_add(2), 5),
+            (3, n(tasks_visible.len().max(1)).saturating_add(2), u16::MAX),
+            (
+                2,
+                n(snap.events.len().clamp(1, ONCE_MAX_EVENTS)).saturating_add(1),
+                3,
+            ),
+        ],
+        3,
+    );
+    let mut all = heights.clone();
+    all.push(1);
+    let r = rows_of(area, &all);
+    draw_stats(frame, r[0], snap, theme, Borders::NONE);
+    draw_sessions(frame, r[1], model, theme, true);
+    draw_workers(frame, r[2], snap, theme, true);
+    draw_tasks(frame, r[3], model, &tasks_visible, theme, true);
+    draw_events(frame, r[4], snap, theme, Borders::TOP);
+    draw_footer(frame, r[5], model, theme);
+}
+
+/// A few lines of numbers for a terminal too small for tables.
+fn draw_tiny(frame: &mut Frame, area: Rect, snap: &Snapshot) {
+    let s = &snap.summary;
+    let mut lines = vec![
+        Line::raw(format!(
+            "br {}/{} busy",
+            s.workers.busy,
+            s.workers.idle + s.workers.busy
+        )),
+        Line::raw(format!(
+            "{} done {} run {} fail",
+            s.tasks.completed, s.tasks.running, s.tasks.failed
+        )),
+    ];
+    for row in &snap.sessions {
+        lines.push(Line::raw(format!(
+            "{} {:.0}% {}",
+            row.session.name, row.session.progress_percent, row.session.status
+        )));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// Whether a panel has the keyboard (or is a dialog that does): its border stands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emphasis {
+    Focused,
+    Plain,
+}
+
+impl Emphasis {
+    fn of(focused: bool) -> Emphasis {
+        if focused {
+            Emphasis::Focused
+        } else {
+            Emphasis::Plain
+        }
+    }
+}
+
+fn block<'a>(title: String, theme: Theme, borders: Borders, emphasis: Emphasis) -> Block<'a> {
+    Block::new()
+        .borders(borders)
+        .border_style(theme.border(emphasis == Emphasis::Focused))
+        .title(Span::styled(title, theme.title()))
+}
+
+fn draw_stats(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, borders: Borders) {
+    let compact = borders == Borders::NONE;
+    let s = &snap.summary;
+    let label = |t: &'static str| Span::styled(t, theme.label());
+    let num = |v: u32, style: Style| Span::styled(v.to_string(), style);
+    let alarm = |v: u32| if v > 0 { theme.bad() } else { Style::new() };
+    let first = vec![
+        label("Workers "),
+        Span::raw(format!("{}: ", s.workers.total)),
+        num(s.workers.busy, theme.busy()),
+        Span::raw(" busy · "),
+        num(s.workers.idle, Style::new()),
+        Span::raw(" idle · "),
+        num(s.workers.offline, alarm(s.workers.offline)),
+        Span::raw(" offline · "),
+        Span::raw(format!("util {:.0}%", s.workers.utilization * 100.0)),
+        label("  Sessions "),
+        Span::raw(format!("{}/{} active", s.sessions.active, s.sessions.total)),
+        label(if compact { "  " } else { "  Throughput " }),
+        Span::raw(format!("{:.1}/min", snap.throughput.per_minute)),
+    ];
+    let mut second = vec![
+        label("Tasks "),
+        num(s.tasks.queued, Style::new()),
+        Span::raw(" queued · "),
+        num(s.tasks.running, theme.busy()),
+        Span::raw(" running · "),
+        num(s.tasks.completed, theme.good()),
+        Span::raw(" done · "),
+        num(s.tasks.failed, alarm(s.tasks.failed)),
+        Span::raw(" failed"),
+    ];
+    if let Some(row) = snap.selected_session() {
+        second.push(Span::raw("  "));
+        second.push(Span::styled(row.session.name.clone(), theme.title()));
+        second.push(Span::raw(" "));
+        let elapsed = if compact { "" } else { " elapsed" };
+        second.push(Span::raw(match row.elapsed_ms {
+            Some(ms) => format!("{}{elapsed}", short_duration(Duration::from_millis(ms))),
+            None => "not started".to_string(),
+        }));
+        match (row.remaining_ms, row.session.status.is_terminal()) {
+            (_, true) => {}
+            (Some(ms), false) => second.push(Span::raw(format!(
+                " · ~{} left",
+                short_duration(Duration::from_millis(ms))
+            ))),
+            (None, false) => second.push(Span::raw(" · time left unknown")),
+        }
+    }
+    let lines = vec![Line::from(first), Line::from(second)];
+    let text = if borders == Borders::NONE {
+        Paragraph::new(lines)
+    } else {
+        let title = format!(" br · {} UTC ", hms(snap.now));
+        Paragraph::new(lines).block(block(title, theme, borders, Emphasis::Plain))
+    };
+    frame.render_widget(text, area);
+}
+
+/// How many rows of a table with `header_lines` and a block fit in `area`.
+fn body_rows(area: Rect, chrome: u16) -> usize {
+    usize::from(area.height.saturating_sub(chrome))
+}
+
+/// The first row to show so that `cursor` is on screen.
+fn scroll_offset(cursor: usize, rows: usize) -> usize {
+    if rows == 0 {
+        return cursor;
+    }
+    (cursor + 1).saturating_sub(rows)
+}
+
+fn progress_bar(percent: f64, width: usize) -> String {
+    let filled = ((percent / 100.0) * width as f64)
+        .round()
+        .clamp(0.0, width as f64) as usize;
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+fn draw_sessions(frame: &mut Frame, area: Rect, model: &Model, theme: Theme, compact: bool) {
+    let snap = &model.snapshot;
+    let focused = model.focus() == Focus::Sessions;
+    let chrome = if compact { 2 } else { 3 };
+    let rows_fit = body_rows(area, chrome);
+    let cursor = model.session_index();
+    let offset = scroll_offset(cursor.unwrap_or(0), rows_fit);
+    let wide = area.width >= 120 && !compact;
+    let bar = if compact { 10 } else { 14 };
+    let rows: Vec<Row> = snap
+        .sessions
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(rows_fit)
+        .map(|(i, row)| session_row(row, Some(i) == cursor, focused, theme, bar, wide))
+        .collect();
+    let empty = rows.is_empty();
+    let mut widths = vec![
+        Constraint::Length(1),
+        Constraint::Fill(1),
+        Constraint::Length(9),
+        Constraint::Length(u16::try_from(bar).unwrap_or(10) + 7),
+        Constraint::Length(12),
+        Constraint::Length(3),
+    ];
+    let mut header = vec!["", "Session", "State", "Progress", "Done", "Wk"];
+    if !compact {
+        widths.push(Constraint::Length(7));
+        header.push("Elapsed");
+    }
+    if wide {
+        widths.push(Constraint::Length(12));
+        header.push("Id");
+    }
+    let total = snap.sessions.len();
+    let title = if total > rows_fit && rows_fit > 0 {
+        format!(
+            " Sessions ({}–{} of {total}) ",
+            offset + 1,
+            (offset + rows_fit).min(total)
+        )
+    } else {
+        format!(" Sessions ({total}) ")
+    };
+    let borders = if compact { Borders::TOP } else { Borders::ALL };
+    let mut rows = rows;
+    if empty {
+        rows.push(Row::new(vec![
+            Cell::from(""),
+            Cell::from("no sessions yet"),
+        ]));
+    }
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(theme.header()))
+        .block(block(title, theme, borders, Emphasis::of(focused)));
+    frame.render_widget(table, area);
+}
+
+fn session_row<'a>(
+    row: &'a SessionRow,
+    selected: bool,
+    focused: bool,
+    theme: Theme,
+    bar: usize,
+    wide: bool,
+) -> Row<'a> {
+    let s = &row.session;
+    let style = theme.session(s.status);
+    let bad = s.failed_tasks + s.skipped_tasks;
+    let mut done = vec![Span::raw(format!(
+        "{}/{}",
+        s.finished_tasks(),
+        s.total_tasks
+    ))];
+    if bad > 0 {
+        done.push(Span::styled(format!(" ✗{bad}"), theme.bad()));
+    }
+    let mut cells = vec![
+        Cell::from(if selected { "▶" } else { " " }),
+        Cell::from(s.name.as_str()),
+        Cell::from(Span::styled(s.status.as_str(), style)),
+        Cell::from(Line::from(vec![
+            Span::styled(progress_bar(s.progress_percent, bar), style),
+            Span::raw(format!(" {:>5.1}%", s.progress_percent)),
+        ])),
+        Cell::from(Line::from(done)),
+        Cell::from(row.workers.to_string()),
+        Cell::from(
+            row.elapsed_ms
+                .map(|ms| short_duration(Duration::from_millis(ms)))
+                .unwrap_or_default(),
+        ),
+    ];
+    if wide {
+        cells.push(Cell::from(s.id.as_str()));
+    }
+    let r = Row::new(cells);
+    if selected {
+        r.style(theme.cursor(focused))
+    } else {
+        r
+    }
+}
+
+fn draw_workers(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, compact: bool) {
+    let chrome = if compact { 2 } else { 3 };
+    let rows_fit = body_rows(area, chrome);
+    // Offline workers first: they are what needs attention.
+    let mut workers: Vec<&Worker> = snap.workers.iter().collect();
+    workers.sort_by_key(|w| w.status != WorkerStatus::Offline);
+    let total = workers.len();
+    let offline = workers
+        .iter()
+        .filter(|w| w.status == WorkerStatus::Offline)
+        .count();
+    let mut rows: Vec<Row> = workers
+        .iter()
+        .take(rows_fit)
+        .map(|w| worker_row(w, snap.now, theme, compact))
+        .collect();
+    if rows.is_empty() {
+        rows.push(Row::new(vec![Cell::from("no workers")]));
+    }
+    let (widths, header) = if compact {
+        (
+            vec![
+                Constraint::Length(13),
+                Constraint::Length(7),
+                Constraint::Fill(1),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(9),
+            ],
+            vec!["Worker", "State", "Task", "Elapsed", "Ok/Fail", "Heartbeat"],
+        )
+    } else {
+        (
+            vec![
+                Constraint::Length(13),
+                Constraint::Fill(1),
+                Constraint::Length(7),
+                Constraint::Fill(2),
+                Constraint::Length(7),
+                Constraint::Length(5),
+                Constraint::Length(5),
+                Constraint::Length(9),
+            ],
+            vec![
+                "Worker",
+                "Host",
+                "State",
+                "Task",
+                "Elapsed",
+                "Done",
+                "Fail",
+                "Heartbeat",
+            ],
+        )
+    };
+    let mut title = format!(" Workers ({total}) ");
+    if offline > 0 {
+        title = format!(" Workers ({total}, {offline} OFFLINE) ");
+    }
+    if total > rows_fit && rows_fit > 0 {
+        title = format!("{}+{} more ", title, total - rows_fit);
+    }
+    let borders = if compact { Borders::TOP } else { Borders::ALL };
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(theme.header()))
+        .block(block(title, theme, borders, Emphasis::Plain));
+    frame.render_widget(table, area);
+}
+
+fn worker_row<'a>(w: &'a Worker, now: Timestamp, theme: Theme, compact: bool) -> Row<'a> {
+    let state = if w.status == WorkerStatus::Offline {
+        "OFFLINE".to_string()
+    } else {
+        w.status.as_str().to_string()
+    };
+    let task = match (&w.current_task, w.attempt) {
+        (Some(t), Some(a)) if a.0 > 1 => format!("{t} #{a}"),
+        (Some(t), _) => t.to_string(),
+        (None, _) => String::new(),
+    };
+    // An offline worker's task has been (or is about to be) taken back: its clock stopped.
+    let elapsed = match (w.status, &w.current_task, w.task_started_at) {
+        (WorkerStatus::Busy, Some(_), Some(at)) => short_duration(now.since(at)),
+        _ => String::new(),
+    };
+    let heartbeat = ago(now.since(w.last_heartbeat));
+    let style = theme.worker(w.status);
+    let cells = if compact {
+        vec![
+            Cell::from(w.id.as_str()),
+            Cell::from(state),
+            Cell::from(task),
+            Cell::from(elapsed),
+            Cell::from(format!("{}/{}", w.tasks_completed, w.tasks_failed)),
+            Cell::from(heartbeat),
+        ]
+    } else {
+        vec![
+            Cell::from(w.id.as_str()),
+            Cell::from(w.host.as_str()),
+            Cell::from(state),
+            Cell::from(task),
+            Cell::from(elapsed),
+            Cell::from(w.tasks_completed.to_string()),
+            Cell::from(w.tasks_failed.to_string()),
+            Cell::from(heartbeat),
+        ]
+    };
+    let row = Row::new(cells);
+    if w.status == WorkerStatus::Offline {
+        row.style(style)
+    } else {
+        row
+    }
+}
+
+fn draw_tasks(
+    frame: &mut Frame,
+    area: Rect,
+    model: &Model,
+    visible: &[&TaskRow],
+    theme: Theme,
+    compact: bool,
+) {
+    let snap = &model.snapshot;
+    let focused = model.focus() == Focus::Tasks;
+    let chrome = if compact { 2 } else { 3 };
+    let rows_fit = body_rows(area, chrome);
+    let cursor = model.task_index(visible);
+    let offset = scroll_offset(cursor, rows_fit);
+    let names = session_names(snap);
+    let branches = !compact && area.width >= 150;
+    let mut widths = vec![
+        Constraint::Length(1),
+        Constraint::Fill(2),
+        Constraint::Length(9),
+        Constraint::Length(3),
+        Constraint::Length(7),
+        Constraint::Length(7),
+    ];
+    let mut header = vec!["", "Task", "State", "Try", "Worker", "Elapsed"];
+    if !compact {
+        widths.push(Constraint::Fill(2));
+        header.push("Files");
+    }
+    if branches {
+        widths.push(Constraint::Fill(3));
+        header.push("Branch");
+    }
+    widths.push(Constraint::Fill(if compact { 3 } else { 4 }));
+    header.push("Waiting for / result");
+    let columns = TaskColumns {
+        files: !compact,
+        branch: branches,
+    };
+    let rows: Vec<Row> = visible
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(rows_fit)
+        .map(|(i, t)| task_row(t, snap.now, &names, i == cursor, focused, theme, columns))
+        .collect();
+    let empty = rows.is_empty();
+    let session = snap
+        .selected_session()
+        .map_or_else(|| "no session".to_string(), |s| s.session.name.clone());
+    let all = snap.selected.as_ref().map_or(0, |s| s.tasks.len());
+    let mut title = format!(" Tasks of {session} ");
+    if !branches
+        && let Some(row) = snap.selected_session()
+        && row.session.isolation == br_core::Isolation::Worktree
+    {
+        title.push_str(&format!("· branches br/{}/<task> ", row.session.slug));
+    }
+    if !model.filter().is_empty() {
+        title.push_str(&format!(
+            "[/{}: {} of {all}] ",
+            model.filter(),
+            visible.len()
+        ));
+    } else if visible.len() > rows_fit && rows_fit > 0 {
+        title.push_str(&format!(
+            "({}–{} of {all}) ",
+            offset + 1,
+            (offset + rows_fit).min(visible.len())
+        ));
+    } else {
+        title.push_str(&format!("({all}) "));
+    }
+    let mut rows = rows;
+    if empty {
+        let why = if all > 0 {
+            "no task matches the filter"
+        } else {
+            "no tasks"
+        };
+        rows.push(Row::new(vec![Cell::from(""), Cell::from(why)]));
+    }
+    let borders = if compact { Borders::TOP } else { Borders::ALL };
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(theme.header()))
+        .block(block(title, theme, borders, Emphasis::of(focused)));
+    frame.render_widget(table, area);
+}
+
+/// The optional columns of the tasks table, which only wide layouts have room for.
+#[derive(Debug, Clone, Copy)]
+struct TaskColumns {
+    files: bool,
+    branch: bool,
+}
+
+fn task_row<'a>(
+    t: &'a TaskRow,
+    now: Timestamp,
+    names: &HashMap<&SessionId, &str>,
+    selected: bool,
+    focused: bool,
+    theme: Theme,
+    columns: TaskColumns,
+) -> Row<'a> {
+    let task = &t.task;
+    let blocked = t.waiting_for.is_some() && task.state == TaskState::Ready;
+    let state = if blocked {
+        "blocked"
+    } else {
+        task.state.as_str()
+    };
+    let elapsed = match (task.state, task.started_at, task.finished_at) {
+        (TaskState::Running, Some(start), _) => short_duration(now.since(start)),
+        (s, Some(start), Some(end)) if s.is_terminal() => short_duration(end.since(start)),
+        _ => String::new(),
+    };
+    let worker = match task.state {
+        TaskState::Pending | TaskState::Ready => "",
+        _ => task.worker_id.as_ref().map_or("", |w| short_id(w.as_str())),
+    };
+    let note = task_note(t, names);
+    let note_style = match (&t.waiting_for, task.state) {
+        (Some(Waiting::Lock { .. }), _) => theme.warn(),
+        (_, TaskState::Failed) => theme.bad(),
+        _ => Style::new(),
+    };
+    let mut cells = vec![
+        Cell::from(if selected { "▶" } else { " " }),
+        Cell::from(task.id.as_str()),
+        Cell::from(Span::styled(state, theme.task(task.state, blocked))),
+        Cell::from(if task.attempts > 0 {
+            task.attempts.to_string()
+        } else {
+            String::new()
+        }),
+        Cell::from(worker),
+        Cell::from(elapsed),
+    ];
+    if columns.files {
+        cells.push(Cell::from(task.files.join(" ")));
+    }
+    if columns.branch {
+        cells.push(Cell::from(task.branch.clone().unwrap_or_default()));
+    }
+    cells.push(Cell::from(Span::styled(note, note_style)));
+    let row = Row::new(cells);
+    if selected {
+        row.style(theme.cursor(focused))
+    } else {
+        row
+    }
+}
+
+/// What a task waits for, or how it ended when that needs saying.
+fn task_note(t: &TaskRow, names: &HashMap<&SessionId, &str>) -> String {
+    match &t.waiting_for {
+        Some(Waiting::Dependencies { tasks }) => format!("after {}", tasks.join(", ")),
+        // The task's own paths are in the Files column; what matters here is who holds them.
+        Some(Waiting::Lock { held_by, .. }) => {
+            let holders: Vec<String> = held_by
+                .iter()
+                .map(|h| {
+                    let who = match &h.task_id {
+                        Some(task) => task.to_string(),
+                        None => format!(
+                            "session {} (br lock)",
+                            names
+                                .get(&h.session_id)
+                                .copied()
+                                .unwrap_or(h.session_id.as_str())
+                        ),
+                    };
+                    match &h.worker_id {
+                        Some(w) => format!("{} held by {who} on {}", h.path, short_id(w.as_str())),
+                        None => format!("{} held by {who}", h.path),
+                    }
+                })
+                .collect();
+            format!("lock {}", holders.join("; "))
+        }
+        None => match (t.task.state, t.task.outcome.as_deref(), t.task.exit_code) {
+            (TaskState::Failed, Some("failed"), Some(code)) => format!("exit {code}"),
+            (TaskState::Failed, Some(outcome), _) => outcome.replace('_', " "),
+            (TaskState::Skipped, _, _) => "a dependency failed".to_string(),
+            (TaskState::Ready, Some(outcome), _) if t.task.attempts > 0 => {
+                format!("retry after {}", outcome.replace('_', " "))
+            }
+            (TaskState::Ready, _, _) => "waiting for a worker".to_string(),
+            _ => String::new(),
+        },
+    }
+}
+
+fn session_names(snap: &Snapshot) -> HashMap<&SessionId, &str> {
+    snap.sessions
+        .iter()
+        .map(|s| (&s.session.id, s.session.name.as_str()))
+        .collect()
+}
+
+fn draw_locks(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme) {
+    let names = session_names(snap);
+    let rows_fit = body_rows(area, 3);
+    let mut rows: Vec<Row> = snap
+        .locks
+        .iter()
+        .take(rows_fit)
+        .map(|l| lock_row(l, snap.now, &names))
+        .collect();
+    if rows.is_empty() {
+        rows.push(Row::new(vec![Cell::from("none held")]));
+    }
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Fill(1),
+            Constraint::Fill(1),
+            Constraint::Length(8),
+        ],
+    )
+    .header(Row::new(vec!["Path", "Held by", "Since"]).style(theme.header()))
+    .block(block(
+        format!(" Locks ({}) ", snap.locks.len()),
+        theme,
+        Borders::ALL,
+        Emphasis::Plain,
+    ));
+    frame.render_widget(table, area);
+}
+
+fn lock_row<'a>(l: &'a LockRow, now: Timestamp, names: &HashMap<&SessionId, &str>) -> Row<'a> {
+    let session = names
+        .get(&l.lock.session_id)
+        .copied()
+        .unwrap_or(l.lock.session_id.as_str());
+    let holder = match (&l.lock.task_id, &l.worker_id) {
+        (Some(t), Some(w)) => format!("{t} on {}", short_id(w.as_str())),
+        (Some(t), None) => t.to_string(),
+        (None, _) => format!("{session} (br lock)"),
+    };
+    Row::new(vec![
+        Cell::from(l.lock.path.as_str()),
+        Cell::from(holder),
+        Cell::from(ago(now.since(l.lock.acquired_at))),
+    ])
+}
+
+fn draw_events(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, borders: Borders) {
+    let names = session_names(snap);
+    let chrome = if borders == Borders::ALL { 2 } else { 1 };
+    let fit = usize::from(area.height.saturating_sub(chrome));
+    let start = snap.events.len().saturating_sub(fit);
+    let mut lines: Vec<Line> = snap.events[start..]
+        .iter()
+        .map(|e| event_line(e, &names, theme))
+        .collect();
+    if lines.is_empty() {
+        lines.push(Line::styled("nothing notable yet", theme.label()));
+    }
+    let p = Paragraph::new(lines).block(block(
+        " Recent events ".to_string(),
+        theme,
+        borders,
+        Emphasis::Plain,
+    ));
+    frame.render_widget(p, area);
+}
+
+fn event_line<'a>(e: &'a Event, names: &HashMap<&SessionId, &str>, theme: Theme) -> Line<'a> {
+    use br_core::EventKind::*;
+    let style = match e.kind {
+        TaskFailed | SessionFailed | WorkerOffline | StaleResultRejected | MergeConflict
+        | ScopeViolation => theme.bad(),
+        TaskRequeued | LockConflict | SessionPaused | SessionCancelled => theme.warn(),
+        SessionCompleted => theme.good(),
+        _ => Style::new(),
+    };
+    let mut subject = String::new();
+    if let Some(s) = &e.session_id {
+        subject.push_str(names.get(s).copied().unwrap_or(s.as_str()));
+    }
+    if let Some(t) = &e.task_id {
+        subject.push('/');
+        subject.push_str(t.as_str());
+    }
+    if let Some(a) = e.attempt {
+        subject.push_str(&format!(" #{a}"));
+    }
+    if let (Some(w), None) = (&e.worker_id, &e.session_id) {
+        subject.push_str(w.as_str());
+    }
+    Line::from(vec![
+        Span::styled(hms(e.at), theme.label()),
+        Span::raw(" "),
+        Span::styled(e.kind.as_str(), style),
+        Span::raw(" "),
+        Span::raw(subject),
+        Span::raw(event_detail(e)),
+    ])
+}
+
+/// The part of an event's detail worth a glance, with a leading separator.
+fn event_detail(e: &Event) -> String {
+    use br_core::EventKind::*;
+    let d = &e.detail;
+    let text = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let list = |k: &str| {
+        d.get(k).and_then(|v| v.as_array()).map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    };
+    let detail = match e.kind {
+        TaskFailed | TaskRequeued => text("reason"),
+        StaleResultRejected => Some(format!(
+            "late {} refused",
+            text("outcome").unwrap_or_else(|| "result".into())
+        )),
+        LockConflict => {
+            let holder = d
+                .get("held_by")
+                .and_then(|h| h.get(0))
+                .map(|h| {
+                    let path = h.get("path").and_then(|v| v.as_str()).unwrap_or("?");
+                    match h.get("task_id").and_then(|v| v.as_str()) {
+                        Some(t) => format!("{path} held by {t}"),
+                        None => format!("{path} held by a session (br lock)"),
+                    }
+                })
+                .unwrap_or_default();
+            Some(format!(
+                "wants {}; {holder}",
+                list("paths").unwrap_or_default()
+            ))
+        }
+        MergeConflict | ScopeViolation => list("files"),
+        WorkerOffline => text("reason").or_else(|| Some("heartbeat timed out".into())),
+        _ => None,
+    };
+    detail.map(|d| format!(" — {d}")).unwrap_or_default()
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
+    let line = if let Mode::Filter = model.mode() {
+        Line::from(vec![
+            Span::styled("/", theme.key()),
+            Span::raw(format!(" filter tasks: {}▏", model.filter())),
+            Span::styled("   Enter keep · Esc clear", theme.label()),
+        ])
+    } else if let Some(status) = model.status() {
+        Line::styled(status.to_string(), theme.warn())
+    } else {
+        let mut spans = Vec::new();
+        let gap = if area.width >= 90 { "  " } else { " " };
+        for (key, what) in [
+            ("q", "quit"),
+            ("?", "help"),
+            ("↑↓", "select"),
+            ("Tab", "focus"),
+            ("Enter", "log"),
+            ("p", "pause"),
+            ("r", "resume"),
+            ("c", "cancel"),
+            ("/", "filter"),
+        ] {
+            spans.push(Span::styled(key, theme.key()));
+            spans.push(Span::raw(format!(" {what}{gap}")));
+        }
+        if !model.filter().is_empty() {
+            spans.push(Span::styled(
+                format!("[filter: {}]", model.filter()),
+                theme.warn(),
+            ));
+        }
+        Line::from(spans)
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+/// A box of `width`×`height` in the middle of `area`, never larger than it.
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let w = width.min(area.width);
+    let h = height.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+const HELP: &[(&str, &str)] = &[
+    ("↑ ↓  j k", "move in the focused list"),
+    ("PgUp PgDn g G", "page, first, last"),
+    ("Tab  ← →", "focus sessions or tasks"),
+    ("Enter", "tasks: open the task's live log"),
+    ("p / r", "pause / resume the selected session"),
+    ("c", "cancel the selected session (asks first)"),
+    ("/", "filter tasks by id or state; Esc clears"),
+    ("?", "this help; any key closes it"),
+    ("q  Ctrl-C", "quit"),
+];
+
+fn draw_help(frame: &mut Frame, area: Rect, theme: Theme) {
+    let lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::styled(format!("{k:<15}"), theme.key()),
+                Span::raw(*what),
+            ])
+        })
+        .collect();
+    let height = u16::try_from(lines.len())
+        .unwrap_or(u16::MAX)
+        .saturating_add(2);
+    let r = centered(area, 62, height);
+    frame.render_widget(Clear, r);
+    frame.render_widget(
+        Paragraph::new(lines).block(block(
+            " Keys ".into(),
+            theme,
+            Borders::ALL,
+            Emphasis::Focused,
+        )),
+        r,
+    );
+}
+
+fn draw_confirm(frame: &mut Frame, area: Rect, name: &str, theme: Theme) {
+    let text = Text::from(vec![
+        Line::from(vec![
+            Span::raw("Cancel session "),
+            Span::styled(name.to_string(), theme.title()),
+            Span::raw("?"),
+        ]),
+        Line::raw("Waiting tasks are cancelled; running ones are stopped."),
+        Line::from(vec![
+            Span::styled("y", theme.key()),
+            Span::raw(" cancel it   "),
+            Span::styled("n", theme.key()),
+            Span::raw(" keep it running"),
+        ]),
+    ]);
+    let r = centered(area, 60, 5);
+    frame.render_widget(Clear, r);
+    frame.render_widget(
+        Paragraph::new(text).wrap(Wrap { trim: true }).block(block(
+            " Confirm ".into(),
+            theme,
+            Borders::ALL,
+            Emphasis::Focused,
+        )),
+        r,
+    );
+}
+
+fn draw_log(frame: &mut Frame, area: Rect, tail: &LogTail, model: &Model, theme: Theme) {
+    let session = model
+        .snapshot
+        .sessions
+        .iter()
+        .find(|s| &s.session.id == tail.session())
+        .map_or(tail.session().as_str(), |s| s.session.name.as_str());
+    let mode = if tail.is_following() {
+        "following".to_string()
+    } else {
+        format!("{} lines back", tail.scroll())
+    };
+    let title = format!(
+        " Log of {session}/{} · attempt {} · {mode} ",
+        tail.task(),
+        tail.attempt()
+    );
+    let body = area.height.saturating_sub(1);
+    let [main, footer] = [
+        Rect::new(area.x, area.y, area.width, body),
+        Rect::new(area.x, area.y + body, area.width, area.height - body),
+    ];
+    let inner_height = usize::from(main.height.saturating_sub(2));
+    let partial = tail.partial().filter(|_| tail.is_following());
+    let room = inner_height.saturating_sub(usize::from(partial.is_some()));
+    let mut lines: Vec<Line> = tail.visible(room).into_iter().map(Line::raw).collect();
+    if let Some(p) = partial {
+        lines.push(Line::raw(p));
+    }
+    if let Some(problem) = tail.problem() {
+        lines.push(Line::styled(
+            format!("({problem}: {})", tail.path().display()),
+            theme.label(),
+        ));
+    }
+    let b = block(title, theme, Borders::ALL, Emphasis::Focused).title_bottom(Span::styled(
+        format!(" {} ", tail.path().display()),
+        theme.label(),
+    ));
+    frame.render_widget(Paragraph::new(lines).block(b), main);
+    let mut spans = Vec::new();
+    for (key, what) in [
+        ("Esc/q", "back"),
+        ("↑↓ PgUp PgDn", "scroll"),
+        ("g", "top"),
+        ("G/f", "follow"),
+    ] {
+        spans.push(Span::styled(key, theme.key()));
+        spans.push(Span::raw(format!(" {what}  ")));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), footer);
+}
+
+/// A worker id cut to its first seven characters, like a short git hash: enough to tell the
+/// workers of one store apart, and the full id is in the workers table.
+fn short_id(id: &str) -> &str {
+    id.get(..7).unwrap_or(id)
+}
+
+/// `HH:MM:SS` of a store timestamp, in UTC.
+fn hms(at: Timestamp) -> String {
+    at.to_string().get(11..19).unwrap_or("").to_string()
+}
