@@ -7,14 +7,15 @@ use std::sync::OnceLock;
 
 use crate::git::{GitError, Repo, failure};
 
-/// `merge-tree --write-tree` came in git 2.38 and its `--merge-base` option in 2.40.
-pub const MERGE_TREE_MIN_VERSION: (u32, u32) = (2, 40);
+/// `merge-tree --write-tree` came in git 2.38, and its `--merge-base` option in 2.40.
+pub const MERGE_TREE_MIN_VERSION: (u32, u32) = (2, 38);
+pub const MERGE_BASE_OPTION_MIN_VERSION: (u32, u32) = (2, 40);
 
 /// The installed git's version, asked once per process.
 static GIT_VERSION: OnceLock<(u32, u32, u32)> = OnceLock::new();
 
-/// Checks once that git can predict conflicts.
-fn require_merge_tree(repo: &Repo) -> Result<(), GitError> {
+/// Checks once that git can predict conflicts (with an explicit merge base, if one is given).
+fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitError> {
     let version = match GIT_VERSION.get() {
         Some(v) => *v,
         None => {
@@ -23,39 +24,55 @@ fn require_merge_tree(repo: &Repo) -> Result<(), GitError> {
         }
     };
     let (major, minor, patch) = version;
-    if (major, minor) < MERGE_TREE_MIN_VERSION {
+    let (need, feature) = if explicit_base {
+        (
+            MERGE_BASE_OPTION_MIN_VERSION,
+            "conflict prediction with a given merge base (`git merge-tree --merge-base`)",
+        )
+    } else {
+        (
+            MERGE_TREE_MIN_VERSION,
+            "conflict prediction (`git merge-tree --write-tree`)",
+        )
+    };
+    if (major, minor) < need {
         return Err(GitError::TooOld {
-            feature: "conflict prediction (`git merge-tree --write-tree --merge-base`)",
-            need: format!("{}.{}", MERGE_TREE_MIN_VERSION.0, MERGE_TREE_MIN_VERSION.1),
+            feature,
+            need: format!("{}.{}", need.0, need.1),
             found: format!("{major}.{minor}.{patch}"),
         });
     }
     Ok(())
 }
 
-/// The files that would conflict if `theirs` were merged into `ours`, both descending from
-/// `base`: sorted, empty when they merge cleanly. Revisions may be commit ids or ref names.
+/// The files that would conflict if `theirs` were merged into `ours`: sorted, empty when they
+/// merge cleanly. Revisions may be commit ids or ref names. With `base`, git merges as if that
+/// were their common ancestor; without, git finds it, which is right whenever the two have
+/// different bases (a task rerun on top of the integration branch, say).
 pub fn predict_conflicts(
     repo: &Repo,
-    base: &str,
+    base: Option<&str>,
     ours: &str,
     theirs: &str,
 ) -> Result<Vec<String>, GitError> {
-    require_merge_tree(repo)?;
-    let args: Vec<OsString> = [
+    require_merge_tree(repo, base.is_some())?;
+    let merge_base = base.map(|b| format!("--merge-base={b}"));
+    let mut args: Vec<OsString> = [
         "merge-tree",
         "--write-tree",
         "--name-only",
         "--no-messages",
         "-z",
-        &format!("--merge-base={base}"),
-        "--end-of-options",
-        ours,
-        theirs,
     ]
     .iter()
     .map(OsString::from)
     .collect();
+    args.extend(merge_base.map(OsString::from));
+    args.extend(
+        ["--end-of-options", ours, theirs]
+            .iter()
+            .map(OsString::from),
+    );
     let out = repo.git().output(&args)?;
     // 0: clean; 1: conflicts; anything else: git could not do the merge at all.
     match out.status.code() {
@@ -116,10 +133,10 @@ pub fn paths_meet(a: &[String], b: &[String]) -> bool {
 
 /// The finished branches (by task id, or `integration`) that `mine` would not merge with
 /// cleanly, and the conflicting files of each. Only branches whose changes meet `mine`'s are
-/// merged; the integration branch, when it exists, always is.
+/// merged; the integration branch, when it exists, always is. Git finds each pair's merge base:
+/// a task rerun on the integration branch does not share the session's base with the others.
 pub fn conflicting_branches(
     repo: &Repo,
-    base: &str,
     mine: &FinishedBranch,
     others: &[FinishedBranch],
     integration_ref: &str,
@@ -129,7 +146,7 @@ pub fn conflicting_branches(
         .iter()
         .filter(|o| paths_meet(&mine.changed, &o.changed))
     {
-        let files = predict_conflicts(repo, base, &mine.branch, &other.branch)?;
+        let files = predict_conflicts(repo, None, &mine.branch, &other.branch)?;
         if !files.is_empty() {
             found.push((other.task.clone(), files));
         }
@@ -140,7 +157,7 @@ pub fn conflicting_branches(
         .status
         .success();
     if exists {
-        let files = predict_conflicts(repo, base, &mine.branch, integration_ref)?;
+        let files = predict_conflicts(repo, None, &mine.branch, integration_ref)?;
         if !files.is_empty() {
             found.push(("integration".to_string(), files));
         }

@@ -3,6 +3,7 @@
 
 pub mod conflicts;
 pub mod git;
+pub mod merge;
 pub mod pool;
 pub mod process;
 pub mod reaper;

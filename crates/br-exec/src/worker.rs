@@ -327,9 +327,6 @@ impl Worker<'_> {
     /// a `merge_conflict` for each pair that would not merge. Only pairs that changed a common
     /// path (or one a directory of the other's) can conflict, so only those are merged.
     fn predict_conflicts(&mut self, task: &ClaimedTask, result: &AttemptResult) {
-        let Some(base) = task.base_commit.as_deref() else {
-            return;
-        };
         if result.commit.is_none() {
             return;
         }
@@ -344,7 +341,7 @@ impl Worker<'_> {
             Err(e) => return self.trouble(&e),
         };
         let integration = format!("refs/heads/br/{}/integration", task.session_slug);
-        let found = conflicting_branches(&self.config.repo, base, &mine, &others, &integration);
+        let found = conflicting_branches(&self.config.repo, &mine, &others, &integration);
         for (with, files) in found.unwrap_or_else(|e| {
             (self.notify)(Note::StoreTrouble(format!(
                 "conflict prediction failed: {}",

@@ -568,13 +568,16 @@ fn update_ref(
     Ok(())
 }
 
-/// `<common>/br/git.lock`, held while br changes worktree registrations or refs.
-struct SharedStateLock {
+/// `<common>/br/git.lock`, held while br changes worktree registrations or refs (here, and in
+/// the merge queue and cleanup).
+#[derive(Debug)]
+pub struct SharedStateLock {
     _file: File,
 }
 
 impl SharedStateLock {
-    fn acquire(repo: &Repo) -> Result<SharedStateLock, WorktreeError> {
+    /// Waits for the lock; it is released when the value is dropped.
+    pub fn acquire(repo: &Repo) -> Result<SharedStateLock, WorktreeError> {
         let dir = repo.br_dir();
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
         let path = dir.join("git.lock");

@@ -23,7 +23,7 @@ pub use br_store::snapshot::Snapshot;
 
 pub use follow::LogTail;
 pub use model::{Action, Focus, Mode, Model, Msg, perform, update};
-pub use run::run_dashboard;
+pub use run::{DashboardEnd, run_dashboard};
 pub use view::view;
 
 /// How the dashboard looks and behaves.

@@ -70,6 +70,8 @@ pub struct Model {
     /// The outcome of the last action, or a store error, for the footer.
     status: Option<String>,
     quit: bool,
+    /// The user pressed Ctrl-C (rather than `q`).
+    interrupted: bool,
 }
 
 /// How far PageUp / PageDown move.
@@ -92,6 +94,7 @@ impl Model {
             mode: Mode::Normal,
             status: None,
             quit: false,
+            interrupted: false,
         }
     }
 
@@ -117,6 +120,11 @@ impl Model {
 
     pub fn should_quit(&self) -> bool {
         self.quit
+    }
+
+    /// Whether the user left with Ctrl-C.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
     }
 
     pub fn selected_session(&self) -> Option<&SessionId> {
@@ -289,6 +297,9 @@ fn on_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
         return None;
     }
     if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+        // In raw mode Ctrl-C is a key, not SIGINT: whoever runs the dashboard decides what it
+        // means (`br run` stops the run, as the signal would).
+        model.interrupted = true;
         model.quit = true;
         return None;
     }

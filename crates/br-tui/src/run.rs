@@ -28,6 +28,17 @@ const TICK: Duration = Duration::from_millis(25);
 /// However busy the store, the snapshot is rebuilt at most this often.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
 
+/// How the dashboard ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DashboardEnd {
+    /// The user pressed `q`.
+    Quit,
+    /// The user pressed Ctrl-C (in raw mode that is a key, not a signal).
+    Interrupted,
+    /// `stop` became true.
+    Stopped,
+}
+
 /// Runs the dashboard on the terminal until the user quits or `stop` becomes true.
 ///
 /// Store errors do not end it: the last snapshot stays on screen with the error in the footer,
@@ -36,7 +47,7 @@ pub fn run_dashboard(
     store: &dyn Store,
     options: &DashboardOptions,
     stop: &AtomicBool,
-) -> io::Result<()> {
+) -> io::Result<DashboardEnd> {
     let mut options = options.clone();
     if no_color() {
         options.color = false;
@@ -96,7 +107,13 @@ pub fn run_dashboard(
         }
     }
     drop(terminal);
-    Ok(())
+    Ok(if model.interrupted() {
+        DashboardEnd::Interrupted
+    } else if model.should_quit() {
+        DashboardEnd::Quit
+    } else {
+        DashboardEnd::Stopped
+    })
 }
 
 fn draw(terminal: &mut Terminal<CrosstermBackend<Stdout>>, model: &Model) -> io::Result<()> {

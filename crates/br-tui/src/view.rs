@@ -665,6 +665,7 @@ fn task_row<'a>(
     let note_style = match (&t.waiting_for, task.state) {
         (Some(Waiting::Lock { .. }), _) => theme.warn(),
         (_, TaskState::Failed) => theme.bad(),
+        _ if !task.conflicts.is_empty() || !task.scope_violations.is_empty() => theme.warn(),
         _ => Style::new(),
     };
     let mut cells = vec![
@@ -729,9 +730,29 @@ fn task_note(t: &TaskRow, names: &HashMap<&SessionId, &str>) -> String {
                 format!("retry after {}", outcome.replace('_', " "))
             }
             (TaskState::Ready, _, _) => "waiting for a worker".to_string(),
-            _ => String::new(),
+            _ => finished_note(&t.task),
         },
     }
+}
+
+/// What a finished task's work means for merging: files it changed outside its declared ones,
+/// and the tasks its branch is predicted to conflict with.
+fn finished_note(task: &br_store::Task) -> String {
+    let mut notes = Vec::new();
+    if !task.scope_violations.is_empty() {
+        notes.push(format!(
+            "outside its files: {}",
+            task.scope_violations.join(" ")
+        ));
+    }
+    for c in &task.conflicts {
+        notes.push(format!(
+            "conflicts with {} on {}",
+            c.with,
+            c.files.join(" ")
+        ));
+    }
+    notes.join("; ")
 }
 
 fn session_names(snap: &Snapshot) -> HashMap<&SessionId, &str> {

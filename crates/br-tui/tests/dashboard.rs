@@ -549,3 +549,17 @@ fn p_r_and_c_pause_resume_and_cancel_the_selected_session() {
         .collect::<Vec<_>>();
     assert_eq!(row, [TaskState::Cancelled; 3], "the snapshot shows it");
 }
+
+#[test]
+fn finished_tasks_show_scope_violations_and_predicted_conflicts() {
+    let text = draw(&model(finished_with_notes(), false), 120, 34)
+        .backend()
+        .to_string();
+    let stray = text.lines().find(|l| l.contains("stray")).unwrap();
+    assert!(stray.contains("outside its files: b.txt"), "{stray}");
+    let left = text.lines().find(|l| l.contains(" left ")).unwrap();
+    assert!(
+        left.contains("conflicts with right on config.txt"),
+        "{left}"
+    );
+}

@@ -11,7 +11,8 @@ Sessions can be named by full id, a unique id prefix, or name (the latest with t
 
 Exit codes:
   0    success (for run/wait/resume: every task succeeded)
-  1    the session ended with failed, skipped or cancelled tasks
+  1    the session ended with failed, skipped or cancelled tasks; for merge (and run --merge):
+       some task did not land, or --into was refused
   2    bad input: invalid plan, unknown session or task, refused transition, bad arguments
   3    lock conflict (br lock)
   4    br could not do its job: store locked, damaged or from a newer br; git or I/O failure
@@ -81,6 +82,16 @@ pub enum Command {
     Events(EventsArgs),
     /// Show a task's output
     Logs(LogsArgs),
+    /// The live dashboard: sessions, workers, locks, tasks and events as they happen
+    Dashboard(DashboardArgs),
+    /// Land a session's task branches on br/<session-slug>/integration, one at a time in
+    /// dependency order; report conflicts by file
+    ///
+    /// Every merge commit is built without a checkout. With `verify` in the plan, that command
+    /// runs on each candidate (in a worktree) before the integration branch moves. A candidate
+    /// that conflicts or fails verification is not landed; with on_conflict = "requeue" its task
+    /// is queued again on top of the integration tip. Running it again lands only what is new.
+    Merge(MergeArgs),
     /// The summary of workers, sessions and tasks
     Summary,
     /// Delete old finished sessions and their logs; prune stale workers
@@ -134,6 +145,11 @@ pub struct RunArgs {
     pub plan: PathBuf,
     #[command(flatten)]
     pub drive: DriveArgs,
+    /// When the session ends, merge its task branches (as `br merge`); with
+    /// on_conflict = "requeue", run requeued tasks again and merge again. Exit 0 iff every task
+    /// succeeded and landed
+    #[arg(long)]
+    pub merge: bool,
 }
 
 #[derive(Debug, Args)]
@@ -298,6 +314,40 @@ pub struct LogsArgs {
     /// Keep printing output as the attempt writes it, until it ends
     #[arg(long, short)]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Re-read the store at least this often (and sooner when something happens)
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub refresh: Duration,
+    /// Print one frame as plain text and exit (with --json: the snapshot it shows)
+    #[arg(long)]
+    pub once: bool,
+    /// The width of the --once frame
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(20..=1000))]
+    pub width: u16,
+    /// A layout that fits 80×24
+    #[arg(long)]
+    pub compact: bool,
+    /// The session to select [default: the newest active one]
+    #[arg(long)]
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    pub session: String,
+    /// Afterwards, fast-forward BRANCH to the integration branch (refused unless BRANCH is an
+    /// ancestor of it); a checked-out BRANCH is updated with `git merge --ff-only`
+    #[arg(long, value_name = "BRANCH")]
+    pub into: Option<String>,
+    /// Only predict what would land; change nothing
+    #[arg(long)]
+    pub check: bool,
+    /// Between SIGTERM and SIGKILL when the verify command must stop (Ctrl-C)
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
+    pub kill_grace: Duration,
 }
 
 #[derive(Debug, Args)]

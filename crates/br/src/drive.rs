@@ -3,13 +3,16 @@
 //! `br run`, `br start`, `br resume` and `br demo` all end here.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use br_core::SessionStatus;
 use br_core::state::SessionAction;
 use br_exec::pool::{LocalPool, PoolEvent, PoolSpec};
+use br_exec::worktree::{KEEP_SLOTS, ReconcileMode, reconcile};
 use br_store::{EventFilter, Session, Store};
+use br_tui::{DashboardEnd, DashboardOptions, run_dashboard};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -33,11 +36,89 @@ const LOOP_MIN: Duration = Duration::from_millis(50);
 /// How long the session's workers may take to leave after it ended before they are stopped.
 const LEAVE_GRACE: Duration = Duration::from_secs(30);
 
+/// What the dashboard and the supervision loop share while both run.
+#[derive(Debug)]
+struct Control {
+    /// Interrupts the dashboard received (while it owns the terminal, Ctrl-C is a key).
+    interrupts: AtomicUsize,
+    /// Set when the supervision loop is over, so the dashboard closes.
+    done: AtomicBool,
+    /// Whether progress is printed (not while the dashboard owns the terminal).
+    show_progress: AtomicBool,
+}
+
+impl Control {
+    fn new(show_progress: bool) -> Control {
+        Control {
+            interrupts: AtomicUsize::new(0),
+            done: AtomicBool::new(false),
+            show_progress: AtomicBool::new(show_progress),
+        }
+    }
+}
+
+/// Drives the session to its end: with the live dashboard when on a terminal (unless
+/// `--no-dashboard` or `--json`), else with plain progress lines.
 pub fn drive(
     ctx: &Context,
     store: &dyn Store,
     session: &Session,
     opts: &DriveOptions,
+) -> anyhow::Result<Exit> {
+    // Before new workers start, what attempts of a killed br left in free worktree slots is kept
+    // at their attempt refs and stray slots are removed. Slots that live workers hold (another
+    // `br run` in this repository) are not touched. A failure here costs nothing a worker's own
+    // checkout would not redo, so it does not stop the run.
+    if let Err(e) = ctx.repo().map_err(|e| e.to_string()).and_then(|repo| {
+        reconcile(repo, ReconcileMode::Apply, KEEP_SLOTS).map_err(|e| e.to_string())
+    }) {
+        eprintln!("warning: could not reconcile br's worktrees: {e}");
+    }
+    let dashboard = !ctx.json && !opts.plain && std::io::stdout().is_terminal();
+    if !dashboard {
+        return supervise(ctx, store, session, opts, &Control::new(true));
+    }
+    // The dashboard reads through its own connection, so it never waits on the supervisor's.
+    let ui_store = ctx.open_store()?;
+    let control = Control::new(false);
+    let options = DashboardOptions {
+        session: Some(session.id.clone()),
+        ..DashboardOptions::default()
+    };
+    std::thread::scope(|scope| {
+        let supervisor = scope.spawn(|| {
+            let result = supervise(ctx, store, session, opts, &control);
+            control.done.store(true, Ordering::SeqCst);
+            result
+        });
+        let ended = run_dashboard(&*ui_store, &options, &control.done);
+        control.show_progress.store(true, Ordering::SeqCst);
+        match ended {
+            Ok(DashboardEnd::Interrupted) => {
+                control.interrupts.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(DashboardEnd::Quit) => eprintln!(
+                "dashboard closed; the session goes on (Ctrl-C stops it, `br dashboard` shows it again)"
+            ),
+            Ok(DashboardEnd::Stopped) => {}
+            Err(e) => {
+                eprintln!("warning: the dashboard failed ({e}); showing progress lines instead")
+            }
+        }
+        supervisor
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the session's supervisor thread panicked")))
+    })
+}
+
+/// The supervision loop: keeps the local pool at the session's size, prints progress, and stops
+/// everything cleanly on an interrupt.
+fn supervise(
+    ctx: &Context,
+    store: &dyn Store,
+    session: &Session,
+    opts: &DriveOptions,
+    control: &Control,
 ) -> anyhow::Result<Exit> {
     let id = session.id.clone();
     if session.workers_wanted != opts.workers {
@@ -83,7 +164,8 @@ pub fn drive(
     } else {
         (Box::new(std::io::stdout()), Style::Lines)
     };
-    let mut progress = Progress::new(out, style);
+    let mut progress = Progress::new(out, Style::Quiet);
+    let mut showing = false;
     let mut last_seq = opts.from_seq;
     let mut interrupts = 0usize;
     let mut ended_at: Option<Instant> = None;
@@ -91,7 +173,11 @@ pub fn drive(
     let mut last_requeue = Instant::now();
     let mut loop_started = Instant::now();
     loop {
-        let new_signals = signals.pending().count();
+        if !showing && control.show_progress.load(Ordering::SeqCst) {
+            showing = true;
+            progress.set_style(style);
+        }
+        let new_signals = signals.pending().count() + control.interrupts.swap(0, Ordering::SeqCst);
         if new_signals > 0 {
             let first = interrupts == 0;
             interrupts += new_signals;

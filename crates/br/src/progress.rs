@@ -36,6 +36,11 @@ impl<W: Write> Progress<W> {
         }
     }
 
+    /// Changes how progress is shown from now on (e.g. after the dashboard closes).
+    pub fn set_style(&mut self, style: Style) {
+        self.style = style;
+    }
+
     pub fn event(&mut self, ev: &Event) -> std::io::Result<()> {
         let start = *self.start.get_or_insert(ev.at);
         let notable = matches!(

@@ -1,9 +1,11 @@
 //! One function per command; `dispatch` picks it. Commands parse nothing and decide nothing the
 //! library crates decide: they wire the store, the executor and the terminal together.
 
+mod dashboard;
 mod demo;
 mod events;
 mod lock;
+mod merge;
 mod plan;
 mod session;
 mod worker;
@@ -30,6 +32,8 @@ pub fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Resume(a) => session::resume(ctx, a),
         Command::Cancel(a) => session::cancel(ctx, a),
         Command::Scale(a) => session::scale(ctx, a),
+        Command::Dashboard(a) => dashboard::dashboard(ctx, a),
+        Command::Merge(a) => merge::merge(ctx, a),
         Command::Summary => session::summary(ctx),
         Command::Cleanup(a) => session::cleanup(ctx, a),
         Command::Lock(a) => lock::lock(ctx, a),

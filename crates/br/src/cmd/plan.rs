@@ -114,7 +114,28 @@ pub fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
 
 pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     let (plan, path) = load_plan(ctx, &args.plan)?;
-    run_plan(ctx, plan, Some(path), &args.drive)
+    if args.merge && plan.isolation == Isolation::Shared {
+        return Err(usage(format!(
+            "--merge merges task branches, but {} says isolation = \"shared\": its tasks change \
+             the repository itself and make no branches",
+            args.plan.display()
+        )));
+    }
+    let then = if args.merge {
+        AfterRun::Merge
+    } else {
+        AfterRun::Report
+    };
+    run_plan_then(ctx, plan, Some(path), &args.drive, then)
+}
+
+/// What `run_plan` does once the session has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRun {
+    /// Print the final report (or status JSON).
+    Report,
+    /// Merge the task branches, rerunning requeued tasks (`br run --merge`).
+    Merge,
 }
 
 pub fn run_plan(
@@ -122,6 +143,16 @@ pub fn run_plan(
     plan: Plan,
     plan_path: Option<PathBuf>,
     drive_args: &DriveArgs,
+) -> anyhow::Result<Exit> {
+    run_plan_then(ctx, plan, plan_path, drive_args, AfterRun::Report)
+}
+
+pub fn run_plan_then(
+    ctx: &Context,
+    plan: Plan,
+    plan_path: Option<PathBuf>,
+    drive_args: &DriveArgs,
+    then: AfterRun,
 ) -> anyhow::Result<Exit> {
     let workers = drive_args
         .workers
@@ -141,12 +172,13 @@ pub fn run_plan(
         kill_grace: drive_args.kill_grace,
         from_seq: 0,
     };
-    finish(
-        ctx,
-        &*store,
-        &session,
-        drive(ctx, &*store, &session, &opts)?,
-    )
+    let exit = drive(ctx, &*store, &session, &opts)?;
+    match then {
+        AfterRun::Merge if exit != Exit::Interrupted => {
+            crate::cmd::merge::merge_after_run(ctx, &*store, &session, &opts, exit)
+        }
+        _ => finish(ctx, &*store, &session, exit),
+    }
 }
 
 /// After a drive: the final report (or JSON status) and the exit code.

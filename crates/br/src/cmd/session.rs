@@ -448,7 +448,14 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// `br cleanup`: reconciles br's worktree slots with git's registrations (keeping what dead
+/// attempts left, removing free slots), then deletes finished sessions older than `--days` with
+/// their logs and those of their refs whose commits are all merged; refs holding unmerged work
+/// are kept and listed. Never touches the user's own branches or worktrees.
 pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
+    use br_exec::merge::{RefAction, delete_merged_refs, session_ref_fates};
+    use br_exec::worktree::{ReconcileMode, reconcile};
+
     let store = ctx.open_store()?;
     let now = store.now()?;
     let cutoff = Timestamp(now.millis() - i64::from(args.days) * 86_400_000);
@@ -458,19 +465,98 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
         .filter(|s| s.status.is_terminal() && s.running_tasks == 0)
         .filter(|s| s.completed_at.unwrap_or(s.created_at) <= cutoff)
         .collect();
+    // A store given with --store may be used outside a repository: then there are no worktrees
+    // or refs to look at, only records and logs.
+    let repo = ctx.repo().ok();
     let log_dir = ctx.log_dir().ok();
+    let mode = if args.dry_run {
+        ReconcileMode::DryRun
+    } else {
+        ReconcileMode::Apply
+    };
     let verb = if args.dry_run {
         "would delete"
     } else {
         "deleted"
     };
+    let would = |done: &'static str, planned: &'static str| {
+        if args.dry_run { planned } else { done }
+    };
+    let mut out = String::new();
+
+    // Worktrees first: an orphan slot's leftovers become an attempt ref, which the sessions'
+    // ref check below then sees (and keeps).
+    // No free slot is kept: after a cleanup, `git worktree list` shows only what runs.
+    let worktrees = match repo {
+        Some(repo) => Some(reconcile(repo, mode, 0)?),
+        None => None,
+    };
+    if let Some(w) = &worktrees {
+        for saved in &w.saved {
+            writeln!(
+                out,
+                "{} what an interrupted attempt left in {} at {}",
+                would("kept", "would keep"),
+                saved.slot.display(),
+                saved.reference
+            )?;
+        }
+        for path in &w.pruned {
+            writeln!(
+                out,
+                "{} the registration of missing worktree {}",
+                would("pruned", "would prune"),
+                path.display()
+            )?;
+        }
+        for path in &w.removed {
+            writeln!(
+                out,
+                "{} free worktree slot {}",
+                would("removed", "would remove"),
+                path.display()
+            )?;
+        }
+        for path in &w.in_use {
+            writeln!(
+                out,
+                "left alone: {} (in use by a live worker)",
+                path.display()
+            )?;
+        }
+        for path in &w.other {
+            writeln!(
+                out,
+                "left alone: {} (not a br worktree slot)",
+                path.display()
+            )?;
+        }
+    }
+
     let mut report = Vec::new();
+    let mut kept_refs = 0usize;
     for s in &old {
         let logs = log_dir
             .as_ref()
             .map(|d| d.join(s.id.as_str()))
             .filter(|d| d.exists());
+        // Refs are looked at in the repository the session ran in, when that is this one.
+        let own_repo = repo.filter(|r| {
+            br_exec::Repo::discover(std::path::Path::new(&s.repo_root))
+                .is_ok_and(|theirs| theirs.common_dir == r.common_dir)
+        });
+        let fates = match own_repo {
+            Some(r) => {
+                let ids: Vec<br_core::TaskId> =
+                    store.tasks(&s.id)?.into_iter().map(|t| t.id).collect();
+                session_ref_fates(r, s, &ids)?
+            }
+            None => Vec::new(),
+        };
         if !args.dry_run {
+            if let Some(r) = own_repo {
+                delete_merged_refs(r, &fates)?;
+            }
             store.delete_session(&s.id)?;
             if let Some(dir) = &logs {
                 std::fs::remove_dir_all(dir).map_err(|e| {
@@ -478,9 +564,82 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
                 })?;
             }
         }
+        writeln!(
+            out,
+            "{verb} session {} ({}, {}){}",
+            s.name,
+            s.id,
+            s.status,
+            logs.as_ref()
+                .map(|l| format!(" and its logs {}", l.display()))
+                .unwrap_or_default()
+        )?;
+        if own_repo.is_none() && repo.is_some() {
+            writeln!(
+                out,
+                "  its refs were not examined: it ran in another repository ({})",
+                s.repo_root
+            )?;
+        }
+        let mut refs = Vec::new();
+        for fate in &fates {
+            let name = fate
+                .reference
+                .strip_prefix("refs/heads/")
+                .unwrap_or(&fate.reference);
+            let (action, reason, line) = match &fate.action {
+                RefAction::Delete { merged_into } => (
+                    "delete",
+                    format!("merged into {merged_into}"),
+                    format!("  {verb} {name} (merged into {merged_into})"),
+                ),
+                RefAction::KeepUnmerged { commits } => {
+                    let plural = if *commits == 1 { "" } else { "s" };
+                    (
+                        "keep",
+                        format!("holds {commits} unmerged commit{plural}"),
+                        format!("  kept: {name} holds {commits} unmerged commit{plural}"),
+                    )
+                }
+                RefAction::KeepIntegration => (
+                    "keep",
+                    "not merged into any branch outside br/".to_string(),
+                    format!("  kept: {name} (not merged into any branch outside br/)"),
+                ),
+                RefAction::KeepCheckedOut { worktree } => (
+                    "keep",
+                    format!("checked out in {}", worktree.display()),
+                    format!("  kept: {name} (checked out in {})", worktree.display()),
+                ),
+                RefAction::KeepForeign => (
+                    "keep",
+                    "not a branch br made for this session".to_string(),
+                    format!("  left alone: {name} (not a branch br made for this session)"),
+                ),
+            };
+            writeln!(out, "{line}")?;
+            if action == "keep" {
+                kept_refs += 1;
+            }
+            refs.push(serde_json::json!({
+                "ref": fate.reference,
+                "commit": fate.commit,
+                "action": action,
+                "reason": reason,
+                "unmerged_commits": match &fate.action {
+                    RefAction::KeepUnmerged { commits } => Some(*commits),
+                    _ => None,
+                },
+                "merged_into": match &fate.action {
+                    RefAction::Delete { merged_into } => Some(merged_into.clone()),
+                    _ => None,
+                },
+            }));
+        }
         report.push(serde_json::json!({
             "session_id": s.id, "name": s.name, "status": s.status,
             "logs": logs.map(|d| d.display().to_string()),
+            "refs": refs,
         }));
     }
     let stale: Vec<_> = store
@@ -495,23 +654,34 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
         store.prune_workers(Timestamp(cutoff.millis() + 1))?
     };
     if ctx.json {
+        let paths = |p: &[std::path::PathBuf]| -> Vec<String> {
+            p.iter().map(|p| p.display().to_string()).collect()
+        };
+        let worktrees = worktrees.as_ref().map(|w| {
+            serde_json::json!({
+                "saved": w.saved.iter().map(|s| serde_json::json!({
+                    "slot": s.slot.display().to_string(),
+                    "ref": s.reference,
+                    "commit": s.commit,
+                })).collect::<Vec<_>>(),
+                "pruned": paths(&w.pruned),
+                "removed": paths(&w.removed),
+                "in_use": paths(&w.in_use),
+                "kept": paths(&w.kept),
+                "other": paths(&w.other),
+            })
+        });
         print_json(&serde_json::json!({
-            "dry_run": args.dry_run, "sessions": report, "workers_pruned": pruned,
+            "dry_run": args.dry_run, "worktrees": worktrees, "sessions": report,
+            "workers_pruned": pruned,
         }))?;
         return Ok(Exit::Success);
     }
-    let mut out = String::new();
-    for r in &report {
+    if kept_refs > 0 {
         writeln!(
             out,
-            "{verb} session {} ({}, {}){}",
-            r["name"].as_str().unwrap_or("?"),
-            r["session_id"].as_str().unwrap_or("?"),
-            r["status"].as_str().unwrap_or("?"),
-            r["logs"]
-                .as_str()
-                .map(|l| format!(" and its logs {l}"))
-                .unwrap_or_default()
+            "{kept_refs} ref(s) kept because deleting them would lose work; delete one yourself \
+             with `git update-ref -d REF` (or `git branch -D BRANCH`) when it is no longer needed"
         )?;
     }
     writeln!(

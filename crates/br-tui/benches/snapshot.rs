@@ -3,7 +3,7 @@
 //! `SnapshotBuilder` against a full rebuild from scratch. It prints timings; it asserts nothing
 //! about them (benchmarks measure, tests assert behaviour).
 //!
-//! Run: `cargo run --release -p br-tui --example snapshot_bench [TASKS] [WORKERS] [OPS]`
+//! Run: `cargo bench -p br-tui --bench snapshot -- [TASKS] [WORKERS] [OPS]`
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
