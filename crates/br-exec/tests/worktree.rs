@@ -746,7 +746,10 @@ fn concurrent_acquires_get_different_slots_and_a_freed_slot_is_reused() {
         if again.number() == freed {
             break;
         }
-        assert!(Instant::now() < deadline, "slot {freed} was never free again");
+        assert!(
+            Instant::now() < deadline,
+            "slot {freed} was never free again"
+        );
         drop(again);
         std::thread::sleep(Duration::from_millis(10));
     }
