@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::sync::OnceLock;
 
-use crate::git::{GitError, Repo, failure};
+use crate::git::{Git, GitError, Repo, failure};
 
 /// `merge-tree --write-tree` came in git 2.38, and its `--merge-base` option in 2.40.
 pub const MERGE_TREE_MIN_VERSION: (u32, u32) = (2, 38);
@@ -15,7 +15,7 @@ pub const MERGE_BASE_OPTION_MIN_VERSION: (u32, u32) = (2, 40);
 static GIT_VERSION: OnceLock<(u32, u32, u32)> = OnceLock::new();
 
 /// Checks once that git can predict conflicts (with an explicit merge base, if one is given).
-fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitError> {
+pub(crate) fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitError> {
     let version = match GIT_VERSION.get() {
         Some(v) => *v,
         None => {
@@ -45,16 +45,26 @@ fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitError> 
     Ok(())
 }
 
-/// The files that would conflict if `theirs` were merged into `ours`: sorted, empty when they
-/// merge cleanly. Revisions may be commit ids or ref names. With `base`, git merges as if that
-/// were their common ancestor; without, git finds it, which is right whenever the two have
-/// different bases (a task rerun on top of the integration branch, say).
-pub fn predict_conflicts(
+/// The result of merging two commits on objects alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeTree {
+    /// They merge cleanly into this tree.
+    Clean { tree: String },
+    /// These files conflict (sorted).
+    Conflicted { files: Vec<String> },
+}
+
+/// Merges `theirs` into `ours` with `git merge-tree --write-tree`: no working tree, index or ref
+/// is touched. With `base`, git merges as if that were their common ancestor; without, git finds
+/// it, which is right whenever the two have different bases (a task rerun on top of the
+/// integration branch, say). `git` carries the configuration to run with.
+pub fn merge_tree(
     repo: &Repo,
+    git: &Git,
     base: Option<&str>,
     ours: &str,
     theirs: &str,
-) -> Result<Vec<String>, GitError> {
+) -> Result<MergeTree, GitError> {
     require_merge_tree(repo, base.is_some())?;
     let merge_base = base.map(|b| format!("--merge-base={b}"));
     let mut args: Vec<OsString> = [
@@ -73,13 +83,38 @@ pub fn predict_conflicts(
             .iter()
             .map(OsString::from),
     );
-    let out = repo.git().output(&args)?;
+    let out = git.output(&args)?;
     // 0: clean; 1: conflicts; anything else: git could not do the merge at all.
     match out.status.code() {
-        Some(0) => Ok(Vec::new()),
-        Some(1) => Ok(parse_conflicted_files(&out.stdout)),
+        Some(0) => {
+            let tree = out
+                .stdout
+                .split(|b| *b == 0)
+                .next()
+                .map(|t| String::from_utf8_lossy(t).trim().to_string())
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| failure(&args, &out))?;
+            Ok(MergeTree::Clean { tree })
+        }
+        Some(1) => Ok(MergeTree::Conflicted {
+            files: parse_conflicted_files(&out.stdout),
+        }),
         _ => Err(failure(&args, &out)),
     }
+}
+
+/// The files that would conflict if `theirs` were merged into `ours`: sorted, empty when they
+/// merge cleanly (see [`merge_tree`] for `base`).
+pub fn predict_conflicts(
+    repo: &Repo,
+    base: Option<&str>,
+    ours: &str,
+    theirs: &str,
+) -> Result<Vec<String>, GitError> {
+    Ok(match merge_tree(repo, &repo.git(), base, ours, theirs)? {
+        MergeTree::Clean { .. } => Vec::new(),
+        MergeTree::Conflicted { files } => files,
+    })
 }
 
 /// `-z --name-only --no-messages` output: the tree id, then each conflicted path, each followed

@@ -21,13 +21,13 @@ use br_core::plan::{Isolation, OnConflict};
 use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState};
 use br_store::{NewEvent, Session, Store, StoreError, Task};
 
+use crate::conflicts::{MergeTree, merge_tree};
 use crate::git::{Git, GitError, Repo, failure};
 use crate::process::{SpawnError, TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
-use crate::worktree::{AttemptSpec, SharedStateLock, WorktreeError, WorktreeSlot, list_worktrees};
-
-/// `merge-tree --write-tree` came in git 2.38.
-const MERGE_TREE_WRITE_TREE: (u32, u32) = (2, 38);
+use crate::worktree::{
+    AttemptSpec, SharedStateLock, WorktreeError, WorktreeSlot, list_worktrees, one_line,
+};
 
 /// How often a running verify command is checked for a stop request.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -272,7 +272,7 @@ pub fn merge_session(
     options: &MergeOptions,
 ) -> Result<MergeReport, MergeError> {
     let base = branch_base(session)?.to_string();
-    require_merge_tree(repo)?;
+    crate::conflicts::require_merge_tree(repo, false)?;
     let git = repo.own_git(&repo.root)?;
     let reference = integration_ref(session);
     // One merge queue at a time per repository: two would race for the integration branch, and
@@ -386,7 +386,7 @@ impl Queue<'_> {
         entry.landing = if is_ancestor(self.git, &commit, &self.tip)? {
             Landing::AlreadyLanded
         } else {
-            match merge_tree(self.git, &self.tip, &commit)? {
+            match merge_tree(self.repo, self.git, None, &self.tip, &commit)? {
                 MergeTree::Conflicted { files } => {
                     if self.options.mode == MergeMode::Land {
                         record_conflict(self.store, self.session, task, &files)?;
@@ -522,13 +522,6 @@ fn merge_message(session: &Session, task: &Task) -> String {
     )
 }
 
-/// A session name is free text; a commit subject must be one line.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
 /// Indexes of `tasks` (`(id, after)` in plan order) in the order they land: every task after
 /// the tasks it names in `after`, and otherwise in plan order.
 fn dependency_order(tasks: &[(&str, &[String])]) -> Vec<usize> {
@@ -568,59 +561,6 @@ fn dependency_order(tasks: &[(&str, &[String])]) -> Vec<usize> {
         order.extend((0..tasks.len()).filter(|i| !placed.contains(i)));
     }
     order
-}
-
-/// Checks that git can build merges without a working tree.
-fn require_merge_tree(repo: &Repo) -> Result<(), GitError> {
-    let (major, minor, patch) = repo.git().version()?;
-    if (major, minor) < MERGE_TREE_WRITE_TREE {
-        return Err(GitError::TooOld {
-            feature: "the merge queue (`git merge-tree --write-tree`)",
-            need: format!("{}.{}", MERGE_TREE_WRITE_TREE.0, MERGE_TREE_WRITE_TREE.1),
-            found: format!("{major}.{minor}.{patch}"),
-        });
-    }
-    Ok(())
-}
-
-enum MergeTree {
-    Clean { tree: String },
-    Conflicted { files: Vec<String> },
-}
-
-/// Merges `theirs` into `ours` on objects alone (git finds the merge base).
-fn merge_tree(git: &Git, ours: &str, theirs: &str) -> Result<MergeTree, GitError> {
-    let args: Vec<OsString> = [
-        "merge-tree",
-        "--write-tree",
-        "--name-only",
-        "--no-messages",
-        "-z",
-        "--end-of-options",
-        ours,
-        theirs,
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    let out = git.output(&args)?;
-    // 0: clean; 1: conflicts; anything else: git could not do the merge at all.
-    match out.status.code() {
-        Some(0) => {
-            let tree = out
-                .stdout
-                .split(|b| *b == 0)
-                .next()
-                .map(|t| String::from_utf8_lossy(t).trim().to_string())
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| failure(&args, &out))?;
-            Ok(MergeTree::Clean { tree })
-        }
-        Some(1) => Ok(MergeTree::Conflicted {
-            files: parse_conflicted_files(&out.stdout),
-        }),
-        _ => Err(failure(&args, &out)),
-    }
 }
 
 fn commit_tree(
@@ -1174,20 +1114,6 @@ pub fn delete_merged_refs(repo: &Repo, fates: &[RefFate]) -> Result<(), MergeErr
     Ok(())
 }
 
-/// `-z --name-only --no-messages` output of `merge-tree`: the tree id, then each conflicted
-/// path, each followed by NUL, and an empty field if informational messages would follow.
-fn parse_conflicted_files(out: &[u8]) -> Vec<String> {
-    let mut files: Vec<String> = out
-        .split(|b| *b == 0)
-        .skip(1)
-        .take_while(|f| !f.is_empty())
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
-    files.sort();
-    files.dedup();
-    files
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1227,12 +1153,5 @@ mod tests {
             order(&[("a", &["gone", "a"]), ("b", &["c"]), ("c", &["b"])]),
             ["a", "b", "c"]
         );
-    }
-
-    #[test]
-    fn conflicted_files_are_read_from_nul_separated_output() {
-        let out = b"d1d16218decc0c71c8732588ccb69e8d0ccb880a\0f\0odd\nname\0f\0";
-        assert_eq!(parse_conflicted_files(out), ["f", "odd\nname"]);
-        assert!(parse_conflicted_files(b"e154a230\0").is_empty());
     }
 }

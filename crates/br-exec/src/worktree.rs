@@ -518,7 +518,7 @@ fn reflog_message(attempt: &AttemptSpec) -> String {
 }
 
 /// A session name is free text; a commit subject must be one line.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()

@@ -113,6 +113,29 @@ pub struct Task {
     pub conflicts: Vec<TaskConflict>,
 }
 
+impl Task {
+    /// What its finished work means for merging, in words: files it changed outside its
+    /// declared ones, and the tasks its branch is predicted to conflict with. Every view of a
+    /// task (status, dashboards) says it the same way.
+    pub fn merge_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.scope_violations.is_empty() {
+            notes.push(format!(
+                "outside its files: {}",
+                self.scope_violations.join(", ")
+            ));
+        }
+        for c in &self.conflicts {
+            notes.push(format!(
+                "conflicts with {} on {}",
+                c.with,
+                c.files.join(", ")
+            ));
+        }
+        notes
+    }
+}
+
 /// A predicted merge conflict, seen from one of its two sides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskConflict {

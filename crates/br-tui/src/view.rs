@@ -735,24 +735,8 @@ fn task_note(t: &TaskRow, names: &HashMap<&SessionId, &str>) -> String {
     }
 }
 
-/// What a finished task's work means for merging: files it changed outside its declared ones,
-/// and the tasks its branch is predicted to conflict with.
 fn finished_note(task: &br_store::Task) -> String {
-    let mut notes = Vec::new();
-    if !task.scope_violations.is_empty() {
-        notes.push(format!(
-            "outside its files: {}",
-            task.scope_violations.join(" ")
-        ));
-    }
-    for c in &task.conflicts {
-        notes.push(format!(
-            "conflicts with {} on {}",
-            c.with,
-            c.files.join(" ")
-        ));
-    }
-    notes.join("; ")
+    task.merge_notes().join("; ")
 }
 
 fn session_names(snap: &Snapshot) -> HashMap<&SessionId, &str> {

@@ -171,23 +171,7 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
             None => String::new(),
         },
         TaskState::Failed | TaskState::Cancelled => t.outcome.clone().unwrap_or_default(),
-        _ => {
-            let mut notes = Vec::new();
-            if !t.scope_violations.is_empty() {
-                notes.push(format!(
-                    "outside its files: {}",
-                    t.scope_violations.join(",")
-                ));
-            }
-            for c in &t.conflicts {
-                notes.push(format!(
-                    "conflicts with {} on {}",
-                    c.with,
-                    c.files.join(",")
-                ));
-            }
-            notes.join("; ")
-        }
+        _ => t.merge_notes().join("; "),
     }
 }
 
