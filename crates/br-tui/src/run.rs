@@ -11,7 +11,7 @@ use br_store::Store;
 use br_store::snapshot::{Snapshot, SnapshotBuilder};
 use crossterm::event::{self, Event, KeyEventKind};
 use crossterm::terminal::{
-    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+    Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use crossterm::{cursor, execute};
 use ratatui::Terminal;
@@ -55,7 +55,6 @@ pub fn run_dashboard(
     let _hook = PanicHook::install();
     let _screen = Screen::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    terminal.clear()?;
     let now = store.now().unwrap_or(br_core::Timestamp(0));
     let mut model = Model::new(Snapshot::empty(now), &options);
     let mut builder = SnapshotBuilder::new(options.session.clone());
@@ -154,7 +153,14 @@ impl Screen {
         // From here on a failure must still undo raw mode: the guard exists before the next
         // step can fail.
         let screen = Screen;
-        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        // Cleared here rather than with `Terminal::clear`, which first asks the terminal where
+        // its cursor is and waits for the answer.
+        execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            Clear(ClearType::All),
+            cursor::Hide
+        )?;
         Ok(screen)
     }
 }

@@ -1,10 +1,11 @@
 //! The dashboard end to end: frames and summaries read while a real `br run` works, the seed's
-//! multi-session display, and the interactive UI driven in a real pseudo-terminal (tmux).
+//! multi-session display, and the interactive UI driven in a real pseudo-terminal.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{TestRepo, poll};
@@ -187,83 +188,124 @@ fn without_a_terminal_br_run_prints_plain_lines_and_the_dashboard_refuses() {
     assert!(live.stderr.contains("needs a terminal"), "{}", live.stderr);
 }
 
-/// A tmux server of the test's own (own socket, no user configuration), killed when dropped.
-struct Tmux {
-    socket: String,
+/// A program running in a real pseudo-terminal, its screen kept by a terminal emulator (vt100),
+/// so the test sees what a user would and can type at it. Killed when dropped.
+struct Pty {
+    screen: Arc<Mutex<vt100::Parser>>,
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    _master: Box<dyn portable_pty::MasterPty + Send>,
 }
 
-impl Tmux {
-    fn start(repo: &TestRepo, command: &str) -> Tmux {
-        let socket = format!("br-test-{}-{}", std::process::id(), fastrand::u64(..));
-        let tmux = Tmux { socket };
-        let env = [
-            format!("HOME={}", repo.path().display()),
-            "GIT_CONFIG_NOSYSTEM=1".into(),
-            "GIT_CONFIG_GLOBAL=/dev/null".into(),
-            "TERM=xterm-256color".into(),
-            "LC_ALL=C.UTF-8".into(),
-        ];
-        let mut args: Vec<String> = vec![
-            "-f".into(),
-            "/dev/null".into(),
-            "new-session".into(),
-            "-d".into(),
-        ];
-        args.extend([
-            "-x".into(),
-            "140".into(),
-            "-y".into(),
-            "50".into(),
-            "-s".into(),
-            "t".into(),
-        ]);
-        for e in &env {
-            args.push("-e".into());
-            args.push(e.clone());
+impl Pty {
+    /// Runs `script` with `sh -c` in the repository, in a 140×50 terminal.
+    fn start(repo: &TestRepo, script: &str) -> Pty {
+        let (rows, cols) = (50, 140);
+        let pair = portable_pty::native_pty_system()
+            .openpty(portable_pty::PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("open a pty");
+        let mut cmd = portable_pty::CommandBuilder::new("sh");
+        cmd.args(["-c", script]);
+        cmd.cwd(repo.path());
+        cmd.env_clear();
+        for (k, v) in [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", repo.path().display().to_string()),
+            ("GIT_CONFIG_NOSYSTEM", "1".into()),
+            ("GIT_CONFIG_GLOBAL", "/dev/null".into()),
+            ("TERM", "xterm-256color".into()),
+            ("LC_ALL", "C.UTF-8".into()),
+        ] {
+            cmd.env(k, v);
         }
-        args.push("-c".into());
-        args.push(repo.path().display().to_string());
-        args.push(command.into());
-        let ok = tmux
-            .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
-            .status
-            .success();
-        assert!(ok, "tmux new-session failed");
-        tmux
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run tmux")
+        let child = pair.slave.spawn_command(cmd).expect("spawn in the pty");
+        drop(pair.slave);
+        let (non_zero_rows, non_zero_cols) = (
+            std::num::NonZeroU16::new(rows).expect("rows"),
+            std::num::NonZeroU16::new(cols).expect("cols"),
+        );
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(
+            non_zero_rows,
+            non_zero_cols,
+            0,
+        )));
+        let mut reader = pair.master.try_clone_reader().expect("pty reader");
+        let writer: Arc<Mutex<Box<dyn Write + Send>>> =
+            Arc::new(Mutex::new(pair.master.take_writer().expect("pty writer")));
+        let (feed, answer) = (Arc::clone(&screen), Arc::clone(&writer));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            // Ends at EOF or EIO, when the program and everything it started have exited.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut parser = feed.lock().expect("screen");
+                parser.process(&buf[..n]);
+                // Answer "where is the cursor?" (DSR 6) as a real terminal does.
+                if buf[..n].windows(4).any(|w| w == b"\x1b[6n") {
+                    let (row, col) = parser.screen().cursor_position();
+                    let reply = format!("\x1b[{};{}R", row + 1, col + 1);
+                    let _ = answer.lock().expect("writer").write_all(reply.as_bytes());
+                }
+            }
+        });
+        Pty {
+            screen,
+            writer,
+            child,
+            _master: pair.master,
+        }
     }
 
     fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "t"]).stdout).into_owned()
+        self.screen.lock().expect("screen").screen().contents()
     }
 
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "t"];
-        args.extend(keys);
-        assert!(self.cmd(&args).status.success());
+    /// Whether the program left the terminal as it found it: main screen, cursor shown.
+    fn screen_restored(&self) -> bool {
+        let parser = self.screen.lock().expect("screen");
+        !parser.screen().alternate_screen() && !parser.screen().hide_cursor()
+    }
+
+    fn keys(&mut self, bytes: &[u8]) {
+        let mut writer = self.writer.lock().expect("writer");
+        writer.write_all(bytes).expect("type");
+        writer.flush().expect("flush");
     }
 
     fn wait_for(&self, what: &str, needle: &str) -> String {
-        poll(what, LONG, || {
+        let deadline = Instant::now() + LONG;
+        loop {
             let screen = self.screen();
-            screen.contains(needle).then_some(screen)
-        })
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the screen shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 }
 
-impl Drop for Tmux {
+impl Drop for Pty {
     fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
+
+const TAB: &[u8] = b"\t";
+const ENTER: &[u8] = b"\r";
+const ESCAPE: &[u8] = b"\x1b";
+const CTRL_C: &[u8] = b"\x03";
 
 fn session_status(repo: &TestRepo, name: &str) -> String {
     repo.status(name)["status"]
@@ -299,36 +341,36 @@ run = 'while [ ! -f release ]; do sleep 0.05; done'
         (s["running_tasks"] == 2).then_some(())
     });
     let br = Path::new(common::BR).display().to_string();
-    let tmux = Tmux::start(
+    let mut pty = Pty::start(
         &repo,
         &format!(
             "{br} dashboard --refresh 100ms; echo DASHBOARD-EXIT=$?; \
              stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e -icanon -e echo -e -echo | tr '\\n' ' '; \
-             echo TTY-CHECKED; sleep 60"
+             echo TTY-CHECKED"
         ),
     );
-    let screen = tmux.wait_for("the dashboard", "interactive");
+    let screen = pty.wait_for("the dashboard", "interactive");
     assert!(
         screen.contains("talker") && screen.contains("running"),
         "{screen}"
     );
     // Select the tasks panel, then the running task, and open its live log.
-    tmux.keys(&["Tab"]);
-    tmux.keys(&["Enter"]);
-    tmux.wait_for("the task's log", "hello from the task");
-    tmux.keys(&["Escape"]);
-    tmux.wait_for("back to the panels", "Sessions");
-    tmux.keys(&["p"]);
+    pty.keys(TAB);
+    pty.keys(ENTER);
+    pty.wait_for("the task's log", "hello from the task");
+    pty.keys(ESCAPE);
+    pty.wait_for("back to the panels", "Sessions");
+    pty.keys(b"p");
     poll("the session paused", LONG, || {
         (session_status(&repo, "interactive") == "paused").then_some(())
     });
-    tmux.wait_for("paused shown", "paused");
-    tmux.keys(&["r"]);
+    pty.wait_for("paused shown", "paused");
+    pty.keys(b"r");
     poll("the session running again", LONG, || {
         (session_status(&repo, "interactive") == "running").then_some(())
     });
-    tmux.keys(&["q"]);
-    let after = tmux.wait_for("the dashboard to exit", "TTY-CHECKED");
+    pty.keys(b"q");
+    let after = pty.wait_for("the dashboard to exit", "TTY-CHECKED");
     assert!(after.contains("DASHBOARD-EXIT=0"), "{after}");
     assert!(
         after.contains("icanon") && !after.contains("-icanon"),
@@ -338,6 +380,7 @@ run = 'while [ ! -f release ]; do sleep 0.05; done'
         after.contains("echo") && !after.contains("-echo"),
         "echo restored: {after}"
     );
+    assert!(pty.screen_restored(), "main screen and cursor are back");
     repo.write("release", "");
     assert_eq!(run.wait(LONG).code, 0);
 }
@@ -355,16 +398,17 @@ run = 'while [ ! -f release ]; do sleep 0.05; done'
 "#,
     );
     let br = Path::new(common::BR).display().to_string();
-    let tmux = Tmux::start(&repo, &format!("{br} run; echo RUN-EXIT=$?; sleep 60"));
-    let screen = tmux.wait_for("the dashboard of the run", "waiter");
+    let mut pty = Pty::start(&repo, &format!("{br} run; echo RUN-EXIT=$?"));
+    let screen = pty.wait_for("the dashboard of the run", "waiter");
     assert!(screen.contains("onscreen"), "{screen}");
     poll("the task running", LONG, || {
         (status_when_there(&repo, "onscreen")?["running_tasks"] == 1).then_some(())
     });
-    tmux.keys(&["C-c"]);
-    let after = tmux.wait_for("br run to exit", "RUN-EXIT=");
+    pty.keys(CTRL_C);
+    let after = pty.wait_for("br run to exit", "RUN-EXIT=");
     assert!(after.contains("RUN-EXIT=130"), "{after}");
     assert!(after.contains("is paused"), "{after}");
+    assert!(pty.screen_restored(), "main screen and cursor are back");
     assert_eq!(session_status(&repo, "onscreen"), "paused");
     assert!(repo.workers().iter().all(|w| w["status"] == "stopped"));
 }
