@@ -321,3 +321,34 @@ fn a_session_name_that_is_no_ref_component_is_slugged() {
     repo.git(&["check-ref-format", &format!("refs/heads/{branch}")]);
     assert_eq!(repo.git(&["show", &format!("{branch}:t.txt")]), "t");
 }
+
+#[test]
+fn uncommitted_changes_do_not_reach_the_tasks_and_br_says_so() {
+    let repo = TestRepo::new();
+    repo.write("README.md", "edited but not committed\n");
+    repo.write(
+        "br.toml",
+        "name = \"dirty\"\n[[task]]\nid = \"look\"\nrun = \"cp README.md seen.txt\"\nfiles = [\"seen.txt\"]\n",
+    );
+    let run = repo.br(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("uncommitted changes; tasks start from HEAD"),
+        "{}",
+        run.stderr
+    );
+    let branch = task(&repo.status("dirty"), "look")["branch"]
+        .as_str()
+        .expect("branch")
+        .to_string();
+    assert_eq!(
+        repo.git(&["show", &format!("{branch}:seen.txt")]),
+        "test repository"
+    );
+    assert_eq!(
+        repo.read("README.md"),
+        "edited but not committed\n",
+        "the checkout keeps its edit"
+    );
+}

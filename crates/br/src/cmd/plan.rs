@@ -85,6 +85,9 @@ pub fn submit_plan(
             )));
         }
     };
+    if plan.isolation == Isolation::Worktree && plan.base == "HEAD" {
+        warn_about_uncommitted_changes(repo, base_commit.as_deref());
+    }
     Ok(store.create_session(&NewSession {
         plan,
         repo_root: repo.root.clone(),
@@ -92,6 +95,21 @@ pub fn submit_plan(
         base_commit,
         workers_wanted: workers,
     })?)
+}
+
+/// Worktrees start from a commit: changes not yet committed in the user's checkout do not reach
+/// the tasks. That surprises people, so say it (on stderr; it is not an error).
+fn warn_about_uncommitted_changes(repo: &br_exec::Repo, base: Option<&str>) {
+    let dirty = repo
+        .git()
+        .run(["status", "--porcelain", "--untracked-files=no"])
+        .is_ok_and(|out| !out.is_empty());
+    if dirty && let Some(base) = base {
+        eprintln!(
+            "note: your checkout has uncommitted changes; tasks start from HEAD ({}) without them",
+            &base[..base.len().min(12)]
+        );
+    }
 }
 
 pub fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
