@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -699,17 +699,9 @@ struct QueueLock {
 
 impl QueueLock {
     fn acquire(repo: &Repo) -> Result<QueueLock, MergeError> {
-        let dir = repo.br_dir();
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-        let path = dir.join("merge.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_error("open", &path))?;
-        file.lock().map_err(io_error("lock", &path))?;
-        Ok(QueueLock { _file: file })
+        Ok(QueueLock {
+            _file: crate::worktree::lock_br_file(repo, "merge.lock")?,
+        })
     }
 }
 

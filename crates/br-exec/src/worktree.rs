@@ -578,18 +578,26 @@ pub struct SharedStateLock {
 impl SharedStateLock {
     /// Waits for the lock; it is released when the value is dropped.
     pub fn acquire(repo: &Repo) -> Result<SharedStateLock, WorktreeError> {
-        let dir = repo.br_dir();
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-        let path = dir.join("git.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_error("open", &path))?;
-        file.lock().map_err(io_error("lock", &path))?;
-        Ok(SharedStateLock { _file: file })
+        Ok(SharedStateLock {
+            _file: lock_br_file(repo, "git.lock")?,
+        })
     }
+}
+
+/// Waits for an exclusive OS lock on `<common>/br/<name>` and returns the open file that holds
+/// it: closing it — or the process dying, however it dies — releases the lock.
+pub(crate) fn lock_br_file(repo: &Repo, name: &str) -> Result<File, WorktreeError> {
+    let dir = repo.br_dir();
+    fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
+    file.lock().map_err(io_error("lock", &path))?;
+    Ok(file)
 }
 
 fn slot_path(dir: &Path, number: u32) -> PathBuf {
