@@ -589,12 +589,7 @@ fn leftovers_of_a_dead_attempt_are_kept_before_the_slot_is_reused() {
         slot.number()
     };
 
-    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
-    assert_eq!(
-        slot.number(),
-        number,
-        "the dead worker's slot is free again"
-    );
+    let mut slot = acquire_number(&t.repo, number);
     let dir = slot.checkout(&t.attempt("api", 2)).unwrap();
     assert_pristine(&t, &dir, &t.base);
 
@@ -737,20 +732,25 @@ fn concurrent_acquires_get_different_slots_and_a_freed_slot_is_reused() {
     }
 
     let freed = slots.remove(3).number();
-    // A child that another test thread is forking holds a copy of every descriptor until it
-    // execs (close-on-exec acts only then), so the lock can outlive the drop by a moment; in
-    // that moment acquire rightly takes another slot. Poll until the freed one is taken.
+    acquire_number(&t.repo, freed);
+}
+
+/// Acquires slots until `number` is the one taken (the others are dropped again), failing after
+/// ten seconds. A child that another test thread is forking holds a copy of every descriptor
+/// until it execs (close-on-exec acts only then), so a freed slot's lock can outlive its drop by
+/// a moment, and in that moment `acquire` rightly takes another slot.
+fn acquire_number(repo: &Repo, number: u32) -> WorktreeSlot {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let again = WorktreeSlot::acquire(&t.repo).unwrap();
-        if again.number() == freed {
-            break;
+        let slot = WorktreeSlot::acquire(repo).unwrap();
+        if slot.number() == number {
+            return slot;
         }
         assert!(
             Instant::now() < deadline,
-            "slot {freed} was never free again"
+            "slot {number} was never free again"
         );
-        drop(again);
+        drop(slot);
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -994,8 +994,8 @@ fn reconcile_prunes_strays_removes_extra_free_slots_and_keeps_work() {
     // The held slot keeps working, and a removed slot's number is handed out again.
     let mut held = held;
     held.checkout(&t.attempt("t1", 2)).unwrap();
-    let a = WorktreeSlot::acquire(&t.repo).unwrap();
-    let mut b = WorktreeSlot::acquire(&t.repo).unwrap();
+    let a = acquire_number(&t.repo, 0);
+    let mut b = acquire_number(&t.repo, 2);
     assert_eq!((a.number(), b.number()), (0, 2));
     let dir_b = b.checkout(&t.attempt("t9", 1)).unwrap();
     assert_pristine(&t, &dir_b, &t.base);
