@@ -755,24 +755,6 @@ fn acquire_number(repo: &Repo, number: u32) -> WorktreeSlot {
     }
 }
 
-/// Not a test on its own: `a_killed_holders_slot_is_freed` runs this in a child process, which
-/// takes a slot and waits to be killed.
-#[test]
-#[ignore = "run by a_killed_holders_slot_is_freed in a child process"]
-fn slot_holder_process() {
-    let Some(root) = std::env::var_os("BR_TEST_HOLD_SLOT_IN") else {
-        return;
-    };
-    hermetic();
-    let repo = Repo::discover(Path::new(&root)).unwrap();
-    let slot = WorktreeSlot::acquire(&repo).unwrap();
-    println!("SLOT {}", slot.number());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Kills and reaps the child if the test fails before it does.
 struct KillOnDrop(std::process::Child);
 
@@ -786,36 +768,36 @@ impl Drop for KillOnDrop {
 #[test]
 fn a_killed_holders_slot_is_freed() {
     let t = TestRepo::new();
+    // Another process holds slot 0 the way a worker does: an flock(2) lock on its lock file,
+    // held by an open descriptor (the shell's fd 9, kept across `exec sleep`).
+    let dir = t.repo.worktrees_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = dir.join("slot-0.lock");
     let mut child = KillOnDrop(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["slot_holder_process", "--exact", "--ignored", "--nocapture"])
-            .env("BR_TEST_HOLD_SLOT_IN", &t.root)
+        Command::new("sh")
+            .args([
+                "-c",
+                "exec 9>\"$1\" && flock --exclusive 9 && echo LOCKED && exec sleep 60",
+                "holder",
+            ])
+            .arg(&lock)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let mut held = None;
-    for line in BufReader::new(child.0.stdout.take().unwrap()).lines() {
-        if let Some(n) = line.unwrap().strip_prefix("SLOT ") {
-            held = Some(n.parse::<u32>().unwrap());
-            break;
-        }
-    }
-    let held = held.expect("the holder reported its slot");
+    let mut first = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "LOCKED", "the holder took the lock");
     let mine = WorktreeSlot::acquire(&t.repo).unwrap();
-    assert_ne!(mine.number(), held, "a live holder's slot is not shared");
+    assert_ne!(mine.number(), 0, "a live holder's slot is not shared");
     drop(mine);
 
-    child.0.kill().unwrap(); // SIGKILL: no destructor runs in the holder.
+    child.0.kill().unwrap(); // SIGKILL: the holder runs no cleanup.
     child.0.wait().unwrap();
-    let numbers: Vec<u32> = (0..2)
-        .map(|_| WorktreeSlot::acquire(&t.repo).unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(WorktreeSlot::number)
-        .collect();
-    assert!(numbers.contains(&held), "{numbers:?} after the holder died");
+    acquire_number(&t.repo, 0);
 }
 
 #[test]

@@ -431,14 +431,9 @@ pub(super) fn finish(
         )?;
         // The worker is alive and done with the old attempt.
         tx.prepare_cached(
-            "UPDATE workers SET status = CASE WHEN status IN ('busy', 'offline') THEN 'idle'
-                 ELSE status END
-             WHERE id = ?1 AND task_session_id = ?2 AND task_id = ?3 AND attempt = ?4",
-        )?
-        .execute(params![worker, session_id, task_id, lease.attempt.0])?;
-        tx.prepare_cached(
-            "UPDATE workers SET task_session_id = NULL, task_id = NULL, attempt = NULL,
-                 task_started_at = NULL
+            "UPDATE workers SET
+                 status = CASE WHEN status IN ('busy', 'offline') THEN 'idle' ELSE status END,
+                 task_session_id = NULL, task_id = NULL, attempt = NULL, task_started_at = NULL
              WHERE id = ?1 AND task_session_id = ?2 AND task_id = ?3 AND attempt = ?4",
         )?
         .execute(params![worker, session_id, task_id, lease.attempt.0])?;
