@@ -280,10 +280,16 @@ impl Pty {
     }
 
     fn wait_for(&self, what: &str, needle: &str) -> String {
+        self.wait_until(what, |screen| screen.contains(needle))
+    }
+
+    /// Waits for a screen that satisfies `done`. A frame arrives in pieces, so a test
+    /// waits for everything it will look at, never for one part and then reads the rest.
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + LONG;
         loop {
             let screen = self.screen();
-            if screen.contains(needle) {
+            if done(&screen) {
                 return screen;
             }
             assert!(
@@ -349,11 +355,10 @@ run = 'while [ ! -f release ]; do sleep 0.05; done'
              echo TTY-CHECKED"
         ),
     );
-    let screen = pty.wait_for("the dashboard", "interactive");
-    assert!(
-        screen.contains("talker") && screen.contains("running"),
-        "{screen}"
-    );
+    // The first frame is drawn in pieces: wait for the task rows, not just the header.
+    pty.wait_until("the dashboard showing the running task", |screen| {
+        screen.contains("interactive") && screen.contains("talker") && screen.contains("running")
+    });
     // Select the tasks panel, then the running task, and open its live log.
     pty.keys(TAB);
     pty.keys(ENTER);
@@ -398,14 +403,15 @@ run = 'while [ ! -f release ]; do sleep 0.05; done'
 "#,
     );
     let br = Path::new(common::BR).display().to_string();
-    let mut pty = Pty::start(&repo, &format!("{br} run; echo RUN-EXIT=$?"));
-    let screen = pty.wait_for("the dashboard of the run", "waiter");
-    assert!(screen.contains("onscreen"), "{screen}");
+    let mut pty = Pty::start(&repo, &format!("{br} run; echo RUN-EXIT=$? RUN-END"));
+    pty.wait_until("the dashboard of the run", |screen| {
+        screen.contains("waiter") && screen.contains("onscreen")
+    });
     poll("the task running", LONG, || {
         (status_when_there(&repo, "onscreen")?["running_tasks"] == 1).then_some(())
     });
     pty.keys(CTRL_C);
-    let after = pty.wait_for("br run to exit", "RUN-EXIT=");
+    let after = pty.wait_for("br run to exit", "RUN-END");
     assert!(after.contains("RUN-EXIT=130"), "{after}");
     assert!(after.contains("is paused"), "{after}");
     assert!(pty.screen_restored(), "main screen and cursor are back");
