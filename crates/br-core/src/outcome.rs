@@ -15,6 +15,9 @@ pub enum Outcome {
     Signalled { signal: i32 },
     /// The task's `timeout` passed; br killed its process group.
     TimedOut,
+    /// The task wrote more output than the worker allows (`--max-log`); br killed its process
+    /// group rather than let one task fill the disk.
+    OutputLimit { limit_bytes: u64 },
     /// br could not start the command (e.g. the log file or working directory is unusable).
     SpawnFailed { reason: String },
     /// The worker was told to stop (Ctrl-C on `br run`, SIGTERM): not the task's fault.
@@ -38,6 +41,7 @@ impl Outcome {
             Outcome::Failed { .. } => "failed",
             Outcome::Signalled { .. } => "signalled",
             Outcome::TimedOut => "timed_out",
+            Outcome::OutputLimit { .. } => "output_limit",
             Outcome::SpawnFailed { .. } => "spawn_failed",
             Outcome::Interrupted => "interrupted",
             Outcome::Cancelled => "cancelled",
@@ -63,6 +67,12 @@ impl Outcome {
             Outcome::Failed { exit_code } => format!("exit {exit_code}"),
             Outcome::Signalled { signal } => format!("killed by signal {signal}"),
             Outcome::TimedOut => "timed out".into(),
+            Outcome::OutputLimit { limit_bytes } => {
+                format!(
+                    "killed: its output passed the log limit ({})",
+                    human_bytes(*limit_bytes)
+                )
+            }
             Outcome::SpawnFailed { reason } => format!("could not start: {reason}"),
             Outcome::Interrupted => "interrupted".into(),
             Outcome::Cancelled => "cancelled".into(),
@@ -73,6 +83,27 @@ impl Outcome {
             Outcome::Unrecorded { reason } => format!("its changes could not be kept: {reason}"),
         }
     }
+}
+
+/// A byte count for humans: "512 B", "64 KiB", "1 GiB" (rounded down to the unit).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024 && value.is_multiple_of(1024) && unit < UNITS.len() - 1 {
+        value /= 1024;
+        unit += 1;
+    }
+    if unit == 0 && n >= 10 * 1024 {
+        // Not a round number: say it approximately in the largest fitting unit.
+        let mut approx = n as f64;
+        while approx >= 1024.0 && unit < UNITS.len() - 1 {
+            approx /= 1024.0;
+            unit += 1;
+        }
+        return format!("{approx:.1} {}", UNITS[unit]);
+    }
+    format!("{value} {}", UNITS[unit])
 }
 
 /// How many times a task may lose its lease (its worker died or went silent) before it is
@@ -127,6 +158,7 @@ pub fn next_after(outcome: &Outcome, budget: Budget, session_cancelled: bool) ->
         Outcome::Failed { .. }
         | Outcome::Signalled { .. }
         | Outcome::TimedOut
+        | Outcome::OutputLimit { .. }
         | Outcome::SpawnFailed { .. }
         | Outcome::ScopeViolation { .. }
         | Outcome::Unrecorded { .. } => {
@@ -201,6 +233,15 @@ mod tests {
                 "{outcome:?} {b:?} {cancelled}"
             );
         }
+    }
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(64 * 1024), "64 KiB");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+        assert_eq!(human_bytes(1536), "1536 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024 + 1), "3.0 MiB");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct WorkerConfig {
     pub kill_grace: Duration,
     /// Leave as soon as nothing is claimable.
     pub exit_when_idle: bool,
+    /// A task whose log grows past this many bytes is killed (`output_limit`): one runaway
+    /// task must not fill the disk that every other task and the store share.
+    pub max_log: Option<u64>,
     /// The command that starts the reaper (normally `br __reaper`); none runs without it.
     pub reaper: Option<Vec<OsString>>,
     pub host: String,
@@ -450,6 +453,20 @@ impl Worker<'_> {
                 process.terminate(grace);
                 return Execution::Done(Outcome::TimedOut);
             }
+            if let Some(limit) = self.config.max_log
+                && std::fs::metadata(&task.log_path).is_ok_and(|m| m.len() > limit)
+            {
+                // No grace: a task flooding its log would only write more while it shuts down.
+                process.terminate(Duration::ZERO);
+                // It wrote on between two checks; keep exactly the limit, and say why it ends.
+                if let Err(e) = cut_log(&task.log_path, limit) {
+                    (self.notify)(Note::StoreTrouble(format!(
+                        "cannot cut the log {}: {e}",
+                        task.log_path.display()
+                    )));
+                }
+                return Execution::Done(Outcome::OutputLimit { limit_bytes: limit });
+            }
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + interval;
                 match self.store.heartbeat(&self.id, Some(&task.lease)) {
@@ -471,6 +488,18 @@ impl Worker<'_> {
             }
         }
     }
+}
+
+/// Truncates a log to `limit` bytes and appends a line saying it was cut.
+fn cut_log(path: &std::path::Path, limit: u64) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut log = std::fs::OpenOptions::new().append(true).open(path)?;
+    log.set_len(limit)?;
+    writeln!(
+        log,
+        "\n[br: output passed the log limit ({}); the task was killed]",
+        br_core::outcome::human_bytes(limit)
+    )
 }
 
 enum Execution {

@@ -179,9 +179,42 @@ pub struct WorkerArgs {
     /// Between SIGTERM and SIGKILL when a task must stop
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     pub kill_grace: Duration,
+    /// Kill a task whose log grows past this size (e.g. 200MiB, 2GB; `none` for no limit)
+    #[arg(long, env = "BR_MAX_LOG", value_parser = parse_size, default_value = "1GiB", value_name = "SIZE")]
+    pub max_log: MaxLog,
     /// Stop when standard input closes (used by `br run` for the workers it starts)
     #[arg(long, hide = true)]
     pub watch_stdin: bool,
+}
+
+/// `--max-log`: a byte count, or no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxLog(pub Option<u64>);
+
+fn parse_size(text: &str) -> Result<MaxLog, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(MaxLog(None));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("`{text}` is not a size; write e.g. 500MiB, 2GB, 1048576 or none");
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(scale).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err("must be more than zero (or `none`)".into());
+    }
+    Ok(MaxLog(Some(bytes)))
 }
 
 #[derive(Debug, Args)]
@@ -425,6 +458,25 @@ mod tests {
             ["br", "--json", "list"]
         );
         assert_eq!(strip(&["br", "run", "parallel"]), ["br", "run", "parallel"]);
+    }
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_size("1GiB"), Ok(MaxLog(Some(1 << 30))));
+        assert_eq!(parse_size("2GB"), Ok(MaxLog(Some(2_000_000_000))));
+        assert_eq!(parse_size("512 kib"), Ok(MaxLog(Some(512 * 1024))));
+        assert_eq!(parse_size("4096"), Ok(MaxLog(Some(4096))));
+        assert_eq!(parse_size("none"), Ok(MaxLog(None)));
+        for bad in [
+            "",
+            "0",
+            "GiB",
+            "1.5GiB",
+            "12 parsecs",
+            "99999999999999999999",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -461,3 +461,51 @@ fn a_flaky_task_succeeds_on_retry_and_a_slow_one_times_out() {
         "the timed-out process group was killed"
     );
 }
+
+#[test]
+fn a_task_flooding_its_log_is_killed_at_the_limit_and_the_others_are_unaffected() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "name = \"flood\"\nisolation = \"shared\"\n\
+         [[task]]\nid = \"flood\"\nrun = \"echo $$ > flood.pid; exec yes\"\n\
+         [[task]]\nid = \"quiet\"\nrun = \"echo done\"\n",
+    );
+    let out = repo
+        .br_command(&["run", "--workers", "2"])
+        .env("BR_MAX_LOG", "1MiB")
+        .output()
+        .expect("run br");
+    let run = common::Run::from(out);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let status = repo.status("flood");
+    let by_id = |id: &str| {
+        tasks(&status)
+            .iter()
+            .find(|t| t["id"] == id)
+            .expect("task")
+            .clone()
+    };
+    let flood = by_id("flood");
+    assert_eq!(
+        (flood["state"].as_str(), flood["outcome"].as_str()),
+        (Some("failed"), Some("output_limit"))
+    );
+    assert_eq!(by_id("quiet")["state"], "succeeded");
+    let pid: i32 = repo.read("flood.pid").trim().parse().expect("pid");
+    assert!(!common::alive(pid), "the flooding process was killed");
+    // The log keeps exactly the limit of what was written, then says why it ends.
+    let log = repo.br(&["logs", "flood", "flood"]).stdout;
+    let marker = "\n[br: output passed the log limit (1 MiB); the task was killed]\n";
+    let kept = log
+        .strip_suffix(marker)
+        .expect("the log ends with the reason");
+    assert_eq!(kept.len(), 1 << 20);
+    assert!(kept.bytes().all(|b| b == b'y' || b == b'\n'));
+    assert!(
+        repo.br(&["status", "flood"])
+            .stdout
+            .contains("output_limit"),
+        "the reason is shown"
+    );
+}

@@ -59,6 +59,7 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
             .unwrap_or(Duration::from_secs(30)),
         kill_grace: args.kill_grace,
         exit_when_idle: args.exit_when_idle,
+        max_log: args.max_log.0,
         reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
         host,
     };
