@@ -2,7 +2,7 @@
 //! its outcome under its lease, and leave cleanly. Any worker also requeues expired leases on each
 //! heartbeat, so there is no coordinator to lose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, ScopeMode};
-use br_core::{EventKind, Outcome, SessionId, TaskState, WorkerId};
+use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState, WorkerId};
 use br_store::{
     AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store, StoreError,
 };
@@ -112,6 +112,7 @@ pub fn run_worker(
         reaper: reaper.as_mut(),
         notify,
         slot: None,
+        changes: HashMap::new(),
     };
     let result = worker.serve();
     // Leave a clean record even if serving failed; a failure here is secondary.
@@ -132,6 +133,10 @@ struct Worker<'a> {
     /// The worktree slot this worker runs worktree-isolated tasks in, taken on first use and
     /// held until the worker leaves.
     slot: Option<WorktreeSlot>,
+    /// What each finished task's attempt changed, as read from the store: conflict prediction
+    /// needs every other finished task's changes after each success, and reading them afresh
+    /// each time would cost a store read per task per success.
+    changes: HashMap<(SessionId, TaskId), (u32, Vec<String>)>,
 }
 
 /// The longest an idle worker sleeps between looks at the store; it also wakes on any change.
@@ -370,27 +375,39 @@ impl Worker<'_> {
         }
     }
 
-    /// The session's other succeeded tasks, with what their latest attempt changed.
-    fn finished_branches(&self, task: &ClaimedTask) -> Result<Vec<FinishedBranch>, StoreError> {
+    /// The session's other succeeded tasks, with what their latest attempt changed. Only the
+    /// attempts of tasks not seen at their current attempt before are read.
+    fn finished_branches(&mut self, task: &ClaimedTask) -> Result<Vec<FinishedBranch>, StoreError> {
         let session = &task.lease.session_id;
+        // A worker serving many sessions remembers only the current one's.
+        self.changes.retain(|(s, _), _| s == session);
         let mut out = Vec::new();
         for t in self.store.tasks(session)? {
             if t.state != TaskState::Succeeded || t.id == task.lease.task_id {
                 continue;
             }
-            let attempts = self.store.attempts(session, &t.id)?;
-            let changed: Vec<String> = attempts
-                .last()
-                .and_then(|a| a.detail.get("changed"))
-                .and_then(|c| serde_json::from_value(c.clone()).ok())
-                .unwrap_or_default();
+            let key = (session.clone(), t.id.clone());
+            let known = self
+                .changes
+                .get(&key)
+                .is_some_and(|(attempt, _)| *attempt == t.attempts);
+            if !known {
+                let attempts = self.store.attempts(session, &t.id)?;
+                let changed: Vec<String> = attempts
+                    .last()
+                    .and_then(|a| a.detail.get("changed"))
+                    .and_then(|c| serde_json::from_value(c.clone()).ok())
+                    .unwrap_or_default();
+                self.changes.insert(key.clone(), (t.attempts, changed));
+            }
+            let changed = &self.changes[&key].1;
             if changed.is_empty() {
                 continue;
             }
             out.push(FinishedBranch {
                 branch: format!("refs/heads/br/{}/{}", task.session_slug, t.id),
                 task: t.id.to_string(),
-                changed,
+                changed: changed.clone(),
             });
         }
         Ok(out)
