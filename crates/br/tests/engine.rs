@@ -15,6 +15,13 @@ fn tasks(status: &Value) -> &Vec<Value> {
     status["tasks"].as_array().expect("tasks array")
 }
 
+fn task_by_id<'a>(status: &'a Value, id: &str) -> &'a Value {
+    tasks(status)
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("no task {id} in {status:#}"))
+}
+
 fn assert_all_succeeded(status: &Value, n: usize) {
     assert_eq!(status["status"], "completed", "{status:#}");
     assert_eq!(tasks(status).len(), n);
@@ -416,10 +423,7 @@ fn a_failed_task_skips_its_dependents_and_fails_the_session() {
         ),
         (Some(2), Some(2))
     );
-    let bad = tasks(&status)
-        .iter()
-        .find(|t| t["id"] == "bad")
-        .expect("bad");
+    let bad = task_by_id(&status, "bad");
     let log = std::fs::read_to_string(bad["log_path"].as_str().expect("log path")).expect("log");
     assert_eq!(log, "broken\n");
     let logs = repo.br(&["logs", "fails", "bad"]);
@@ -438,13 +442,7 @@ fn a_flaky_task_succeeds_on_retry_and_a_slow_one_times_out() {
     let run = repo.br(&["run", "--workers", "2", "--kill-grace", "200ms"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let status = repo.status("retry");
-    let by_id = |id: &str| {
-        tasks(&status)
-            .iter()
-            .find(|t| t["id"] == id)
-            .expect("task")
-            .clone()
-    };
+    let by_id = |id: &str| task_by_id(&status, id);
     let flaky = by_id("flaky");
     assert_eq!(
         (flaky["state"].as_str(), flaky["attempts"].as_u64()),
@@ -479,13 +477,7 @@ fn a_task_flooding_its_log_is_killed_at_the_limit_and_the_others_are_unaffected(
     let run = common::Run::from(out);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let status = repo.status("flood");
-    let by_id = |id: &str| {
-        tasks(&status)
-            .iter()
-            .find(|t| t["id"] == id)
-            .expect("task")
-            .clone()
-    };
+    let by_id = |id: &str| task_by_id(&status, id);
     let flood = by_id("flood");
     assert_eq!(
         (flood["state"].as_str(), flood["outcome"].as_str()),
