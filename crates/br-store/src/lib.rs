@@ -13,6 +13,7 @@ pub mod audit;
 pub mod conformance;
 pub mod error;
 pub mod model;
+pub mod postgres;
 pub mod snapshot;
 pub mod sqlite;
 
@@ -171,10 +172,12 @@ impl StoreLocation {
                 path,
                 options.busy_timeout.unwrap_or(sqlite::DEFAULT_BUSY_TIMEOUT),
             )?)),
-            StoreLocation::Postgres(url) => Err(StoreError::UnsupportedUrl {
-                url: redact_password(url),
-                reason: "this build of br has no PostgreSQL backend yet".into(),
-            }),
+            StoreLocation::Postgres(url) => Ok(Box::new(postgres::PostgresStore::open_with(
+                url,
+                options
+                    .busy_timeout
+                    .unwrap_or(postgres::DEFAULT_BUSY_TIMEOUT),
+            )?)),
         }
     }
 }
@@ -186,18 +189,40 @@ pub struct OpenOptions {
     pub busy_timeout: Option<Duration>,
 }
 
-/// Hides a password in a URL before it is shown.
+/// Hides a password in a URL before it is shown: the `user:password@` form and a
+/// `password=` query parameter (libpq accepts both).
 pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (without_query, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
+    let mut out = match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            // The password may itself hold `@`: the host starts after the last one before
+            // the path.
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => without_query.to_string(),
+                },
+                None => without_query.to_string(),
+            }
+        }
+        None => without_query.to_string(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -227,6 +252,14 @@ mod tests {
         assert_eq!(
             redact_password("postgres://u:secret@h/db"),
             "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redact_password("postgres://u@h/db?sslmode=disable&password=secret&x=1"),
+            "postgres://u@h/db?sslmode=disable&password=***&x=1"
+        );
+        assert_eq!(
+            redact_password("postgres://u:a@b@h/db?options=-c%20x"),
+            "postgres://u:***@h/db?options=-c%20x"
         );
     }
 }

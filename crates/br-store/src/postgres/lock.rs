@@ -1,0 +1,212 @@
+//! Lock writes: manual session locks (`br lock`), releasing a task's or a session's locks, and
+//! finding which held locks a wanted set overlaps. The overlap rule itself is br-core's.
+
+use br_core::state::TransitionError;
+use br_core::{EventKind, LockPath};
+use serde_json::json;
+
+use super::read::{LOCK_COLUMNS, lock_from_row};
+use super::{Ev, OpResult, Tx, session};
+use crate::error::StoreError;
+use crate::model::{Lock, LockConflict, LockOutcome};
+
+/// A held lock with its path parsed once for overlap checks.
+pub(super) struct Held {
+    pub path: LockPath,
+    pub lock: Lock,
+}
+
+pub(super) fn held_locks(tx: &Tx<'_>) -> OpResult<Vec<Held>> {
+    let sql = format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY id");
+    let locks = tx
+        .query(&sql, &[])?
+        .iter()
+        .map(lock_from_row)
+        .collect::<OpResult<Vec<_>>>()?;
+    locks
+        .into_iter()
+        .map(|lock| {
+            let path = LockPath::parse(&lock.path).map_err(|e| {
+                StoreError::Damaged(format!(
+                    "held lock `{}` is not a valid path: {e}",
+                    lock.path
+                ))
+            })?;
+            Ok(Held { path, lock })
+        })
+        .collect()
+}
+
+/// Every (wanted, held) overlap, ignoring locks the session itself holds: a session's own
+/// manual locks reserve paths for its tasks, they do not block them.
+pub(super) fn conflicts(session: &str, wanted: &[LockPath], held: &[Held]) -> Vec<LockConflict> {
+    let mut out = Vec::new();
+    for h in held
+        .iter()
+        .filter(|h| !(h.lock.session_id.as_str() == session && h.lock.task_id.is_none()))
+    {
+        for w in wanted {
+            if w.overlaps(&h.path) {
+                out.push(LockConflict {
+                    wanted: w.as_str().to_string(),
+                    held: h.lock.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn conflict_detail(conflicts: &[LockConflict]) -> serde_json::Value {
+    let mut paths: Vec<&str> = conflicts.iter().map(|c| c.wanted.as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let held_by: Vec<serde_json::Value> = conflicts
+        .iter()
+        .map(|c| {
+            json!({
+                "path": c.held.path,
+                "session_id": c.held.session_id,
+                "task_id": c.held.task_id,
+            })
+        })
+        .collect();
+    json!({ "paths": paths, "held_by": held_by })
+}
+
+pub(super) fn lock_paths(
+    tx: &Tx<'_>,
+    session_id: &str,
+    paths: &[LockPath],
+) -> OpResult<LockOutcome> {
+    let status = session::status(tx, session_id)?;
+    if status.is_terminal() {
+        return Err(StoreError::Transition(TransitionError {
+            session: session_id.to_string(),
+            action: "lock paths for",
+            status,
+        })
+        .into());
+    }
+    let held = held_locks(tx)?;
+    let found = conflicts(session_id, paths, &held);
+    if !found.is_empty() {
+        tx.event(
+            Ev::new(EventKind::LockConflict)
+                .session(session_id)
+                .detail(conflict_detail(&found)),
+        )?;
+        return Ok(LockOutcome::Conflict(found));
+    }
+    let mut taken = Vec::new();
+    for p in paths {
+        let already = held.iter().any(|h| {
+            h.lock.session_id.as_str() == session_id
+                && h.lock.task_id.is_none()
+                && h.lock.path == p.as_str()
+        });
+        if !already && !taken.contains(&p.as_str()) {
+            tx.execute(
+                "INSERT INTO locks (path, session_id, task_id, attempt, acquired_at)
+                 VALUES ($1, $2, NULL, NULL, $3)",
+                &[&p.as_str(), &session_id, &tx.now],
+            )?;
+            taken.push(p.as_str());
+        }
+    }
+    if !taken.is_empty() {
+        tx.event(
+            Ev::new(EventKind::LockAcquired)
+                .session(session_id)
+                .detail(json!({ "paths": taken })),
+        )?;
+    }
+    Ok(LockOutcome::Acquired)
+}
+
+pub(super) fn unlock_paths(
+    tx: &Tx<'_>,
+    session_id: &str,
+    paths: Option<&[LockPath]>,
+) -> OpResult<Vec<String>> {
+    session::status(tx, session_id)?;
+    let released = match paths {
+        None => return release_session_locks(tx, session_id),
+        Some(paths) => {
+            let mut released = Vec::new();
+            for p in paths {
+                let deleted = tx.execute(
+                    "DELETE FROM locks WHERE session_id = $1 AND task_id IS NULL AND path = $2",
+                    &[&session_id, &p.as_str()],
+                )?;
+                if deleted > 0 {
+                    released.push(p.as_str().to_string());
+                }
+            }
+            released
+        }
+    };
+    if !released.is_empty() {
+        tx.event(
+            Ev::new(EventKind::LockReleased)
+                .session(session_id)
+                .detail(json!({ "paths": released })),
+        )?;
+    }
+    Ok(released)
+}
+
+/// The paths a `DELETE … RETURNING path` removed, in the order they were taken (SQLite returns
+/// them in rowid order; PostgreSQL in no particular order).
+fn released_paths(tx: &Tx<'_>, sql: &str, params: super::Params<'_>) -> OpResult<Vec<String>> {
+    let mut rows: Vec<(i64, String)> = tx
+        .query(sql, params)?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<OpResult<_>>()?;
+    rows.sort_unstable();
+    Ok(rows.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Releases a session's manual locks (all of them), recording one `lock_released`.
+pub(super) fn release_session_locks(tx: &Tx<'_>, session_id: &str) -> OpResult<Vec<String>> {
+    let paths = released_paths(
+        tx,
+        "DELETE FROM locks WHERE session_id = $1 AND task_id IS NULL RETURNING id, path",
+        &[&session_id],
+    )?;
+    if !paths.is_empty() {
+        tx.event(
+            Ev::new(EventKind::LockReleased)
+                .session(session_id)
+                .detail(json!({ "paths": paths })),
+        )?;
+    }
+    Ok(paths)
+}
+
+/// Releases the locks an attempt holds, recording one `lock_released`.
+pub(super) fn release_task_locks(
+    tx: &Tx<'_>,
+    session_id: &str,
+    task_id: &str,
+    worker_id: Option<&str>,
+    attempt: u32,
+) -> OpResult<()> {
+    let paths = released_paths(
+        tx,
+        "DELETE FROM locks WHERE session_id = $1 AND task_id = $2 RETURNING id, path",
+        &[&session_id, &task_id],
+    )?;
+    if !paths.is_empty() {
+        tx.event(
+            Ev::new(EventKind::LockReleased)
+                .session(session_id)
+                .task(task_id)
+                .worker(worker_id)
+                .attempt(attempt)
+                .detail(json!({ "paths": paths })),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,922 @@
+//! The shared backend: all state in one PostgreSQL schema (the first existing schema of the
+//! connection's `search_path`), so workers on several machines share one session. Every write
+//! transaction first takes one transaction-scoped advisory lock, so writers queue one at a time
+//! like SQLite's `BEGIN IMMEDIATE`: the logic is the SQLite backend's, statement for statement,
+//! and event `seq` follows commit order. Time is the database server's clock.
+
+mod lease;
+mod lock;
+mod read;
+mod schema;
+mod session;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use ::postgres::config::SslMode;
+use ::postgres::error::SqlState;
+use ::postgres::fallible_iterator::FallibleIterator;
+use ::postgres::types::ToSql;
+use ::postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
+use br_core::outcome::Outcome;
+use br_core::state::SessionAction;
+use br_core::{EventKind, LockPath, SessionId, TaskId, Timestamp, WorkerId};
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::model::*;
+
+pub use schema::CURRENT_VERSION;
+
+/// How long a write waits for another process's transaction before giving up.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connecting may take when the URL does not say (`connect_timeout`): an unreachable
+/// host otherwise hangs for the operating system's TCP timeout, minutes.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first half of the advisory lock key that serialises writers; the second half names the
+/// schema, so stores in different schemas of one database do not wait for each other.
+const WRITE_LOCK_SPACE: i32 = 0x6272_0001; // "br", 1
+
+/// The channel on which every write transaction that changed something notifies, with the
+/// schema's name as payload.
+const CHANGE_CHANNEL: &str = "br_change";
+
+/// The store's clock in milliseconds since the epoch. `clock_timestamp()`, not `now()`: a write
+/// reads it after waiting for the write lock, so time follows commit order as in SQLite.
+const CLOCK_MS: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    /// The URL with its password hidden: how messages name this store.
+    url: String,
+    config: Config,
+    /// The schema the tables live in (`current_schema()` when opened).
+    schema: String,
+    write_lock_key: i32,
+    busy_timeout: Duration,
+    /// `None` after the connection was lost; the next operation connects again.
+    conn: Mutex<Option<Connection>>,
+    /// A second connection that LISTENs, opened by the first `wait_for_change`.
+    listener: Mutex<Option<Client>>,
+    /// The server process of `conn`, whose own notifications the listener ignores.
+    writer_pid: AtomicI32,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.url)
+            .field("schema", &self.schema)
+            .field("busy_timeout", &self.busy_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection with the statements prepared on it, so each query is one round trip.
+struct Connection {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// An error inside an operation: PostgreSQL's own, or one of the store's.
+#[derive(Debug)]
+pub(crate) enum OpError {
+    Sql(::postgres::Error),
+    Store(StoreError),
+}
+
+impl From<::postgres::Error> for OpError {
+    fn from(e: ::postgres::Error) -> Self {
+        OpError::Sql(e)
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::Store(e)
+    }
+}
+
+impl From<br_core::state::TransitionError> for OpError {
+    fn from(e: br_core::state::TransitionError) -> Self {
+        OpError::Store(StoreError::Transition(e))
+    }
+}
+
+impl From<serde_json::Error> for OpError {
+    fn from(e: serde_json::Error) -> Self {
+        OpError::Store(StoreError::Damaged(format!("bad JSON in a column: {e}")))
+    }
+}
+
+pub(crate) type OpResult<T> = std::result::Result<T, OpError>;
+
+/// Query parameters, as the `postgres` crate takes them.
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// One transaction on the connection: what the SQLite code calls a `Connection`. Methods take
+/// `&self`, as rusqlite's do, so the ported functions keep their shape.
+pub(crate) struct Db<'c> {
+    tx: RefCell<Transaction<'c>>,
+    statements: RefCell<&'c mut HashMap<String, Statement>>,
+}
+
+impl<'c> Db<'c> {
+    fn new(tx: Transaction<'c>, statements: &'c mut HashMap<String, Statement>) -> Self {
+        Db {
+            tx: RefCell::new(tx),
+            statements: RefCell::new(statements),
+        }
+    }
+
+    /// The prepared statement for `sql`, preparing it the first time. Prepared statements
+    /// belong to the connection, not the transaction, so a rollback does not lose them.
+    fn statement(&self, sql: &str) -> std::result::Result<Statement, ::postgres::Error> {
+        if let Some(stmt) = self.statements.borrow().get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.tx.borrow_mut().prepare(sql)?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    pub fn query(&self, sql: &str, params: Params<'_>) -> OpResult<Vec<Row>> {
+        let stmt = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query(&stmt, params)?)
+    }
+
+    pub fn query_one(&self, sql: &str, params: Params<'_>) -> OpResult<Row> {
+        let stmt = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_one(&stmt, params)?)
+    }
+
+    pub fn query_opt(&self, sql: &str, params: Params<'_>) -> OpResult<Option<Row>> {
+        let stmt = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&stmt, params)?)
+    }
+
+    pub fn execute(&self, sql: &str, params: Params<'_>) -> OpResult<u64> {
+        let stmt = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&stmt, params)?)
+    }
+
+    fn commit(self) -> std::result::Result<(), ::postgres::Error> {
+        self.tx.into_inner().commit()
+    }
+}
+
+/// A write transaction with the store's clock read once, so every row and event it writes
+/// carries the same time.
+pub(crate) struct Tx<'c> {
+    pub db: Db<'c>,
+    pub now: i64,
+}
+
+impl<'c> std::ops::Deref for Tx<'c> {
+    type Target = Db<'c>;
+    fn deref(&self) -> &Db<'c> {
+        &self.db
+    }
+}
+
+/// An event about to be appended.
+pub(crate) struct Ev<'a> {
+    kind: EventKind,
+    session: Option<&'a str>,
+    task: Option<&'a str>,
+    worker: Option<&'a str>,
+    attempt: Option<u32>,
+    detail: serde_json::Value,
+}
+
+impl<'a> Ev<'a> {
+    pub fn new(kind: EventKind) -> Self {
+        Ev {
+            kind,
+            session: None,
+            task: None,
+            worker: None,
+            attempt: None,
+            detail: serde_json::Value::Object(Default::default()),
+        }
+    }
+    pub fn session(mut self, s: &'a str) -> Self {
+        self.session = Some(s);
+        self
+    }
+    pub fn task(mut self, t: &'a str) -> Self {
+        self.task = Some(t);
+        self
+    }
+    pub fn worker(mut self, w: Option<&'a str>) -> Self {
+        self.worker = w;
+        self
+    }
+    pub fn attempt(mut self, a: u32) -> Self {
+        self.attempt = (a > 0).then_some(a);
+        self
+    }
+    pub fn detail(mut self, d: serde_json::Value) -> Self {
+        self.detail = d;
+        self
+    }
+}
+
+impl Tx<'_> {
+    pub fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
+        let row = self.query_one(
+            "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING seq",
+            &[
+                &self.now,
+                &ev.kind.as_str(),
+                &ev.session,
+                &ev.task,
+                &ev.worker,
+                &ev.attempt.map(i64::from),
+                &ev.detail.to_string(),
+            ],
+        )?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+/// What went wrong in one try of a write.
+enum Failure {
+    /// Starting the transaction failed: nothing of the operation was sent.
+    Begin(::postgres::Error),
+    Op(OpError),
+}
+
+/// Whether `e` means the connection is gone (the server restarted, a proxy cut it, the network
+/// failed), as opposed to the database refusing a statement.
+fn connection_lost(e: &::postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|code| {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+        })
+        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// Whether a failed BEGIN may be sent again on a new connection: anything but the database
+/// refusing it, since a BEGIN that did not run changed nothing.
+fn may_begin_again(e: &::postgres::Error) -> bool {
+    e.as_db_error().is_none() || connection_lost(e)
+}
+
+/// A duration in whole milliseconds, as the store keeps them.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The store's clock, read inside `db`'s transaction.
+fn clock_now(db: &Db<'_>) -> OpResult<i64> {
+    Ok(db.query_one(CLOCK_MS, &[])?.try_get(0)?)
+}
+
+/// FNV-1a: a hash that stays the same across br versions and machines, which the advisory lock
+/// key of a schema must.
+fn schema_lock_key(schema: &str) -> i32 {
+    let hash = schema.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+impl PostgresStore {
+    /// Opens the store at `url`, creating its tables in the connection's current schema if
+    /// needed, and migrates it to the current schema. A store from a newer br is refused before
+    /// anything is written.
+    pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    pub fn open_with(url: &str, busy_timeout: Duration) -> Result<Self> {
+        let shown = crate::redact_password(url);
+        let unsupported = |reason: String| StoreError::UnsupportedUrl {
+            url: shown.clone(),
+            reason,
+        };
+        let no_tls = || {
+            unsupported(
+                "this sslmode needs TLS, which this build of br does not support: use \
+                 sslmode=disable or sslmode=prefer (or reach the server through a TLS tunnel)"
+                    .into(),
+            )
+        };
+        // The `postgres` crate does not know the verifying modes; they too need TLS.
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        if query
+            .split('&')
+            .any(|kv| kv == "sslmode=verify-ca" || kv == "sslmode=verify-full")
+        {
+            return Err(no_tls());
+        }
+        let mut config: Config = url.parse().map_err(|e: ::postgres::Error| {
+            let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
+            unsupported(format!("not a PostgreSQL connection URL ({e}{why})"))
+        })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(no_tls());
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("br");
+        }
+        let mut store = PostgresStore {
+            url: shown,
+            config,
+            schema: String::new(),
+            write_lock_key: 0,
+            busy_timeout,
+            conn: Mutex::new(None),
+            listener: Mutex::new(None),
+            writer_pid: AtomicI32::new(0),
+        };
+        let mut conn = store.connect()?;
+        let schema: Option<String> = conn
+            .client
+            .query_one("SELECT current_schema()", &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| store.open_error(e))?;
+        store.schema = schema.ok_or_else(|| StoreError::Open {
+            path: store.path(),
+            source: "no schema of the connection's search_path exists, so br has nowhere to \
+                     keep its tables: create one or set search_path (URL option \
+                     `options=-csearch_path%3DNAME`)"
+                .into(),
+        })?;
+        store.write_lock_key = schema_lock_key(&store.schema);
+        store.prepare(&mut conn.client)?;
+        *store.lock_conn() = Some(conn);
+        Ok(store)
+    }
+
+    /// The store as messages name it (its URL, password hidden), where a path is expected.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.url)
+    }
+
+    /// The schema that holds the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn open_error(&self, e: ::postgres::Error) -> StoreError {
+        StoreError::Open {
+            path: self.path(),
+            source: Box::new(e),
+        }
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let mut client = self.config.connect(NoTls).map_err(|e| self.open_error(e))?;
+        // A write waits this long for the write lock (lock_timeout covers advisory locks), then
+        // fails with LOCK_NOT_AVAILABLE, which becomes `Busy`: SQLite's busy_timeout.
+        let setup = format!("SET lock_timeout = {}", millis(self.busy_timeout).max(1));
+        client
+            .batch_execute(&setup)
+            .map_err(|e| self.open_error(e))?;
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.open_error(e))?;
+        self.writer_pid.store(pid, Ordering::Relaxed);
+        Ok(Connection {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn prepare(&self, client: &mut Client) -> Result<()> {
+        let ctx = "open the store";
+        // Read the version before writing anything: a newer store must stay untouched. One
+        // statement lists the schema's tables, so another br creating this store at the same
+        // moment (in one transaction) cannot look like someone else's tables.
+        let tables: Vec<String> = client
+            .query(
+                // pg_class, not information_schema: that hides tables we have no rights on.
+                "SELECT c.relname::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+                &[],
+            )
+            .map_err(|e| self.sql_error(ctx, e))?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.sql_error(ctx, e))?;
+        let version = if tables.iter().any(|t| t == schema::VERSION_TABLE) {
+            self.schema_version(client)?
+        } else {
+            0
+        };
+        self.refuse_newer(version)?;
+        if version == 0 {
+            // An empty schema is ours to initialise; tables of someone else's are not.
+            let theirs: Vec<&str> = tables
+                .iter()
+                .map(String::as_str)
+                .filter(|t| schema::TABLES.contains(t))
+                .collect();
+            if !theirs.is_empty() {
+                return Err(StoreError::NotAStore {
+                    path: self.path(),
+                    source: format!(
+                        "schema `{}` has tables br did not create ({}): give br its own schema \
+                         (URL option `options=-csearch_path%3DNAME`) or database",
+                        self.schema,
+                        theirs.join(", ")
+                    )
+                    .into(),
+                });
+            }
+        }
+        if version < CURRENT_VERSION {
+            self.migrate(client)
+                .map_err(|e| self.op_error("migrate the store", e))?;
+        }
+        Ok(())
+    }
+
+    fn schema_version(&self, client: &mut Client) -> Result<i64> {
+        let sql = format!(
+            "SELECT COALESCE(MAX(version), 0) FROM {}",
+            schema::VERSION_TABLE
+        );
+        client
+            .query_one(&sql, &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.sql_error("read the store's version", e))
+    }
+
+    fn refuse_newer(&self, version: i64) -> Result<()> {
+        if version > CURRENT_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path(),
+                found: version,
+                supported: CURRENT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    fn migrate(&self, client: &mut Client) -> OpResult<()> {
+        let mut tx = client.transaction()?;
+        // The write lock makes a second br opening a fresh store wait here, then find it done.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&WRITE_LOCK_SPACE, &self.write_lock_key],
+        )?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (version BIGINT NOT NULL)",
+            schema::VERSION_TABLE
+        ))?;
+        let version: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT COALESCE(MAX(version), 0) FROM {}",
+                    schema::VERSION_TABLE
+                ),
+                &[],
+            )?
+            .try_get(0)?;
+        self.refuse_newer(version)?;
+        let pending: Vec<&schema::Migration> = schema::MIGRATIONS
+            .iter()
+            .filter(|m| m.to > version)
+            .collect();
+        if let Some(first) = pending.first()
+            && first.from != version
+        {
+            return Err(StoreError::Damaged(format!(
+                "schema version {version} is not one this br can migrate from"
+            ))
+            .into());
+        }
+        for m in pending {
+            tx.batch_execute(m.sql)?;
+        }
+        tx.execute(&format!("DELETE FROM {}", schema::VERSION_TABLE), &[])?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (version) VALUES ($1)",
+                schema::VERSION_TABLE
+            ),
+            &[&CURRENT_VERSION],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        // A panic while holding the connection leaves no half-done transaction behind (the
+        // transaction rolls back on drop), so a poisoned lock is safe to reuse.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The connection, connecting again if the last one was lost.
+    fn connected<'g>(&self, slot: &'g mut Option<Connection>) -> Result<&'g mut Connection> {
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = None;
+            *slot = Some(self.connect()?);
+        }
+        Ok(slot.as_mut().expect("connected above"))
+    }
+
+    fn sql_error(&self, context: &'static str, e: ::postgres::Error) -> StoreError {
+        let code = e.code();
+        if code == Some(&SqlState::LOCK_NOT_AVAILABLE)
+            || code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+            || code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        {
+            return StoreError::Busy {
+                path: self.path(),
+                waited: self.busy_timeout,
+            };
+        }
+        StoreError::Backend {
+            context,
+            source: Box::new(e),
+        }
+    }
+
+    fn op_error(&self, context: &'static str, e: OpError) -> StoreError {
+        match e {
+            OpError::Sql(e) => self.sql_error(context, e),
+            OpError::Store(e) => e,
+        }
+    }
+
+    /// Runs `f` in a write transaction, one writer at a time, and commits it.
+    pub(crate) fn write<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
+    ) -> Result<T> {
+        let mut f = Some(f);
+        let mut slot = self.lock_conn();
+        let mut reconnected = false;
+        loop {
+            let conn = self.connected(&mut slot)?;
+            let failure = match self.write_once(conn, &mut f) {
+                Ok(out) => return Ok(out),
+                Err(failure) => failure,
+            };
+            match failure {
+                // Nothing was sent, so nothing can happen twice: try once on a new connection.
+                Failure::Begin(e) if !reconnected && may_begin_again(&e) => {
+                    *slot = None;
+                    reconnected = true;
+                }
+                Failure::Begin(e) => return Err(self.failed(&mut slot, context, e.into())),
+                Failure::Op(e) => return Err(self.failed(&mut slot, context, e)),
+            }
+        }
+    }
+
+    fn write_once<T>(
+        &self,
+        conn: &mut Connection,
+        f: &mut Option<impl FnOnce(&Tx<'_>) -> OpResult<T>>,
+    ) -> std::result::Result<T, Failure> {
+        let Connection { client, statements } = conn;
+        // READ COMMITTED, not a snapshot level: each statement after the lock must see what
+        // the writer before us committed, as in SQLite.
+        let tx = client.transaction().map_err(Failure::Begin)?;
+        let run = || -> OpResult<T> {
+            let db = Db::new(tx, statements);
+            db.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&WRITE_LOCK_SPACE, &self.write_lock_key],
+            )?;
+            let now = clock_now(&db)?;
+            let tx = Tx { db, now };
+            let f = f.take().expect("a write runs its operation once");
+            let out = f(&tx)?;
+            // Wake listeners only for a transaction that wrote something (has a transaction
+            // id): a claim that finds nothing must not wake every idle worker, who would each
+            // wake the others in turn. NOTIFY is delivered at commit, and not on rollback.
+            tx.execute(
+                "SELECT pg_notify($1, $2) WHERE pg_current_xact_id_if_assigned() IS NOT NULL",
+                &[&CHANGE_CHANNEL, &self.schema],
+            )?;
+            tx.db.commit()?;
+            Ok(out)
+        };
+        run().map_err(Failure::Op)
+    }
+
+    /// Runs `f` in a read-only transaction: one consistent snapshot, never blocked by writers.
+    /// Reading twice is harmless, so a read that loses its connection runs once more on a new
+    /// one.
+    pub(crate) fn read<T>(
+        &self,
+        context: &'static str,
+        f: impl Fn(&Db<'_>) -> OpResult<T>,
+    ) -> Result<T> {
+        let mut slot = self.lock_conn();
+        let mut reconnected = false;
+        loop {
+            let conn = self.connected(&mut slot)?;
+            let e = match Self::read_once(conn, &f) {
+                Ok(out) => return Ok(out),
+                Err(e) => e,
+            };
+            match e {
+                OpError::Sql(e) if !reconnected && connection_lost(&e) => {
+                    *slot = None;
+                    reconnected = true;
+                }
+                e => return Err(self.failed(&mut slot, context, e)),
+            }
+        }
+    }
+
+    fn read_once<T>(conn: &mut Connection, f: impl Fn(&Db<'_>) -> OpResult<T>) -> OpResult<T> {
+        let Connection { client, statements } = conn;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let db = Db::new(tx, statements);
+        let out = f(&db)?;
+        db.commit()?;
+        Ok(out)
+    }
+
+    /// The error for a failed operation. A lost connection is let go, so the next operation
+    /// connects again.
+    fn failed(
+        &self,
+        slot: &mut Option<Connection>,
+        context: &'static str,
+        e: OpError,
+    ) -> StoreError {
+        if let OpError::Sql(e) = &e
+            && (connection_lost(e) || slot.as_ref().is_some_and(|c| c.client.is_closed()))
+        {
+            *slot = None;
+        }
+        self.op_error(context, e)
+    }
+
+    fn listen(&self) -> Result<Client> {
+        let mut client = self.config.connect(NoTls).map_err(|e| self.open_error(e))?;
+        client
+            .batch_execute(&format!("LISTEN {CHANGE_CHANNEL}"))
+            .map_err(|e| self.sql_error("watch the store", e))?;
+        Ok(client)
+    }
+
+    /// Whether a notification says another connection changed this store.
+    fn changed_elsewhere(&self, n: &::postgres::Notification) -> bool {
+        n.payload() == self.schema && n.process_id() != self.writer_pid.load(Ordering::Relaxed)
+    }
+}
+
+impl Store for PostgresStore {
+    fn now(&self) -> Result<Timestamp> {
+        self.read("read the store's clock", |db| Ok(Timestamp(clock_now(db)?)))
+    }
+
+    fn create_session(&self, new: &NewSession) -> Result<Session> {
+        let id = self.write("create the session", |tx| session::create(tx, new))?;
+        self.session(&id)
+    }
+
+    fn session(&self, id: &SessionId) -> Result<Session> {
+        self.read("read a session", |c| read::session(c, id.as_str()))
+    }
+
+    fn resolve_session(&self, reference: &str) -> Result<Session> {
+        self.read("find a session", |c| read::resolve_session(c, reference))
+    }
+
+    fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>> {
+        self.read("list sessions", |c| read::sessions(c, filter))
+    }
+
+    fn change_session(&self, id: &SessionId, action: SessionAction) -> Result<Session> {
+        self.write("change a session", |tx| {
+            session::change(tx, id.as_str(), action)
+        })?;
+        self.session(id)
+    }
+
+    fn set_workers_wanted(&self, id: &SessionId, workers: u32) -> Result<()> {
+        self.write("scale a session", |tx| {
+            session::set_workers_wanted(tx, id.as_str(), workers)
+        })
+    }
+
+    fn tasks(&self, session: &SessionId) -> Result<Vec<Task>> {
+        self.read("read tasks", |c| read::tasks(c, session.as_str()))
+    }
+
+    fn task(&self, session: &SessionId, task: &TaskId) -> Result<Task> {
+        self.read("read a task", |c| {
+            read::task(c, session.as_str(), task.as_str())
+        })
+    }
+
+    fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>> {
+        self.read("read attempts", |c| {
+            read::attempts(c, session.as_str(), task.as_str())
+        })
+    }
+
+    fn delete_session(&self, id: &SessionId) -> Result<()> {
+        self.write("delete a session", |tx| session::delete(tx, id.as_str()))
+    }
+
+    fn register_worker(&self, new: &NewWorker) -> Result<WorkerId> {
+        self.write("register a worker", |tx| lease::register_worker(tx, new))
+    }
+
+    fn heartbeat(&self, worker: &WorkerId, lease: Option<&Lease>) -> Result<Heartbeat> {
+        self.write("record a heartbeat", |tx| {
+            lease::heartbeat(tx, worker.as_str(), lease)
+        })
+    }
+
+    fn claim_next_task(&self, request: &ClaimRequest<'_>) -> Result<Claim> {
+        // Look before taking the write lock: idle workers poll often, and a claim that finds
+        // nothing must not queue every other writer behind it.
+        let worth_trying = self.read("look for ready tasks", |c| {
+            lease::anything_claimable(c, request.worker.as_str(), request.session)
+        })?;
+        if !worth_trying {
+            return Ok(Claim::Nothing);
+        }
+        self.write("claim a task", |tx| lease::claim(tx, request))
+    }
+
+    fn finish_attempt_with(
+        &self,
+        lease: &Lease,
+        outcome: &Outcome,
+        report: &AttemptReport,
+    ) -> Result<Finish> {
+        self.write("record an attempt's outcome", |tx| {
+            lease::finish(tx, lease, outcome, report)
+        })
+    }
+
+    fn requeue_task(
+        &self,
+        session: &SessionId,
+        task: &TaskId,
+        base_commit: &str,
+        reason: &str,
+    ) -> Result<Task> {
+        self.write("requeue a task", |tx| {
+            session::requeue_task(tx, session.as_str(), task.as_str(), base_commit, reason)
+        })?;
+        self.task(session, task)
+    }
+
+    fn requeue_expired_leases(&self) -> Result<Expired> {
+        let any = self.read("look for expired leases", |c| {
+            lease::anything_expired(c, clock_now(c)?)
+        })?;
+        if !any {
+            return Ok(Expired::default());
+        }
+        self.write("requeue expired leases", lease::requeue_expired)
+    }
+
+    fn request_worker_stops(&self, session: &SessionId, count: u32) -> Result<Vec<WorkerId>> {
+        self.write("ask workers to stop", |tx| {
+            lease::request_stops(tx, session.as_str(), count)
+        })
+    }
+
+    fn stop_worker(&self, worker: &WorkerId) -> Result<()> {
+        self.write("stop a worker", |tx| {
+            lease::stop_worker(tx, worker.as_str())
+        })
+    }
+
+    fn workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
+        self.read("list workers", |c| read::workers(c, filter))
+    }
+
+    fn worker(&self, id: &WorkerId) -> Result<Worker> {
+        self.read("read a worker", |c| read::worker(c, id.as_str()))
+    }
+
+    fn prune_workers(&self, before: Timestamp) -> Result<u32> {
+        self.write("prune workers", |tx| {
+            lease::prune_workers(tx, before.millis())
+        })
+    }
+
+    fn lock_paths(&self, session: &SessionId, paths: &[LockPath]) -> Result<LockOutcome> {
+        self.write("lock paths", |tx| {
+            lock::lock_paths(tx, session.as_str(), paths)
+        })
+    }
+
+    fn unlock_paths(&self, session: &SessionId, paths: Option<&[LockPath]>) -> Result<Vec<String>> {
+        self.write("unlock paths", |tx| {
+            lock::unlock_paths(tx, session.as_str(), paths)
+        })
+    }
+
+    fn locks(&self) -> Result<Vec<Lock>> {
+        self.read("list locks", read::locks)
+    }
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        self.read("read events", |c| read::events(c, filter))
+    }
+
+    fn append_event(&self, event: &NewEvent) -> Result<Event> {
+        let seq = self.write("record an event", |tx| {
+            let mut ev = Ev::new(event.kind).detail(event.detail.clone());
+            ev.session = event.session_id.as_ref().map(SessionId::as_str);
+            ev.task = event.task_id.as_ref().map(TaskId::as_str);
+            ev.worker = event.worker_id.as_ref().map(WorkerId::as_str);
+            ev.attempt = event.attempt.map(|a| a.0);
+            tx.event(ev)
+        })?;
+        let mut found = self.events(&EventFilter {
+            after_seq: Some(seq - 1),
+            limit: Some(1),
+            ..Default::default()
+        })?;
+        found
+            .pop()
+            .ok_or_else(|| StoreError::Damaged(format!("event {seq} vanished after commit")))
+    }
+
+    fn last_seq(&self) -> Result<i64> {
+        self.read("read the last event", |c| {
+            Ok(
+                c.query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+                    .try_get(0)?,
+            )
+        })
+    }
+
+    fn wait_for_change(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if listener.as_ref().is_none_or(Client::is_closed) {
+            // First call (or the connection was lost): watch from here. Changes made before
+            // are not reported, as with SQLite's first call.
+            *listener = None;
+            *listener = Some(self.listen()?);
+        }
+        let client = listener.as_mut().expect("listening above");
+        let mut notifications = client.notifications();
+        let woken = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = notifications.timeout_iter(left).next();
+            match next {
+                Ok(Some(n)) if self.changed_elsewhere(&n) => {
+                    // One wake-up for everything already here: they are all seen now.
+                    let mut pending = notifications.iter();
+                    while let Ok(Some(_)) = pending.next() {}
+                    break Ok(());
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(notifications);
+        if woken.is_err() {
+            // The listening connection broke, so changes may have gone unseen: report one, and
+            // listen afresh next time. If the server is really gone, the caller's next read
+            // says so.
+            *listener = None;
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> Result<Summary> {
+        self.read("summarise the store", |c| read::summary(c, clock_now(c)?))
+    }
+}

@@ -1,0 +1,479 @@
+//! Reads: sessions, tasks, attempts, workers, locks, events and the summary. Each runs inside
+//! one read-only REPEATABLE READ transaction, so what it returns is a consistent snapshot.
+
+use std::str::FromStr;
+
+use ::postgres::Row;
+use br_core::{Attempt, SessionId, TaskId, Timestamp, WorkerId};
+use serde::de::DeserializeOwned;
+
+use super::{Db, OpResult};
+use crate::error::StoreError;
+use crate::model::*;
+
+pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, plan_path, base, \
+    base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
+    created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
+    skipped_tasks, cancelled_tasks, running_tasks";
+
+const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
+    files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit";
+
+const WORKER_COLUMNS: &str = "id, status, host, pid, session_id, task_session_id, task_id, \
+    attempt, tasks_completed, tasks_failed, last_heartbeat, started_at, task_started_at, \
+    stop_requested";
+
+/// A column that holds something the model cannot take: the store is damaged.
+fn damaged(r: &Row, idx: usize, e: impl std::fmt::Display) -> super::OpError {
+    let column = r.columns().get(idx).map_or("?", |c| c.name());
+    StoreError::Damaged(format!("column `{column}`: {e}")).into()
+}
+
+/// An integer column, in the model's type.
+pub(super) fn int<T: TryFrom<i64>>(r: &Row, idx: usize) -> OpResult<T> {
+    let n: i64 = r.try_get(idx)?;
+    T::try_from(n).map_err(|_| damaged(r, idx, format!("{n} is out of range")))
+}
+
+pub(super) fn opt_int<T: TryFrom<i64>>(r: &Row, idx: usize) -> OpResult<Option<T>> {
+    let n: Option<i64> = r.try_get(idx)?;
+    n.map(|n| T::try_from(n).map_err(|_| damaged(r, idx, format!("{n} is out of range"))))
+        .transpose()
+}
+
+pub(super) fn parsed<T>(r: &Row, idx: usize) -> OpResult<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text: String = r.try_get(idx)?;
+    text.parse().map_err(|e| damaged(r, idx, e))
+}
+
+/// Enums stored by their serde name (`"worktree"`, `"strict"`).
+pub(super) fn serde_word<T: DeserializeOwned>(r: &Row, idx: usize) -> OpResult<T> {
+    let text: String = r.try_get(idx)?;
+    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| damaged(r, idx, e))
+}
+
+pub(super) fn json<T: DeserializeOwned>(r: &Row, idx: usize) -> OpResult<T> {
+    let text: String = r.try_get(idx)?;
+    serde_json::from_str(&text).map_err(|e| damaged(r, idx, e))
+}
+
+fn ts(r: &Row, idx: usize) -> OpResult<Timestamp> {
+    Ok(Timestamp(r.try_get(idx)?))
+}
+
+fn opt_ts(r: &Row, idx: usize) -> OpResult<Option<Timestamp>> {
+    Ok(r.try_get::<_, Option<i64>>(idx)?.map(Timestamp))
+}
+
+fn task_id(r: &Row, idx: usize) -> OpResult<Option<TaskId>> {
+    r.try_get::<_, Option<String>>(idx)?
+        .map(|t| TaskId::new(t).map_err(|e| damaged(r, idx, e)))
+        .transpose()
+}
+
+pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
+    let total: u32 = int(r, 17)?;
+    let succeeded: u32 = int(r, 18)?;
+    let failed: u32 = int(r, 19)?;
+    let skipped: u32 = int(r, 20)?;
+    let cancelled: u32 = int(r, 21)?;
+    let running: u32 = int(r, 22)?;
+    let finished = succeeded + failed + skipped + cancelled;
+    Ok(Session {
+        id: SessionId::from_string(r.try_get::<_, String>(0)?),
+        name: r.try_get(1)?,
+        slug: r.try_get(2)?,
+        status: parsed(r, 3)?,
+        repo_root: r.try_get(4)?,
+        plan_path: r.try_get(5)?,
+        base: r.try_get(6)?,
+        base_commit: r.try_get(7)?,
+        isolation: serde_word(r, 8)?,
+        scope: serde_word(r, 9)?,
+        verify: r.try_get(10)?,
+        on_conflict: serde_word(r, 11)?,
+        heartbeat_timeout_ms: int(r, 12)?,
+        workers_wanted: int(r, 13)?,
+        created_at: ts(r, 14)?,
+        started_at: opt_ts(r, 15)?,
+        completed_at: opt_ts(r, 16)?,
+        progress_percent: progress_percent(finished, total),
+        total_tasks: total,
+        completed_tasks: succeeded,
+        failed_tasks: failed,
+        running_tasks: running,
+        queued_tasks: total.saturating_sub(finished + running),
+        skipped_tasks: skipped,
+        cancelled_tasks: cancelled,
+    })
+}
+
+pub(super) fn session(c: &Db<'_>, id: &str) -> OpResult<Session> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+    c.query_opt(&sql, &[&id])?
+        .map(|r| session_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::NoSuchSession(id.to_string()).into())
+}
+
+pub(super) fn resolve_session(c: &Db<'_>, reference: &str) -> OpResult<Session> {
+    if let Ok(s) = session(c, reference) {
+        return Ok(s);
+    }
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE name = $1 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+    );
+    if let Some(r) = c.query_opt(&sql, &[&reference])? {
+        return session_from_row(&r);
+    }
+    // Ids are lowercase hex: anything else cannot be a prefix (and must not reach LIKE).
+    if !reference.is_empty() && reference.chars().all(|ch| ch.is_ascii_hexdigit()) {
+        let pattern = format!("{}%", reference.to_ascii_lowercase());
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id LIKE $1 ORDER BY created_at DESC, rowid DESC LIMIT 6"
+        );
+        let found = c
+            .query(&sql, &[&pattern])?
+            .iter()
+            .map(session_from_row)
+            .collect::<OpResult<Vec<_>>>()?;
+        match found.len() {
+            0 => {}
+            1 => return Ok(found.into_iter().next().expect("one element")),
+            _ => {
+                return Err(StoreError::AmbiguousSession {
+                    reference: reference.to_string(),
+                    candidates: found
+                        .iter()
+                        .map(|s| format!("{} ({})", s.id, s.name))
+                        .collect(),
+                }
+                .into());
+            }
+        }
+    }
+    Err(StoreError::NoSuchSession(reference.to_string()).into())
+}
+
+pub(super) fn sessions(c: &Db<'_>, filter: &SessionFilter) -> OpResult<Vec<Session>> {
+    // NULL is no limit.
+    let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1::text IS NULL OR status = $1)
+         ORDER BY created_at DESC, rowid DESC LIMIT $2"
+    );
+    let status = filter.status.map(|s| s.as_str());
+    c.query(&sql, &[&status, &limit])?
+        .iter()
+        .map(session_from_row)
+        .collect()
+}
+
+fn task_from_row(r: &Row, session: &Session) -> OpResult<Task> {
+    let id: TaskId = {
+        let text: String = r.try_get(0)?;
+        TaskId::new(text).map_err(|e| damaged(r, 0, e))?
+    };
+    Ok(Task {
+        branch: session.task_branch(&id),
+        id,
+        state: parsed(r, 1)?,
+        attempts: int(r, 2)?,
+        worker_id: r
+            .try_get::<_, Option<String>>(3)?
+            .map(WorkerId::from_string),
+        exit_code: opt_int(r, 4)?,
+        started_at: opt_ts(r, 5)?,
+        finished_at: opt_ts(r, 6)?,
+        files: json(r, 7)?,
+        after: json(r, 8)?,
+        log_path: r.try_get(9)?,
+        run: r.try_get(10)?,
+        outcome: r.try_get(11)?,
+        blocked_by: r
+            .try_get::<_, Option<String>>(12)?
+            .map(|text| serde_json::from_str(&text).map_err(|e| damaged(r, 12, e)))
+            .transpose()?,
+        timeout_ms: opt_int(r, 13)?,
+        retries: int(r, 14)?,
+        base_commit: r.try_get(15)?,
+        scope_violations: Vec::new(),
+        conflicts: Vec::new(),
+    })
+}
+
+/// Fills in scope violations and predicted conflicts from the session's events (both sides of
+/// each conflict). A violation counts for the attempt that made it only.
+fn annotate(c: &Db<'_>, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
+    let rows = c
+        .query(
+            "SELECT kind, task_id, attempt, detail FROM events
+             WHERE session_id = $1 AND kind IN ('scope_violation', 'merge_conflict')
+             ORDER BY seq",
+            &[&session_id],
+        )?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<_, String>(0)?,
+                r.try_get::<_, Option<String>>(1)?,
+                opt_int::<u32>(r, 2)?,
+                json::<serde_json::Value>(r, 3)?,
+            ))
+        })
+        .collect::<OpResult<Vec<_>>>()?;
+    let files_of = |detail: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(detail["files"].clone()).unwrap_or_default()
+    };
+    for (kind, task, attempt, detail) in rows {
+        let Some(task) = task else { continue };
+        if kind == "scope_violation" {
+            if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == task)
+                && attempt == Some(t.attempts)
+            {
+                t.scope_violations = files_of(&detail);
+            }
+            continue;
+        }
+        let with = detail["with"].as_str().unwrap_or_default().to_string();
+        let files = files_of(&detail);
+        for (me, other) in [
+            (task.as_str(), with.as_str()),
+            (with.as_str(), task.as_str()),
+        ] {
+            if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == me) {
+                let conflict = TaskConflict {
+                    with: other.to_string(),
+                    files: files.clone(),
+                };
+                if !t.conflicts.contains(&conflict) {
+                    t.conflicts.push(conflict);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn tasks(c: &Db<'_>, session_id: &str) -> OpResult<Vec<Task>> {
+    let session = session(c, session_id)?;
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = $1 ORDER BY seq");
+    let mut rows = c
+        .query(&sql, &[&session_id])?
+        .iter()
+        .map(|r| task_from_row(r, &session))
+        .collect::<OpResult<Vec<_>>>()?;
+    annotate(c, session_id, &mut rows)?;
+    Ok(rows)
+}
+
+pub(super) fn task(c: &Db<'_>, session_id: &str, task_id: &str) -> OpResult<Task> {
+    let session = session(c, session_id)?;
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = $1 AND id = $2");
+    let task = c
+        .query_opt(&sql, &[&session_id, &task_id])?
+        .map(|r| task_from_row(&r, &session))
+        .transpose()?
+        .ok_or_else(|| StoreError::NoSuchTask {
+            session: session_id.to_string(),
+            task: task_id.to_string(),
+        })?;
+    let mut one = [task];
+    annotate(c, session_id, &mut one)?;
+    let [task] = one;
+    Ok(task)
+}
+
+pub(super) fn attempts(
+    c: &Db<'_>,
+    session_id: &str,
+    task_id: &str,
+) -> OpResult<Vec<AttemptRecord>> {
+    task(c, session_id, task_id)?;
+    c.query(
+        "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path
+         FROM attempts WHERE session_id = $1 AND task_id = $2 ORDER BY attempt",
+        &[&session_id, &task_id],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(AttemptRecord {
+            attempt: Attempt(int(r, 0)?),
+            worker_id: WorkerId::from_string(r.try_get::<_, String>(1)?),
+            started_at: ts(r, 2)?,
+            finished_at: opt_ts(r, 3)?,
+            outcome: r.try_get(4)?,
+            exit_code: opt_int(r, 5)?,
+            detail: json(r, 6)?,
+            log_path: r.try_get(7)?,
+        })
+    })
+    .collect()
+}
+
+fn worker_from_row(r: &Row) -> OpResult<Worker> {
+    let serving: Option<String> = r.try_get(4)?;
+    let task_session: Option<String> = r.try_get(5)?;
+    Ok(Worker {
+        id: WorkerId::from_string(r.try_get::<_, String>(0)?),
+        status: parsed(r, 1)?,
+        host: r.try_get(2)?,
+        pid: int(r, 3)?,
+        session_id: task_session.or(serving).map(SessionId::from_string),
+        current_task: task_id(r, 6)?,
+        attempt: opt_int(r, 7)?.map(Attempt),
+        tasks_completed: int(r, 8)?,
+        tasks_failed: int(r, 9)?,
+        last_heartbeat: ts(r, 10)?,
+        started_at: ts(r, 11)?,
+        task_started_at: opt_ts(r, 12)?,
+        stop_requested: r.try_get(13)?,
+    })
+}
+
+pub(super) fn workers(c: &Db<'_>, filter: &WorkerFilter) -> OpResult<Vec<Worker>> {
+    let sql = format!(
+        "SELECT {WORKER_COLUMNS} FROM workers
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR session_id = $2)
+         ORDER BY started_at, id"
+    );
+    c.query(
+        &sql,
+        &[
+            &filter.status.map(|s| s.as_str()),
+            &filter.session.as_ref().map(SessionId::as_str),
+        ],
+    )?
+    .iter()
+    .map(worker_from_row)
+    .collect()
+}
+
+pub(super) fn worker(c: &Db<'_>, id: &str) -> OpResult<Worker> {
+    let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1");
+    c.query_opt(&sql, &[&id])?
+        .map(|r| worker_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::NoSuchWorker(id.to_string()).into())
+}
+
+pub(super) fn lock_from_row(r: &Row) -> OpResult<Lock> {
+    Ok(Lock {
+        path: r.try_get(0)?,
+        session_id: SessionId::from_string(r.try_get::<_, String>(1)?),
+        task_id: task_id(r, 2)?,
+        attempt: opt_int(r, 3)?.map(Attempt),
+        acquired_at: ts(r, 4)?,
+    })
+}
+
+pub(super) const LOCK_COLUMNS: &str = "path, session_id, task_id, attempt, acquired_at";
+
+pub(super) fn locks(c: &Db<'_>) -> OpResult<Vec<Lock>> {
+    let sql = format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY acquired_at, id");
+    c.query(&sql, &[])?.iter().map(lock_from_row).collect()
+}
+
+pub(super) fn events(c: &Db<'_>, filter: &EventFilter) -> OpResult<Vec<Event>> {
+    // NULL is no limit.
+    let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    c.query(
+        "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
+         WHERE seq > $1 AND ($2::text IS NULL OR session_id = $2)
+         ORDER BY seq LIMIT $3",
+        &[
+            &filter.after_seq.unwrap_or(0),
+            &filter.session.as_ref().map(SessionId::as_str),
+            &limit,
+        ],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Event {
+            seq: r.try_get(0)?,
+            at: ts(r, 1)?,
+            kind: parsed(r, 2)?,
+            session_id: r
+                .try_get::<_, Option<String>>(3)?
+                .map(SessionId::from_string),
+            task_id: task_id(r, 4)?,
+            worker_id: r
+                .try_get::<_, Option<String>>(5)?
+                .map(WorkerId::from_string),
+            attempt: opt_int(r, 6)?.map(Attempt),
+            detail: json(r, 7)?,
+        })
+    })
+    .collect()
+}
+
+pub(super) fn summary(c: &Db<'_>, now: i64) -> OpResult<Summary> {
+    let (mut idle, mut busy, mut offline) = (0u32, 0u32, 0u32);
+    for r in c.query("SELECT status, count(*) FROM workers GROUP BY status", &[])? {
+        let n: u32 = int(&r, 1)?;
+        match r.try_get::<_, String>(0)?.as_str() {
+            "idle" => idle = n,
+            "busy" => busy = n,
+            "offline" => offline = n,
+            _ => {}
+        }
+    }
+    // SUM of BIGINT is NUMERIC in PostgreSQL: cast back.
+    let r = c.query_one(
+        "SELECT count(*),
+                count(*) FILTER (WHERE status IN ('created', 'running', 'paused')),
+                COALESCE(SUM(total_tasks), 0)::bigint,
+                COALESCE(SUM(succeeded_tasks), 0)::bigint,
+                COALESCE(SUM(failed_tasks), 0)::bigint,
+                COALESCE(SUM(succeeded_tasks + failed_tasks + skipped_tasks + cancelled_tasks), 0)::bigint,
+                COALESCE(SUM(running_tasks), 0)::bigint
+         FROM sessions",
+        &[],
+    )?;
+    let (sessions_total, active, total, succeeded, failed, finished, running): (
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+    ) = (
+        int(&r, 0)?,
+        int(&r, 1)?,
+        int(&r, 2)?,
+        int(&r, 3)?,
+        int(&r, 4)?,
+        int(&r, 5)?,
+        int(&r, 6)?,
+    );
+    let live = idle + busy;
+    Ok(Summary {
+        timestamp: Timestamp(now),
+        workers: WorkerCounts {
+            total: live + offline,
+            idle,
+            busy,
+            offline,
+            utilization: if live == 0 {
+                0.0
+            } else {
+                (f64::from(busy) / f64::from(live) * 1000.0).round() / 1000.0
+            },
+        },
+        sessions: SessionCounts {
+            active,
+            total: sessions_total,
+        },
+        tasks: TaskCounts {
+            queued: total.saturating_sub(finished + running),
+            running,
+            completed: succeeded,
+            failed,
+        },
+    })
+}

@@ -1,0 +1,374 @@
+//! Session writes: creating a session with its tasks, pausing, resuming, cancelling, deleting,
+//! and settling a session once all its tasks are terminal.
+
+use std::collections::BTreeSet;
+
+use br_core::ids::slugify;
+use br_core::state::{SessionAction, TransitionError};
+use br_core::{EventKind, SessionId, SessionStatus, TaskState};
+use serde_json::json;
+
+use super::{Ev, OpError, OpResult, Tx, lock, millis};
+use crate::error::StoreError;
+use crate::model::NewSession;
+
+/// A per-session counter kept in step with task states.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Counter {
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    Running,
+}
+
+impl Counter {
+    fn column(self) -> &'static str {
+        match self {
+            Counter::Succeeded => "succeeded_tasks",
+            Counter::Failed => "failed_tasks",
+            Counter::Skipped => "skipped_tasks",
+            Counter::Cancelled => "cancelled_tasks",
+            Counter::Running => "running_tasks",
+        }
+    }
+}
+
+pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> OpResult<()> {
+    let sql = format!(
+        "UPDATE sessions SET {col} = {col} + $1 WHERE id = $2",
+        col = counter.column()
+    );
+    tx.execute(&sql, &[&delta, &session])?;
+    Ok(())
+}
+
+pub(super) fn status(tx: &Tx<'_>, session: &str) -> OpResult<SessionStatus> {
+    let text: Option<String> = tx
+        .query_opt("SELECT status FROM sessions WHERE id = $1", &[&session])?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    let text = text.ok_or_else(|| StoreError::NoSuchSession(session.to_string()))?;
+    text.parse()
+        .map_err(|e| StoreError::Damaged(format!("session {session}: {e}")).into())
+}
+
+pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
+    let plan = &new.plan;
+    let id = loop {
+        let id = SessionId::from_random(fastrand::u64(..));
+        let taken: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
+                &[&id.as_str()],
+            )?
+            .try_get(0)?;
+        if !taken {
+            break id;
+        }
+    };
+    // The id suffix keeps branch names of two sessions with the same name apart.
+    let slug = format!("{}-{}", slugify(&plan.name), &id.as_str()[..6]);
+    tx.execute(
+        "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
+             isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
+             created_at, total_tasks)
+         VALUES ($1, $2, $3, 'created', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &id.as_str(),
+            &plan.name,
+            &slug,
+            &new.repo_root.to_string_lossy().into_owned(),
+            &new.plan_path
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+            &plan.base,
+            &new.base_commit,
+            &plan.isolation.as_str(),
+            &plan.scope.as_str(),
+            &plan.verify,
+            &plan.on_conflict.as_str(),
+            &millis(plan.heartbeat_timeout),
+            &i64::from(new.workers_wanted),
+            &tx.now,
+            &(plan.tasks.len() as i64),
+        ],
+    )?;
+    tx.event(
+        Ev::new(EventKind::SessionCreated)
+            .session(id.as_str())
+            .detail(json!({
+                "name": plan.name,
+                "tasks": plan.tasks.len(),
+                "plan_path": new.plan_path,
+                "base_commit": new.base_commit,
+                "isolation": plan.isolation.as_str(),
+            })),
+    )?;
+    let mut ready = Vec::new();
+    for (seq, task) in plan.tasks.iter().enumerate() {
+        let after: BTreeSet<&str> = task.after.iter().map(|a| a.as_str()).collect();
+        let files: Vec<&str> = task.files.iter().map(|f| f.as_str()).collect();
+        let state = if after.is_empty() {
+            TaskState::Ready
+        } else {
+            TaskState::Pending
+        };
+        tx.execute(
+            "INSERT INTO tasks (session_id, id, seq, run, files, after, env, timeout_ms, retries,
+                 state, deps_left)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &id.as_str(),
+                &task.id.as_str(),
+                &(seq as i64),
+                &task.run,
+                &serde_json::to_string(&files)?,
+                &serde_json::to_string(&task.after)?,
+                &serde_json::to_string(&task.env)?,
+                &task.timeout.map(millis),
+                &i64::from(task.retries),
+                &state.as_str(),
+                &(after.len() as i64),
+            ],
+        )?;
+        for dep in &after {
+            tx.execute(
+                "INSERT INTO task_deps (session_id, dep_id, task_id) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&id.as_str(), dep, &task.id.as_str()],
+            )?;
+        }
+        if state == TaskState::Ready {
+            ready.push(task.id.as_str());
+        }
+    }
+    for task in ready {
+        tx.event(
+            Ev::new(EventKind::TaskReady)
+                .session(id.as_str())
+                .task(task),
+        )?;
+    }
+    settle(tx, id.as_str())?;
+    Ok(id)
+}
+
+pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<()> {
+    let current = status(tx, id)?;
+    let next = current.apply(action, id)?;
+    tx.execute(
+        "UPDATE sessions SET status = $1 WHERE id = $2",
+        &[&next.as_str(), &id],
+    )?;
+    let kind = match action {
+        SessionAction::Pause => EventKind::SessionPaused,
+        SessionAction::Resume => EventKind::SessionResumed,
+        SessionAction::Cancel => EventKind::SessionCancelled,
+    };
+    tx.event(
+        Ev::new(kind)
+            .session(id)
+            .detail(json!({ "from": current.as_str() })),
+    )?;
+    if action == SessionAction::Cancel {
+        // Tasks not running stop here; running ones end when their workers report, so their
+        // locks stay held until their processes are gone.
+        let waiting: Vec<String> = tx
+            .query(
+                "SELECT id FROM tasks WHERE session_id = $1 AND state IN ('pending', 'ready')
+                 ORDER BY seq",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for task in &waiting {
+            tx.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_at = $1, blocked_by = NULL
+                 WHERE session_id = $2 AND id = $3",
+                &[&tx.now, &id, task],
+            )?;
+            tx.event(
+                Ev::new(EventKind::TaskCancelled)
+                    .session(id)
+                    .task(task)
+                    .detail(json!({ "reason": "session cancelled" })),
+            )?;
+        }
+        bump(tx, id, Counter::Cancelled, waiting.len() as i64)?;
+        lock::release_session_locks(tx, id)?;
+        settle(tx, id)?;
+    }
+    Ok(())
+}
+
+/// Ends the session once every task is terminal: `completed` if all succeeded, else `failed`.
+/// A cancelled session gets its `completed_at` once its last running task has ended.
+pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
+    let r = tx.query_one(
+        "SELECT status, total_tasks, succeeded_tasks, failed_tasks, skipped_tasks,
+                cancelled_tasks, running_tasks, completed_at
+         FROM sessions WHERE id = $1",
+        &[&id],
+    )?;
+    let (status, total, succeeded, failed, skipped, cancelled, running, completed_at): (
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<i64>,
+    ) = (
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get(5)?,
+        r.try_get(6)?,
+        r.try_get(7)?,
+    );
+    let status: SessionStatus = status
+        .parse()
+        .map_err(|e| StoreError::Damaged(format!("session {id}: {e}")))?;
+    if status.is_terminal() {
+        if status == SessionStatus::Cancelled && running == 0 && completed_at.is_none() {
+            tx.execute(
+                "UPDATE sessions SET completed_at = $1 WHERE id = $2",
+                &[&tx.now, &id],
+            )?;
+        }
+        return Ok(());
+    }
+    if succeeded + failed + skipped + cancelled < total {
+        return Ok(());
+    }
+    let (next, kind) = if succeeded == total {
+        (SessionStatus::Completed, EventKind::SessionCompleted)
+    } else {
+        (SessionStatus::Failed, EventKind::SessionFailed)
+    };
+    tx.execute(
+        "UPDATE sessions SET status = $1, completed_at = $2 WHERE id = $3",
+        &[&next.as_str(), &tx.now, &id],
+    )?;
+    tx.event(Ev::new(kind).session(id).detail(json!({
+        "succeeded": succeeded,
+        "failed": failed,
+        "skipped": skipped,
+        "cancelled": cancelled,
+    })))?;
+    lock::release_session_locks(tx, id)?;
+    Ok(())
+}
+
+pub(super) fn set_workers_wanted(tx: &Tx<'_>, id: &str, workers: u32) -> OpResult<()> {
+    let current = status(tx, id)?;
+    if current.is_terminal() {
+        return Err(StoreError::Transition(TransitionError {
+            session: id.to_string(),
+            action: "scale",
+            status: current,
+        })
+        .into());
+    }
+    tx.execute(
+        "UPDATE sessions SET workers_wanted = $1 WHERE id = $2",
+        &[&i64::from(workers), &id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn delete(tx: &Tx<'_>, id: &str) -> OpResult<()> {
+    let current = status(tx, id)?;
+    if !current.is_terminal() {
+        return Err(StoreError::Transition(TransitionError {
+            session: id.to_string(),
+            action: "delete",
+            status: current,
+        })
+        .into());
+    }
+    for sql in [
+        "DELETE FROM task_deps WHERE session_id = $1",
+        "DELETE FROM attempts WHERE session_id = $1",
+        "DELETE FROM locks WHERE session_id = $1",
+        "DELETE FROM events WHERE session_id = $1",
+        "DELETE FROM tasks WHERE session_id = $1",
+        "DELETE FROM sessions WHERE id = $1",
+    ] {
+        tx.execute(sql, &[&id])?;
+    }
+    Ok(())
+}
+
+pub(super) fn requeue_task(
+    tx: &Tx<'_>,
+    session_id: &str,
+    task_id: &str,
+    base_commit: &str,
+    reason: &str,
+) -> OpResult<()> {
+    let status = status(tx, session_id)?;
+    let refused = || {
+        OpError::from(StoreError::Transition(TransitionError {
+            session: session_id.to_string(),
+            action: "requeue a task of",
+            status,
+        }))
+    };
+    let state: Option<String> = tx
+        .query_opt(
+            "SELECT state FROM tasks WHERE session_id = $1 AND id = $2",
+            &[&session_id, &task_id],
+        )?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    let state: TaskState = state
+        .ok_or_else(|| StoreError::NoSuchTask {
+            session: session_id.to_string(),
+            task: task_id.to_string(),
+        })?
+        .parse()
+        .map_err(|e| StoreError::Damaged(format!("task {task_id}: {e}")))?;
+    let counter = match state {
+        TaskState::Succeeded => Counter::Succeeded,
+        TaskState::Failed => Counter::Failed,
+        _ => return Err(refused()),
+    };
+    if status == SessionStatus::Cancelled {
+        return Err(refused());
+    }
+    tx.execute(
+        "UPDATE tasks SET state = 'ready', base_commit = $1, finished_at = NULL, blocked_by = NULL
+         WHERE session_id = $2 AND id = $3",
+        &[&base_commit, &session_id, &task_id],
+    )?;
+    bump(tx, session_id, counter, -1)?;
+    if status.is_terminal() {
+        // The session has work again.
+        tx.execute(
+            "UPDATE sessions SET status = 'running', completed_at = NULL WHERE id = $1",
+            &[&session_id],
+        )?;
+        tx.event(
+            Ev::new(EventKind::SessionResumed)
+                .session(session_id)
+                .detail(json!({ "from": status.as_str(), "reason": reason })),
+        )?;
+    }
+    tx.event(
+        Ev::new(EventKind::TaskRequeued)
+            .session(session_id)
+            .task(task_id)
+            .detail(json!({
+                "reason": reason,
+                "base_commit": base_commit,
+                "from": state.as_str(),
+            })),
+    )?;
+    Ok(())
+}
