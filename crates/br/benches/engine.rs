@@ -8,8 +8,11 @@
 //! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots against
 //!    plain `git worktree add` + `git worktree remove` per attempt.
 //!
+//! 5. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
+//!    (a fresh schema, dropped afterwards).
+//!
 //! `cargo bench -p br --bench engine -- NAME` runs only the sections whose name contains NAME
-//! (throughput, makespan, claim, worktrees).
+//! (throughput, makespan, claim, worktrees, postgres).
 
 use std::io::Write;
 use std::path::Path;
@@ -42,6 +45,79 @@ fn main() {
     if want("worktrees") {
         worktrees();
     }
+    if want("postgres") {
+        postgres_throughput();
+    }
+}
+
+/// 1,000 × `true` on 4 workers with the store in PostgreSQL, against `xargs -P 4`.
+fn postgres_throughput() {
+    const N: usize = 1000;
+    let Ok(admin) = std::env::var("BR_TEST_POSTGRES_URL") else {
+        println!(
+            "
+(PostgreSQL: skipped, BR_TEST_POSTGRES_URL is not set)"
+        );
+        return;
+    };
+    let schema = format!("br_bench_{:016x}", fastrand::u64(..));
+    let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .expect("create schema");
+    let separator = if admin.contains('?') { '&' } else { '?' };
+    let url = format!("{admin}{separator}options=-csearch_path%3D{schema}");
+    let repo = Repo::new();
+    let result = std::panic::catch_unwind(|| {
+        repo.run_with_store(
+            &plan_of("throughput-pg", (0..N).map(|_| "true".to_string())),
+            4,
+            Some(&url),
+        )
+    });
+    let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+    let (br_wall, br_span) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let xargs_wall = xargs_trues(repo.path(), N);
+    println!("\n1,000 × `true`, shared mode, 4 workers, store in PostgreSQL (local server)");
+    println!(
+        "  br run (wall, incl. startup)  {:>8.3} s",
+        br_wall.as_secs_f64()
+    );
+    println!(
+        "  br session makespan           {:>8.3} s",
+        br_span.as_secs_f64()
+    );
+    println!(
+        "  xargs -P 4                    {:>8.3} s",
+        xargs_wall.as_secs_f64()
+    );
+    println!(
+        "  ratio br / xargs              {:>8.2}",
+        br_wall.as_secs_f64() / xargs_wall.as_secs_f64()
+    );
+    println!(
+        "  overhead per task             {:>8.3} ms of wall time",
+        (br_wall.as_secs_f64() - xargs_wall.as_secs_f64()) / N as f64 * 1000.0
+    );
+}
+
+/// Runs `n` × `true` through `xargs -P 4` in `dir`; returns the wall time.
+fn xargs_trues(dir: &Path, n: usize) -> Duration {
+    let started = Instant::now();
+    let mut xargs = Command::new("xargs")
+        .args(["-P", "4", "-n", "1", "sh", "-c"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("xargs");
+    {
+        let mut stdin = xargs.stdin.take().expect("stdin");
+        for _ in 0..n {
+            writeln!(stdin, "true").expect("feed xargs");
+        }
+    }
+    assert!(xargs.wait().expect("xargs").success());
+    started.elapsed()
 }
 
 fn worktrees() {
@@ -98,14 +174,27 @@ impl Repo {
 
     /// Runs a plan with `br run`; returns the wall time and the session's makespan.
     fn run(&self, plan: &str, workers: u32) -> (Duration, Duration) {
+        self.run_with_store(plan, workers, None)
+    }
+
+    /// The same, with the store at `store` (`BR_STORE`) when given.
+    fn run_with_store(
+        &self,
+        plan: &str,
+        workers: u32,
+        store: Option<&str>,
+    ) -> (Duration, Duration) {
         std::fs::write(self.path().join("br.toml"), plan).expect("write plan");
         let started = Instant::now();
-        let out = Command::new(BR)
+        let mut command = Command::new(BR);
+        command
             .args(["run", "--workers", &workers.to_string(), "--json"])
             .current_dir(self.path())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("br run");
+            .stderr(Stdio::inherit());
+        if let Some(url) = store {
+            command.env("BR_STORE", url);
+        }
+        let out = command.output().expect("br run");
         let wall = started.elapsed();
         assert!(
             out.status.success(),
@@ -138,21 +227,7 @@ fn throughput() {
         &plan_of("throughput", (0..N).map(|_| "true".to_string())),
         4,
     );
-    let started = Instant::now();
-    let mut xargs = Command::new("xargs")
-        .args(["-P", "4", "-n", "1", "sh", "-c"])
-        .current_dir(repo.path())
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("xargs");
-    {
-        let mut stdin = xargs.stdin.take().expect("stdin");
-        for _ in 0..N {
-            writeln!(stdin, "true").expect("feed xargs");
-        }
-    }
-    assert!(xargs.wait().expect("xargs").success());
-    let xargs_wall = started.elapsed();
+    let xargs_wall = xargs_trues(repo.path(), N);
     let per_task = (br_wall.as_secs_f64() - xargs_wall.as_secs_f64()) / N as f64 * 1000.0;
     println!("\n1,000 × `true`, shared mode, 4 workers");
     println!(

@@ -31,7 +31,13 @@ pub struct Cli {
 
     /// Where state lives: a SQLite file path, sqlite://PATH, or postgres://… [default:
     /// <git common dir>/br/br.db]
-    #[arg(long, env = "BR_STORE", value_name = "URL", global = true)]
+    #[arg(
+        long,
+        env = "BR_STORE",
+        hide_env_values = true,
+        value_name = "URL",
+        global = true
+    )]
     pub store: Option<String>,
 
     /// Print JSON instead of text (where the command has a JSON form).

@@ -220,10 +220,21 @@ fn a_damaged_store_is_refused_untouched() {
 }
 
 #[test]
-fn a_postgres_url_without_a_backend_says_so() {
+fn an_unreachable_postgres_server_is_reported_without_its_password() {
     let repo = TestRepo::new();
-    let run = repo.br(&["--store", "postgres://user:secret@localhost/br", "list"]);
-    assert_eq!(run.code, 2);
+    // Nothing listens on port 1: the connection is refused at once.
+    let run = repo.br(&["--store", "postgres://user:secret@127.0.0.1:1/br", "list"]);
+    assert_eq!(run.code, 4);
+    let help = repo
+        .br_command(&["--help"])
+        .env("BR_STORE", "postgres://user:secret@127.0.0.1:1/br")
+        .output()
+        .expect("br --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("BR_STORE") && !help.contains("secret"),
+        "--help names the variable, not its value: {help}"
+    );
     assert!(
         !run.stderr.contains("secret"),
         "the password is not shown: {}",

@@ -7,7 +7,6 @@ mod common;
 
 use br_core::EventKind;
 use br_core::{SessionId, TaskId};
-use br_store::Store;
 use common::{Run, TestRepo};
 use serde_json::Value;
 

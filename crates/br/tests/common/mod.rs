@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use br_store::sqlite::SqliteStore;
-use br_store::{Event, EventFilter, Store};
+use br_store::{Event, EventFilter, Store, StoreLocation};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -23,21 +23,47 @@ pub const BR: &str = env!("CARGO_BIN_EXE_br");
 pub struct TestRepo {
     dir: tempfile::TempDir,
     home: tempfile::TempDir,
+    /// Where br keeps its state when not in the repository's own SQLite file (`BR_STORE`).
+    store_url: Option<String>,
 }
 
 impl TestRepo {
     pub fn new() -> TestRepo {
-        let dir = tempfile::Builder::new()
-            .prefix("br-test-")
-            .tempdir()
-            .expect("temp dir");
-        let home = tempfile::tempdir().expect("temp home");
-        let repo = TestRepo { dir, home };
+        let repo = TestRepo::empty(None);
         repo.git(&["init", "--quiet", "--initial-branch=main"]);
         repo.write("README.md", "test repository\n");
         repo.git(&["add", "--all"]);
         repo.git(&["commit", "--quiet", "-m", "initial"]);
         repo
+    }
+
+    /// A repository whose br commands keep their state at `store_url` (via `BR_STORE`).
+    pub fn with_store(store_url: &str) -> TestRepo {
+        let mut repo = TestRepo::new();
+        repo.store_url = Some(store_url.to_string());
+        repo
+    }
+
+    /// A clone of this repository sharing its store: another machine, as far as br can tell.
+    pub fn clone_elsewhere(&self) -> TestRepo {
+        let repo = TestRepo::empty(self.store_url.clone());
+        let source = self.path().display().to_string();
+        let target = repo.path().display().to_string();
+        repo.git(&["clone", "--quiet", &source, &target]);
+        repo
+    }
+
+    fn empty(store_url: Option<String>) -> TestRepo {
+        let dir = tempfile::Builder::new()
+            .prefix("br-test-")
+            .tempdir()
+            .expect("temp dir");
+        let home = tempfile::tempdir().expect("temp home");
+        TestRepo {
+            dir,
+            home,
+            store_url,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -59,6 +85,9 @@ impl TestRepo {
             .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
             .env("LC_ALL", "C")
             .env("BR_BUSY_TIMEOUT", "20s");
+        if let Some(url) = &self.store_url {
+            cmd.env("BR_STORE", url);
+        }
     }
 
     pub fn git(&self, args: &[&str]) -> String {
@@ -114,8 +143,13 @@ impl TestRepo {
     }
 
     /// The store, opened directly: the tests check what br recorded.
-    pub fn store(&self) -> SqliteStore {
-        SqliteStore::open(&self.store_path()).expect("open the store")
+    pub fn store(&self) -> Box<dyn Store> {
+        match &self.store_url {
+            Some(url) => StoreLocation::parse(url)
+                .and_then(|l| l.open())
+                .expect("open the store"),
+            None => Box::new(SqliteStore::open(&self.store_path()).expect("open the store")),
+        }
     }
 
     pub fn events(&self) -> Vec<Event> {

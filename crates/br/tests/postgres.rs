@@ -1,0 +1,247 @@
+//! br with its state in PostgreSQL (`BR_STORE=postgres://…`): a run in worktrees exactly as on
+//! SQLite, workers from two clones of the repository (two machines, as far as br can tell)
+//! sharing one session, a killed worker's task rerun by the other, and an unreachable server
+//! reported as bad input. Each test works in a schema of its own, dropped afterwards.
+//!
+//! Needs `BR_TEST_POSTGRES_URL` (CI sets it); without it each test says it was skipped.
+
+mod common;
+
+use std::time::Duration;
+
+use br_core::EventKind;
+use br_store::audit::{audit_lock_order, audit_terminal_once};
+use common::{TestRepo, alive, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(60);
+const URL_VAR: &str = "BR_TEST_POSTGRES_URL";
+
+/// A schema of the test database that br's store URL points into; dropped with it.
+struct Schema {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Schema {
+    /// `None`, after saying so, when there is no test database.
+    fn create() -> Option<Schema> {
+        let Ok(admin) = std::env::var(URL_VAR) else {
+            println!("skipped: {URL_VAR} is not set (set it to a PostgreSQL URL to run this test)");
+            return None;
+        };
+        let name = format!("br_cli_{:016x}", fastrand::u64(..));
+        postgres::Client::connect(&admin, postgres::NoTls)
+            .and_then(|mut c| c.batch_execute(&format!("CREATE SCHEMA {name}")))
+            .unwrap_or_else(|e| panic!("create a schema at {URL_VAR}: {e}"));
+        let separator = if admin.contains('?') { '&' } else { '?' };
+        let url = format!("{admin}{separator}options=-csearch_path%3D{name}");
+        Some(Schema { admin, name, url })
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let dropped = postgres::Client::connect(&self.admin, postgres::NoTls).and_then(|mut c| {
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+        });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test schema {}: {e}", self.name);
+        }
+    }
+}
+
+fn tasks(status: &Value) -> &Vec<Value> {
+    status["tasks"].as_array().expect("tasks")
+}
+
+#[test]
+fn a_run_in_worktrees_keeps_all_its_state_in_postgres() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let repo = TestRepo::with_store(&schema.url);
+    repo.write(
+        "br.toml",
+        r#"name = "pg"
+[[task]]
+id = "one"
+run = "echo 1 > one.txt"
+files = ["one.txt"]
+[[task]]
+id = "two"
+run = "echo 2 > two.txt"
+files = ["two.txt"]
+[[task]]
+id = "both"
+run = "files=$(ls); echo $files > both.txt"
+files = ["both.txt"]
+after = ["one", "two"]
+"#,
+    );
+    repo.git(&["add", "br.toml"]);
+    repo.git(&["commit", "--quiet", "-m", "plan"]);
+    let run = repo.br(&["run", "--workers", "2"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let status = repo.status("pg");
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["completed_tasks"], 3);
+    // Each task's work is on its branch, in this repository.
+    let slug = tasks(&status)[0]["branch"]
+        .as_str()
+        .expect("branch")
+        .rsplit_once('/')
+        .expect("br/<slug>/<task>")
+        .0
+        .to_string();
+    assert_eq!(repo.git(&["show", &format!("{slug}/one:one.txt")]), "1");
+    assert_eq!(repo.git(&["show", &format!("{slug}/two:two.txt")]), "2");
+    // Every task starts from the session's base, whatever ran before it.
+    assert_eq!(
+        repo.git(&["show", &format!("{slug}/both:both.txt")]),
+        "README.md br.toml"
+    );
+    assert!(
+        !repo.store_path().exists(),
+        "nothing was written to the repository's own SQLite store"
+    );
+    let events = repo
+        .store()
+        .events(&Default::default())
+        .expect("events from PostgreSQL");
+    audit_terminal_once(&events).expect("each task ended once");
+    audit_lock_order(&events).expect("no overlapping locks");
+}
+
+#[test]
+fn workers_in_two_clones_share_one_session() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let here = TestRepo::with_store(&schema.url);
+    let rendezvous = tempfile::tempdir().expect("temp dir");
+    // Each task waits until both have started: the session only ends if two workers, one per
+    // clone, run them at the same time.
+    let wait_for_both = format!(
+        "echo $BR_TASK_ID >> {dir}/started; \
+         while [ $(wc -l < {dir}/started) -lt 2 ]; do sleep 0.05; done; \
+         pwd > ran-in.$BR_TASK_ID",
+        dir = rendezvous.path().display()
+    );
+    here.write(
+        "br.toml",
+        &format!(
+            "name = \"two-machines\"\nisolation = \"shared\"\n\
+             [[task]]\nid = \"a\"\nrun = '{wait_for_both}'\n\
+             [[task]]\nid = \"b\"\nrun = '{wait_for_both}'\n"
+        ),
+    );
+    here.git(&["add", "br.toml"]);
+    here.git(&["commit", "--quiet", "-m", "plan"]);
+    let there = here.clone_elsewhere();
+    let submitted = here.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = submitted.stdout.lines().last().expect("session id").trim();
+    let worker_args = [
+        "worker",
+        "--session",
+        session,
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    let first = here.spawn(&worker_args);
+    let second = there.spawn(&worker_args);
+    let waited = there.br(&["wait", session, "--timeout", "60s"]);
+    assert_eq!(waited.code, 0, "{}\n{}", waited.stdout, waited.stderr);
+    for worker in [first, second] {
+        let left = worker.wait(LONG);
+        assert_eq!(left.code, 0, "{}", left.stderr);
+    }
+    let status = here.status(session);
+    let ran_on: Vec<&str> = tasks(&status)
+        .iter()
+        .map(|t| t["worker_id"].as_str().expect("worker"))
+        .collect();
+    assert_ne!(ran_on[0], ran_on[1], "one task per worker");
+    // One task ran in each clone.
+    let ran_here = ["a", "b"]
+        .iter()
+        .filter(|t| here.path().join(format!("ran-in.{t}")).exists())
+        .count();
+    let ran_there = ["a", "b"]
+        .iter()
+        .filter(|t| there.path().join(format!("ran-in.{t}")).exists())
+        .count();
+    assert_eq!((ran_here, ran_there), (1, 1));
+}
+
+#[test]
+fn a_killed_worker_s_task_is_rerun_by_a_worker_of_the_other_clone() {
+    let Some(schema) = Schema::create() else {
+        return;
+    };
+    let here = TestRepo::with_store(&schema.url);
+    here.write(
+        "br.toml",
+        r#"name = "pg-kill"
+isolation = "shared"
+heartbeat_timeout = "2s"
+[[task]]
+id = "slow"
+run = 'echo $$ > slow.pid; if [ "$BR_ATTEMPT" = 1 ]; then exec sleep 60; fi; echo done > slow.out'
+"#,
+    );
+    here.git(&["add", "br.toml"]);
+    here.git(&["commit", "--quiet", "-m", "plan"]);
+    let there = here.clone_elsewhere();
+    let submitted = here.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = submitted.stdout.lines().last().expect("session id").trim();
+    let worker_args = [
+        "worker",
+        "--session",
+        session,
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    let victim = here.spawn(&worker_args);
+    let task_pid: i32 = poll("attempt 1 to start here", LONG, || {
+        std::fs::read_to_string(here.path().join("slow.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    let rescuer = there.spawn(&worker_args);
+    kill(Pid::from_raw(victim.pid()), Signal::SIGKILL).expect("kill -9 the worker");
+    poll("the dead worker's task to die", LONG, || {
+        (!alive(task_pid)).then_some(())
+    });
+    let waited = there.br(&["wait", session, "--timeout", "60s"]);
+    assert_eq!(waited.code, 0, "{}\n{}", waited.stdout, waited.stderr);
+    assert_eq!(rescuer.wait(LONG).code, 0);
+    drop(victim);
+    let status = there.status(session);
+    let slow = &tasks(&status)[0];
+    assert_eq!(
+        (slow["state"].as_str(), slow["attempts"].as_u64()),
+        (Some("succeeded"), Some(2))
+    );
+    assert_eq!(there.read("slow.out"), "done\n");
+    let offline = there
+        .workers()
+        .into_iter()
+        .filter(|w| w["status"] == "offline")
+        .count();
+    assert_eq!(offline, 1, "the killed worker is shown offline");
+    let events = there.store().events(&Default::default()).expect("events");
+    let requeued = events
+        .iter()
+        .find(|e| e.kind == EventKind::TaskRequeued)
+        .expect("task_requeued");
+    assert_eq!(requeued.detail["outcome"], "lease_lost");
+    audit_terminal_once(&events).expect("the task ended once");
+}
