@@ -269,6 +269,37 @@ fn logs_and_events_follow_a_running_task() {
 }
 
 #[test]
+fn a_missing_log_is_explained_not_printed_as_empty() {
+    let repo = TestRepo::new();
+    simple_plan(&repo);
+    assert_eq!(repo.br(&["run"]).code, 0);
+    assert_eq!(repo.br(&["logs", "shapes", "a"]).stdout, "hello\n");
+    let status = repo.status("shapes");
+    let log = status["tasks"][0]["log_path"].as_str().expect("log path");
+    std::fs::remove_file(log).expect("delete the log");
+    let gone = repo.br(&["logs", "shapes", "a"]);
+    assert_eq!(gone.code, 4);
+    assert!(
+        gone.stderr.contains("is gone") && gone.stderr.contains(log),
+        "{}",
+        gone.stderr
+    );
+    // With a shared store, another machine's attempt has its log over there.
+    let store = rusqlite::Connection::open(repo.store_path()).expect("open the store");
+    store
+        .execute("UPDATE workers SET host = 'build-07'", [])
+        .expect("move the workers");
+    drop(store);
+    let elsewhere = repo.br(&["logs", "shapes", "a"]);
+    assert_eq!(elsewhere.code, 2);
+    assert!(
+        elsewhere.stderr.contains("ran on build-07"),
+        "{}",
+        elsewhere.stderr
+    );
+}
+
+#[test]
 fn cleanup_deletes_finished_sessions_and_their_logs() {
     let repo = TestRepo::new();
     simple_plan(&repo);

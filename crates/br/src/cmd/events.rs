@@ -103,6 +103,27 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
         .log_path
         .clone()
         .ok_or_else(|| usage(format!("attempt {wanted} of {task} has no log")))?;
+    if !std::path::Path::new(&path).exists() {
+        // With a shared store the attempt may have run on another machine: its log is there.
+        let ran_on = store.worker(&attempt.worker_id).ok().map(|w| w.host);
+        let here = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .ok();
+        if let Some(host) = ran_on.filter(|h| Some(h) != here.as_ref()) {
+            return Err(usage(format!(
+                "attempt {wanted} of {task} ran on {host} (worker {}): its log is there, at \
+                 {path}; logs stay on the machine that ran the attempt",
+                attempt.worker_id
+            )));
+        }
+        // A running attempt may not have created its log yet (its worktree is being prepared).
+        if attempt.finished_at.is_some() {
+            anyhow::bail!(
+                "the log of attempt {wanted} of {task} is gone: {path} does not exist (deleted \
+                 by `br cleanup` or by hand)"
+            );
+        }
+    }
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
     loop {
