@@ -15,6 +15,7 @@ pub mod error;
 pub mod model;
 pub mod postgres;
 pub mod snapshot;
+mod sql;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};

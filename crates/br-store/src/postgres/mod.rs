@@ -1,18 +1,17 @@
 //! The shared backend: all state in one PostgreSQL schema (the first existing schema of the
 //! connection's `search_path`), so workers on several machines share one session. Every write
 //! transaction first takes one transaction-scoped advisory lock, so writers queue one at a time
-//! like SQLite's `BEGIN IMMEDIATE`: the logic is the SQLite backend's, statement for statement,
-//! and event `seq` follows commit order. Time is the database server's clock.
+//! like SQLite's `BEGIN IMMEDIATE`, and event `seq` follows commit order. Time is the database
+//! server's clock. The store's logic is `crate::sql`'s, the same for both backends; this module
+//! connects, migrates, runs transactions (reconnecting when a connection is lost), translates
+//! each statement once and binds values.
 
-mod lease;
-mod lock;
-mod read;
 mod schema;
-mod session;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -20,15 +19,12 @@ use std::time::{Duration, Instant};
 use ::postgres::config::SslMode;
 use ::postgres::error::SqlState;
 use ::postgres::fallible_iterator::FallibleIterator;
-use ::postgres::types::ToSql;
-use ::postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
-use br_core::outcome::Outcome;
-use br_core::state::SessionAction;
-use br_core::{EventKind, LockPath, SessionId, TaskId, Timestamp, WorkerId};
+use ::postgres::types::{FromSql, ToSql, Type};
+use ::postgres::{Client, Config, IsolationLevel, NoTls, Statement, Transaction};
+use br_core::Timestamp;
 
-use crate::Store;
 use crate::error::{Result, StoreError};
-use crate::model::*;
+use crate::sql::{Backend, Db, OpError, OpResult, Param, Row, Tx, Value, millis};
 
 pub use schema::CURRENT_VERSION;
 
@@ -84,88 +80,148 @@ struct Connection {
     statements: HashMap<String, Statement>,
 }
 
-/// An error inside an operation: PostgreSQL's own, or one of the store's.
-#[derive(Debug)]
-pub(crate) enum OpError {
-    Sql(::postgres::Error),
-    Store(StoreError),
-}
-
 impl From<::postgres::Error> for OpError {
     fn from(e: ::postgres::Error) -> Self {
-        OpError::Sql(e)
+        OpError::Sql(Box::new(e))
     }
 }
 
-impl From<StoreError> for OpError {
-    fn from(e: StoreError) -> Self {
-        OpError::Store(e)
+/// The driver's error inside `e`, if it is one.
+fn pg_error(e: &OpError) -> Option<&::postgres::Error> {
+    match e {
+        OpError::Sql(e) => e.downcast_ref(),
+        OpError::Store(_) => None,
     }
 }
 
-impl From<br_core::state::TransitionError> for OpError {
-    fn from(e: br_core::state::TransitionError) -> Self {
-        OpError::Store(StoreError::Transition(e))
+/// The shared SQL in PostgreSQL's words: `?N` placeholders become `$N`, and SQLite's
+/// `INDEXED BY name` planner hints go (PostgreSQL plans by its statistics). Quoted text and
+/// quoted names are copied as they are.
+fn to_postgres(sql: &str) -> String {
+    const HINT: &str = "INDEXED BY";
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut rest = sql;
+    while let Some(c) = rest.chars().next() {
+        let after = &rest[c.len_utf8()..];
+        match quote {
+            // A doubled quote inside quotes ends and reopens them: the same text either way.
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '?' && after.starts_with(|d: char| d.is_ascii_digit()) => {
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            None if rest
+                .get(..HINT.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(HINT))
+                && !out.ends_with(|p: char| p.is_ascii_alphanumeric() || p == '_') =>
+            {
+                let name = rest[HINT.len()..].trim_start();
+                let end = name
+                    .find(|n: char| !(n.is_ascii_alphanumeric() || n == '_'))
+                    .unwrap_or(name.len());
+                rest = &name[end..];
+                continue;
+            }
+            None => {}
+        }
+        out.push(c);
+        rest = after;
+    }
+    out
+}
+
+/// A parameter as the driver sends it: PostgreSQL types every parameter of a prepared statement,
+/// so the store's integers go as the integer type or the boolean it expects.
+fn bind<'a>(param: Param<'a>, ty: &Type) -> OpResult<Box<dyn ToSql + Sync + 'a>> {
+    Ok(match param {
+        Param::Null if *ty == Type::BOOL => Box::new(None::<bool>),
+        Param::Null if *ty == Type::INT4 => Box::new(None::<i32>),
+        Param::Null if *ty == Type::INT8 => Box::new(None::<i64>),
+        Param::Null => Box::new(None::<&str>),
+        Param::Integer(n) if *ty == Type::BOOL => Box::new(n != 0),
+        Param::Integer(n) if *ty == Type::INT4 => {
+            Box::new(i32::try_from(n).map_err(|e| OpError::Sql(Box::new(e)))?)
+        }
+        Param::Integer(n) => Box::new(n),
+        Param::Text(s) => Box::new(s),
+    })
+}
+
+/// A column as the store's logic reads it: integers and booleans as integers (as SQLite keeps
+/// them), everything textual as text.
+impl<'a> FromSql<'a> for Value {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(if *ty == Type::INT8 {
+            Value::Integer(i64::from_sql(ty, raw)?)
+        } else if *ty == Type::INT4 {
+            Value::Integer(i32::from_sql(ty, raw)?.into())
+        } else if *ty == Type::BOOL {
+            Value::Integer(bool::from_sql(ty, raw)?.into())
+        } else {
+            Value::Text(String::from_sql(ty, raw)?)
+        })
+    }
+
+    fn from_sql_null(
+        _: &Type,
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        [Type::INT8, Type::INT4, Type::BOOL].contains(ty) || <String as FromSql>::accepts(ty)
     }
 }
 
-impl From<serde_json::Error> for OpError {
-    fn from(e: serde_json::Error) -> Self {
-        OpError::Store(StoreError::Damaged(format!("bad JSON in a column: {e}")))
-    }
-}
-
-pub(crate) type OpResult<T> = std::result::Result<T, OpError>;
-
-/// Query parameters, as the `postgres` crate takes them.
-pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-/// One transaction on the connection: what the SQLite code calls a `Connection`. Methods take
-/// `&self`, as rusqlite's do, so the ported functions keep their shape.
-pub(crate) struct Db<'c> {
+/// One transaction on the connection, as the store's logic sees it ([`Db`]). Methods take
+/// `&self`, as rusqlite's do, hence the cells.
+struct PgTx<'c> {
     tx: RefCell<Transaction<'c>>,
     statements: RefCell<&'c mut HashMap<String, Statement>>,
 }
 
-impl<'c> Db<'c> {
+impl<'c> PgTx<'c> {
     fn new(tx: Transaction<'c>, statements: &'c mut HashMap<String, Statement>) -> Self {
-        Db {
+        PgTx {
             tx: RefCell::new(tx),
             statements: RefCell::new(statements),
         }
     }
 
-    /// The prepared statement for `sql`, preparing it the first time. Prepared statements
-    /// belong to the connection, not the transaction, so a rollback does not lose them.
+    /// The prepared statement for `sql`, translated and prepared the first time. Prepared
+    /// statements belong to the connection, not the transaction, so a rollback does not lose
+    /// them.
     fn statement(&self, sql: &str) -> std::result::Result<Statement, ::postgres::Error> {
         if let Some(stmt) = self.statements.borrow().get(sql) {
             return Ok(stmt.clone());
         }
-        let stmt = self.tx.borrow_mut().prepare(sql)?;
+        let stmt = self.tx.borrow_mut().prepare(&to_postgres(sql))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), stmt.clone());
         Ok(stmt)
     }
 
-    pub fn query(&self, sql: &str, params: Params<'_>) -> OpResult<Vec<Row>> {
+    /// The statement for `sql` with `params` bound to its parameter types.
+    fn bound<'p>(
+        &self,
+        sql: &str,
+        params: &[Param<'p>],
+    ) -> OpResult<(Statement, Vec<Box<dyn ToSql + Sync + 'p>>)> {
         let stmt = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query(&stmt, params)?)
-    }
-
-    pub fn query_one(&self, sql: &str, params: Params<'_>) -> OpResult<Row> {
-        let stmt = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query_one(&stmt, params)?)
-    }
-
-    pub fn query_opt(&self, sql: &str, params: Params<'_>) -> OpResult<Option<Row>> {
-        let stmt = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query_opt(&stmt, params)?)
-    }
-
-    pub fn execute(&self, sql: &str, params: Params<'_>) -> OpResult<u64> {
-        let stmt = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().execute(&stmt, params)?)
+        let bound = params
+            .iter()
+            .zip(stmt.params())
+            .map(|(p, ty)| bind(*p, ty))
+            .collect::<OpResult<_>>()?;
+        Ok((stmt, bound))
     }
 
     fn commit(self) -> std::result::Result<(), ::postgres::Error> {
@@ -173,80 +229,29 @@ impl<'c> Db<'c> {
     }
 }
 
-/// A write transaction with the store's clock read once, so every row and event it writes
-/// carries the same time.
-pub(crate) struct Tx<'c> {
-    pub db: Db<'c>,
-    pub now: i64,
+/// The parameters as the driver takes them.
+fn refs<'a>(bound: &'a [Box<dyn ToSql + Sync + '_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    bound.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect()
 }
 
-impl<'c> std::ops::Deref for Tx<'c> {
-    type Target = Db<'c>;
-    fn deref(&self) -> &Db<'c> {
-        &self.db
+impl Db for PgTx<'_> {
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> OpResult<Vec<Row>> {
+        let (stmt, bound) = self.bound(sql, params)?;
+        let rows = self.tx.borrow_mut().query(&stmt, &refs(&bound))?;
+        let columns: Rc<[Box<str>]> = stmt.columns().iter().map(|c| c.name().into()).collect();
+        rows.iter()
+            .map(|r| {
+                let values = (0..columns.len())
+                    .map(|i| r.try_get(i))
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok(Row::new(columns.clone(), values))
+            })
+            .collect()
     }
-}
 
-/// An event about to be appended.
-pub(crate) struct Ev<'a> {
-    kind: EventKind,
-    session: Option<&'a str>,
-    task: Option<&'a str>,
-    worker: Option<&'a str>,
-    attempt: Option<u32>,
-    detail: serde_json::Value,
-}
-
-impl<'a> Ev<'a> {
-    pub fn new(kind: EventKind) -> Self {
-        Ev {
-            kind,
-            session: None,
-            task: None,
-            worker: None,
-            attempt: None,
-            detail: serde_json::Value::Object(Default::default()),
-        }
-    }
-    pub fn session(mut self, s: &'a str) -> Self {
-        self.session = Some(s);
-        self
-    }
-    pub fn task(mut self, t: &'a str) -> Self {
-        self.task = Some(t);
-        self
-    }
-    pub fn worker(mut self, w: Option<&'a str>) -> Self {
-        self.worker = w;
-        self
-    }
-    pub fn attempt(mut self, a: u32) -> Self {
-        self.attempt = (a > 0).then_some(a);
-        self
-    }
-    pub fn detail(mut self, d: serde_json::Value) -> Self {
-        self.detail = d;
-        self
-    }
-}
-
-impl Tx<'_> {
-    pub fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
-        let row = self.query_one(
-            "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING seq",
-            &[
-                &self.now,
-                &ev.kind.as_str(),
-                &ev.session,
-                &ev.task,
-                &ev.worker,
-                &ev.attempt.map(i64::from),
-                &ev.detail.to_string(),
-            ],
-        )?;
-        Ok(row.try_get(0)?)
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64> {
+        let (stmt, bound) = self.bound(sql, params)?;
+        Ok(self.tx.borrow_mut().execute(&stmt, &refs(&bound))?)
     }
 }
 
@@ -276,14 +281,9 @@ fn may_begin_again(e: &::postgres::Error) -> bool {
     e.as_db_error().is_none() || connection_lost(e)
 }
 
-/// A duration in whole milliseconds, as the store keeps them.
-pub(crate) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The store's clock, read inside `db`'s transaction.
-fn clock_now(db: &Db<'_>) -> OpResult<i64> {
-    Ok(db.query_one(CLOCK_MS, &[])?.try_get(0)?)
+fn clock_now(db: &dyn Db) -> OpResult<i64> {
+    db.query_one(CLOCK_MS, &[])?.get(0)
 }
 
 /// FNV-1a: a hash that stays the same across br versions and machines, which the advisory lock
@@ -559,13 +559,16 @@ impl PostgresStore {
 
     fn op_error(&self, context: &'static str, e: OpError) -> StoreError {
         match e {
-            OpError::Sql(e) => self.sql_error(context, e),
+            OpError::Sql(e) => match e.downcast::<::postgres::Error>() {
+                Ok(e) => self.sql_error(context, *e),
+                Err(source) => StoreError::Backend { context, source },
+            },
             OpError::Store(e) => e,
         }
     }
 
     /// Runs `f` in a write transaction, one writer at a time, and commits it.
-    pub(crate) fn write<T>(
+    fn write_with_retry<T>(
         &self,
         context: &'static str,
         f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
@@ -601,23 +604,25 @@ impl PostgresStore {
         // the writer before us committed, as in SQLite.
         let tx = client.transaction().map_err(Failure::Begin)?;
         let run = || -> OpResult<T> {
-            let db = Db::new(tx, statements);
+            let db = PgTx::new(tx, statements);
             db.execute(
-                "SELECT pg_advisory_xact_lock($1, $2)",
-                &[&WRITE_LOCK_SPACE, &self.write_lock_key],
+                "SELECT pg_advisory_xact_lock(?1, ?2)",
+                &[
+                    Param::Integer(WRITE_LOCK_SPACE.into()),
+                    Param::Integer(self.write_lock_key.into()),
+                ],
             )?;
             let now = clock_now(&db)?;
-            let tx = Tx { db, now };
             let f = f.take().expect("a write runs its operation once");
-            let out = f(&tx)?;
+            let out = f(&Tx { db: &db, now })?;
             // Wake listeners only for a transaction that wrote something (has a transaction
             // id): a claim that finds nothing must not wake every idle worker, who would each
             // wake the others in turn. NOTIFY is delivered at commit, and not on rollback.
-            tx.execute(
-                "SELECT pg_notify($1, $2) WHERE pg_current_xact_id_if_assigned() IS NOT NULL",
-                &[&CHANGE_CHANNEL, &self.schema],
+            db.execute(
+                "SELECT pg_notify(?1, ?2) WHERE pg_current_xact_id_if_assigned() IS NOT NULL",
+                &[Param::Text(CHANGE_CHANNEL), Param::Text(&self.schema)],
             )?;
-            tx.db.commit()?;
+            db.commit()?;
             Ok(out)
         };
         run().map_err(Failure::Op)
@@ -626,10 +631,10 @@ impl PostgresStore {
     /// Runs `f` in a read-only transaction: one consistent snapshot, never blocked by writers.
     /// Reading twice is harmless, so a read that loses its connection runs once more on a new
     /// one.
-    pub(crate) fn read<T>(
+    fn read_with_retry<T>(
         &self,
         context: &'static str,
-        f: impl Fn(&Db<'_>) -> OpResult<T>,
+        f: impl Fn(&dyn Db) -> OpResult<T>,
     ) -> Result<T> {
         let mut slot = self.lock_conn();
         let mut reconnected = false;
@@ -640,7 +645,7 @@ impl PostgresStore {
                 Err(e) => e,
             };
             match e {
-                OpError::Sql(e) if !reconnected && connection_lost(&e) => {
+                e if !reconnected && pg_error(&e).is_some_and(connection_lost) => {
                     *slot = None;
                     reconnected = true;
                 }
@@ -649,14 +654,14 @@ impl PostgresStore {
         }
     }
 
-    fn read_once<T>(conn: &mut Connection, f: impl Fn(&Db<'_>) -> OpResult<T>) -> OpResult<T> {
+    fn read_once<T>(conn: &mut Connection, f: impl Fn(&dyn Db) -> OpResult<T>) -> OpResult<T> {
         let Connection { client, statements } = conn;
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
-        let db = Db::new(tx, statements);
+        let db = PgTx::new(tx, statements);
         let out = f(&db)?;
         db.commit()?;
         Ok(out)
@@ -670,8 +675,9 @@ impl PostgresStore {
         context: &'static str,
         e: OpError,
     ) -> StoreError {
-        if let OpError::Sql(e) = &e
-            && (connection_lost(e) || slot.as_ref().is_some_and(|c| c.client.is_closed()))
+        if let OpError::Sql(source) = &e
+            && (source.downcast_ref().is_some_and(connection_lost)
+                || slot.as_ref().is_some_and(|c| c.client.is_closed()))
         {
             *slot = None;
         }
@@ -692,189 +698,22 @@ impl PostgresStore {
     }
 }
 
-impl Store for PostgresStore {
+impl Backend for PostgresStore {
+    fn write<T>(&self, context: &'static str, f: impl FnOnce(&Tx<'_>) -> OpResult<T>) -> Result<T> {
+        self.write_with_retry(context, f)
+    }
+
+    fn read<T>(&self, context: &'static str, f: impl Fn(&dyn Db) -> OpResult<T>) -> Result<T> {
+        self.read_with_retry(context, f)
+    }
+
+    /// The server's clock, so workers on several machines agree about leases.
+    fn clock(&self, db: &dyn Db) -> OpResult<i64> {
+        clock_now(db)
+    }
+
     fn now(&self) -> Result<Timestamp> {
         self.read("read the store's clock", |db| Ok(Timestamp(clock_now(db)?)))
-    }
-
-    fn create_session(&self, new: &NewSession) -> Result<Session> {
-        let id = self.write("create the session", |tx| session::create(tx, new))?;
-        self.session(&id)
-    }
-
-    fn session(&self, id: &SessionId) -> Result<Session> {
-        self.read("read a session", |c| read::session(c, id.as_str()))
-    }
-
-    fn resolve_session(&self, reference: &str) -> Result<Session> {
-        self.read("find a session", |c| read::resolve_session(c, reference))
-    }
-
-    fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>> {
-        self.read("list sessions", |c| read::sessions(c, filter))
-    }
-
-    fn change_session(&self, id: &SessionId, action: SessionAction) -> Result<Session> {
-        self.write("change a session", |tx| {
-            session::change(tx, id.as_str(), action)
-        })?;
-        self.session(id)
-    }
-
-    fn set_workers_wanted(&self, id: &SessionId, workers: u32) -> Result<()> {
-        self.write("scale a session", |tx| {
-            session::set_workers_wanted(tx, id.as_str(), workers)
-        })
-    }
-
-    fn tasks(&self, session: &SessionId) -> Result<Vec<Task>> {
-        self.read("read tasks", |c| read::tasks(c, session.as_str()))
-    }
-
-    fn task(&self, session: &SessionId, task: &TaskId) -> Result<Task> {
-        self.read("read a task", |c| {
-            read::task(c, session.as_str(), task.as_str())
-        })
-    }
-
-    fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>> {
-        self.read("read attempts", |c| {
-            read::attempts(c, session.as_str(), task.as_str())
-        })
-    }
-
-    fn delete_session(&self, id: &SessionId) -> Result<()> {
-        self.write("delete a session", |tx| session::delete(tx, id.as_str()))
-    }
-
-    fn register_worker(&self, new: &NewWorker) -> Result<WorkerId> {
-        self.write("register a worker", |tx| lease::register_worker(tx, new))
-    }
-
-    fn heartbeat(&self, worker: &WorkerId, lease: Option<&Lease>) -> Result<Heartbeat> {
-        self.write("record a heartbeat", |tx| {
-            lease::heartbeat(tx, worker.as_str(), lease)
-        })
-    }
-
-    fn claim_next_task(&self, request: &ClaimRequest<'_>) -> Result<Claim> {
-        // Look before taking the write lock: idle workers poll often, and a claim that finds
-        // nothing must not queue every other writer behind it.
-        let worth_trying = self.read("look for ready tasks", |c| {
-            lease::anything_claimable(c, request.worker.as_str(), request.session)
-        })?;
-        if !worth_trying {
-            return Ok(Claim::Nothing);
-        }
-        self.write("claim a task", |tx| lease::claim(tx, request))
-    }
-
-    fn finish_attempt_with(
-        &self,
-        lease: &Lease,
-        outcome: &Outcome,
-        report: &AttemptReport,
-    ) -> Result<Finish> {
-        self.write("record an attempt's outcome", |tx| {
-            lease::finish(tx, lease, outcome, report)
-        })
-    }
-
-    fn requeue_task(
-        &self,
-        session: &SessionId,
-        task: &TaskId,
-        base_commit: &str,
-        reason: &str,
-    ) -> Result<Task> {
-        self.write("requeue a task", |tx| {
-            session::requeue_task(tx, session.as_str(), task.as_str(), base_commit, reason)
-        })?;
-        self.task(session, task)
-    }
-
-    fn requeue_expired_leases(&self) -> Result<Expired> {
-        let any = self.read("look for expired leases", |c| {
-            lease::anything_expired(c, clock_now(c)?)
-        })?;
-        if !any {
-            return Ok(Expired::default());
-        }
-        self.write("requeue expired leases", lease::requeue_expired)
-    }
-
-    fn request_worker_stops(&self, session: &SessionId, count: u32) -> Result<Vec<WorkerId>> {
-        self.write("ask workers to stop", |tx| {
-            lease::request_stops(tx, session.as_str(), count)
-        })
-    }
-
-    fn stop_worker(&self, worker: &WorkerId) -> Result<()> {
-        self.write("stop a worker", |tx| {
-            lease::stop_worker(tx, worker.as_str())
-        })
-    }
-
-    fn workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
-        self.read("list workers", |c| read::workers(c, filter))
-    }
-
-    fn worker(&self, id: &WorkerId) -> Result<Worker> {
-        self.read("read a worker", |c| read::worker(c, id.as_str()))
-    }
-
-    fn prune_workers(&self, before: Timestamp) -> Result<u32> {
-        self.write("prune workers", |tx| {
-            lease::prune_workers(tx, before.millis())
-        })
-    }
-
-    fn lock_paths(&self, session: &SessionId, paths: &[LockPath]) -> Result<LockOutcome> {
-        self.write("lock paths", |tx| {
-            lock::lock_paths(tx, session.as_str(), paths)
-        })
-    }
-
-    fn unlock_paths(&self, session: &SessionId, paths: Option<&[LockPath]>) -> Result<Vec<String>> {
-        self.write("unlock paths", |tx| {
-            lock::unlock_paths(tx, session.as_str(), paths)
-        })
-    }
-
-    fn locks(&self) -> Result<Vec<Lock>> {
-        self.read("list locks", read::locks)
-    }
-
-    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
-        self.read("read events", |c| read::events(c, filter))
-    }
-
-    fn append_event(&self, event: &NewEvent) -> Result<Event> {
-        let seq = self.write("record an event", |tx| {
-            let mut ev = Ev::new(event.kind).detail(event.detail.clone());
-            ev.session = event.session_id.as_ref().map(SessionId::as_str);
-            ev.task = event.task_id.as_ref().map(TaskId::as_str);
-            ev.worker = event.worker_id.as_ref().map(WorkerId::as_str);
-            ev.attempt = event.attempt.map(|a| a.0);
-            tx.event(ev)
-        })?;
-        let mut found = self.events(&EventFilter {
-            after_seq: Some(seq - 1),
-            limit: Some(1),
-            ..Default::default()
-        })?;
-        found
-            .pop()
-            .ok_or_else(|| StoreError::Damaged(format!("event {seq} vanished after commit")))
-    }
-
-    fn last_seq(&self) -> Result<i64> {
-        self.read("read the last event", |c| {
-            Ok(
-                c.query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
-                    .try_get(0)?,
-            )
-        })
     }
 
     fn wait_for_change(&self, timeout: Duration) -> Result<()> {
@@ -915,8 +754,31 @@ impl Store for PostgresStore {
         }
         Ok(())
     }
+}
 
-    fn summary(&self) -> Result<Summary> {
-        self.read("summarise the store", |c| read::summary(c, clock_now(c)?))
+#[cfg(test)]
+mod tests {
+    use super::to_postgres;
+
+    #[test]
+    fn shared_sql_is_translated_once_into_postgres_words() {
+        assert_eq!(
+            to_postgres("SELECT a FROM t WHERE x = ?1 AND y = ?12 OR ?1 IS NULL"),
+            "SELECT a FROM t WHERE x = $1 AND y = $12 OR $1 IS NULL"
+        );
+        assert_eq!(
+            to_postgres("SELECT id FROM tasks INDEXED BY tasks_ready WHERE s = ?1"),
+            "SELECT id FROM tasks  WHERE s = $1"
+        );
+        // Quoted text is data, not SQL.
+        assert_eq!(
+            to_postgres("SELECT '?1 it''s INDEXED BY x', \"?2\" WHERE k = ?3"),
+            "SELECT '?1 it''s INDEXED BY x', \"?2\" WHERE k = $3"
+        );
+        // Only the clause, not a name that ends with it.
+        assert_eq!(
+            to_postgres("SELECT reindexed by_x FROM t"),
+            "SELECT reindexed by_x FROM t"
+        );
     }
 }

@@ -1,26 +1,23 @@
 //! The embedded backend: one SQLite file in WAL mode, shared by every br process on the machine.
 //! Writes run in `BEGIN IMMEDIATE` transactions, so writers queue on SQLite's lock (with
-//! `busy_timeout`) instead of failing halfway, and event `seq` follows commit order.
+//! `busy_timeout`) instead of failing halfway, and event `seq` follows commit order. The store's
+//! logic is `crate::sql`'s; this module opens the file, migrates it, runs transactions and binds
+//! values.
 
-mod lease;
-mod lock;
-mod read;
 mod schema;
-mod session;
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use br_core::outcome::Outcome;
-use br_core::state::SessionAction;
-use br_core::{EventKind, LockPath, SessionId, TaskId, Timestamp, WorkerId};
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+use br_core::Timestamp;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
-use crate::Store;
 use crate::error::{Result, StoreError};
-use crate::model::*;
+use crate::sql::{Backend, Db, OpError, OpResult, Param, Row, Tx, Value};
 
 pub use schema::CURRENT_VERSION;
 
@@ -30,6 +27,10 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `wait_for_change` looks at SQLite's change counter. Cheap (no I/O beyond the
 /// shared-memory index), and it bounds how late an idle worker notices a newly ready task.
 const CHANGE_POLL: Duration = Duration::from_millis(3);
+
+/// How many prepared statements a connection keeps: more than the store's logic has, so none
+/// is prepared twice.
+const STATEMENT_CACHE: usize = 256;
 
 /// The SQLite store.
 #[derive(Debug)]
@@ -41,112 +42,58 @@ pub struct SqliteStore {
     seen_version: AtomicI64,
 }
 
-/// An error inside an operation: SQLite's own, or one of the store's.
-#[derive(Debug)]
-pub(crate) enum OpError {
-    Sql(rusqlite::Error),
-    Store(StoreError),
-}
-
 impl From<rusqlite::Error> for OpError {
     fn from(e: rusqlite::Error) -> Self {
-        OpError::Sql(e)
+        OpError::Sql(Box::new(e))
     }
 }
 
-impl From<StoreError> for OpError {
-    fn from(e: StoreError) -> Self {
-        OpError::Store(e)
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Param::Null => ValueRef::Null,
+            Param::Integer(n) => ValueRef::Integer(n),
+            Param::Text(s) => ValueRef::Text(s.as_bytes()),
+        }))
     }
 }
 
-impl From<br_core::state::TransitionError> for OpError {
-    fn from(e: br_core::state::TransitionError) -> Self {
-        OpError::Store(StoreError::Transition(e))
-    }
-}
-
-impl From<serde_json::Error> for OpError {
-    fn from(e: serde_json::Error) -> Self {
-        OpError::Store(StoreError::Damaged(format!("bad JSON in a column: {e}")))
-    }
-}
-
-pub(crate) type OpResult<T> = std::result::Result<T, OpError>;
-
-/// A write transaction with the store's clock read once, so every row and event it writes
-/// carries the same time.
-pub(crate) struct Tx<'c> {
-    pub tx: Transaction<'c>,
-    pub now: i64,
-}
-
-impl std::ops::Deref for Tx<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        &self.tx
-    }
-}
-
-/// An event about to be appended.
-pub(crate) struct Ev<'a> {
-    kind: EventKind,
-    session: Option<&'a str>,
-    task: Option<&'a str>,
-    worker: Option<&'a str>,
-    attempt: Option<u32>,
-    detail: serde_json::Value,
-}
-
-impl<'a> Ev<'a> {
-    pub fn new(kind: EventKind) -> Self {
-        Ev {
-            kind,
-            session: None,
-            task: None,
-            worker: None,
-            attempt: None,
-            detail: serde_json::Value::Object(Default::default()),
+/// A column's value. The schema stores only integers, text and NULL; anything else (a value
+/// some other program wrote) is kept as text, so reading it as the model's type reports the
+/// column as damaged.
+fn value(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(n) => Value::Integer(n),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            Value::Text(String::from_utf8_lossy(bytes).into_owned())
         }
-    }
-    pub fn session(mut self, s: &'a str) -> Self {
-        self.session = Some(s);
-        self
-    }
-    pub fn task(mut self, t: &'a str) -> Self {
-        self.task = Some(t);
-        self
-    }
-    pub fn worker(mut self, w: Option<&'a str>) -> Self {
-        self.worker = w;
-        self
-    }
-    pub fn attempt(mut self, a: u32) -> Self {
-        self.attempt = (a > 0).then_some(a);
-        self
-    }
-    pub fn detail(mut self, d: serde_json::Value) -> Self {
-        self.detail = d;
-        self
+        ValueRef::Real(f) => Value::Text(f.to_string()),
     }
 }
 
-impl Tx<'_> {
-    pub fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
-        let mut stmt = self.prepare_cached(
-            "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        stmt.execute(rusqlite::params![
-            self.now,
-            ev.kind.as_str(),
-            ev.session,
-            ev.task,
-            ev.worker,
-            ev.attempt,
-            ev.detail.to_string(),
-        ])?;
-        Ok(self.last_insert_rowid())
+/// The store's logic runs on a connection inside the transaction `read` or `write` began.
+/// Statements are prepared once per connection (`prepare_cached`).
+impl Db for Connection {
+    fn query(&self, sql: &str, params: &[Param<'_>]) -> OpResult<Vec<Row>> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let columns: Rc<[Box<str>]> = stmt.column_names().into_iter().map(Box::from).collect();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let values = (0..columns.len())
+                .map(|i| row.get_ref(i).map(value))
+                .collect::<rusqlite::Result<_>>()?;
+            out.push(Row::new(columns.clone(), values));
+        }
+        Ok(out)
+    }
+
+    fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64> {
+        let changed = self
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(u64::try_from(changed).unwrap_or(u64::MAX))
     }
 }
 
@@ -232,6 +179,9 @@ impl SqliteStore {
         );
         conn.busy_handler(Some(retry_while_busy))
             .map_err(|e| self.sql_error(ctx, e))?;
+        // Every statement of the store's logic goes through the cache, and a claim alone runs
+        // more distinct statements than rusqlite's default of 16 keeps.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // Read the version before writing anything: a newer store must stay untouched. One
         // statement reads the version and the table count from the same snapshot: another br
         // creating this store at the same moment must not look like someone else's tables.
@@ -324,226 +274,48 @@ impl SqliteStore {
 
     fn op_error(&self, context: &'static str, e: OpError) -> StoreError {
         match e {
-            OpError::Sql(e) => self.sql_error(context, e),
+            OpError::Sql(e) => match e.downcast::<rusqlite::Error>() {
+                Ok(e) => self.sql_error(context, *e),
+                Err(source) => StoreError::Backend { context, source },
+            },
             OpError::Store(e) => e,
         }
     }
+}
 
-    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) and commits it.
-    pub(crate) fn write<T>(
-        &self,
-        context: &'static str,
-        f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
-    ) -> Result<T> {
+impl Backend for SqliteStore {
+    /// `BEGIN IMMEDIATE`: the write lock is taken at once, so writers queue on it (with the busy
+    /// handler) instead of failing halfway when a read turns into a write.
+    fn write<T>(&self, context: &'static str, f: impl FnOnce(&Tx<'_>) -> OpResult<T>) -> Result<T> {
         let mut conn = self.lock_conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sql_error(context, e))?;
-        let tx = Tx {
-            tx,
+        let out = f(&Tx {
+            db: &*tx,
             now: clock_now(),
-        };
-        let out = f(&tx).map_err(|e| self.op_error(context, e))?;
-        tx.tx.commit().map_err(|e| self.sql_error(context, e))?;
+        })
+        .map_err(|e| self.op_error(context, e))?;
+        tx.commit().map_err(|e| self.sql_error(context, e))?;
         Ok(out)
     }
 
-    /// Runs `f` in a read transaction: one consistent snapshot, never blocked by writers.
-    pub(crate) fn read<T>(
-        &self,
-        context: &'static str,
-        f: impl FnOnce(&Connection) -> OpResult<T>,
-    ) -> Result<T> {
+    fn read<T>(&self, context: &'static str, f: impl Fn(&dyn Db) -> OpResult<T>) -> Result<T> {
         let mut conn = self.lock_conn();
         let tx = conn.transaction().map_err(|e| self.sql_error(context, e))?;
-        let out = f(&tx).map_err(|e| self.op_error(context, e))?;
+        let out = f(&*tx).map_err(|e| self.op_error(context, e))?;
         // Nothing to keep: ending a read transaction either way releases its snapshot.
         drop(tx);
         Ok(out)
     }
-}
 
-impl Store for SqliteStore {
+    /// The machine's clock: every process sharing the file runs on this machine.
+    fn clock(&self, _db: &dyn Db) -> OpResult<i64> {
+        Ok(clock_now())
+    }
+
     fn now(&self) -> Result<Timestamp> {
         Ok(Timestamp(clock_now()))
-    }
-
-    fn create_session(&self, new: &NewSession) -> Result<Session> {
-        let id = self.write("create the session", |tx| session::create(tx, new))?;
-        self.session(&id)
-    }
-
-    fn session(&self, id: &SessionId) -> Result<Session> {
-        self.read("read a session", |c| read::session(c, id.as_str()))
-    }
-
-    fn resolve_session(&self, reference: &str) -> Result<Session> {
-        self.read("find a session", |c| read::resolve_session(c, reference))
-    }
-
-    fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>> {
-        self.read("list sessions", |c| read::sessions(c, filter))
-    }
-
-    fn change_session(&self, id: &SessionId, action: SessionAction) -> Result<Session> {
-        self.write("change a session", |tx| {
-            session::change(tx, id.as_str(), action)
-        })?;
-        self.session(id)
-    }
-
-    fn set_workers_wanted(&self, id: &SessionId, workers: u32) -> Result<()> {
-        self.write("scale a session", |tx| {
-            session::set_workers_wanted(tx, id.as_str(), workers)
-        })
-    }
-
-    fn tasks(&self, session: &SessionId) -> Result<Vec<Task>> {
-        self.read("read tasks", |c| read::tasks(c, session.as_str()))
-    }
-
-    fn task(&self, session: &SessionId, task: &TaskId) -> Result<Task> {
-        self.read("read a task", |c| {
-            read::task(c, session.as_str(), task.as_str())
-        })
-    }
-
-    fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>> {
-        self.read("read attempts", |c| {
-            read::attempts(c, session.as_str(), task.as_str())
-        })
-    }
-
-    fn delete_session(&self, id: &SessionId) -> Result<()> {
-        self.write("delete a session", |tx| session::delete(tx, id.as_str()))
-    }
-
-    fn register_worker(&self, new: &NewWorker) -> Result<WorkerId> {
-        self.write("register a worker", |tx| lease::register_worker(tx, new))
-    }
-
-    fn heartbeat(&self, worker: &WorkerId, lease: Option<&Lease>) -> Result<Heartbeat> {
-        self.write("record a heartbeat", |tx| {
-            lease::heartbeat(tx, worker.as_str(), lease)
-        })
-    }
-
-    fn claim_next_task(&self, request: &ClaimRequest<'_>) -> Result<Claim> {
-        // Look before taking the write lock: idle workers poll often, and a claim that finds
-        // nothing must not queue every other writer behind it.
-        let worth_trying = self.read("look for ready tasks", |c| {
-            lease::anything_claimable(c, request.worker.as_str(), request.session)
-        })?;
-        if !worth_trying {
-            return Ok(Claim::Nothing);
-        }
-        self.write("claim a task", |tx| lease::claim(tx, request))
-    }
-
-    fn finish_attempt_with(
-        &self,
-        lease: &Lease,
-        outcome: &Outcome,
-        report: &AttemptReport,
-    ) -> Result<Finish> {
-        self.write("record an attempt's outcome", |tx| {
-            lease::finish(tx, lease, outcome, report)
-        })
-    }
-
-    fn requeue_task(
-        &self,
-        session: &SessionId,
-        task: &TaskId,
-        base_commit: &str,
-        reason: &str,
-    ) -> Result<Task> {
-        self.write("requeue a task", |tx| {
-            session::requeue_task(tx, session.as_str(), task.as_str(), base_commit, reason)
-        })?;
-        self.task(session, task)
-    }
-
-    fn requeue_expired_leases(&self) -> Result<Expired> {
-        let now = clock_now();
-        let any = self.read("look for expired leases", |c| {
-            lease::anything_expired(c, now)
-        })?;
-        if !any {
-            return Ok(Expired::default());
-        }
-        self.write("requeue expired leases", lease::requeue_expired)
-    }
-
-    fn request_worker_stops(&self, session: &SessionId, count: u32) -> Result<Vec<WorkerId>> {
-        self.write("ask workers to stop", |tx| {
-            lease::request_stops(tx, session.as_str(), count)
-        })
-    }
-
-    fn stop_worker(&self, worker: &WorkerId) -> Result<()> {
-        self.write("stop a worker", |tx| {
-            lease::stop_worker(tx, worker.as_str())
-        })
-    }
-
-    fn workers(&self, filter: &WorkerFilter) -> Result<Vec<Worker>> {
-        self.read("list workers", |c| read::workers(c, filter))
-    }
-
-    fn worker(&self, id: &WorkerId) -> Result<Worker> {
-        self.read("read a worker", |c| read::worker(c, id.as_str()))
-    }
-
-    fn prune_workers(&self, before: Timestamp) -> Result<u32> {
-        self.write("prune workers", |tx| {
-            lease::prune_workers(tx, before.millis())
-        })
-    }
-
-    fn lock_paths(&self, session: &SessionId, paths: &[LockPath]) -> Result<LockOutcome> {
-        self.write("lock paths", |tx| {
-            lock::lock_paths(tx, session.as_str(), paths)
-        })
-    }
-
-    fn unlock_paths(&self, session: &SessionId, paths: Option<&[LockPath]>) -> Result<Vec<String>> {
-        self.write("unlock paths", |tx| {
-            lock::unlock_paths(tx, session.as_str(), paths)
-        })
-    }
-
-    fn locks(&self) -> Result<Vec<Lock>> {
-        self.read("list locks", read::locks)
-    }
-
-    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
-        self.read("read events", |c| read::events(c, filter))
-    }
-
-    fn append_event(&self, event: &NewEvent) -> Result<Event> {
-        let seq = self.write("record an event", |tx| {
-            let mut ev = Ev::new(event.kind).detail(event.detail.clone());
-            ev.session = event.session_id.as_ref().map(SessionId::as_str);
-            ev.task = event.task_id.as_ref().map(TaskId::as_str);
-            ev.worker = event.worker_id.as_ref().map(WorkerId::as_str);
-            ev.attempt = event.attempt.map(|a| a.0);
-            tx.event(ev)
-        })?;
-        let mut found = self.events(&EventFilter {
-            after_seq: Some(seq - 1),
-            limit: Some(1),
-            ..Default::default()
-        })?;
-        found
-            .pop()
-            .ok_or_else(|| StoreError::Damaged(format!("event {seq} vanished after commit")))
-    }
-
-    fn last_seq(&self) -> Result<i64> {
-        self.read("read the last event", |c| {
-            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
-        })
     }
 
     fn wait_for_change(&self, timeout: Duration) -> Result<()> {
@@ -572,10 +344,5 @@ impl Store for SqliteStore {
             }
             std::thread::sleep(left.min(CHANGE_POLL));
         }
-    }
-
-    fn summary(&self) -> Result<Summary> {
-        let now = clock_now();
-        self.read("summarise the store", |c| read::summary(c, now))
     }
 }

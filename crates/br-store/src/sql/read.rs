@@ -4,11 +4,9 @@
 use std::str::FromStr;
 
 use br_core::{Attempt, SessionId, TaskId, Timestamp, WorkerId};
-use rusqlite::types::Type;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::de::DeserializeOwned;
 
-use super::OpResult;
+use super::{Db, OpResult, Row, params};
 use crate::error::StoreError;
 use crate::model::*;
 
@@ -24,40 +22,47 @@ const WORKER_COLUMNS: &str = "id, status, host, pid, session_id, task_session_id
     attempt, tasks_completed, tasks_failed, last_heartbeat, started_at, task_started_at, \
     stop_requested";
 
-/// A column that should hold a known word but does not: the store is damaged.
-fn conversion(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e))
-}
-
-pub(super) fn parsed<T>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T>
+pub(super) fn parsed<T>(r: &Row, idx: usize) -> OpResult<T>
 where
     T: FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
 {
     let text: String = r.get(idx)?;
-    text.parse().map_err(|e| conversion(idx, e))
+    text.parse().map_err(|e| r.damaged(idx, e))
 }
 
 /// Enums stored by their serde name (`"worktree"`, `"strict"`).
-pub(super) fn serde_word<T: DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+pub(super) fn serde_word<T: DeserializeOwned>(r: &Row, idx: usize) -> OpResult<T> {
     let text: String = r.get(idx)?;
-    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| conversion(idx, e))
+    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| r.damaged(idx, e))
 }
 
-pub(super) fn json<T: DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<T> {
+pub(super) fn json<T: DeserializeOwned>(r: &Row, idx: usize) -> OpResult<T> {
     let text: String = r.get(idx)?;
-    serde_json::from_str(&text).map_err(|e| conversion(idx, e))
+    serde_json::from_str(&text).map_err(|e| r.damaged(idx, e))
 }
 
-fn ts(r: &Row<'_>, idx: usize) -> rusqlite::Result<Timestamp> {
+fn ts(r: &Row, idx: usize) -> OpResult<Timestamp> {
     Ok(Timestamp(r.get(idx)?))
 }
 
-fn opt_ts(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Timestamp>> {
-    Ok(r.get::<_, Option<i64>>(idx)?.map(Timestamp))
+fn opt_ts(r: &Row, idx: usize) -> OpResult<Option<Timestamp>> {
+    Ok(r.get::<Option<i64>>(idx)?.map(Timestamp))
 }
 
-pub(super) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
+fn task_id(r: &Row, idx: usize) -> OpResult<Option<TaskId>> {
+    r.get::<Option<String>>(idx)?
+        .map(|t| TaskId::new(t).map_err(|e| r.damaged(idx, e)))
+        .transpose()
+}
+
+/// A `LIMIT` parameter: the largest integer for none, since SQLite refuses `LIMIT NULL` and
+/// PostgreSQL a negative limit.
+fn limit(limit: Option<usize>) -> i64 {
+    limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX))
+}
+
+pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
     let total: u32 = r.get(17)?;
     let succeeded: u32 = r.get(18)?;
     let failed: u32 = r.get(19)?;
@@ -66,7 +71,7 @@ pub(super) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     let running: u32 = r.get(22)?;
     let finished = succeeded + failed + skipped + cancelled;
     Ok(Session {
-        id: SessionId::from_string(r.get::<_, String>(0)?),
+        id: SessionId::from_string(r.get::<String>(0)?),
         name: r.get(1)?,
         slug: r.get(2)?,
         status: parsed(r, 3)?,
@@ -94,27 +99,23 @@ pub(super) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
-pub(super) fn session(c: &Connection, id: &str) -> OpResult<Session> {
+pub(super) fn session(c: &dyn Db, id: &str) -> OpResult<Session> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
-    c.prepare_cached(&sql)?
-        .query_row([id], session_from_row)
-        .optional()?
+    c.query_opt(&sql, params![id])?
+        .map(|r| session_from_row(&r))
+        .transpose()?
         .ok_or_else(|| StoreError::NoSuchSession(id.to_string()).into())
 }
 
-pub(super) fn resolve_session(c: &Connection, reference: &str) -> OpResult<Session> {
+pub(super) fn resolve_session(c: &dyn Db, reference: &str) -> OpResult<Session> {
     if let Ok(s) = session(c, reference) {
         return Ok(s);
     }
     let sql = format!(
         "SELECT {SESSION_COLUMNS} FROM sessions WHERE name = ?1 ORDER BY created_at DESC, rowid DESC LIMIT 1"
     );
-    if let Some(s) = c
-        .prepare_cached(&sql)?
-        .query_row([reference], session_from_row)
-        .optional()?
-    {
-        return Ok(s);
+    if let Some(r) = c.query_opt(&sql, params![reference])? {
+        return session_from_row(&r);
     }
     // Ids are lowercase hex: anything else cannot be a prefix (and must not reach LIKE).
     if !reference.is_empty() && reference.chars().all(|ch| ch.is_ascii_hexdigit()) {
@@ -123,9 +124,10 @@ pub(super) fn resolve_session(c: &Connection, reference: &str) -> OpResult<Sessi
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE id LIKE ?1 ORDER BY created_at DESC, rowid DESC LIMIT 6"
         );
         let found = c
-            .prepare_cached(&sql)?
-            .query_map([pattern], session_from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .query(&sql, params![&pattern])?
+            .iter()
+            .map(session_from_row)
+            .collect::<OpResult<Vec<_>>>()?;
         match found.len() {
             0 => {}
             1 => return Ok(found.into_iter().next().expect("one element")),
@@ -144,33 +146,30 @@ pub(super) fn resolve_session(c: &Connection, reference: &str) -> OpResult<Sessi
     Err(StoreError::NoSuchSession(reference.to_string()).into())
 }
 
-pub(super) fn sessions(c: &Connection, filter: &SessionFilter) -> OpResult<Vec<Session>> {
-    let limit = filter
-        .limit
-        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+pub(super) fn sessions(c: &dyn Db, filter: &SessionFilter) -> OpResult<Vec<Session>> {
+    let limit = limit(filter.limit);
     let sql = format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR status = ?1)
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE (CAST(?1 AS TEXT) IS NULL OR status = ?1)
          ORDER BY created_at DESC, rowid DESC LIMIT ?2"
     );
     let status = filter.status.map(|s| s.as_str());
-    let rows = c
-        .prepare_cached(&sql)?
-        .query_map(params![status, limit], session_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    c.query(&sql, params![status, limit])?
+        .iter()
+        .map(session_from_row)
+        .collect()
 }
 
-fn task_from_row(r: &Row<'_>, session: &Session) -> rusqlite::Result<Task> {
+fn task_from_row(r: &Row, session: &Session) -> OpResult<Task> {
     let id: TaskId = {
         let text: String = r.get(0)?;
-        TaskId::new(text).map_err(|e| conversion(0, e))?
+        TaskId::new(text).map_err(|e| r.damaged(0, e))?
     };
     Ok(Task {
         branch: session.task_branch(&id),
         id,
         state: parsed(r, 1)?,
         attempts: r.get(2)?,
-        worker_id: r.get::<_, Option<String>>(3)?.map(WorkerId::from_string),
+        worker_id: r.get::<Option<String>>(3)?.map(WorkerId::from_string),
         exit_code: r.get(4)?,
         started_at: opt_ts(r, 5)?,
         finished_at: opt_ts(r, 6)?,
@@ -180,8 +179,8 @@ fn task_from_row(r: &Row<'_>, session: &Session) -> rusqlite::Result<Task> {
         run: r.get(10)?,
         outcome: r.get(11)?,
         blocked_by: r
-            .get::<_, Option<String>>(12)?
-            .map(|text| serde_json::from_str(&text).map_err(|e| conversion(12, e)))
+            .get::<Option<String>>(12)?
+            .map(|text| serde_json::from_str(&text).map_err(|e| r.damaged(12, e)))
             .transpose()?,
         timeout_ms: r.get(13)?,
         retries: r.get(14)?,
@@ -193,22 +192,24 @@ fn task_from_row(r: &Row<'_>, session: &Session) -> rusqlite::Result<Task> {
 
 /// Fills in scope violations and predicted conflicts from the session's events (both sides of
 /// each conflict). A violation counts for the attempt that made it only.
-fn annotate(c: &Connection, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
-    let mut stmt = c.prepare_cached(
-        "SELECT kind, task_id, attempt, detail FROM events
-         WHERE session_id = ?1 AND kind IN ('scope_violation', 'merge_conflict')
-         ORDER BY seq",
-    )?;
-    let rows = stmt
-        .query_map([session_id], |r| {
+fn annotate(c: &dyn Db, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
+    let rows = c
+        .query(
+            "SELECT kind, task_id, attempt, detail FROM events
+             WHERE session_id = ?1 AND kind IN ('scope_violation', 'merge_conflict')
+             ORDER BY seq",
+            params![session_id],
+        )?
+        .iter()
+        .map(|r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, Option<u32>>(2)?,
+                r.get::<String>(0)?,
+                r.get::<Option<String>>(1)?,
+                r.get::<Option<u32>>(2)?,
                 json::<serde_json::Value>(r, 3)?,
             ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        })
+        .collect::<OpResult<Vec<_>>>()?;
     let files_of = |detail: &serde_json::Value| -> Vec<String> {
         serde_json::from_value(detail["files"].clone()).unwrap_or_default()
     };
@@ -242,24 +243,25 @@ fn annotate(c: &Connection, session_id: &str, tasks: &mut [Task]) -> OpResult<()
     Ok(())
 }
 
-pub(super) fn tasks(c: &Connection, session_id: &str) -> OpResult<Vec<Task>> {
+pub(super) fn tasks(c: &dyn Db, session_id: &str) -> OpResult<Vec<Task>> {
     let session = session(c, session_id)?;
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq");
     let mut rows = c
-        .prepare_cached(&sql)?
-        .query_map([session_id], |r| task_from_row(r, &session))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query(&sql, params![session_id])?
+        .iter()
+        .map(|r| task_from_row(r, &session))
+        .collect::<OpResult<Vec<_>>>()?;
     annotate(c, session_id, &mut rows)?;
     Ok(rows)
 }
 
-pub(super) fn task(c: &Connection, session_id: &str, task_id: &str) -> OpResult<Task> {
+pub(super) fn task(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Task> {
     let session = session(c, session_id)?;
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 AND id = ?2");
     let task = c
-        .prepare_cached(&sql)?
-        .query_row([session_id, task_id], |r| task_from_row(r, &session))
-        .optional()?
+        .query_opt(&sql, params![session_id, task_id])?
+        .map(|r| task_from_row(&r, &session))
+        .transpose()?
         .ok_or_else(|| StoreError::NoSuchTask {
             session: session_id.to_string(),
             task: task_id.to_string(),
@@ -271,47 +273,43 @@ pub(super) fn task(c: &Connection, session_id: &str, task_id: &str) -> OpResult<
 }
 
 pub(super) fn attempts(
-    c: &Connection,
+    c: &dyn Db,
     session_id: &str,
     task_id: &str,
 ) -> OpResult<Vec<AttemptRecord>> {
     task(c, session_id, task_id)?;
-    let rows = c
-        .prepare_cached(
-            "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path
-             FROM attempts WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt",
-        )?
-        .query_map([session_id, task_id], |r| {
-            Ok(AttemptRecord {
-                attempt: Attempt(r.get(0)?),
-                worker_id: WorkerId::from_string(r.get::<_, String>(1)?),
-                started_at: ts(r, 2)?,
-                finished_at: opt_ts(r, 3)?,
-                outcome: r.get(4)?,
-                exit_code: r.get(5)?,
-                detail: json(r, 6)?,
-                log_path: r.get(7)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    c.query(
+        "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path
+         FROM attempts WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt",
+        params![session_id, task_id],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(AttemptRecord {
+            attempt: Attempt(r.get(0)?),
+            worker_id: WorkerId::from_string(r.get::<String>(1)?),
+            started_at: ts(r, 2)?,
+            finished_at: opt_ts(r, 3)?,
+            outcome: r.get(4)?,
+            exit_code: r.get(5)?,
+            detail: json(r, 6)?,
+            log_path: r.get(7)?,
+        })
+    })
+    .collect()
 }
 
-fn worker_from_row(r: &Row<'_>) -> rusqlite::Result<Worker> {
+fn worker_from_row(r: &Row) -> OpResult<Worker> {
     let serving: Option<String> = r.get(4)?;
     let task_session: Option<String> = r.get(5)?;
-    let task_id = r
-        .get::<_, Option<String>>(6)?
-        .map(|t| TaskId::new(t).map_err(|e| conversion(6, e)))
-        .transpose()?;
     Ok(Worker {
-        id: WorkerId::from_string(r.get::<_, String>(0)?),
+        id: WorkerId::from_string(r.get::<String>(0)?),
         status: parsed(r, 1)?,
         host: r.get(2)?,
         pid: r.get(3)?,
         session_id: task_session.or(serving).map(SessionId::from_string),
-        current_task: task_id,
-        attempt: r.get::<_, Option<u32>>(7)?.map(Attempt),
+        current_task: task_id(r, 6)?,
+        attempt: r.get::<Option<u32>>(7)?.map(Attempt),
         tasks_completed: r.get(8)?,
         tasks_failed: r.get(9)?,
         last_heartbeat: ts(r, 10)?,
@@ -321,128 +319,118 @@ fn worker_from_row(r: &Row<'_>) -> rusqlite::Result<Worker> {
     })
 }
 
-pub(super) fn workers(c: &Connection, filter: &WorkerFilter) -> OpResult<Vec<Worker>> {
+pub(super) fn workers(c: &dyn Db, filter: &WorkerFilter) -> OpResult<Vec<Worker>> {
     let sql = format!(
         "SELECT {WORKER_COLUMNS} FROM workers
-         WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR session_id = ?2)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR status = ?1) AND (CAST(?2 AS TEXT) IS NULL OR session_id = ?2)
          ORDER BY started_at, id"
     );
-    let rows = c
-        .prepare_cached(&sql)?
-        .query_map(
-            params![
-                filter.status.map(|s| s.as_str()),
-                filter.session.as_ref().map(SessionId::as_str)
-            ],
-            worker_from_row,
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    c.query(
+        &sql,
+        params![
+            filter.status.map(|s| s.as_str()),
+            filter.session.as_ref().map(SessionId::as_str),
+        ],
+    )?
+    .iter()
+    .map(worker_from_row)
+    .collect()
 }
 
-pub(super) fn worker(c: &Connection, id: &str) -> OpResult<Worker> {
+pub(super) fn worker(c: &dyn Db, id: &str) -> OpResult<Worker> {
     let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?1");
-    c.prepare_cached(&sql)?
-        .query_row([id], worker_from_row)
-        .optional()?
+    c.query_opt(&sql, params![id])?
+        .map(|r| worker_from_row(&r))
+        .transpose()?
         .ok_or_else(|| StoreError::NoSuchWorker(id.to_string()).into())
 }
 
-pub(super) fn lock_from_row(r: &Row<'_>) -> rusqlite::Result<Lock> {
+pub(super) fn lock_from_row(r: &Row) -> OpResult<Lock> {
     Ok(Lock {
         path: r.get(0)?,
-        session_id: SessionId::from_string(r.get::<_, String>(1)?),
-        task_id: r
-            .get::<_, Option<String>>(2)?
-            .map(|t| TaskId::new(t).map_err(|e| conversion(2, e)))
-            .transpose()?,
-        attempt: r.get::<_, Option<u32>>(3)?.map(Attempt),
+        session_id: SessionId::from_string(r.get::<String>(1)?),
+        task_id: task_id(r, 2)?,
+        attempt: r.get::<Option<u32>>(3)?.map(Attempt),
         acquired_at: ts(r, 4)?,
     })
 }
 
 pub(super) const LOCK_COLUMNS: &str = "path, session_id, task_id, attempt, acquired_at";
 
-pub(super) fn locks(c: &Connection) -> OpResult<Vec<Lock>> {
+pub(super) fn locks(c: &dyn Db) -> OpResult<Vec<Lock>> {
     let sql = format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY acquired_at, id");
-    let rows = c
-        .prepare_cached(&sql)?
-        .query_map([], lock_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+    c.query(&sql, &[])?.iter().map(lock_from_row).collect()
 }
 
-pub(super) fn events(c: &Connection, filter: &EventFilter) -> OpResult<Vec<Event>> {
-    let limit = filter
-        .limit
-        .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-    let rows = c
-        .prepare_cached(
-            "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
-             WHERE seq > ?1 AND (?2 IS NULL OR session_id = ?2)
-             ORDER BY seq LIMIT ?3",
-        )?
-        .query_map(
-            params![
-                filter.after_seq.unwrap_or(0),
-                filter.session.as_ref().map(SessionId::as_str),
-                limit
-            ],
-            |r| {
-                Ok(Event {
-                    seq: r.get(0)?,
-                    at: ts(r, 1)?,
-                    kind: parsed(r, 2)?,
-                    session_id: r.get::<_, Option<String>>(3)?.map(SessionId::from_string),
-                    task_id: r
-                        .get::<_, Option<String>>(4)?
-                        .map(|t| TaskId::new(t).map_err(|e| conversion(4, e)))
-                        .transpose()?,
-                    worker_id: r.get::<_, Option<String>>(5)?.map(WorkerId::from_string),
-                    attempt: r.get::<_, Option<u32>>(6)?.map(Attempt),
-                    detail: json(r, 7)?,
-                })
-            },
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+pub(super) fn events(c: &dyn Db, filter: &EventFilter) -> OpResult<Vec<Event>> {
+    let limit = limit(filter.limit);
+    c.query(
+        "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
+         WHERE seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR session_id = ?2)
+         ORDER BY seq LIMIT ?3",
+        params![
+            filter.after_seq.unwrap_or(0),
+            filter.session.as_ref().map(SessionId::as_str),
+            limit,
+        ],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Event {
+            seq: r.get(0)?,
+            at: ts(r, 1)?,
+            kind: parsed(r, 2)?,
+            session_id: r.get::<Option<String>>(3)?.map(SessionId::from_string),
+            task_id: task_id(r, 4)?,
+            worker_id: r.get::<Option<String>>(5)?.map(WorkerId::from_string),
+            attempt: r.get::<Option<u32>>(6)?.map(Attempt),
+            detail: json(r, 7)?,
+        })
+    })
+    .collect()
 }
 
-pub(super) fn summary(c: &Connection, now: i64) -> OpResult<Summary> {
+pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
     let (mut idle, mut busy, mut offline) = (0u32, 0u32, 0u32);
-    let mut stmt = c.prepare_cached("SELECT status, count(*) FROM workers GROUP BY status")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
+    for r in c.query("SELECT status, count(*) FROM workers GROUP BY status", &[])? {
         let n: u32 = r.get(1)?;
-        match r.get::<_, String>(0)?.as_str() {
+        match r.get::<String>(0)?.as_str() {
             "idle" => idle = n,
             "busy" => busy = n,
             "offline" => offline = n,
             _ => {}
         }
     }
-    let (sessions_total, active, total, succeeded, failed, finished, running) = c
-        .prepare_cached(
-            "SELECT count(*),
-                    COALESCE(SUM(status IN ('created', 'running', 'paused')), 0),
-                    COALESCE(SUM(total_tasks), 0),
-                    COALESCE(SUM(succeeded_tasks), 0),
-                    COALESCE(SUM(failed_tasks), 0),
-                    COALESCE(SUM(succeeded_tasks + failed_tasks + skipped_tasks + cancelled_tasks), 0),
-                    COALESCE(SUM(running_tasks), 0)
-             FROM sessions",
-        )?
-        .query_row([], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, u32>(5)?,
-                r.get::<_, u32>(6)?,
-            ))
-        })?;
+    // SUM of BIGINT is NUMERIC in PostgreSQL: cast back.
+    let r = c.query_one(
+        "SELECT count(*),
+                count(*) FILTER (WHERE status IN ('created', 'running', 'paused')),
+                CAST(COALESCE(SUM(total_tasks), 0) AS BIGINT),
+                CAST(COALESCE(SUM(succeeded_tasks), 0) AS BIGINT),
+                CAST(COALESCE(SUM(failed_tasks), 0) AS BIGINT),
+                CAST(COALESCE(SUM(succeeded_tasks + failed_tasks + skipped_tasks + cancelled_tasks), 0)
+                     AS BIGINT),
+                CAST(COALESCE(SUM(running_tasks), 0) AS BIGINT)
+         FROM sessions",
+        &[],
+    )?;
+    let (sessions_total, active, total, succeeded, failed, finished, running): (
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+    ) = (
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    );
     let live = idle + busy;
     Ok(Summary {
         timestamp: Timestamp(now),

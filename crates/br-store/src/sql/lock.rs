@@ -6,7 +6,7 @@ use br_core::{EventKind, LockPath};
 use serde_json::json;
 
 use super::read::{LOCK_COLUMNS, lock_from_row};
-use super::{Ev, OpResult, Tx, session};
+use super::{Ev, OpResult, Param, Tx, params, session};
 use crate::error::StoreError;
 use crate::model::{Lock, LockConflict, LockOutcome};
 
@@ -108,8 +108,8 @@ pub(super) fn lock_paths(
         if !already && !taken.contains(&p.as_str()) {
             tx.execute(
                 "INSERT INTO locks (path, session_id, task_id, attempt, acquired_at)
-                 VALUES ($1, $2, NULL, NULL, $3)",
-                &[&p.as_str(), &session_id, &tx.now],
+                 VALUES (?1, ?2, NULL, NULL, ?3)",
+                params![p.as_str(), session_id, tx.now],
             )?;
             taken.push(p.as_str());
         }
@@ -136,8 +136,8 @@ pub(super) fn unlock_paths(
             let mut released = Vec::new();
             for p in paths {
                 let deleted = tx.execute(
-                    "DELETE FROM locks WHERE session_id = $1 AND task_id IS NULL AND path = $2",
-                    &[&session_id, &p.as_str()],
+                    "DELETE FROM locks WHERE session_id = ?1 AND task_id IS NULL AND path = ?2",
+                    params![session_id, p.as_str()],
                 )?;
                 if deleted > 0 {
                     released.push(p.as_str().to_string());
@@ -156,13 +156,13 @@ pub(super) fn unlock_paths(
     Ok(released)
 }
 
-/// The paths a `DELETE … RETURNING path` removed, in the order they were taken (SQLite returns
-/// them in rowid order; PostgreSQL in no particular order).
-fn released_paths(tx: &Tx<'_>, sql: &str, params: super::Params<'_>) -> OpResult<Vec<String>> {
+/// The paths a `DELETE … RETURNING id, path` removed, in the order they were taken (neither
+/// database promises an order for `RETURNING`).
+fn released_paths(tx: &Tx<'_>, sql: &str, params: &[Param<'_>]) -> OpResult<Vec<String>> {
     let mut rows: Vec<(i64, String)> = tx
         .query(sql, params)?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect::<OpResult<_>>()?;
     rows.sort_unstable();
     Ok(rows.into_iter().map(|(_, path)| path).collect())
@@ -172,8 +172,8 @@ fn released_paths(tx: &Tx<'_>, sql: &str, params: super::Params<'_>) -> OpResult
 pub(super) fn release_session_locks(tx: &Tx<'_>, session_id: &str) -> OpResult<Vec<String>> {
     let paths = released_paths(
         tx,
-        "DELETE FROM locks WHERE session_id = $1 AND task_id IS NULL RETURNING id, path",
-        &[&session_id],
+        "DELETE FROM locks WHERE session_id = ?1 AND task_id IS NULL RETURNING id, path",
+        params![session_id],
     )?;
     if !paths.is_empty() {
         tx.event(
@@ -195,8 +195,8 @@ pub(super) fn release_task_locks(
 ) -> OpResult<()> {
     let paths = released_paths(
         tx,
-        "DELETE FROM locks WHERE session_id = $1 AND task_id = $2 RETURNING id, path",
-        &[&session_id, &task_id],
+        "DELETE FROM locks WHERE session_id = ?1 AND task_id = ?2 RETURNING id, path",
+        params![session_id, task_id],
     )?;
     if !paths.is_empty() {
         tx.event(

@@ -6,23 +6,23 @@ use std::time::Duration;
 
 use br_core::outcome::{Budget, Outcome, TaskNext, next_after};
 use br_core::{Attempt, EventKind, LockPath, SessionId, SessionStatus, TaskId, WorkerId};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::lock::{self, Held};
 use super::session::{self, Counter};
-use super::{Ev, OpResult, Tx};
+use super::{Db, Ev, OpResult, Tx, millis, params};
 use crate::error::StoreError;
 use crate::model::*;
 
 pub(super) fn register_worker(tx: &Tx<'_>, new: &NewWorker) -> OpResult<WorkerId> {
     let id = loop {
         let id = WorkerId::from_random(fastrand::u64(..));
-        let taken: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM workers WHERE id = ?1)",
-            [id.as_str()],
-            |r| r.get(0),
-        )?;
+        let taken: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM workers WHERE id = ?1)",
+                params![id.as_str()],
+            )?
+            .get(0)?;
         if !taken {
             break id;
         }
@@ -36,11 +36,11 @@ pub(super) fn register_worker(tx: &Tx<'_>, new: &NewWorker) -> OpResult<WorkerId
          VALUES (?1, ?2, ?3, 'idle', ?4, ?5, ?5, ?6)",
         params![
             id.as_str(),
-            new.host,
+            &new.host,
             new.pid,
             new.session.as_ref().map(SessionId::as_str),
             tx.now,
-            u64::try_from(new.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+            millis(new.heartbeat_timeout),
         ],
     )?;
     tx.event(
@@ -61,15 +61,16 @@ struct WorkerState {
 }
 
 fn worker_state(tx: &Tx<'_>, worker: &str) -> OpResult<WorkerState> {
-    tx.prepare_cached("SELECT status, stop_requested FROM workers WHERE id = ?1")?
-        .query_row([worker], |r| {
-            Ok(WorkerState {
-                status: r.get(0)?,
-                stop_requested: r.get(1)?,
-            })
-        })
-        .optional()?
-        .ok_or_else(|| StoreError::NoSuchWorker(worker.to_string()).into())
+    let row = tx
+        .query_opt(
+            "SELECT status, stop_requested FROM workers WHERE id = ?1",
+            params![worker],
+        )?
+        .ok_or_else(|| StoreError::NoSuchWorker(worker.to_string()))?;
+    Ok(WorkerState {
+        status: row.get(0)?,
+        stop_requested: row.get(1)?,
+    })
 }
 
 /// A worker that was marked offline but is talking again: it is back.
@@ -91,33 +92,34 @@ fn rejoin(tx: &Tx<'_>, worker: &str, busy: bool) -> OpResult<()> {
 }
 
 fn clear_current_task(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE workers SET task_session_id = NULL, task_id = NULL, attempt = NULL,
              task_started_at = NULL
          WHERE id = ?1",
-    )?
-    .execute([worker])?;
+        params![worker],
+    )?;
     Ok(())
 }
 
 /// Whether `lease` is the task's current attempt and still belongs to its worker.
 fn lease_is_current(tx: &Tx<'_>, lease: &Lease) -> OpResult<bool> {
     let row: Option<(String, u32, Option<String>)> = tx
-        .prepare_cached(
+        .query_opt(
             "SELECT state, attempt, worker_id FROM tasks WHERE session_id = ?1 AND id = ?2",
+            params![lease.session_id.as_str(), lease.task_id.as_str()],
         )?
-        .query_row([lease.session_id.as_str(), lease.task_id.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+        .map(|r| -> OpResult<_> { Ok((r.get(0)?, r.get(1)?, r.get(2)?)) })
+        .transpose()?;
     Ok(matches!(row, Some((state, attempt, Some(worker)))
         if state == "running" && attempt == lease.attempt.0 && worker == lease.worker_id.as_str()))
 }
 
 pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpResult<Heartbeat> {
     let state = worker_state(tx, worker)?;
-    tx.prepare_cached("UPDATE workers SET last_heartbeat = ?1 WHERE id = ?2")?
-        .execute(params![tx.now, worker])?;
+    tx.execute(
+        "UPDATE workers SET last_heartbeat = ?1 WHERE id = ?2",
+        params![tx.now, worker],
+    )?;
     let mut reply = Heartbeat {
         lease_held: true,
         session_cancelled: false,
@@ -126,19 +128,21 @@ pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpR
     };
     if let Some(lease) = lease {
         reply.lease_held = lease.worker_id.as_str() == worker && lease_is_current(tx, lease)?;
-        let (status, ttl_ms): (String, i64) = tx
-            .prepare_cached("SELECT status, heartbeat_timeout_ms FROM sessions WHERE id = ?1")?
-            .query_row([lease.session_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let r = tx.query_one(
+            "SELECT status, heartbeat_timeout_ms FROM sessions WHERE id = ?1",
+            params![lease.session_id.as_str()],
+        )?;
+        let (status, ttl_ms): (String, i64) = (r.get(0)?, r.get(1)?);
         reply.session_cancelled = status == SessionStatus::Cancelled.as_str();
         if reply.lease_held {
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE tasks SET lease_expires_at = ?1 WHERE session_id = ?2 AND id = ?3",
-            )?
-            .execute(params![
-                tx.now + ttl_ms,
-                lease.session_id.as_str(),
-                lease.task_id.as_str()
-            ])?;
+                params![
+                    tx.now + ttl_ms,
+                    lease.session_id.as_str(),
+                    lease.task_id.as_str()
+                ],
+            )?;
         }
     }
     if state.status == "offline" {
@@ -150,28 +154,33 @@ pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpR
 
 /// A read-only look: is there anything `claim` could do for this worker?
 pub(super) fn anything_claimable(
-    c: &Connection,
+    c: &dyn Db,
     worker: &str,
     session: Option<&SessionId>,
 ) -> OpResult<bool> {
     let stop: Option<bool> = c
-        .prepare_cached("SELECT stop_requested FROM workers WHERE id = ?1")?
-        .query_row([worker], |r| r.get(0))
-        .optional()?;
+        .query_opt(
+            "SELECT stop_requested FROM workers WHERE id = ?1",
+            params![worker],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
     match stop {
         None => return Err(StoreError::NoSuchWorker(worker.to_string()).into()),
         Some(true) => return Ok(true),
         Some(false) => {}
     }
     let any: bool = c
-        .prepare_cached(
+        .query_one(
             "SELECT EXISTS (
                  SELECT 1 FROM sessions s
-                 WHERE s.status IN ('created', 'running') AND (?1 IS NULL OR s.id = ?1)
+                 WHERE s.status IN ('created', 'running')
+                   AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
                    AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_ready
                                WHERE t.session_id = s.id AND t.state = 'ready'))",
+            params![session.map(SessionId::as_str)],
         )?
-        .query_row([session.map(SessionId::as_str)], |r| r.get(0))?;
+        .get(0)?;
     Ok(any)
 }
 
@@ -196,12 +205,15 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
         rejoin(tx, worker, false)?;
     }
     let sessions: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM sessions WHERE status IN ('created', 'running') AND (?1 IS NULL OR id = ?1)
+        .query(
+            "SELECT id FROM sessions
+             WHERE status IN ('created', 'running') AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
              ORDER BY created_at, rowid",
+            params![request.session.map(SessionId::as_str)],
         )?
-        .query_map([request.session.map(SessionId::as_str)], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<OpResult<_>>()?;
     let mut held: Option<Vec<Held>> = None;
     for session_id in &sessions {
         let mut after_seq = -1i64;
@@ -227,17 +239,17 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
 
 fn ready_batch(tx: &Tx<'_>, session_id: &str, after_seq: i64) -> OpResult<Vec<Candidate>> {
     let rows: Vec<(String, i64, String, Option<String>)> = tx
-        .prepare_cached(
+        .query(
             // Without statistics SQLite would walk `tasks_by_seq` past every finished task;
             // the partial index holds only ready tasks, so a claim never scans the session.
             "SELECT id, seq, files, blocked_by FROM tasks INDEXED BY tasks_ready
              WHERE session_id = ?1 AND state = 'ready' AND seq > ?2
              ORDER BY seq LIMIT ?3",
+            params![session_id, after_seq, CANDIDATE_BATCH],
         )?
-        .query_map(params![session_id, after_seq, CANDIDATE_BATCH], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .collect::<OpResult<_>>()?;
     rows.into_iter()
         .map(|(id, seq, files, blocked_by)| {
             let files: Vec<String> = serde_json::from_str(&files)?;
@@ -269,8 +281,10 @@ fn note_blocked(
     if candidate.blocked_by.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    tx.prepare_cached("UPDATE tasks SET blocked_by = ?1 WHERE session_id = ?2 AND id = ?3")?
-        .execute(params![text, session_id, candidate.id])?;
+    tx.execute(
+        "UPDATE tasks SET blocked_by = ?1 WHERE session_id = ?2 AND id = ?3",
+        params![&text, session_id, &candidate.id],
+    )?;
     tx.event(
         Ev::new(EventKind::LockConflict)
             .session(session_id)
@@ -288,21 +302,19 @@ fn lease_task(
 ) -> OpResult<Box<ClaimedTask>> {
     let worker = request.worker.as_str();
     let task_id = candidate.id.as_str();
-    let session = super::read::session(tx, session_id)?;
+    let session = super::read::session(tx.db, session_id)?;
+    let r = tx.query_one(
+        "SELECT attempt, run, env, timeout_ms, base_commit FROM tasks
+         WHERE session_id = ?1 AND id = ?2",
+        params![session_id, task_id],
+    )?;
     let (previous_attempt, run, env, timeout_ms, task_base): (
         u32,
         String,
         String,
         Option<u64>,
         Option<String>,
-    ) = tx
-        .prepare_cached(
-            "SELECT attempt, run, env, timeout_ms, base_commit FROM tasks
-             WHERE session_id = ?1 AND id = ?2",
-        )?
-        .query_row([session_id, task_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
+    ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     let attempt = previous_attempt + 1;
     let ttl_ms = i64::try_from(session.heartbeat_timeout_ms).unwrap_or(i64::MAX);
     let log_path = request
@@ -310,35 +322,33 @@ fn lease_task(
         .join(session_id)
         .join(format!("{task_id}.{attempt}.log"));
     let log_text = log_path.to_string_lossy().into_owned();
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE tasks SET state = 'running', attempt = ?1, worker_id = ?2, lease_expires_at = ?3,
              started_at = ?4, finished_at = NULL, exit_code = NULL, outcome = NULL,
              log_path = ?5, blocked_by = NULL
          WHERE session_id = ?6 AND id = ?7",
-    )?
-    .execute(params![
-        attempt,
-        worker,
-        tx.now.saturating_add(ttl_ms),
-        tx.now,
-        log_text,
-        session_id,
-        task_id
-    ])?;
-    tx.prepare_cached(
+        params![
+            attempt,
+            worker,
+            tx.now.saturating_add(ttl_ms),
+            tx.now,
+            &log_text,
+            session_id,
+            task_id
+        ],
+    )?;
+    tx.execute(
         "INSERT INTO attempts (session_id, task_id, attempt, worker_id, started_at, log_path)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        session_id, task_id, attempt, worker, tx.now, log_text
-    ])?;
+        params![session_id, task_id, attempt, worker, tx.now, &log_text],
+    )?;
     if !candidate.files.is_empty() {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO locks (path, session_id, task_id, attempt, acquired_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
         for f in &candidate.files {
-            insert.execute(params![f.as_str(), session_id, task_id, attempt, tx.now])?;
+            tx.execute(
+                "INSERT INTO locks (path, session_id, task_id, attempt, acquired_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![f.as_str(), session_id, task_id, attempt, tx.now],
+            )?;
         }
         let paths: Vec<&str> = candidate.files.iter().map(LockPath::as_str).collect();
         tx.event(
@@ -352,12 +362,12 @@ fn lease_task(
     }
     session::bump(tx, session_id, Counter::Running, 1)?;
     if session.started_at.is_none() {
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE sessions SET started_at = ?1,
                  status = CASE status WHEN 'created' THEN 'running' ELSE status END
              WHERE id = ?2",
-        )?
-        .execute(params![tx.now, session_id])?;
+            params![tx.now, session_id],
+        )?;
         tx.event(Ev::new(EventKind::SessionStarted).session(session_id))?;
     }
     tx.event(
@@ -368,12 +378,12 @@ fn lease_task(
             .attempt(attempt)
             .detail(json!({ "log_path": log_text })),
     )?;
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE workers SET status = 'busy', task_session_id = ?1, task_id = ?2, attempt = ?3,
              task_started_at = ?4, last_heartbeat = ?4
          WHERE id = ?5",
-    )?
-    .execute(params![session_id, task_id, attempt, tx.now, worker])?;
+        params![session_id, task_id, attempt, tx.now, worker],
+    )?;
     let env: BTreeMap<String, String> = serde_json::from_str(&env)?;
     let task_id =
         TaskId::new(task_id).map_err(|e| StoreError::Damaged(format!("task id in store: {e}")))?;
@@ -408,14 +418,16 @@ pub(super) fn finish(
     let worker = lease.worker_id.as_str();
     let (session_id, task_id) = (lease.session_id.as_str(), lease.task_id.as_str());
     if !lease_is_current(tx, lease)? {
-        let (state, attempt): (String, u32) = tx
-            .prepare_cached("SELECT state, attempt FROM tasks WHERE session_id = ?1 AND id = ?2")?
-            .query_row([session_id, task_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
+        let r = tx
+            .query_opt(
+                "SELECT state, attempt FROM tasks WHERE session_id = ?1 AND id = ?2",
+                params![session_id, task_id],
+            )?
             .ok_or_else(|| StoreError::NoSuchTask {
                 session: session_id.to_string(),
                 task: task_id.to_string(),
             })?;
+        let (state, attempt): (String, u32) = (r.get(0)?, r.get(1)?);
         tx.event(
             Ev::new(EventKind::StaleResultRejected)
                 .session(session_id)
@@ -430,13 +442,13 @@ pub(super) fn finish(
                 })),
         )?;
         // The worker is alive and done with the old attempt.
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE workers SET
                  status = CASE WHEN status IN ('busy', 'offline') THEN 'idle' ELSE status END,
                  task_session_id = NULL, task_id = NULL, attempt = NULL, task_started_at = NULL
              WHERE id = ?1 AND task_session_id = ?2 AND task_id = ?3 AND attempt = ?4",
-        )?
-        .execute(params![worker, session_id, task_id, lease.attempt.0])?;
+            params![worker, session_id, task_id, lease.attempt.0],
+        )?;
         return Ok(Finish::Stale);
     }
     if !report.scope_violations.is_empty() {
@@ -450,20 +462,20 @@ pub(super) fn finish(
         )?;
     }
     let next = apply_outcome_with(tx, lease, outcome, report)?;
-    let (completed, failed) = match next {
+    let (completed, failed): (i64, i64) = match next {
         TaskNext::Succeed => (1, 0),
         TaskNext::Fail | TaskNext::Retry => (0, 1),
         TaskNext::Requeue | TaskNext::Cancel => (0, 0),
     };
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE workers SET status = CASE WHEN status IN ('busy', 'offline') THEN 'idle'
                  ELSE status END,
              task_session_id = NULL, task_id = NULL, attempt = NULL, task_started_at = NULL,
              tasks_completed = tasks_completed + ?1, tasks_failed = tasks_failed + ?2,
              last_heartbeat = ?3
          WHERE id = ?4",
-    )?
-    .execute(params![completed, failed, tx.now, worker])?;
+        params![completed, failed, tx.now, worker],
+    )?;
     Ok(Finish::Recorded(next))
 }
 
@@ -482,13 +494,11 @@ fn apply_outcome_with(
     let (session_id, task_id) = (lease.session_id.as_str(), lease.task_id.as_str());
     let attempt = lease.attempt.0;
     let worker = Some(lease.worker_id.as_str());
-    let (retries, failures, lost): (u32, u32, u32) = tx
-        .prepare_cached(
-            "SELECT retries, failures, lost FROM tasks WHERE session_id = ?1 AND id = ?2",
-        )?
-        .query_row([session_id, task_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    let r = tx.query_one(
+        "SELECT retries, failures, lost FROM tasks WHERE session_id = ?1 AND id = ?2",
+        params![session_id, task_id],
+    )?;
+    let (retries, failures, lost): (u32, u32, u32) = (r.get(0)?, r.get(1)?, r.get(2)?);
     let session_status = session::status(tx, session_id)?;
     let mut detail = serde_json::to_value(outcome)?;
     if let serde_json::Value::Object(map) = &mut detail {
@@ -499,19 +509,19 @@ fn apply_outcome_with(
             map.insert("changed".into(), json!(report.changed));
         }
     }
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, detail = ?4
          WHERE session_id = ?5 AND task_id = ?6 AND attempt = ?7",
-    )?
-    .execute(params![
-        tx.now,
-        outcome.as_str(),
-        outcome.exit_code(),
-        detail.to_string(),
-        session_id,
-        task_id,
-        attempt
-    ])?;
+        params![
+            tx.now,
+            outcome.as_str(),
+            outcome.exit_code(),
+            &detail.to_string(),
+            session_id,
+            task_id,
+            attempt
+        ],
+    )?;
     lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
     session::bump(tx, session_id, Counter::Running, -1)?;
     let next = next_after(
@@ -537,23 +547,23 @@ fn apply_outcome_with(
         TaskNext::Fail => ("failed", true),
         TaskNext::Cancel => ("cancelled", true),
     };
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE tasks SET state = ?1, outcome = ?2, exit_code = ?3, lease_expires_at = NULL,
              failures = failures + ?4, lost = lost + ?5,
              finished_at = CASE WHEN ?6 THEN ?7 ELSE finished_at END
          WHERE session_id = ?8 AND id = ?9",
-    )?
-    .execute(params![
-        state,
-        outcome.as_str(),
-        outcome.exit_code(),
-        failed_now,
-        lost_now,
-        terminal,
-        tx.now,
-        session_id,
-        task_id
-    ])?;
+        params![
+            state,
+            outcome.as_str(),
+            outcome.exit_code(),
+            failed_now,
+            lost_now,
+            terminal,
+            tx.now,
+            session_id,
+            task_id
+        ],
+    )?;
     let ev = |kind| {
         Ev::new(kind)
             .session(session_id)
@@ -597,23 +607,29 @@ fn apply_outcome_with(
 }
 
 fn dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<Vec<String>> {
-    Ok(tx
-        .prepare_cached("SELECT task_id FROM task_deps WHERE session_id = ?1 AND dep_id = ?2")?
-        .query_map([session_id, task_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?)
+    // Ordered (as SQLite's primary-key walk returns them anyway), so events come in the same
+    // order on every backend.
+    tx.query(
+        "SELECT task_id FROM task_deps WHERE session_id = ?1 AND dep_id = ?2 ORDER BY task_id",
+        params![session_id, task_id],
+    )?
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<()> {
     for dependent in dependents(tx, session_id, task_id)? {
         let became_ready: Option<String> = tx
-            .prepare_cached(
+            .query_opt(
                 "UPDATE tasks SET deps_left = deps_left - 1,
                      state = CASE WHEN deps_left = 1 AND state = 'pending' THEN 'ready' ELSE state END
                  WHERE session_id = ?1 AND id = ?2
                  RETURNING state",
+                params![session_id, &dependent],
             )?
-            .query_row([session_id, dependent.as_str()], |r| r.get(0))
-            .optional()?;
+            .map(|r| r.get(0))
+            .transpose()?;
         if became_ready.as_deref() == Some("ready") {
             tx.event(
                 Ev::new(EventKind::TaskReady)
@@ -632,12 +648,11 @@ fn skip_dependents(tx: &Tx<'_>, session_id: &str, failed: &str) -> OpResult<()> 
     let mut skipped = 0i64;
     while let Some(task) = stack.pop() {
         for dependent in dependents(tx, session_id, &task)? {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE tasks SET state = 'skipped', finished_at = ?1, outcome = 'skipped'
-                     WHERE session_id = ?2 AND id = ?3 AND state = 'pending'",
-                )?
-                .execute(params![tx.now, session_id, dependent])?;
+            let changed = tx.execute(
+                "UPDATE tasks SET state = 'skipped', finished_at = ?1, outcome = 'skipped'
+                 WHERE session_id = ?2 AND id = ?3 AND state = 'pending'",
+                params![tx.now, session_id, &dependent],
+            )?;
             if changed > 0 {
                 skipped += 1;
                 tx.event(
@@ -653,44 +668,48 @@ fn skip_dependents(tx: &Tx<'_>, session_id: &str, failed: &str) -> OpResult<()> 
     session::bump(tx, session_id, Counter::Skipped, skipped)
 }
 
-pub(super) fn anything_expired(c: &Connection, now: i64) -> OpResult<bool> {
-    Ok(c.prepare_cached(
+pub(super) fn anything_expired(c: &dyn Db, now: i64) -> OpResult<bool> {
+    c.query_one(
         "SELECT EXISTS (SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires_at < ?1)
              OR EXISTS (SELECT 1 FROM workers WHERE status IN ('idle', 'busy')
                             AND last_heartbeat + heartbeat_timeout_ms < ?1)",
+        params![now],
     )?
-    .query_row([now], |r| r.get(0))?)
+    .get(0)
 }
 
 pub(super) fn requeue_expired(tx: &Tx<'_>) -> OpResult<Expired> {
     let mut expired = Expired::default();
     let silent: Vec<(String, i64)> = tx
-        .prepare_cached(
+        .query(
             "SELECT id, last_heartbeat FROM workers
              WHERE status IN ('idle', 'busy') AND last_heartbeat + heartbeat_timeout_ms < ?1
              ORDER BY id",
+            params![tx.now],
         )?
-        .query_map([tx.now], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<OpResult<_>>()?;
     for (worker, last) in silent {
         mark_offline(tx, &worker, json!({ "last_heartbeat_ms": last }))?;
         expired.workers.push(WorkerId::from_string(worker));
     }
     let leases: Vec<(String, String, u32, String)> = tx
-        .prepare_cached(
+        .query(
+            // Ties in a fixed order, so every backend requeues alike.
             "SELECT session_id, id, attempt, worker_id FROM tasks
              WHERE state = 'running' AND lease_expires_at < ?1
-             ORDER BY lease_expires_at",
+             ORDER BY lease_expires_at, session_id, seq",
+            params![tx.now],
         )?
-        .query_map([tx.now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .collect::<OpResult<_>>()?;
     for (session_id, task_id, attempt, worker) in leases {
         let status: Option<String> = tx
-            .prepare_cached("SELECT status FROM workers WHERE id = ?1")?
-            .query_row([worker.as_str()], |r| r.get(0))
-            .optional()?;
+            .query_opt("SELECT status FROM workers WHERE id = ?1", params![&worker])?
+            .map(|r| r.get(0))
+            .transpose()?;
         if matches!(status.as_deref(), Some("idle" | "busy")) {
             mark_offline(
                 tx,
@@ -713,8 +732,10 @@ pub(super) fn requeue_expired(tx: &Tx<'_>) -> OpResult<Expired> {
 }
 
 fn mark_offline(tx: &Tx<'_>, worker: &str, detail: serde_json::Value) -> OpResult<()> {
-    tx.prepare_cached("UPDATE workers SET status = 'offline' WHERE id = ?1")?
-        .execute([worker])?;
+    tx.execute(
+        "UPDATE workers SET status = 'offline' WHERE id = ?1",
+        params![worker],
+    )?;
     tx.event(
         Ev::new(EventKind::WorkerOffline)
             .worker(Some(worker))
@@ -727,17 +748,21 @@ pub(super) fn request_stops(tx: &Tx<'_>, session_id: &str, count: u32) -> OpResu
     session::status(tx, session_id)?;
     // Idle workers first, then the newest: a busy worker leaves only after its task.
     let chosen: Vec<String> = tx
-        .prepare_cached(
+        .query(
             "SELECT id FROM workers
-             WHERE session_id = ?1 AND status IN ('idle', 'busy') AND stop_requested = 0
+             WHERE session_id = ?1 AND status IN ('idle', 'busy') AND NOT stop_requested
              ORDER BY status = 'busy', started_at DESC, id
              LIMIT ?2",
+            params![session_id, count],
         )?
-        .query_map(params![session_id, count], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<OpResult<_>>()?;
     for id in &chosen {
-        tx.prepare_cached("UPDATE workers SET stop_requested = 1 WHERE id = ?1")?
-            .execute([id])?;
+        tx.execute(
+            "UPDATE workers SET stop_requested = TRUE WHERE id = ?1",
+            params![id],
+        )?;
     }
     Ok(chosen.into_iter().map(WorkerId::from_string).collect())
 }
@@ -750,11 +775,14 @@ pub(super) fn stop_worker(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
     // A worker that leaves while holding a lease gives its task back now rather than making
     // everyone wait for the lease to expire.
     let held: Vec<(String, String, u32)> = tx
-        .prepare_cached(
-            "SELECT session_id, id, attempt FROM tasks WHERE state = 'running' AND worker_id = ?1",
+        .query(
+            "SELECT session_id, id, attempt FROM tasks WHERE state = 'running' AND worker_id = ?1
+             ORDER BY session_id, seq",
+            params![worker],
         )?
-        .query_map([worker], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .collect::<OpResult<_>>()?;
     for (session_id, task_id, attempt) in held {
         let lease = Lease {
             session_id: SessionId::from_string(session_id),
@@ -765,14 +793,14 @@ pub(super) fn stop_worker(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
         };
         apply_outcome(tx, &lease, &Outcome::Interrupted)?;
     }
-    let (completed, failed): (u32, u32) = tx
-        .prepare_cached(
-            "UPDATE workers SET status = 'stopped', task_session_id = NULL, task_id = NULL,
-                 attempt = NULL, task_started_at = NULL, last_heartbeat = ?1
-             WHERE id = ?2
-             RETURNING tasks_completed, tasks_failed",
-        )?
-        .query_row(params![tx.now, worker], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let r = tx.query_one(
+        "UPDATE workers SET status = 'stopped', task_session_id = NULL, task_id = NULL,
+             attempt = NULL, task_started_at = NULL, last_heartbeat = ?1
+         WHERE id = ?2
+         RETURNING tasks_completed, tasks_failed",
+        params![tx.now, worker],
+    )?;
+    let (completed, failed): (u32, u32) = (r.get(0)?, r.get(1)?);
     tx.event(
         Ev::new(EventKind::WorkerStopped)
             .worker(Some(worker))
@@ -785,10 +813,9 @@ pub(super) fn stop_worker(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
 }
 
 pub(super) fn prune_workers(tx: &Tx<'_>, before: i64) -> OpResult<u32> {
-    let n = tx
-        .prepare_cached(
-            "DELETE FROM workers WHERE status IN ('stopped', 'offline') AND last_heartbeat < ?1",
-        )?
-        .execute([before])?;
+    let n = tx.execute(
+        "DELETE FROM workers WHERE status IN ('stopped', 'offline') AND last_heartbeat < ?1",
+        params![before],
+    )?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }

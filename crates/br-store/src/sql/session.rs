@@ -8,7 +8,7 @@ use br_core::state::{SessionAction, TransitionError};
 use br_core::{EventKind, SessionId, SessionStatus, TaskState};
 use serde_json::json;
 
-use super::{Ev, OpError, OpResult, Tx, lock, millis};
+use super::{Ev, OpError, OpResult, Tx, lock, millis, params};
 use crate::error::StoreError;
 use crate::model::NewSession;
 
@@ -36,17 +36,20 @@ impl Counter {
 
 pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> OpResult<()> {
     let sql = format!(
-        "UPDATE sessions SET {col} = {col} + $1 WHERE id = $2",
+        "UPDATE sessions SET {col} = {col} + ?1 WHERE id = ?2",
         col = counter.column()
     );
-    tx.execute(&sql, &[&delta, &session])?;
+    tx.execute(&sql, params![delta, session])?;
     Ok(())
 }
 
 pub(super) fn status(tx: &Tx<'_>, session: &str) -> OpResult<SessionStatus> {
     let text: Option<String> = tx
-        .query_opt("SELECT status FROM sessions WHERE id = $1", &[&session])?
-        .map(|r| r.try_get(0))
+        .query_opt(
+            "SELECT status FROM sessions WHERE id = ?1",
+            params![session],
+        )?
+        .map(|r| r.get(0))
         .transpose()?;
     let text = text.ok_or_else(|| StoreError::NoSuchSession(session.to_string()))?;
     text.parse()
@@ -59,39 +62,42 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
         let id = SessionId::from_random(fastrand::u64(..));
         let taken: bool = tx
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)",
-                &[&id.as_str()],
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1)",
+                params![id.as_str()],
             )?
-            .try_get(0)?;
+            .get(0)?;
         if !taken {
             break id;
         }
     };
     // The id suffix keeps branch names of two sessions with the same name apart.
     let slug = format!("{}-{}", slugify(&plan.name), &id.as_str()[..6]);
+    let repo_root = new.repo_root.to_string_lossy();
+    let plan_path = new
+        .plan_path
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
     tx.execute(
         "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
              isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
              created_at, total_tasks)
-         VALUES ($1, $2, $3, 'created', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        &[
-            &id.as_str(),
+         VALUES (?1, ?2, ?3, 'created', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            id.as_str(),
             &plan.name,
             &slug,
-            &new.repo_root.to_string_lossy().into_owned(),
-            &new.plan_path
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
+            &*repo_root,
+            &plan_path,
             &plan.base,
             &new.base_commit,
-            &plan.isolation.as_str(),
-            &plan.scope.as_str(),
+            plan.isolation.as_str(),
+            plan.scope.as_str(),
             &plan.verify,
-            &plan.on_conflict.as_str(),
-            &millis(plan.heartbeat_timeout),
-            &i64::from(new.workers_wanted),
-            &tx.now,
-            &(plan.tasks.len() as i64),
+            plan.on_conflict.as_str(),
+            millis(plan.heartbeat_timeout),
+            new.workers_wanted,
+            tx.now,
+            plan.tasks.len(),
         ],
     )?;
     tx.event(
@@ -117,26 +123,26 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
         tx.execute(
             "INSERT INTO tasks (session_id, id, seq, run, files, after, env, timeout_ms, retries,
                  state, deps_left)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &id.as_str(),
-                &task.id.as_str(),
-                &(seq as i64),
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                id.as_str(),
+                task.id.as_str(),
+                seq,
                 &task.run,
                 &serde_json::to_string(&files)?,
                 &serde_json::to_string(&task.after)?,
                 &serde_json::to_string(&task.env)?,
-                &task.timeout.map(millis),
-                &i64::from(task.retries),
-                &state.as_str(),
-                &(after.len() as i64),
+                task.timeout.map(millis),
+                task.retries,
+                state.as_str(),
+                after.len(),
             ],
         )?;
         for dep in &after {
             tx.execute(
-                "INSERT INTO task_deps (session_id, dep_id, task_id) VALUES ($1, $2, $3)
+                "INSERT INTO task_deps (session_id, dep_id, task_id) VALUES (?1, ?2, ?3)
                  ON CONFLICT DO NOTHING",
-                &[&id.as_str(), dep, &task.id.as_str()],
+                params![id.as_str(), dep, task.id.as_str()],
             )?;
         }
         if state == TaskState::Ready {
@@ -158,8 +164,8 @@ pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<(
     let current = status(tx, id)?;
     let next = current.apply(action, id)?;
     tx.execute(
-        "UPDATE sessions SET status = $1 WHERE id = $2",
-        &[&next.as_str(), &id],
+        "UPDATE sessions SET status = ?1 WHERE id = ?2",
+        params![next.as_str(), id],
     )?;
     let kind = match action {
         SessionAction::Pause => EventKind::SessionPaused,
@@ -176,18 +182,18 @@ pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<(
         // locks stay held until their processes are gone.
         let waiting: Vec<String> = tx
             .query(
-                "SELECT id FROM tasks WHERE session_id = $1 AND state IN ('pending', 'ready')
+                "SELECT id FROM tasks WHERE session_id = ?1 AND state IN ('pending', 'ready')
                  ORDER BY seq",
-                &[&id],
+                params![id],
             )?
             .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+            .map(|r| r.get(0))
+            .collect::<OpResult<_>>()?;
         for task in &waiting {
             tx.execute(
-                "UPDATE tasks SET state = 'cancelled', finished_at = $1, blocked_by = NULL
-                 WHERE session_id = $2 AND id = $3",
-                &[&tx.now, &id, task],
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?1, blocked_by = NULL
+                 WHERE session_id = ?2 AND id = ?3",
+                params![tx.now, id, task],
             )?;
             tx.event(
                 Ev::new(EventKind::TaskCancelled)
@@ -209,8 +215,8 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
     let r = tx.query_one(
         "SELECT status, total_tasks, succeeded_tasks, failed_tasks, skipped_tasks,
                 cancelled_tasks, running_tasks, completed_at
-         FROM sessions WHERE id = $1",
-        &[&id],
+         FROM sessions WHERE id = ?1",
+        params![id],
     )?;
     let (status, total, succeeded, failed, skipped, cancelled, running, completed_at): (
         String,
@@ -222,14 +228,14 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
         i64,
         Option<i64>,
     ) = (
-        r.try_get(0)?,
-        r.try_get(1)?,
-        r.try_get(2)?,
-        r.try_get(3)?,
-        r.try_get(4)?,
-        r.try_get(5)?,
-        r.try_get(6)?,
-        r.try_get(7)?,
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
     );
     let status: SessionStatus = status
         .parse()
@@ -237,8 +243,8 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
     if status.is_terminal() {
         if status == SessionStatus::Cancelled && running == 0 && completed_at.is_none() {
             tx.execute(
-                "UPDATE sessions SET completed_at = $1 WHERE id = $2",
-                &[&tx.now, &id],
+                "UPDATE sessions SET completed_at = ?1 WHERE id = ?2",
+                params![tx.now, id],
             )?;
         }
         return Ok(());
@@ -252,8 +258,8 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
         (SessionStatus::Failed, EventKind::SessionFailed)
     };
     tx.execute(
-        "UPDATE sessions SET status = $1, completed_at = $2 WHERE id = $3",
-        &[&next.as_str(), &tx.now, &id],
+        "UPDATE sessions SET status = ?1, completed_at = ?2 WHERE id = ?3",
+        params![next.as_str(), tx.now, id],
     )?;
     tx.event(Ev::new(kind).session(id).detail(json!({
         "succeeded": succeeded,
@@ -276,8 +282,8 @@ pub(super) fn set_workers_wanted(tx: &Tx<'_>, id: &str, workers: u32) -> OpResul
         .into());
     }
     tx.execute(
-        "UPDATE sessions SET workers_wanted = $1 WHERE id = $2",
-        &[&i64::from(workers), &id],
+        "UPDATE sessions SET workers_wanted = ?1 WHERE id = ?2",
+        params![workers, id],
     )?;
     Ok(())
 }
@@ -293,14 +299,14 @@ pub(super) fn delete(tx: &Tx<'_>, id: &str) -> OpResult<()> {
         .into());
     }
     for sql in [
-        "DELETE FROM task_deps WHERE session_id = $1",
-        "DELETE FROM attempts WHERE session_id = $1",
-        "DELETE FROM locks WHERE session_id = $1",
-        "DELETE FROM events WHERE session_id = $1",
-        "DELETE FROM tasks WHERE session_id = $1",
-        "DELETE FROM sessions WHERE id = $1",
+        "DELETE FROM task_deps WHERE session_id = ?1",
+        "DELETE FROM attempts WHERE session_id = ?1",
+        "DELETE FROM locks WHERE session_id = ?1",
+        "DELETE FROM events WHERE session_id = ?1",
+        "DELETE FROM tasks WHERE session_id = ?1",
+        "DELETE FROM sessions WHERE id = ?1",
     ] {
-        tx.execute(sql, &[&id])?;
+        tx.execute(sql, params![id])?;
     }
     Ok(())
 }
@@ -322,10 +328,10 @@ pub(super) fn requeue_task(
     };
     let state: Option<String> = tx
         .query_opt(
-            "SELECT state FROM tasks WHERE session_id = $1 AND id = $2",
-            &[&session_id, &task_id],
+            "SELECT state FROM tasks WHERE session_id = ?1 AND id = ?2",
+            params![session_id, task_id],
         )?
-        .map(|r| r.try_get(0))
+        .map(|r| r.get(0))
         .transpose()?;
     let state: TaskState = state
         .ok_or_else(|| StoreError::NoSuchTask {
@@ -343,16 +349,16 @@ pub(super) fn requeue_task(
         return Err(refused());
     }
     tx.execute(
-        "UPDATE tasks SET state = 'ready', base_commit = $1, finished_at = NULL, blocked_by = NULL
-         WHERE session_id = $2 AND id = $3",
-        &[&base_commit, &session_id, &task_id],
+        "UPDATE tasks SET state = 'ready', base_commit = ?1, finished_at = NULL, blocked_by = NULL
+         WHERE session_id = ?2 AND id = ?3",
+        params![base_commit, session_id, task_id],
     )?;
     bump(tx, session_id, counter, -1)?;
     if status.is_terminal() {
         // The session has work again.
         tx.execute(
-            "UPDATE sessions SET status = 'running', completed_at = NULL WHERE id = $1",
-            &[&session_id],
+            "UPDATE sessions SET status = 'running', completed_at = NULL WHERE id = ?1",
+            params![session_id],
         )?;
         tx.event(
             Ev::new(EventKind::SessionResumed)
