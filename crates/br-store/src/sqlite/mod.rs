@@ -24,9 +24,13 @@ pub use schema::CURRENT_VERSION;
 /// How long a write waits for another process's transaction before giving up.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often `wait_for_change` looks at SQLite's change counter. Cheap (no I/O beyond the
-/// shared-memory index), and it bounds how late an idle worker notices a newly ready task.
+/// How often `wait_for_change` looks at SQLite's change counter: first after `CHANGE_POLL`, then
+/// less often the longer nothing changes, up to `CHANGE_POLL_MAX`. A look is cheap (no I/O beyond
+/// the shared-memory index), but a store that stays quiet for minutes — an idle worker, an open
+/// dashboard — should not cost hundreds of wake-ups a second; while things happen, a waiter
+/// notices a change within a few milliseconds.
 const CHANGE_POLL: Duration = Duration::from_millis(3);
+const CHANGE_POLL_MAX: Duration = Duration::from_millis(25);
 
 /// How many prepared statements a connection keeps: more than the store's logic has, so none
 /// is prepared twice.
@@ -332,6 +336,7 @@ impl Backend for SqliteStore {
             seen = version()?;
             self.seen_version.store(seen, Ordering::Relaxed);
         }
+        let mut pause = CHANGE_POLL;
         loop {
             let current = version()?;
             if current != seen {
@@ -342,7 +347,8 @@ impl Backend for SqliteStore {
             if left.is_zero() {
                 return Ok(());
             }
-            std::thread::sleep(left.min(CHANGE_POLL));
+            std::thread::sleep(left.min(pause));
+            pause = (pause * 3 / 2).min(CHANGE_POLL_MAX);
         }
     }
 }
