@@ -90,6 +90,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// The live dashboard: sessions, workers, locks, tasks and events as they happen
     Dashboard(DashboardArgs),
+    /// The web dashboard and JSON API, with live updates (binds 127.0.0.1 unless told otherwise)
+    Serve(ServeArgs),
     /// Land a session's task branches on br/<session-slug>/integration, one at a time in
     /// dependency order; report conflicts by file
     ///
@@ -372,6 +374,18 @@ pub struct DashboardArgs {
     /// The session to select [default: the newest active one]
     #[arg(long)]
     pub session: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen: IP:PORT. Port 0 lets the system choose (the printed URL tells which).
+    /// Only a loopback address is private to this machine; anyone who can reach another can
+    /// see every session and pause or cancel it
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "IP:PORT")]
+    pub addr: std::net::SocketAddr,
+    /// Re-read the store at least this often (and sooner when something happens)
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Args)]

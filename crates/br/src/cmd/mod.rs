@@ -7,6 +7,7 @@ mod events;
 mod lock;
 mod merge;
 mod plan;
+mod serve;
 mod session;
 mod worker;
 
@@ -33,6 +34,7 @@ pub fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
         Command::Cancel(a) => session::cancel(ctx, a),
         Command::Scale(a) => session::scale(ctx, a),
         Command::Dashboard(a) => dashboard::dashboard(ctx, a),
+        Command::Serve(a) => serve::serve(ctx, a),
         Command::Merge(a) => merge::merge(ctx, a),
         Command::Summary => session::summary(ctx),
         Command::Cleanup(a) => session::cleanup(ctx, a),

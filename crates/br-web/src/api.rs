@@ -1,0 +1,366 @@
+//! The routes: the page, the JSON API (the same shapes as the CLI's `--json`), the live stream,
+//! and the session actions. Handlers are thin: they read the store (off the async runtime) or
+//! the published snapshot, and turn a user action into one store request.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use br_core::state::SessionAction;
+use br_core::{SessionStatus, WorkerStatus};
+use br_store::snapshot::build_snapshot;
+use br_store::{EventFilter, SessionFilter, Store, WorkerFilter};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::state::{AppState, Exposure};
+use crate::stream::stream;
+
+/// The dashboard page: one file, inline CSS and JS, nothing fetched from elsewhere.
+pub const PAGE: &str = include_str!("dashboard.html");
+
+/// The header a state-changing request must carry. A page on another site cannot add it
+/// without a CORS preflight, which this server never grants.
+pub const ACTION_HEADER: &str = "x-br-action";
+
+/// How many sessions `/api/sessions` lists by default (as `br list`).
+const DEFAULT_SESSION_LIMIT: usize = 20;
+
+/// How many events `/api/events` returns by default, and at most.
+const DEFAULT_EVENT_LIMIT: usize = 1000;
+const MAX_EVENT_LIMIT: usize = 10_000;
+
+/// The web dashboard's routes over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/summary", get(summary))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions/{id}", get(session))
+        .route("/api/sessions/{id}/pause", post(pause))
+        .route("/api/sessions/{id}/resume", post(resume))
+        .route("/api/sessions/{id}/cancel", post(cancel))
+        .route("/api/workers", get(workers))
+        .route("/api/locks", get(locks))
+        .route("/api/events", get(events))
+        .route("/api/stream", get(stream))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Refuses requests for hosts a loopback server should not answer (DNS rebinding) and
+/// cross-site state changes; marks every answer as not to be framed or sniffed.
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.exposure == Exposure::Loopback
+        && let Some(host) = request.headers().get(header::HOST)
+        && !is_loopback_host(host)
+    {
+        return ApiError::Forbidden(format!(
+            "this server answers only for localhost, not for host `{}`",
+            String::from_utf8_lossy(host.as_bytes())
+        ))
+        .into_response();
+    }
+    if request.method() == axum::http::Method::POST
+        && !request.headers().contains_key(ACTION_HEADER)
+    {
+        return ApiError::Forbidden(format!(
+            "a session action needs the `{ACTION_HEADER}` header (the dashboard page sends it)"
+        ))
+        .into_response();
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &HeaderValue) -> bool {
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _port)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn page() -> Response {
+    let mut headers = HeaderMap::new();
+    // The page loads nothing from anywhere else; say so, so that a bug cannot make it.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    (headers, Html(PAGE)).into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", request.uri().path()))
+}
+
+/// A query string that does not parse is a 400 with the error JSON, like every other error.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// A JSON answer from text that is already JSON (the published snapshot).
+fn json_text(text: Arc<str>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        text.to_string(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SessionQuery {
+    /// The session whose tasks to include: id, unique id prefix or name.
+    pub session: Option<String>,
+}
+
+/// `GET /api/snapshot[?session=S]`: what the dashboards show (as `br dashboard --once --json`).
+async fn snapshot(
+    State(state): State<AppState>,
+    q: Result<Query<SessionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let latest = state.latest();
+    let Some(reference) = q.session else {
+        return Ok(json_text(Arc::clone(&latest.json)));
+    };
+    let json = state
+        .blocking(move |store| {
+            let id = store.resolve_session(&reference)?.id;
+            if latest.selected.as_ref() == Some(&id) && latest.error.is_none() {
+                return Ok(Arc::clone(&latest.json));
+            }
+            let snapshot = build_snapshot(store, Some(&id))?;
+            serde_json::to_string(&snapshot)
+                .map(Arc::from)
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .await?;
+    Ok(json_text(json))
+}
+
+/// `GET /api/summary`: as `br summary --json`.
+async fn summary(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let s = state.blocking(|store| Ok(store.summary()?)).await?;
+    Ok(Json(s).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/sessions[?status=S&limit=N]`: as `br list --json`.
+async fn sessions(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<SessionStatus>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let filter = SessionFilter {
+        status,
+        limit: Some(q.limit.unwrap_or(DEFAULT_SESSION_LIMIT)),
+    };
+    let list = state
+        .blocking(move |store| Ok(store.list_sessions(&filter)?))
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+/// `GET /api/sessions/{id}`: as `br status --json`, the session's fields plus `tasks`.
+async fn session(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let value = state
+        .blocking(move |store| {
+            let s = store.resolve_session(&reference)?;
+            let tasks = store.tasks(&s.id)?;
+            let mut value =
+                serde_json::to_value(&s).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let tasks =
+                serde_json::to_value(tasks).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let serde_json::Value::Object(map) = &mut value {
+                map.insert("tasks".into(), tasks);
+            }
+            Ok(value)
+        })
+        .await?;
+    Ok(Json(value).into_response())
+}
+
+async fn pause(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    change(state, id, SessionAction::Pause).await
+}
+
+async fn resume(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    change(state, id, SessionAction::Resume).await
+}
+
+async fn cancel(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    change(state, id, SessionAction::Cancel).await
+}
+
+/// `POST /api/sessions/{id}/pause|resume|cancel`: the store transition `br pause`, `br resume`
+/// and `br cancel` make; the answer is the session afterwards (as their `--json`). Workers act
+/// on it: a dashboard never touches processes.
+async fn change(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    action: SessionAction,
+) -> Result<Response, ApiError> {
+    let s = state
+        .blocking(move |store: &dyn Store| {
+            let s = store.resolve_session(&reference)?;
+            Ok(store.change_session(&s.id, action)?)
+        })
+        .await?;
+    state.kick();
+    Ok(Json(s).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkersQuery {
+    status: Option<String>,
+    /// Include stopped workers.
+    all: Option<bool>,
+}
+
+/// `GET /api/workers[?status=S&all=true]`: as `br workers --json` (stopped workers only with
+/// `all` or `status`).
+async fn workers(
+    State(state): State<AppState>,
+    q: Result<Query<WorkersQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<WorkerStatus>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let all = q.all.unwrap_or(false) || status.is_some();
+    let list = state
+        .blocking(move |store| {
+            Ok(store
+                .workers(&WorkerFilter {
+                    status,
+                    session: None,
+                })?
+                .into_iter()
+                .filter(|w| all || w.status != WorkerStatus::Stopped)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+/// `GET /api/locks`: as `br locks --json`.
+async fn locks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let list = state.blocking(|store| Ok(store.locks()?)).await?;
+    Ok(Json(list).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    /// Only events with a larger `seq`.
+    after: Option<i64>,
+    /// At most this many, oldest first.
+    limit: Option<usize>,
+    /// Only this session's events.
+    session: Option<String>,
+}
+
+/// `GET /api/events[?after=SEQ&limit=N&session=S]`: the objects of `br events --json`, as one
+/// array, oldest first; page through the log by passing the last `seq` as `after`.
+async fn events(
+    State(state): State<AppState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(DEFAULT_EVENT_LIMIT);
+    if limit == 0 || limit > MAX_EVENT_LIMIT {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_EVENT_LIMIT}"
+        )));
+    }
+    let list = state
+        .blocking(move |store| {
+            let session = q
+                .session
+                .as_deref()
+                .map(|s| store.resolve_session(s))
+                .transpose()?
+                .map(|s| s.id);
+            Ok(store.events(&EventFilter {
+                after_seq: q.after,
+                session,
+                limit: Some(limit),
+            })?)
+        })
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        for ok in [
+            "localhost",
+            "localhost:7878",
+            "LOCALHOST:1",
+            "127.0.0.1",
+            "127.0.0.1:7878",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:7878",
+        ] {
+            assert!(is_loopback_host(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in [
+            "example.com",
+            "evil.localhost.example:7878",
+            "10.0.0.1:7878",
+            "[::2]:7878",
+            "",
+        ] {
+            assert!(!is_loopback_host(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The one error type of the web API: every failure becomes an HTTP status and a JSON body
+//! `{"error": "…"}`, worded as the CLI words it.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use br_store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// What the store said: unknown session (404), refused transition (409), busy (503)…
+    Store(StoreError),
+    /// The request itself is wrong (a bad query parameter).
+    BadRequest(String),
+    /// No such endpoint.
+    NotFound(String),
+    /// The request may not be made this way (cross-site, or for a host this server does not
+    /// answer).
+    Forbidden(String),
+    /// The server could not do its job for a reason that is not the store's.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Store(e) => match e {
+                StoreError::NoSuchSession(_)
+                | StoreError::NoSuchTask { .. }
+                | StoreError::NoSuchWorker(_) => StatusCode::NOT_FOUND,
+                StoreError::AmbiguousSession { .. } => StatusCode::BAD_REQUEST,
+                StoreError::Transition(_) => StatusCode::CONFLICT,
+                StoreError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message, with the store error's causes as the CLI's `caused by:` lines would give
+    /// them.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Store(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                text
+            }
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Forbidden(m)
+            | ApiError::Internal(m) => m.clone(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::Store(e)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.message() })),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,584 @@
+//! The router against a real SQLite store in a temp dir, with sessions made through the `Store`
+//! trait: every endpoint's status and JSON keys, the error JSON, the session actions, the page.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::response::Response;
+use br_core::outcome::Outcome;
+use br_core::{LockPath, Plan};
+use br_store::sqlite::SqliteStore;
+use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Session, Store};
+use br_web::{ACTION_HEADER, AppState, Exposure, router};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    state: AppState,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("br.db")).expect("open the store"));
+        let state = AppState::new(
+            Arc::clone(&store),
+            Duration::from_millis(100),
+            Exposure::Loopback,
+        )
+        .expect("app state");
+        Fixture {
+            _dir: dir,
+            store,
+            state,
+        }
+    }
+
+    fn submit(&self, name: &str, tasks: &[&str]) -> Session {
+        let mut text = format!("name = \"{name}\"\nisolation = \"shared\"\n");
+        for (i, id) in tasks.iter().enumerate() {
+            text.push_str(&format!(
+                "[[task]]\nid = \"{id}\"\nrun = \"echo {id}\"\nfiles = [\"src/{id}.rs\"]\n"
+            ));
+            if i > 0 {
+                text.push_str(&format!("after = [\"{}\"]\n", tasks[0]));
+            }
+        }
+        let plan = Plan::parse(&text, Path::new("br.toml")).expect("valid plan");
+        self.store
+            .create_session(&NewSession {
+                plan,
+                repo_root: PathBuf::from("/repo"),
+                plan_path: Some(PathBuf::from("/repo/br.toml")),
+                base_commit: None,
+                workers_wanted: 1,
+            })
+            .expect("create session")
+    }
+
+    /// Runs every task of `session` to success with one worker, as a real worker would.
+    fn complete(&self, session: &Session) {
+        let worker = self
+            .store
+            .register_worker(&NewWorker {
+                host: "test-host".into(),
+                pid: 4242,
+                session: Some(session.id.clone()),
+                heartbeat_timeout: Duration::from_secs(30),
+            })
+            .expect("register worker");
+        let logs = self._dir.path().join("logs");
+        loop {
+            let claim = self
+                .store
+                .claim_next_task(&ClaimRequest {
+                    worker: &worker,
+                    session: Some(&session.id),
+                    log_dir: &logs,
+                })
+                .expect("claim");
+            match claim {
+                Claim::Task(task) => {
+                    self.store
+                        .finish_attempt(&task.lease, &Outcome::Succeeded)
+                        .expect("finish");
+                }
+                Claim::Nothing | Claim::Stop => break,
+            }
+        }
+        self.store.stop_worker(&worker).expect("stop worker");
+    }
+
+    async fn call(&self, request: Request<Body>) -> Response {
+        router(self.state.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible")
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let response = self
+            .call(Request::get(uri).body(Body::empty()).expect("request"))
+            .await;
+        json(response).await
+    }
+
+    async fn post(&self, uri: &str) -> (StatusCode, Value) {
+        let request = Request::post(uri)
+            .header(ACTION_HEADER, "test")
+            .body(Body::empty())
+            .expect("request");
+        json(self.call(request).await).await
+    }
+}
+
+async fn json(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    assert_eq!(
+        content_type.as_ref().and_then(|c| c.to_str().ok()),
+        Some("application/json"),
+        "{status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let value = serde_json::from_slice(&bytes).expect("a JSON body");
+    (status, value)
+}
+
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn has_keys(value: &Value, wanted: &[&str]) {
+    let present = keys(value);
+    for key in wanted {
+        assert!(present.contains(key), "`{key}` missing from {value}");
+    }
+}
+
+const SESSION_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "status",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "progress_percent",
+    "total_tasks",
+    "completed_tasks",
+    "failed_tasks",
+    "running_tasks",
+    "queued_tasks",
+];
+
+const TASK_KEYS: &[&str] = &[
+    "id",
+    "state",
+    "attempts",
+    "worker_id",
+    "branch",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "files",
+    "after",
+    "log_path",
+];
+
+#[tokio::test]
+async fn every_endpoint_answers_with_the_cli_json_shapes() {
+    let f = Fixture::new();
+    let done = f.submit("done", &["one"]);
+    f.complete(&done);
+    let s = f.submit("build", &["schema", "api", "ui"]);
+    f.store
+        .lock_paths(&s.id, &[LockPath::parse("docs").expect("path")])
+        .expect("lock");
+    let worker = f
+        .store
+        .register_worker(&NewWorker {
+            host: "test-host".into(),
+            pid: 7,
+            session: None,
+            heartbeat_timeout: Duration::from_secs(30),
+        })
+        .expect("register");
+
+    let (status, summary) = f.get("/api/summary").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        keys(&summary),
+        ["sessions", "tasks", "timestamp", "workers"]
+    );
+    assert_eq!(
+        keys(&summary["workers"]),
+        ["busy", "idle", "offline", "total", "utilization"]
+    );
+    assert_eq!(keys(&summary["sessions"]), ["active", "total"]);
+    assert_eq!(
+        keys(&summary["tasks"]),
+        ["completed", "failed", "queued", "running"]
+    );
+    assert_eq!(summary["sessions"]["total"], 2);
+    assert_eq!(summary["tasks"]["completed"], 1);
+
+    let (status, list) = f.get("/api/sessions").await;
+    assert_eq!(status, StatusCode::OK);
+    let list = list.as_array().expect("an array");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], "build", "newest first");
+    for s in list {
+        has_keys(s, SESSION_KEYS);
+        assert!(s.get("tasks").is_none(), "list has no tasks: {s}");
+    }
+    let (_, completed) = f.get("/api/sessions?status=completed").await;
+    assert_eq!(completed.as_array().map(Vec::len), Some(1));
+
+    // By id, by unique prefix and by name: the same session, as `br status --json`.
+    for reference in [s.id.as_str(), &s.id.as_str()[..6], "build"] {
+        let (status, one) = f.get(&format!("/api/sessions/{reference}")).await;
+        assert_eq!(status, StatusCode::OK, "{reference}: {one}");
+        has_keys(&one, SESSION_KEYS);
+        assert_eq!(one["id"], s.id.as_str());
+        let tasks = one["tasks"].as_array().expect("tasks");
+        assert_eq!(tasks.len(), 3);
+        for t in tasks {
+            has_keys(t, TASK_KEYS);
+        }
+        assert_eq!(tasks[1]["after"][0], "schema");
+    }
+
+    let (status, workers) = f.get("/api/workers").await;
+    assert_eq!(status, StatusCode::OK);
+    let workers = workers.as_array().expect("an array");
+    assert_eq!(
+        workers.len(),
+        1,
+        "the stopped worker is not listed: {workers:?}"
+    );
+    has_keys(
+        &workers[0],
+        &[
+            "id",
+            "status",
+            "host",
+            "pid",
+            "session_id",
+            "current_task",
+            "attempt",
+            "tasks_completed",
+            "tasks_failed",
+            "last_heartbeat",
+            "started_at",
+        ],
+    );
+    assert_eq!(workers[0]["id"], worker.as_str());
+    let (_, all) = f.get("/api/workers?all=true").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(2));
+
+    let (status, locks) = f.get("/api/locks").await;
+    assert_eq!(status, StatusCode::OK);
+    let locks = locks.as_array().expect("an array");
+    assert_eq!(locks.len(), 1);
+    has_keys(&locks[0], &["path", "session_id", "task_id", "acquired_at"]);
+    assert_eq!(locks[0]["path"], "docs");
+
+    let (status, events) = f.get("/api/events").await;
+    assert_eq!(status, StatusCode::OK);
+    let events = events.as_array().expect("an array");
+    assert!(events.len() > 3, "{events:?}");
+    for e in events {
+        assert_eq!(
+            keys(e),
+            [
+                "at",
+                "attempt",
+                "detail",
+                "kind",
+                "seq",
+                "session_id",
+                "task_id",
+                "worker_id"
+            ]
+        );
+    }
+    let second = events[1]["seq"].as_i64().expect("seq");
+    let (status, page) = f.get(&format!("/api/events?after={second}&limit=2")).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = page.as_array().expect("an array");
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0], events[2]);
+    assert_eq!(page[1], events[3]);
+    let (_, mine) = f.get("/api/events?session=build").await;
+    assert!(
+        mine.as_array()
+            .expect("an array")
+            .iter()
+            .all(|e| e["session_id"] == s.id.as_str() || e["session_id"].is_null()),
+        "{mine}"
+    );
+
+    // The published snapshot catches up with what was written since the state was made.
+    let snapshot = poll_snapshot(&f, "/api/snapshot", |v| {
+        v["summary"]["sessions"]["total"] == 2
+    })
+    .await;
+    assert_eq!(
+        keys(&snapshot),
+        [
+            "events",
+            "last_seq",
+            "locks",
+            "now",
+            "selected",
+            "sessions",
+            "summary",
+            "throughput",
+            "workers"
+        ]
+    );
+    assert_eq!(
+        snapshot["selected"]["id"],
+        s.id.as_str(),
+        "the active session"
+    );
+    for t in snapshot["selected"]["tasks"].as_array().expect("tasks") {
+        has_keys(t, TASK_KEYS);
+        assert!(t.get("waiting_for").is_some(), "{t}");
+    }
+    assert_eq!(
+        snapshot["selected"]["tasks"][1]["waiting_for"],
+        serde_json::json!({ "kind": "dependencies", "tasks": ["schema"] })
+    );
+    for row in snapshot["sessions"].as_array().expect("sessions") {
+        has_keys(row, SESSION_KEYS);
+        has_keys(row, &["workers", "elapsed_ms", "remaining_ms"]);
+    }
+
+    let (status, other) = f.get("/api/snapshot?session=done").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(other["selected"]["id"], done.id.as_str());
+    assert_eq!(other["selected"]["tasks"][0]["state"], "succeeded");
+}
+
+/// Reads `uri` until `ok` holds for it (the publisher refreshes in the background).
+async fn poll_snapshot(f: &Fixture, uri: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, value) = f.get(uri).await;
+        assert_eq!(status, StatusCode::OK, "{value}");
+        if ok(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {uri}: {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_session_is_a_404_with_the_error_json() {
+    let f = Fixture::new();
+    f.submit("build", &["a"]);
+    for uri in [
+        "/api/sessions/nope",
+        "/api/snapshot?session=nope",
+        "/api/events?session=nope",
+        "/api/stream?session=nope",
+    ] {
+        let (status, body) = f.get(uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": "no session matches `nope`" }),
+            "{uri}"
+        );
+    }
+    let (status, body) = f.post("/api/sessions/nope/pause").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(keys(&body), ["error"]);
+    let (status, body) = f.get("/api/no/such/thing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(keys(&body), ["error"]);
+}
+
+#[tokio::test]
+async fn a_bad_query_is_a_400_with_the_error_json() {
+    let f = Fixture::new();
+    for uri in [
+        "/api/events?after=soon",
+        "/api/events?limit=0",
+        "/api/sessions?status=sleeping",
+        "/api/workers?status=asleep",
+    ] {
+        let (status, body) = f.get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(keys(&body), ["error"], "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn resuming_a_completed_session_is_refused_with_409() {
+    let f = Fixture::new();
+    let s = f.submit("build", &["a", "b"]);
+    f.complete(&s);
+    assert_eq!(
+        f.store.session(&s.id).expect("session").status.to_string(),
+        "completed"
+    );
+    for action in ["resume", "pause", "cancel"] {
+        let (status, body) = f.post(&format!("/api/sessions/build/{action}")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{action}: {body}");
+        let message = body["error"].as_str().expect("an error message");
+        assert!(message.contains("completed"), "{message}");
+    }
+    assert_eq!(
+        f.store.session(&s.id).expect("session").status.to_string(),
+        "completed",
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn pause_then_resume_changes_the_stored_status() {
+    let f = Fixture::new();
+    let s = f.submit("build", &["a", "b"]);
+    let stored = || f.store.session(&s.id).expect("session").status.to_string();
+
+    let (status, body) = f.post(&format!("/api/sessions/{}/pause", s.id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    has_keys(&body, SESSION_KEYS);
+    assert_eq!(body["status"], "paused");
+    assert_eq!(stored(), "paused");
+    // The live snapshot shows it too.
+    poll_snapshot(&f, "/api/snapshot", |v| {
+        v["sessions"][0]["status"] == "paused"
+    })
+    .await;
+
+    let (status, body) = f.post(&format!("/api/sessions/{}/resume", s.id)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(body["status"], "paused");
+    assert_ne!(stored(), "paused");
+
+    let (status, body) = f.post("/api/sessions/build/cancel").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(stored(), "cancelled");
+}
+
+#[tokio::test]
+async fn actions_need_the_action_header_and_a_local_host() {
+    let f = Fixture::new();
+    let s = f.submit("build", &["a"]);
+    // What a form on another site could send: no custom header.
+    let request = Request::post(format!("/api/sessions/{}/cancel", s.id))
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = json(f.call(request).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_ne!(
+        f.store.session(&s.id).expect("session").status.to_string(),
+        "cancelled"
+    );
+    // A name that resolves to 127.0.0.1 (DNS rebinding) is not this server's.
+    let request = Request::get("/api/summary")
+        .header(header::HOST, "attacker.example:7878")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _) = json(f.call(request).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let request = Request::get("/api/summary")
+        .header(header::HOST, "localhost:7878")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _) = json(f.call(request).await).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_page_is_self_contained_html() {
+    let f = Fixture::new();
+    let response = f
+        .call(Request::get("/").body(Body::empty()).expect("request"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let page = String::from_utf8(bytes.to_vec()).expect("UTF-8");
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains("new EventSource("), "it follows the stream");
+    let lower = page.to_lowercase();
+    for external in ["http://", "https://", "//cdn", "src=\"//", "@import"] {
+        assert!(!lower.contains(external), "the page refers to `{external}`");
+    }
+    assert!(
+        !page.contains(".innerHTML"),
+        "text from the store is never parsed as HTML"
+    );
+}
+
+#[tokio::test]
+async fn the_stream_starts_with_the_current_snapshot() {
+    let f = Fixture::new();
+    let s = f.submit("build", &["a", "b"]);
+    let other = f.submit("other", &["x"]);
+    // The shared snapshot is published in the background; wait until it has both sessions.
+    poll_snapshot(&f, "/api/snapshot", |v| {
+        v["summary"]["sessions"]["total"] == 2
+    })
+    .await;
+    for (uri, selected) in [
+        ("/api/stream".to_string(), &other.id),
+        (format!("/api/stream?session={}", s.id), &s.id),
+    ] {
+        let response = f
+            .call(Request::get(&uri).body(Body::empty()).expect("request"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let mut body = response.into_body().into_data_stream();
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Frames arrive in pieces; read until one whole event is in.
+        while !text.contains("\n\n") {
+            let chunk = tokio::time::timeout_at(deadline, body.next())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on")
+                .expect("a chunk");
+            text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+        let event = text.split("\n\n").next().expect("an event");
+        assert!(event.starts_with("event: snapshot\n"), "{event}");
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("data");
+        let snapshot: Value = serde_json::from_str(data).expect("snapshot JSON");
+        assert_eq!(snapshot["selected"]["id"], selected.as_str(), "{uri}");
+    }
+    // Stopping the server ends every stream, so a graceful shutdown does not wait on them.
+    let response = f
+        .call(
+            Request::get("/api/stream")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    let mut body = response.into_body().into_data_stream();
+    f.state.shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            chunk.expect("a chunk");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+}
