@@ -11,59 +11,22 @@ use std::time::Duration;
 
 use br_core::EventKind;
 use br_store::audit::{audit_lock_order, audit_terminal_once};
-use common::{TestRepo, alive, poll};
+use common::{PgSchema, TestRepo, alive, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
-const URL_VAR: &str = "BR_TEST_POSTGRES_URL";
-
-/// A schema of the test database that br's store URL points into; dropped with it.
-struct Schema {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Schema {
-    /// `None`, after saying so, when there is no test database.
-    fn create() -> Option<Schema> {
-        let Ok(admin) = std::env::var(URL_VAR) else {
-            println!("skipped: {URL_VAR} is not set (set it to a PostgreSQL URL to run this test)");
-            return None;
-        };
-        let name = format!("br_cli_{:016x}", fastrand::u64(..));
-        postgres::Client::connect(&admin, postgres::NoTls)
-            .and_then(|mut c| c.batch_execute(&format!("CREATE SCHEMA {name}")))
-            .unwrap_or_else(|e| panic!("create a schema at {URL_VAR}: {e}"));
-        let separator = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{separator}options=-csearch_path%3D{name}");
-        Some(Schema { admin, name, url })
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let dropped = postgres::Client::connect(&self.admin, postgres::NoTls).and_then(|mut c| {
-            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
-        });
-        if let Err(e) = dropped {
-            eprintln!("could not drop test schema {}: {e}", self.name);
-        }
-    }
-}
-
 fn tasks(status: &Value) -> &Vec<Value> {
     status["tasks"].as_array().expect("tasks")
 }
 
 #[test]
 fn a_run_in_worktrees_keeps_all_its_state_in_postgres() {
-    let Some(schema) = Schema::create() else {
+    let Some(schema) = PgSchema::create() else {
         return;
     };
-    let repo = TestRepo::with_store(&schema.url);
+    let repo = TestRepo::with_store(schema.url());
     repo.write(
         "br.toml",
         r#"name = "pg"
@@ -118,10 +81,10 @@ after = ["one", "two"]
 
 #[test]
 fn workers_in_two_clones_share_one_session() {
-    let Some(schema) = Schema::create() else {
+    let Some(schema) = PgSchema::create() else {
         return;
     };
-    let here = TestRepo::with_store(&schema.url);
+    let here = TestRepo::with_store(schema.url());
     let rendezvous = tempfile::tempdir().expect("temp dir");
     // Each task waits until both have started: the session only ends if two workers, one per
     // clone, run them at the same time.
@@ -180,10 +143,10 @@ fn workers_in_two_clones_share_one_session() {
 
 #[test]
 fn a_killed_worker_s_task_is_rerun_by_a_worker_of_the_other_clone() {
-    let Some(schema) = Schema::create() else {
+    let Some(schema) = PgSchema::create() else {
         return;
     };
-    let here = TestRepo::with_store(&schema.url);
+    let here = TestRepo::with_store(schema.url());
     here.write(
         "br.toml",
         r#"name = "pg-kill"

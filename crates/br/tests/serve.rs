@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{TestRepo, alive};
+use common::{PgSchema, TestRepo, alive};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -248,7 +248,21 @@ fn session<'a>(snapshot: &'a Value, name: &str) -> Option<&'a Value> {
 
 #[test]
 fn the_stream_follows_a_run_to_completion_and_sigterm_stops_the_server() {
-    let repo = TestRepo::new();
+    follow_a_run_to_completion(&TestRepo::new());
+}
+
+#[test]
+fn the_stream_follows_a_run_with_the_store_in_postgres() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    follow_a_run_to_completion(&TestRepo::with_store(schema.url()));
+}
+
+/// Serves `repo`'s store while `br run` works through a session whose tasks wait for a release
+/// file: the stream shows it running, then completed with the numbers of `br status --json`;
+/// SIGTERM then stops the server promptly.
+fn follow_a_run_to_completion(repo: &TestRepo) {
     repo.write(
         "web.toml",
         "name = \"web\"\nisolation = \"shared\"\nworkers = 2\n\
@@ -258,7 +272,7 @@ fn the_stream_follows_a_run_to_completion_and_sigterm_stops_the_server() {
          files = [\"b\"]\n\
          [[task]]\nid = \"last\"\nrun = 'true'\nafter = [\"first\", \"second\"]\n",
     );
-    let served = Served::start(&repo);
+    let served = Served::start(repo);
     let mut stream = EventStream::open(served.addr, "/api/stream");
     let first = stream
         .next_snapshot(Instant::now() + LONG)

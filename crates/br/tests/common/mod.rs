@@ -336,3 +336,47 @@ pub fn stop_outside_transaction(pid: i32, store_path: &Path) {
     }
     panic!("could not stop {pid} outside a store transaction");
 }
+
+pub const POSTGRES_URL_VAR: &str = "BR_TEST_POSTGRES_URL";
+
+/// A schema of the test database that br's store URL points into; dropped with it.
+pub struct PgSchema {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    /// `None`, after saying so, when there is no test database.
+    pub fn create() -> Option<PgSchema> {
+        let Ok(admin) = std::env::var(POSTGRES_URL_VAR) else {
+            println!(
+                "skipped: {POSTGRES_URL_VAR} is not set (set it to a PostgreSQL URL to run this test)"
+            );
+            return None;
+        };
+        let name = format!("br_cli_{:016x}", fastrand::u64(..));
+        postgres::Client::connect(&admin, postgres::NoTls)
+            .and_then(|mut c| c.batch_execute(&format!("CREATE SCHEMA {name}")))
+            .unwrap_or_else(|e| panic!("create a schema at {POSTGRES_URL_VAR}: {e}"));
+        let separator = if admin.contains('?') { '&' } else { '?' };
+        let url = format!("{admin}{separator}options=-csearch_path%3D{name}");
+        Some(PgSchema { admin, name, url })
+    }
+
+    /// The store URL that puts br's tables in this schema.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let dropped = postgres::Client::connect(&self.admin, postgres::NoTls).and_then(|mut c| {
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+        });
+        if let Err(e) = dropped {
+            eprintln!("could not drop test schema {}: {e}", self.name);
+        }
+    }
+}
