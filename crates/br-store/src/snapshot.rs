@@ -615,14 +615,14 @@ impl Cheap {
                 Err(e) => return Err(e),
             }
         }
-        // Active first, newest first within each group; ties broken by id so the order is
-        // stable from one refresh to the next.
+        // Active first, newest first within each group. The sort is stable, so sessions created
+        // in the same millisecond keep the store's order (the later created first) — not their
+        // random ids' — and the newest session is the one shown by default.
         sessions.sort_by(|a, b| {
             a.status
                 .is_terminal()
                 .cmp(&b.status.is_terminal())
                 .then(b.created_at.cmp(&a.created_at))
-                .then(a.id.cmp(&b.id))
         });
         let workers = store
             .workers(&WorkerFilter::default())?
