@@ -78,7 +78,25 @@ fn postgres_throughput() {
     let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
     let (br_wall, br_span) = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     let xargs_wall = xargs_trues(repo.path(), N);
-    println!("\n1,000 × `true`, shared mode, 4 workers, store in PostgreSQL (local server)");
+    print_against_xargs(
+        "1,000 × `true`, shared mode, 4 workers, store in PostgreSQL (local server)",
+        br_wall,
+        br_span,
+        xargs_wall,
+        N,
+    );
+}
+
+/// Prints br's times for `n` trivial tasks on 4 workers against xargs's, and the overhead.
+fn print_against_xargs(
+    title: &str,
+    br_wall: Duration,
+    br_span: Duration,
+    xargs_wall: Duration,
+    n: usize,
+) {
+    let per_task = (br_wall.as_secs_f64() - xargs_wall.as_secs_f64()) / n as f64 * 1000.0;
+    println!("\n{title}");
     println!(
         "  br run (wall, incl. startup)  {:>8.3} s",
         br_wall.as_secs_f64()
@@ -96,8 +114,9 @@ fn postgres_throughput() {
         br_wall.as_secs_f64() / xargs_wall.as_secs_f64()
     );
     println!(
-        "  overhead per task             {:>8.3} ms of wall time",
-        (br_wall.as_secs_f64() - xargs_wall.as_secs_f64()) / N as f64 * 1000.0
+        "  overhead per task             {:>8.3} ms of wall time ({:.3} ms of worker time per task with 4 workers)",
+        per_task,
+        per_task * 4.0
     );
 }
 
@@ -228,28 +247,12 @@ fn throughput() {
         4,
     );
     let xargs_wall = xargs_trues(repo.path(), N);
-    let per_task = (br_wall.as_secs_f64() - xargs_wall.as_secs_f64()) / N as f64 * 1000.0;
-    println!("\n1,000 × `true`, shared mode, 4 workers");
-    println!(
-        "  br run (wall, incl. startup)  {:>8.3} s",
-        br_wall.as_secs_f64()
-    );
-    println!(
-        "  br session makespan           {:>8.3} s",
-        br_span.as_secs_f64()
-    );
-    println!(
-        "  xargs -P 4                    {:>8.3} s",
-        xargs_wall.as_secs_f64()
-    );
-    println!(
-        "  ratio br / xargs              {:>8.2}",
-        br_wall.as_secs_f64() / xargs_wall.as_secs_f64()
-    );
-    println!(
-        "  overhead per task             {:>8.3} ms of wall time ({:.3} ms of worker time per task with 4 workers)",
-        per_task,
-        per_task * 4.0
+    print_against_xargs(
+        "1,000 × `true`, shared mode, 4 workers",
+        br_wall,
+        br_span,
+        xargs_wall,
+        N,
     );
 }
 

@@ -1,7 +1,7 @@
 //! br with its state in PostgreSQL (`BR_STORE=postgres://…`): a run in worktrees exactly as on
 //! SQLite, workers from two clones of the repository (two machines, as far as br can tell)
-//! sharing one session, a killed worker's task rerun by the other, and an unreachable server
-//! reported as bad input. Each test works in a schema of its own, dropped afterwards.
+//! sharing one session, and a killed worker's task rerun by the other. Each test works in a
+//! schema of its own, dropped afterwards. (An unreachable server is in bad_input.rs.)
 //!
 //! Needs `BR_TEST_POSTGRES_URL` (CI sets it); without it each test says it was skipped.
 
@@ -17,6 +17,18 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
+/// Commits `here`'s plan, clones the repository (another machine), and submits the plan from
+/// `here`: the clone and the session id.
+fn commit_clone_and_submit(here: &TestRepo) -> (TestRepo, String) {
+    here.git(&["add", "br.toml"]);
+    here.git(&["commit", "--quiet", "-m", "plan"]);
+    let there = here.clone_elsewhere();
+    let submitted = here.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = submitted.stdout.lines().last().expect("session id").trim();
+    (there, session.to_string())
+}
+
 fn tasks(status: &Value) -> &Vec<Value> {
     status["tasks"].as_array().expect("tasks")
 }
@@ -102,28 +114,23 @@ fn workers_in_two_clones_share_one_session() {
              [[task]]\nid = \"b\"\nrun = '{wait_for_both}'\n"
         ),
     );
-    here.git(&["add", "br.toml"]);
-    here.git(&["commit", "--quiet", "-m", "plan"]);
-    let there = here.clone_elsewhere();
-    let submitted = here.br(&["submit"]);
-    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
-    let session = submitted.stdout.lines().last().expect("session id").trim();
+    let (there, session) = commit_clone_and_submit(&here);
     let worker_args = [
         "worker",
         "--session",
-        session,
+        &session,
         "--heartbeat-interval",
         "200ms",
     ];
     let first = here.spawn(&worker_args);
     let second = there.spawn(&worker_args);
-    let waited = there.br(&["wait", session, "--timeout", "60s"]);
+    let waited = there.br(&["wait", &session, "--timeout", "60s"]);
     assert_eq!(waited.code, 0, "{}\n{}", waited.stdout, waited.stderr);
     for worker in [first, second] {
         let left = worker.wait(LONG);
         assert_eq!(left.code, 0, "{}", left.stderr);
     }
-    let status = here.status(session);
+    let status = here.status(&session);
     let ran_on: Vec<&str> = tasks(&status)
         .iter()
         .map(|t| t["worker_id"].as_str().expect("worker"))
@@ -157,16 +164,11 @@ id = "slow"
 run = 'echo $$ > slow.pid; if [ "$BR_ATTEMPT" = 1 ]; then exec sleep 60; fi; echo done > slow.out'
 "#,
     );
-    here.git(&["add", "br.toml"]);
-    here.git(&["commit", "--quiet", "-m", "plan"]);
-    let there = here.clone_elsewhere();
-    let submitted = here.br(&["submit"]);
-    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
-    let session = submitted.stdout.lines().last().expect("session id").trim();
+    let (there, session) = commit_clone_and_submit(&here);
     let worker_args = [
         "worker",
         "--session",
-        session,
+        &session,
         "--heartbeat-interval",
         "200ms",
     ];
@@ -183,11 +185,11 @@ run = 'echo $$ > slow.pid; if [ "$BR_ATTEMPT" = 1 ]; then exec sleep 60; fi; ech
     poll("the dead worker's task to die", LONG, || {
         (!alive(task_pid)).then_some(())
     });
-    let waited = there.br(&["wait", session, "--timeout", "60s"]);
+    let waited = there.br(&["wait", &session, "--timeout", "60s"]);
     assert_eq!(waited.code, 0, "{}\n{}", waited.stdout, waited.stderr);
     assert_eq!(rescuer.wait(LONG).code, 0);
     drop(victim);
-    let status = there.status(session);
+    let status = there.status(&session);
     let slow = &tasks(&status)[0];
     assert_eq!(
         (slow["state"].as_str(), slow["attempts"].as_u64()),
