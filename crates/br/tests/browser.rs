@@ -1,0 +1,245 @@
+//! The web dashboard in a real browser: headless Chromium, driven over WebDriver by chromedriver,
+//! loads the page `br serve` serves while `br run` works, and the page's own JavaScript shows
+//! the session live, escapes what the store holds, follows it to the end, and pauses it from its
+//! button.
+//!
+//! Needs `BR_TEST_CHROMEDRIVER` (the path of chromedriver, with Chromium installed; `.ci/run`
+//! installs both and sets it); without it the test says it was skipped.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestRepo, poll};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(60);
+const DRIVER_VAR: &str = "BR_TEST_CHROMEDRIVER";
+
+/// A background process (chromedriver, `br serve`) whose first output line matching `find`
+/// carries its address; killed and reaped on drop.
+struct Background {
+    child: Child,
+}
+
+impl Background {
+    /// Starts `command` and returns it with the first stdout line for which `find` gives
+    /// something.
+    fn start(mut command: Command, find: impl Fn(&str) -> Option<String>) -> (Background, String) {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start");
+        let stdout = child.stdout.take().expect("stdout");
+        let background = Background { child };
+        let mut lines = BufReader::new(stdout).lines();
+        let found = loop {
+            let line = lines
+                .next()
+                .expect("it printed its address before exiting")
+                .expect("a line");
+            if let Some(found) = find(&line) {
+                break found;
+            }
+        };
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        (background, found)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port`, with a JSON body when given; the JSON answer.
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(LONG)).expect("read timeout");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    // chromedriver keeps the connection open whatever the request says: read the headers,
+    // then exactly Content-Length bytes.
+    let mut reader = BufReader::new(stream);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("answer");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().expect("Content-Length");
+        }
+    }
+    let mut payload = vec![0u8; length];
+    reader.read_exact(&mut payload).expect("the answer's body");
+    serde_json::from_slice(&payload)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&payload)))
+}
+
+/// A browser session of chromedriver.
+struct Browser {
+    port: u16,
+    session: String,
+    _driver: Background,
+}
+
+impl Browser {
+    fn open(driver: &str) -> Browser {
+        let mut command = Command::new(driver);
+        command.arg("--port=0");
+        let (driver, port) = Background::start(command, |line| {
+            line.strip_prefix("ChromeDriver was started successfully on port ")
+                .map(|p| p.trim_end_matches('.').to_string())
+        });
+        let port: u16 = port.parse().expect("port");
+        let created = http(
+            port,
+            "POST",
+            "/session",
+            Some(
+                &json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage"]
+                }}}}),
+            ),
+        );
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {created}"))
+            .to_string();
+        Browser {
+            port,
+            session,
+            _driver: driver,
+        }
+    }
+
+    fn command(&self, method: &str, what: &str, body: Option<&Value>) -> Value {
+        let path = format!("/session/{}/{what}", self.session);
+        let answer = http(self.port, method, &path, body);
+        assert!(answer["value"].get("error").is_none(), "{what}: {answer}");
+        answer["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.command("POST", "url", Some(&json!({ "url": url })));
+    }
+
+    /// Runs `script` in the page and returns its value.
+    fn eval(&self, script: &str) -> Value {
+        self.command(
+            "POST",
+            "execute/sync",
+            Some(&json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// The page's visible text once `done` holds for it.
+    fn text_when(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let text = self
+                .eval("return document.body.innerText")
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the page shows:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let path = format!("/session/{}", self.session);
+        let _ = std::panic::catch_unwind(|| http(self.port, "DELETE", &path, None));
+    }
+}
+
+#[test]
+fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
+    let Ok(driver) = std::env::var(DRIVER_VAR) else {
+        println!(
+            "skipped: {DRIVER_VAR} is not set (set it to chromedriver's path to run this test)"
+        );
+        return;
+    };
+    let repo = TestRepo::new();
+    // The session's name is markup: the page must show it as text.
+    repo.write(
+        "br.toml",
+        "name = \"web <b>bold</b>\"\nisolation = \"shared\"\n\
+         [[task]]\nid = \"waiter\"\nrun = 'while [ ! -f release ]; do sleep 0.05; done'\n\
+         files = [\"out\"]\n\
+         [[task]]\nid = \"after-it\"\nrun = 'true'\nafter = [\"waiter\"]\n",
+    );
+    let run = repo.spawn(&["run", "--workers", "1", "--no-dashboard"]);
+    let (_server, url) = Background::start(
+        repo.br_command(&["serve", "--addr", "127.0.0.1:0"]),
+        |line| line.strip_prefix("listening on ").map(str::to_string),
+    );
+    let browser = Browser::open(&driver);
+    browser.go(&url);
+
+    let running = browser.text_when("the running session", |t| {
+        t.contains("web <b>bold</b>") && t.contains("waiter") && t.contains("running")
+    });
+    assert!(running.contains("waits for waiter"), "{running}");
+    assert_eq!(
+        browser.eval("return document.getElementById('conn').className"),
+        "live"
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('b').length"),
+        0,
+        "the session name was not parsed as HTML"
+    );
+
+    // The page's pause button pauses the session in the store.
+    browser.eval(
+        "for (const b of document.querySelectorAll('button')) \
+         { if (b.textContent === 'pause') { b.click(); return true; } } return false;",
+    );
+    poll("the session paused", LONG, || {
+        (repo.status("web <b>bold</b>")["status"] == "paused").then_some(())
+    });
+    browser.text_when("paused shown", |t| t.contains("paused"));
+    browser.eval(
+        "for (const b of document.querySelectorAll('button')) \
+         { if (b.textContent === 'resume') { b.click(); return true; } } return false;",
+    );
+    poll("the session running again", LONG, || {
+        (repo.status("web <b>bold</b>")["status"] == "running").then_some(())
+    });
+
+    repo.write("release", "");
+    let done = browser.text_when("the completed session", |t| {
+        t.contains("completed") && t.contains("100")
+    });
+    assert!(done.contains("after-it"), "{done}");
+    assert_eq!(run.wait(LONG).code, 0);
+}
