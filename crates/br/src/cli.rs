@@ -188,7 +188,7 @@ pub struct WorkerArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     pub kill_grace: Duration,
     /// Kill a task whose log grows past this size (e.g. 200MiB, 2GB; `none` for no limit)
-    #[arg(long, env = "BR_MAX_LOG", value_parser = parse_size, default_value = "1GiB", value_name = "SIZE")]
+    #[arg(long, env = "BR_MAX_LOG", hide_env_values = true, value_parser = parse_size, default_value = "1GiB", value_name = "SIZE")]
     pub max_log: MaxLog,
     /// Stop when standard input closes (used by `br run` for the workers it starts)
     #[arg(long, hide = true)]
