@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod ids;
+pub mod lease;
 pub mod lock;
 pub mod outcome;
 pub mod plan;

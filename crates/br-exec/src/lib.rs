@@ -3,6 +3,7 @@
 
 pub mod conflicts;
 pub mod git;
+pub mod lease;
 pub mod merge;
 pub mod pool;
 pub mod process;

@@ -1,6 +1,12 @@
 //! The worker loop: register, claim one task at a time, run it, heartbeat while it runs, report
 //! its outcome under its lease, and leave cleanly. Any worker also requeues expired leases on each
 //! heartbeat, so there is no coordinator to lose.
+//!
+//! A worker that cannot renew its lease — the store is locked, slow, restarting, or cut off by
+//! the network — stops its task on its own before the lease can expire (self-fencing), so that
+//! the task's next attempt elsewhere never overlaps this one: `br_core::lease::FenceTimeline`
+//! sets the deadlines, docs/leases.md draws them. A store that cannot be reached is waited out,
+//! not a reason to leave.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -9,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use br_core::lease::FenceTimeline;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, ScopeMode};
 use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState, WorkerId};
@@ -18,6 +25,7 @@ use br_store::{
 
 use crate::conflicts::{FinishedBranch, conflicting_branches};
 use crate::git::Repo;
+use crate::lease::{LeaseKeeper, Moment, Renewal};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
 use crate::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
@@ -71,7 +79,23 @@ pub enum Note {
         recorded: bool,
     },
     LeaseLost(Box<ClaimedTask>),
+    /// The lease went unrenewed too long: the worker stopped the task before the lease could
+    /// expire (the store was unreachable or too slow for `silent_for`).
+    Fenced {
+        task: Box<ClaimedTask>,
+        silent_for: Duration,
+    },
+    /// The kill grace does not fit in a session's leases: a self-fence uses this shorter one.
+    GraceCut {
+        session: String,
+        lease: Duration,
+        grace: Duration,
+    },
     StoreTrouble(String),
+    /// The store answers again after it could not be reached.
+    StoreBack {
+        after: Duration,
+    },
 }
 
 /// Shared stop request: set by signal handlers or the parent-watch thread.
@@ -113,10 +137,13 @@ pub fn run_worker(
         notify,
         slot: None,
         changes: HashMap::new(),
+        trouble_since: None,
+        trouble_shown: None,
+        grace_cut_said: std::collections::HashSet::new(),
     };
     let result = worker.serve();
     // Leave a clean record even if serving failed; a failure here is secondary.
-    let stopped = with_retries(|| store.stop_worker(&id));
+    let stopped = worker.record(|| store.stop_worker(&id));
     drop(reaper);
     let exit = result?;
     stopped?;
@@ -137,12 +164,29 @@ struct Worker<'a> {
     /// needs every other finished task's changes after each success, and reading them afresh
     /// each time would cost a store read per task per success.
     changes: HashMap<(SessionId, TaskId), (u32, Vec<String>)>,
+    /// Since when the store could not be reached (or stayed locked), if it cannot now.
+    trouble_since: Option<Instant>,
+    /// When the last warning about it was shown, so an outage is not a line every 50 ms.
+    trouble_shown: Option<Instant>,
+    /// Sessions whose leases are too short for the whole kill grace, already said so.
+    grace_cut_said: std::collections::HashSet<SessionId>,
 }
 
 /// The longest an idle worker sleeps between looks at the store; it also wakes on any change.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How often a running task's worker checks its stop flag between heartbeats.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often a fence deadline is looked at: finer than `STOP_POLL`, since the margin of a short
+/// lease is 100 ms.
+const FENCE_POLL: Duration = Duration::from_millis(10);
+/// While the store cannot be reached, the wait between tries grows to this.
+const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// While the store cannot be reached, a warning at most this often.
+const TROUBLE_EVERY: Duration = Duration::from_secs(10);
+/// How long a worker that was told to stop keeps trying to record an outcome in a store it
+/// cannot reach. Giving up loses nothing: the lease expires and the store records the attempt
+/// as `lease_lost` itself.
+const STOPPING_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Worker<'_> {
     fn serve(&mut self) -> Result<Exit, StoreError> {
@@ -160,8 +204,12 @@ impl Worker<'_> {
                 next_beat = Instant::now() + interval;
                 match self.store.heartbeat(&self.id, None) {
                     Ok(hb) if hb.stop_requested => return Ok(Exit::AskedToLeave),
-                    Ok(_) => {}
-                    Err(e) if e.is_transient() => self.trouble(&e),
+                    Ok(_) => self.store_back(),
+                    Err(e) if e.is_transient() => {
+                        self.trouble(&e);
+                        self.back_off();
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
                 self.requeue_expired();
@@ -171,35 +219,93 @@ impl Worker<'_> {
                 session: self.config.session.as_ref(),
                 log_dir: &self.config.log_dir,
             };
+            // The lease the claim grants runs from when the store received the claim, which is
+            // after this moment: fence deadlines counted from here are never late.
+            let claimed_at = Moment::now();
             match self.store.claim_next_task(&request) {
                 Ok(Claim::Task(task)) => {
-                    self.run_attempt(*task)?;
+                    self.store_back();
+                    self.run_attempt(*task, claimed_at)?;
                     next_beat = Instant::now() + interval;
                 }
                 Ok(Claim::Stop) => return Ok(Exit::AskedToLeave),
                 Ok(Claim::Nothing) => {
-                    if let Some(session) = &self.config.session
-                        && self.store.session(session)?.status.is_terminal()
-                    {
+                    self.store_back();
+                    let ended = match &self.config.session {
+                        Some(session) => match self.store.session(session) {
+                            Ok(s) => s.status.is_terminal(),
+                            Err(e) if e.is_transient() => {
+                                self.trouble(&e);
+                                self.back_off();
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        },
+                        None => false,
+                    };
+                    if ended {
                         return Ok(Exit::SessionEnded);
                     }
                     if self.config.exit_when_idle {
                         return Ok(Exit::Idle);
                     }
                     let until_beat = next_beat.saturating_duration_since(Instant::now());
-                    self.store.wait_for_change(until_beat.min(IDLE_POLL))?;
+                    match self.store.wait_for_change(until_beat.min(IDLE_POLL)) {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() => self.trouble(&e),
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) if e.is_transient() => {
                     self.trouble(&e);
-                    std::thread::sleep(Duration::from_millis(50));
+                    self.back_off();
                 }
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// Says that the store is in trouble: at once the first time, then now and then while it
+    /// lasts.
     fn trouble(&mut self, e: &StoreError) {
-        (self.notify)(Note::StoreTrouble(e.to_string()));
+        let now = Instant::now();
+        let since = *self.trouble_since.get_or_insert(now);
+        if self
+            .trouble_shown
+            .is_some_and(|shown| now.duration_since(shown) < TROUBLE_EVERY)
+        {
+            return;
+        }
+        self.trouble_shown = Some(now);
+        let mut text = error_chain(e);
+        if e.is_transient() && now.duration_since(since) >= Duration::from_secs(1) {
+            text.push_str(&format!(
+                " (for {}s now; trying again)",
+                now.duration_since(since).as_secs()
+            ));
+        }
+        (self.notify)(Note::StoreTrouble(text));
+    }
+
+    /// The store answered: if it had been in trouble, say it is back.
+    fn store_back(&mut self) {
+        if let Some(since) = self.trouble_since.take() {
+            self.trouble_shown = None;
+            (self.notify)(Note::StoreBack {
+                after: since.elapsed(),
+            });
+        }
+    }
+
+    /// Waits before trying the store again: longer the longer it has been in trouble, up to
+    /// `UNREACHABLE_BACKOFF_MAX`, and never past a stop request.
+    fn back_off(&self) {
+        let out_for = self.trouble_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let wait = (out_for / 4).clamp(Duration::from_millis(50), UNREACHABLE_BACKOFF_MAX);
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(STOP_POLL.min(until.saturating_duration_since(Instant::now())));
+        }
     }
 
     fn requeue_expired(&mut self) {
@@ -208,7 +314,39 @@ impl Worker<'_> {
         }
     }
 
-    fn run_attempt(&mut self, task: ClaimedTask) -> Result<(), StoreError> {
+    /// Runs a store write until it is done, waiting out a busy or unreachable store: an outcome
+    /// must not be dropped because the store was away for a while. Once the worker is told to
+    /// stop, it tries for `STOPPING_PATIENCE` more at most.
+    fn record<T>(
+        &mut self,
+        mut write: impl FnMut() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            match write() {
+                Err(e) if e.is_transient() => {
+                    if self.stop.load(Ordering::SeqCst)
+                        && stopping_since.get_or_insert_with(Instant::now).elapsed()
+                            >= STOPPING_PATIENCE
+                    {
+                        return Err(e);
+                    }
+                    self.trouble(&e);
+                    self.back_off();
+                    if self.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                Ok(out) => {
+                    self.store_back();
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn run_attempt(&mut self, task: ClaimedTask, claimed_at: Moment) -> Result<(), StoreError> {
         let lease = task.lease.clone();
         (self.notify)(Note::Started(Box::new(task.clone())));
         let (outcome, lease_lost, report, result) = match self.prepare(&task) {
@@ -219,19 +357,29 @@ impl Worker<'_> {
                 None,
             ),
             Ok(dir) => {
-                let execution = self.execute(&task, &dir);
-                let lease_lost = matches!(execution, Execution::LeaseLost(_));
+                let execution = self.execute(&task, &dir, claimed_at);
+                let lease_lost = !matches!(execution, Execution::Done(_));
                 let outcome = match execution {
                     Execution::Done(o) | Execution::LeaseLost(o) => o,
+                    Execution::Fenced { silent_for } => {
+                        (self.notify)(Note::Fenced {
+                            task: Box::new(task.clone()),
+                            silent_for,
+                        });
+                        Outcome::LeaseLost
+                    }
                 };
                 let (outcome, report, result) = self.conclude(&task, outcome, lease_lost);
                 (outcome, lease_lost, report, result)
             }
         };
-        if lease_lost {
+        if lease_lost && outcome != Outcome::LeaseLost {
             (self.notify)(Note::LeaseLost(Box::new(task.clone())));
         }
-        let finish = with_retries(|| self.store.finish_attempt_with(&lease, &outcome, &report))?;
+        // Recorded when the store can be reached again; refused harmlessly if the lease expired
+        // meanwhile and another attempt ran.
+        let store = self.store;
+        let finish = self.record(|| store.finish_attempt_with(&lease, &outcome, &report))?;
         if finish == Finish::Recorded(TaskNext::Succeed)
             && let Some(result) = &result
         {
@@ -369,7 +517,8 @@ impl Worker<'_> {
                     "tasks": [task.lease.task_id.as_str(), with.as_str()],
                 }),
             };
-            if let Err(e) = with_retries(|| self.store.append_event(&event)) {
+            let store = self.store;
+            if let Err(e) = self.record(|| store.append_event(&event)) {
                 self.trouble(&e);
             }
         }
@@ -413,14 +562,34 @@ impl Worker<'_> {
         Ok(out)
     }
 
-    /// Runs the attempt's process in `dir` to its end, heartbeating, and decides its outcome.
-    fn execute(&mut self, task: &ClaimedTask, dir: &std::path::Path) -> Execution {
+    /// Runs the attempt's process in `dir` to its end, keeping its lease, and decides its
+    /// outcome.
+    fn execute(
+        &mut self,
+        task: &ClaimedTask,
+        dir: &std::path::Path,
+        claimed_at: Moment,
+    ) -> Execution {
         let command = TaskCommand {
             run: task.run.clone(),
             dir: dir.to_path_buf(),
             env: task_env(task, dir, &self.config.repo),
             log_path: task.log_path.clone(),
         };
+        let timeline = FenceTimeline::new(
+            task.lease_ttl,
+            self.config.heartbeat_interval,
+            self.config.kill_grace,
+        );
+        if timeline.grace_cut(self.config.kill_grace)
+            && self.grace_cut_said.insert(task.lease.session_id.clone())
+        {
+            (self.notify)(Note::GraceCut {
+                session: task.session_name.clone(),
+                lease: task.lease_ttl,
+                grace: timeline.grace,
+            });
+        }
         let mut process = match TaskProcess::spawn(&command) {
             Ok(p) => p,
             Err(e) => {
@@ -432,35 +601,95 @@ impl Worker<'_> {
         let pgid = process.pgid();
         // A failure to reach the reaper only weakens the kill-on-death guarantee; the task runs.
         if let Some(reaper) = self.reaper.as_deref_mut()
-            && let Err(e) = reaper.watch(pgid)
+            && let Err(e) = reaper
+                .watch(pgid)
+                .and_then(|()| reaper.fence(pgid, reaper_deadline(claimed_at, &timeline)))
         {
             (self.notify)(Note::StoreTrouble(format!("reaper unreachable: {e}")));
         }
-        let execution = self.supervise(task, &mut process);
+        let store = self.store;
+        let worker = self.id.clone();
+        let execution = std::thread::scope(|scope| {
+            let keeper = match LeaseKeeper::start(
+                scope,
+                store,
+                &worker,
+                &task.lease,
+                timeline.renew_every,
+            ) {
+                Ok(keeper) => keeper,
+                Err(e) => {
+                    // Without renewals the lease would expire under a running task: do not run it.
+                    process.terminate(Duration::ZERO);
+                    return Execution::Done(Outcome::SpawnFailed {
+                        reason: format!("cannot start the lease thread: {e}"),
+                    });
+                }
+            };
+            self.supervise(task, &mut process, &keeper, &timeline, claimed_at)
+        });
         if let Some(reaper) = self.reaper.as_deref_mut() {
             let _ = reaper.forget(pgid);
         }
         execution
     }
 
-    fn supervise(&mut self, task: &ClaimedTask, process: &mut TaskProcess) -> Execution {
+    fn supervise(
+        &mut self,
+        task: &ClaimedTask,
+        process: &mut TaskProcess,
+        keeper: &LeaseKeeper,
+        timeline: &FenceTimeline,
+        claimed_at: Moment,
+    ) -> Execution {
         let started = Instant::now();
         let deadline = task.timeout.map(|t| started + t);
-        let interval = self
-            .config
-            .heartbeat_interval
-            .min(task.lease_ttl / 3)
-            .max(Duration::from_millis(10));
-        let mut next_beat = started + interval;
         let grace = self.config.kill_grace;
+        // When the last renewal the store acknowledged was sent: the lease cannot expire before
+        // this plus its length.
+        let mut renewed_at = claimed_at;
         loop {
+            let term_at = renewed_at.plus(timeline.term_after);
             let now = Instant::now();
-            let mut wait = next_beat.saturating_duration_since(now).min(STOP_POLL);
+            let mut wait = STOP_POLL
+                .min(term_at.from_now())
+                .max(FENCE_POLL.min(STOP_POLL));
             if let Some(d) = deadline {
                 wait = wait.min(d.saturating_duration_since(now));
             }
             if let Some(status) = process.wait_timeout(wait) {
+                // Killed while this worker could not act (frozen): the reaper fenced it.
+                if Moment::now() >= reaper_deadline(renewed_at, timeline) {
+                    return Execution::Fenced {
+                        silent_for: Moment::now().since(renewed_at),
+                    };
+                }
                 return Execution::Done(outcome_of(status));
+            }
+            for report in keeper.reports() {
+                match report {
+                    Renewal::Answered { reply, .. } if !reply.lease_held => {
+                        // Someone else owns this task now: stop at once, our result will be
+                        // refused anyway.
+                        let status = process.terminate(Duration::ZERO);
+                        return Execution::LeaseLost(outcome_of(status));
+                    }
+                    Renewal::Answered { reply, .. } if reply.session_cancelled => {
+                        process.terminate(grace);
+                        return Execution::Done(Outcome::Cancelled);
+                    }
+                    Renewal::Answered { sent, .. } => {
+                        self.store_back();
+                        if sent > renewed_at {
+                            renewed_at = sent;
+                            if let Some(reaper) = self.reaper.as_deref_mut() {
+                                let _ = reaper
+                                    .fence(process.pgid(), reaper_deadline(renewed_at, timeline));
+                            }
+                        }
+                    }
+                    Renewal::Failed(e) => self.trouble(&e),
+                }
             }
             if self.stop.load(Ordering::SeqCst) {
                 process.terminate(grace);
@@ -484,27 +713,26 @@ impl Worker<'_> {
                 }
                 return Execution::Done(Outcome::OutputLimit { limit_bytes: limit });
             }
-            if Instant::now() >= next_beat {
-                next_beat = Instant::now() + interval;
-                match self.store.heartbeat(&self.id, Some(&task.lease)) {
-                    Ok(hb) if !hb.lease_held => {
-                        // Someone else owns this task now: stop at once, our result will be
-                        // refused anyway.
-                        let status = process.terminate(Duration::ZERO);
-                        return Execution::LeaseLost(outcome_of(status));
-                    }
-                    Ok(hb) if hb.session_cancelled => {
-                        process.terminate(grace);
-                        return Execution::Done(Outcome::Cancelled);
-                    }
-                    Ok(_) => {}
-                    // The lease is still ours until it expires; keep running and try again.
-                    Err(e) => self.trouble(&e),
-                }
-                self.requeue_expired();
+            if Moment::now() >= renewed_at.plus(timeline.term_after) {
+                // The store has not acknowledged a renewal for too long: stop the task while
+                // the lease is surely still ours, so that it is dead before anyone may start
+                // the next attempt. SIGKILL comes at `kill_after` at the latest, whatever the
+                // grace was.
+                let kill_at = renewed_at.plus(timeline.kill_after);
+                process.terminate(kill_at.from_now());
+                return Execution::Fenced {
+                    silent_for: Moment::now().since(renewed_at),
+                };
             }
         }
     }
+}
+
+/// When the reaper SIGKILLs a group whose lease was last renewed (sent) at `renewed_at`: half
+/// the margin after the worker itself would have, so a worker that is alive always acts first,
+/// and still before the lease can expire.
+fn reaper_deadline(renewed_at: Moment, timeline: &FenceTimeline) -> Moment {
+    renewed_at.plus(timeline.kill_after + timeline.margin / 2)
 }
 
 /// Truncates a log to `limit` bytes and appends a line saying it was cut.
@@ -521,7 +749,12 @@ fn cut_log(path: &std::path::Path, limit: u64) -> std::io::Result<()> {
 
 enum Execution {
     Done(Outcome),
+    /// The store said the lease is someone else's now; the process was killed at once.
     LeaseLost(Outcome),
+    /// No renewal was acknowledged for too long; the worker stopped the task itself.
+    Fenced {
+        silent_for: Duration,
+    },
 }
 
 fn spec<'a>(task: &'a ClaimedTask, base: &'a str) -> AttemptSpec<'a> {
@@ -562,18 +795,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Retries a store write while the store is busy, for up to about a minute: an outcome must not
-/// be dropped because another process held the write lock for a moment.
-fn with_retries<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match f() {
-            Err(e) if e.is_transient() && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
 }

@@ -36,6 +36,14 @@ pub enum StoreError {
     },
     #[error("store {} is locked by another process (waited {waited:?})", path.display())]
     Busy { path: PathBuf, waited: Duration },
+    /// The store was open, and now cannot be reached (the server restarted or stopped
+    /// answering, the network is cut). Trying again later may succeed.
+    #[error("store {} is unreachable", path.display())]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: BackendError,
+    },
     #[error("unsupported store `{url}`: {reason}")]
     UnsupportedUrl { url: String, reason: String },
     #[error("no session matches `{0}`")]
@@ -62,9 +70,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may succeed (the store was busy), as opposed to a fault that
-    /// will not go away by itself.
+    /// Whether trying again later may succeed (the store was busy, or could not be reached for
+    /// now), as opposed to a fault that will not go away by itself.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Busy { .. })
+        matches!(
+            self,
+            StoreError::Busy { .. } | StoreError::Unreachable { .. }
+        )
     }
 }

@@ -141,10 +141,14 @@ pub struct DriveArgs {
     /// How often workers heartbeat
     #[arg(long, value_parser = parse_duration, default_value = "1s", value_name = "DURATION")]
     pub heartbeat_interval: Duration,
-    /// Between SIGTERM and SIGKILL when a task must stop
-    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
-    pub kill_grace: Duration,
+    /// Between SIGTERM and SIGKILL when a task must stop [default: 5s]. A worker cut off from
+    /// the store stops its task within the lease, so it must fit in heartbeat_timeout
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub kill_grace: Option<Duration>,
 }
+
+/// `--kill-grace` when not given.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

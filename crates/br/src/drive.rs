@@ -172,6 +172,7 @@ fn supervise(
     let mut gave_up = false;
     let mut last_requeue = Instant::now();
     let mut loop_started = Instant::now();
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         if !showing && control.show_progress.load(Ordering::SeqCst) {
             showing = true;
@@ -189,54 +190,47 @@ fn supervise(
                 pool.kill_all();
             }
         }
-        if interrupts == 0 && !gave_up {
-            for event in pool.supervise(store, &id)? {
-                match event {
-                    PoolEvent::Exited(w) if !w.asked && !w.status.success() => {
-                        progress.note(&format!(
-                            "worker {} (pid {}) exited unexpectedly ({}); see {}",
-                            w.index,
-                            w.pid,
-                            w.status,
-                            w.log.display()
-                        ))?;
+        if unreachable_since.is_some() {
+            // The store could not be reached a moment ago: do not hammer it.
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        match supervise_pass(
+            store,
+            &id,
+            &mut pool,
+            &mut progress,
+            &mut last_seq,
+            interrupts,
+            gave_up,
+        ) {
+            Ok(pass) => {
+                if let Some(since) = unreachable_since.take() {
+                    progress.note(&format!(
+                        "the store answers again (after {})",
+                        br_core::time::short_duration(since.elapsed())
+                    ))?;
+                }
+                gave_up |= pass.gave_up;
+                if pass.finished {
+                    break;
+                }
+                if pass.ended {
+                    let since = *ended_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() > LEAVE_GRACE {
+                        pool.stop_all();
                     }
-                    PoolEvent::GaveUp { log } => {
-                        gave_up = true;
-                        progress.note(&format!(
-                            "workers keep failing right after they start; stopped replacing them. See {}",
-                            log.display()
-                        ))?;
-                    }
-                    _ => {}
                 }
             }
-        } else {
-            pool.reap();
-        }
-        let events = store.events(&EventFilter {
-            after_seq: Some(last_seq),
-            session: Some(id.clone()),
-            limit: Some(1000),
-        })?;
-        for ev in &events {
-            progress.event(ev)?;
-            last_seq = ev.seq;
-        }
-        let s = store.session(&id)?;
-        progress.status(&s, store.now()?)?;
-        let ended = s.status.is_terminal();
-        if (ended || interrupts > 0 || gave_up) && pool.live() == 0 {
-            if events.len() < 1000 {
-                break;
+            Err(e) if e.is_transient() => {
+                // A store that is restarting or cut off is waited out: the workers wait too,
+                // and stop their tasks themselves if their leases are at risk.
+                if unreachable_since.is_none() {
+                    unreachable_since = Some(Instant::now());
+                    progress.note(&format!("warning: {}; waiting for it", error_chain(&e)))?;
+                }
+                continue;
             }
-            continue;
-        }
-        if ended {
-            let since = *ended_at.get_or_insert_with(Instant::now);
-            if since.elapsed() > LEAVE_GRACE {
-                pool.stop_all();
-            }
+            Err(e) => return Err(e.into()),
         }
         if last_requeue.elapsed() >= Duration::from_secs(1) {
             last_requeue = Instant::now();
@@ -253,7 +247,11 @@ fn supervise(
         if since < LOOP_MIN {
             std::thread::sleep(LOOP_MIN - since);
         }
-        store.wait_for_change(Duration::from_millis(100))?;
+        if let Err(e) = store.wait_for_change(Duration::from_millis(100))
+            && !e.is_transient()
+        {
+            return Err(e.into());
+        }
         loop_started = Instant::now();
     }
     progress.finish()?;
@@ -280,6 +278,82 @@ fn supervise(
     Ok(exit_for(&s))
 }
 
+/// What one pass of the supervision loop found.
+struct Pass {
+    /// The session ended.
+    ended: bool,
+    /// The pool stopped replacing workers.
+    gave_up: bool,
+    /// Nothing is left to watch: the loop is over.
+    finished: bool,
+}
+
+/// One pass: keep the pool, print new events and the session's state.
+fn supervise_pass(
+    store: &dyn Store,
+    id: &br_core::SessionId,
+    pool: &mut LocalPool,
+    progress: &mut Progress<Box<dyn Write>>,
+    last_seq: &mut i64,
+    interrupts: usize,
+    gave_up: bool,
+) -> Result<Pass, br_store::StoreError> {
+    let io = |e: std::io::Error| br_store::StoreError::Backend {
+        context: "print progress",
+        source: Box::new(e),
+    };
+    let mut newly_gave_up = false;
+    if interrupts == 0 && !gave_up {
+        for event in pool.supervise(store, id)? {
+            match event {
+                PoolEvent::Exited(w) if !w.asked && !w.status.success() => {
+                    progress
+                        .note(&format!(
+                            "worker {} (pid {}) exited unexpectedly ({}); see {}",
+                            w.index,
+                            w.pid,
+                            w.status,
+                            w.log.display()
+                        ))
+                        .map_err(io)?;
+                }
+                PoolEvent::GaveUp { log } => {
+                    newly_gave_up = true;
+                    progress
+                        .note(&format!(
+                            "workers keep failing right after they start; stopped replacing them. See {}",
+                            log.display()
+                        ))
+                        .map_err(io)?;
+                }
+                _ => {}
+            }
+        }
+    } else {
+        pool.reap();
+    }
+    let events = store.events(&EventFilter {
+        after_seq: Some(*last_seq),
+        session: Some(id.clone()),
+        limit: Some(1000),
+    })?;
+    for ev in &events {
+        progress.event(ev).map_err(io)?;
+        *last_seq = ev.seq;
+    }
+    let s = store.session(id)?;
+    progress.status(&s, store.now()?).map_err(io)?;
+    let ended = s.status.is_terminal();
+    let finished = (ended || interrupts > 0 || gave_up || newly_gave_up)
+        && pool.live() == 0
+        && events.len() < 1000;
+    Ok(Pass {
+        ended,
+        gave_up: newly_gave_up,
+        finished,
+    })
+}
+
 /// First Ctrl-C: start nothing new, stop what runs (each worker interrupts its task and records
 /// it as interrupted, so it reruns later without spending a retry), and leave.
 fn interrupt(
@@ -288,16 +362,37 @@ fn interrupt(
     pool: &mut LocalPool,
     progress: &mut Progress<Box<dyn Write>>,
 ) -> anyhow::Result<()> {
-    let s = store.session(id)?;
-    if matches!(s.status, SessionStatus::Created | SessionStatus::Running) {
-        store.change_session(id, SessionAction::Pause)?;
-    }
-    progress.note(&format!(
-        "interrupted: pausing session {} and stopping {} running task(s) (Ctrl-C again to kill at once)",
-        s.name, s.running_tasks
-    ))?;
+    // The workers stop whatever the store says: a store that cannot be reached must not keep
+    // tasks running after a Ctrl-C.
+    let paused = store.session(id).and_then(|s| {
+        if matches!(s.status, SessionStatus::Created | SessionStatus::Running) {
+            store.change_session(id, SessionAction::Pause)?;
+        }
+        Ok(s)
+    });
     pool.stop_all();
+    match paused {
+        Ok(s) => progress.note(&format!(
+            "interrupted: pausing session {} and stopping {} running task(s) (Ctrl-C again to kill at once)",
+            s.name, s.running_tasks
+        ))?,
+        Err(e) => progress.note(&format!(
+            "interrupted: stopping the workers; the session could not be paused ({})",
+            error_chain(&e)
+        ))?,
+    }
     Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 pub fn exit_for(s: &Session) -> Exit {

@@ -38,8 +38,10 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
     if let Command::Reaper = cli.command {
         // Kill what is left once the worker that started us is gone. The grace period matches
         // the default of `--kill-grace`.
-        let stdin = std::io::stdin();
-        br_exec::reaper::run_reaper(stdin.lock(), std::time::Duration::from_secs(5));
+        br_exec::reaper::run_reaper(
+            std::io::BufReader::new(std::io::stdin()),
+            std::time::Duration::from_secs(5),
+        );
         return Ok(Exit::Success);
     }
     let ctx = Context::new(cli.dir, cli.store, cli.json)?;

@@ -117,7 +117,13 @@ isolation = "shared"
 heartbeat_timeout = "2s"
 [[task]]
 id = "t"
-run = 'if [ "$BR_ATTEMPT" = 1 ]; then echo $$ > t.pid.1; exec sleep 60; fi; echo "attempt $BR_ATTEMPT" > t.out'
+run = """
+if [ "$BR_ATTEMPT" = 1 ]; then echo $$ > t.pid.1; exec sleep 60; fi
+# Attempt 2 looks whether attempt 1 still runs (a zombie waiting for its frozen parent is dead).
+p=$(cat t.pid.1)
+if [ -d /proc/$p ] && ! grep -q '^State:.*[ZX]' /proc/$p/status; then echo overlap > t.overlap; fi
+echo "attempt $BR_ATTEMPT" > t.out
+"""
 "#,
     );
     let run = spawn_run(&repo, "2");
@@ -130,12 +136,15 @@ run = 'if [ "$BR_ATTEMPT" = 1 ]; then echo $$ > t.pid.1; exec sleep 60; fi; echo
         let s = repo.status("zombie");
         (task(&s, "t")["state"] == "succeeded").then_some(())
     });
+    // The frozen worker could not stop its task, but its reaper did, at the lease's fence
+    // deadline: attempt 2 never ran beside attempt 1.
     assert!(
-        alive(first_pid),
-        "attempt 1's process still runs while its worker is stopped"
+        !repo.path().join("t.overlap").exists(),
+        "attempt 2 started while attempt 1 still ran"
     );
+    assert!(!alive(first_pid), "the reaper stopped attempt 1");
     kill(Pid::from_raw(zombie_pid), Signal::SIGCONT).expect("SIGCONT");
-    // Woken, the zombie learns its lease is gone, kills its process, and its result is refused.
+    // Woken, the zombie finds its task stopped and its lease gone; its result is refused.
     let rejected = poll("stale_result_rejected", LONG, || {
         repo.events()
             .into_iter()

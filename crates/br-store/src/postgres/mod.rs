@@ -4,8 +4,10 @@
 //! like SQLite's `BEGIN IMMEDIATE`, and event `seq` follows commit order. Time is the database
 //! server's clock. The store's logic is `crate::sql`'s, the same for both backends; this module
 //! connects, migrates, runs transactions (reconnecting when a connection is lost), translates
-//! each statement once and binds values.
+//! each statement once and binds values. Every round trip has a deadline (`link.rs`), so a
+//! server that stops answering is an error, never a hang.
 
+mod link;
 mod schema;
 
 use std::cell::RefCell;
@@ -16,12 +18,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use ::postgres::config::SslMode;
-use ::postgres::error::SqlState;
-use ::postgres::fallible_iterator::FallibleIterator;
-use ::postgres::types::{FromSql, ToSql, Type};
-use ::postgres::{Client, Config, IsolationLevel, NoTls, Statement, Transaction};
 use br_core::Timestamp;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::{Client, Config, IsolationLevel, Statement, Transaction};
+
+use self::link::{Link, LinkError};
 
 use crate::error::{Result, StoreError};
 use crate::sql::{Backend, Db, OpError, OpResult, Param, Row, Tx, Value, millis};
@@ -34,6 +37,11 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting may take when the URL does not say (`connect_timeout`): an unreachable
 /// host otherwise hangs for the operating system's TCP timeout, minutes.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much longer than the busy timeout one round trip may take before the connection is
+/// given up as lost. A statement may wait up to the busy timeout for the write lock on the
+/// server; beyond that and this slack, no answer means no server (or no network).
+const IO_SLACK: Duration = Duration::from_secs(10);
 
 /// The first half of the advisory lock key that serialises writers; the second half names the
 /// schema, so stores in different schemas of one database do not wait for each other.
@@ -56,10 +64,12 @@ pub struct PostgresStore {
     schema: String,
     write_lock_key: i32,
     busy_timeout: Duration,
+    /// The longest one round trip may take before the connection counts as lost.
+    io_timeout: Duration,
     /// `None` after the connection was lost; the next operation connects again.
     conn: Mutex<Option<Connection>>,
     /// A second connection that LISTENs, opened by the first `wait_for_change`.
-    listener: Mutex<Option<Client>>,
+    listener: Mutex<Option<Connection>>,
     /// The server process of `conn`, whose own notifications the listener ignores.
     writer_pid: AtomicI32,
 }
@@ -76,22 +86,40 @@ impl std::fmt::Debug for PostgresStore {
 
 /// A connection with the statements prepared on it, so each query is one round trip.
 struct Connection {
+    link: Link,
     client: Client,
     statements: HashMap<String, Statement>,
 }
 
-impl From<::postgres::Error> for OpError {
-    fn from(e: ::postgres::Error) -> Self {
+impl Connection {
+    fn is_usable(&self) -> bool {
+        !self.link.is_broken() && !self.client.is_closed()
+    }
+}
+
+impl From<LinkError> for OpError {
+    fn from(e: LinkError) -> Self {
         OpError::Sql(Box::new(e))
     }
 }
 
-/// The driver's error inside `e`, if it is one.
-fn pg_error(e: &OpError) -> Option<&::postgres::Error> {
+impl From<tokio_postgres::Error> for OpError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OpError::Sql(Box::new(LinkError::Pg(e)))
+    }
+}
+
+/// The link's error inside `e`, if it is one.
+fn link_error(e: &OpError) -> Option<&LinkError> {
     match e {
         OpError::Sql(e) => e.downcast_ref(),
         OpError::Store(_) => None,
     }
+}
+
+/// Whether `e` means the connection is gone: the operation may be tried on a new one.
+fn lost(e: &OpError) -> bool {
+    link_error(e).is_some_and(LinkError::lost)
 }
 
 /// The shared SQL in PostgreSQL's words: `?N` placeholders become `$N`, and SQLite's
@@ -183,14 +211,20 @@ impl<'a> FromSql<'a> for Value {
 /// One transaction on the connection, as the store's logic sees it ([`Db`]). Methods take
 /// `&self`, as rusqlite's do, hence the cells.
 struct PgTx<'c> {
-    tx: RefCell<Transaction<'c>>,
+    link: RefCell<&'c mut Link>,
+    tx: Transaction<'c>,
     statements: RefCell<&'c mut HashMap<String, Statement>>,
 }
 
 impl<'c> PgTx<'c> {
-    fn new(tx: Transaction<'c>, statements: &'c mut HashMap<String, Statement>) -> Self {
+    fn new(
+        link: &'c mut Link,
+        tx: Transaction<'c>,
+        statements: &'c mut HashMap<String, Statement>,
+    ) -> Self {
         PgTx {
-            tx: RefCell::new(tx),
+            link: RefCell::new(link),
+            tx,
             statements: RefCell::new(statements),
         }
     }
@@ -198,11 +232,12 @@ impl<'c> PgTx<'c> {
     /// The prepared statement for `sql`, translated and prepared the first time. Prepared
     /// statements belong to the connection, not the transaction, so a rollback does not lose
     /// them.
-    fn statement(&self, sql: &str) -> std::result::Result<Statement, ::postgres::Error> {
+    fn statement(&self, sql: &str) -> std::result::Result<Statement, LinkError> {
         if let Some(stmt) = self.statements.borrow().get(sql) {
             return Ok(stmt.clone());
         }
-        let stmt = self.tx.borrow_mut().prepare(&to_postgres(sql))?;
+        let translated = to_postgres(sql);
+        let stmt = self.link.borrow_mut().run(self.tx.prepare(&translated))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), stmt.clone());
@@ -224,8 +259,14 @@ impl<'c> PgTx<'c> {
         Ok((stmt, bound))
     }
 
-    fn commit(self) -> std::result::Result<(), ::postgres::Error> {
-        self.tx.into_inner().commit()
+    /// Statements without parameters, in one round trip (migrations).
+    fn batch(&self, sql: &str) -> OpResult<()> {
+        Ok(self.link.borrow_mut().run(self.tx.batch_execute(sql))?)
+    }
+
+    fn commit(self) -> std::result::Result<(), LinkError> {
+        let PgTx { link, tx, .. } = self;
+        link.into_inner().run(tx.commit())
     }
 }
 
@@ -237,7 +278,8 @@ fn refs<'a>(bound: &'a [Box<dyn ToSql + Sync + '_>]) -> Vec<&'a (dyn ToSql + Syn
 impl Db for PgTx<'_> {
     fn query(&self, sql: &str, params: &[Param<'_>]) -> OpResult<Vec<Row>> {
         let (stmt, bound) = self.bound(sql, params)?;
-        let rows = self.tx.borrow_mut().query(&stmt, &refs(&bound))?;
+        let params = refs(&bound);
+        let rows = self.link.borrow_mut().run(self.tx.query(&stmt, &params))?;
         let columns: Rc<[Box<str>]> = stmt.columns().iter().map(|c| c.name().into()).collect();
         rows.iter()
             .map(|r| {
@@ -251,20 +293,24 @@ impl Db for PgTx<'_> {
 
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64> {
         let (stmt, bound) = self.bound(sql, params)?;
-        Ok(self.tx.borrow_mut().execute(&stmt, &refs(&bound))?)
+        let params = refs(&bound);
+        Ok(self
+            .link
+            .borrow_mut()
+            .run(self.tx.execute(&stmt, &params))?)
     }
 }
 
 /// What went wrong in one try of a write.
 enum Failure {
     /// Starting the transaction failed: nothing of the operation was sent.
-    Begin(::postgres::Error),
+    Begin(LinkError),
     Op(OpError),
 }
 
 /// Whether `e` means the connection is gone (the server restarted, a proxy cut it, the network
 /// failed), as opposed to the database refusing a statement.
-fn connection_lost(e: &::postgres::Error) -> bool {
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
     e.is_closed()
         || e.code().is_some_and(|code| {
             code.code().starts_with("08")
@@ -277,8 +323,11 @@ fn connection_lost(e: &::postgres::Error) -> bool {
 
 /// Whether a failed BEGIN may be sent again on a new connection: anything but the database
 /// refusing it, since a BEGIN that did not run changed nothing.
-fn may_begin_again(e: &::postgres::Error) -> bool {
-    e.as_db_error().is_none() || connection_lost(e)
+fn may_begin_again(e: &LinkError) -> bool {
+    match e {
+        LinkError::Pg(e) => e.as_db_error().is_none() || connection_lost(e),
+        _ => true,
+    }
 }
 
 /// The store's clock, read inside `db`'s transaction.
@@ -316,7 +365,7 @@ impl PostgresStore {
                     .into(),
             )
         };
-        // The `postgres` crate does not know the verifying modes; they too need TLS.
+        // The driver does not know the verifying modes; they too need TLS.
         let query = url.split_once('?').map_or("", |(_, q)| q);
         if query
             .split('&')
@@ -324,7 +373,7 @@ impl PostgresStore {
         {
             return Err(no_tls());
         }
-        let mut config: Config = url.parse().map_err(|e: ::postgres::Error| {
+        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
             let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
             unsupported(format!("not a PostgreSQL connection URL ({e}{why})"))
         })?;
@@ -337,21 +386,29 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("br");
         }
+        let io_timeout = busy_timeout + IO_SLACK;
+        // A network that drops packets (rather than a peer that holds them) is noticed by the
+        // kernel too, and the listening connection, which sends nothing, by keepalives.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(io_timeout);
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
         let mut store = PostgresStore {
             url: shown,
             config,
             schema: String::new(),
             write_lock_key: 0,
             busy_timeout,
+            io_timeout,
             conn: Mutex::new(None),
             listener: Mutex::new(None),
             writer_pid: AtomicI32::new(0),
         };
-        let mut conn = store.connect()?;
+        let mut conn = store.connect().map_err(|e| store.open_error(e))?;
         let schema: Option<String> = conn
-            .client
-            .query_one("SELECT current_schema()", &[])
-            .and_then(|r| r.try_get(0))
+            .query_one("SELECT current_schema()")
+            .and_then(|r| r.try_get(0).map_err(LinkError::Pg))
             .map_err(|e| store.open_error(e))?;
         store.schema = schema.ok_or_else(|| StoreError::Open {
             path: store.path(),
@@ -361,7 +418,7 @@ impl PostgresStore {
                 .into(),
         })?;
         store.write_lock_key = schema_lock_key(&store.schema);
-        store.prepare(&mut conn.client)?;
+        store.prepare(&mut conn)?;
         *store.lock_conn() = Some(conn);
         Ok(store)
     }
@@ -376,52 +433,65 @@ impl PostgresStore {
         &self.schema
     }
 
-    fn open_error(&self, e: ::postgres::Error) -> StoreError {
+    fn open_error(&self, e: LinkError) -> StoreError {
         StoreError::Open {
             path: self.path(),
             source: Box::new(e),
         }
     }
 
-    fn connect(&self) -> Result<Connection> {
-        let mut client = self.config.connect(NoTls).map_err(|e| self.open_error(e))?;
+    fn unreachable(&self, e: LinkError) -> StoreError {
+        StoreError::Unreachable {
+            path: self.path(),
+            source: Box::new(e),
+        }
+    }
+
+    /// A new connection, set up for writes.
+    fn connect(&self) -> std::result::Result<Connection, LinkError> {
+        let connect_limit = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            + self.io_timeout;
+        let (link, client) = Link::connect(&self.config, connect_limit, self.io_timeout)?;
+        let mut conn = Connection {
+            link,
+            client,
+            statements: HashMap::new(),
+        };
         // A write waits this long for the write lock (lock_timeout covers advisory locks), then
         // fails with LOCK_NOT_AVAILABLE, which becomes `Busy`: SQLite's busy_timeout.
         let setup = format!("SET lock_timeout = {}", millis(self.busy_timeout).max(1));
-        client
-            .batch_execute(&setup)
-            .map_err(|e| self.open_error(e))?;
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| self.open_error(e))?;
+        conn.link.run(conn.client.batch_execute(&setup))?;
+        let pid: i32 = conn
+            .query_one("SELECT pg_backend_pid()")?
+            .try_get(0)
+            .map_err(LinkError::Pg)?;
         self.writer_pid.store(pid, Ordering::Relaxed);
-        Ok(Connection {
-            client,
-            statements: HashMap::new(),
-        })
+        Ok(conn)
     }
 
-    fn prepare(&self, client: &mut Client) -> Result<()> {
+    fn prepare(&self, conn: &mut Connection) -> Result<()> {
         let ctx = "open the store";
         // Read the version before writing anything: a newer store must stay untouched. One
         // statement lists the schema's tables, so another br creating this store at the same
         // moment (in one transaction) cannot look like someone else's tables.
-        let tables: Vec<String> = client
+        let tables: Vec<String> = conn
             .query(
                 // pg_class, not information_schema: that hides tables we have no rights on.
                 "SELECT c.relname::text FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-                &[],
             )
             .map_err(|e| self.sql_error(ctx, e))?
             .iter()
             .map(|r| r.try_get(0))
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| self.sql_error(ctx, e))?;
+            .map_err(|e| self.sql_error(ctx, LinkError::Pg(e)))?;
         let version = if tables.iter().any(|t| t == schema::VERSION_TABLE) {
-            self.schema_version(client)?
+            self.schema_version(conn)?
         } else {
             0
         };
@@ -447,20 +517,19 @@ impl PostgresStore {
             }
         }
         if version < CURRENT_VERSION {
-            self.migrate(client)
+            self.migrate(conn)
                 .map_err(|e| self.op_error("migrate the store", e))?;
         }
         Ok(())
     }
 
-    fn schema_version(&self, client: &mut Client) -> Result<i64> {
+    fn schema_version(&self, conn: &mut Connection) -> Result<i64> {
         let sql = format!(
             "SELECT COALESCE(MAX(version), 0) FROM {}",
             schema::VERSION_TABLE
         );
-        client
-            .query_one(&sql, &[])
-            .and_then(|r| r.try_get(0))
+        conn.query_one(&sql)
+            .and_then(|r| r.try_get(0).map_err(LinkError::Pg))
             .map_err(|e| self.sql_error("read the store's version", e))
     }
 
@@ -475,18 +544,27 @@ impl PostgresStore {
         Ok(())
     }
 
-    fn migrate(&self, client: &mut Client) -> OpResult<()> {
-        let mut tx = client.transaction()?;
+    fn migrate(&self, conn: &mut Connection) -> OpResult<()> {
+        let Connection {
+            link,
+            client,
+            statements,
+        } = conn;
+        let tx = link.run(client.transaction())?;
+        let db = PgTx::new(link, tx, statements);
         // The write lock makes a second br opening a fresh store wait here, then find it done.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&WRITE_LOCK_SPACE, &self.write_lock_key],
+        db.execute(
+            "SELECT pg_advisory_xact_lock(?1, ?2)",
+            &[
+                Param::Integer(WRITE_LOCK_SPACE.into()),
+                Param::Integer(self.write_lock_key.into()),
+            ],
         )?;
-        tx.batch_execute(&format!(
+        db.batch(&format!(
             "CREATE TABLE IF NOT EXISTS {} (version BIGINT NOT NULL)",
             schema::VERSION_TABLE
         ))?;
-        let version: i64 = tx
+        let version: i64 = db
             .query_one(
                 &format!(
                     "SELECT COALESCE(MAX(version), 0) FROM {}",
@@ -494,7 +572,7 @@ impl PostgresStore {
                 ),
                 &[],
             )?
-            .try_get(0)?;
+            .get(0)?;
         self.refuse_newer(version)?;
         let pending: Vec<&schema::Migration> = schema::MIGRATIONS
             .iter()
@@ -509,17 +587,16 @@ impl PostgresStore {
             .into());
         }
         for m in pending {
-            tx.batch_execute(m.sql)?;
+            db.batch(m.sql)?;
         }
-        tx.execute(&format!("DELETE FROM {}", schema::VERSION_TABLE), &[])?;
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (version) VALUES ($1)",
-                schema::VERSION_TABLE
-            ),
-            &[&CURRENT_VERSION],
-        )?;
-        tx.commit()?;
+        db.batch(&format!("DELETE FROM {}", schema::VERSION_TABLE))?;
+        db.batch(&format!(
+            "INSERT INTO {} (version) VALUES ({CURRENT_VERSION})",
+            schema::VERSION_TABLE
+        ))?;
+        db.commit()?;
+        // The migration's statements changed the tables under any statement prepared before.
+        statements.clear();
         Ok(())
     }
 
@@ -531,17 +608,24 @@ impl PostgresStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The connection, connecting again if the last one was lost.
+    /// The connection, connecting again if the last one was lost. Failing to connect again
+    /// means the server is unreachable from here for now, which callers may wait out.
     fn connected<'g>(&self, slot: &'g mut Option<Connection>) -> Result<&'g mut Connection> {
-        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+        if slot.as_ref().is_none_or(|c| !c.is_usable()) {
             *slot = None;
-            *slot = Some(self.connect()?);
+            *slot = Some(self.connect().map_err(|e| self.unreachable(e))?);
         }
         Ok(slot.as_mut().expect("connected above"))
     }
 
-    fn sql_error(&self, context: &'static str, e: ::postgres::Error) -> StoreError {
-        let code = e.code();
+    fn sql_error(&self, context: &'static str, e: LinkError) -> StoreError {
+        if e.lost() {
+            return self.unreachable(e);
+        }
+        let code = match &e {
+            LinkError::Pg(pg) => pg.code(),
+            _ => None,
+        };
         if code == Some(&SqlState::LOCK_NOT_AVAILABLE)
             || code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
             || code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
@@ -559,7 +643,7 @@ impl PostgresStore {
 
     fn op_error(&self, context: &'static str, e: OpError) -> StoreError {
         match e {
-            OpError::Sql(e) => match e.downcast::<::postgres::Error>() {
+            OpError::Sql(e) => match e.downcast::<LinkError>() {
                 Ok(e) => self.sql_error(context, *e),
                 Err(source) => StoreError::Backend { context, source },
             },
@@ -599,12 +683,16 @@ impl PostgresStore {
         conn: &mut Connection,
         f: &mut Option<impl FnOnce(&Tx<'_>) -> OpResult<T>>,
     ) -> std::result::Result<T, Failure> {
-        let Connection { client, statements } = conn;
+        let Connection {
+            link,
+            client,
+            statements,
+        } = conn;
         // READ COMMITTED, not a snapshot level: each statement after the lock must see what
         // the writer before us committed, as in SQLite.
-        let tx = client.transaction().map_err(Failure::Begin)?;
+        let tx = link.run(client.transaction()).map_err(Failure::Begin)?;
         let run = || -> OpResult<T> {
-            let db = PgTx::new(tx, statements);
+            let db = PgTx::new(link, tx, statements);
             db.execute(
                 "SELECT pg_advisory_xact_lock(?1, ?2)",
                 &[
@@ -645,7 +733,7 @@ impl PostgresStore {
                 Err(e) => e,
             };
             match e {
-                e if !reconnected && pg_error(&e).is_some_and(connection_lost) => {
+                e if !reconnected && lost(&e) => {
                     *slot = None;
                     reconnected = true;
                 }
@@ -655,13 +743,19 @@ impl PostgresStore {
     }
 
     fn read_once<T>(conn: &mut Connection, f: impl Fn(&dyn Db) -> OpResult<T>) -> OpResult<T> {
-        let Connection { client, statements } = conn;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let db = PgTx::new(tx, statements);
+        let Connection {
+            link,
+            client,
+            statements,
+        } = conn;
+        let tx = link.run(
+            client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start(),
+        )?;
+        let db = PgTx::new(link, tx, statements);
         let out = f(&db)?;
         db.commit()?;
         Ok(out)
@@ -675,26 +769,42 @@ impl PostgresStore {
         context: &'static str,
         e: OpError,
     ) -> StoreError {
-        if let OpError::Sql(source) = &e
-            && (source.downcast_ref().is_some_and(connection_lost)
-                || slot.as_ref().is_some_and(|c| c.client.is_closed()))
-        {
+        if lost(&e) || slot.as_ref().is_some_and(|c| !c.is_usable()) {
             *slot = None;
         }
         self.op_error(context, e)
     }
 
-    fn listen(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(|e| self.open_error(e))?;
-        client
-            .batch_execute(&format!("LISTEN {CHANGE_CHANNEL}"))
-            .map_err(|e| self.sql_error("watch the store", e))?;
-        Ok(client)
+    fn listen(&self) -> std::result::Result<Connection, LinkError> {
+        let connect_limit = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+            + self.io_timeout;
+        let (mut link, client) = Link::connect(&self.config, connect_limit, self.io_timeout)?;
+        link.run(client.batch_execute(&format!("LISTEN {CHANGE_CHANNEL}")))?;
+        Ok(Connection {
+            link,
+            client,
+            statements: HashMap::new(),
+        })
     }
 
     /// Whether a notification says another connection changed this store.
-    fn changed_elsewhere(&self, n: &::postgres::Notification) -> bool {
+    fn changed_elsewhere(&self, n: &tokio_postgres::Notification) -> bool {
         n.payload() == self.schema && n.process_id() != self.writer_pid.load(Ordering::Relaxed)
+    }
+}
+
+impl Connection {
+    /// One statement outside a transaction (opening the store, before the logic runs).
+    fn query(&mut self, sql: &str) -> std::result::Result<Vec<tokio_postgres::Row>, LinkError> {
+        self.link.run(self.client.query(sql, &[]))
+    }
+
+    fn query_one(&mut self, sql: &str) -> std::result::Result<tokio_postgres::Row, LinkError> {
+        self.link.run(self.client.query_one(sql, &[]))
     }
 }
 
@@ -722,37 +832,38 @@ impl Backend for PostgresStore {
             .listener
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if listener.as_ref().is_none_or(Client::is_closed) {
+        if listener.as_ref().is_none_or(|c| !c.is_usable()) {
             // First call (or the connection was lost): watch from here. Changes made before
             // are not reported, as with SQLite's first call.
             *listener = None;
-            *listener = Some(self.listen()?);
-        }
-        let client = listener.as_mut().expect("listening above");
-        let mut notifications = client.notifications();
-        let woken = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let next = notifications.timeout_iter(left).next();
-            match next {
-                Ok(Some(n)) if self.changed_elsewhere(&n) => {
-                    // One wake-up for everything already here: they are all seen now.
-                    let mut pending = notifications.iter();
-                    while let Ok(Some(_)) = pending.next() {}
-                    break Ok(());
+            match self.listen() {
+                Ok(conn) => *listener = Some(conn),
+                Err(e) => {
+                    // Unreachable for now: wait as asked, then let the caller's next read say
+                    // whether the server is back.
+                    drop(listener);
+                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                    return Err(self.unreachable(e));
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
             }
-        };
-        drop(notifications);
-        if woken.is_err() {
-            // The listening connection broke, so changes may have gone unseen: report one, and
-            // listen afresh next time. If the server is really gone, the caller's next read
-            // says so.
-            *listener = None;
         }
-        Ok(())
+        let conn = listener.as_mut().expect("listening above");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match conn.link.notifications(left) {
+                Ok(got) if got.iter().any(|n| self.changed_elsewhere(n)) => return Ok(()),
+                Ok(got) if got.is_empty() => return Ok(()),
+                Ok(_) if left.is_zero() => return Ok(()),
+                Ok(_) => {}
+                Err(_) => {
+                    // The listening connection broke, so changes may have gone unseen: report
+                    // one, and listen afresh next time. If the server is really gone, the
+                    // caller's next read says so.
+                    *listener = None;
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 

@@ -89,7 +89,7 @@ pub fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
         workers: Some(args.workers),
         no_dashboard: false,
         heartbeat_interval: std::time::Duration::from_secs(1),
-        kill_grace: std::time::Duration::from_secs(5),
+        kill_grace: None,
     };
     let exit = run_plan(&demo_ctx, plan, Some(path), &drive)?;
     if !ctx.json {

@@ -7,7 +7,7 @@ use br_core::Plan;
 use br_core::plan::Isolation;
 use br_store::{NewSession, Session, Store};
 
-use crate::cli::{DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
+use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
 use crate::cmd::{print, print_json};
 use crate::context::Context;
 use crate::drive::{DriveOptions, drive, final_report};
@@ -62,6 +62,37 @@ pub fn default_workers(plan_workers: Option<u32>) -> u32 {
             .unwrap_or(4)
             .clamp(1, 16)
     })
+}
+
+/// The kill grace for the workers of a session whose leases last `lease`. One given with
+/// `--kill-grace` must fit in the lease whole: a worker cut off from the store stops its task
+/// (SIGTERM, the grace, SIGKILL) before the lease can expire, so that no other worker starts
+/// the task while it still runs. The default is cut to fit when a self-fence needs it.
+pub fn kill_grace(
+    args: &DriveArgs,
+    lease: std::time::Duration,
+) -> anyhow::Result<std::time::Duration> {
+    use br_core::lease::{max_grace, min_ttl_for};
+    use br_core::time::short_duration;
+    let Some(grace) = args.kill_grace else {
+        return Ok(DEFAULT_KILL_GRACE);
+    };
+    let fits = max_grace(lease, args.heartbeat_interval);
+    if grace <= fits {
+        return Ok(grace);
+    }
+    let raise = match min_ttl_for(grace, args.heartbeat_interval) {
+        Some(ttl) => format!("set heartbeat_timeout to at least {}", short_duration(ttl)),
+        None => "no heartbeat_timeout is long enough".to_string(),
+    };
+    Err(usage(format!(
+        "--kill-grace {} does not fit in the session's leases (heartbeat_timeout = {}): a worker \
+         cut off from the store must stop its task, grace included, before its lease can expire, \
+         which leaves at most {} here; {raise}, or give a shorter --kill-grace",
+        short_duration(grace),
+        short_duration(lease),
+        short_duration(fits)
+    )))
 }
 
 /// Creates the session: resolves the base, records the plan, queues the tasks.
@@ -175,6 +206,7 @@ pub fn run_plan_then(
     let workers = drive_args
         .workers
         .unwrap_or_else(|| default_workers(plan.workers));
+    let kill_grace = kill_grace(drive_args, plan.heartbeat_timeout)?;
     let store = ctx.open_store()?;
     let session = submit_plan(ctx, &*store, plan, plan_path, workers)?;
     if !ctx.json {
@@ -187,7 +219,7 @@ pub fn run_plan_then(
         workers,
         plain: drive_args.no_dashboard,
         heartbeat_interval: drive_args.heartbeat_interval,
-        kill_grace: drive_args.kill_grace,
+        kill_grace,
         from_seq: 0,
     };
     let exit = drive(ctx, &*store, &session, &opts)?;

@@ -273,7 +273,7 @@ pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
         workers,
         plain: args.drive.no_dashboard,
         heartbeat_interval: args.drive.heartbeat_interval,
-        kill_grace: args.drive.kill_grace,
+        kill_grace: crate::cmd::plan::kill_grace(&args.drive, s.heartbeat_timeout())?,
         from_seq: store.last_seq()?,
     };
     let exit = drive(ctx, &*store, &s, &opts)?;

@@ -91,7 +91,29 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
                 "lost the lease on {}/{} attempt {}: stopped it",
                 t.session_name, t.lease.task_id, t.lease.attempt
             ),
+            Note::Fenced { task, silent_for } => format!(
+                "stopped {}/{} attempt {}: the store acknowledged no heartbeat for {}, so its \
+                 lease may soon expire and the task run elsewhere (lease_lost)",
+                task.session_name,
+                task.lease.task_id,
+                task.lease.attempt,
+                short_duration(silent_for)
+            ),
+            Note::GraceCut {
+                session,
+                lease,
+                grace,
+            } => format!(
+                "note: session {session}'s leases ({}) are too short for the whole kill grace; a \
+                 task this worker must stop because the store is unreachable gets {} between \
+                 SIGTERM and SIGKILL",
+                short_duration(lease),
+                short_duration(grace)
+            ),
             Note::StoreTrouble(e) => format!("warning: {e}"),
+            Note::StoreBack { after } => {
+                format!("the store answers again (after {})", short_duration(after))
+            }
         };
         let _ = writeln!(stderr, "{line}");
     };
