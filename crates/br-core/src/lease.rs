@@ -82,11 +82,14 @@ pub fn margin(ttl: Duration) -> Duration {
     (ttl / MARGIN_DIVISOR).max(MARGIN_MIN)
 }
 
-/// The longest SIGTERM-to-SIGKILL grace that fits in a lease of `ttl`: what is left after the
-/// margin and two renewal intervals (so one lost renewal never stops a task).
+/// The longest SIGTERM-to-SIGKILL grace that fits in a lease of `ttl`. Before the grace come
+/// two renewal intervals (one lost renewal never stops a task) and at least half of the lease
+/// that is left after the margin: a long grace must not make a worker give up on a store that
+/// was only slow for a moment.
 pub fn max_grace(ttl: Duration, heartbeat_interval: Duration) -> Duration {
-    ttl.saturating_sub(margin(ttl))
-        .saturating_sub(renew_every(ttl, heartbeat_interval) * TOLERATED_INTERVALS)
+    let kill_after = ttl.saturating_sub(margin(ttl));
+    let tolerated = renew_every(ttl, heartbeat_interval) * TOLERATED_INTERVALS;
+    kill_after.saturating_sub(tolerated).min(kill_after / 2)
 }
 
 /// The shortest `heartbeat_timeout` (to the next 100 ms up to 1 h) in which `kill_grace` fits
@@ -129,6 +132,16 @@ mod tests {
     }
 
     #[test]
+    fn a_long_grace_does_not_make_a_worker_give_up_early() {
+        // Renewing every 200 ms, a 5 s grace would leave only two intervals before SIGTERM;
+        // half of the lease's usable part is kept for the store to answer.
+        let t = FenceTimeline::new(ms(3_000), ms(200), ms(5_000));
+        assert_eq!(t.kill_after, ms(2_700));
+        assert_eq!(t.grace, ms(1_350));
+        assert_eq!(t.term_after, ms(1_350));
+    }
+
+    #[test]
     fn renewals_come_at_least_three_times_per_lease() {
         assert_eq!(renew_every(ms(1_000), ms(1_000)), ms(1_000) / 3);
         assert_eq!(renew_every(ms(30), ms(1_000)), ms(10));
@@ -142,8 +155,10 @@ mod tests {
                     let t = FenceTimeline::new(ms(ttl), ms(interval), ms(grace));
                     assert!(t.term_after + t.grace <= t.kill_after, "{t:?}");
                     assert!(t.kill_after + t.margin <= t.ttl, "{t:?}");
-                    // One renewal may be lost without stopping the task.
+                    // One renewal may be lost without stopping the task, and half the lease
+                    // passes before anything is stopped.
                     assert!(t.term_after >= t.renew_every * 2, "{t:?}");
+                    assert!(t.term_after >= t.kill_after / 2, "{t:?}");
                 }
             }
         }
@@ -151,10 +166,10 @@ mod tests {
 
     #[test]
     fn minimal_lease_for_a_grace() {
-        // 5s grace, 1s renewals: ttl - ttl/10 - 2s >= 5s, so ttl >= 7.8s.
-        assert_eq!(min_ttl_for(ms(5_000), ms(1_000)), Some(ms(7_800)));
-        assert!(max_grace(ms(7_800), ms(1_000)) >= ms(5_000));
-        assert!(max_grace(ms(7_700), ms(1_000)) < ms(5_000));
+        // 5s grace: (ttl - ttl/10) / 2 >= 5s, so ttl >= 11.2s (to the next 100 ms).
+        assert_eq!(min_ttl_for(ms(5_000), ms(1_000)), Some(ms(11_200)));
+        assert!(max_grace(ms(11_200), ms(1_000)) >= ms(5_000));
+        assert!(max_grace(ms(11_100), ms(1_000)) < ms(5_000));
         assert_eq!(
             min_ttl_for(Duration::from_secs(4_000), ms(1_000)),
             None,

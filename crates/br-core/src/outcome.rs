@@ -24,7 +24,8 @@ pub enum Outcome {
     Interrupted,
     /// The task's session was cancelled.
     Cancelled,
-    /// The worker went silent past its lease; recorded by whoever requeued the task.
+    /// The lease ended before the attempt: its worker went silent (requeued by whoever noticed),
+    /// or stopped the task itself because it could not renew the lease in time.
     LeaseLost,
     /// The command succeeded but changed files outside its declared `files`, and the plan says
     /// `scope = "strict"`.
@@ -76,7 +77,7 @@ impl Outcome {
             Outcome::SpawnFailed { reason } => format!("could not start: {reason}"),
             Outcome::Interrupted => "interrupted".into(),
             Outcome::Cancelled => "cancelled".into(),
-            Outcome::LeaseLost => "lease lost (worker went silent)".into(),
+            Outcome::LeaseLost => "lease lost (its worker went silent or lost the store)".into(),
             Outcome::ScopeViolation { files } => {
                 format!("changed files outside its scope: {}", files.join(", "))
             }

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod partition;
+pub mod pg_server;
+pub mod proxy;
+
 use br_store::sqlite::SqliteStore;
 use br_store::{Event, EventFilter, Store, StoreLocation};
 use nix::sys::signal::{Signal, kill};
@@ -131,6 +135,19 @@ impl TestRepo {
     pub fn spawn(&self, args: &[&str]) -> Guard {
         let child = self
             .br_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn br");
+        Guard { child: Some(child) }
+    }
+
+    /// Starts br in the background with its state at `store_url` instead of the repository's
+    /// (a worker that reaches the same store another way, e.g. through a proxy).
+    pub fn spawn_with_store(&self, args: &[&str], store_url: &str) -> Guard {
+        let child = self
+            .br_command(args)
+            .env("BR_STORE", store_url)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
