@@ -116,3 +116,141 @@ pub fn audit_terminal_once(events: &[Event]) -> Result<BTreeMap<String, EventKin
     }
     Ok(ends)
 }
+
+/// Checks the fencing rule after the fact: every event that ends or requeues an attempt names
+/// the task's current attempt — the one started last — and ends it once; a result reported by a
+/// worker comes from the worker that started it; attempt numbers only grow. An accepted stale
+/// result would show as a second ending of an attempt, or an ending of an attempt that is no
+/// longer current. Returns how many endings were checked.
+pub fn audit_fencing(events: &[Event]) -> Result<usize, String> {
+    /// The attempt started last: its number, its worker, and whether it has ended.
+    struct Current {
+        attempt: u32,
+        worker: Option<String>,
+        open: bool,
+    }
+    let mut tasks: HashMap<String, Current> = HashMap::new();
+    let mut checked = 0;
+    for ev in events {
+        let (Some(session), Some(task), Some(attempt)) = (&ev.session_id, &ev.task_id, ev.attempt)
+        else {
+            continue;
+        };
+        let key = format!("{session}/{task}");
+        let attempt = attempt.0;
+        let worker = ev.worker_id.as_ref().map(ToString::to_string);
+        match ev.kind {
+            EventKind::TaskStarted => {
+                if let Some(before) = tasks.get(&key)
+                    && (before.attempt >= attempt || before.open)
+                {
+                    return Err(format!(
+                        "seq {}: {key} attempt {attempt} started while attempt {} was {}",
+                        ev.seq,
+                        before.attempt,
+                        if before.open { "running" } else { "newer" }
+                    ));
+                }
+                tasks.insert(
+                    key,
+                    Current {
+                        attempt,
+                        worker,
+                        open: true,
+                    },
+                );
+            }
+            EventKind::TaskSucceeded
+            | EventKind::TaskFailed
+            | EventKind::TaskRequeued
+            | EventKind::TaskCancelled => {
+                checked += 1;
+                let Some(current) = tasks.get_mut(&key) else {
+                    return Err(format!(
+                        "seq {}: {key} attempt {attempt} ended ({}) but never started",
+                        ev.seq, ev.kind
+                    ));
+                };
+                if current.attempt != attempt || !current.open {
+                    return Err(format!(
+                        "seq {}: {key} attempt {attempt} ended ({}) when the current attempt \
+                         was {} ({})",
+                        ev.seq,
+                        ev.kind,
+                        current.attempt,
+                        if current.open { "running" } else { "ended" }
+                    ));
+                }
+                if ev.kind == EventKind::TaskSucceeded && worker != current.worker {
+                    return Err(format!(
+                        "seq {}: {key} attempt {attempt} succeeded as reported by {:?}, but \
+                         {:?} ran it",
+                        ev.seq, worker, current.worker
+                    ));
+                }
+                current.open = false;
+            }
+            _ => {}
+        }
+    }
+    Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use br_core::{Attempt, SessionId, TaskId, Timestamp, WorkerId};
+
+    use super::*;
+
+    fn ev(seq: i64, kind: EventKind, attempt: u32, worker: &str) -> Event {
+        Event {
+            seq,
+            at: Timestamp(seq),
+            kind,
+            session_id: Some(SessionId::from_string("s")),
+            task_id: Some(TaskId::new("t").expect("task id")),
+            worker_id: Some(WorkerId::from_string(worker)),
+            attempt: Some(Attempt(attempt)),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_rerun_after_a_lost_lease_passes_the_fencing_audit() {
+        let log = [
+            ev(1, EventKind::TaskStarted, 1, "a"),
+            ev(2, EventKind::TaskRequeued, 1, "a"),
+            ev(3, EventKind::TaskStarted, 2, "b"),
+            ev(4, EventKind::StaleResultRejected, 1, "a"),
+            ev(5, EventKind::TaskSucceeded, 2, "b"),
+        ];
+        assert_eq!(audit_fencing(&log), Ok(2));
+    }
+
+    #[test]
+    fn an_accepted_stale_result_fails_the_fencing_audit() {
+        let stale_after_requeue = [
+            ev(1, EventKind::TaskStarted, 1, "a"),
+            ev(2, EventKind::TaskRequeued, 1, "a"),
+            ev(3, EventKind::TaskSucceeded, 1, "a"),
+        ];
+        assert!(audit_fencing(&stale_after_requeue).is_err());
+        let stale_after_rerun = [
+            ev(1, EventKind::TaskStarted, 1, "a"),
+            ev(2, EventKind::TaskRequeued, 1, "a"),
+            ev(3, EventKind::TaskStarted, 2, "b"),
+            ev(4, EventKind::TaskSucceeded, 1, "a"),
+        ];
+        assert!(audit_fencing(&stale_after_rerun).is_err());
+        let someone_else_s = [
+            ev(1, EventKind::TaskStarted, 1, "a"),
+            ev(2, EventKind::TaskSucceeded, 1, "b"),
+        ];
+        assert!(audit_fencing(&someone_else_s).is_err());
+        let twice_at_once = [
+            ev(1, EventKind::TaskStarted, 1, "a"),
+            ev(2, EventKind::TaskStarted, 2, "b"),
+        ];
+        assert!(audit_fencing(&twice_at_once).is_err());
+    }
+}

@@ -242,3 +242,19 @@ fn an_unreachable_postgres_server_is_reported_without_its_password() {
     );
     insta::assert_snapshot!(shown(&repo, &run));
 }
+
+#[test]
+fn a_kill_grace_that_does_not_fit_in_the_lease_is_refused_before_anything_is_recorded() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "heartbeat_timeout = \"3s\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    // A worker cut off from the store must stop its task, grace included, within the lease.
+    let run = repo.br(&["run", "--kill-grace", "5s"]);
+    insta::assert_snapshot!(shown(&repo, &run));
+    no_session_recorded(&repo);
+    // What fits runs.
+    let run = repo.br(&["run", "--kill-grace", "500ms"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

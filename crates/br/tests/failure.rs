@@ -172,6 +172,7 @@ echo "attempt $BR_ATTEMPT" > t.out
     );
     assert_ne!(t["worker_id"], zombie["id"]);
     assert_eq!(repo.read("t.out"), "attempt 2\n");
+    br_store::audit::audit_fencing(&repo.events()).expect("no stale result accepted");
 }
 
 #[test]

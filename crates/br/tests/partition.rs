@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use br_store::audit::{audit_lock_order, audit_terminal_once};
+use br_store::audit::{audit_fencing, audit_lock_order, audit_terminal_once};
 use common::partition::{
     assert_no_overlap, describe, postgres_cut, postgres_frozen, sqlite_locked,
 };
@@ -91,4 +91,6 @@ fn a_postgres_restart_in_the_middle_of_a_run_loses_nothing() {
     let events = repo.events();
     audit_lock_order(&events).expect("no two holders of a lock");
     audit_terminal_once(&events).expect("every task ended once");
+    audit_fencing(&events).expect("no stale result accepted");
+    assert!(repo.store().locks().expect("locks").is_empty());
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use br_core::EventKind;
-use br_store::audit::{audit_lock_order, audit_terminal_once};
+use br_store::audit::{audit_fencing, audit_lock_order, audit_terminal_once};
 
 use super::pg_server::PgServer;
 use super::proxy::Proxy;
@@ -190,6 +190,11 @@ fn check_ending(repo: &TestRepo, session: &str, cut_off: Guard, other: Guard, re
     }
     audit_lock_order(&events).expect("no two holders of a lock");
     audit_terminal_once(&events).expect("the task ended once");
+    audit_fencing(&events).expect("no stale result accepted");
+    assert!(
+        repo.store().locks().expect("locks").is_empty(),
+        "no lock is held by a dead attempt"
+    );
     assert!(
         cut_off.stderr.contains("stopped partition/t attempt 1"),
         "the cut-off worker says it fenced itself:\n{}",
