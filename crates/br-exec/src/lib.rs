@@ -1,14 +1,10 @@
 //! Everything in br that acts on the world: the worker loop, task processes and their signals,
-//! the reaper that outlives a killed worker, the local worker pool of `br run`, and git.
+//! the reaper that outlives a killed worker, the local worker pool of `br run`, and the merge
+//! queue. Git itself is br-git's.
 
-pub mod conflicts;
-pub mod git;
 pub mod lease;
 pub mod merge;
 pub mod pool;
 pub mod process;
 pub mod reaper;
 pub mod worker;
-pub mod worktree;
-
-pub use git::{Git, GitError, Repo};

@@ -21,11 +21,11 @@ use br_core::plan::{Isolation, OnConflict};
 use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState};
 use br_store::{NewEvent, Session, Store, StoreError, Task};
 
-use crate::conflicts::{MergeTree, merge_tree};
-use crate::git::{Git, GitError, Repo, failure};
 use crate::process::{SpawnError, TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
-use crate::worktree::{
+use br_git::conflicts::{MergeTree, merge_tree};
+use br_git::git::{Git, GitError, Repo, failure};
+use br_git::worktree::{
     AttemptSpec, SharedStateLock, WorktreeError, WorktreeSlot, list_worktrees, one_line,
 };
 
@@ -272,7 +272,7 @@ pub fn merge_session(
     options: &MergeOptions,
 ) -> Result<MergeReport, MergeError> {
     let base = branch_base(session)?.to_string();
-    crate::conflicts::require_merge_tree(repo, false)?;
+    br_git::conflicts::require_merge_tree(repo, false)?;
     let git = repo.own_git(&repo.root)?;
     let reference = integration_ref(session);
     // One merge queue at a time per repository: two would race for the integration branch, and
@@ -700,7 +700,7 @@ struct QueueLock {
 impl QueueLock {
     fn acquire(repo: &Repo) -> Result<QueueLock, MergeError> {
         Ok(QueueLock {
-            _file: crate::worktree::lock_br_file(repo, "merge.lock")?,
+            _file: br_git::worktree::lock_br_file(repo, "merge.lock")?,
         })
     }
 }

@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 
-use crate::git::GIT_LOCATION_VARS;
+use br_git::git::GIT_LOCATION_VARS;
 
 /// What to run.
 #[derive(Debug, Clone)]

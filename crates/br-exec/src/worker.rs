@@ -23,12 +23,12 @@ use br_store::{
     AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store, StoreError,
 };
 
-use crate::conflicts::{FinishedBranch, conflicting_branches};
-use crate::git::Repo;
 use crate::lease::{LeaseKeeper, Moment, Renewal};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
-use crate::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
+use br_git::conflicts::{FinishedBranch, conflicting_branches};
+use br_git::git::Repo;
+use br_git::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]

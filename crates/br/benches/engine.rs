@@ -140,7 +140,7 @@ fn xargs_trues(dir: &Path, n: usize) -> Duration {
 }
 
 fn worktrees() {
-    use br_exec::worktree::bench::{bench_worktrees, build_repository};
+    use br_git::worktree::bench::{bench_worktrees, build_repository};
     let dir = tempfile::tempdir().expect("temp dir");
     let repo =
         build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
-use br_exec::Repo;
+use br_git::Repo;
 use br_store::{OpenOptions, Store, StoreLocation};
 
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use br_core::SessionStatus;
 use br_core::state::SessionAction;
 use br_exec::pool::{LocalPool, PoolEvent, PoolSpec};
-use br_exec::worktree::{KEEP_SLOTS, ReconcileMode, reconcile};
+use br_git::worktree::{KEEP_SLOTS, ReconcileMode, reconcile};
 use br_store::{EventFilter, Session, Store};
 use br_tui::{DashboardEnd, DashboardOptions, run_dashboard};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use br_core::{IdError, LockPathError, PlanError};
-use br_exec::GitError;
+use br_git::GitError;
 use br_store::StoreError;
 
 /// How a command ended.

@@ -1,5 +1,6 @@
-//! The crate graph keeps its shape: `br → br-tui, br-exec → br-store → br-core`. Dashboards never
-//! depend on the executor; the domain depends on nothing of br.
+//! The crate graph keeps its shape: `br → br-tui, br-web, br-exec → br-store → br-core`, and
+//! `br-exec → br-git → br-core`. Dashboards never depend on the executor or on git; git knows
+//! nothing of the store; the domain depends on nothing of br.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -27,12 +28,15 @@ fn crates_depend_only_in_the_allowed_direction() {
     let allowed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::from([
         ("br-core", BTreeSet::new()),
         ("br-store", BTreeSet::from(["br-core"])),
-        ("br-exec", BTreeSet::from(["br-core", "br-store"])),
+        ("br-git", BTreeSet::from(["br-core"])),
+        ("br-exec", BTreeSet::from(["br-core", "br-git", "br-store"])),
         ("br-tui", BTreeSet::from(["br-core", "br-store"])),
         ("br-web", BTreeSet::from(["br-core", "br-store"])),
         (
             "br",
-            BTreeSet::from(["br-core", "br-store", "br-exec", "br-tui", "br-web"]),
+            BTreeSet::from([
+                "br-core", "br-store", "br-exec", "br-git", "br-tui", "br-web",
+            ]),
         ),
     ]);
     let mut seen = BTreeSet::new();
@@ -53,7 +57,7 @@ fn crates_depend_only_in_the_allowed_direction() {
             }
         }
     }
-    for required in ["br", "br-core", "br-store", "br-exec"] {
+    for required in ["br", "br-core", "br-store", "br-git", "br-exec"] {
         assert!(
             seen.contains(required),
             "{required} missing from the workspace"

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use br_exec::Git;
+use br_git::Git;
 
 use crate::cli::{DemoArgs, DriveArgs};
 use crate::cmd::plan::{load_plan, run_plan};

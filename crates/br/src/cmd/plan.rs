@@ -130,7 +130,7 @@ pub fn submit_plan(
 
 /// Worktrees start from a commit: changes not yet committed in the user's checkout do not reach
 /// the tasks. That surprises people, so say it (on stderr; it is not an error).
-fn warn_about_uncommitted_changes(repo: &br_exec::Repo, base: Option<&str>) {
+fn warn_about_uncommitted_changes(repo: &br_git::Repo, base: Option<&str>) {
     let dirty = repo
         .git()
         .run(["status", "--porcelain", "--untracked-files=no"])

@@ -438,7 +438,7 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
 /// are kept and listed. Never touches the user's own branches or worktrees.
 pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
     use br_exec::merge::{RefAction, delete_merged_refs, session_ref_fates};
-    use br_exec::worktree::{ReconcileMode, reconcile};
+    use br_git::worktree::{ReconcileMode, reconcile};
 
     let store = ctx.open_store()?;
     let now = store.now()?;
@@ -526,7 +526,7 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
             .filter(|d| d.exists());
         // Refs are looked at in the repository the session ran in, when that is this one.
         let own_repo = repo.filter(|r| {
-            br_exec::Repo::discover(std::path::Path::new(&s.repo_root))
+            br_git::Repo::discover(std::path::Path::new(&s.repo_root))
                 .is_ok_and(|theirs| theirs.common_dir == r.common_dir)
         });
         let fates = match own_repo {

@@ -16,10 +16,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use br_core::LockPath;
-use br_exec::Repo;
-use br_exec::conflicts::predict_conflicts;
-use br_exec::git::set_process_env;
-use br_exec::worktree::{
+use br_git::Repo;
+use br_git::conflicts::predict_conflicts;
+use br_git::git::set_process_env;
+use br_git::worktree::{
     AttemptSpec, Keep, Reconcile, ReconcileMode, SavedLeftovers, WorktreeError, WorktreeSlot,
     reconcile, scope_violations,
 };
@@ -243,7 +243,7 @@ fn write_executable(path: &Path, text: &str) {
 fn git_command(tmp: &Path, dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("git");
     cmd.arg("-C").arg(dir).args(args).current_dir(dir);
-    for var in br_exec::git::GIT_LOCATION_VARS {
+    for var in br_git::git::GIT_LOCATION_VARS {
         cmd.env_remove(var);
     }
     cmd.env("GIT_CONFIG_NOSYSTEM", "1")

@@ -190,7 +190,7 @@ impl Git {
 }
 
 /// The error for a git command that exited unsuccessfully, with its stderr.
-pub(crate) fn failure(args: &[OsString], out: &Output) -> GitError {
+pub fn failure(args: &[OsString], out: &Output) -> GitError {
     GitError::Failed {
         args: args
             .iter()

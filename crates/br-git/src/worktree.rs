@@ -518,7 +518,7 @@ fn reflog_message(attempt: &AttemptSpec) -> String {
 }
 
 /// A session name is free text; a commit subject must be one line.
-pub(crate) fn one_line(text: &str) -> String {
+pub fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
@@ -586,7 +586,7 @@ impl SharedStateLock {
 
 /// Waits for an exclusive OS lock on `<common>/br/<name>` and returns the open file that holds
 /// it: closing it — or the process dying, however it dies — releases the lock.
-pub(crate) fn lock_br_file(repo: &Repo, name: &str) -> Result<File, WorktreeError> {
+pub fn lock_br_file(repo: &Repo, name: &str) -> Result<File, WorktreeError> {
     let dir = repo.br_dir();
     fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
     let path = dir.join(name);

@@ -15,7 +15,7 @@ pub const MERGE_BASE_OPTION_MIN_VERSION: (u32, u32) = (2, 40);
 static GIT_VERSION: OnceLock<(u32, u32, u32)> = OnceLock::new();
 
 /// Checks once that git can predict conflicts (with an explicit merge base, if one is given).
-pub(crate) fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitError> {
+pub fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitError> {
     let version = match GIT_VERSION.get() {
         Some(v) => *v,
         None => {

@@ -1,0 +1,10 @@
+//! How br uses git: the only way it runs git (`git.rs`), the reusable worktree slots attempts
+//! run in and the refs that keep what an attempt left (`worktree.rs`), and conflict prediction
+//! with git's merge machinery on objects alone (`conflicts.rs`). Nothing here starts a task or
+//! reads the store.
+
+pub mod conflicts;
+pub mod git;
+pub mod worktree;
+
+pub use git::{Git, GitError, Repo};
