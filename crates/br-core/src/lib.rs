@@ -3,6 +3,7 @@
 //! every rule can be tested as a plain function and every store backend applies the same rules.
 
 pub mod event;
+mod glob;
 pub mod ids;
 pub mod lease;
 pub mod lock;

@@ -4,7 +4,11 @@
 //! reads the store.
 
 pub mod conflicts;
+pub mod fates;
+pub mod flock;
 pub mod git;
+pub mod promote;
+pub mod refs;
 pub mod worktree;
 
 pub use git::{Git, GitError, Repo};

@@ -10,6 +10,8 @@
 //! - Event `seq` strictly increases in commit order.
 
 pub mod audit;
+// The suite every backend must pass: test code, so it is not compiled into br.
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod error;
 pub mod model;

@@ -24,6 +24,9 @@ use br_core::{Plan, SessionStatus};
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
 
+#[path = "engine/worktrees.rs"]
+mod worktrees;
+
 const BR: &str = env!("CARGO_BIN_EXE_br");
 
 fn main() {
@@ -140,7 +143,7 @@ fn xargs_trues(dir: &Path, n: usize) -> Duration {
 }
 
 fn worktrees() {
-    use br_git::worktree::bench::{bench_worktrees, build_repository};
+    use worktrees::{bench_worktrees, build_repository};
     let dir = tempfile::tempdir().expect("temp dir");
     let repo =
         build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");

@@ -7,9 +7,13 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use br_exec::merge::{
-    IntoReport, IntoResult, Landing, MergeError, MergeMode, MergeOptions, MergeReport, Requeue,
-    fast_forward, local_branch, merge_session, requeue_refused,
+    Landing, MergeError, MergeMode, MergeOptions, MergeReport, Requeue, merge_session,
+    requeue_refused,
 };
+use br_git::promote::{
+    IntoReport, IntoResult, PromoteError, PromoteMode, fast_forward, local_branch,
+};
+use br_git::refs::RefError;
 use br_store::{Session, Store};
 use signal_hook::SigId;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -26,7 +30,7 @@ pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     let session = store.resolve_session(&args.session)?;
     // A missing --into branch is bad input: say so before anything is merged.
     if let Some(branch) = &args.into {
-        local_branch(repo, branch).map_err(merge_error)?;
+        local_branch(repo, branch).map_err(|e| merge_error(e.into()))?;
     }
     let mode = if args.check {
         MergeMode::Check
@@ -48,7 +52,14 @@ pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     requeue_refused(&*store, &session, &mut report).map_err(merge_error)?;
     let into = match &args.into {
         Some(branch) => {
-            Some(fast_forward(repo, branch, &report.result_commit, mode).map_err(merge_error)?)
+            let promote = match mode {
+                MergeMode::Land => PromoteMode::Apply,
+                MergeMode::Check => PromoteMode::Check,
+            };
+            Some(
+                fast_forward(repo, branch, &report.result_commit, promote)
+                    .map_err(|e| merge_error(e.into()))?,
+            )
         }
         None => None,
     };
@@ -179,10 +190,14 @@ pub fn merge_after_run(
 fn merge_error(e: MergeError) -> anyhow::Error {
     match e {
         MergeError::SharedIsolation { .. }
-        | MergeError::NoSuchBranch { .. }
+        | MergeError::Promote(PromoteError::NoSuchBranch { .. })
         | MergeError::IntegrationCheckedOut { .. } => usage(e.to_string()),
         MergeError::Store(e) => e.into(),
-        MergeError::Git(e) => e.into(),
+        MergeError::Git(e)
+        | MergeError::Ref(RefError::Git(e))
+        | MergeError::Promote(PromoteError::Git(e) | PromoteError::Ref(RefError::Git(e))) => {
+            e.into()
+        }
         other => anyhow::Error::new(other),
     }
 }

@@ -437,7 +437,7 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
 /// their logs and those of their refs whose commits are all merged; refs holding unmerged work
 /// are kept and listed. Never touches the user's own branches or worktrees.
 pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
-    use br_exec::merge::{RefAction, delete_merged_refs, session_ref_fates};
+    use br_git::fates::{RefAction, SessionRefs, delete_merged_refs, session_ref_fates};
     use br_git::worktree::{ReconcileMode, reconcile};
 
     let store = ctx.open_store()?;
@@ -533,7 +533,12 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
             Some(r) => {
                 let ids: Vec<br_core::TaskId> =
                     store.tasks(&s.id)?.into_iter().map(|t| t.id).collect();
-                session_ref_fates(r, s, &ids)?
+                let refs = SessionRefs {
+                    session_id: s.id.as_str(),
+                    session_slug: &s.slug,
+                    base_commit: s.base_commit.as_deref(),
+                };
+                session_ref_fates(r, &refs, &ids)?
             }
             None => Vec::new(),
         };
