@@ -1,10 +1,18 @@
-//! Everything in br that acts on the world: the worker loop, task processes and their signals,
-//! the reaper that outlives a killed worker, the local worker pool of `br run`, and the merge
-//! queue. Git itself is br-git's.
+//! Everything in br that acts on the world, and the run lifecycle as a library: the worker loop,
+//! task processes and their signals, the reaper that outlives a killed worker, the local worker
+//! pool and the drive that keeps it (`br run`, `br resume`), the merge queue and its rounds,
+//! cleanup as a plan and its application, worker liveness, and waiting on a session. The CLI
+//! turns arguments into these functions' options and their events into lines or frames. Git
+//! itself is br-git's.
 
+pub mod cleanup;
+pub mod drive;
 pub mod lease;
+pub mod liveness;
 pub mod merge;
 pub mod pool;
 pub mod process;
 pub mod reaper;
+pub mod signals;
+pub mod watch;
 pub mod worker;

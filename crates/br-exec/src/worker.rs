@@ -11,8 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use br_core::lease::FenceTimeline;
@@ -98,8 +97,7 @@ pub enum Note {
     },
 }
 
-/// Shared stop request: set by signal handlers or the parent-watch thread.
-pub type StopFlag = Arc<AtomicBool>;
+pub use crate::signals::StopFlag;
 
 /// Runs a worker until it is told to stop, its session ends, or (with `exit_when_idle`) nothing
 /// is left to claim. Records the worker as stopped on the way out, also after an error.

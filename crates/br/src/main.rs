@@ -6,6 +6,7 @@ mod cmd;
 mod context;
 mod drive;
 mod exit;
+mod output;
 mod progress;
 mod table;
 

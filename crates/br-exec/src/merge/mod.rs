@@ -8,13 +8,12 @@
 //! refs themselves, `--into` and cleanup's "is this ref merged?" are br-git's.
 
 mod report;
+mod rounds;
 mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use br_core::plan::{Isolation, OnConflict};
@@ -31,7 +30,9 @@ use br_git::worktree::{WorktreeError, one_line};
 use br_store::{NewEvent, Session, Store, StoreError, Task};
 
 use crate::process::SpawnError;
+use crate::signals::Interrupts;
 pub use report::{Landing, MergeReport, Requeue, TaskLanding};
+pub use rounds::{RoundEvent, RoundsEnd, RoundsError, merge_rounds};
 use verify::Verifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +101,9 @@ pub struct MergeOptions {
     /// The command that starts the reaper (normally `br __reaper`), which kills a verify
     /// command's process group if this process dies; none runs without it.
     pub reaper: Option<Vec<OsString>>,
-    /// Set (by a signal handler) to stop: between candidates, and by terminating a running
+    /// Any request here stops the queue: between candidates, and by terminating a running
     /// verify command.
-    pub stop: Arc<AtomicBool>,
+    pub stop: Interrupts,
     /// Between SIGTERM and SIGKILL when a verify command must stop.
     pub kill_grace: Duration,
 }
@@ -192,7 +193,7 @@ pub fn merge_session(
         .collect();
     let mut landed = Vec::with_capacity(tasks.len());
     for index in dependency_order(&graph) {
-        if options.stop.load(Ordering::SeqCst) {
+        if options.stop.any() {
             return Err(MergeError::Interrupted);
         }
         landed.push(queue.take(&tasks[index])?);

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use br_core::{Outcome, TaskId};
@@ -107,7 +106,7 @@ impl Verifier<'_> {
             if let Some(status) = process.wait_timeout(STOP_POLL) {
                 break Some(status);
             }
-            if self.options.stop.load(Ordering::SeqCst) {
+            if self.options.stop.any() {
                 process.terminate(self.options.kill_grace);
                 break None;
             }

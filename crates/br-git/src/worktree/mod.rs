@@ -23,17 +23,20 @@
 //! the slot's holder and needs no global lock, so tasks are never serialised.
 
 mod attempt;
+mod leftovers;
 mod reconcile;
 mod record;
 mod registry;
 mod slot;
+mod slot_files;
 
 use std::path::{Path, PathBuf};
 
 use crate::git::GitError;
 
 pub use attempt::{AttemptResult, AttemptSpec, Keep, attempt_ref, one_line, scope_violations};
-pub use reconcile::{Reconcile, ReconcileMode, SavedLeftovers, reconcile};
+pub use leftovers::{ReconcileMode, SavedLeftovers};
+pub use reconcile::{Reconcile, reconcile};
 pub use registry::{WorktreeEntry, list_worktrees};
 pub use slot::WorktreeSlot;
 

@@ -9,9 +9,9 @@ use br_store::{SessionFilter, Store};
 use br_tui::{DashboardOptions, once_height, render_once, run_dashboard};
 
 use crate::cli::DashboardArgs;
-use crate::cmd::{print, print_json};
 use crate::context::Context;
 use crate::exit::{Exit, usage};
+use crate::output::{print, print_json};
 
 pub fn dashboard(ctx: &Context, args: DashboardArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;

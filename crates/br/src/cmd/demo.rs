@@ -8,9 +8,9 @@ use br_git::Git;
 
 use crate::cli::{DemoArgs, DriveArgs};
 use crate::cmd::plan::{load_plan, run_plan};
-use crate::cmd::print;
 use crate::context::Context;
 use crate::exit::Exit;
+use crate::output::print;
 
 const DEMO_PLAN: &str = r#"# The br demo: seven tasks on a pool of workers, each in its own git worktree and branch.
 name = "demo"

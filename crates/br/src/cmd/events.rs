@@ -106,10 +106,8 @@ pub fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
     if !std::path::Path::new(&path).exists() {
         // With a shared store the attempt may have run on another machine: its log is there.
         let ran_on = store.worker(&attempt.worker_id).ok().map(|w| w.host);
-        let here = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .ok();
-        if let Some(host) = ran_on.filter(|h| Some(h) != here.as_ref()) {
+        let here = br_exec::liveness::host_name();
+        if let Some(host) = ran_on.filter(|h| *h != here) {
             return Err(usage(format!(
                 "attempt {wanted} of {task} ran on {host} (worker {}): its log is there, at \
                  {path}; logs stay on the machine that ran the attempt",

@@ -7,9 +7,9 @@ use br_core::time::ago;
 use br_store::LockOutcome;
 
 use crate::cli::{LockArgs, UnlockArgs};
-use crate::cmd::{print, print_json};
 use crate::context::Context;
 use crate::exit::{Conflict, Exit};
+use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
 fn parse_paths(paths: &[String]) -> anyhow::Result<Vec<LockPath>> {

@@ -2,27 +2,25 @@
 //! land; `--into` fast-forwards a branch to the result), and the merge rounds of `br run --merge`.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use br_exec::merge::{
-    Landing, MergeError, MergeMode, MergeOptions, MergeReport, Requeue, merge_session,
-    requeue_refused,
+    Landing, MergeError, MergeMode, MergeOptions, MergeReport, Requeue, RoundEvent, RoundsEnd,
+    RoundsError, merge_rounds, merge_session, requeue_refused,
 };
+use br_exec::signals::Interrupts;
 use br_git::promote::{
     IntoReport, IntoResult, PromoteError, PromoteMode, fast_forward, local_branch,
 };
 use br_git::refs::RefError;
 use br_store::{Session, Store};
-use signal_hook::SigId;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::cli::MergeArgs;
-use crate::cmd::{print, print_json};
 use crate::context::Context;
-use crate::drive::{DriveOptions, drive, final_report};
+use crate::drive::{DriveOptions, final_report, library_options, show_event};
 use crate::exit::{Exit, usage};
+use crate::output::{print, print_json};
+use crate::progress::{Progress, Style};
 
 pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
@@ -37,11 +35,14 @@ pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     } else {
         MergeMode::Land
     };
-    let stop = StopOnSignal::install()?;
+    let stop = Interrupts::new();
+    let _signals = stop
+        .on_signals()
+        .context("cannot install signal handlers")?;
     let options = MergeOptions {
         mode,
         reaper: Some(reaper_argv()?),
-        stop: stop.flag(),
+        stop,
         kill_grace: args.kill_grace,
     };
     let mut report = match merge_session(&*store, repo, &session, &options) {
@@ -92,11 +93,9 @@ pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     })
 }
 
-/// `br run --merge`, after the session's first drive ended (not interrupted): merges; while
-/// `on_conflict = "requeue"` queued tasks again, runs them again with the same local pool and
-/// merges again. A round after the first requeues only if it landed something, and there are at
-/// most one more rounds than tasks, so a task that can never land does not loop forever.
-/// Exit 0 iff every task succeeded and landed.
+/// `br run --merge`, after the session's first drive ended (not interrupted): the merge rounds
+/// (`br_exec::merge::merge_rounds`), printed as they go. Exit 0 iff every task succeeded and
+/// landed.
 pub fn merge_after_run(
     ctx: &Context,
     store: &dyn Store,
@@ -104,71 +103,80 @@ pub fn merge_after_run(
     opts: &DriveOptions,
     first: Exit,
 ) -> anyhow::Result<Exit> {
+    if first == Exit::Interrupted {
+        return Ok(first);
+    }
     let repo = ctx.repo()?;
     if !ctx.json {
         let mut out = std::io::stdout().lock();
         final_report(store, &store.session(&session.id)?, &mut out)?;
     }
-    let stop = StopOnSignal::install()?;
-    let options = MergeOptions {
+    let interrupts = Interrupts::new();
+    let _signals = interrupts
+        .on_signals()
+        .context("cannot install signal handlers")?;
+    let merge = MergeOptions {
         mode: MergeMode::Land,
         reaper: Some(reaper_argv()?),
-        stop: stop.flag(),
+        stop: interrupts.clone(),
         kill_grace: opts.kill_grace,
     };
-    let max_rounds = session.total_tasks.saturating_add(1);
-    let mut round = 1u32;
-    if first == Exit::Interrupted {
-        return Ok(first);
-    }
-    let report = loop {
-        let s = store.session(&session.id)?;
-        let mut report = match merge_session(store, repo, &s, &options) {
-            Ok(report) => report,
-            Err(MergeError::Interrupted) => return Ok(interrupted(&s)),
-            Err(e) => return Err(merge_error(e)),
-        };
-        if round < max_rounds && (round == 1 || report.landed_now() > 0) {
-            requeue_refused(store, &s, &mut report).map_err(merge_error)?;
-        }
-        if !ctx.json {
-            let mut text = String::new();
-            if round > 1 {
-                writeln!(text, "merge round {round}:")?;
+    let rerun = library_options(ctx, opts)?;
+    let mut progress = Progress::new(
+        std::io::stdout(),
+        if ctx.json { Style::Quiet } else { Style::Lines },
+    );
+    let end = merge_rounds(
+        store,
+        repo,
+        session,
+        &merge,
+        &rerun,
+        &interrupts,
+        &mut |event| match event {
+            RoundEvent::Merged {
+                round,
+                session,
+                report,
+            } if !ctx.json => {
+                let mut text = String::new();
+                if round > 1 {
+                    let _ = writeln!(text, "merge round {round}:");
+                }
+                write_report(&mut text, session, report).map_err(std::io::Error::other)?;
+                progress.note(text.trim_end())
             }
-            write_report(&mut text, &s, &report)?;
-            print(&text)?;
-        }
-        let requeued = report.requeued();
-        if requeued == 0 {
-            break report;
-        }
-        if !ctx.json {
-            print(&format!(
-                "running {requeued} requeued task(s) again on top of {}\n",
-                report.integration_branch()
-            ))?;
-        }
-        let again = DriveOptions {
-            from_seq: store.last_seq()?,
-            ..opts.clone()
-        };
-        let s = store.session(&session.id)?;
-        if drive(ctx, store, &s, &again)? == Exit::Interrupted {
-            return Ok(Exit::Interrupted);
-        }
-        if !ctx.json {
-            let mut out = std::io::stdout().lock();
-            final_report(store, &store.session(&session.id)?, &mut out)?;
-        }
-        round += 1;
+            RoundEvent::Rerunning {
+                requeued,
+                integration_branch,
+            } if !ctx.json => progress.note(&format!(
+                "running {requeued} requeued task(s) again on top of {integration_branch}"
+            )),
+            RoundEvent::Drive(event) => show_event(&mut progress, &event),
+            RoundEvent::RerunEnded(s) if !ctx.json => {
+                progress.finish()?;
+                let mut out = std::io::stdout().lock();
+                final_report(store, s, &mut out).map_err(std::io::Error::other)
+            }
+            _ => Ok(()),
+        },
+    );
+    let (s, report, rounds) = match end {
+        Ok(RoundsEnd::Done {
+            session,
+            report,
+            rounds,
+        }) => (session, report, rounds),
+        Ok(RoundsEnd::Interrupted(s)) => return Ok(interrupted(&s)),
+        Err(RoundsError::Merge(e)) => return Err(merge_error(e)),
+        Err(RoundsError::Drive(e)) => return Err(e.into()),
     };
-    let s = store.session(&session.id)?;
+    progress.finish()?;
     if ctx.json {
-        let mut value = crate::cmd::session::status_json(store, &s)?;
+        let mut value = crate::output::status_json(store, &s)?;
         if let serde_json::Value::Object(map) = &mut value {
             map.insert("merge".into(), report_json(&s, &report, None));
-            map.insert("merge_rounds".into(), round.into());
+            map.insert("merge_rounds".into(), rounds.into());
         }
         print_json(&value)?;
     } else {
@@ -214,39 +222,6 @@ fn interrupted(session: &Session) -> Exit {
 fn reaper_argv() -> anyhow::Result<Vec<std::ffi::OsString>> {
     let exe = std::env::current_exe().context("cannot find the br executable")?;
     Ok(vec![exe.into_os_string(), "__reaper".into()])
-}
-
-/// A stop flag set by SIGINT, SIGTERM and SIGHUP for as long as it lives: a verify command is
-/// then terminated (TERM, grace, KILL) instead of br dying under it.
-struct StopOnSignal {
-    flag: Arc<AtomicBool>,
-    ids: Vec<SigId>,
-}
-
-impl StopOnSignal {
-    fn install() -> anyhow::Result<StopOnSignal> {
-        let flag = Arc::new(AtomicBool::new(false));
-        let mut ids = Vec::new();
-        for signal in [SIGINT, SIGTERM, SIGHUP] {
-            ids.push(
-                signal_hook::flag::register(signal, Arc::clone(&flag))
-                    .context("cannot install signal handlers")?,
-            );
-        }
-        Ok(StopOnSignal { flag, ids })
-    }
-
-    fn flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.flag)
-    }
-}
-
-impl Drop for StopOnSignal {
-    fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
-    }
 }
 
 fn short(commit: &str) -> &str {

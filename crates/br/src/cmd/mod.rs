@@ -11,8 +11,6 @@ mod serve;
 mod session;
 mod worker;
 
-use std::io::Write;
-
 use crate::cli::Command;
 use crate::context::Context;
 use crate::exit::Exit;
@@ -50,19 +48,4 @@ pub fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
 /// `__reaper` is handled before a context exists (it must not touch the repository or store).
 fn unreachable_reaper() -> anyhow::Result<Exit> {
     Err(crate::exit::usage("`__reaper` is internal to br workers"))
-}
-
-/// Writes JSON to stdout with a trailing newline.
-pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-pub fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
 }

@@ -7,11 +7,11 @@ use br_core::Plan;
 use br_core::plan::Isolation;
 use br_store::{NewSession, Session, Store};
 
-use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
-use crate::cmd::{print, print_json};
+use crate::cli::{DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
 use crate::context::Context;
-use crate::drive::{DriveOptions, drive, final_report};
+use crate::drive::{DriveOptions, default_workers, drive, finish, kill_grace};
 use crate::exit::{Exit, usage};
+use crate::output::{print, print_json};
 
 pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
     let path = ctx.path(&args.path);
@@ -52,47 +52,6 @@ pub fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, PathBuf)> 
     };
     let plan = Plan::parse(&text, path)?;
     Ok((plan, full))
-}
-
-/// The default number of local workers: the plan's, else one per CPU.
-pub fn default_workers(plan_workers: Option<u32>) -> u32 {
-    plan_workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| u32::try_from(n.get()).unwrap_or(4))
-            .unwrap_or(4)
-            .clamp(1, 16)
-    })
-}
-
-/// The kill grace for the workers of a session whose leases last `lease`. One given with
-/// `--kill-grace` must fit in the lease whole: a worker cut off from the store stops its task
-/// (SIGTERM, the grace, SIGKILL) before the lease can expire, so that no other worker starts
-/// the task while it still runs. The default is cut to fit when a self-fence needs it.
-pub fn kill_grace(
-    args: &DriveArgs,
-    lease: std::time::Duration,
-) -> anyhow::Result<std::time::Duration> {
-    use br_core::lease::{max_grace, min_ttl_for};
-    use br_core::time::short_duration;
-    let Some(grace) = args.kill_grace else {
-        return Ok(DEFAULT_KILL_GRACE);
-    };
-    let fits = max_grace(lease, args.heartbeat_interval);
-    if grace <= fits {
-        return Ok(grace);
-    }
-    let raise = match min_ttl_for(grace, args.heartbeat_interval) {
-        Some(ttl) => format!("set heartbeat_timeout to at least {}", short_duration(ttl)),
-        None => "no heartbeat_timeout is long enough".to_string(),
-    };
-    Err(usage(format!(
-        "--kill-grace {} does not fit in the session's leases (heartbeat_timeout = {}): a worker \
-         cut off from the store must stop its task, grace included, before its lease can expire, \
-         which leaves at most {} here; {raise}, or give a shorter --kill-grace",
-        short_duration(grace),
-        short_duration(lease),
-        short_duration(fits)
-    )))
 }
 
 /// Creates the session: resolves the base, records the plan, queues the tasks.
@@ -229,23 +188,6 @@ pub fn run_plan_then(
         }
         _ => finish(ctx, &*store, &session, exit),
     }
-}
-
-/// After a drive: the final report (or JSON status) and the exit code.
-pub fn finish(
-    ctx: &Context,
-    store: &dyn Store,
-    session: &Session,
-    exit: Exit,
-) -> anyhow::Result<Exit> {
-    let s = store.session(&session.id)?;
-    if ctx.json {
-        crate::cmd::session::print_status_json(store, &s)?;
-    } else if exit != Exit::Interrupted {
-        let mut out = std::io::stdout().lock();
-        final_report(store, &s, &mut out)?;
-    }
-    Ok(exit)
 }
 
 pub fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {

@@ -2,21 +2,25 @@
 //! `summary`, `cleanup`.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
-use br_core::{SessionStatus, TaskState, Timestamp, WorkerStatus};
-use br_store::{Session, SessionFilter, Store, WorkerFilter};
+use br_core::{SessionStatus, TaskState};
+use br_exec::cleanup::{self, CleanupReport, CleanupScope};
+use br_exec::liveness::serving_workers;
+use br_exec::watch::{WaitEnd, wait_for_end, wait_for_running_tasks};
+use br_store::{Session, SessionFilter, Store};
 
 use crate::cli::{
     CancelArgs, CleanupArgs, ListArgs, ResumeArgs, ScaleArgs, SessionArg, StatusArgs, WaitArgs,
 };
-use crate::cmd::plan::default_workers;
-use crate::cmd::{print, print_json};
 use crate::context::Context;
-use crate::drive::{DriveOptions, drive, exit_for};
+use crate::drive::{
+    DriveOptions, default_workers, drive, exit_for, final_report, finish, kill_grace,
+};
 use crate::exit::{Exit, usage};
+use crate::output::{print, print_json, print_status_json};
 use crate::table::{Table, or_dash};
 
 /// The session named on the command line, or the newest one.
@@ -35,19 +39,6 @@ pub fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Resul
 }
 
 /// `br status --json`: the session's fields plus `tasks`.
-pub fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(s)?;
-    let tasks = serde_json::to_value(store.tasks(&s.id)?)?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert("tasks".into(), tasks);
-    }
-    Ok(value)
-}
-
-pub fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
-    print_json(&status_json(store, s)?)
-}
-
 pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = find_session(&*store, args.session.as_deref())?;
@@ -273,41 +264,11 @@ pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
         workers,
         plain: args.drive.no_dashboard,
         heartbeat_interval: args.drive.heartbeat_interval,
-        kill_grace: crate::cmd::plan::kill_grace(&args.drive, s.heartbeat_timeout())?,
+        kill_grace: kill_grace(&args.drive, s.heartbeat_timeout())?,
         from_seq: store.last_seq()?,
     };
     let exit = drive(ctx, &*store, &s, &opts)?;
-    crate::cmd::plan::finish(ctx, &*store, &s, exit)
-}
-
-/// Workers that serve the session and are really alive. After a crash, a worker's row says
-/// `busy` or `idle` until its heartbeat times out; on this host, whether its process still
-/// exists settles it at once.
-fn serving_workers(store: &dyn Store, s: &Session) -> anyhow::Result<usize> {
-    let _ = store.requeue_expired_leases();
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let workers = store.workers(&WorkerFilter {
-        session: Some(s.id.clone()),
-        ..Default::default()
-    })?;
-    Ok(workers
-        .iter()
-        .filter(|w| w.status.is_live())
-        .filter(|w| w.host != host || process_exists(w.pid))
-        .count())
-}
-
-fn process_exists(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    // Signal 0 checks existence; EPERM means it exists but belongs to someone else.
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    finish(ctx, &*store, &s, exit)
 }
 
 pub fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
@@ -325,12 +286,9 @@ pub fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
         // Workers see the cancellation at their next heartbeat; dead workers' tasks end when
         // their leases expire. Wait for both, within reason.
         let limit = s.heartbeat_timeout() * 2 + Duration::from_secs(30);
-        let deadline = Instant::now() + limit;
-        while s.running_tasks > 0 && Instant::now() < deadline {
-            let _ = store.requeue_expired_leases();
-            store.wait_for_change(Duration::from_millis(200))?;
-            s = store.session(&s.id)?;
-        }
+        s = match wait_for_running_tasks(&*store, &s.id, limit)? {
+            WaitEnd::Ended(s) | WaitEnd::TimedOut(s) => s,
+        };
     }
     if ctx.json {
         print_json(&s)?;
@@ -375,20 +333,17 @@ pub fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
 pub fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
-    let deadline = args.timeout.map(|t| Instant::now() + t);
-    let mut last_requeue = Instant::now();
-    loop {
-        let s = store.session(&s.id)?;
-        if s.status.is_terminal() && s.running_tasks == 0 {
+    match wait_for_end(&*store, &s.id, args.timeout)? {
+        WaitEnd::Ended(s) => {
             if ctx.json {
                 print_status_json(&*store, &s)?;
             } else {
                 let mut out = std::io::stdout().lock();
-                crate::drive::final_report(&*store, &s, &mut out)?;
+                final_report(&*store, &s, &mut out)?;
             }
-            return Ok(exit_for(&s));
+            Ok(exit_for(&s))
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        WaitEnd::TimedOut(s) => {
             eprintln!(
                 "error: session {} ({}) is still {} after {}",
                 s.name,
@@ -396,13 +351,8 @@ pub fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
                 s.status,
                 humantime::format_duration(args.timeout.unwrap_or_default())
             );
-            return Ok(Exit::WaitTimedOut);
+            Ok(Exit::WaitTimedOut)
         }
-        if last_requeue.elapsed() >= Duration::from_secs(1) {
-            last_requeue = Instant::now();
-            let _ = store.requeue_expired_leases();
-        }
-        store.wait_for_change(Duration::from_millis(200))?;
     }
 }
 
@@ -435,47 +385,37 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
 /// `br cleanup`: reconciles br's worktree slots with git's registrations (keeping what dead
 /// attempts left, removing free slots), then deletes finished sessions older than `--days` with
 /// their logs and those of their refs whose commits are all merged; refs holding unmerged work
-/// are kept and listed. Never touches the user's own branches or worktrees.
+/// are kept and listed. Never touches the user's own branches or worktrees. The dry run shows
+/// the plan; the real run applies that same plan.
 pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
-    use br_git::fates::{RefAction, SessionRefs, delete_merged_refs, session_ref_fates};
-    use br_git::worktree::{ReconcileMode, reconcile};
-
     let store = ctx.open_store()?;
-    let now = store.now()?;
-    let cutoff = Timestamp(now.millis() - i64::from(args.days) * 86_400_000);
-    let old: Vec<Session> = store
-        .list_sessions(&SessionFilter::default())?
-        .into_iter()
-        .filter(|s| s.status.is_terminal() && s.running_tasks == 0)
-        .filter(|s| s.completed_at.unwrap_or(s.created_at) <= cutoff)
-        .collect();
     // A store given with --store may be used outside a repository: then there are no worktrees
     // or refs to look at, only records and logs.
     let repo = ctx.repo().ok();
     let log_dir = ctx.log_dir().ok();
-    let mode = if args.dry_run {
-        ReconcileMode::DryRun
+    let scope = CleanupScope {
+        older_than_days: args.days,
+    };
+    let plan = cleanup::plan(&*store, repo, log_dir.as_deref(), scope)?;
+    let report = if args.dry_run {
+        plan
     } else {
-        ReconcileMode::Apply
+        cleanup::apply(&*store, repo, &plan)?
     };
-    let verb = if args.dry_run {
-        "would delete"
+    if ctx.json {
+        print_json(&report)?;
     } else {
-        "deleted"
-    };
-    let would = |done: &'static str, planned: &'static str| {
-        if args.dry_run { planned } else { done }
-    };
-    let mut out = String::new();
+        print(&cleanup_text(&report, args.days)?)?;
+    }
+    Ok(Exit::Success)
+}
 
-    // Worktrees first: an orphan slot's leftovers become an attempt ref, which the sessions'
-    // ref check below then sees (and keeps).
-    // No free slot is kept: after a cleanup, `git worktree list` shows only what runs.
-    let worktrees = match repo {
-        Some(repo) => Some(reconcile(repo, mode, 0)?),
-        None => None,
-    };
-    if let Some(w) = &worktrees {
+fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
+    let dry = report.dry_run;
+    let would = |done: &'static str, planned: &'static str| if dry { planned } else { done };
+    let verb = would("deleted", "would delete");
+    let mut out = String::new();
+    if let Some(w) = &report.worktrees {
         for saved in &w.saved {
             writeln!(
                 out,
@@ -516,156 +456,41 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
             )?;
         }
     }
-
-    let mut report = Vec::new();
-    let mut kept_refs = 0usize;
-    for s in &old {
-        let logs = log_dir
-            .as_ref()
-            .map(|d| d.join(s.id.as_str()))
-            .filter(|d| d.exists());
-        // Refs are looked at in the repository the session ran in, when that is this one.
-        let own_repo = repo.filter(|r| {
-            br_git::Repo::discover(std::path::Path::new(&s.repo_root))
-                .is_ok_and(|theirs| theirs.common_dir == r.common_dir)
-        });
-        let fates = match own_repo {
-            Some(r) => {
-                let ids: Vec<br_core::TaskId> =
-                    store.tasks(&s.id)?.into_iter().map(|t| t.id).collect();
-                let refs = SessionRefs {
-                    session_id: s.id.as_str(),
-                    session_slug: &s.slug,
-                    base_commit: s.base_commit.as_deref(),
-                };
-                session_ref_fates(r, &refs, &ids)?
-            }
-            None => Vec::new(),
-        };
-        if !args.dry_run {
-            if let Some(r) = own_repo {
-                delete_merged_refs(r, &fates)?;
-            }
-            store.delete_session(&s.id)?;
-            if let Some(dir) = &logs {
-                std::fs::remove_dir_all(dir).map_err(|e| {
-                    anyhow::Error::new(e).context(format!("cannot remove {}", dir.display()))
-                })?;
-            }
-        }
+    for s in &report.sessions {
         writeln!(
             out,
             "{verb} session {} ({}, {}){}",
             s.name,
-            s.id,
+            s.session_id,
             s.status,
-            logs.as_ref()
+            s.logs
+                .as_ref()
                 .map(|l| format!(" and its logs {}", l.display()))
                 .unwrap_or_default()
         )?;
-        if own_repo.is_none() && repo.is_some() {
+        if let Some(root) = &s.other_repository {
             writeln!(
                 out,
-                "  its refs were not examined: it ran in another repository ({})",
-                s.repo_root
+                "  its refs were not examined: it ran in another repository ({root})"
             )?;
         }
-        let mut refs = Vec::new();
-        for fate in &fates {
-            let name = fate
+        for r in &s.refs {
+            let name = r
                 .reference
                 .strip_prefix("refs/heads/")
-                .unwrap_or(&fate.reference);
-            let (action, reason, line) = match &fate.action {
-                RefAction::Delete { merged_into } => (
-                    "delete",
-                    format!("merged into {merged_into}"),
-                    format!("  {verb} {name} (merged into {merged_into})"),
-                ),
-                RefAction::KeepUnmerged { commits } => {
-                    let plural = if *commits == 1 { "" } else { "s" };
-                    (
-                        "keep",
-                        format!("holds {commits} unmerged commit{plural}"),
-                        format!("  kept: {name} holds {commits} unmerged commit{plural}"),
-                    )
-                }
-                RefAction::KeepIntegration => (
-                    "keep",
-                    "not merged into any branch outside br/".to_string(),
-                    format!("  kept: {name} (not merged into any branch outside br/)"),
-                ),
-                RefAction::KeepCheckedOut { worktree } => (
-                    "keep",
-                    format!("checked out in {}", worktree.display()),
-                    format!("  kept: {name} (checked out in {})", worktree.display()),
-                ),
-                RefAction::KeepForeign => (
-                    "keep",
-                    "not a branch br made for this session".to_string(),
-                    format!("  left alone: {name} (not a branch br made for this session)"),
-                ),
-            };
-            writeln!(out, "{line}")?;
-            if action == "keep" {
-                kept_refs += 1;
+                .unwrap_or(&r.reference);
+            if r.action == "delete" {
+                writeln!(out, "  {verb} {name} ({})", r.reason)?;
+            } else if r.foreign {
+                writeln!(out, "  left alone: {name} ({})", r.reason)?;
+            } else if r.unmerged_commits.is_some() {
+                writeln!(out, "  kept: {name} {}", r.reason)?;
+            } else {
+                writeln!(out, "  kept: {name} ({})", r.reason)?;
             }
-            refs.push(serde_json::json!({
-                "ref": fate.reference,
-                "commit": fate.commit,
-                "action": action,
-                "reason": reason,
-                "unmerged_commits": match &fate.action {
-                    RefAction::KeepUnmerged { commits } => Some(*commits),
-                    _ => None,
-                },
-                "merged_into": match &fate.action {
-                    RefAction::Delete { merged_into } => Some(merged_into.clone()),
-                    _ => None,
-                },
-            }));
         }
-        report.push(serde_json::json!({
-            "session_id": s.id, "name": s.name, "status": s.status,
-            "logs": logs.map(|d| d.display().to_string()),
-            "refs": refs,
-        }));
     }
-    let stale: Vec<_> = store
-        .workers(&WorkerFilter::default())?
-        .into_iter()
-        .filter(|w| matches!(w.status, WorkerStatus::Offline | WorkerStatus::Stopped))
-        .filter(|w| w.last_heartbeat <= cutoff)
-        .collect();
-    let pruned = if args.dry_run {
-        u32::try_from(stale.len()).unwrap_or(u32::MAX)
-    } else {
-        store.prune_workers(Timestamp(cutoff.millis() + 1))?
-    };
-    if ctx.json {
-        let paths = |p: &[std::path::PathBuf]| -> Vec<String> {
-            p.iter().map(|p| p.display().to_string()).collect()
-        };
-        let worktrees = worktrees.as_ref().map(|w| {
-            serde_json::json!({
-                "saved": w.saved.iter().map(|s| serde_json::json!({
-                    "slot": s.slot.display().to_string(),
-                    "ref": s.reference,
-                    "commit": s.commit,
-                })).collect::<Vec<_>>(),
-                "pruned": paths(&w.pruned),
-                "removed": paths(&w.removed),
-                "in_use": paths(&w.in_use),
-                "kept": paths(&w.kept),
-                "other": paths(&w.other),
-            })
-        });
-        print_json(&serde_json::json!({
-            "dry_run": args.dry_run, "worktrees": worktrees, "sessions": report,
-            "workers_pruned": pruned,
-        }))?;
-        return Ok(Exit::Success);
-    }
+    let kept_refs = report.kept_refs();
     if kept_refs > 0 {
         writeln!(
             out,
@@ -675,16 +500,12 @@ pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
     }
     writeln!(
         out,
-        "{} {} finished session(s) older than {} day(s); {} {pruned} stale worker record(s)",
+        "{} {} finished session(s) older than {} day(s); {} {} stale worker record(s)",
         verb,
-        report.len(),
-        args.days,
-        if args.dry_run {
-            "would prune"
-        } else {
-            "pruned"
-        }
+        report.sessions.len(),
+        days,
+        would("pruned", "would prune"),
+        report.workers_pruned
     )?;
-    print(&out)?;
-    Ok(Exit::Success)
+    Ok(out)
 }

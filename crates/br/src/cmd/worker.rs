@@ -1,21 +1,20 @@
 //! `br worker` (one worker process) and `br workers` (the list).
 
-use std::io::{Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use br_core::WorkerStatus;
 use br_core::time::{ago, short_duration};
+use br_exec::liveness::host_name;
+use br_exec::signals::{StopFlag, stop_on_signals, stop_when_stdin_closes};
 use br_exec::worker::{Exit as WorkerExit, Note, WorkerConfig, run_worker};
 use br_store::WorkerFilter;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::cli::{WorkerArgs, WorkersArgs};
-use crate::cmd::{print, print_json};
 use crate::context::Context;
 use crate::exit::{Exit, usage};
+use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
 pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
@@ -26,28 +25,14 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         .as_deref()
         .map(|s| store.resolve_session(s))
         .transpose()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGTERM, SIGINT, SIGHUP] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install signal handlers")?;
-    }
+    let stop = StopFlag::default();
+    stop_on_signals(&stop).context("cannot install signal handlers")?;
     if args.watch_stdin {
         // Our parent (`br run`) holds the other end: when it dies, stop.
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("watch-stdin".into())
-            .spawn(move || {
-                let mut buf = [0u8; 64];
-                let mut stdin = std::io::stdin();
-                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-                stop.store(true, Ordering::SeqCst);
-            })
-            .context("cannot watch standard input")?;
+        stop_when_stdin_closes(&stop).context("cannot watch standard input")?;
     }
     let exe = std::env::current_exe().context("cannot find the br executable")?;
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = host_name();
     let config = WorkerConfig {
         log_dir: repo.log_dir(),
         repo,

@@ -1,0 +1,286 @@
+//! `br cleanup` as a plan and its application. [`plan`] looks and changes nothing: which worktree
+//! slots reconcile would keep, prune or remove, which finished sessions are old enough to go
+//! with their logs, which of their refs are merged (deletable) or hold work (kept), and which
+//! worker records are stale (one cut-off for all of it). A dry run reports the plan; [`apply`]
+//! carries out that plan and reports what it did, in the same shape. Deciding a ref's fate is
+//! the one thing `apply` does again, with the same rule, just before it deletes: reconciling the
+//! slots may have just saved an interrupted attempt's leftovers at a new ref, and a ref may have
+//! moved since the plan was made. Nothing that holds unmerged work is ever deleted.
+
+use std::path::{Path, PathBuf};
+
+use br_core::{SessionId, SessionStatus, TaskId, Timestamp, WorkerStatus};
+use br_git::Repo;
+use br_git::fates::{RefAction, RefFate, SessionRefs, delete_merged_refs, session_ref_fates};
+use br_git::refs::RefError;
+use br_git::worktree::{Reconcile, ReconcileMode, WorktreeError, reconcile};
+use br_store::{SessionFilter, Store, StoreError, WorkerFilter};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Worktree(#[from] WorktreeError),
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    #[error(transparent)]
+    Git(#[from] br_git::GitError),
+    #[error("cannot remove {}", path.display())]
+    RemoveLogs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to clean.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanupScope {
+    /// Sessions that ended (and worker records last seen) more than this many days ago.
+    pub older_than_days: u32,
+}
+
+/// The plan, or what applying it did: one shape for both (`dry_run` tells them apart).
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanupReport {
+    pub dry_run: bool,
+    /// br's worktree slots; `None` when the store is used outside a repository.
+    pub worktrees: Option<WorktreesReport>,
+    pub sessions: Vec<SessionCleanup>,
+    /// Stale worker records (offline or stopped, last seen before the cut-off).
+    pub workers_pruned: u32,
+    #[serde(skip)]
+    stale_workers_before: Timestamp,
+}
+
+impl CleanupReport {
+    /// Refs kept because deleting them would lose work.
+    pub fn kept_refs(&self) -> usize {
+        self.sessions
+            .iter()
+            .flat_map(|s| &s.refs)
+            .filter(|r| r.action == "keep")
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorktreesReport {
+    pub saved: Vec<SavedReport>,
+    pub pruned: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub in_use: Vec<PathBuf>,
+    pub kept: Vec<PathBuf>,
+    pub other: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SavedReport {
+    pub slot: PathBuf,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub commit: Option<String>,
+}
+
+impl From<Reconcile> for WorktreesReport {
+    fn from(r: Reconcile) -> Self {
+        WorktreesReport {
+            saved: r
+                .saved
+                .into_iter()
+                .map(|s| SavedReport {
+                    slot: s.slot,
+                    reference: s.reference,
+                    commit: s.commit,
+                })
+                .collect(),
+            pruned: r.pruned,
+            removed: r.removed,
+            in_use: r.in_use,
+            kept: r.kept,
+            other: r.other,
+        }
+    }
+}
+
+/// One finished session that goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionCleanup {
+    pub session_id: SessionId,
+    pub name: String,
+    pub status: SessionStatus,
+    /// Its log directory, when there is one.
+    pub logs: Option<PathBuf>,
+    pub refs: Vec<RefReport>,
+    /// Its refs were not looked at: it ran in this other repository.
+    #[serde(skip)]
+    pub other_repository: Option<String>,
+    #[serde(skip)]
+    fates: Vec<RefFate>,
+}
+
+/// What happens to one ref of a session that goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefReport {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub commit: String,
+    /// `delete` or `keep`.
+    pub action: &'static str,
+    pub reason: String,
+    pub unmerged_commits: Option<u32>,
+    pub merged_into: Option<String>,
+    #[serde(skip)]
+    pub foreign: bool,
+}
+
+impl From<&RefFate> for RefReport {
+    fn from(fate: &RefFate) -> Self {
+        let (action, reason) = match &fate.action {
+            RefAction::Delete { merged_into } => ("delete", format!("merged into {merged_into}")),
+            RefAction::KeepUnmerged { commits } => (
+                "keep",
+                format!(
+                    "holds {commits} unmerged commit{}",
+                    if *commits == 1 { "" } else { "s" }
+                ),
+            ),
+            RefAction::KeepIntegration => {
+                ("keep", "not merged into any branch outside br/".to_string())
+            }
+            RefAction::KeepCheckedOut { worktree } => {
+                ("keep", format!("checked out in {}", worktree.display()))
+            }
+            RefAction::KeepForeign => ("keep", "not a branch br made for this session".to_string()),
+        };
+        RefReport {
+            reference: fate.reference.clone(),
+            commit: fate.commit.clone(),
+            action,
+            reason,
+            unmerged_commits: match &fate.action {
+                RefAction::KeepUnmerged { commits } => Some(*commits),
+                _ => None,
+            },
+            merged_into: match &fate.action {
+                RefAction::Delete { merged_into } => Some(merged_into.clone()),
+                _ => None,
+            },
+            foreign: matches!(fate.action, RefAction::KeepForeign),
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// What deleting each of the session's refs would do (the one rule, br-git's).
+fn ref_fates(store: &dyn Store, repo: &Repo, id: &SessionId) -> Result<Vec<RefFate>, CleanupError> {
+    let s = store.session(id)?;
+    let ids: Vec<TaskId> = store.tasks(id)?.into_iter().map(|t| t.id).collect();
+    let refs = SessionRefs {
+        session_id: s.id.as_str(),
+        session_slug: &s.slug,
+        base_commit: s.base_commit.as_deref(),
+    };
+    Ok(session_ref_fates(repo, &refs, &ids)?)
+}
+
+/// Looks at everything cleanup would do, and changes nothing. `repo` is the repository the
+/// command runs in (none when the store is used elsewhere: then only records and logs are
+/// looked at); `log_dir` is where attempt logs are.
+pub fn plan(
+    store: &dyn Store,
+    repo: Option<&Repo>,
+    log_dir: Option<&Path>,
+    scope: CleanupScope,
+) -> Result<CleanupReport, CleanupError> {
+    let now = store.now()?;
+    let cutoff = Timestamp(now.millis() - i64::from(scope.older_than_days) * DAY_MS);
+    // No free slot is kept: after a cleanup, `git worktree list` shows only what runs.
+    let worktrees = match repo {
+        Some(repo) => Some(reconcile(repo, ReconcileMode::DryRun, 0)?.into()),
+        None => None,
+    };
+    let mut sessions = Vec::new();
+    for s in store.list_sessions(&SessionFilter::default())? {
+        if !(s.status.is_terminal() && s.running_tasks == 0) {
+            continue;
+        }
+        if s.completed_at.unwrap_or(s.created_at) > cutoff {
+            continue;
+        }
+        let logs = log_dir
+            .map(|d| d.join(s.id.as_str()))
+            .filter(|d| d.exists());
+        // Refs are looked at in the repository the session ran in, when that is this one.
+        let own = repo.filter(|r| {
+            Repo::discover(Path::new(&s.repo_root))
+                .is_ok_and(|theirs| theirs.common_dir == r.common_dir)
+        });
+        let fates = match own {
+            Some(r) => ref_fates(store, r, &s.id)?,
+            None => Vec::new(),
+        };
+        sessions.push(SessionCleanup {
+            refs: fates.iter().map(RefReport::from).collect(),
+            other_repository: (own.is_none() && repo.is_some()).then(|| s.repo_root.clone()),
+            session_id: s.id,
+            name: s.name,
+            status: s.status,
+            logs,
+            fates,
+        });
+    }
+    // One cut-off for what the plan counts and what `apply` deletes.
+    let stale_workers_before = Timestamp(cutoff.millis() + 1);
+    let stale = store
+        .workers(&WorkerFilter::default())?
+        .into_iter()
+        .filter(|w| matches!(w.status, WorkerStatus::Offline | WorkerStatus::Stopped))
+        .filter(|w| w.last_heartbeat < stale_workers_before)
+        .count();
+    Ok(CleanupReport {
+        dry_run: true,
+        worktrees,
+        sessions,
+        workers_pruned: u32::try_from(stale).unwrap_or(u32::MAX),
+        stale_workers_before,
+    })
+}
+
+/// Carries out `plan`: reconciles the worktree slots, deletes each planned session's merged
+/// refs (each only if it still points where the plan saw it), its records and its logs, and
+/// prunes the stale worker records. Returns what was done.
+pub fn apply(
+    store: &dyn Store,
+    repo: Option<&Repo>,
+    plan: &CleanupReport,
+) -> Result<CleanupReport, CleanupError> {
+    let mut done = plan.clone();
+    done.dry_run = false;
+    // Worktrees first: an orphan slot's leftovers become an attempt ref, which the plan's ref
+    // check of that session then kept.
+    if let Some(repo) = repo {
+        done.worktrees = Some(reconcile(repo, ReconcileMode::Apply, 0)?.into());
+    }
+    for s in &mut done.sessions {
+        if let Some(r) = repo
+            && s.other_repository.is_none()
+        {
+            s.fates = ref_fates(store, r, &s.session_id)?;
+            s.refs = s.fates.iter().map(RefReport::from).collect();
+            delete_merged_refs(r, &s.fates)?;
+        }
+        store.delete_session(&s.session_id)?;
+        if let Some(dir) = &s.logs {
+            std::fs::remove_dir_all(dir).map_err(|source| CleanupError::RemoveLogs {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+    }
+    done.workers_pruned = store.prune_workers(plan.stale_workers_before)?;
+    Ok(done)
+}

@@ -1,0 +1,34 @@
+//! What commands print: text and JSON to stdout, and the status JSON of a session (the shape of
+//! `br status --json`, also what `br run --json` and `br wait --json` print at the end).
+
+use std::io::Write;
+
+use br_store::{Session, Store};
+
+/// Writes JSON to stdout with a trailing newline.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(s)?;
+    let tasks = serde_json::to_value(store.tasks(&s.id)?)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("tasks".into(), tasks);
+    }
+    Ok(value)
+}
+
+pub fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
+    print_json(&status_json(store, s)?)
+}
