@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 use br_core::lease::FenceTimeline;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, ScopeMode};
-use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState, WorkerId};
+use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState, WorkerId, WorkerStatus};
 use br_store::{
-    AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store, StoreError,
+    AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store,
+    StoreError, WorkerFilter,
 };
 
 use crate::lease::{LeaseKeeper, Moment, Renewal};
+use crate::liveness::{host_name, process_exists};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
 use br_git::conflicts::{FinishedBranch, conflicting_branches};
@@ -245,7 +247,16 @@ impl Worker<'_> {
                         return Ok(Exit::SessionEnded);
                     }
                     if self.config.exit_when_idle {
-                        return Ok(Exit::Idle);
+                        match self.worth_staying() {
+                            Ok(true) => continue,
+                            Ok(false) => return Ok(Exit::Idle),
+                            Err(e) if e.is_transient() => {
+                                self.trouble(&e);
+                                self.back_off();
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     let until_beat = next_beat.saturating_duration_since(Instant::now());
                     match self.store.wait_for_change(until_beat.min(IDLE_POLL)) {
@@ -261,6 +272,41 @@ impl Worker<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Before an idle worker leaves (`exit_when_idle`), whether it should look again instead:
+    /// a task may be held under a lease that expired (nobody requeued it yet: this worker's
+    /// own heartbeat pass has not come), or under the lease of a worker that went silent — its
+    /// process is gone, or it has not heartbeated for a third of the lease, which a live worker
+    /// running a task always does. Such a task becomes claimable when its lease expires; a
+    /// worker that left now might leave the session with nobody to rerun it.
+    fn worth_staying(&mut self) -> Result<bool, StoreError> {
+        let expired = self.store.requeue_expired_leases()?;
+        if !expired.leases.is_empty() {
+            return Ok(true);
+        }
+        let now = self.store.now()?;
+        let host = host_name();
+        let workers = self.store.workers(&WorkerFilter {
+            session: self.config.session.clone(),
+            ..Default::default()
+        })?;
+        for w in workers {
+            if w.id == self.id || w.status != WorkerStatus::Busy {
+                continue;
+            }
+            let Some(session) = &w.session_id else {
+                continue;
+            };
+            let lease = self.store.session(session)?.heartbeat_timeout();
+            let silent = now.since(w.last_heartbeat) > lease / 3
+                || (w.host == host && !process_exists(w.pid));
+            if silent {
+                self.store.wait_for_change(IDLE_POLL)?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Says that the store is in trouble: at once the first time, then now and then while it

@@ -418,3 +418,69 @@ fn cancel_stops_running_tasks_and_releases_their_locks() {
         again.stderr
     );
 }
+
+#[test]
+fn a_fresh_idle_worker_rescues_an_expired_lease_before_it_leaves() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        r#"name = "rescue"
+isolation = "shared"
+heartbeat_timeout = "2s"
+[[task]]
+id = "t"
+run = 'if [ "$BR_ATTEMPT" = 1 ]; then echo $$ > t.pid.1; exec sleep 60; fi; echo "attempt $BR_ATTEMPT" > t.out'
+"#,
+    );
+    let submitted = repo.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = submitted
+        .stdout
+        .lines()
+        .last()
+        .expect("id")
+        .trim()
+        .to_string();
+    let frozen = repo.spawn(&[
+        "worker",
+        "--session",
+        &session,
+        "--heartbeat-interval",
+        "200ms",
+    ]);
+    poll("attempt 1 to start", LONG, || read_pid(&repo, "t.pid.1"));
+    stop_outside_transaction(frozen.pid(), &repo.store_path());
+    // Wait until the store's clock is past the frozen worker's lease.
+    let store = repo.store();
+    let id = br_core::SessionId::from_string(&session);
+    poll("the lease to expire", LONG, || {
+        let w = store
+            .workers(&Default::default())
+            .ok()?
+            .into_iter()
+            .find(|w| w.current_task.is_some())?;
+        let now = store.now().ok()?;
+        (now.since(w.last_heartbeat) > Duration::from_secs(3)).then_some(())
+    });
+    // A worker started now finds nothing ready at first; it must requeue the expired lease
+    // before it decides there is nothing to do.
+    let fresh = repo.br(&["worker", "--session", &session, "--exit-when-idle"]);
+    assert_eq!(fresh.code, 0, "{}", fresh.stderr);
+    let s = store.session(&id).expect("session");
+    assert_eq!(
+        s.status,
+        br_core::SessionStatus::Completed,
+        "{}",
+        fresh.stderr
+    );
+    assert_eq!(repo.read("t.out"), "attempt 2\n");
+    frozen.signal(Signal::SIGCONT);
+    let rejected = poll("the frozen worker's result to be refused", LONG, || {
+        repo.events()
+            .into_iter()
+            .find(|e| e.kind == EventKind::StaleResultRejected)
+    });
+    assert_eq!(rejected.attempt.map(|a| a.0), Some(1));
+    assert_eq!(frozen.wait(LONG).code, 0);
+    br_store::audit::audit_fencing(&repo.events()).expect("no stale result accepted");
+}
