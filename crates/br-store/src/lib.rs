@@ -1,6 +1,7 @@
 //! The store: where every session, task, attempt, worker, lock and event of br lives, and the only
 //! channel between br's processes. [`Store`] is the contract; [`sqlite::SqliteStore`] is the
-//! embedded backend; [`conformance`] is the suite every backend must pass.
+//! embedded backend; `conformance` (behind the `testing` feature) is the suite every backend
+//! must pass.
 //!
 //! Rules every backend keeps:
 //! - Time comes from the store's clock ([`Store::now`]), never from a caller's.
