@@ -14,5 +14,6 @@ pub mod pool;
 pub mod process;
 pub mod reaper;
 pub mod signals;
+pub mod strays;
 pub mod watch;
 pub mod worker;

@@ -8,7 +8,7 @@
 //! sets the deadlines, docs/leases.md draws them. A store that cannot be reached is waited out,
 //! not a reason to leave.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use crate::lease::{LeaseKeeper, Moment, Renewal};
 use crate::liveness::{host_name, process_exists};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
+use crate::strays::{become_subreaper, kill_strays};
 use br_git::conflicts::{FinishedBranch, conflicting_branches};
 use br_git::git::Repo;
 use br_git::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
@@ -93,6 +94,11 @@ pub enum Note {
         grace: Duration,
     },
     StoreTrouble(String),
+    /// Processes an attempt detached from its process group outlived it and were killed.
+    StraysKilled {
+        task: Box<ClaimedTask>,
+        count: usize,
+    },
     /// The store answers again after it could not be reached.
     StoreBack {
         after: Duration,
@@ -116,6 +122,14 @@ pub fn run_worker(
         heartbeat_timeout: config.heartbeat_timeout,
     })?;
     notify(Note::Registered(id.clone()));
+    // Orphans among the tasks' descendants (`setsid`, double forks) re-parent to this process
+    // instead of init, so each attempt's strays can be found and killed when it ends.
+    if let Err(e) = become_subreaper() {
+        notify(Note::StoreTrouble(format!(
+            "cannot become the subreaper of its tasks ({e}): a process a task detaches from its \
+             group may outlive the attempt"
+        )));
+    }
     let mut reaper = match &config.reaper {
         Some(argv) => match Reaper::spawn(argv) {
             Ok(r) => Some(r),
@@ -674,6 +688,21 @@ impl Worker<'_> {
         });
         if let Some(reaper) = self.reaper.as_deref_mut() {
             let _ = reaper.forget(pgid);
+        }
+        // The attempt is over: whatever of it left its process group and re-parented here goes
+        // too. The reaper is this worker's only other child.
+        let keep: BTreeSet<i32> = self
+            .reaper
+            .as_deref()
+            .and_then(|r| i32::try_from(r.pid()).ok())
+            .into_iter()
+            .collect();
+        let strays = kill_strays(&keep);
+        if !strays.is_empty() {
+            (self.notify)(Note::StraysKilled {
+                task: Box::new(task.clone()),
+                count: strays.len(),
+            });
         }
         execution
     }

@@ -501,3 +501,39 @@ fn a_task_flooding_its_log_is_killed_at_the_limit_and_the_others_are_unaffected(
         "the reason is shown"
     );
 }
+
+#[test]
+fn nothing_a_task_detaches_from_its_process_group_outlives_its_attempt() {
+    let repo = TestRepo::new();
+    // A unique duration names the processes: one left by `setsid`, one by a double fork that
+    // also leaves the session, and a plain background job (killed with the group).
+    let marker = format!("{}.{}", 900 + fastrand::u32(..99), fastrand::u32(..999));
+    repo.write(
+        "br.toml",
+        &format!(
+            r#"isolation = "shared"
+[[task]]
+id = "detach"
+run = """
+setsid sh -c 'echo $$ > one.pid; exec sleep {marker}' >/dev/null 2>&1 &
+(setsid sh -c 'echo $$ > two.pid; exec sleep {marker}' >/dev/null 2>&1 &)
+sleep {marker} &
+# Leave only once both have left the group (setsid done), or the group's kill would reach them.
+while [ ! -s one.pid ] || [ ! -s two.pid ]; do sleep 0.01; done
+"""
+"#
+        ),
+    );
+    let run = repo.br(&["run", "--workers", "1"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let needle = format!("sleep {marker}");
+    poll(
+        "every detached process to be gone",
+        Duration::from_secs(10),
+        || {
+            common::processes_mentioning(&needle)
+                .is_empty()
+                .then_some(())
+        },
+    );
+}

@@ -96,6 +96,11 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
                 short_duration(grace)
             ),
             Note::StoreTrouble(e) => format!("warning: {e}"),
+            Note::StraysKilled { task, count } => format!(
+                "killed {count} process(es) that {}/{} attempt {} left running outside its \
+                 process group",
+                task.session_name, task.lease.task_id, task.lease.attempt
+            ),
             Note::StoreBack { after } => {
                 format!("the store answers again (after {})", short_duration(after))
             }
