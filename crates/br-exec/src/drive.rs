@@ -214,7 +214,8 @@ pub fn drive(
 }
 
 /// How each local worker is started: `br worker` for this session, its stderr to a log of its
-/// own, its stdin a pipe the pool holds (so it stops if this process dies).
+/// own, its stdin a pipe the pool holds (so it stops if this process dies) that first carries the
+/// store URL, which may hold a password: never in the arguments, which every user sees in `ps`.
 fn pool_spec(repo: &Repo, session: &Session, options: &DriveOptions) -> PoolSpec {
     let duration = |d: Duration| -> OsString { humantime::format_duration(d).to_string().into() };
     PoolSpec {
@@ -222,9 +223,8 @@ fn pool_spec(repo: &Repo, session: &Session, options: &DriveOptions) -> PoolSpec
         args: vec![
             "-C".into(),
             repo.root.clone().into_os_string(),
-            "--store".into(),
-            options.store_url.clone().into(),
             "worker".into(),
+            "--store-from-stdin".into(),
             "--session".into(),
             session.id.as_str().into(),
             "--heartbeat-timeout".into(),
@@ -236,6 +236,7 @@ fn pool_spec(repo: &Repo, session: &Session, options: &DriveOptions) -> PoolSpec
             "--watch-stdin".into(),
         ],
         log_dir: repo.log_dir().join(session.id.as_str()).join("workers"),
+        stdin_line: Some(options.store_url.clone()),
     }
 }
 

@@ -26,6 +26,9 @@ pub struct PoolSpec {
     pub args: Vec<OsString>,
     /// Each worker's stderr goes to `<log_dir>/worker-<n>.log`.
     pub log_dir: PathBuf,
+    /// Written to each worker's stdin as its first line (the store URL: a secret that must not
+    /// appear in arguments or environments other processes can read).
+    pub stdin_line: Option<String>,
 }
 
 #[derive(Debug)]
@@ -109,7 +112,15 @@ impl LocalPool {
             .stderr(Stdio::from(stderr))
             .process_group(0)
             .spawn()?;
-        let stdin = child.stdin.take();
+        let mut stdin = child.stdin.take();
+        if let (Some(line), Some(pipe)) = (&self.spec.stdin_line, stdin.as_mut()) {
+            use std::io::Write as _;
+            // A worker that died before reading it is noticed as an exited worker.
+            let _ = pipe
+                .write_all(line.as_bytes())
+                .and_then(|()| pipe.write_all(b"\n"))
+                .and_then(|()| pipe.flush());
+        }
         let pid = child.id();
         self.children.push(PoolChild {
             child,

@@ -17,6 +17,10 @@ use nix::unistd::Pid;
 
 use br_git::git::GIT_LOCATION_VARS;
 
+/// Variables br itself may be given that carry credentials: a task never inherits them (the
+/// store's URL and password, the web dashboard's token).
+pub const SECRET_VARS: &[&str] = &["BR_STORE", "PGPASSWORD", "BR_SERVE_TOKEN"];
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct TaskCommand {
@@ -71,9 +75,10 @@ impl TaskProcess {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .process_group(0);
-        for var in GIT_LOCATION_VARS {
+        for var in GIT_LOCATION_VARS.iter().chain(SECRET_VARS) {
             command.env_remove(var);
         }
+        // The plan's own `env` comes last: a plan may give a task one of these on purpose.
         command.envs(&cmd.env);
         let child = command.spawn().map_err(|source| SpawnError::Spawn {
             dir: cmd.dir.clone(),

@@ -197,6 +197,10 @@ pub struct WorkerArgs {
     /// Stop when standard input closes (used by `br run` for the workers it starts)
     #[arg(long, hide = true)]
     pub watch_stdin: bool,
+    /// Read the store URL from the first line of standard input (how `br run` passes it to
+    /// the workers it starts: never in their arguments, where `ps` shows it to every user)
+    #[arg(long, hide = true)]
+    pub store_from_stdin: bool,
 }
 
 /// `--max-log`: a byte count, or no limit.

@@ -53,8 +53,37 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Success);
     }
-    let ctx = Context::new(cli.dir, cli.store, cli.json)?;
+    let mut store = cli.store;
+    if let Command::Worker(args) = &cli.command
+        && args.store_from_stdin
+    {
+        store = Some(read_store_line()?);
+    }
+    let ctx = Context::new(cli.dir, store, cli.json)?;
     cmd::dispatch(&ctx, cli.command)
+}
+
+/// The first line of standard input, read a byte at a time: the rest of the pipe is the
+/// parent's to close, and a buffered reader would swallow it.
+fn read_store_line() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot read the store URL")),
+        }
+    }
+    let line = String::from_utf8(line).map_err(|_| exit::usage("the store URL is not UTF-8"))?;
+    if line.is_empty() {
+        return Err(exit::usage("no store URL on standard input"));
+    }
+    Ok(line)
 }
 
 /// Prints the error and its causes. A bad plan lists every problem, one `error:` line each.

@@ -210,3 +210,51 @@ run = 'echo $$ > slow.pid; if [ "$BR_ATTEMPT" = 1 ]; then exec sleep 60; fi; ech
     assert_eq!(requeued.detail["outcome"], "lease_lost");
     audit_terminal_once(&events).expect("the task ended once");
 }
+
+#[test]
+fn the_store_password_reaches_no_task_no_argument_and_no_log() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    // The test server trusts every connection, so any password is accepted: a marker to look
+    // for.
+    let marker = format!("s3cret{:08x}", fastrand::u32(..));
+    let url = schema.url().replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{marker}@"),
+        1,
+    );
+    assert!(url.contains(&marker), "{url}");
+    let repo = TestRepo::with_store(&url);
+    repo.write(
+        "br.toml",
+        r#"name = "secrets"
+isolation = "shared"
+[[task]]
+id = "look"
+run = "env > env.txt; tr '\\0' ' ' < /proc/$PPID/cmdline > parent.txt; ps -eo args > ps.txt"
+"#,
+    );
+    let mut run = repo.br_command(&["run", "--workers", "1"]);
+    run.env("PGPASSWORD", &marker);
+    let out = common::Run::from(run.output().expect("run br"));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for (what, text) in [
+        ("the task's environment", repo.read("env.txt")),
+        ("the worker's arguments", repo.read("parent.txt")),
+        ("any process's arguments", repo.read("ps.txt")),
+        ("br run's output", format!("{}{}", out.stdout, out.stderr)),
+    ] {
+        assert!(
+            !text.contains(&marker),
+            "{what} shows the password:\n{text}"
+        );
+    }
+    let env = repo.read("env.txt");
+    assert!(!env.contains("BR_STORE="), "{env}");
+    assert!(!env.contains("PGPASSWORD="), "{env}");
+    assert!(
+        repo.read("parent.txt").contains("worker"),
+        "the parent is the worker"
+    );
+}
