@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub mod partition;
 pub mod pg_server;
 pub mod proxy;
+pub mod served;
 
 use br_store::sqlite::SqliteStore;
 use br_store::{Event, EventFilter, Store, StoreLocation};
