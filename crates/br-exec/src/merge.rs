@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use br_core::detail::{ConflictStage, MergeConflict};
 use br_core::plan::{Isolation, OnConflict};
-use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState};
+use br_core::{EventDetail, Outcome, SessionId, TaskId, TaskState};
 use br_store::{NewEvent, Session, Store, StoreError, Task};
 
 use crate::conflicts::{MergeTree, merge_tree};
@@ -499,16 +500,15 @@ fn record_conflict(
     files: &[String],
 ) -> Result<(), MergeError> {
     store.append_event(&NewEvent {
-        kind: EventKind::MergeConflict,
         session_id: Some(session.id.clone()),
         task_id: Some(task.id.clone()),
         worker_id: None,
         attempt: (task.attempts > 0).then_some(br_core::Attempt(task.attempts)),
-        detail: serde_json::json!({
-            "files": files,
-            "with": "integration",
-            "tasks": [task.id.as_str(), "integration"],
-            "stage": "merge",
+        detail: EventDetail::MergeConflict(MergeConflict {
+            files: files.to_vec(),
+            with: "integration".to_string(),
+            tasks: vec![task.id.to_string(), "integration".to_string()],
+            stage: Some(ConflictStage::Merge),
         }),
     })?;
     Ok(())

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use br_core::detail::LockConflict as BlockedBy;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, OnConflict, ScopeMode};
-use br_core::{Attempt, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId, TaskState};
-use br_core::{Timestamp, WorkerId, WorkerStatus};
+use br_core::{Attempt, EventDetail, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId};
+use br_core::{OutcomeKind, TaskState, Timestamp, WorkerId, WorkerStatus};
 use serde::Serialize;
 
 /// What `submit` needs to create a session.
@@ -98,10 +99,12 @@ pub struct Task {
     pub after: Vec<String>,
     pub log_path: Option<String>,
     pub run: String,
-    /// How the latest attempt ended (`succeeded`, `failed`, `timed_out`, `lease_lost`, …).
-    pub outcome: Option<String>,
-    /// Why a ready task is not running: the lock that holds it back and who holds it.
-    pub blocked_by: Option<serde_json::Value>,
+    /// How the latest attempt ended (`succeeded`, `failed`, `timed_out`, `lease_lost`, …), or
+    /// `skipped`.
+    pub outcome: Option<OutcomeKind>,
+    /// Why a ready task is not running: the lock that holds it back and who holds it (the
+    /// detail of its latest `lock_conflict`).
+    pub blocked_by: Option<BlockedBy>,
     pub timeout_ms: Option<u64>,
     pub retries: u32,
     /// The commit this task's next attempt starts from, when it differs from the session's
@@ -151,7 +154,7 @@ pub struct AttemptRecord {
     pub worker_id: WorkerId,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
-    pub outcome: Option<String>,
+    pub outcome: Option<OutcomeKind>,
     pub exit_code: Option<i32>,
     pub detail: serde_json::Value,
     pub log_path: Option<String>,
@@ -322,18 +325,19 @@ pub struct Event {
     pub task_id: Option<TaskId>,
     pub worker_id: Option<WorkerId>,
     pub attempt: Option<Attempt>,
-    pub detail: serde_json::Value,
+    /// What it says besides its ids; of the event's `kind`.
+    pub detail: EventDetail,
 }
 
-/// An event that a caller outside the store records (scope checks, merge conflicts).
+/// An event that a caller outside the store records (merge conflicts). Its kind is its
+/// detail's.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub kind: EventKind,
     pub session_id: Option<SessionId>,
     pub task_id: Option<TaskId>,
     pub worker_id: Option<WorkerId>,
     pub attempt: Option<Attempt>,
-    pub detail: serde_json::Value,
+    pub detail: EventDetail,
 }
 
 /// Which events to read.

@@ -71,8 +71,11 @@ fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<(
     if let Some(w) = &ev.worker_id {
         line.push_str(&format!(" worker={w}"));
     }
-    if ev.detail.as_object().is_some_and(|d| !d.is_empty()) {
-        line.push_str(&format!(" {}", ev.detail));
+    // The whole detail, as stored: this is the log for looking closely; the dashboards and
+    // progress lines say it in words.
+    let detail = serde_json::to_value(&ev.detail)?;
+    if detail.as_object().is_some_and(|d| !d.is_empty()) {
+        line.push_str(&format!(" {detail}"));
     }
     writeln!(out, "{line}")?;
     Ok(())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
-use br_core::{SessionStatus, TaskState, Timestamp, WorkerStatus};
+use br_core::{OutcomeKind, SessionStatus, TaskState, Timestamp, WorkerStatus};
 use br_store::{Session, SessionFilter, Store, WorkerFilter};
 
 use crate::cli::{
@@ -126,7 +126,7 @@ pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                     "  attempt {} on {}: {} (log: {})",
                     a.attempt,
                     a.worker_id,
-                    a.outcome.as_deref().unwrap_or("running"),
+                    a.outcome.map_or("running", OutcomeKind::as_str),
                     a.log_path.as_deref().unwrap_or("-")
                 )?;
             }
@@ -151,26 +151,24 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
                 .collect();
             format!("waits for {}", waiting.join(","))
         }
-        TaskState::Ready => match &t.blocked_by {
-            Some(b) => {
-                let holder = &b["held_by"][0];
-                let who = holder["task_id"]
-                    .as_str()
-                    .map(|t| format!("task {t}"))
-                    .unwrap_or_else(|| {
-                        format!("session {}", holder["session_id"].as_str().unwrap_or("?"))
-                    });
-                format!(
-                    "lock {} held by {who}",
-                    holder["path"].as_str().unwrap_or("?")
-                )
+        TaskState::Ready => match t.blocked_by.as_ref().map(|b| b.held_by.first()) {
+            Some(Some(holder)) => {
+                let who = match &holder.task_id {
+                    Some(t) => format!("task {t}"),
+                    None => format!("session {}", holder.session_id),
+                };
+                format!("lock {} held by {who}", holder.path)
             }
+            Some(None) => "lock ? held by session ?".to_string(),
             None if t.attempts > 0 => {
-                format!("retry after {}", t.outcome.as_deref().unwrap_or("?"))
+                format!("retry after {}", t.outcome.map_or("?", OutcomeKind::as_str))
             }
             None => String::new(),
         },
-        TaskState::Failed | TaskState::Cancelled => t.outcome.clone().unwrap_or_default(),
+        TaskState::Failed | TaskState::Cancelled => t
+            .outcome
+            .map(|o| o.as_str().to_string())
+            .unwrap_or_default(),
         _ => t.merge_notes().join("; "),
     }
 }

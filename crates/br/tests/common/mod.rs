@@ -318,6 +318,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     found
 }
 
+/// An event's detail as JSON: what `br events --json` shows of it.
+pub fn detail(ev: &Event) -> Value {
+    serde_json::to_value(&ev.detail).expect("a detail is JSON")
+}
+
 /// Parses an RFC 3339 timestamp from status JSON into milliseconds.
 pub fn millis(v: &Value) -> i64 {
     let text = v.as_str().expect("a timestamp");
