@@ -1,5 +1,6 @@
-//! The records the store hands out and takes in. Their JSON forms are the contracts of
-//! `br status --json`, `br workers --json`, `br locks --json` and `br events --json` (DESIGN.md).
+//! The records the store hands out and takes in. The JSON forms of those that have one are their
+//! views (`view.rs`), where the contracts of `br status --json`, `br workers --json`,
+//! `br locks --json` and `br events --json` (DESIGN.md) are written down once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ pub struct NewSession {
 }
 
 /// One session, with the counts that `br status` and the dashboards show.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     pub id: SessionId,
     pub name: String,
@@ -84,7 +85,7 @@ pub fn progress_percent(finished: u32, total: u32) -> f64 {
 }
 
 /// One task of a session, as `br status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub id: TaskId,
     pub state: TaskState,
@@ -172,7 +173,7 @@ pub struct NewWorker {
 }
 
 /// A worker, as `br workers` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
     pub id: WorkerId,
     pub status: WorkerStatus,
@@ -291,7 +292,7 @@ pub struct Expired {
 }
 
 /// A held lock, as `br locks` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
     pub path: String,
     pub session_id: SessionId,
@@ -316,7 +317,7 @@ pub enum LockOutcome {
 }
 
 /// One event of the log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub seq: i64,
     pub at: Timestamp,
@@ -358,7 +359,7 @@ pub struct SessionFilter {
 }
 
 /// The seed's summary (`br summary --json`), plus running tasks.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub timestamp: Timestamp,
     pub workers: WorkerCounts,

@@ -61,7 +61,7 @@ pub struct Snapshot {
     pub locks: Vec<LockRow>,
     /// Recent notable events (see [`is_notable`]), oldest first; in JSON each with its detail
     /// in words (`text`), as the terminal dashboard shows it.
-    #[serde(serialize_with = "described_events")]
+    #[serde(serialize_with = "crate::view::described_events")]
     pub events: Vec<Event>,
 }
 
@@ -180,21 +180,6 @@ impl Snapshot {
         let id = &self.selected.as_ref()?.id;
         self.sessions.iter().find(|s| &s.session.id == id)
     }
-}
-
-/// The snapshot's events, each with its detail in words (`text`), so the web page shows what the
-/// terminal dashboard shows.
-fn described_events<S: serde::Serializer>(events: &[Event], s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Described<'a> {
-        #[serde(flatten)]
-        event: &'a Event,
-        text: Option<String>,
-    }
-    s.collect_seq(events.iter().map(|event| Described {
-        event,
-        text: event.detail.describe(),
-    }))
 }
 
 /// Whether an event belongs in the dashboards' log: what a person watching wants to notice

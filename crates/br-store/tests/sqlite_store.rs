@@ -237,7 +237,7 @@ fn an_event_detail_of_another_shape_comes_back_whole_and_in_words() {
         failed.detail
     );
     assert_eq!(serde_json::to_string(&failed.detail).expect("json"), old);
-    let line = serde_json::to_value(failed).expect("json");
+    let line = serde_json::to_value(br_store::view::EventView::from(failed)).expect("json");
     assert_eq!(line["detail"]["signal"], serde_json::Value::Null);
     assert_eq!(failed.detail.describe().as_deref(), Some("exit 2"));
     // Every detail the store wrote itself comes back typed.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
 use br_core::{OutcomeKind, SessionStatus, TaskState, Timestamp, WorkerStatus};
+use br_store::view::{SessionListView, StatusView, SummaryView};
 use br_store::{Session, SessionFilter, Store, WorkerFilter};
 
 use crate::cli::{
@@ -34,18 +35,13 @@ pub fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Resul
     }
 }
 
-/// `br status --json`: the session's fields plus `tasks`.
+/// `br status --json`: the session's fields plus `tasks`, as a value callers may add to.
 pub fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(s)?;
-    let tasks = serde_json::to_value(store.tasks(&s.id)?)?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert("tasks".into(), tasks);
-    }
-    Ok(value)
+    Ok(serde_json::to_value(StatusView::read(store, s.clone())?)?)
 }
 
 pub fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
-    print_json(&status_json(store, s)?)
+    print_json(&StatusView::read(store, s.clone())?)
 }
 
 pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
@@ -181,14 +177,18 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
         .map(str::parse::<SessionStatus>)
         .transpose()
         .map_err(|e| usage(e.to_string()))?;
-    let sessions = store.list_sessions(&SessionFilter {
-        status,
-        limit: Some(args.limit),
-    })?;
+    let sessions = SessionListView::read(
+        &*store,
+        &SessionFilter {
+            status,
+            limit: Some(args.limit),
+        },
+    )?;
     if ctx.json {
         print_json(&sessions)?;
         return Ok(Exit::Success);
     }
+    let sessions = sessions.0;
     let now = store.now()?;
     let mut table = Table::new(&[
         "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "CREATED",
@@ -408,7 +408,7 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.summary()?;
     if ctx.json {
-        print_json(&s)?;
+        print_json(&SummaryView::from(&s))?;
         return Ok(Exit::Success);
     }
     print(&format!(
