@@ -2,6 +2,7 @@
 //! to a task after an attempt. Nothing here does I/O or reads a clock: callers pass the time in, so
 //! every rule can be tested as a plain function and every store backend applies the same rules.
 
+pub mod detail;
 pub mod event;
 mod glob;
 pub mod ids;
@@ -12,10 +13,11 @@ pub mod plan;
 pub mod state;
 pub mod time;
 
+pub use detail::EventDetail;
 pub use event::EventKind;
 pub use ids::{Attempt, IdError, SessionId, TaskId, WorkerId};
 pub use lock::{LockPath, LockPathError};
-pub use outcome::{Outcome, TaskNext};
+pub use outcome::{Outcome, OutcomeKind, TaskNext};
 pub use plan::{Isolation, OnConflict, Plan, PlanError, ScopeMode, TaskSpec};
 pub use state::{SessionStatus, TaskState, TransitionError, WorkerStatus};
 pub use time::Timestamp;

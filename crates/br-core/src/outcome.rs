@@ -1,7 +1,38 @@
 //! How an attempt ended, and the rule that decides what its task does next. A failing task is
-//! data, not an error: every ending is an `Outcome`.
+//! data, not an error: every ending is an `Outcome`, and its [`OutcomeKind`] is the word the
+//! store keeps and the JSON shows.
 
 use serde::Serialize;
+
+use crate::state::string_enum;
+
+string_enum!(
+    /// How an attempt ended, without its data (exit code, signal, reasons): the word the store
+    /// keeps in its `outcome` columns, `br status --json` shows, and views compare.
+    OutcomeKind ("outcome") {
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Signalled = "signalled",
+        TimedOut = "timed_out",
+        OutputLimit = "output_limit",
+        SpawnFailed = "spawn_failed",
+        Interrupted = "interrupted",
+        Cancelled = "cancelled",
+        LeaseLost = "lease_lost",
+        ScopeViolation = "scope_violation",
+        Unrecorded = "unrecorded",
+        // A task's outcome, never an attempt's: the task never ran because an `after` task
+        // failed. No `Outcome` has this kind.
+        Skipped = "skipped",
+    }
+);
+
+impl OutcomeKind {
+    /// The word for people: `timed out`, `lease lost`.
+    pub fn words(self) -> String {
+        self.as_str().replace('_', " ")
+    }
+}
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,20 +67,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(&self) -> &'static str {
+    pub fn kind(&self) -> OutcomeKind {
         match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Signalled { .. } => "signalled",
-            Outcome::TimedOut => "timed_out",
-            Outcome::OutputLimit { .. } => "output_limit",
-            Outcome::SpawnFailed { .. } => "spawn_failed",
-            Outcome::Interrupted => "interrupted",
-            Outcome::Cancelled => "cancelled",
-            Outcome::LeaseLost => "lease_lost",
-            Outcome::ScopeViolation { .. } => "scope_violation",
-            Outcome::Unrecorded { .. } => "unrecorded",
+            Outcome::Succeeded => OutcomeKind::Succeeded,
+            Outcome::Failed { .. } => OutcomeKind::Failed,
+            Outcome::Signalled { .. } => OutcomeKind::Signalled,
+            Outcome::TimedOut => OutcomeKind::TimedOut,
+            Outcome::OutputLimit { .. } => OutcomeKind::OutputLimit,
+            Outcome::SpawnFailed { .. } => OutcomeKind::SpawnFailed,
+            Outcome::Interrupted => OutcomeKind::Interrupted,
+            Outcome::Cancelled => OutcomeKind::Cancelled,
+            Outcome::LeaseLost => OutcomeKind::LeaseLost,
+            Outcome::ScopeViolation { .. } => OutcomeKind::ScopeViolation,
+            Outcome::Unrecorded { .. } => OutcomeKind::Unrecorded,
         }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     pub fn exit_code(&self) -> Option<i32> {
@@ -234,6 +269,45 @@ mod tests {
                 "{outcome:?} {b:?} {cancelled}"
             );
         }
+    }
+
+    #[test]
+    fn outcome_words_are_the_same_everywhere() {
+        let every = [
+            Outcome::Succeeded,
+            Outcome::Failed { exit_code: 2 },
+            Outcome::Signalled { signal: 9 },
+            Outcome::TimedOut,
+            Outcome::OutputLimit { limit_bytes: 1 },
+            Outcome::SpawnFailed { reason: "x".into() },
+            Outcome::Interrupted,
+            Outcome::Cancelled,
+            Outcome::LeaseLost,
+            Outcome::ScopeViolation { files: vec![] },
+            Outcome::Unrecorded { reason: "x".into() },
+        ];
+        for outcome in &every {
+            let kind = outcome.kind();
+            // The tag of the outcome's own JSON (the attempt's detail) is its kind's word.
+            let json = serde_json::to_value(outcome).unwrap();
+            assert_eq!(json["outcome"], kind.as_str());
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(kind.as_str().parse::<OutcomeKind>().unwrap(), kind);
+        }
+        // Every kind but `skipped` is some outcome's.
+        let kinds: Vec<OutcomeKind> = every.iter().map(Outcome::kind).collect();
+        for kind in OutcomeKind::ALL {
+            assert_eq!(
+                kinds.contains(kind),
+                *kind != OutcomeKind::Skipped,
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            "exploded".parse::<OutcomeKind>().unwrap_err().what,
+            "outcome"
+        );
+        assert_eq!(OutcomeKind::TimedOut.words(), "timed out");
     }
 
     #[test]

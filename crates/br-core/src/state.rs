@@ -1,14 +1,16 @@
-//! The state machines of sessions, tasks and workers, with the transitions a user may ask for.
+//! The state machines of sessions, tasks and workers, with the transitions a user may ask for and
+//! the one rule for where a task goes when an attempt ends ([`TaskState::after`]).
 
-use std::fmt;
-use std::str::FromStr;
+use crate::outcome::TaskNext;
 
-use serde::{Deserialize, Serialize};
-
+/// A field-less enum kept as one word: in the store, in JSON (serde's snake_case name is the
+/// same word) and on the command line (`FromStr`, whose error lists the words it knows).
 macro_rules! string_enum {
     ($(#[$doc:meta])* $name:ident ($what:literal) { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize,
+        )]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -20,18 +22,18 @@ macro_rules! string_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownState;
+        impl std::str::FromStr for $name {
+            type Err = $crate::state::UnknownState;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownState {
+                    _ => Err($crate::state::UnknownState {
                         what: $what,
                         value: s.to_string(),
                         expected: &[$($text),+],
@@ -41,6 +43,8 @@ macro_rules! string_enum {
         }
     };
 }
+
+pub(crate) use string_enum;
 
 /// A state name that none of the known states has (from the command line or a damaged store).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +127,16 @@ impl SessionStatus {
         matches!(self, Self::Created | Self::Running)
     }
 
+    /// The states of a session that is not over.
+    pub const ACTIVE: [SessionStatus; 3] = [
+        SessionStatus::Created,
+        SessionStatus::Running,
+        SessionStatus::Paused,
+    ];
+
+    /// The states whose sessions' tasks workers may start.
+    pub const CLAIMABLE: [SessionStatus; 2] = [SessionStatus::Created, SessionStatus::Running];
+
     /// The state after `action`, or why it is refused.
     pub fn apply(
         self,
@@ -150,12 +164,31 @@ impl TaskState {
             Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
         )
     }
+
+    /// Where a running task goes when its attempt ends and the core rule
+    /// ([`next_after`](crate::outcome::next_after)) says `next`: a retried or requeued task is
+    /// ready again (as its next attempt), the others end.
+    pub fn after(next: TaskNext) -> TaskState {
+        match next {
+            TaskNext::Succeed => TaskState::Succeeded,
+            TaskNext::Retry | TaskNext::Requeue => TaskState::Ready,
+            TaskNext::Fail => TaskState::Failed,
+            TaskNext::Cancel => TaskState::Cancelled,
+        }
+    }
+
+    /// The states of a task that has not started its next attempt: what cancelling a session
+    /// cancels at once (running tasks end when their workers report).
+    pub const WAITING: [TaskState; 2] = [TaskState::Pending, TaskState::Ready];
 }
 
 impl WorkerStatus {
     pub fn is_live(self) -> bool {
         matches!(self, Self::Idle | Self::Busy)
     }
+
+    /// The states of a worker that is there: heartbeating, and able to claim or running a task.
+    pub const LIVE: [WorkerStatus; 2] = [WorkerStatus::Idle, WorkerStatus::Busy];
 }
 
 #[cfg(test)]
@@ -186,6 +219,47 @@ mod tests {
             err.to_string(),
             "cannot resume session abc: it is completed"
         );
+    }
+
+    #[test]
+    fn an_ended_attempt_moves_its_task_by_the_core_rule() {
+        let table = [
+            (TaskNext::Succeed, TaskState::Succeeded),
+            (TaskNext::Retry, TaskState::Ready),
+            (TaskNext::Requeue, TaskState::Ready),
+            (TaskNext::Fail, TaskState::Failed),
+            (TaskNext::Cancel, TaskState::Cancelled),
+        ];
+        for (next, want) in table {
+            assert_eq!(TaskState::after(next), want, "{next:?}");
+            // Only a task that runs again is not terminal.
+            assert_eq!(
+                want.is_terminal(),
+                !matches!(next, TaskNext::Retry | TaskNext::Requeue)
+            );
+        }
+    }
+
+    #[test]
+    fn the_state_groups_agree_with_the_predicates() {
+        for s in SessionStatus::ALL {
+            assert_eq!(SessionStatus::ACTIVE.contains(s), !s.is_terminal(), "{s}");
+            assert_eq!(
+                SessionStatus::CLAIMABLE.contains(s),
+                s.is_claimable(),
+                "{s}"
+            );
+        }
+        for t in TaskState::ALL {
+            assert_eq!(
+                TaskState::WAITING.contains(t),
+                matches!(t, TaskState::Pending | TaskState::Ready),
+                "{t}"
+            );
+        }
+        for w in WorkerStatus::ALL {
+            assert_eq!(WorkerStatus::LIVE.contains(w), w.is_live(), "{w}");
+        }
     }
 
     #[test]

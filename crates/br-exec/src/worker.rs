@@ -14,10 +14,11 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use br_core::detail::MergeConflict;
 use br_core::lease::FenceTimeline;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, ScopeMode};
-use br_core::{EventKind, Outcome, SessionId, TaskId, TaskState, WorkerId, WorkerStatus};
+use br_core::{EventDetail, Outcome, SessionId, TaskId, TaskState, WorkerId, WorkerStatus};
 use br_store::{
     AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store,
     StoreError, WorkerFilter,
@@ -564,15 +565,15 @@ impl Worker<'_> {
             Vec::new()
         }) {
             let event = NewEvent {
-                kind: EventKind::MergeConflict,
                 session_id: Some(session.clone()),
                 task_id: Some(task.lease.task_id.clone()),
                 worker_id: Some(self.id.clone()),
                 attempt: Some(task.lease.attempt),
-                detail: serde_json::json!({
-                    "files": files,
-                    "with": with,
-                    "tasks": [task.lease.task_id.as_str(), with.as_str()],
+                detail: EventDetail::MergeConflict(MergeConflict {
+                    tasks: vec![task.lease.task_id.to_string(), with.clone()],
+                    files,
+                    with,
+                    stage: None,
                 }),
             };
             let store = self.store;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use br_core::{EventKind, LockPath};
+use br_core::{EventDetail, EventKind, LockPath};
 
 use crate::model::Event;
 
@@ -71,18 +71,14 @@ pub fn audit_lock_order(events: &[Event]) -> Result<usize, String> {
 }
 
 fn paths_of(ev: &Event) -> Result<Vec<LockPath>, String> {
-    let list = ev
-        .detail
-        .get("paths")
-        .and_then(|p| p.as_array())
-        .ok_or_else(|| format!("seq {}: {} without detail.paths", ev.seq, ev.kind))?;
-    list.iter()
-        .map(|p| {
-            let text = p
-                .as_str()
-                .ok_or_else(|| format!("seq {}: a path is not a string", ev.seq))?;
-            LockPath::parse(text).map_err(|e| format!("seq {}: {e}", ev.seq))
-        })
+    let detail = ev.detail.known();
+    let paths = match detail.as_deref() {
+        Some(EventDetail::LockAcquired(d) | EventDetail::LockReleased(d)) => &d.paths,
+        _ => return Err(format!("seq {}: {} without detail.paths", ev.seq, ev.kind)),
+    };
+    paths
+        .iter()
+        .map(|p| LockPath::parse(p).map_err(|e| format!("seq {}: {e}", ev.seq)))
         .collect()
 }
 
@@ -211,7 +207,11 @@ mod tests {
             task_id: Some(TaskId::new("t").expect("task id")),
             worker_id: Some(WorkerId::from_string(worker)),
             attempt: Some(Attempt(attempt)),
-            detail: serde_json::Value::Null,
+            // The fencing audit reads who and which attempt, not what the detail says.
+            detail: EventDetail::Raw {
+                kind,
+                detail: serde_json::Value::Null,
+            },
         }
     }
 

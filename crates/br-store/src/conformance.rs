@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use br_core::detail::ScopeViolation;
 use br_core::outcome::{Outcome, TaskNext};
 use br_core::plan::{Isolation, OnConflict, ScopeMode};
 use br_core::state::SessionAction;
 use br_core::{
-    Attempt, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId, TaskSpec, TaskState,
-    WorkerId, WorkerStatus,
+    Attempt, EventDetail, EventKind, LockPath, OutcomeKind, Plan, SessionId, SessionStatus, TaskId,
+    TaskSpec, TaskState, WorkerId, WorkerStatus,
 };
 
 use crate::audit::{audit_lock_order, audit_terminal_once};
@@ -165,12 +166,29 @@ fn kinds(store: &dyn Store, s: &SessionId) -> Vec<EventKind> {
 }
 
 fn session_events(store: &dyn Store, s: &SessionId) -> Vec<Event> {
-    store
+    let events = store
         .events(&EventFilter {
             session: Some(s.clone()),
             ..Default::default()
         })
-        .expect("events")
+        .expect("events");
+    assert_details_typed(&events);
+    events
+}
+
+/// Every event the store wrote reads back as its kind's typed detail: the writers build details
+/// with the typed constructors, and their stored JSON is exactly what those serialise to.
+fn assert_details_typed(events: &[Event]) {
+    for e in events {
+        assert!(
+            !matches!(e.detail, EventDetail::Raw { .. }),
+            "seq {} ({}) read back raw: {:?}",
+            e.seq,
+            e.kind,
+            e.detail
+        );
+        assert_eq!(e.detail.kind(), e.kind, "seq {}", e.seq);
+    }
 }
 
 fn poll_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -335,8 +353,8 @@ pub fn success_readies_dependents_and_completes_the_session(b: &dyn Backend) {
         .task(&s.id, &TaskId::new("a").expect("id"))
         .expect("task");
     assert_eq!(
-        (t.exit_code, t.outcome.as_deref(), t.attempts),
-        (Some(0), Some("succeeded"), 1)
+        (t.exit_code, t.outcome, t.attempts),
+        (Some(0), Some(OutcomeKind::Succeeded), 1)
     );
     assert!(t.finished_at.is_some() && t.started_at.is_some());
     let ends = audit_terminal_once(&session_events(&*store, &s.id)).expect("terminal once");
@@ -388,8 +406,8 @@ pub fn failure_skips_dependents_transitively_and_fails_the_session(b: &dyn Backe
         .task(&s.id, &TaskId::new("a").expect("id"))
         .expect("task");
     assert_eq!(
-        (t.exit_code, t.outcome.as_deref()),
-        (Some(3), Some("failed"))
+        (t.exit_code, t.outcome),
+        (Some(3), Some(OutcomeKind::Failed))
     );
     assert_eq!(store.worker(&w).expect("worker").tasks_failed, 1);
     let k = kinds(&*store, &s.id);
@@ -429,15 +447,12 @@ pub fn failed_attempt_is_retried_while_retries_remain(b: &dyn Backend) {
     let attempts = store
         .attempts(&s.id, &TaskId::new("flaky").expect("id"))
         .expect("attempts");
-    let outcomes: Vec<_> = attempts
-        .iter()
-        .map(|a| (a.attempt.0, a.outcome.clone()))
-        .collect();
+    let outcomes: Vec<_> = attempts.iter().map(|a| (a.attempt.0, a.outcome)).collect();
     assert_eq!(
         outcomes,
         [
-            (1, Some("timed_out".to_string())),
-            (2, Some("succeeded".to_string()))
+            (1, Some(OutcomeKind::TimedOut)),
+            (2, Some(OutcomeKind::Succeeded))
         ]
     );
     assert!(kinds(&*store, &s.id).contains(&EventKind::TaskRequeued));
@@ -472,16 +487,20 @@ pub fn claim_waits_for_conflicting_locks(b: &dyn Backend) {
         .expect("task");
     assert_eq!(file.state, Ready);
     let blocked = file.blocked_by.expect("blocked_by recorded");
-    assert_eq!(blocked["paths"], serde_json::json!(["src/app.py"]));
-    assert_eq!(blocked["held_by"][0]["task_id"], "dir");
+    assert_eq!(blocked.paths, ["src/app.py"]);
+    assert_eq!(
+        blocked.held_by[0].task_id.as_ref().map(TaskId::as_str),
+        Some("dir")
+    );
     let conflicts: Vec<Event> = session_events(&*store, &s.id)
         .into_iter()
         .filter(|e| e.kind == EventKind::LockConflict)
         .collect();
     assert_eq!(conflicts.len(), 1, "one event per new reason, not per poll");
+    assert_eq!(conflicts[0].detail, EventDetail::LockConflict(blocked));
     assert_eq!(
-        conflicts[0].detail["paths"],
-        serde_json::json!(["src/app.py"])
+        conflicts[0].detail.describe().as_deref(),
+        Some("waits for src/app.py: src held by dir")
     );
     store
         .finish_attempt(&dir.lease, &Outcome::Succeeded)
@@ -662,7 +681,7 @@ pub fn expired_lease_is_requeued_as_next_attempt(b: &dyn Backend) {
     let attempts = store
         .attempts(&s.id, &TaskId::new("t").expect("id"))
         .expect("attempts");
-    assert_eq!(attempts[0].outcome.as_deref(), Some("lease_lost"));
+    assert_eq!(attempts[0].outcome, Some(OutcomeKind::LeaseLost));
     let k = kinds(&*store, &s.id);
     assert!(k.contains(&EventKind::TaskRequeued));
     let offline = store
@@ -733,6 +752,31 @@ pub fn stale_result_is_rejected(b: &dyn Backend) {
     assert_eq!(
         (zw.status, zw.current_task.clone()),
         (WorkerStatus::Idle, None)
+    );
+    // Workers' own events (registered, offline, back) read back typed too.
+    let all = store.events(&EventFilter::default()).expect("events");
+    assert_details_typed(&all);
+    let words = |kind: EventKind| -> Vec<String> {
+        all.iter()
+            .filter(|e| e.kind == kind)
+            .filter_map(|e| e.detail.describe())
+            .collect()
+    };
+    assert_eq!(
+        words(EventKind::StaleResultRejected),
+        ["late failed refused: the task is running at attempt 2"]
+    );
+    // Which the store noticed first, its silence or its lease, depends on timing.
+    let offline = words(EventKind::WorkerOffline);
+    assert!(
+        offline == ["heartbeat timed out"] || offline == ["its lease on t expired"],
+        "{offline:?}"
+    );
+    assert_eq!(
+        words(EventKind::WorkerRegistered)
+            .last()
+            .map(String::as_str),
+        Some("back after it was marked offline")
     );
 }
 
@@ -1015,8 +1059,8 @@ pub fn stopping_a_worker_gives_its_task_back(b: &dyn Backend) {
         .task(&s.id, &TaskId::new("a").expect("id"))
         .expect("task");
     assert_eq!(
-        (t.state, t.outcome.as_deref()),
-        (Ready, Some("interrupted"))
+        (t.state, t.outcome),
+        (Ready, Some(OutcomeKind::Interrupted))
     );
     assert!(store.locks().expect("locks").is_empty());
     assert_eq!(
@@ -1031,6 +1075,7 @@ pub fn stopping_a_worker_gives_its_task_back(b: &dyn Backend) {
     assert_eq!(again.lease.attempt, Attempt(2));
     let k = store.events(&EventFilter::default()).expect("events");
     assert!(k.iter().any(|e| e.kind == EventKind::WorkerStopped));
+    assert_details_typed(&k);
 }
 
 pub fn events_are_ordered_and_filtered(b: &dyn Backend) {
@@ -1056,17 +1101,23 @@ pub fn events_are_ordered_and_filtered(b: &dyn Backend) {
     assert_eq!(after[0].seq, all[2].seq);
     let ev = store
         .append_event(&NewEvent {
-            kind: EventKind::ScopeViolation,
             session_id: Some(a.id.clone()),
             task_id: Some(TaskId::new("x").expect("id")),
             worker_id: None,
             attempt: Some(Attempt(1)),
-            detail: serde_json::json!({ "files": ["b.txt"] }),
+            detail: EventDetail::ScopeViolation(ScopeViolation {
+                files: vec!["b.txt".into()],
+            }),
         })
         .expect("append");
     assert_eq!(ev.kind, EventKind::ScopeViolation);
     assert!(ev.seq > all.last().expect("some").seq);
-    assert_eq!(ev.detail["files"][0], "b.txt");
+    assert_eq!(
+        ev.detail,
+        EventDetail::ScopeViolation(ScopeViolation {
+            files: vec!["b.txt".into()]
+        })
+    );
     let json = serde_json::to_value(&ev).expect("json");
     for key in [
         "seq",
@@ -1305,12 +1356,21 @@ pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn Backend) {
         .iter()
         .find(|e| e.kind == EventKind::ScopeViolation)
         .expect("scope_violation recorded");
-    assert_eq!(violation.detail["files"], serde_json::json!(["b.txt"]));
+    assert_eq!(
+        violation.detail,
+        EventDetail::ScopeViolation(ScopeViolation {
+            files: vec!["b.txt".into()]
+        })
+    );
     let succeeded = events
         .iter()
         .find(|e| e.kind == EventKind::TaskSucceeded)
         .expect("succeeded");
-    assert_eq!(succeeded.detail["commit"], "c0ffee");
+    assert!(
+        matches!(&succeeded.detail, EventDetail::TaskSucceeded(d) if d.commit.as_deref() == Some("c0ffee")),
+        "{:?}",
+        succeeded.detail
+    );
     assert!(violation.seq < succeeded.seq);
 }
 
@@ -1355,6 +1415,18 @@ pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn Backend) {
     assert_eq!(
         store.session(&s.id).expect("session").status,
         SessionStatus::Completed
+    );
+    let words: Vec<String> = session_events(&*store, &s.id)
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::SessionResumed | EventKind::TaskRequeued))
+        .filter_map(|e| e.detail.describe())
+        .collect();
+    assert_eq!(
+        words,
+        [
+            "was completed: merge conflict with b",
+            "merge conflict with b; runs again from 1234abcd"
+        ]
     );
     let pending = submit(&*store, plan("q", vec![task("z", &[], &[])]));
     let z = TaskId::new("z").expect("id");

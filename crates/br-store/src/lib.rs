@@ -20,6 +20,7 @@ pub mod postgres;
 pub mod snapshot;
 mod sql;
 pub mod sqlite;
+pub mod view;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

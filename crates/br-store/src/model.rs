@@ -1,14 +1,16 @@
-//! The records the store hands out and takes in. Their JSON forms are the contracts of
-//! `br status --json`, `br workers --json`, `br locks --json` and `br events --json` (DESIGN.md).
+//! The records the store hands out and takes in. The JSON forms of those that have one are their
+//! views (`view.rs`), where the contracts of `br status --json`, `br workers --json`,
+//! `br locks --json` and `br events --json` (DESIGN.md) are written down once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use br_core::detail::LockConflict as BlockedBy;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, OnConflict, ScopeMode};
-use br_core::{Attempt, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId, TaskState};
-use br_core::{Timestamp, WorkerId, WorkerStatus};
+use br_core::{Attempt, EventDetail, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId};
+use br_core::{OutcomeKind, TaskState, Timestamp, WorkerId, WorkerStatus};
 use serde::Serialize;
 
 /// What `submit` needs to create a session.
@@ -26,7 +28,7 @@ pub struct NewSession {
 }
 
 /// One session, with the counts that `br status` and the dashboards show.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Session {
     pub id: SessionId,
     pub name: String,
@@ -83,7 +85,7 @@ pub fn progress_percent(finished: u32, total: u32) -> f64 {
 }
 
 /// One task of a session, as `br status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub id: TaskId,
     pub state: TaskState,
@@ -98,10 +100,12 @@ pub struct Task {
     pub after: Vec<String>,
     pub log_path: Option<String>,
     pub run: String,
-    /// How the latest attempt ended (`succeeded`, `failed`, `timed_out`, `lease_lost`, …).
-    pub outcome: Option<String>,
-    /// Why a ready task is not running: the lock that holds it back and who holds it.
-    pub blocked_by: Option<serde_json::Value>,
+    /// How the latest attempt ended (`succeeded`, `failed`, `timed_out`, `lease_lost`, …), or
+    /// `skipped`.
+    pub outcome: Option<OutcomeKind>,
+    /// Why a ready task is not running: the lock that holds it back and who holds it (the
+    /// detail of its latest `lock_conflict`).
+    pub blocked_by: Option<BlockedBy>,
     pub timeout_ms: Option<u64>,
     pub retries: u32,
     /// The commit this task's next attempt starts from, when it differs from the session's
@@ -151,7 +155,7 @@ pub struct AttemptRecord {
     pub worker_id: WorkerId,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
-    pub outcome: Option<String>,
+    pub outcome: Option<OutcomeKind>,
     pub exit_code: Option<i32>,
     pub detail: serde_json::Value,
     pub log_path: Option<String>,
@@ -169,7 +173,7 @@ pub struct NewWorker {
 }
 
 /// A worker, as `br workers` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Worker {
     pub id: WorkerId,
     pub status: WorkerStatus,
@@ -288,7 +292,7 @@ pub struct Expired {
 }
 
 /// A held lock, as `br locks` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
     pub path: String,
     pub session_id: SessionId,
@@ -313,7 +317,7 @@ pub enum LockOutcome {
 }
 
 /// One event of the log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub seq: i64,
     pub at: Timestamp,
@@ -322,18 +326,19 @@ pub struct Event {
     pub task_id: Option<TaskId>,
     pub worker_id: Option<WorkerId>,
     pub attempt: Option<Attempt>,
-    pub detail: serde_json::Value,
+    /// What it says besides its ids; of the event's `kind`.
+    pub detail: EventDetail,
 }
 
-/// An event that a caller outside the store records (scope checks, merge conflicts).
+/// An event that a caller outside the store records (merge conflicts). Its kind is its
+/// detail's.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub kind: EventKind,
     pub session_id: Option<SessionId>,
     pub task_id: Option<TaskId>,
     pub worker_id: Option<WorkerId>,
     pub attempt: Option<Attempt>,
-    pub detail: serde_json::Value,
+    pub detail: EventDetail,
 }
 
 /// Which events to read.
@@ -354,7 +359,7 @@ pub struct SessionFilter {
 }
 
 /// The seed's summary (`br summary --json`), plus running tasks.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub timestamp: Timestamp,
     pub workers: WorkerCounts,

@@ -13,8 +13,9 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use br_core::WorkerStatus;
-use br_core::{EventKind, SessionId, SessionStatus, TaskId, TaskState, Timestamp, WorkerId};
+use br_core::detail::LockConflict as BlockedBy;
+use br_core::{EventDetail, EventKind, SessionId, SessionStatus, TaskId, TaskState, Timestamp};
+use br_core::{WorkerId, WorkerStatus};
 use serde::Serialize;
 
 use crate::Store;
@@ -58,7 +59,9 @@ pub struct Snapshot {
     pub workers: Vec<Worker>,
     /// Locks held now, oldest first.
     pub locks: Vec<LockRow>,
-    /// Recent notable events (see [`is_notable`]), oldest first.
+    /// Recent notable events (see [`is_notable`]), oldest first; in JSON each with its detail
+    /// in words (`text`), as the terminal dashboard shows it.
+    #[serde(serialize_with = "crate::view::described_events")]
     pub events: Vec<Event>,
 }
 
@@ -354,9 +357,8 @@ impl SnapshotBuilder {
                 dirty.insert(t.clone());
                 // A predicted merge conflict shows on both of its tasks; the event names the
                 // second only in its detail.
-                if ev.kind == EventKind::MergeConflict
-                    && let Some(with) = ev.detail.get("with").and_then(|w| w.as_str())
-                    && let Ok(with) = TaskId::new(with)
+                if let EventDetail::MergeConflict(conflict) = &ev.detail
+                    && let Ok(with) = TaskId::new(conflict.with.as_str())
                 {
                     dirty.insert(with);
                 }
@@ -721,26 +723,14 @@ fn waiting_for(
 
 /// The lock conflict a ready task recorded, reduced to the locks that are still held. A
 /// conflict whose locks are all gone is over: the task waits only for a free worker.
-fn lock_wait(blocked_by: &serde_json::Value, locks: &[LockRow]) -> Option<Waiting> {
-    let paths: Vec<String> = blocked_by
-        .get("paths")?
-        .as_array()?
-        .iter()
-        .filter_map(|p| p.as_str().map(str::to_string))
-        .collect();
+fn lock_wait(blocked_by: &BlockedBy, locks: &[LockRow]) -> Option<Waiting> {
+    let paths = blocked_by.paths.clone();
     let mut held_by: Vec<LockHolder> = Vec::new();
-    for h in blocked_by.get("held_by")?.as_array()? {
-        let Some(path) = h.get("path").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let Some(session) = h.get("session_id").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let task = h.get("task_id").and_then(|v| v.as_str());
+    for h in &blocked_by.held_by {
         let Some(row) = locks.iter().find(|l| {
-            l.lock.path == path
-                && l.lock.session_id.as_str() == session
-                && l.lock.task_id.as_ref().map(TaskId::as_str) == task
+            l.lock.path == h.path
+                && l.lock.session_id == h.session_id
+                && l.lock.task_id == h.task_id
         }) else {
             continue;
         };
@@ -1064,24 +1054,29 @@ mod tests {
         assert_same(store, &mut inc, "resume");
         store
             .append_event(&NewEvent {
-                kind: EventKind::ScopeViolation,
                 session_id: Some(build.id.clone()),
                 task_id: Some(TaskId::new("api").unwrap()),
                 worker_id: None,
                 attempt: Some(Attempt(1)),
-                detail: serde_json::json!({ "files": ["README"] }),
+                detail: EventDetail::ScopeViolation(br_core::detail::ScopeViolation {
+                    files: vec!["README".into()],
+                }),
             })
             .unwrap();
         assert_same(store, &mut inc, "scope violation");
         // A predicted merge conflict names its second task only in the detail.
         store
             .append_event(&NewEvent {
-                kind: EventKind::MergeConflict,
                 session_id: Some(build.id.clone()),
                 task_id: Some(TaskId::new("api").unwrap()),
                 worker_id: None,
                 attempt: None,
-                detail: serde_json::json!({ "with": "app", "files": ["src/api/mod.rs"] }),
+                detail: EventDetail::MergeConflict(br_core::detail::MergeConflict {
+                    files: vec!["src/api/mod.rs".into()],
+                    with: "app".into(),
+                    tasks: vec!["api".into(), "app".into()],
+                    stage: None,
+                }),
             })
             .unwrap();
         assert_same(store, &mut inc, "merge conflict");

@@ -135,3 +135,117 @@ fn many_processes_creating_the_same_store_at_once_all_succeed() {
         }
     }
 }
+
+/// A store with one session whose one task failed (exit 2), as a worker records it.
+fn store_with_a_failed_task(path: &std::path::Path) -> (SqliteStore, br_core::SessionId) {
+    use br_core::{Outcome, Plan};
+    use br_store::{Claim, ClaimRequest, NewSession, NewWorker};
+
+    let store = SqliteStore::open(path).expect("create");
+    let plan = Plan::parse(
+        "name = \"old\"\nisolation = \"shared\"\n[[task]]\nid = \"t\"\nrun = \"false\"\n",
+        std::path::Path::new("br.toml"),
+    )
+    .expect("plan");
+    let session = store
+        .create_session(&NewSession {
+            plan,
+            repo_root: "/repo".into(),
+            plan_path: None,
+            base_commit: None,
+            workers_wanted: 1,
+        })
+        .expect("session");
+    let worker = store
+        .register_worker(&NewWorker {
+            host: "box".into(),
+            pid: 1,
+            session: None,
+            heartbeat_timeout: Duration::from_secs(30),
+        })
+        .expect("worker");
+    let logs = path.with_file_name("logs");
+    let Claim::Task(task) = store
+        .claim_next_task(&ClaimRequest {
+            worker: &worker,
+            session: None,
+            log_dir: &logs,
+        })
+        .expect("claim")
+    else {
+        panic!("the task is claimable");
+    };
+    store
+        .finish_attempt(&task.lease, &Outcome::Failed { exit_code: 2 })
+        .expect("finish");
+    (store, session.id)
+}
+
+#[test]
+fn an_outcome_no_br_writes_is_reported_as_damage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("br.db");
+    let (store, session) = store_with_a_failed_task(&path);
+    let task = br_core::TaskId::new("t").expect("id");
+    assert_eq!(
+        store.tasks(&session).expect("tasks")[0].outcome,
+        Some(br_core::OutcomeKind::Failed)
+    );
+    let raw = rusqlite::Connection::open(&path).expect("open raw");
+    raw.execute_batch(
+        "UPDATE tasks SET outcome = 'exploded'; UPDATE attempts SET outcome = 'melted';",
+    )
+    .expect("damage the outcomes");
+    for err in [
+        store
+            .tasks(&session)
+            .expect_err("a task with an unknown outcome"),
+        store
+            .attempts(&session, &task)
+            .expect_err("an attempt with an unknown outcome"),
+    ] {
+        assert!(matches!(err, StoreError::Damaged(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("column `outcome`: unknown outcome"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn an_event_detail_of_another_shape_comes_back_whole_and_in_words() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("br.db");
+    let (store, _) = store_with_a_failed_task(&path);
+    // What an older br might have written: the same kind with a field this one does not know.
+    let old = r#"{"reason":"exit 2","outcome":"failed","exit_code":2,"signal":null}"#;
+    let raw = rusqlite::Connection::open(&path).expect("open raw");
+    raw.execute(
+        "UPDATE events SET detail = ?1 WHERE kind = 'task_failed'",
+        [old],
+    )
+    .expect("rewrite the detail");
+    let events = store.events(&Default::default()).expect("events");
+    let failed = events
+        .iter()
+        .find(|e| e.kind == br_core::EventKind::TaskFailed)
+        .expect("task_failed");
+    assert!(
+        matches!(failed.detail, br_core::EventDetail::Raw { .. }),
+        "{:?}",
+        failed.detail
+    );
+    assert_eq!(serde_json::to_string(&failed.detail).expect("json"), old);
+    let line = serde_json::to_value(br_store::view::EventView::from(failed)).expect("json");
+    assert_eq!(line["detail"]["signal"], serde_json::Value::Null);
+    assert_eq!(failed.detail.describe().as_deref(), Some("exit 2"));
+    // Every detail the store wrote itself comes back typed.
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.seq != failed.seq)
+            .all(|e| !matches!(e.detail, br_core::EventDetail::Raw { .. })),
+        "{events:#?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use br_core::time::{ago, short_duration};
-use br_core::{SessionId, TaskState, Timestamp, WorkerStatus};
+use br_core::{OutcomeKind, SessionId, TaskState, Timestamp, WorkerStatus};
 use br_store::snapshot::{LockRow, SessionRow, Snapshot, TaskRow, Waiting};
 use br_store::{Event, Worker};
 use ratatui::Frame;
@@ -722,12 +722,12 @@ fn task_note(t: &TaskRow, names: &HashMap<&SessionId, &str>) -> String {
                 .collect();
             format!("lock {}", holders.join("; "))
         }
-        None => match (t.task.state, t.task.outcome.as_deref(), t.task.exit_code) {
-            (TaskState::Failed, Some("failed"), Some(code)) => format!("exit {code}"),
-            (TaskState::Failed, Some(outcome), _) => outcome.replace('_', " "),
+        None => match (t.task.state, t.task.outcome, t.task.exit_code) {
+            (TaskState::Failed, Some(OutcomeKind::Failed), Some(code)) => format!("exit {code}"),
+            (TaskState::Failed, Some(outcome), _) => outcome.words(),
             (TaskState::Skipped, _, _) => "a dependency failed".to_string(),
             (TaskState::Ready, Some(outcome), _) if t.task.attempts > 0 => {
-                format!("retry after {}", outcome.replace('_', " "))
+                format!("retry after {}", outcome.words())
             }
             (TaskState::Ready, _, _) => "waiting for a worker".to_string(),
             _ => finished_note(&t.task),
@@ -847,47 +847,13 @@ fn event_line<'a>(e: &'a Event, names: &HashMap<&SessionId, &str>, theme: Theme)
     ])
 }
 
-/// The part of an event's detail worth a glance, with a leading separator.
+/// The event's detail in words ([`br_core::EventDetail::describe`], as progress lines and the
+/// web page say it), with a leading separator.
 fn event_detail(e: &Event) -> String {
-    use br_core::EventKind::*;
-    let d = &e.detail;
-    let text = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let list = |k: &str| {
-        d.get(k).and_then(|v| v.as_array()).map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-    };
-    let detail = match e.kind {
-        TaskFailed | TaskRequeued => text("reason"),
-        StaleResultRejected => Some(format!(
-            "late {} refused",
-            text("outcome").unwrap_or_else(|| "result".into())
-        )),
-        LockConflict => {
-            let holder = d
-                .get("held_by")
-                .and_then(|h| h.get(0))
-                .map(|h| {
-                    let path = h.get("path").and_then(|v| v.as_str()).unwrap_or("?");
-                    match h.get("task_id").and_then(|v| v.as_str()) {
-                        Some(t) => format!("{path} held by {t}"),
-                        None => format!("{path} held by a session (br lock)"),
-                    }
-                })
-                .unwrap_or_default();
-            Some(format!(
-                "wants {}; {holder}",
-                list("paths").unwrap_or_default()
-            ))
-        }
-        MergeConflict | ScopeViolation => list("files"),
-        WorkerOffline => text("reason").or_else(|| Some("heartbeat timed out".into())),
-        _ => None,
-    };
-    detail.map(|d| format!(" — {d}")).unwrap_or_default()
+    e.detail
+        .describe()
+        .map(|d| format!(" — {d}"))
+        .unwrap_or_default()
 }
 
 fn draw_footer(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {

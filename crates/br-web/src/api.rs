@@ -14,7 +14,11 @@ use axum::{Json, Router};
 use br_core::state::SessionAction;
 use br_core::{SessionStatus, WorkerStatus};
 use br_store::snapshot::build_snapshot;
-use br_store::{EventFilter, SessionFilter, Store, WorkerFilter};
+use br_store::view::{
+    EventView, LockListView, SessionListView, StatusView, SummaryView, WorkerListView,
+    WorkerListing,
+};
+use br_store::{EventFilter, SessionFilter, Store};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -169,7 +173,7 @@ async fn snapshot(
 /// `GET /api/summary`: as `br summary --json`.
 async fn summary(State(state): State<AppState>) -> Result<Response, ApiError> {
     let s = state.blocking(|store| Ok(store.summary()?)).await?;
-    Ok(Json(s).into_response())
+    Ok(Json(SummaryView::from(&s)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,7 +199,7 @@ async fn sessions(
         limit: Some(q.limit.unwrap_or(DEFAULT_SESSION_LIMIT)),
     };
     let list = state
-        .blocking(move |store| Ok(store.list_sessions(&filter)?))
+        .blocking(move |store| Ok(SessionListView::read(store, &filter)?))
         .await?;
     Ok(Json(list).into_response())
 }
@@ -205,21 +209,13 @@ async fn session(
     State(state): State<AppState>,
     Path(reference): Path<String>,
 ) -> Result<Response, ApiError> {
-    let value = state
+    let status = state
         .blocking(move |store| {
             let s = store.resolve_session(&reference)?;
-            let tasks = store.tasks(&s.id)?;
-            let mut value =
-                serde_json::to_value(&s).map_err(|e| ApiError::Internal(e.to_string()))?;
-            let tasks =
-                serde_json::to_value(tasks).map_err(|e| ApiError::Internal(e.to_string()))?;
-            if let serde_json::Value::Object(map) = &mut value {
-                map.insert("tasks".into(), tasks);
-            }
-            Ok(value)
+            Ok(StatusView::read(store, s)?)
         })
         .await?;
-    Ok(Json(value).into_response())
+    Ok(Json(status).into_response())
 }
 
 async fn pause(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
@@ -272,25 +268,21 @@ async fn workers(
         .map(str::parse::<WorkerStatus>)
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let all = q.all.unwrap_or(false) || status.is_some();
+    let listing = WorkerListing {
+        status,
+        include_stopped: q.all.unwrap_or(false),
+    };
     let list = state
-        .blocking(move |store| {
-            Ok(store
-                .workers(&WorkerFilter {
-                    status,
-                    session: None,
-                })?
-                .into_iter()
-                .filter(|w| all || w.status != WorkerStatus::Stopped)
-                .collect::<Vec<_>>())
-        })
+        .blocking(move |store| Ok(WorkerListView::read(store, listing)?))
         .await?;
     Ok(Json(list).into_response())
 }
 
 /// `GET /api/locks`: as `br locks --json`.
 async fn locks(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let list = state.blocking(|store| Ok(store.locks()?)).await?;
+    let list = state
+        .blocking(|store| Ok(LockListView::read(store)?))
+        .await?;
     Ok(Json(list).into_response())
 }
 
@@ -332,7 +324,8 @@ async fn events(
             })?)
         })
         .await?;
-    Ok(Json(list).into_response())
+    let lines: Vec<EventView<'_>> = list.iter().map(EventView::from).collect();
+    Ok(Json(lines).into_response())
 }
 
 #[cfg(test)]

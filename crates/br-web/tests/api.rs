@@ -351,6 +351,30 @@ async fn every_endpoint_answers_with_the_cli_json_shapes() {
         has_keys(row, SESSION_KEYS);
         has_keys(row, &["workers", "elapsed_ms", "remaining_ms"]);
     }
+    // The snapshot's events carry their detail in words (`text`), as the terminal dashboard
+    // and progress lines say it; `/api/events` above is `br events --json`, nothing added.
+    let notable = snapshot["events"].as_array().expect("events");
+    for e in notable {
+        assert_eq!(
+            keys(e),
+            [
+                "at",
+                "attempt",
+                "detail",
+                "kind",
+                "seq",
+                "session_id",
+                "task_id",
+                "text",
+                "worker_id"
+            ]
+        );
+    }
+    let created = notable
+        .iter()
+        .find(|e| e["kind"] == "session_created" && e["session_id"] == s.id.as_str())
+        .expect("session_created");
+    assert_eq!(created["text"], "3 tasks, shared isolation");
 
     let (status, other) = f.get("/api/snapshot?session=done").await;
     assert_eq!(status, StatusCode::OK);

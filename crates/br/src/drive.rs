@@ -283,11 +283,11 @@ pub fn final_report(store: &dyn Store, s: &Session, out: &mut dyn Write) -> anyh
             if t.state == br_core::TaskState::Succeeded {
                 continue;
             }
-            let reason = match (&t.outcome, t.exit_code) {
-                (Some(o), Some(code)) if o == "failed" => {
+            let reason = match (t.outcome, t.exit_code) {
+                (Some(br_core::OutcomeKind::Failed), Some(code)) => {
                     br_core::Outcome::Failed { exit_code: code }.describe()
                 }
-                (Some(o), _) => o.replace('_', " "),
+                (Some(o), _) => o.words(),
                 (None, _) => t.state.to_string(),
             };
             write!(out, "  {} {}: {}", t.state, t.id, reason)?;

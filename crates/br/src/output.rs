@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use br_store::view::StatusView;
 use br_store::{Session, Store};
 
 /// Writes JSON to stdout with a trailing newline.
@@ -20,15 +21,11 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `br status --json`: the session's fields plus `tasks`, as a value callers may add to.
 pub fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(s)?;
-    let tasks = serde_json::to_value(store.tasks(&s.id)?)?;
-    if let serde_json::Value::Object(map) = &mut value {
-        map.insert("tasks".into(), tasks);
-    }
-    Ok(value)
+    Ok(serde_json::to_value(StatusView::read(store, s.clone())?)?)
 }
 
 pub fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
-    print_json(&status_json(store, s)?)
+    print_json(&StatusView::read(store, s.clone())?)
 }

@@ -1,6 +1,6 @@
 //! Progress as a session runs: one plain, parseable line per state change when output is not a
-//! terminal (`+1.234s task_started task=api attempt=1 worker=w…`), and on a terminal the notable
-//! lines plus one status line redrawn in place.
+//! terminal (`+1.234s task_failed task=api attempt=1 worker=w… — exit 2`), and on a terminal the
+//! notable lines plus one status line redrawn in place.
 
 use std::io::Write;
 
@@ -117,7 +117,9 @@ fn shown_as_line(kind: EventKind) -> bool {
     !matches!(kind, EventKind::LockAcquired | EventKind::LockReleased)
 }
 
-/// `+1.234s task_failed task=api attempt=1 worker=w… reason="exit 2"`
+/// `+1.234s task_failed task=api attempt=1 worker=w… — exit 2`: the time since the first
+/// event, the kind, who it is about as `key=value` pairs, then the detail in words
+/// ([`br_core::EventDetail::describe`], as the dashboards say it) after ` — `.
 pub fn event_line(ev: &Event, start: Timestamp) -> String {
     let offset = ev.at.millis() - start.millis();
     let mut line = format!(
@@ -141,54 +143,11 @@ pub fn event_line(ev: &Event, start: Timestamp) -> String {
     if let Some(w) = &ev.worker_id {
         field("worker", w.as_str());
     }
-    let detail = &ev.detail;
-    // `tasks` is a count on session_created, and a pair on merge_conflict (then `with` says it).
-    for key in [
-        "reason",
-        "because",
-        "with",
-        "exit_code",
-        "next_attempt",
-        "name",
-        "tasks",
-    ] {
-        if let Some(v) = detail.get(key).filter(|v| !v.is_null() && !v.is_array()) {
-            field(key, &plain(v));
-        }
-    }
-    for key in ["paths", "files"] {
-        if let Some(list) = detail.get(key).and_then(|v| v.as_array()) {
-            let joined: Vec<String> = list.iter().map(plain).collect();
-            field(key, &joined.join(","));
-        }
-    }
-    if ev.kind == EventKind::LockConflict
-        && let Some(holder) = detail.get("held_by").and_then(|h| h.get(0))
-    {
-        let who = match holder.get("task_id").and_then(|t| t.as_str()) {
-            Some(task) => task.to_string(),
-            None => format!("session:{}", plain(&holder["session_id"])),
-        };
-        field("held_by", &who);
-    }
-    if matches!(
-        ev.kind,
-        EventKind::SessionCompleted | EventKind::SessionFailed
-    ) {
-        for key in ["succeeded", "failed", "skipped", "cancelled"] {
-            if let Some(v) = detail.get(key) {
-                field(key, &plain(v));
-            }
-        }
+    if let Some(text) = ev.detail.describe() {
+        line.push_str(" — ");
+        line.push_str(&text);
     }
     line
-}
-
-fn plain(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Quotes a value that would not survive whitespace splitting.
@@ -201,16 +160,16 @@ fn quote(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use br_core::{Attempt, SessionId, TaskId, WorkerId};
-    use serde_json::json;
+    use br_core::detail::{HeldLock, LockConflict, LockPaths, TaskFailed};
+    use br_core::{Attempt, EventDetail, Outcome, SessionId, TaskId, WorkerId};
 
     use super::*;
 
-    fn ev(kind: EventKind, at: i64, detail: serde_json::Value) -> Event {
+    fn ev(at: i64, detail: EventDetail) -> Event {
         Event {
             seq: 1,
             at: Timestamp(at),
-            kind,
+            kind: detail.kind(),
             session_id: Some(SessionId::from_string("abc")),
             task_id: Some(TaskId::new("api").expect("id")),
             worker_id: Some(WorkerId::from_string("w1")),
@@ -220,29 +179,34 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_parseable() {
+    fn lines_name_the_event_then_say_its_detail_in_words() {
         let line = event_line(
             &ev(
-                EventKind::TaskFailed,
                 2_345,
-                json!({"reason": "exit 2", "exit_code": 2}),
+                EventDetail::TaskFailed(TaskFailed::of(&Outcome::Failed { exit_code: 2 })),
             ),
             Timestamp(1_000),
         );
         assert_eq!(
             line,
-            "+1.345s task_failed task=api attempt=2 worker=w1 reason=\"exit 2\" exit_code=2"
+            "+1.345s task_failed task=api attempt=2 worker=w1 — exit 2"
         );
         let conflict = event_line(
             &ev(
-                EventKind::LockConflict,
                 1_000,
-                json!({"paths": ["src/a.rs"], "held_by": [{"task_id": "dir", "session_id": "abc"}]}),
+                EventDetail::LockConflict(LockConflict {
+                    paths: vec!["src/a.rs".into()],
+                    held_by: vec![HeldLock {
+                        path: "src/a.rs".into(),
+                        session_id: SessionId::from_string("abc"),
+                        task_id: Some(TaskId::new("dir").expect("id")),
+                    }],
+                }),
             ),
             Timestamp(1_000),
         );
         assert!(
-            conflict.ends_with("paths=src/a.rs held_by=dir"),
+            conflict.ends_with(" — waits for src/a.rs held by dir"),
             "{conflict}"
         );
     }
@@ -251,12 +215,16 @@ mod tests {
     fn plain_style_has_no_escape_codes() {
         let mut out = Vec::new();
         let mut p = Progress::new(&mut out, Style::Lines);
-        p.event(&ev(EventKind::TaskStarted, 10, json!({})))
-            .expect("write");
-        p.event(&ev(EventKind::LockAcquired, 10, json!({"paths": ["x"]})))
-            .expect("write");
+        p.event(&ev(10, EventDetail::TaskReady)).expect("write");
+        p.event(&ev(
+            10,
+            EventDetail::LockAcquired(LockPaths {
+                paths: vec!["x".into()],
+            }),
+        ))
+        .expect("write");
         p.finish().expect("flush");
         let text = String::from_utf8(out).expect("utf8");
-        assert_eq!(text, "+0.000s task_started task=api attempt=2 worker=w1\n");
+        assert_eq!(text, "+0.000s task_ready task=api attempt=2 worker=w1\n");
     }
 }

@@ -214,6 +214,9 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
         t.contains("web <b>bold</b>") && t.contains("waiter") && t.contains("running")
     });
     assert!(running.contains("waits for waiter"), "{running}");
+    // Events read as the terminal says them (EventDetail::describe), not as raw JSON.
+    assert!(running.contains("2 tasks, shared isolation"), "{running}");
+    assert!(!running.contains("\"isolation\""), "{running}");
     assert_eq!(
         browser.eval("return document.getElementById('conn').className"),
         "live"
@@ -232,7 +235,9 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
     poll("the session paused", LONG, || {
         (repo.status("web <b>bold</b>")["status"] == "paused").then_some(())
     });
-    browser.text_when("paused shown", |t| t.contains("paused"));
+    browser.text_when("paused shown, and why in words", |t| {
+        t.contains("paused") && t.contains("was running")
+    });
     browser.eval(
         "for (const b of document.querySelectorAll('button')) \
          { if (b.textContent === 'resume') { b.click(); return true; } } return false;",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use br_core::EventKind;
 use br_store::audit::audit_terminal_once;
-use common::{Guard, TestRepo, alive, poll, stop_outside_transaction};
+use common::{Guard, TestRepo, alive, detail, poll, stop_outside_transaction};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -102,7 +102,7 @@ files = ["slow.out"]
         .iter()
         .find(|e| e.kind == EventKind::TaskRequeued)
         .expect("task_requeued");
-    assert_eq!(requeued.detail["outcome"], "lease_lost");
+    assert_eq!(detail(requeued)["outcome"], "lease_lost");
     assert!(events.iter().any(|e| e.kind == EventKind::WorkerOffline));
     audit_terminal_once(&events).expect("the task ended once");
 }

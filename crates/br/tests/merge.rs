@@ -7,7 +7,7 @@ mod common;
 
 use br_core::EventKind;
 use br_core::{SessionId, TaskId};
-use common::{Run, TestRepo};
+use common::{Run, TestRepo, detail};
 use serde_json::Value;
 
 /// Writes the plan and commits it, so the user's checkout starts clean.
@@ -236,7 +236,7 @@ fn a_conflict_is_reported_by_file_and_check_predicts_it_without_writing_anything
         .into_iter()
         .find(|e| e.kind == EventKind::MergeConflict)
         .expect("a merge_conflict event from the worker");
-    let mut pair: Vec<String> = predicted.detail["tasks"]
+    let mut pair: Vec<String> = detail(&predicted)["tasks"]
         .as_array()
         .expect("tasks")
         .iter()
@@ -244,7 +244,10 @@ fn a_conflict_is_reported_by_file_and_check_predicts_it_without_writing_anything
         .collect();
     pair.sort();
     assert_eq!(pair, ["left", "right"]);
-    assert_eq!(predicted.detail["files"], serde_json::json!(["shared.txt"]));
+    assert_eq!(
+        detail(&predicted)["files"],
+        serde_json::json!(["shared.txt"])
+    );
 
     let refs_before = all_refs(&repo);
     let worktrees_before = repo.git(&["worktree", "list", "--porcelain"]);
@@ -295,7 +298,7 @@ fn a_conflict_is_reported_by_file_and_check_predicts_it_without_writing_anything
     let at_merge: Vec<_> = repo
         .events()
         .into_iter()
-        .filter(|e| e.kind == EventKind::MergeConflict && e.detail["stage"] == "merge")
+        .filter(|e| e.kind == EventKind::MergeConflict && detail(e)["stage"] == "merge")
         .collect();
     assert_eq!(at_merge.len(), 1, "{at_merge:?}");
     assert_eq!(
@@ -303,12 +306,12 @@ fn a_conflict_is_reported_by_file_and_check_predicts_it_without_writing_anything
         Some("right")
     );
     assert_eq!(
-        at_merge[0].detail["tasks"],
+        detail(&at_merge[0])["tasks"],
         serde_json::json!(["right", "integration"])
     );
-    assert_eq!(at_merge[0].detail["with"], "integration");
+    assert_eq!(detail(&at_merge[0])["with"], "integration");
     assert_eq!(
-        at_merge[0].detail["files"],
+        detail(&at_merge[0])["files"],
         serde_json::json!(["shared.txt"])
     );
     // on_conflict = "report" (the default): the task is left as it is.
@@ -460,13 +463,13 @@ fn with_on_conflict_requeue_the_loser_reruns_on_the_integration_tip_and_then_lan
         .into_iter()
         .find(|e| e.kind == EventKind::TaskRequeued)
         .expect("task_requeued");
-    assert_eq!(requeued.detail["base_commit"], tip.as_str());
+    assert_eq!(detail(&requeued)["base_commit"], tip.as_str());
     assert!(
-        requeued.detail["reason"]
+        detail(&requeued)["reason"]
             .as_str()
             .is_some_and(|r| r.starts_with("merge conflict: shared.txt")),
         "{}",
-        requeued.detail
+        detail(&requeued)
     );
     assert_eq!(
         repo.status("redo")["status"],

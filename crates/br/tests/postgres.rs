@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use br_core::EventKind;
 use br_store::audit::{audit_lock_order, audit_terminal_once};
-use common::{PgSchema, TestRepo, alive, poll};
+use common::{PgSchema, TestRepo, alive, detail, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -207,7 +207,7 @@ run = 'echo $$ > slow.pid; if [ "$BR_ATTEMPT" = 1 ]; then exec sleep 60; fi; ech
         .iter()
         .find(|e| e.kind == EventKind::TaskRequeued)
         .expect("task_requeued");
-    assert_eq!(requeued.detail["outcome"], "lease_lost");
+    assert_eq!(detail(requeued)["outcome"], "lease_lost");
     audit_terminal_once(&events).expect("the task ended once");
 }
 

@@ -6,116 +6,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::served::Served;
 use common::{PgSchema, TestRepo, alive};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A running `br serve`, stopped (SIGTERM, then SIGKILL) and reaped when dropped.
-struct Served {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Served {
-    fn start(repo: &TestRepo) -> Served {
-        let mut child = repo
-            .br_command(&["serve", "--addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn br serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut served = Served {
-            child: Some(child),
-            addr: "127.0.0.1:0".parse().expect("addr"),
-        };
-        let line = rx.recv_timeout(LONG).unwrap_or_else(|_| {
-            let out = served.stop_and_collect();
-            panic!("br serve printed no address; stderr:\n{out}")
-        });
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-        served.addr = addr.parse().expect("a socket address");
-        assert!(served.addr.ip().is_loopback() && served.addr.port() != 0);
-        served
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.as_ref().expect("child").id()).expect("pid")
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.pid()), signal).expect("signal");
-    }
-
-    /// Waits for it to exit on its own; its exit code and stderr.
-    fn wait(mut self, limit: Duration) -> (i32, String) {
-        let mut child = self.child.take().expect("child");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                return (status.code().unwrap_or(-1), stderr);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("br serve did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop_and_collect(&mut self) -> String {
-        let Some(mut child) = self.child.take() else {
-            return String::new();
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut stderr);
-        }
-        stderr
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A server-sent-events client over a plain HTTP/1.1 connection (chunked transfer encoding).
 struct EventStream {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use br_core::EventKind;
-use common::{TestRepo, alive, poll};
+use common::{TestRepo, alive, detail, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -228,7 +228,7 @@ fn changes_outside_the_declared_files_are_reported_and_fail_in_strict_mode() {
             .iter()
             .find(|e| e.kind == EventKind::ScopeViolation)
             .expect("scope_violation");
-        assert_eq!(v.detail["files"], serde_json::json!(["b.txt"]));
+        assert_eq!(detail(v)["files"], serde_json::json!(["b.txt"]));
         let shown = repo.br(&["status"]).stdout;
         if scope == "report" {
             assert!(shown.contains("outside its files: b.txt"), "{shown}");
@@ -276,7 +276,8 @@ files = ["other.txt"]
         .collect();
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     let c = &conflicts[0];
-    let mut pair: Vec<&str> = c.detail["tasks"]
+    let shown = detail(c);
+    let mut pair: Vec<&str> = shown["tasks"]
         .as_array()
         .expect("tasks")
         .iter()
@@ -284,7 +285,7 @@ files = ["other.txt"]
         .collect();
     pair.sort();
     assert_eq!(pair, ["left", "right"]);
-    assert_eq!(c.detail["files"], serde_json::json!(["config.txt"]));
+    assert_eq!(shown["files"], serde_json::json!(["config.txt"]));
     let status = repo.status("clash");
     for id in ["left", "right"] {
         assert_eq!(

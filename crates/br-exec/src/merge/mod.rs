@@ -16,8 +16,9 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use br_core::detail::{ConflictStage, MergeConflict};
 use br_core::plan::{Isolation, OnConflict};
-use br_core::{EventKind, Outcome, SessionId, TaskState};
+use br_core::{EventDetail, Outcome, SessionId, TaskState};
 use br_git::conflicts::{MergeTree, merge_tree};
 use br_git::flock::RepoFlock;
 use br_git::git::{Git, GitError, Repo};
@@ -369,16 +370,15 @@ fn record_conflict(
     files: &[String],
 ) -> Result<(), MergeError> {
     store.append_event(&NewEvent {
-        kind: EventKind::MergeConflict,
         session_id: Some(session.id.clone()),
         task_id: Some(task.id.clone()),
         worker_id: None,
         attempt: (task.attempts > 0).then_some(br_core::Attempt(task.attempts)),
-        detail: serde_json::json!({
-            "files": files,
-            "with": "integration",
-            "tasks": [task.id.as_str(), "integration"],
-            "stage": "merge",
+        detail: EventDetail::MergeConflict(MergeConflict {
+            files: files.to_vec(),
+            with: "integration".to_string(),
+            tasks: vec![task.id.to_string(), "integration".to_string()],
+            stage: Some(ConflictStage::Merge),
         }),
     })?;
     Ok(())

@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use br_core::detail::{
+    LockPaths, StaleResult, TaskCancelled, TaskFailed, TaskRequeued, TaskSkipped, TaskStarted,
+    TaskSucceeded, WorkerOffline, WorkerRegistered, WorkerStopped,
+};
 use br_core::outcome::{Budget, Outcome, TaskNext, next_after};
-use br_core::{Attempt, EventKind, LockPath, SessionId, SessionStatus, TaskId, WorkerId};
-use serde_json::json;
+use br_core::{Attempt, EventDetail, LockPath, OutcomeKind, SessionId, SessionStatus, TaskId};
+use br_core::{TaskState, WorkerId, WorkerStatus};
 
 use super::lock::{self, Held};
 use super::session::{self, Counter};
@@ -33,7 +37,7 @@ pub(super) fn register_worker(tx: &Tx<'_>, new: &NewWorker) -> OpResult<WorkerId
     tx.execute(
         "INSERT INTO workers (id, host, pid, status, session_id, started_at, last_heartbeat,
              heartbeat_timeout_ms)
-         VALUES (?1, ?2, ?3, 'idle', ?4, ?5, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?7, ?4, ?5, ?5, ?6)",
         params![
             id.as_str(),
             &new.host,
@@ -41,22 +45,22 @@ pub(super) fn register_worker(tx: &Tx<'_>, new: &NewWorker) -> OpResult<WorkerId
             new.session.as_ref().map(SessionId::as_str),
             tx.now,
             millis(new.heartbeat_timeout),
+            WorkerStatus::Idle,
         ],
     )?;
     tx.event(
-        Ev::new(EventKind::WorkerRegistered)
-            .worker(Some(id.as_str()))
-            .detail(json!({
-                "host": new.host,
-                "pid": new.pid,
-                "session_id": new.session,
-            })),
+        Ev::new(EventDetail::WorkerRegistered(WorkerRegistered::New {
+            host: new.host.clone(),
+            pid: new.pid,
+            session_id: new.session.clone(),
+        }))
+        .worker(Some(id.as_str())),
     )?;
     Ok(id)
 }
 
 struct WorkerState {
-    status: String,
+    status: WorkerStatus,
     stop_requested: bool,
 }
 
@@ -73,20 +77,21 @@ fn worker_state(tx: &Tx<'_>, worker: &str) -> OpResult<WorkerState> {
     })
 }
 
-/// A worker that was marked offline but is talking again: it is back.
-fn rejoin(tx: &Tx<'_>, worker: &str, busy: bool) -> OpResult<()> {
-    let status = if busy { "busy" } else { "idle" };
+/// A worker that was marked offline but is talking again: it is back, `Busy` with the lease it
+/// still holds or `Idle`.
+fn rejoin(tx: &Tx<'_>, worker: &str, status: WorkerStatus) -> OpResult<()> {
     tx.execute(
         "UPDATE workers SET status = ?1 WHERE id = ?2",
         params![status, worker],
     )?;
-    if !busy {
+    if status != WorkerStatus::Busy {
         clear_current_task(tx, worker)?;
     }
     tx.event(
-        Ev::new(EventKind::WorkerRegistered)
-            .worker(Some(worker))
-            .detail(json!({ "rejoined": true })),
+        Ev::new(EventDetail::WorkerRegistered(WorkerRegistered::Rejoined {
+            rejoined: true,
+        }))
+        .worker(Some(worker)),
     )?;
     Ok(())
 }
@@ -103,7 +108,7 @@ fn clear_current_task(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
 
 /// Whether `lease` is the task's current attempt and still belongs to its worker.
 fn lease_is_current(tx: &Tx<'_>, lease: &Lease) -> OpResult<bool> {
-    let row: Option<(String, u32, Option<String>)> = tx
+    let row: Option<(TaskState, u32, Option<String>)> = tx
         .query_opt(
             "SELECT state, attempt, worker_id FROM tasks WHERE session_id = ?1 AND id = ?2",
             params![lease.session_id.as_str(), lease.task_id.as_str()],
@@ -111,7 +116,9 @@ fn lease_is_current(tx: &Tx<'_>, lease: &Lease) -> OpResult<bool> {
         .map(|r| -> OpResult<_> { Ok((r.get(0)?, r.get(1)?, r.get(2)?)) })
         .transpose()?;
     Ok(matches!(row, Some((state, attempt, Some(worker)))
-        if state == "running" && attempt == lease.attempt.0 && worker == lease.worker_id.as_str()))
+        if state == TaskState::Running
+            && attempt == lease.attempt.0
+            && worker == lease.worker_id.as_str()))
 }
 
 pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpResult<Heartbeat> {
@@ -132,8 +139,8 @@ pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpR
             "SELECT status, heartbeat_timeout_ms FROM sessions WHERE id = ?1",
             params![lease.session_id.as_str()],
         )?;
-        let (status, ttl_ms): (String, i64) = (r.get(0)?, r.get(1)?);
-        reply.session_cancelled = status == SessionStatus::Cancelled.as_str();
+        let (status, ttl_ms): (SessionStatus, i64) = (r.get(0)?, r.get(1)?);
+        reply.session_cancelled = status == SessionStatus::Cancelled;
         if reply.lease_held {
             tx.execute(
                 "UPDATE tasks SET lease_expires_at = ?1 WHERE session_id = ?2 AND id = ?3",
@@ -145,9 +152,14 @@ pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpR
             )?;
         }
     }
-    if state.status == "offline" {
+    if state.status == WorkerStatus::Offline {
         reply.rejoined = true;
-        rejoin(tx, worker, lease.is_some() && reply.lease_held)?;
+        let now = if lease.is_some() && reply.lease_held {
+            WorkerStatus::Busy
+        } else {
+            WorkerStatus::Idle
+        };
+        rejoin(tx, worker, now)?;
     }
     Ok(reply)
 }
@@ -170,15 +182,19 @@ pub(super) fn anything_claimable(
         Some(true) => return Ok(true),
         Some(false) => {}
     }
+    let [created, running] = SessionStatus::CLAIMABLE;
     let any: bool = c
         .query_one(
+            // `t.state = 'ready'` stays a literal: it is the predicate of the partial index
+            // `tasks_ready`, and the planner can use that index only when it sees the same
+            // constant at prepare time (SQLite refuses `INDEXED BY` otherwise).
             "SELECT EXISTS (
                  SELECT 1 FROM sessions s
-                 WHERE s.status IN ('created', 'running')
+                 WHERE s.status IN (?2, ?3)
                    AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
                    AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_ready
                                WHERE t.session_id = s.id AND t.state = 'ready'))",
-            params![session.map(SessionId::as_str)],
+            params![session.map(SessionId::as_str), created, running],
         )?
         .get(0)?;
     Ok(any)
@@ -189,6 +205,8 @@ struct Candidate {
     id: String,
     seq: i64,
     files: Vec<LockPath>,
+    /// The stored text of its `blocked_by`, compared as text so an unchanged reason is not
+    /// written (nor its event recorded) again.
     blocked_by: Option<String>,
 }
 
@@ -198,18 +216,19 @@ const CANDIDATE_BATCH: i64 = 64;
 pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> {
     let worker = request.worker.as_str();
     let state = worker_state(tx, worker)?;
-    if state.stop_requested || state.status == "stopped" {
+    if state.stop_requested || state.status == WorkerStatus::Stopped {
         return Ok(Claim::Stop);
     }
-    if state.status == "offline" {
-        rejoin(tx, worker, false)?;
+    if state.status == WorkerStatus::Offline {
+        rejoin(tx, worker, WorkerStatus::Idle)?;
     }
+    let [created, running] = SessionStatus::CLAIMABLE;
     let sessions: Vec<String> = tx
         .query(
             "SELECT id FROM sessions
-             WHERE status IN ('created', 'running') AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
+             WHERE status IN (?2, ?3) AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
              ORDER BY created_at, rowid",
-            params![request.session.map(SessionId::as_str)],
+            params![request.session.map(SessionId::as_str), created, running],
         )?
         .iter()
         .map(|r| r.get(0))
@@ -242,6 +261,7 @@ fn ready_batch(tx: &Tx<'_>, session_id: &str, after_seq: i64) -> OpResult<Vec<Ca
         .query(
             // Without statistics SQLite would walk `tasks_by_seq` past every finished task;
             // the partial index holds only ready tasks, so a claim never scans the session.
+            // `state = 'ready'` stays a literal: it must match the index's own predicate.
             "SELECT id, seq, files, blocked_by FROM tasks INDEXED BY tasks_ready
              WHERE session_id = ?1 AND state = 'ready' AND seq > ?2
              ORDER BY seq LIMIT ?3",
@@ -277,7 +297,7 @@ fn note_blocked(
     found: &[LockConflict],
 ) -> OpResult<()> {
     let detail = lock::conflict_detail(found);
-    let text = detail.to_string();
+    let text = serde_json::to_string(&detail)?;
     if candidate.blocked_by.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
@@ -286,10 +306,9 @@ fn note_blocked(
         params![&text, session_id, &candidate.id],
     )?;
     tx.event(
-        Ev::new(EventKind::LockConflict)
+        Ev::new(EventDetail::LockConflict(detail))
             .session(session_id)
-            .task(&candidate.id)
-            .detail(detail),
+            .task(&candidate.id),
     )?;
     Ok(())
 }
@@ -323,7 +342,7 @@ fn lease_task(
         .join(format!("{task_id}.{attempt}.log"));
     let log_text = log_path.to_string_lossy().into_owned();
     tx.execute(
-        "UPDATE tasks SET state = 'running', attempt = ?1, worker_id = ?2, lease_expires_at = ?3,
+        "UPDATE tasks SET state = ?8, attempt = ?1, worker_id = ?2, lease_expires_at = ?3,
              started_at = ?4, finished_at = NULL, exit_code = NULL, outcome = NULL,
              log_path = ?5, blocked_by = NULL
          WHERE session_id = ?6 AND id = ?7",
@@ -334,7 +353,8 @@ fn lease_task(
             tx.now,
             &log_text,
             session_id,
-            task_id
+            task_id,
+            TaskState::Running,
         ],
     )?;
     tx.execute(
@@ -350,39 +370,56 @@ fn lease_task(
                 params![f.as_str(), session_id, task_id, attempt, tx.now],
             )?;
         }
-        let paths: Vec<&str> = candidate.files.iter().map(LockPath::as_str).collect();
+        let paths = candidate
+            .files
+            .iter()
+            .map(|f| f.as_str().to_string())
+            .collect();
         tx.event(
-            Ev::new(EventKind::LockAcquired)
+            Ev::new(EventDetail::LockAcquired(LockPaths { paths }))
                 .session(session_id)
                 .task(task_id)
                 .worker(Some(worker))
-                .attempt(attempt)
-                .detail(json!({ "paths": paths })),
+                .attempt(attempt),
         )?;
     }
     session::bump(tx, session_id, Counter::Running, 1)?;
     if session.started_at.is_none() {
+        // A paused session keeps its status; a created one starts running.
         tx.execute(
             "UPDATE sessions SET started_at = ?1,
-                 status = CASE status WHEN 'created' THEN 'running' ELSE status END
+                 status = CASE status WHEN ?3 THEN ?4 ELSE status END
              WHERE id = ?2",
-            params![tx.now, session_id],
+            params![
+                tx.now,
+                session_id,
+                SessionStatus::Created,
+                SessionStatus::Running
+            ],
         )?;
-        tx.event(Ev::new(EventKind::SessionStarted).session(session_id))?;
+        tx.event(Ev::new(EventDetail::SessionStarted).session(session_id))?;
     }
     tx.event(
-        Ev::new(EventKind::TaskStarted)
-            .session(session_id)
-            .task(task_id)
-            .worker(Some(worker))
-            .attempt(attempt)
-            .detail(json!({ "log_path": log_text })),
+        Ev::new(EventDetail::TaskStarted(TaskStarted {
+            log_path: log_text.clone(),
+        }))
+        .session(session_id)
+        .task(task_id)
+        .worker(Some(worker))
+        .attempt(attempt),
     )?;
     tx.execute(
-        "UPDATE workers SET status = 'busy', task_session_id = ?1, task_id = ?2, attempt = ?3,
+        "UPDATE workers SET status = ?6, task_session_id = ?1, task_id = ?2, attempt = ?3,
              task_started_at = ?4, last_heartbeat = ?4
          WHERE id = ?5",
-        params![session_id, task_id, attempt, tx.now, worker],
+        params![
+            session_id,
+            task_id,
+            attempt,
+            tx.now,
+            worker,
+            WorkerStatus::Busy
+        ],
     )?;
     let env: BTreeMap<String, String> = serde_json::from_str(&env)?;
     let task_id =
@@ -427,38 +464,45 @@ pub(super) fn finish(
                 session: session_id.to_string(),
                 task: task_id.to_string(),
             })?;
-        let (state, attempt): (String, u32) = (r.get(0)?, r.get(1)?);
+        let (state, attempt): (TaskState, u32) = (r.get(0)?, r.get(1)?);
         tx.event(
-            Ev::new(EventKind::StaleResultRejected)
-                .session(session_id)
-                .task(task_id)
-                .worker(Some(worker))
-                .attempt(lease.attempt.0)
-                .detail(json!({
-                    "outcome": outcome.as_str(),
-                    "reason": outcome.describe(),
-                    "task_state": state,
-                    "task_attempt": attempt,
-                })),
+            Ev::new(EventDetail::StaleResultRejected(StaleResult::of(
+                outcome, state, attempt,
+            )))
+            .session(session_id)
+            .task(task_id)
+            .worker(Some(worker))
+            .attempt(lease.attempt.0),
         )?;
         // The worker is alive and done with the old attempt.
         tx.execute(
             "UPDATE workers SET
-                 status = CASE WHEN status IN ('busy', 'offline') THEN 'idle' ELSE status END,
+                 status = CASE WHEN status IN (?5, ?6) THEN ?7 ELSE status END,
                  task_session_id = NULL, task_id = NULL, attempt = NULL, task_started_at = NULL
              WHERE id = ?1 AND task_session_id = ?2 AND task_id = ?3 AND attempt = ?4",
-            params![worker, session_id, task_id, lease.attempt.0],
+            params![
+                worker,
+                session_id,
+                task_id,
+                lease.attempt.0,
+                WorkerStatus::Busy,
+                WorkerStatus::Offline,
+                WorkerStatus::Idle,
+            ],
         )?;
         return Ok(Finish::Stale);
     }
     if !report.scope_violations.is_empty() {
         tx.event(
-            Ev::new(EventKind::ScopeViolation)
-                .session(session_id)
-                .task(task_id)
-                .worker(Some(worker))
-                .attempt(lease.attempt.0)
-                .detail(json!({ "files": report.scope_violations })),
+            Ev::new(EventDetail::ScopeViolation(
+                br_core::detail::ScopeViolation {
+                    files: report.scope_violations.clone(),
+                },
+            ))
+            .session(session_id)
+            .task(task_id)
+            .worker(Some(worker))
+            .attempt(lease.attempt.0),
         )?;
     }
     let next = apply_outcome_with(tx, lease, outcome, report)?;
@@ -468,13 +512,20 @@ pub(super) fn finish(
         TaskNext::Requeue | TaskNext::Cancel => (0, 0),
     };
     tx.execute(
-        "UPDATE workers SET status = CASE WHEN status IN ('busy', 'offline') THEN 'idle'
-                 ELSE status END,
+        "UPDATE workers SET status = CASE WHEN status IN (?5, ?6) THEN ?7 ELSE status END,
              task_session_id = NULL, task_id = NULL, attempt = NULL, task_started_at = NULL,
              tasks_completed = tasks_completed + ?1, tasks_failed = tasks_failed + ?2,
              last_heartbeat = ?3
          WHERE id = ?4",
-        params![completed, failed, tx.now, worker],
+        params![
+            completed,
+            failed,
+            tx.now,
+            worker,
+            WorkerStatus::Busy,
+            WorkerStatus::Offline,
+            WorkerStatus::Idle,
+        ],
     )?;
     Ok(Finish::Recorded(next))
 }
@@ -503,10 +554,10 @@ fn apply_outcome_with(
     let mut detail = serde_json::to_value(outcome)?;
     if let serde_json::Value::Object(map) = &mut detail {
         if let Some(commit) = &report.commit {
-            map.insert("commit".into(), json!(commit));
+            map.insert("commit".into(), commit.as_str().into());
         }
         if !report.changed.is_empty() {
-            map.insert("changed".into(), json!(report.changed));
+            map.insert("changed".into(), report.changed.clone().into());
         }
     }
     tx.execute(
@@ -514,7 +565,7 @@ fn apply_outcome_with(
          WHERE session_id = ?5 AND task_id = ?6 AND attempt = ?7",
         params![
             tx.now,
-            outcome.as_str(),
+            outcome.kind(),
             outcome.exit_code(),
             &detail.to_string(),
             session_id,
@@ -533,7 +584,7 @@ fn apply_outcome_with(
         },
         session_status == SessionStatus::Cancelled,
     );
-    let lost_now = u32::from(*outcome == Outcome::LeaseLost);
+    let lost_now = u32::from(outcome.kind() == OutcomeKind::LeaseLost);
     let failed_now = u32::from(
         lost_now == 0
             && !matches!(
@@ -541,12 +592,8 @@ fn apply_outcome_with(
                 TaskNext::Succeed | TaskNext::Requeue | TaskNext::Cancel
             ),
     );
-    let (state, terminal) = match next {
-        TaskNext::Succeed => ("succeeded", true),
-        TaskNext::Retry | TaskNext::Requeue => ("ready", false),
-        TaskNext::Fail => ("failed", true),
-        TaskNext::Cancel => ("cancelled", true),
-    };
+    let state = TaskState::after(next);
+    let terminal = state.is_terminal();
     tx.execute(
         "UPDATE tasks SET state = ?1, outcome = ?2, exit_code = ?3, lease_expires_at = NULL,
              failures = failures + ?4, lost = lost + ?5,
@@ -554,7 +601,7 @@ fn apply_outcome_with(
          WHERE session_id = ?8 AND id = ?9",
         params![
             state,
-            outcome.as_str(),
+            outcome.kind(),
             outcome.exit_code(),
             failed_now,
             lost_now,
@@ -564,8 +611,8 @@ fn apply_outcome_with(
             task_id
         ],
     )?;
-    let ev = |kind| {
-        Ev::new(kind)
+    let ev = |detail| {
+        Ev::new(detail)
             .session(session_id)
             .task(task_id)
             .worker(worker)
@@ -574,32 +621,29 @@ fn apply_outcome_with(
     match next {
         TaskNext::Succeed => {
             session::bump(tx, session_id, Counter::Succeeded, 1)?;
-            tx.event(ev(EventKind::TaskSucceeded).detail(json!({
-                "exit_code": 0,
-                "commit": report.commit,
-                "changed_files": report.changed.len(),
+            tx.event(ev(EventDetail::TaskSucceeded(TaskSucceeded {
+                exit_code: 0,
+                commit: report.commit.clone(),
+                changed_files: u32::try_from(report.changed.len()).unwrap_or(u32::MAX),
             })))?;
             release_dependents(tx, session_id, task_id)?;
         }
         TaskNext::Retry | TaskNext::Requeue => {
-            tx.event(ev(EventKind::TaskRequeued).detail(json!({
-                "reason": outcome.describe(),
-                "outcome": outcome.as_str(),
-                "next_attempt": attempt + 1,
-            })))?;
+            tx.event(ev(EventDetail::TaskRequeued(TaskRequeued::after(
+                outcome,
+                attempt + 1,
+            ))))?;
         }
         TaskNext::Fail => {
             session::bump(tx, session_id, Counter::Failed, 1)?;
-            tx.event(ev(EventKind::TaskFailed).detail(json!({
-                "reason": outcome.describe(),
-                "outcome": outcome.as_str(),
-                "exit_code": outcome.exit_code(),
-            })))?;
+            tx.event(ev(EventDetail::TaskFailed(TaskFailed::of(outcome))))?;
             skip_dependents(tx, session_id, task_id)?;
         }
         TaskNext::Cancel => {
             session::bump(tx, session_id, Counter::Cancelled, 1)?;
-            tx.event(ev(EventKind::TaskCancelled).detail(json!({ "reason": outcome.describe() })))?;
+            tx.event(ev(EventDetail::TaskCancelled(TaskCancelled {
+                reason: outcome.describe(),
+            })))?;
         }
     }
     session::settle(tx, session_id)?;
@@ -620,19 +664,20 @@ fn dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<Vec<Stri
 
 fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<()> {
     for dependent in dependents(tx, session_id, task_id)? {
-        let became_ready: Option<String> = tx
+        // The last `after` task to succeed makes a pending task ready.
+        let now: Option<TaskState> = tx
             .query_opt(
                 "UPDATE tasks SET deps_left = deps_left - 1,
-                     state = CASE WHEN deps_left = 1 AND state = 'pending' THEN 'ready' ELSE state END
+                     state = CASE WHEN deps_left = 1 AND state = ?3 THEN ?4 ELSE state END
                  WHERE session_id = ?1 AND id = ?2
                  RETURNING state",
-                params![session_id, &dependent],
+                params![session_id, &dependent, TaskState::Pending, TaskState::Ready],
             )?
             .map(|r| r.get(0))
             .transpose()?;
-        if became_ready.as_deref() == Some("ready") {
+        if now == Some(TaskState::Ready) {
             tx.event(
-                Ev::new(EventKind::TaskReady)
+                Ev::new(EventDetail::TaskReady)
                     .session(session_id)
                     .task(&dependent),
             )?;
@@ -646,20 +691,30 @@ fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<
 fn skip_dependents(tx: &Tx<'_>, session_id: &str, failed: &str) -> OpResult<()> {
     let mut stack = vec![failed.to_string()];
     let mut skipped = 0i64;
+    let failed_id = task_id_of(failed)?;
     while let Some(task) = stack.pop() {
         for dependent in dependents(tx, session_id, &task)? {
             let changed = tx.execute(
-                "UPDATE tasks SET state = 'skipped', finished_at = ?1, outcome = 'skipped'
-                 WHERE session_id = ?2 AND id = ?3 AND state = 'pending'",
-                params![tx.now, session_id, &dependent],
+                "UPDATE tasks SET state = ?1, finished_at = ?2, outcome = ?3
+                 WHERE session_id = ?4 AND id = ?5 AND state = ?6",
+                params![
+                    TaskState::Skipped,
+                    tx.now,
+                    OutcomeKind::Skipped,
+                    session_id,
+                    &dependent,
+                    TaskState::Pending,
+                ],
             )?;
             if changed > 0 {
                 skipped += 1;
                 tx.event(
-                    Ev::new(EventKind::TaskSkipped)
-                        .session(session_id)
-                        .task(&dependent)
-                        .detail(json!({ "because": task, "failed": failed })),
+                    Ev::new(EventDetail::TaskSkipped(TaskSkipped {
+                        because: task_id_of(&task)?,
+                        failed: failed_id.clone(),
+                    }))
+                    .session(session_id)
+                    .task(&dependent),
                 )?;
                 stack.push(dependent);
             }
@@ -668,35 +723,51 @@ fn skip_dependents(tx: &Tx<'_>, session_id: &str, failed: &str) -> OpResult<()> 
     session::bump(tx, session_id, Counter::Skipped, skipped)
 }
 
+/// A task id read back from the store.
+fn task_id_of(id: &str) -> OpResult<TaskId> {
+    TaskId::new(id).map_err(|e| StoreError::Damaged(format!("task id in store: {e}")).into())
+}
+
 pub(super) fn anything_expired(c: &dyn Db, now: i64) -> OpResult<bool> {
+    let [idle, busy] = WorkerStatus::LIVE;
     c.query_one(
+        // `state = 'running'` stays a literal: it is the predicate of the partial index
+        // `tasks_leases`, which the planner uses only when it sees the same constant.
         "SELECT EXISTS (SELECT 1 FROM tasks WHERE state = 'running' AND lease_expires_at < ?1)
-             OR EXISTS (SELECT 1 FROM workers WHERE status IN ('idle', 'busy')
+             OR EXISTS (SELECT 1 FROM workers WHERE status IN (?2, ?3)
                             AND last_heartbeat + heartbeat_timeout_ms < ?1)",
-        params![now],
+        params![now, idle, busy],
     )?
     .get(0)
 }
 
 pub(super) fn requeue_expired(tx: &Tx<'_>) -> OpResult<Expired> {
     let mut expired = Expired::default();
+    let [idle, busy] = WorkerStatus::LIVE;
     let silent: Vec<(String, i64)> = tx
         .query(
             "SELECT id, last_heartbeat FROM workers
-             WHERE status IN ('idle', 'busy') AND last_heartbeat + heartbeat_timeout_ms < ?1
+             WHERE status IN (?2, ?3) AND last_heartbeat + heartbeat_timeout_ms < ?1
              ORDER BY id",
-            params![tx.now],
+            params![tx.now, idle, busy],
         )?
         .iter()
         .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect::<OpResult<_>>()?;
     for (worker, last) in silent {
-        mark_offline(tx, &worker, json!({ "last_heartbeat_ms": last }))?;
+        mark_offline(
+            tx,
+            &worker,
+            WorkerOffline::Silent {
+                last_heartbeat_ms: last,
+            },
+        )?;
         expired.workers.push(WorkerId::from_string(worker));
     }
     let leases: Vec<(String, String, u32, String)> = tx
         .query(
-            // Ties in a fixed order, so every backend requeues alike.
+            // Ties in a fixed order, so every backend requeues alike. `state = 'running'` stays
+            // a literal, to match the partial index `tasks_leases`.
             "SELECT session_id, id, attempt, worker_id FROM tasks
              WHERE state = 'running' AND lease_expires_at < ?1
              ORDER BY lease_expires_at, session_id, seq",
@@ -706,22 +777,18 @@ pub(super) fn requeue_expired(tx: &Tx<'_>) -> OpResult<Expired> {
         .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .collect::<OpResult<_>>()?;
     for (session_id, task_id, attempt, worker) in leases {
-        let status: Option<String> = tx
+        let task_id = task_id_of(&task_id)?;
+        let status: Option<WorkerStatus> = tx
             .query_opt("SELECT status FROM workers WHERE id = ?1", params![&worker])?
             .map(|r| r.get(0))
             .transpose()?;
-        if matches!(status.as_deref(), Some("idle" | "busy")) {
-            mark_offline(
-                tx,
-                &worker,
-                json!({ "reason": "lease expired", "task_id": task_id }),
-            )?;
+        if status.is_some_and(WorkerStatus::is_live) {
+            mark_offline(tx, &worker, WorkerOffline::lease_expired(task_id.clone()))?;
             expired.workers.push(WorkerId::from_string(worker.clone()));
         }
         let lease = Lease {
             session_id: SessionId::from_string(session_id),
-            task_id: TaskId::new(task_id)
-                .map_err(|e| StoreError::Damaged(format!("task id in store: {e}")))?,
+            task_id,
             attempt: Attempt(attempt),
             worker_id: WorkerId::from_string(worker),
         };
@@ -731,29 +798,26 @@ pub(super) fn requeue_expired(tx: &Tx<'_>) -> OpResult<Expired> {
     Ok(expired)
 }
 
-fn mark_offline(tx: &Tx<'_>, worker: &str, detail: serde_json::Value) -> OpResult<()> {
+fn mark_offline(tx: &Tx<'_>, worker: &str, why: WorkerOffline) -> OpResult<()> {
     tx.execute(
-        "UPDATE workers SET status = 'offline' WHERE id = ?1",
-        params![worker],
+        "UPDATE workers SET status = ?1 WHERE id = ?2",
+        params![WorkerStatus::Offline, worker],
     )?;
-    tx.event(
-        Ev::new(EventKind::WorkerOffline)
-            .worker(Some(worker))
-            .detail(detail),
-    )?;
+    tx.event(Ev::new(EventDetail::WorkerOffline(why)).worker(Some(worker)))?;
     Ok(())
 }
 
 pub(super) fn request_stops(tx: &Tx<'_>, session_id: &str, count: u32) -> OpResult<Vec<WorkerId>> {
     session::status(tx, session_id)?;
     // Idle workers first, then the newest: a busy worker leaves only after its task.
+    let [idle, busy] = WorkerStatus::LIVE;
     let chosen: Vec<String> = tx
         .query(
             "SELECT id FROM workers
-             WHERE session_id = ?1 AND status IN ('idle', 'busy') AND NOT stop_requested
-             ORDER BY status = 'busy', started_at DESC, id
+             WHERE session_id = ?1 AND status IN (?3, ?4) AND NOT stop_requested
+             ORDER BY status = ?4, started_at DESC, id
              LIMIT ?2",
-            params![session_id, count],
+            params![session_id, count, idle, busy],
         )?
         .iter()
         .map(|r| r.get(0))
@@ -769,13 +833,15 @@ pub(super) fn request_stops(tx: &Tx<'_>, session_id: &str, count: u32) -> OpResu
 
 pub(super) fn stop_worker(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
     let state = worker_state(tx, worker)?;
-    if state.status == "stopped" {
+    if state.status == WorkerStatus::Stopped {
         return Ok(());
     }
     // A worker that leaves while holding a lease gives its task back now rather than making
     // everyone wait for the lease to expire.
     let held: Vec<(String, String, u32)> = tx
         .query(
+            // `state = 'running'` stays a literal, so the partial index `tasks_leases` (running
+            // tasks only) serves it instead of a scan of every task.
             "SELECT session_id, id, attempt FROM tasks WHERE state = 'running' AND worker_id = ?1
              ORDER BY session_id, seq",
             params![worker],
@@ -786,36 +852,33 @@ pub(super) fn stop_worker(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
     for (session_id, task_id, attempt) in held {
         let lease = Lease {
             session_id: SessionId::from_string(session_id),
-            task_id: TaskId::new(task_id)
-                .map_err(|e| StoreError::Damaged(format!("task id in store: {e}")))?,
+            task_id: task_id_of(&task_id)?,
             attempt: Attempt(attempt),
             worker_id: WorkerId::from_string(worker),
         };
         apply_outcome(tx, &lease, &Outcome::Interrupted)?;
     }
     let r = tx.query_one(
-        "UPDATE workers SET status = 'stopped', task_session_id = NULL, task_id = NULL,
+        "UPDATE workers SET status = ?3, task_session_id = NULL, task_id = NULL,
              attempt = NULL, task_started_at = NULL, last_heartbeat = ?1
          WHERE id = ?2
          RETURNING tasks_completed, tasks_failed",
-        params![tx.now, worker],
+        params![tx.now, worker, WorkerStatus::Stopped],
     )?;
-    let (completed, failed): (u32, u32) = (r.get(0)?, r.get(1)?);
     tx.event(
-        Ev::new(EventKind::WorkerStopped)
-            .worker(Some(worker))
-            .detail(json!({
-                "tasks_completed": completed,
-                "tasks_failed": failed,
-            })),
+        Ev::new(EventDetail::WorkerStopped(WorkerStopped {
+            tasks_completed: r.get(0)?,
+            tasks_failed: r.get(1)?,
+        }))
+        .worker(Some(worker)),
     )?;
     Ok(())
 }
 
 pub(super) fn prune_workers(tx: &Tx<'_>, before: i64) -> OpResult<u32> {
     let n = tx.execute(
-        "DELETE FROM workers WHERE status IN ('stopped', 'offline') AND last_heartbeat < ?1",
-        params![before],
+        "DELETE FROM workers WHERE status IN (?2, ?3) AND last_heartbeat < ?1",
+        params![before, WorkerStatus::Stopped, WorkerStatus::Offline],
     )?;
     Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }

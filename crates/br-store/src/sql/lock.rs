@@ -1,9 +1,9 @@
 //! Lock writes: manual session locks (`br lock`), releasing a task's or a session's locks, and
 //! finding which held locks a wanted set overlaps. The overlap rule itself is br-core's.
 
+use br_core::detail::{self, HeldLock, LockPaths};
 use br_core::state::TransitionError;
-use br_core::{EventKind, LockPath};
-use serde_json::json;
+use br_core::{EventDetail, LockPath};
 
 use super::read::{LOCK_COLUMNS, lock_from_row};
 use super::{Ev, OpResult, Param, Tx, params, session};
@@ -57,21 +57,21 @@ pub(super) fn conflicts(session: &str, wanted: &[LockPath], held: &[Held]) -> Ve
     out
 }
 
-pub(super) fn conflict_detail(conflicts: &[LockConflict]) -> serde_json::Value {
-    let mut paths: Vec<&str> = conflicts.iter().map(|c| c.wanted.as_str()).collect();
+/// What a `lock_conflict` (and a waiting task's `blocked_by`) says about `conflicts`: the
+/// wanted paths, and every overlapping lock with its holder.
+pub(super) fn conflict_detail(conflicts: &[LockConflict]) -> detail::LockConflict {
+    let mut paths: Vec<String> = conflicts.iter().map(|c| c.wanted.clone()).collect();
     paths.sort_unstable();
     paths.dedup();
-    let held_by: Vec<serde_json::Value> = conflicts
+    let held_by = conflicts
         .iter()
-        .map(|c| {
-            json!({
-                "path": c.held.path,
-                "session_id": c.held.session_id,
-                "task_id": c.held.task_id,
-            })
+        .map(|c| HeldLock {
+            path: c.held.path.clone(),
+            session_id: c.held.session_id.clone(),
+            task_id: c.held.task_id.clone(),
         })
         .collect();
-    json!({ "paths": paths, "held_by": held_by })
+    detail::LockConflict { paths, held_by }
 }
 
 pub(super) fn lock_paths(
@@ -91,34 +91,28 @@ pub(super) fn lock_paths(
     let held = held_locks(tx)?;
     let found = conflicts(session_id, paths, &held);
     if !found.is_empty() {
-        tx.event(
-            Ev::new(EventKind::LockConflict)
-                .session(session_id)
-                .detail(conflict_detail(&found)),
-        )?;
+        tx.event(Ev::new(EventDetail::LockConflict(conflict_detail(&found))).session(session_id))?;
         return Ok(LockOutcome::Conflict(found));
     }
-    let mut taken = Vec::new();
+    let mut taken: Vec<String> = Vec::new();
     for p in paths {
         let already = held.iter().any(|h| {
             h.lock.session_id.as_str() == session_id
                 && h.lock.task_id.is_none()
                 && h.lock.path == p.as_str()
         });
-        if !already && !taken.contains(&p.as_str()) {
+        if !already && !taken.iter().any(|t| t == p.as_str()) {
             tx.execute(
                 "INSERT INTO locks (path, session_id, task_id, attempt, acquired_at)
                  VALUES (?1, ?2, NULL, NULL, ?3)",
                 params![p.as_str(), session_id, tx.now],
             )?;
-            taken.push(p.as_str());
+            taken.push(p.as_str().to_string());
         }
     }
     if !taken.is_empty() {
         tx.event(
-            Ev::new(EventKind::LockAcquired)
-                .session(session_id)
-                .detail(json!({ "paths": taken })),
+            Ev::new(EventDetail::LockAcquired(LockPaths { paths: taken })).session(session_id),
         )?;
     }
     Ok(LockOutcome::Acquired)
@@ -148,9 +142,10 @@ pub(super) fn unlock_paths(
     };
     if !released.is_empty() {
         tx.event(
-            Ev::new(EventKind::LockReleased)
-                .session(session_id)
-                .detail(json!({ "paths": released })),
+            Ev::new(EventDetail::LockReleased(LockPaths {
+                paths: released.clone(),
+            }))
+            .session(session_id),
         )?;
     }
     Ok(released)
@@ -177,9 +172,10 @@ pub(super) fn release_session_locks(tx: &Tx<'_>, session_id: &str) -> OpResult<V
     )?;
     if !paths.is_empty() {
         tx.event(
-            Ev::new(EventKind::LockReleased)
-                .session(session_id)
-                .detail(json!({ "paths": paths })),
+            Ev::new(EventDetail::LockReleased(LockPaths {
+                paths: paths.clone(),
+            }))
+            .session(session_id),
         )?;
     }
     Ok(paths)
@@ -200,12 +196,11 @@ pub(super) fn release_task_locks(
     )?;
     if !paths.is_empty() {
         tx.event(
-            Ev::new(EventKind::LockReleased)
+            Ev::new(EventDetail::LockReleased(LockPaths { paths }))
                 .session(session_id)
                 .task(task_id)
                 .worker(worker_id)
-                .attempt(attempt)
-                .detail(json!({ "paths": paths })),
+                .attempt(attempt),
         )?;
     }
     Ok(())

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use br_core::outcome::Outcome;
 use br_core::state::SessionAction;
-use br_core::{EventKind, LockPath, SessionId, TaskId, Timestamp, WorkerId};
+use br_core::{EventDetail, LockPath, SessionId, TaskId, Timestamp, WorkerId};
 
 pub(crate) use value::{Param, Row, Value};
 
@@ -102,25 +102,23 @@ impl<'a> std::ops::Deref for Tx<'a> {
     }
 }
 
-/// An event about to be appended.
+/// An event about to be appended: its detail (which names its kind) and whom it is about.
 pub(crate) struct Ev<'a> {
-    kind: EventKind,
+    detail: EventDetail,
     session: Option<&'a str>,
     task: Option<&'a str>,
     worker: Option<&'a str>,
     attempt: Option<u32>,
-    detail: serde_json::Value,
 }
 
 impl<'a> Ev<'a> {
-    pub fn new(kind: EventKind) -> Self {
+    pub fn new(detail: EventDetail) -> Self {
         Ev {
-            kind,
+            detail,
             session: None,
             task: None,
             worker: None,
             attempt: None,
-            detail: serde_json::Value::Object(Default::default()),
         }
     }
     pub fn session(mut self, s: &'a str) -> Self {
@@ -139,23 +137,19 @@ impl<'a> Ev<'a> {
         self.attempt = (a > 0).then_some(a);
         self
     }
-    pub fn detail(mut self, d: serde_json::Value) -> Self {
-        self.detail = d;
-        self
-    }
 }
 
 impl Tx<'_> {
     /// Appends `ev`; returns its `seq`.
     pub fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
-        let detail = ev.detail.to_string();
+        let detail = serde_json::to_string(&ev.detail)?;
         self.query_one(
             "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              RETURNING seq",
             params![
                 self.now,
-                ev.kind.as_str(),
+                ev.detail.kind(),
                 ev.session,
                 ev.task,
                 ev.worker,
@@ -354,7 +348,7 @@ impl<B: Backend> Store for B {
 
     fn append_event(&self, event: &NewEvent) -> Result<Event> {
         let seq = self.write("record an event", |tx| {
-            let mut ev = Ev::new(event.kind).detail(event.detail.clone());
+            let mut ev = Ev::new(event.detail.clone());
             ev.session = event.session_id.as_ref().map(SessionId::as_str);
             ev.task = event.task_id.as_ref().map(TaskId::as_str);
             ev.worker = event.worker_id.as_ref().map(WorkerId::as_str);

@@ -3,7 +3,8 @@
 
 use std::str::FromStr;
 
-use br_core::{Attempt, SessionId, TaskId, Timestamp, WorkerId};
+use br_core::{Attempt, EventDetail, EventKind, SessionId, SessionStatus, TaskId, Timestamp};
+use br_core::{WorkerId, WorkerStatus};
 use serde::de::DeserializeOwned;
 
 use super::{Db, OpResult, Row, params};
@@ -191,10 +192,13 @@ fn task_from_row(r: &Row, session: &Session) -> OpResult<Task> {
 }
 
 /// Fills in scope violations and predicted conflicts from the session's events (both sides of
-/// each conflict). A violation counts for the attempt that made it only.
+/// each conflict). A violation counts for the attempt that made it only. Details are read
+/// leniently: one whose shape is not known adds nothing.
 fn annotate(c: &dyn Db, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
     let rows = c
         .query(
+            // The kinds stay literals: they are the predicate of the partial index
+            // `events_notes`, which the planner uses only when it sees the same constants.
             "SELECT kind, task_id, attempt, detail FROM events
              WHERE session_id = ?1 AND kind IN ('scope_violation', 'merge_conflict')
              ORDER BY seq",
@@ -202,29 +206,28 @@ fn annotate(c: &dyn Db, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
         )?
         .iter()
         .map(|r| {
+            let kind: EventKind = r.get(0)?;
             Ok((
-                r.get::<String>(0)?,
                 r.get::<Option<String>>(1)?,
                 r.get::<Option<u32>>(2)?,
-                json::<serde_json::Value>(r, 3)?,
+                EventDetail::read(kind, &json::<serde_json::Value>(r, 3)?),
             ))
         })
         .collect::<OpResult<Vec<_>>>()?;
-    let files_of = |detail: &serde_json::Value| -> Vec<String> {
-        serde_json::from_value(detail["files"].clone()).unwrap_or_default()
-    };
-    for (kind, task, attempt, detail) in rows {
+    for (task, attempt, detail) in rows {
         let Some(task) = task else { continue };
-        if kind == "scope_violation" {
-            if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == task)
-                && attempt == Some(t.attempts)
-            {
-                t.scope_violations = files_of(&detail);
+        let (with, files) = match detail {
+            Some(EventDetail::ScopeViolation(v)) => {
+                if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == task)
+                    && attempt == Some(t.attempts)
+                {
+                    t.scope_violations = v.files;
+                }
+                continue;
             }
-            continue;
-        }
-        let with = detail["with"].as_str().unwrap_or_default().to_string();
-        let files = files_of(&detail);
+            Some(EventDetail::MergeConflict(m)) => (m.with, m.files),
+            _ => continue,
+        };
         for (me, other) in [
             (task.as_str(), with.as_str()),
             (with.as_str(), task.as_str()),
@@ -376,15 +379,17 @@ pub(super) fn events(c: &dyn Db, filter: &EventFilter) -> OpResult<Vec<Event>> {
     )?
     .iter()
     .map(|r| {
+        let kind: EventKind = r.get(2)?;
+        let detail: String = r.get(7)?;
         Ok(Event {
             seq: r.get(0)?,
             at: ts(r, 1)?,
-            kind: parsed(r, 2)?,
+            kind,
             session_id: r.get::<Option<String>>(3)?.map(SessionId::from_string),
             task_id: task_id(r, 4)?,
             worker_id: r.get::<Option<String>>(5)?.map(WorkerId::from_string),
             attempt: r.get::<Option<u32>>(6)?.map(Attempt),
-            detail: json(r, 7)?,
+            detail: EventDetail::from_stored(kind, &detail).map_err(|e| r.damaged(7, e))?,
         })
     })
     .collect()
@@ -394,17 +399,19 @@ pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
     let (mut idle, mut busy, mut offline) = (0u32, 0u32, 0u32);
     for r in c.query("SELECT status, count(*) FROM workers GROUP BY status", &[])? {
         let n: u32 = r.get(1)?;
-        match r.get::<String>(0)?.as_str() {
-            "idle" => idle = n,
-            "busy" => busy = n,
-            "offline" => offline = n,
-            _ => {}
+        match r.get::<WorkerStatus>(0)? {
+            WorkerStatus::Idle => idle = n,
+            WorkerStatus::Busy => busy = n,
+            WorkerStatus::Offline => offline = n,
+            // Stopped workers have left: they are not counted.
+            WorkerStatus::Stopped => {}
         }
     }
+    let [created, running, paused] = SessionStatus::ACTIVE;
     // SUM of BIGINT is NUMERIC in PostgreSQL: cast back.
     let r = c.query_one(
         "SELECT count(*),
-                count(*) FILTER (WHERE status IN ('created', 'running', 'paused')),
+                count(*) FILTER (WHERE status IN (?1, ?2, ?3)),
                 CAST(COALESCE(SUM(total_tasks), 0) AS BIGINT),
                 CAST(COALESCE(SUM(succeeded_tasks), 0) AS BIGINT),
                 CAST(COALESCE(SUM(failed_tasks), 0) AS BIGINT),
@@ -412,7 +419,7 @@ pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
                      AS BIGINT),
                 CAST(COALESCE(SUM(running_tasks), 0) AS BIGINT)
          FROM sessions",
-        &[],
+        params![created, running, paused],
     )?;
     let (sessions_total, active, total, succeeded, failed, finished, running): (
         u32,

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use br_core::detail::{SessionChange, SessionCreated, SessionTally, TaskCancelled, TaskRequeued};
 use br_core::ids::slugify;
 use br_core::state::{SessionAction, TransitionError};
-use br_core::{EventKind, SessionId, SessionStatus, TaskState};
-use serde_json::json;
+use br_core::{EventDetail, SessionId, SessionStatus, TaskState};
 
 use super::{Ev, OpError, OpResult, Tx, lock, millis, params};
 use crate::error::StoreError;
@@ -44,16 +44,13 @@ pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> 
 }
 
 pub(super) fn status(tx: &Tx<'_>, session: &str) -> OpResult<SessionStatus> {
-    let text: Option<String> = tx
-        .query_opt(
-            "SELECT status FROM sessions WHERE id = ?1",
-            params![session],
-        )?
-        .map(|r| r.get(0))
-        .transpose()?;
-    let text = text.ok_or_else(|| StoreError::NoSuchSession(session.to_string()))?;
-    text.parse()
-        .map_err(|e| StoreError::Damaged(format!("session {session}: {e}")).into())
+    tx.query_opt(
+        "SELECT status FROM sessions WHERE id = ?1",
+        params![session],
+    )?
+    .map(|r| r.get(0))
+    .transpose()?
+    .ok_or_else(|| StoreError::NoSuchSession(session.to_string()).into())
 }
 
 pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
@@ -81,7 +78,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
         "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
              isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
              created_at, total_tasks)
-         VALUES (?1, ?2, ?3, 'created', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             id.as_str(),
             &plan.name,
@@ -98,18 +95,18 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
             new.workers_wanted,
             tx.now,
             plan.tasks.len(),
+            SessionStatus::Created,
         ],
     )?;
     tx.event(
-        Ev::new(EventKind::SessionCreated)
-            .session(id.as_str())
-            .detail(json!({
-                "name": plan.name,
-                "tasks": plan.tasks.len(),
-                "plan_path": new.plan_path,
-                "base_commit": new.base_commit,
-                "isolation": plan.isolation.as_str(),
-            })),
+        Ev::new(EventDetail::SessionCreated(SessionCreated {
+            name: plan.name.clone(),
+            tasks: u32::try_from(plan.tasks.len()).unwrap_or(u32::MAX),
+            plan_path,
+            base_commit: new.base_commit.clone(),
+            isolation: plan.isolation,
+        }))
+        .session(id.as_str()),
     )?;
     let mut ready = Vec::new();
     for (seq, task) in plan.tasks.iter().enumerate() {
@@ -134,7 +131,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
                 &serde_json::to_string(&task.env)?,
                 task.timeout.map(millis),
                 task.retries,
-                state.as_str(),
+                state,
                 after.len(),
             ],
         )?;
@@ -151,7 +148,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     }
     for task in ready {
         tx.event(
-            Ev::new(EventKind::TaskReady)
+            Ev::new(EventDetail::TaskReady)
                 .session(id.as_str())
                 .task(task),
         )?;
@@ -165,41 +162,42 @@ pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<(
     let next = current.apply(action, id)?;
     tx.execute(
         "UPDATE sessions SET status = ?1 WHERE id = ?2",
-        params![next.as_str(), id],
+        params![next, id],
     )?;
-    let kind = match action {
-        SessionAction::Pause => EventKind::SessionPaused,
-        SessionAction::Resume => EventKind::SessionResumed,
-        SessionAction::Cancel => EventKind::SessionCancelled,
+    let change = SessionChange {
+        from: current,
+        reason: None,
     };
-    tx.event(
-        Ev::new(kind)
-            .session(id)
-            .detail(json!({ "from": current.as_str() })),
-    )?;
+    let detail = match action {
+        SessionAction::Pause => EventDetail::SessionPaused(change),
+        SessionAction::Resume => EventDetail::SessionResumed(change),
+        SessionAction::Cancel => EventDetail::SessionCancelled(change),
+    };
+    tx.event(Ev::new(detail).session(id))?;
     if action == SessionAction::Cancel {
         // Tasks not running stop here; running ones end when their workers report, so their
         // locks stay held until their processes are gone.
+        let [pending, ready] = TaskState::WAITING;
         let waiting: Vec<String> = tx
             .query(
-                "SELECT id FROM tasks WHERE session_id = ?1 AND state IN ('pending', 'ready')
-                 ORDER BY seq",
-                params![id],
+                "SELECT id FROM tasks WHERE session_id = ?1 AND state IN (?2, ?3) ORDER BY seq",
+                params![id, pending, ready],
             )?
             .iter()
             .map(|r| r.get(0))
             .collect::<OpResult<_>>()?;
         for task in &waiting {
             tx.execute(
-                "UPDATE tasks SET state = 'cancelled', finished_at = ?1, blocked_by = NULL
-                 WHERE session_id = ?2 AND id = ?3",
-                params![tx.now, id, task],
+                "UPDATE tasks SET state = ?1, finished_at = ?2, blocked_by = NULL
+                 WHERE session_id = ?3 AND id = ?4",
+                params![TaskState::Cancelled, tx.now, id, task],
             )?;
             tx.event(
-                Ev::new(EventKind::TaskCancelled)
-                    .session(id)
-                    .task(task)
-                    .detail(json!({ "reason": "session cancelled" })),
+                Ev::new(EventDetail::TaskCancelled(TaskCancelled {
+                    reason: TaskCancelled::SESSION_CANCELLED.to_string(),
+                }))
+                .session(id)
+                .task(task),
             )?;
         }
         bump(tx, id, Counter::Cancelled, waiting.len() as i64)?;
@@ -219,13 +217,13 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
         params![id],
     )?;
     let (status, total, succeeded, failed, skipped, cancelled, running, completed_at): (
-        String,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
+        SessionStatus,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
+        u32,
         Option<i64>,
     ) = (
         r.get(0)?,
@@ -237,9 +235,6 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
         r.get(6)?,
         r.get(7)?,
     );
-    let status: SessionStatus = status
-        .parse()
-        .map_err(|e| StoreError::Damaged(format!("session {id}: {e}")))?;
     if status.is_terminal() {
         if status == SessionStatus::Cancelled && running == 0 && completed_at.is_none() {
             tx.execute(
@@ -252,21 +247,25 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
     if succeeded + failed + skipped + cancelled < total {
         return Ok(());
     }
-    let (next, kind) = if succeeded == total {
-        (SessionStatus::Completed, EventKind::SessionCompleted)
+    let tally = SessionTally {
+        succeeded,
+        failed,
+        skipped,
+        cancelled,
+    };
+    let (next, detail) = if succeeded == total {
+        (
+            SessionStatus::Completed,
+            EventDetail::SessionCompleted(tally),
+        )
     } else {
-        (SessionStatus::Failed, EventKind::SessionFailed)
+        (SessionStatus::Failed, EventDetail::SessionFailed(tally))
     };
     tx.execute(
         "UPDATE sessions SET status = ?1, completed_at = ?2 WHERE id = ?3",
-        params![next.as_str(), tx.now, id],
+        params![next, tx.now, id],
     )?;
-    tx.event(Ev::new(kind).session(id).detail(json!({
-        "succeeded": succeeded,
-        "failed": failed,
-        "skipped": skipped,
-        "cancelled": cancelled,
-    })))?;
+    tx.event(Ev::new(detail).session(id))?;
     lock::release_session_locks(tx, id)?;
     Ok(())
 }
@@ -326,20 +325,17 @@ pub(super) fn requeue_task(
             status,
         }))
     };
-    let state: Option<String> = tx
+    let state: TaskState = tx
         .query_opt(
             "SELECT state FROM tasks WHERE session_id = ?1 AND id = ?2",
             params![session_id, task_id],
         )?
         .map(|r| r.get(0))
-        .transpose()?;
-    let state: TaskState = state
+        .transpose()?
         .ok_or_else(|| StoreError::NoSuchTask {
             session: session_id.to_string(),
             task: task_id.to_string(),
-        })?
-        .parse()
-        .map_err(|e| StoreError::Damaged(format!("task {task_id}: {e}")))?;
+        })?;
     let counter = match state {
         TaskState::Succeeded => Counter::Succeeded,
         TaskState::Failed => Counter::Failed,
@@ -349,32 +345,33 @@ pub(super) fn requeue_task(
         return Err(refused());
     }
     tx.execute(
-        "UPDATE tasks SET state = 'ready', base_commit = ?1, finished_at = NULL, blocked_by = NULL
-         WHERE session_id = ?2 AND id = ?3",
-        params![base_commit, session_id, task_id],
+        "UPDATE tasks SET state = ?1, base_commit = ?2, finished_at = NULL, blocked_by = NULL
+         WHERE session_id = ?3 AND id = ?4",
+        params![TaskState::Ready, base_commit, session_id, task_id],
     )?;
     bump(tx, session_id, counter, -1)?;
     if status.is_terminal() {
         // The session has work again.
         tx.execute(
-            "UPDATE sessions SET status = 'running', completed_at = NULL WHERE id = ?1",
-            params![session_id],
+            "UPDATE sessions SET status = ?1, completed_at = NULL WHERE id = ?2",
+            params![SessionStatus::Running, session_id],
         )?;
         tx.event(
-            Ev::new(EventKind::SessionResumed)
-                .session(session_id)
-                .detail(json!({ "from": status.as_str(), "reason": reason })),
+            Ev::new(EventDetail::SessionResumed(SessionChange {
+                from: status,
+                reason: Some(reason.to_string()),
+            }))
+            .session(session_id),
         )?;
     }
     tx.event(
-        Ev::new(EventKind::TaskRequeued)
-            .session(session_id)
-            .task(task_id)
-            .detail(json!({
-                "reason": reason,
-                "base_commit": base_commit,
-                "from": state.as_str(),
-            })),
+        Ev::new(EventDetail::TaskRequeued(TaskRequeued::OnNewBase {
+            reason: reason.to_string(),
+            base_commit: base_commit.to_string(),
+            from: state,
+        }))
+        .session(session_id)
+        .task(task_id),
     )?;
     Ok(())
 }

@@ -8,6 +8,9 @@
 
 use std::rc::Rc;
 
+use br_core::state::UnknownState;
+use br_core::{EventKind, OutcomeKind, SessionStatus, TaskState, WorkerStatus};
+
 use super::{OpError, OpResult};
 use crate::error::StoreError;
 
@@ -72,6 +75,31 @@ impl From<bool> for Param<'_> {
         Param::Integer(b.into())
     }
 }
+
+/// The store's words (states, statuses, outcomes, event kinds) bind as the text they are kept
+/// as, so the SQL layer names them by their enum, never by a string literal.
+macro_rules! word_params {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Param<'_> {
+            fn from(word: $t) -> Self {
+                Param::Text(word.as_str())
+            }
+        }
+
+        impl FromValue for $t {
+            fn from_value(value: &Value) -> Result<Self, String> {
+                String::from_value(value)?.parse().map_err(|e: UnknownState| e.to_string())
+            }
+        }
+    )*};
+}
+word_params!(
+    TaskState,
+    SessionStatus,
+    WorkerStatus,
+    OutcomeKind,
+    EventKind
+);
 
 impl<'a, T: Into<Param<'a>>> From<Option<T>> for Param<'a> {
     fn from(v: Option<T>) -> Self {
@@ -209,6 +237,28 @@ mod tests {
             damaged(r.get::<String>(1).unwrap_err()),
             "column `worker_id`: expected text, found NULL"
         );
+    }
+
+    #[test]
+    fn a_word_no_state_has_is_damage_naming_its_column() {
+        let columns: Rc<[Box<str>]> = ["outcome"].map(Box::from).into();
+        let r = Row::new(columns, vec![Value::Text("exploded".into())]);
+        let e = match r.get::<Option<OutcomeKind>>(0).unwrap_err() {
+            OpError::Store(StoreError::Damaged(why)) => why,
+            other => panic!("unexpected error: {other:?}"),
+        };
+        assert!(
+            e.starts_with(
+                "column `outcome`: unknown outcome `exploded` (expected one of: succeeded,"
+            ),
+            "{e}"
+        );
+        let r = Row::new(
+            ["outcome"].map(Box::from).into(),
+            vec![Value::Text("timed_out".into())],
+        );
+        assert_eq!(r.get::<OutcomeKind>(0).unwrap(), OutcomeKind::TimedOut);
+        assert_eq!(Param::from(TaskState::Ready), Param::Text("ready"));
     }
 
     #[test]

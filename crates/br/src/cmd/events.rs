@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use br_core::TaskId;
+use br_store::view::EventView;
 use br_store::{Event, EventFilter};
 
 use crate::cli::{EventsArgs, LogsArgs};
@@ -54,7 +55,7 @@ pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<Exit> {
 
 fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, ev)?;
+        serde_json::to_writer(&mut *out, &EventView::from(ev))?;
         writeln!(out)?;
         return Ok(());
     }
@@ -71,8 +72,11 @@ fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<(
     if let Some(w) = &ev.worker_id {
         line.push_str(&format!(" worker={w}"));
     }
-    if ev.detail.as_object().is_some_and(|d| !d.is_empty()) {
-        line.push_str(&format!(" {}", ev.detail));
+    // The whole detail, as stored: this is the log for looking closely; the dashboards and
+    // progress lines say it in words.
+    let detail = serde_json::to_value(&ev.detail)?;
+    if detail.as_object().is_some_and(|d| !d.is_empty()) {
+        line.push_str(&format!(" {detail}"));
     }
     writeln!(out, "{line}")?;
     Ok(())

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use br_core::LockPath;
 use br_core::time::ago;
 use br_store::LockOutcome;
+use br_store::view::LockListView;
 
 use crate::cli::{LockArgs, UnlockArgs};
 use crate::context::Context;
@@ -102,11 +103,12 @@ pub fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
 
 pub fn locks(ctx: &Context) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
-    let locks = store.locks()?;
+    let locks = LockListView::read(&*store)?;
     if ctx.json {
         print_json(&locks)?;
         return Ok(Exit::Success);
     }
+    let locks = locks.0;
     let now = store.now()?;
     let mut table = Table::new(&["PATH", "SESSION", "TASK", "ATTEMPT", "ACQUIRED"]);
     for l in &locks {

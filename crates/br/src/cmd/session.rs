@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
-use br_core::{SessionStatus, TaskState};
+use br_core::{OutcomeKind, SessionStatus, TaskState};
 use br_exec::cleanup::{self, CleanupReport, CleanupScope};
 use br_exec::liveness::serving_workers;
 use br_exec::watch::{WaitEnd, wait_for_end, wait_for_running_tasks};
+use br_store::view::{SessionListView, SummaryView};
 use br_store::{Session, SessionFilter, Store};
 
 use crate::cli::{
@@ -38,7 +39,6 @@ pub fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Resul
     }
 }
 
-/// `br status --json`: the session's fields plus `tasks`.
 pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = find_session(&*store, args.session.as_deref())?;
@@ -117,7 +117,7 @@ pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                     "  attempt {} on {}: {} (log: {})",
                     a.attempt,
                     a.worker_id,
-                    a.outcome.as_deref().unwrap_or("running"),
+                    a.outcome.map_or("running", OutcomeKind::as_str),
                     a.log_path.as_deref().unwrap_or("-")
                 )?;
             }
@@ -142,26 +142,24 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
                 .collect();
             format!("waits for {}", waiting.join(","))
         }
-        TaskState::Ready => match &t.blocked_by {
-            Some(b) => {
-                let holder = &b["held_by"][0];
-                let who = holder["task_id"]
-                    .as_str()
-                    .map(|t| format!("task {t}"))
-                    .unwrap_or_else(|| {
-                        format!("session {}", holder["session_id"].as_str().unwrap_or("?"))
-                    });
-                format!(
-                    "lock {} held by {who}",
-                    holder["path"].as_str().unwrap_or("?")
-                )
+        TaskState::Ready => match t.blocked_by.as_ref().map(|b| b.held_by.first()) {
+            Some(Some(holder)) => {
+                let who = match &holder.task_id {
+                    Some(t) => format!("task {t}"),
+                    None => format!("session {}", holder.session_id),
+                };
+                format!("lock {} held by {who}", holder.path)
             }
+            Some(None) => "lock ? held by session ?".to_string(),
             None if t.attempts > 0 => {
-                format!("retry after {}", t.outcome.as_deref().unwrap_or("?"))
+                format!("retry after {}", t.outcome.map_or("?", OutcomeKind::as_str))
             }
             None => String::new(),
         },
-        TaskState::Failed | TaskState::Cancelled => t.outcome.clone().unwrap_or_default(),
+        TaskState::Failed | TaskState::Cancelled => t
+            .outcome
+            .map(|o| o.as_str().to_string())
+            .unwrap_or_default(),
         _ => t.merge_notes().join("; "),
     }
 }
@@ -174,14 +172,18 @@ pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
         .map(str::parse::<SessionStatus>)
         .transpose()
         .map_err(|e| usage(e.to_string()))?;
-    let sessions = store.list_sessions(&SessionFilter {
-        status,
-        limit: Some(args.limit),
-    })?;
+    let sessions = SessionListView::read(
+        &*store,
+        &SessionFilter {
+            status,
+            limit: Some(args.limit),
+        },
+    )?;
     if ctx.json {
         print_json(&sessions)?;
         return Ok(Exit::Success);
     }
+    let sessions = sessions.0;
     let now = store.now()?;
     let mut table = Table::new(&[
         "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "CREATED",
@@ -360,7 +362,7 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.summary()?;
     if ctx.json {
-        print_json(&s)?;
+        print_json(&SummaryView::from(&s))?;
         return Ok(Exit::Success);
     }
     print(&format!(

@@ -9,7 +9,7 @@ use br_core::time::{ago, short_duration};
 use br_exec::liveness::host_name;
 use br_exec::signals::{StopFlag, stop_on_signals, stop_when_stdin_closes};
 use br_exec::worker::{Exit as WorkerExit, Note, WorkerConfig, run_worker};
-use br_store::WorkerFilter;
+use br_store::view::{WorkerListView, WorkerListing};
 
 use crate::cli::{WorkerArgs, WorkersArgs};
 use crate::context::Context;
@@ -126,18 +126,18 @@ pub fn workers(ctx: &Context, args: WorkersArgs) -> anyhow::Result<Exit> {
         .map(str::parse::<WorkerStatus>)
         .transpose()
         .map_err(|e| usage(e.to_string()))?;
-    let workers: Vec<_> = store
-        .workers(&WorkerFilter {
+    let workers = WorkerListView::read(
+        &*store,
+        WorkerListing {
             status,
-            session: None,
-        })?
-        .into_iter()
-        .filter(|w| args.all || status.is_some() || w.status != WorkerStatus::Stopped)
-        .collect();
+            include_stopped: args.all,
+        },
+    )?;
     if ctx.json {
         print_json(&workers)?;
         return Ok(Exit::Success);
     }
+    let workers = workers.0;
     let now = store.now()?;
     let mut table = Table::new(&[
         "ID",

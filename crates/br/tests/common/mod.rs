@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub mod partition;
 pub mod pg_server;
 pub mod proxy;
+pub mod served;
 
 use br_store::sqlite::SqliteStore;
 use br_store::{Event, EventFilter, Store, StoreLocation};
@@ -315,6 +316,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// An event's detail as JSON: what `br events --json` shows of it.
+pub fn detail(ev: &Event) -> Value {
+    serde_json::to_value(&ev.detail).expect("a detail is JSON")
 }
 
 /// Parses an RFC 3339 timestamp from status JSON into milliseconds.

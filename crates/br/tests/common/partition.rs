@@ -14,7 +14,7 @@ use br_store::audit::{audit_fencing, audit_lock_order, audit_terminal_once};
 
 use super::pg_server::PgServer;
 use super::proxy::Proxy;
-use super::{Guard, PgSchema, TestRepo, poll};
+use super::{Guard, PgSchema, TestRepo, detail, poll};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -171,7 +171,7 @@ fn check_ending(repo: &TestRepo, session: &str, cut_off: Guard, other: Guard, re
         .iter()
         .find(|e| e.kind == EventKind::TaskRequeued)
         .expect("task_requeued");
-    assert_eq!(requeued.detail["outcome"], "lease_lost");
+    assert_eq!(detail(requeued)["outcome"], "lease_lost");
     let attempts = repo
         .store()
         .attempts(
@@ -179,7 +179,7 @@ fn check_ending(repo: &TestRepo, session: &str, cut_off: Guard, other: Guard, re
             &br_core::TaskId::new("t").expect("task id"),
         )
         .expect("attempts");
-    assert_eq!(attempts[0].outcome.as_deref(), Some("lease_lost"));
+    assert_eq!(attempts[0].outcome, Some(br_core::OutcomeKind::LeaseLost));
     if report == Report::Refused {
         assert!(
             events
