@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::UnknownState;
+use crate::words::UnknownState;
 
 macro_rules! event_kinds {
     ($($variant:ident = $text:literal),+ $(,)?) => {

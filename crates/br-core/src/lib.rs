@@ -12,6 +12,7 @@ pub mod outcome;
 pub mod plan;
 pub mod state;
 pub mod time;
+mod words;
 
 pub use detail::EventDetail;
 pub use event::EventKind;

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::state::string_enum;
+use crate::words::string_enum;
 
 string_enum!(
     /// How an attempt ended, without its data (exit code, signal, reasons): the word the store

@@ -22,6 +22,7 @@ use br_store::{EventFilter, SessionFilter, Store};
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::query::SessionQuery;
 use crate::state::{AppState, Exposure};
 use crate::stream::stream;
 
@@ -137,12 +138,6 @@ fn json_text(text: Arc<str>) -> Response {
         text.to_string(),
     )
         .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct SessionQuery {
-    /// The session whose tasks to include: id, unique id prefix or name.
-    pub session: Option<String>,
 }
 
 /// `GET /api/snapshot[?session=S]`: what the dashboards show (as `br dashboard --once --json`).

@@ -9,6 +9,7 @@
 
 mod api;
 mod error;
+mod query;
 mod server;
 mod state;
 mod stream;

@@ -20,8 +20,8 @@ use futures_util::stream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::SessionQuery;
 use crate::error::ApiError;
+use crate::query::SessionQuery;
 use crate::state::{AppState, Published};
 
 /// A client gets at most one snapshot this often, however busy the store.

@@ -14,7 +14,7 @@ use br_core::{TaskState, WorkerId, WorkerStatus};
 
 use super::lock::{self, Held};
 use super::session::{self, Counter};
-use super::{Db, Ev, OpResult, Tx, millis, params};
+use super::{Db, Ev, OpResult, Tx, millis, params, read};
 use crate::error::StoreError;
 use crate::model::*;
 
@@ -32,7 +32,7 @@ pub(super) fn register_worker(tx: &Tx<'_>, new: &NewWorker) -> OpResult<WorkerId
         }
     };
     if let Some(s) = &new.session {
-        session::status(tx, s.as_str())?;
+        read::session_status(tx, s.as_str())?;
     }
     tx.execute(
         "INSERT INTO workers (id, host, pid, status, session_id, started_at, last_heartbeat,
@@ -550,7 +550,7 @@ fn apply_outcome_with(
         params![session_id, task_id],
     )?;
     let (retries, failures, lost): (u32, u32, u32) = (r.get(0)?, r.get(1)?, r.get(2)?);
-    let session_status = session::status(tx, session_id)?;
+    let session_status = read::session_status(tx, session_id)?;
     let mut detail = serde_json::to_value(outcome)?;
     if let serde_json::Value::Object(map) = &mut detail {
         if let Some(commit) = &report.commit {
@@ -808,7 +808,7 @@ fn mark_offline(tx: &Tx<'_>, worker: &str, why: WorkerOffline) -> OpResult<()> {
 }
 
 pub(super) fn request_stops(tx: &Tx<'_>, session_id: &str, count: u32) -> OpResult<Vec<WorkerId>> {
-    session::status(tx, session_id)?;
+    read::session_status(tx, session_id)?;
     // Idle workers first, then the newest: a busy worker leaves only after its task.
     let [idle, busy] = WorkerStatus::LIVE;
     let chosen: Vec<String> = tx

@@ -5,8 +5,8 @@ use br_core::detail::{self, HeldLock, LockPaths};
 use br_core::state::TransitionError;
 use br_core::{EventDetail, LockPath};
 
-use super::read::{LOCK_COLUMNS, lock_from_row};
-use super::{Ev, OpResult, Param, Tx, params, session};
+use super::read::{self, LOCK_COLUMNS, lock_from_row};
+use super::{Ev, OpResult, Param, Tx, params};
 use crate::error::StoreError;
 use crate::model::{Lock, LockConflict, LockOutcome};
 
@@ -79,7 +79,7 @@ pub(super) fn lock_paths(
     session_id: &str,
     paths: &[LockPath],
 ) -> OpResult<LockOutcome> {
-    let status = session::status(tx, session_id)?;
+    let status = read::session_status(tx, session_id)?;
     if status.is_terminal() {
         return Err(StoreError::Transition(TransitionError {
             session: session_id.to_string(),
@@ -123,7 +123,7 @@ pub(super) fn unlock_paths(
     session_id: &str,
     paths: Option<&[LockPath]>,
 ) -> OpResult<Vec<String>> {
-    session::status(tx, session_id)?;
+    read::session_status(tx, session_id)?;
     let released = match paths {
         None => return release_session_locks(tx, session_id),
         Some(paths) => {

@@ -7,7 +7,7 @@ use br_core::{Attempt, EventDetail, EventKind, SessionId, SessionStatus, TaskId,
 use br_core::{WorkerId, WorkerStatus};
 use serde::de::DeserializeOwned;
 
-use super::{Db, OpResult, Row, params};
+use super::{Db, OpResult, Row, Tx, params};
 use crate::error::StoreError;
 use crate::model::*;
 
@@ -463,4 +463,15 @@ pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
             failed,
         },
     })
+}
+
+/// A session's status, read inside a write (lease, lock and session operations all check it).
+pub(super) fn session_status(tx: &Tx<'_>, session: &str) -> OpResult<SessionStatus> {
+    tx.query_opt(
+        "SELECT status FROM sessions WHERE id = ?1",
+        params![session],
+    )?
+    .map(|r| r.get(0))
+    .transpose()?
+    .ok_or_else(|| StoreError::NoSuchSession(session.to_string()).into())
 }

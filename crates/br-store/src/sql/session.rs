@@ -8,7 +8,7 @@ use br_core::ids::slugify;
 use br_core::state::{SessionAction, TransitionError};
 use br_core::{EventDetail, SessionId, SessionStatus, TaskState};
 
-use super::{Ev, OpError, OpResult, Tx, lock, millis, params};
+use super::{Ev, OpError, OpResult, Tx, lock, millis, params, read};
 use crate::error::StoreError;
 use crate::model::NewSession;
 
@@ -41,16 +41,6 @@ pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> 
     );
     tx.execute(&sql, params![delta, session])?;
     Ok(())
-}
-
-pub(super) fn status(tx: &Tx<'_>, session: &str) -> OpResult<SessionStatus> {
-    tx.query_opt(
-        "SELECT status FROM sessions WHERE id = ?1",
-        params![session],
-    )?
-    .map(|r| r.get(0))
-    .transpose()?
-    .ok_or_else(|| StoreError::NoSuchSession(session.to_string()).into())
 }
 
 pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
@@ -158,7 +148,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
 }
 
 pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<()> {
-    let current = status(tx, id)?;
+    let current = read::session_status(tx, id)?;
     let next = current.apply(action, id)?;
     tx.execute(
         "UPDATE sessions SET status = ?1 WHERE id = ?2",
@@ -271,7 +261,7 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
 }
 
 pub(super) fn set_workers_wanted(tx: &Tx<'_>, id: &str, workers: u32) -> OpResult<()> {
-    let current = status(tx, id)?;
+    let current = read::session_status(tx, id)?;
     if current.is_terminal() {
         return Err(StoreError::Transition(TransitionError {
             session: id.to_string(),
@@ -288,7 +278,7 @@ pub(super) fn set_workers_wanted(tx: &Tx<'_>, id: &str, workers: u32) -> OpResul
 }
 
 pub(super) fn delete(tx: &Tx<'_>, id: &str) -> OpResult<()> {
-    let current = status(tx, id)?;
+    let current = read::session_status(tx, id)?;
     if !current.is_terminal() {
         return Err(StoreError::Transition(TransitionError {
             session: id.to_string(),
@@ -317,7 +307,7 @@ pub(super) fn requeue_task(
     base_commit: &str,
     reason: &str,
 ) -> OpResult<()> {
-    let status = status(tx, session_id)?;
+    let status = read::session_status(tx, session_id)?;
     let refused = || {
         OpError::from(StoreError::Transition(TransitionError {
             session: session_id.to_string(),
