@@ -360,6 +360,10 @@ fn serialize_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_u64(millis(*d))
 }
 
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes the field by reference"
+)]
 fn serialize_optional_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_some(&millis(*d)),

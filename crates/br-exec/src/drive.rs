@@ -99,6 +99,9 @@ const LOOP_MIN: Duration = Duration::from_millis(50);
 /// How long the session's workers may take to leave after it ended before they are stopped.
 const LEAVE_GRACE: Duration = Duration::from_secs(30);
 
+/// Events are read in pages of this many, so a long history is reported without holding it all.
+const PAGE: usize = 1000;
+
 /// How often the drive requeues expired leases itself (the workers do it too; this covers the
 /// moment when all of them are gone).
 const REQUEUE_EVERY: Duration = Duration::from_secs(1);
@@ -282,8 +285,6 @@ impl Pass<'_> {
         } else {
             pool.reap();
         }
-        // Read in pages, so a long history is reported without holding it all.
-        const PAGE: usize = 1000;
         let events = self.store.events(&EventFilter {
             after_seq: Some(*last_seq),
             session: Some(self.id.clone()),

@@ -10,8 +10,7 @@ use nix::unistd::Pid;
 /// This machine's name, as workers record it.
 pub fn host_name() -> String {
     nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "localhost".into())
+        .map_or_else(|_| "localhost".into(), |h| h.to_string_lossy().into_owned())
 }
 
 /// How many live workers serve `session`: first the leases of silent workers are requeued (so

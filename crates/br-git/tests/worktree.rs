@@ -845,7 +845,9 @@ fn scope_violations_list_changes_no_declared_lock_covers() {
     let locks = |paths: &[&str]| -> Vec<LockPath> {
         paths.iter().map(|p| LockPath::parse(p).unwrap()).collect()
     };
-    let changed = |paths: &[&str]| -> Vec<String> { paths.iter().map(|p| p.to_string()).collect() };
+    let changed = |paths: &[&str]| -> Vec<String> {
+        paths.iter().map(std::string::ToString::to_string).collect()
+    };
     let cases: &[(&[&str], &[&str], &[&str])] = &[
         // declared, changed, violations
         (&["a/**"], &["a/x.txt", "a/b/y.txt"], &[]),

@@ -22,7 +22,7 @@ pub(crate) fn render_to_text(model: &Model, width: u16, height: u16) -> String {
 
 /// The symbols of a buffer, one line per row, without styles, trailing spaces or trailing
 /// empty lines. The cells hidden behind a wide character are skipped, as a terminal shows them.
-pub fn buffer_text(buffer: &Buffer) -> String {
+pub(crate) fn buffer_text(buffer: &Buffer) -> String {
     let width = usize::from(buffer.area.width);
     if width == 0 {
         return String::new();

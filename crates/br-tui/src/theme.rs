@@ -11,7 +11,7 @@ pub(crate) struct Theme {
 }
 
 impl Theme {
-    pub fn new(color: bool) -> Theme {
+    pub(crate) fn new(color: bool) -> Theme {
         Theme { color }
     }
 
@@ -23,7 +23,7 @@ impl Theme {
         }
     }
 
-    pub fn session(self, s: SessionStatus) -> Style {
+    pub(crate) fn session(self, s: SessionStatus) -> Style {
         match s {
             SessionStatus::Created => self.fg(Color::Gray),
             SessionStatus::Running => self.fg(Color::Cyan),
@@ -34,7 +34,7 @@ impl Theme {
         }
     }
 
-    pub fn task(self, s: TaskState, blocked: bool) -> Style {
+    pub(crate) fn task(self, s: TaskState, blocked: bool) -> Style {
         match s {
             TaskState::Pending => self.fg(Color::DarkGray),
             TaskState::Ready if blocked => self.fg(Color::Yellow),
@@ -47,7 +47,7 @@ impl Theme {
         }
     }
 
-    pub fn worker(self, s: WorkerStatus) -> Style {
+    pub(crate) fn worker(self, s: WorkerStatus) -> Style {
         match s {
             WorkerStatus::Idle => Style::new(),
             WorkerStatus::Busy => self.fg(Color::Cyan),
@@ -58,7 +58,7 @@ impl Theme {
     }
 
     /// The row under the cursor: reversed in the focused panel, bold elsewhere.
-    pub fn cursor(self, focused: bool) -> Style {
+    pub(crate) fn cursor(self, focused: bool) -> Style {
         if focused {
             Style::new().add_modifier(Modifier::REVERSED)
         } else {
@@ -66,7 +66,7 @@ impl Theme {
         }
     }
 
-    pub fn border(self, focused: bool) -> Style {
+    pub(crate) fn border(self, focused: bool) -> Style {
         if focused {
             self.fg(Color::Cyan).add_modifier(Modifier::BOLD)
         } else {
@@ -74,35 +74,35 @@ impl Theme {
         }
     }
 
-    pub fn title(self) -> Style {
+    pub(crate) fn title(self) -> Style {
         Style::new().add_modifier(Modifier::BOLD)
     }
 
-    pub fn header(self) -> Style {
+    pub(crate) fn header(self) -> Style {
         self.fg(Color::Gray).add_modifier(Modifier::BOLD)
     }
 
-    pub fn label(self) -> Style {
+    pub(crate) fn label(self) -> Style {
         self.fg(Color::DarkGray)
     }
 
-    pub fn bad(self) -> Style {
+    pub(crate) fn bad(self) -> Style {
         self.fg(Color::Red).add_modifier(Modifier::BOLD)
     }
 
-    pub fn warn(self) -> Style {
+    pub(crate) fn warn(self) -> Style {
         self.fg(Color::Yellow)
     }
 
-    pub fn good(self) -> Style {
+    pub(crate) fn good(self) -> Style {
         self.fg(Color::Green)
     }
 
-    pub fn busy(self) -> Style {
+    pub(crate) fn busy(self) -> Style {
         self.fg(Color::Cyan)
     }
 
-    pub fn key(self) -> Style {
+    pub(crate) fn key(self) -> Style {
         self.fg(Color::Cyan).add_modifier(Modifier::BOLD)
     }
 }

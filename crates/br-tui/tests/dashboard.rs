@@ -229,7 +229,7 @@ fn no_color_means_no_colour() {
             },
         );
         let terminal = draw(&m, 120, 36);
-        for cell in terminal.backend().buffer().content.iter() {
+        for cell in &terminal.backend().buffer().content {
             assert_eq!(
                 (cell.fg, cell.bg),
                 (Color::Reset, Color::Reset),

@@ -34,7 +34,7 @@ fn main() {
     let want = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     println!(
         "br engine benchmark ({} CPUs)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     if want("throughput") {
         throughput();

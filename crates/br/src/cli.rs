@@ -24,7 +24,7 @@ Exit codes:
 /// lost when any process dies.
 #[derive(Debug, Parser)]
 #[command(name = "br", version, after_help = AFTER_HELP, max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Run as if br was started in DIR (the repository).
     #[arg(short = 'C', value_name = "DIR", global = true)]
     pub dir: Option<PathBuf>,
@@ -49,7 +49,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Make a throwaway repository with a sample plan and run it live
     Demo(DemoArgs),
     /// Write a commented example plan (br.toml)
@@ -110,7 +110,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How many workers
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
@@ -120,7 +120,7 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// Where to write the plan
     #[arg(default_value = "br.toml")]
     pub path: PathBuf,
@@ -131,7 +131,7 @@ pub struct InitArgs {
 
 /// How `br run`, `br start` and `br resume` drive a session.
 #[derive(Debug, Args, Clone)]
-pub struct DriveArgs {
+pub(crate) struct DriveArgs {
     /// Local workers to run [default: the plan's `workers`, else the number of CPUs]
     #[arg(long, short = 'w', value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,
@@ -148,10 +148,10 @@ pub struct DriveArgs {
 }
 
 /// `--kill-grace` when not given.
-pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The plan file
     #[arg(default_value = "br.toml")]
     pub plan: PathBuf,
@@ -165,7 +165,7 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SubmitArgs {
+pub(crate) struct SubmitArgs {
     /// The plan file
     #[arg(default_value = "br.toml")]
     pub plan: PathBuf,
@@ -175,7 +175,7 @@ pub struct SubmitArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Only run this session's tasks, and leave when it ends
     #[arg(long, value_name = "SESSION")]
     pub session: Option<String>,
@@ -205,7 +205,7 @@ pub struct WorkerArgs {
 
 /// `--max-log`: a byte count, or no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaxLog(pub Option<u64>);
+pub(crate) struct MaxLog(pub Option<u64>);
 
 fn parse_size(text: &str) -> Result<MaxLog, String> {
     let t = text.trim();
@@ -234,7 +234,7 @@ fn parse_size(text: &str) -> Result<MaxLog, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     pub session: String,
     /// Give up after this long (exit 124)
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -242,7 +242,7 @@ pub struct WaitArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(crate) struct StartArgs {
     /// The session's name
     pub name: String,
     /// Take tasks (and settings) from this plan file; flags add to it
@@ -268,7 +268,7 @@ pub struct StartArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The session [default: the newest]
     pub session: Option<String>,
     /// Also show each task's command, log path and attempts
@@ -277,7 +277,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// Only sessions in this state
     #[arg(long)]
     pub status: Option<String>,
@@ -287,12 +287,12 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SessionArg {
+pub(crate) struct SessionArg {
     pub session: String,
 }
 
 #[derive(Debug, Args)]
-pub struct ResumeArgs {
+pub(crate) struct ResumeArgs {
     pub session: String,
     /// Only mark the session running; do not start local workers
     #[arg(long)]
@@ -302,7 +302,7 @@ pub struct ResumeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CancelArgs {
+pub(crate) struct CancelArgs {
     pub session: String,
     /// Do not wait for running tasks to stop
     #[arg(long)]
@@ -310,7 +310,7 @@ pub struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ScaleArgs {
+pub(crate) struct ScaleArgs {
     pub session: String,
     /// The number of local workers to keep
     #[arg(value_parser = clap::value_parser!(u32).range(0..=256))]
@@ -318,7 +318,7 @@ pub struct ScaleArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct WorkersArgs {
+pub(crate) struct WorkersArgs {
     /// Only workers in this state (idle, busy, offline, stopped)
     #[arg(long)]
     pub status: Option<String>,
@@ -328,7 +328,7 @@ pub struct WorkersArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LockArgs {
+pub(crate) struct LockArgs {
     pub session: String,
     /// Repo-relative paths or globs
     #[arg(required = true)]
@@ -336,13 +336,13 @@ pub struct LockArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct UnlockArgs {
+pub(crate) struct UnlockArgs {
     pub session: String,
     pub paths: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct EventsArgs {
+pub(crate) struct EventsArgs {
     /// Only this session's events
     pub session: Option<String>,
     /// Keep printing new events as they happen
@@ -354,7 +354,7 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     pub session: String,
     pub task: String,
     /// Which attempt [default: the latest]
@@ -366,7 +366,7 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DashboardArgs {
+pub(crate) struct DashboardArgs {
     /// Re-read the store at least this often (and sooner when something happens)
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub refresh: Duration,
@@ -385,7 +385,7 @@ pub struct DashboardArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Where to listen: IP:PORT. Port 0 lets the system choose (the printed URL tells which).
     /// Only a loopback address is private to this machine; anyone who can reach another can
     /// see every session and pause or cancel it
@@ -397,7 +397,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct MergeArgs {
+pub(crate) struct MergeArgs {
     pub session: String,
     /// Afterwards, fast-forward BRANCH to the integration branch (refused unless BRANCH is an
     /// ancestor of it); a checked-out BRANCH is updated with `git merge --ff-only`
@@ -412,7 +412,7 @@ pub struct MergeArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
+pub(crate) struct CleanupArgs {
     /// Delete sessions that ended more than N days ago
     #[arg(long, default_value_t = 7)]
     pub days: u32,
@@ -431,7 +431,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `br parallel <command> …` is the seed's spelling: drop the word before clap sees it.
-pub fn strip_parallel_alias(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+pub(crate) fn strip_parallel_alias(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
     if let Some(program) = iter.next() {

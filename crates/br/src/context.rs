@@ -8,7 +8,7 @@ use br_git::Repo;
 use br_store::{OpenOptions, Store, StoreLocation};
 
 #[derive(Debug)]
-pub struct Context {
+pub(crate) struct Context {
     /// The directory br acts in (`-C DIR`, else the current directory).
     pub dir: PathBuf,
     store_url: Option<String>,
@@ -17,7 +17,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
+    pub(crate) fn new(
         dir: Option<PathBuf>,
         store_url: Option<String>,
         json: bool,
@@ -43,7 +43,7 @@ impl Context {
     }
 
     /// The repository `dir` is in.
-    pub fn repo(&self) -> anyhow::Result<&Repo> {
+    pub(crate) fn repo(&self) -> anyhow::Result<&Repo> {
         if let Some(repo) = self.repo.get() {
             return Ok(repo);
         }
@@ -52,7 +52,7 @@ impl Context {
     }
 
     /// A path the user typed, relative to `dir`.
-    pub fn path(&self, p: &Path) -> PathBuf {
+    pub(crate) fn path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -60,25 +60,25 @@ impl Context {
         }
     }
 
-    pub fn store_location(&self) -> anyhow::Result<StoreLocation> {
+    pub(crate) fn store_location(&self) -> anyhow::Result<StoreLocation> {
         match &self.store_url {
             Some(url) => Ok(match StoreLocation::parse(url)? {
                 StoreLocation::Sqlite(p) => StoreLocation::Sqlite(self.path(&p)),
-                other => other,
+                other @ StoreLocation::Postgres(_) => other,
             }),
             None => Ok(StoreLocation::default_for(&self.repo()?.common_dir)),
         }
     }
 
     /// The store, as a URL other br processes (the workers we start) can open.
-    pub fn store_url_for_children(&self) -> anyhow::Result<String> {
+    pub(crate) fn store_url_for_children(&self) -> anyhow::Result<String> {
         Ok(match self.store_location()? {
             StoreLocation::Sqlite(p) => p.to_string_lossy().into_owned(),
             StoreLocation::Postgres(url) => url,
         })
     }
 
-    pub fn open_store(&self) -> anyhow::Result<Box<dyn Store>> {
+    pub(crate) fn open_store(&self) -> anyhow::Result<Box<dyn Store>> {
         // BR_BUSY_TIMEOUT: how long a write waits when another process holds the store's lock.
         let busy_timeout = match std::env::var("BR_BUSY_TIMEOUT") {
             Ok(text) if !text.is_empty() => {
@@ -94,7 +94,7 @@ impl Context {
     }
 
     /// Where attempt logs go: beside the repository's br state.
-    pub fn log_dir(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn log_dir(&self) -> anyhow::Result<PathBuf> {
         Ok(self.repo()?.log_dir())
     }
 }

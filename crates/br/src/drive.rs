@@ -21,7 +21,7 @@ use crate::exit::{Exit, usage};
 use crate::progress::{Progress, Style};
 
 #[derive(Debug, Clone)]
-pub struct DriveOptions {
+pub(crate) struct DriveOptions {
     pub workers: u32,
     pub plain: bool,
     pub heartbeat_interval: Duration,
@@ -31,11 +31,10 @@ pub struct DriveOptions {
 }
 
 /// The default number of local workers: the plan's, else one per CPU.
-pub fn default_workers(plan_workers: Option<u32>) -> u32 {
+pub(crate) fn default_workers(plan_workers: Option<u32>) -> u32 {
     plan_workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
-            .map(|n| u32::try_from(n.get()).unwrap_or(4))
-            .unwrap_or(4)
+            .map_or(4, |n| u32::try_from(n.get()).unwrap_or(4))
             .clamp(1, 16)
     })
 }
@@ -44,7 +43,7 @@ pub fn default_workers(plan_workers: Option<u32>) -> u32 {
 /// `--kill-grace` must fit in the lease whole: a worker cut off from the store stops its task
 /// (SIGTERM, the grace, SIGKILL) before the lease can expire, so that no other worker starts
 /// the task while it still runs. The default is cut to fit when a self-fence needs it.
-pub fn kill_grace(args: &DriveArgs, lease: Duration) -> anyhow::Result<Duration> {
+pub(crate) fn kill_grace(args: &DriveArgs, lease: Duration) -> anyhow::Result<Duration> {
     use br_core::lease::{max_grace, min_ttl_for};
     let Some(grace) = args.kill_grace else {
         return Ok(DEFAULT_KILL_GRACE);
@@ -68,7 +67,7 @@ pub fn kill_grace(args: &DriveArgs, lease: Duration) -> anyhow::Result<Duration>
 }
 
 /// The library's options for a drive of this command.
-pub fn library_options(
+pub(crate) fn library_options(
     ctx: &Context,
     opts: &DriveOptions,
 ) -> anyhow::Result<br_exec::drive::DriveOptions> {
@@ -84,7 +83,7 @@ pub fn library_options(
 
 /// Drives the session to its end: with the live dashboard when on a terminal (unless
 /// `--no-dashboard` or `--json`), else with plain progress lines.
-pub fn drive(
+pub(crate) fn drive(
     ctx: &Context,
     store: &dyn Store,
     session: &Session,
@@ -98,7 +97,7 @@ pub fn drive(
 }
 
 /// [`drive`], with interrupts the caller already counts.
-pub fn drive_with(
+pub(crate) fn drive_with(
     ctx: &Context,
     store: &dyn Store,
     session: &Session,
@@ -133,7 +132,7 @@ pub fn drive_with(
             ),
             Ok(DashboardEnd::Stopped) => {}
             Err(e) => {
-                eprintln!("warning: the dashboard failed ({e}); showing progress lines instead")
+                eprintln!("warning: the dashboard failed ({e}); showing progress lines instead");
             }
         }
         supervisor
@@ -192,7 +191,7 @@ fn supervise(
 }
 
 /// One event of a drive, as progress.
-pub fn show_event<W: Write>(
+pub(crate) fn show_event<W: Write>(
     progress: &mut Progress<W>,
     event: &DriveEvent<'_>,
 ) -> std::io::Result<()> {
@@ -237,7 +236,7 @@ pub fn show_event<W: Write>(
 }
 
 /// After a drive: the final report (or JSON status) and the exit code.
-pub fn finish(
+pub(crate) fn finish(
     ctx: &Context,
     store: &dyn Store,
     session: &Session,
@@ -253,7 +252,7 @@ pub fn finish(
     Ok(exit)
 }
 
-pub fn exit_for(s: &Session) -> Exit {
+pub(crate) fn exit_for(s: &Session) -> Exit {
     match s.status {
         SessionStatus::Completed => Exit::Success,
         _ => Exit::SessionFailed,
@@ -262,7 +261,11 @@ pub fn exit_for(s: &Session) -> Exit {
 
 /// `session demo (3f9a1c0b7d2e) completed in 2.3s: 7 succeeded, 1 failed, 2 skipped`, then a
 /// line per task that did not succeed.
-pub fn final_report(store: &dyn Store, s: &Session, out: &mut dyn Write) -> anyhow::Result<()> {
+pub(crate) fn final_report(
+    store: &dyn Store,
+    s: &Session,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let took = match (s.started_at, s.completed_at) {
         (Some(a), Some(b)) => format!(" in {}", br_core::time::short_duration(b.since(a))),
         _ => String::new(),

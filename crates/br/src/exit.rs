@@ -8,7 +8,7 @@ use br_store::StoreError;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     Success,
     /// The session ended with failed, skipped or cancelled tasks.
     SessionFailed,
@@ -20,7 +20,7 @@ pub enum Exit {
 }
 
 impl Exit {
-    pub fn code(self) -> ExitCode {
+    pub(crate) fn code(self) -> ExitCode {
         ExitCode::from(match self {
             Exit::Success => 0,
             Exit::SessionFailed => 1,
@@ -36,18 +36,18 @@ impl Exit {
 /// Bad input from the user that is not covered by a library error type.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Usage(pub String);
+pub(crate) struct Usage(pub String);
 
 /// `br lock` found the paths held by someone else.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct Conflict(pub String);
+pub(crate) struct Conflict(pub String);
 
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
     Usage(message.into()).into()
 }
 
-pub fn code_for_error(err: &anyhow::Error) -> Exit {
+pub(crate) fn code_for_error(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
         if cause.is::<Usage>()
             || cause.is::<PlanError>()
@@ -83,7 +83,7 @@ pub fn code_for_error(err: &anyhow::Error) -> Exit {
 }
 
 /// Writing to a closed pipe (`br events | head`) is not an error.
-pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)

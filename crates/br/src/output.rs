@@ -7,14 +7,14 @@ use br_store::view::StatusView;
 use br_store::{Session, Store};
 
 /// Writes JSON to stdout with a trailing newline.
-pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
 }
 
-pub fn print(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
@@ -22,10 +22,10 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 }
 
 /// `br status --json`: the session's fields plus `tasks`, as a value callers may add to.
-pub fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::to_value(StatusView::read(store, s.clone())?)?)
 }
 
-pub fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
+pub(crate) fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
     print_json(&StatusView::read(store, s.clone())?)
 }

@@ -9,7 +9,7 @@ use br_store::{Event, Session};
 
 /// Where progress goes and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// Every state change as a line; no escape codes.
     Lines,
     /// Notable changes as lines, and a status line redrawn in place.
@@ -19,7 +19,7 @@ pub enum Style {
 }
 
 #[derive(Debug)]
-pub struct Progress<W: Write> {
+pub(crate) struct Progress<W: Write> {
     out: W,
     style: Style,
     start: Option<Timestamp>,
@@ -27,7 +27,7 @@ pub struct Progress<W: Write> {
 }
 
 impl<W: Write> Progress<W> {
-    pub fn new(out: W, style: Style) -> Progress<W> {
+    pub(crate) fn new(out: W, style: Style) -> Progress<W> {
         Progress {
             out,
             style,
@@ -37,11 +37,11 @@ impl<W: Write> Progress<W> {
     }
 
     /// Changes how progress is shown from now on (e.g. after the dashboard closes).
-    pub fn set_style(&mut self, style: Style) {
+    pub(crate) fn set_style(&mut self, style: Style) {
         self.style = style;
     }
 
-    pub fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+    pub(crate) fn event(&mut self, ev: &Event) -> std::io::Result<()> {
         let start = *self.start.get_or_insert(ev.at);
         let notable = matches!(
             ev.kind,
@@ -69,7 +69,7 @@ impl<W: Write> Progress<W> {
         Ok(())
     }
 
-    pub fn note(&mut self, text: &str) -> std::io::Result<()> {
+    pub(crate) fn note(&mut self, text: &str) -> std::io::Result<()> {
         if self.style == Style::Quiet {
             return Ok(());
         }
@@ -77,7 +77,7 @@ impl<W: Write> Progress<W> {
         writeln!(self.out, "{text}")
     }
 
-    pub fn status(&mut self, s: &Session, now: Timestamp) -> std::io::Result<()> {
+    pub(crate) fn status(&mut self, s: &Session, now: Timestamp) -> std::io::Result<()> {
         if self.style != Style::Terminal {
             return Ok(());
         }
@@ -106,7 +106,7 @@ impl<W: Write> Progress<W> {
         Ok(())
     }
 
-    pub fn finish(&mut self) -> std::io::Result<()> {
+    pub(crate) fn finish(&mut self) -> std::io::Result<()> {
         self.clear_status()?;
         self.out.flush()
     }
@@ -120,7 +120,7 @@ fn shown_as_line(kind: EventKind) -> bool {
 /// `+1.234s task_failed task=api attempt=1 worker=w… — exit 2`: the time since the first
 /// event, the kind, who it is about as `key=value` pairs, then the detail in words
 /// ([`br_core::EventDetail::describe`], as the dashboards say it) after ` — `.
-pub fn event_line(ev: &Event, start: Timestamp) -> String {
+pub(crate) fn event_line(ev: &Event, start: Timestamp) -> String {
     let offset = ev.at.millis() - start.millis();
     let mut line = format!(
         "+{}.{:03}s {}",

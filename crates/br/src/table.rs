@@ -3,28 +3,28 @@
 use std::fmt::Write;
 
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(headers: &[&'static str]) -> Table {
+    pub(crate) fn new(headers: &[&'static str]) -> Table {
         Table {
             headers: headers.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate() {
@@ -34,7 +34,11 @@ impl Table {
             }
         }
         let mut out = String::new();
-        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         for row in std::iter::once(&headers).chain(&self.rows) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
@@ -52,7 +56,7 @@ impl Table {
 }
 
 /// `-` for a missing value.
-pub fn or_dash(v: Option<impl ToString>) -> String {
+pub(crate) fn or_dash(v: Option<impl ToString>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 

@@ -130,7 +130,7 @@ fn check_all_lines(content: &str) -> Result<(), String> {
         .iter()
         .flat_map(|t| (1..=100).map(move |i| format!("{t} {i}")))
         .collect();
-    let got: BTreeSet<String> = lines.iter().map(|l| l.to_string()).collect();
+    let got: BTreeSet<String> = lines.iter().map(std::string::ToString::to_string).collect();
     let missing: Vec<&String> = want.difference(&got).collect();
     if lines.len() != 200 || !missing.is_empty() {
         return Err(format!(
@@ -331,7 +331,7 @@ fn stress_200_tasks_on_10_workers_with_random_dependencies_and_overlapping_locks
         };
         plan.push_str(&format!(
             "[[task]]\nid = \"{id}\"\nrun = \"{run}\"\nfiles = [{}]\nafter = [{}]\n",
-            quote(files.iter().map(|s| s.to_string()).collect()),
+            quote(files.iter().map(std::string::ToString::to_string).collect()),
             quote(after.iter().cloned().collect()),
         ));
         deps.insert(id, after.into_iter().collect());

@@ -151,7 +151,7 @@ echo "attempt $BR_ATTEMPT" > t.out
             .find(|e| e.kind == EventKind::StaleResultRejected)
     });
     assert_eq!(
-        rejected.worker_id.as_ref().map(|w| w.as_str()),
+        rejected.worker_id.as_ref().map(br_core::WorkerId::as_str),
         zombie["id"].as_str()
     );
     assert_eq!(rejected.attempt.map(|a| a.0), Some(1));

@@ -331,7 +331,7 @@ pub fn requeue_refused(
         return Ok(0);
     };
     let mut queued = 0;
-    for entry in report.tasks.iter_mut() {
+    for entry in &mut report.tasks {
         let reason = match &entry.landing {
             Landing::Conflict { files } => format!(
                 "merge conflict: {} conflicts with the integration branch",
@@ -453,7 +453,12 @@ mod tests {
     fn order(tasks: &[(&str, &[&str])]) -> Vec<String> {
         let owned: Vec<(&str, Vec<String>)> = tasks
             .iter()
-            .map(|(id, after)| (*id, after.iter().map(|a| a.to_string()).collect()))
+            .map(|(id, after)| {
+                (
+                    *id,
+                    after.iter().map(std::string::ToString::to_string).collect(),
+                )
+            })
             .collect();
         let graph: Vec<(&str, &[String])> =
             owned.iter().map(|(id, a)| (*id, a.as_slice())).collect();

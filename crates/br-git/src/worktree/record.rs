@@ -43,8 +43,7 @@ impl SlotRecord {
         } else {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+                .map_or(0, |d| d.as_secs());
             format!("refs/br/attempts/unknown/slot-{slot}/{now}")
         }
     }

@@ -318,7 +318,8 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW
         })
-        || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        || std::error::Error::source(e)
+            .is_some_and(<dyn std::error::Error + 'static>::is::<std::io::Error>)
 }
 
 /// Whether a failed BEGIN may be sent again on a new connection: anything but the database
@@ -605,7 +606,7 @@ impl PostgresStore {
         // transaction rolls back on drop), so a poisoned lock is safe to reuse.
         self.conn
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The connection, connecting again if the last one was lost. Failing to connect again
@@ -831,7 +832,7 @@ impl Backend for PostgresStore {
         let mut listener = self
             .listener
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if listener.as_ref().is_none_or(|c| !c.is_usable()) {
             // First call (or the connection was lost): watch from here. Changes made before
             // are not reported, as with SQLite's first call.

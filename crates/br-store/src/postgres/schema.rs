@@ -3,11 +3,11 @@
 //! refused untouched. Versions count the same steps as the SQLite schema's.
 
 /// The table that holds the version.
-pub const VERSION_TABLE: &str = "br_schema";
+pub(super) const VERSION_TABLE: &str = "br_schema";
 
 /// br's tables: finding any of them in a schema without a version means they are someone
 /// else's.
-pub const TABLES: &[&str] = &[
+pub(super) const TABLES: &[&str] = &[
     "sessions",
     "tasks",
     "task_deps",
@@ -18,7 +18,7 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// One step of the schema.
-pub struct Migration {
+pub(super) struct Migration {
     pub from: i64,
     pub to: i64,
     pub sql: &'static str,
@@ -27,7 +27,7 @@ pub struct Migration {
 /// The PostgreSQL backend began when the SQLite schema was at version 3, so its first
 /// migration creates that schema whole. Never edit a released entry: append one per new
 /// SQLite version.
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
     from: 0,
     to: 3,
     sql: V3,

@@ -112,7 +112,7 @@ pub(crate) struct Ev<'a> {
 }
 
 impl<'a> Ev<'a> {
-    pub fn new(detail: EventDetail) -> Self {
+    pub(crate) fn new(detail: EventDetail) -> Self {
         Ev {
             detail,
             session: None,
@@ -121,19 +121,19 @@ impl<'a> Ev<'a> {
             attempt: None,
         }
     }
-    pub fn session(mut self, s: &'a str) -> Self {
+    pub(crate) fn session(mut self, s: &'a str) -> Self {
         self.session = Some(s);
         self
     }
-    pub fn task(mut self, t: &'a str) -> Self {
+    pub(crate) fn task(mut self, t: &'a str) -> Self {
         self.task = Some(t);
         self
     }
-    pub fn worker(mut self, w: Option<&'a str>) -> Self {
+    pub(crate) fn worker(mut self, w: Option<&'a str>) -> Self {
         self.worker = w;
         self
     }
-    pub fn attempt(mut self, a: u32) -> Self {
+    pub(crate) fn attempt(mut self, a: u32) -> Self {
         self.attempt = (a > 0).then_some(a);
         self
     }
@@ -141,7 +141,7 @@ impl<'a> Ev<'a> {
 
 impl Tx<'_> {
     /// Appends `ev`; returns its `seq`.
-    pub fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
+    pub(crate) fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
         let detail = serde_json::to_string(&ev.detail)?;
         self.query_one(
             "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)

@@ -153,7 +153,7 @@ pub(super) fn sessions(c: &dyn Db, filter: &SessionFilter) -> OpResult<Vec<Sessi
         "SELECT {SESSION_COLUMNS} FROM sessions WHERE (CAST(?1 AS TEXT) IS NULL OR status = ?1)
          ORDER BY created_at DESC, rowid DESC LIMIT ?2"
     );
-    let status = filter.status.map(|s| s.as_str());
+    let status = filter.status.map(br_core::SessionStatus::as_str);
     c.query(&sql, params![status, limit])?
         .iter()
         .map(session_from_row)
@@ -331,7 +331,7 @@ pub(super) fn workers(c: &dyn Db, filter: &WorkerFilter) -> OpResult<Vec<Worker>
     c.query(
         &sql,
         params![
-            filter.status.map(|s| s.as_str()),
+            filter.status.map(br_core::WorkerStatus::as_str),
             filter.session.as_ref().map(SessionId::as_str),
         ],
     )?

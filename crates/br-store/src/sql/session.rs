@@ -100,8 +100,8 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     )?;
     let mut ready = Vec::new();
     for (seq, task) in plan.tasks.iter().enumerate() {
-        let after: BTreeSet<&str> = task.after.iter().map(|a| a.as_str()).collect();
-        let files: Vec<&str> = task.files.iter().map(|f| f.as_str()).collect();
+        let after: BTreeSet<&str> = task.after.iter().map(br_core::TaskId::as_str).collect();
+        let files: Vec<&str> = task.files.iter().map(br_core::LockPath::as_str).collect();
         let state = if after.is_empty() {
             TaskState::Ready
         } else {

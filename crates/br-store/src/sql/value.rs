@@ -124,19 +124,19 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    pub fn new(columns: Rc<[Box<str>]>, values: Vec<Value>) -> Self {
+    pub(crate) fn new(columns: Rc<[Box<str>]>, values: Vec<Value>) -> Self {
         Row { columns, values }
     }
 
     /// Column `idx` in the model's type; a value that type cannot hold means the store is
     /// damaged.
-    pub fn get<T: FromValue>(&self, idx: usize) -> OpResult<T> {
+    pub(crate) fn get<T: FromValue>(&self, idx: usize) -> OpResult<T> {
         let value = self.values.get(idx).unwrap_or(&Value::Null);
         T::from_value(value).map_err(|why| self.damaged(idx, why))
     }
 
     /// The error for column `idx` holding something the model cannot take.
-    pub fn damaged(&self, idx: usize, why: impl std::fmt::Display) -> OpError {
+    pub(crate) fn damaged(&self, idx: usize, why: impl std::fmt::Display) -> OpError {
         let column = self.columns.get(idx).map_or("?", |c| c);
         StoreError::Damaged(format!("column `{column}`: {why}")).into()
     }

@@ -249,7 +249,7 @@ impl SqliteStore {
         // rolls back on drop), so a poisoned lock is safe to reuse.
         self.conn
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn sql_error(&self, context: &'static str, e: rusqlite::Error) -> StoreError {

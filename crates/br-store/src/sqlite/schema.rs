@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 

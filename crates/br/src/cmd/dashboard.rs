@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 
-pub fn dashboard(ctx: &Context, args: DashboardArgs) -> anyhow::Result<Exit> {
+pub(super) fn dashboard(ctx: &Context, args: DashboardArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let session = match &args.session {
         Some(s) => Some(store.resolve_session(s)?.id),

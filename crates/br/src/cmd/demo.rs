@@ -67,7 +67,7 @@ const FILES: &[(&str, &str)] = &[
     ("VERSION", "3.0\n"),
 ];
 
-pub fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
+pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
     let dir = tempfile::Builder::new()
         .prefix("br-demo-")
         .tempdir()

@@ -12,7 +12,7 @@ use crate::cli::{EventsArgs, LogsArgs};
 use crate::context::Context;
 use crate::exit::{Exit, usage};
 
-pub fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<Exit> {
+pub(super) fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let session = args
         .session
@@ -82,7 +82,7 @@ fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-pub fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
+pub(super) fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
     let task = TaskId::new(args.task.clone()).map_err(|e| usage(e.to_string()))?;

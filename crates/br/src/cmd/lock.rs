@@ -20,7 +20,7 @@ fn parse_paths(paths: &[String]) -> anyhow::Result<Vec<LockPath>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-pub fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {
+pub(super) fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {
     let paths = parse_paths(&args.paths)?;
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
@@ -68,7 +68,7 @@ pub fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {
     }
 }
 
-pub fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
+pub(super) fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
     let paths = if args.paths.is_empty() {
         None
     } else {
@@ -101,7 +101,7 @@ pub fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn locks(ctx: &Context) -> anyhow::Result<Exit> {
+pub(super) fn locks(ctx: &Context) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let locks = LockListView::read(&*store)?;
     if ctx.json {

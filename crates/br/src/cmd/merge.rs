@@ -22,7 +22,7 @@ use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 use crate::progress::{Progress, Style};
 
-pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
+pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let repo = ctx.repo()?;
     let session = store.resolve_session(&args.session)?;
@@ -96,7 +96,7 @@ pub fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
 /// `br run --merge`, after the session's first drive ended (not interrupted): the merge rounds
 /// (`br_exec::merge::merge_rounds`), printed as they go. Exit 0 iff every task succeeded and
 /// landed.
-pub fn merge_after_run(
+pub(super) fn merge_after_run(
     ctx: &Context,
     store: &dyn Store,
     session: &Session,

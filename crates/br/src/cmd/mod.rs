@@ -15,7 +15,7 @@ use crate::cli::Command;
 use crate::context::Context;
 use crate::exit::Exit;
 
-pub fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
+pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Demo(a) => demo::demo(ctx, a),
         Command::Init(a) => plan::init(ctx, a),

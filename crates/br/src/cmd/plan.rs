@@ -13,7 +13,7 @@ use crate::drive::{DriveOptions, default_workers, drive, finish, kill_grace};
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 
-pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
+pub(super) fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
     let path = ctx.path(&args.path);
     if path.exists() && !args.force {
         return Err(usage(format!(
@@ -32,7 +32,7 @@ pub fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
 }
 
 /// Reads and validates a plan; errors name the file as the user typed it.
-pub fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, PathBuf)> {
+pub(super) fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, PathBuf)> {
     // Outside a repository nothing can run: say that before anything about the plan.
     ctx.repo()?;
     let full = ctx.path(path);
@@ -55,7 +55,7 @@ pub fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, PathBuf)> 
 }
 
 /// Creates the session: resolves the base, records the plan, queues the tasks.
-pub fn submit_plan(
+pub(super) fn submit_plan(
     ctx: &Context,
     store: &dyn Store,
     plan: Plan,
@@ -102,7 +102,7 @@ fn warn_about_uncommitted_changes(repo: &br_git::Repo, base: Option<&str>) {
     }
 }
 
-pub fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
+pub(super) fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
     let (plan, path) = load_plan(ctx, &args.plan)?;
     let workers = args
         .workers
@@ -120,7 +120,7 @@ pub fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
+pub(super) fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
     let (plan, path) = load_plan(ctx, &args.plan)?;
     if args.merge && plan.isolation == Isolation::Shared {
         return Err(usage(format!(
@@ -139,14 +139,14 @@ pub fn run(ctx: &Context, args: RunArgs) -> anyhow::Result<Exit> {
 
 /// What `run_plan` does once the session has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterRun {
+pub(super) enum AfterRun {
     /// Print the final report (or status JSON).
     Report,
     /// Merge the task branches, rerunning requeued tasks (`br run --merge`).
     Merge,
 }
 
-pub fn run_plan(
+pub(super) fn run_plan(
     ctx: &Context,
     plan: Plan,
     plan_path: Option<PathBuf>,
@@ -155,7 +155,7 @@ pub fn run_plan(
     run_plan_then(ctx, plan, plan_path, drive_args, AfterRun::Report)
 }
 
-pub fn run_plan_then(
+pub(super) fn run_plan_then(
     ctx: &Context,
     plan: Plan,
     plan_path: Option<PathBuf>,
@@ -190,7 +190,7 @@ pub fn run_plan_then(
     }
 }
 
-pub fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
+pub(super) fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
     let mut text = String::new();
     let mut file = PathBuf::from("<command line>");
     let mut plan_path = None;

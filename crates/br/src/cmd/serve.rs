@@ -10,7 +10,7 @@ use crate::cli::ServeArgs;
 use crate::context::Context;
 use crate::exit::Exit;
 
-pub fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
+pub(super) fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
     // Bind first: a port in use is reported before the store is even opened.
     let server =
         Server::bind(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;

@@ -25,7 +25,7 @@ use crate::output::{print, print_json, print_status_json};
 use crate::table::{Table, or_dash};
 
 /// The session named on the command line, or the newest one.
-pub fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Result<Session> {
+pub(super) fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Result<Session> {
     match reference {
         Some(r) => Ok(store.resolve_session(r)?),
         None => store
@@ -39,7 +39,7 @@ pub fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow::Resul
     }
 }
 
-pub fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
+pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = find_session(&*store, args.session.as_deref())?;
     if ctx.json {
@@ -164,7 +164,7 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
     }
 }
 
-pub fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
+pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let status = args
         .status
@@ -214,7 +214,7 @@ fn change(ctx: &Context, reference: &str, action: SessionAction) -> anyhow::Resu
     Ok(s)
 }
 
-pub fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
+pub(super) fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
     let s = change(ctx, &args.session, SessionAction::Pause)?;
     if ctx.json {
         print_json(&s)?;
@@ -227,7 +227,7 @@ pub fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
+pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
     // A session whose `br run` was killed is still `running`: resuming it means serving it
@@ -273,7 +273,7 @@ pub fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
     finish(ctx, &*store, &s, exit)
 }
 
-pub fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
+pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
     let s = store.change_session(&s.id, SessionAction::Cancel)?;
@@ -308,7 +308,7 @@ pub fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
+pub(super) fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
     store.set_workers_wanted(&s.id, args.workers)?;
@@ -332,7 +332,7 @@ pub fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
+pub(super) fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
     match wait_for_end(&*store, &s.id, args.timeout)? {
@@ -358,7 +358,7 @@ pub fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
     }
 }
 
-pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
+pub(super) fn summary(ctx: &Context) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let s = store.summary()?;
     if ctx.json {
@@ -389,7 +389,7 @@ pub fn summary(ctx: &Context) -> anyhow::Result<Exit> {
 /// their logs and those of their refs whose commits are all merged; refs holding unmerged work
 /// are kept and listed. Never touches the user's own branches or worktrees. The dry run shows
 /// the plan; the real run applies that same plan.
-pub fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
+pub(super) fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     // A store given with --store may be used outside a repository: then there are no worktrees
     // or refs to look at, only records and logs.

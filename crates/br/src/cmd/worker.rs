@@ -17,7 +17,7 @@ use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
-pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
+pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let repo = ctx.repo()?.clone();
     let session = args
@@ -40,7 +40,7 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         heartbeat_interval: args.heartbeat_interval,
         heartbeat_timeout: args
             .heartbeat_timeout
-            .or(session.as_ref().map(|s| s.heartbeat_timeout()))
+            .or(session.as_ref().map(br_store::Session::heartbeat_timeout))
             .unwrap_or(Duration::from_secs(30)),
         kill_grace: args.kill_grace,
         exit_when_idle: args.exit_when_idle,
@@ -118,7 +118,7 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-pub fn workers(ctx: &Context, args: WorkersArgs) -> anyhow::Result<Exit> {
+pub(super) fn workers(ctx: &Context, args: WorkersArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store()?;
     let status = args
         .status

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub mod partition;
-pub mod pg_server;
-pub mod proxy;
-pub mod served;
+pub(crate) mod partition;
+pub(crate) mod pg_server;
+pub(crate) mod proxy;
+pub(crate) mod served;
 
 use br_store::sqlite::SqliteStore;
 use br_store::{Event, EventFilter, Store, StoreLocation};
@@ -22,10 +22,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-pub const BR: &str = env!("CARGO_BIN_EXE_br");
+pub(crate) const BR: &str = env!("CARGO_BIN_EXE_br");
 
 /// A git repository in a temp dir, with br's state in its `.git/br`.
-pub struct TestRepo {
+pub(crate) struct TestRepo {
     dir: tempfile::TempDir,
     home: tempfile::TempDir,
     /// Where br keeps its state when not in the repository's own SQLite file (`BR_STORE`).
@@ -33,7 +33,7 @@ pub struct TestRepo {
 }
 
 impl TestRepo {
-    pub fn new() -> TestRepo {
+    pub(crate) fn new() -> TestRepo {
         let repo = TestRepo::empty(None);
         repo.git(&["init", "--quiet", "--initial-branch=main"]);
         repo.write("README.md", "test repository\n");
@@ -43,14 +43,14 @@ impl TestRepo {
     }
 
     /// A repository whose br commands keep their state at `store_url` (via `BR_STORE`).
-    pub fn with_store(store_url: &str) -> TestRepo {
+    pub(crate) fn with_store(store_url: &str) -> TestRepo {
         let mut repo = TestRepo::new();
         repo.store_url = Some(store_url.to_string());
         repo
     }
 
     /// A clone of this repository sharing its store: another machine, as far as br can tell.
-    pub fn clone_elsewhere(&self) -> TestRepo {
+    pub(crate) fn clone_elsewhere(&self) -> TestRepo {
         let repo = TestRepo::empty(self.store_url.clone());
         let source = self.path().display().to_string();
         let target = repo.path().display().to_string();
@@ -71,7 +71,7 @@ impl TestRepo {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -95,7 +95,7 @@ impl TestRepo {
         }
     }
 
-    pub fn git(&self, args: &[&str]) -> String {
+    pub(crate) fn git(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("git");
         cmd.args(args).current_dir(self.path());
         self.hermetic(&mut cmd);
@@ -108,17 +108,17 @@ impl TestRepo {
         String::from_utf8_lossy(&out.stdout).trim_end().to_string()
     }
 
-    pub fn write(&self, name: &str, content: &str) {
+    pub(crate) fn write(&self, name: &str, content: &str) {
         let path = self.path().join(name);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, content).expect("write");
     }
 
-    pub fn read(&self, name: &str) -> String {
+    pub(crate) fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path().join(name)).expect("read")
     }
 
-    pub fn br_command(&self, args: &[&str]) -> Command {
+    pub(crate) fn br_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BR);
         cmd.args(args).current_dir(self.path());
         self.hermetic(&mut cmd);
@@ -127,13 +127,13 @@ impl TestRepo {
     }
 
     /// Runs br to completion.
-    pub fn br(&self, args: &[&str]) -> Run {
+    pub(crate) fn br(&self, args: &[&str]) -> Run {
         let out = self.br_command(args).output().expect("run br");
         Run::from(out)
     }
 
     /// Starts br in the background; the guard kills it (and waits) if the test ends first.
-    pub fn spawn(&self, args: &[&str]) -> Guard {
+    pub(crate) fn spawn(&self, args: &[&str]) -> Guard {
         let child = self
             .br_command(args)
             .stdout(Stdio::piped())
@@ -145,7 +145,7 @@ impl TestRepo {
 
     /// Starts br in the background with its state at `store_url` instead of the repository's
     /// (a worker that reaches the same store another way, e.g. through a proxy).
-    pub fn spawn_with_store(&self, args: &[&str], store_url: &str) -> Guard {
+    pub(crate) fn spawn_with_store(&self, args: &[&str], store_url: &str) -> Guard {
         let child = self
             .br_command(args)
             .env("BR_STORE", store_url)
@@ -156,12 +156,12 @@ impl TestRepo {
         Guard { child: Some(child) }
     }
 
-    pub fn store_path(&self) -> PathBuf {
+    pub(crate) fn store_path(&self) -> PathBuf {
         self.path().join(".git").join("br").join("br.db")
     }
 
     /// The store, opened directly: the tests check what br recorded.
-    pub fn store(&self) -> Box<dyn Store> {
+    pub(crate) fn store(&self) -> Box<dyn Store> {
         match &self.store_url {
             Some(url) => StoreLocation::parse(url)
                 .and_then(|l| l.open())
@@ -170,26 +170,26 @@ impl TestRepo {
         }
     }
 
-    pub fn events(&self) -> Vec<Event> {
+    pub(crate) fn events(&self) -> Vec<Event> {
         self.store()
             .events(&EventFilter::default())
             .expect("events")
     }
 
-    pub fn status(&self, session: &str) -> Value {
+    pub(crate) fn status(&self, session: &str) -> Value {
         let run = self.br(&["status", session, "--json"]);
         assert_eq!(run.code, 0, "status failed: {}", run.stderr);
         serde_json::from_str(&run.stdout).expect("status JSON")
     }
 
-    pub fn workers(&self) -> Vec<Value> {
+    pub(crate) fn workers(&self) -> Vec<Value> {
         let run = self.br(&["workers", "--all", "--json"]);
         assert_eq!(run.code, 0, "workers failed: {}", run.stderr);
         serde_json::from_str(&run.stdout).expect("workers JSON")
     }
 
     /// The only session in the store (tests that submit one).
-    pub fn session_id(&self) -> String {
+    pub(crate) fn session_id(&self) -> String {
         let run = self.br(&["list", "--json"]);
         let list: Value = serde_json::from_str(&run.stdout).expect("list JSON");
         list[0]["id"].as_str().expect("a session").to_string()
@@ -198,7 +198,7 @@ impl TestRepo {
 
 /// A finished br run.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -215,21 +215,21 @@ impl From<Output> for Run {
 }
 
 /// A background br process that is killed and reaped when dropped.
-pub struct Guard {
+pub(crate) struct Guard {
     child: Option<Child>,
 }
 
 impl Guard {
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         i32::try_from(self.child.as_ref().expect("child").id()).expect("pid")
     }
 
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.pid()), signal).expect("signal");
     }
 
     /// Waits for it to exit on its own, up to `limit`.
-    pub fn wait(mut self, limit: Duration) -> Run {
+    pub(crate) fn wait(mut self, limit: Duration) -> Run {
         let mut child = self.child.take().expect("child");
         let deadline = Instant::now() + limit;
         loop {
@@ -269,7 +269,7 @@ impl Drop for Guard {
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `limit`.
-pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
@@ -284,7 +284,7 @@ pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 }
 
 /// Whether a process exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the command name, which is in parentheses.
@@ -299,7 +299,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Processes whose command line mentions `needle` (to prove none was left behind).
-pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<i32> {
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
@@ -319,12 +319,12 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
 }
 
 /// An event's detail as JSON: what `br events --json` shows of it.
-pub fn detail(ev: &Event) -> Value {
+pub(crate) fn detail(ev: &Event) -> Value {
     serde_json::to_value(&ev.detail).expect("a detail is JSON")
 }
 
 /// Parses an RFC 3339 timestamp from status JSON into milliseconds.
-pub fn millis(v: &Value) -> i64 {
+pub(crate) fn millis(v: &Value) -> i64 {
     let text = v.as_str().expect("a timestamp");
     let t = humantime::parse_rfc3339(text).expect("RFC 3339");
     i64::try_from(
@@ -337,7 +337,7 @@ pub fn millis(v: &Value) -> i64 {
 
 /// Waits until no process holds the store's write lock (a SIGSTOPped worker could, for the
 /// few microseconds of a transaction), so a test that stops a worker does not stop the world.
-pub fn store_write_lock_free(store_path: &Path) -> bool {
+pub(crate) fn store_write_lock_free(store_path: &Path) -> bool {
     let conn = rusqlite::Connection::open(store_path).expect("open store");
     conn.busy_timeout(Duration::ZERO).expect("busy timeout");
     match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
@@ -347,7 +347,7 @@ pub fn store_write_lock_free(store_path: &Path) -> bool {
 }
 
 /// Stops a process with SIGSTOP at a moment it holds no store lock.
-pub fn stop_outside_transaction(pid: i32, store_path: &Path) {
+pub(crate) fn stop_outside_transaction(pid: i32, store_path: &Path) {
     for _ in 0..200 {
         kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
         std::thread::sleep(Duration::from_millis(5));
@@ -360,10 +360,10 @@ pub fn stop_outside_transaction(pid: i32, store_path: &Path) {
     panic!("could not stop {pid} outside a store transaction");
 }
 
-pub const POSTGRES_URL_VAR: &str = "BR_TEST_POSTGRES_URL";
+pub(crate) const POSTGRES_URL_VAR: &str = "BR_TEST_POSTGRES_URL";
 
 /// A schema of the test database that br's store URL points into; dropped with it.
-pub struct PgSchema {
+pub(crate) struct PgSchema {
     admin: String,
     name: String,
     url: String,
@@ -371,7 +371,7 @@ pub struct PgSchema {
 
 impl PgSchema {
     /// `None`, after saying so, when there is no test database.
-    pub fn create() -> Option<PgSchema> {
+    pub(crate) fn create() -> Option<PgSchema> {
         let Ok(admin) = std::env::var(POSTGRES_URL_VAR) else {
             // CI must never be green by skipping: there the server is required.
             assert!(
@@ -393,7 +393,7 @@ impl PgSchema {
     }
 
     /// The store URL that puts br's tables in this schema.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 }

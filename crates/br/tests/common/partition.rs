@@ -19,11 +19,11 @@ use super::{Guard, PgSchema, TestRepo, detail, poll};
 const LONG: Duration = Duration::from_secs(60);
 
 /// The lease of the scenario's session.
-pub const LEASE: Duration = Duration::from_secs(3);
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
 
 /// The plan: one task holding `shared.txt`; attempt 1 runs until it is stopped, attempt 2
 /// looks whether attempt 1 still runs, then finishes.
-pub fn plan(trace: &Path) -> String {
+pub(crate) fn plan(trace: &Path) -> String {
     format!(
         r#"name = "partition"
 isolation = "shared"
@@ -54,7 +54,7 @@ echo "attempt $BR_ATTEMPT" >> shared.txt
 
 /// What the task's trace says.
 #[derive(Debug, Clone)]
-pub struct Trace {
+pub(crate) struct Trace {
     /// Nanoseconds since the epoch (the machine's wall clock: every attempt runs here).
     pub start1: u128,
     pub stop1: Option<u128>,
@@ -64,7 +64,7 @@ pub struct Trace {
 }
 
 impl Trace {
-    pub fn read(path: &Path) -> Option<Trace> {
+    pub(crate) fn read(path: &Path) -> Option<Trace> {
         let text = std::fs::read_to_string(path).ok()?;
         let mut trace = Trace {
             start1: 0,
@@ -88,7 +88,7 @@ impl Trace {
     }
 
     /// From attempt 1's stop to attempt 2's start: how much room was left.
-    pub fn gap(&self) -> Option<Duration> {
+    pub(crate) fn gap(&self) -> Option<Duration> {
         let (stop, start) = (self.stop1?, self.start2?);
         let nanos = start.checked_sub(stop)?;
         Some(Duration::from_nanos(u64::try_from(nanos).ok()?))
@@ -97,7 +97,7 @@ impl Trace {
 
 /// What one scenario run measured.
 #[derive(Debug, Clone)]
-pub struct Measured {
+pub(crate) struct Measured {
     pub trace: Trace,
     /// From the cut (or the lock) to attempt 1's stop.
     pub stopped_after: Duration,
@@ -213,7 +213,7 @@ fn url_parts(url: &str) -> (&str, &str, &str, &str) {
 }
 
 /// The server a PostgreSQL URL names (port 5432 by default).
-pub fn upstream_of(url: &str) -> SocketAddr {
+pub(crate) fn upstream_of(url: &str) -> SocketAddr {
     let host = url_parts(url).2;
     let with_port = if host.contains(':') {
         host.to_string()
@@ -226,14 +226,14 @@ pub fn upstream_of(url: &str) -> SocketAddr {
 }
 
 /// The same URL, through `proxy`.
-pub fn through(url: &str, proxy: &Proxy) -> String {
+pub(crate) fn through(url: &str, proxy: &Proxy) -> String {
     let (scheme, user, _, path) = url_parts(url);
     format!("{scheme}://{user}{}{path}", proxy.addr())
 }
 
 /// PostgreSQL behind a proxy that is cut while the task runs; the other worker reaches the
 /// server directly. Healed once attempt 2 started.
-pub fn postgres_cut(schema: &PgSchema) -> Measured {
+pub(crate) fn postgres_cut(schema: &PgSchema) -> Measured {
     let proxy = Proxy::start(upstream_of(schema.url()));
     let repo = TestRepo::with_store(schema.url());
     let dir = tempfile::tempdir().expect("trace dir");
@@ -255,7 +255,7 @@ pub fn postgres_cut(schema: &PgSchema) -> Measured {
 
 /// The SQLite store held locked by another process past the lease; a second worker waits for
 /// the lock, then takes the task over.
-pub fn sqlite_locked() -> Measured {
+pub(crate) fn sqlite_locked() -> Measured {
     let repo = TestRepo::new();
     let dir = tempfile::tempdir().expect("trace dir");
     let trace_path = dir.path().join("trace");
@@ -285,7 +285,7 @@ pub fn sqlite_locked() -> Measured {
 
 /// A PostgreSQL server that stops answering (every process frozen) past the lease, then goes
 /// on; a second worker, waiting for the same server, takes the task over.
-pub fn postgres_frozen(server: &PgServer) -> Measured {
+pub(crate) fn postgres_frozen(server: &PgServer) -> Measured {
     let repo = TestRepo::with_store(&server.url());
     let dir = tempfile::tempdir().expect("trace dir");
     let trace_path = dir.path().join("trace");
@@ -306,7 +306,7 @@ pub fn postgres_frozen(server: &PgServer) -> Measured {
 }
 
 /// Asserts the one promise: attempt 1 had stopped before attempt 2 started.
-pub fn assert_no_overlap(m: &Measured) {
+pub(crate) fn assert_no_overlap(m: &Measured) {
     let t = &m.trace;
     assert!(
         !t.overlap,
@@ -320,7 +320,7 @@ pub fn assert_no_overlap(m: &Measured) {
 }
 
 /// The scenario's margins in words.
-pub fn describe(m: &Measured) -> String {
+pub(crate) fn describe(m: &Measured) -> String {
     format!(
         "attempt 1 stopped {} ms after the cut; attempt 2 started {} ms after that{}",
         m.stopped_after.as_millis(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-pub struct PgServer {
+pub(crate) struct PgServer {
     bin: PathBuf,
     /// Holds the data directory; world-readable so the `postgres` user can reach it.
     dir: tempfile::TempDir,
@@ -44,7 +44,7 @@ fn bin_dir() -> Option<PathBuf> {
 impl PgServer {
     /// Starts a fresh server, or says why not and returns `None` — unless `CI` is set, where a
     /// missing PostgreSQL is a failure, never a silent skip.
-    pub fn start() -> Option<PgServer> {
+    pub(crate) fn start() -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -125,7 +125,7 @@ impl PgServer {
     }
 
     /// Starts the server (after `stop`) and waits until it accepts connections.
-    pub fn start_again(&self) {
+    pub(crate) fn start_again(&self) {
         let data = self.data().display().to_string();
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
@@ -149,7 +149,7 @@ impl PgServer {
     }
 
     /// Stops the server: fast (clients are disconnected, open transactions roll back).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let data = self.data().display().to_string();
         let out = self.pg("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
         assert!(
@@ -160,7 +160,7 @@ impl PgServer {
     }
 
     /// Stops the server, waits `down_for`, and starts it again.
-    pub fn restart(&self, down_for: Duration) {
+    pub(crate) fn restart(&self, down_for: Duration) {
         self.stop();
         std::thread::sleep(down_for);
         self.start_again();
@@ -198,29 +198,29 @@ impl PgServer {
 
     /// Freezes every process of the server (SIGSTOP): it accepts connections in the kernel's
     /// backlog and answers nothing, like a server that stopped responding.
-    pub fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         for pid in self.processes() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
         }
     }
 
     /// Lets a frozen server go on.
-    pub fn thaw(&self) {
+    pub(crate) fn thaw(&self) {
         for pid in self.processes() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
         }
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// A store URL on this server.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// How often a pump or the acceptor looks at the cut and closed flags.
 const TICK: Duration = Duration::from_millis(10);
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
@@ -25,7 +25,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy on a free loopback port that forwards to `upstream`.
-    pub fn start(upstream: SocketAddr) -> Proxy {
+    pub(crate) fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("proxy address");
@@ -83,17 +83,17 @@ impl Proxy {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// From now on, hold every byte and every new connection.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
     }
 
     /// Forward again, held bytes first.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
 }

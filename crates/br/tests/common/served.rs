@@ -17,13 +17,13 @@ use super::TestRepo;
 const STARTUP: Duration = Duration::from_secs(60);
 
 /// A running `br serve`, stopped (SIGTERM, then SIGKILL) and reaped when dropped.
-pub struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
     pub addr: SocketAddr,
 }
 
 impl Served {
-    pub fn start(repo: &TestRepo) -> Served {
+    pub(crate) fn start(repo: &TestRepo) -> Served {
         let mut child = repo
             .br_command(&["serve", "--addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
@@ -56,16 +56,16 @@ impl Served {
         served
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         i32::try_from(self.child.as_ref().expect("child").id()).expect("pid")
     }
 
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.pid()), signal).expect("signal");
     }
 
     /// Waits for it to exit on its own; its exit code and stderr.
-    pub fn wait(mut self, limit: Duration) -> (i32, String) {
+    pub(crate) fn wait(mut self, limit: Duration) -> (i32, String) {
         let mut child = self.child.take().expect("child");
         let deadline = Instant::now() + limit;
         loop {
@@ -118,7 +118,7 @@ impl Drop for Served {
 
 impl Served {
     /// `GET path`: the answer's status code and its body as JSON.
-    pub fn get_json(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get_json(&self, path: &str) -> (u16, Value) {
         let mut socket = TcpStream::connect(self.addr).expect("connect");
         socket
             .set_read_timeout(Some(STARTUP))
