@@ -4,7 +4,7 @@
 //!
 //! Every offset here is measured on the worker's own clock from the moment it *sent* its last
 //! renewal that the store acknowledged (or its claim). The store stamps the renewal when it
-//! receives it, so the lease it records expires no earlier than `sent + ttl`: network delay
+//! receives it, so the lease it records expires no earlier than `sent + heartbeat_timeout`: network delay
 //! and a slow store only move the real expiry later, never the worker's deadlines.
 
 use std::time::Duration;
@@ -29,8 +29,8 @@ const RENEW_MIN: Duration = Duration::from_millis(10);
 /// The timeline of one lease as a worker keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FenceTimeline {
-    /// The lease's length: `heartbeat_timeout`.
-    pub ttl: Duration,
+    /// The lease's length: the session's `heartbeat_timeout`.
+    pub heartbeat_timeout: Duration,
     /// How often the worker renews.
     pub renew_every: Duration,
     /// Kept free between the SIGKILL and the earliest expiry.
@@ -40,21 +40,25 @@ pub struct FenceTimeline {
     pub grace: Duration,
     /// From the last acknowledged renewal's sending to SIGTERM.
     pub term_after: Duration,
-    /// From the last acknowledged renewal's sending to SIGKILL: `ttl - margin`.
+    /// From the last acknowledged renewal's sending to SIGKILL: `heartbeat_timeout - margin`.
     pub kill_after: Duration,
 }
 
 impl FenceTimeline {
-    /// The timeline for a lease of `ttl`, a worker heartbeating every `heartbeat_interval` (or
+    /// The timeline for a lease of `heartbeat_timeout`, a worker heartbeating every `heartbeat_interval` (or
     /// more often, when the lease needs it) and asked for `kill_grace` between SIGTERM and
     /// SIGKILL. The grace is cut to [`max_grace`] when the lease is too short for it.
-    pub fn new(ttl: Duration, heartbeat_interval: Duration, kill_grace: Duration) -> Self {
-        let renew_every = renew_every(ttl, heartbeat_interval);
-        let margin = margin(ttl);
-        let grace = kill_grace.min(max_grace(ttl, heartbeat_interval));
-        let kill_after = ttl.saturating_sub(margin);
+    pub fn new(
+        heartbeat_timeout: Duration,
+        heartbeat_interval: Duration,
+        kill_grace: Duration,
+    ) -> Self {
+        let renew_every = renew_every(heartbeat_timeout, heartbeat_interval);
+        let margin = margin(heartbeat_timeout);
+        let grace = kill_grace.min(max_grace(heartbeat_timeout, heartbeat_interval));
+        let kill_after = heartbeat_timeout.saturating_sub(margin);
         FenceTimeline {
-            ttl,
+            heartbeat_timeout,
             renew_every,
             margin,
             grace,
@@ -69,26 +73,26 @@ impl FenceTimeline {
     }
 }
 
-/// How often a worker renews a lease of `ttl`: its heartbeat interval, or more often so that a
+/// How often a worker renews a lease of `heartbeat_timeout`: its heartbeat interval, or more often so that a
 /// lease sees at least three renewals.
-pub fn renew_every(ttl: Duration, heartbeat_interval: Duration) -> Duration {
+pub fn renew_every(heartbeat_timeout: Duration, heartbeat_interval: Duration) -> Duration {
     heartbeat_interval
-        .min(ttl / RENEWALS_PER_LEASE)
+        .min(heartbeat_timeout / RENEWALS_PER_LEASE)
         .max(RENEW_MIN)
 }
 
-/// The safety margin of a lease of `ttl`.
-pub fn margin(ttl: Duration) -> Duration {
-    (ttl / MARGIN_DIVISOR).max(MARGIN_MIN)
+/// The safety margin of a lease of `heartbeat_timeout`.
+pub fn margin(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / MARGIN_DIVISOR).max(MARGIN_MIN)
 }
 
-/// The longest SIGTERM-to-SIGKILL grace that fits in a lease of `ttl`. Before the grace come
+/// The longest SIGTERM-to-SIGKILL grace that fits in a lease of `heartbeat_timeout`. Before the grace come
 /// two renewal intervals (one lost renewal never stops a task) and at least half of the lease
 /// that is left after the margin: a long grace must not make a worker give up on a store that
 /// was only slow for a moment.
-pub fn max_grace(ttl: Duration, heartbeat_interval: Duration) -> Duration {
-    let kill_after = ttl.saturating_sub(margin(ttl));
-    let tolerated = renew_every(ttl, heartbeat_interval) * TOLERATED_INTERVALS;
+pub fn max_grace(heartbeat_timeout: Duration, heartbeat_interval: Duration) -> Duration {
+    let kill_after = heartbeat_timeout.saturating_sub(margin(heartbeat_timeout));
+    let tolerated = renew_every(heartbeat_timeout, heartbeat_interval) * TOLERATED_INTERVALS;
     kill_after.saturating_sub(tolerated).min(kill_after / 2)
 }
 
@@ -97,7 +101,7 @@ pub fn max_grace(ttl: Duration, heartbeat_interval: Duration) -> Duration {
 pub fn min_ttl_for(kill_grace: Duration, heartbeat_interval: Duration) -> Option<Duration> {
     (1..=36_000u64)
         .map(|tenths| Duration::from_millis(tenths * 100))
-        .find(|ttl| max_grace(*ttl, heartbeat_interval) >= kill_grace)
+        .find(|heartbeat_timeout| max_grace(*heartbeat_timeout, heartbeat_interval) >= kill_grace)
 }
 
 #[cfg(test)]
@@ -149,12 +153,12 @@ mod tests {
 
     #[test]
     fn every_timeline_stops_the_task_before_the_lease_can_expire() {
-        for ttl in [1_000, 1_500, 2_000, 3_000, 10_000, 30_000, 3_600_000] {
+        for heartbeat_timeout in [1_000, 1_500, 2_000, 3_000, 10_000, 30_000, 3_600_000] {
             for interval in [10, 100, 1_000, 5_000] {
                 for grace in [0, 200, 5_000, 60_000] {
-                    let t = FenceTimeline::new(ms(ttl), ms(interval), ms(grace));
+                    let t = FenceTimeline::new(ms(heartbeat_timeout), ms(interval), ms(grace));
                     assert!(t.term_after + t.grace <= t.kill_after, "{t:?}");
-                    assert!(t.kill_after + t.margin <= t.ttl, "{t:?}");
+                    assert!(t.kill_after + t.margin <= t.heartbeat_timeout, "{t:?}");
                     // One renewal may be lost without stopping the task, and half the lease
                     // passes before anything is stopped.
                     assert!(t.term_after >= t.renew_every * 2, "{t:?}");
@@ -166,7 +170,7 @@ mod tests {
 
     #[test]
     fn minimal_lease_for_a_grace() {
-        // 5s grace: (ttl - ttl/10) / 2 >= 5s, so ttl >= 11.2s (to the next 100 ms).
+        // 5s grace: (heartbeat_timeout - heartbeat_timeout/10) / 2 >= 5s, so heartbeat_timeout >= 11.2s (to the next 100 ms).
         assert_eq!(min_ttl_for(ms(5_000), ms(1_000)), Some(ms(11_200)));
         assert!(max_grace(ms(11_200), ms(1_000)) >= ms(5_000));
         assert!(max_grace(ms(11_100), ms(1_000)) < ms(5_000));

@@ -52,15 +52,15 @@ pub struct WorkerConfig {
     pub exit_when_idle: bool,
     /// A task whose log grows past this many bytes is killed (`output_limit`): one runaway
     /// task must not fill the disk that every other task and the store share.
-    pub max_log: Option<u64>,
+    pub max_log_bytes: Option<u64>,
     /// The command that starts the reaper (normally `br __reaper`); none runs without it.
     pub reaper: Option<Vec<OsString>>,
     pub host: String,
 }
 
-/// Why the worker loop ended.
+/// Why the worker left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub enum Leave {
     /// A signal or the parent asked it to stop.
     Stopped,
     /// `br scale` (or `request_worker_stops`) asked it to leave.
@@ -115,7 +115,7 @@ pub fn run_worker(
     config: &WorkerConfig,
     stop: &StopFlag,
     notify: &mut dyn FnMut(Note),
-) -> Result<Exit, StoreError> {
+) -> Result<Leave, StoreError> {
     let id = store.register_worker(&NewWorker {
         host: config.host.clone(),
         pid: std::process::id(),
@@ -204,7 +204,7 @@ const TROUBLE_EVERY: Duration = Duration::from_secs(10);
 const STOPPING_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Worker<'_> {
-    fn serve(&mut self) -> Result<Exit, StoreError> {
+    fn serve(&mut self) -> Result<Leave, StoreError> {
         let interval = self
             .config
             .heartbeat_interval
@@ -213,12 +213,12 @@ impl Worker<'_> {
         let mut next_beat = Instant::now() + interval;
         loop {
             if self.stop.load(Ordering::SeqCst) {
-                return Ok(Exit::Stopped);
+                return Ok(Leave::Stopped);
             }
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + interval;
                 match self.store.heartbeat(&self.id, None) {
-                    Ok(hb) if hb.stop_requested => return Ok(Exit::AskedToLeave),
+                    Ok(hb) if hb.stop_requested => return Ok(Leave::AskedToLeave),
                     Ok(_) => self.store_back(),
                     Err(e) if e.is_transient() => {
                         self.trouble(&e);
@@ -243,7 +243,7 @@ impl Worker<'_> {
                     self.run_attempt(*task, claimed_at)?;
                     next_beat = Instant::now() + interval;
                 }
-                Ok(Claim::Stop) => return Ok(Exit::AskedToLeave),
+                Ok(Claim::Stop) => return Ok(Leave::AskedToLeave),
                 Ok(Claim::Nothing) => {
                     self.store_back();
                     let ended = match &self.config.session {
@@ -259,12 +259,12 @@ impl Worker<'_> {
                         None => false,
                     };
                     if ended {
-                        return Ok(Exit::SessionEnded);
+                        return Ok(Leave::SessionEnded);
                     }
                     if self.config.exit_when_idle {
                         match self.worth_staying() {
                             Ok(true) => continue,
-                            Ok(false) => return Ok(Exit::Idle),
+                            Ok(false) => return Ok(Leave::Idle),
                             Err(e) if e.is_transient() => {
                                 self.trouble(&e);
                                 self.back_off();
@@ -636,7 +636,7 @@ impl Worker<'_> {
             log_path: task.log_path.clone(),
         };
         let timeline = FenceTimeline::new(
-            task.lease_ttl,
+            task.heartbeat_timeout,
             self.config.heartbeat_interval,
             self.config.kill_grace,
         );
@@ -645,7 +645,7 @@ impl Worker<'_> {
         {
             (self.notify)(Note::GraceCut {
                 session: task.session_name.clone(),
-                lease: task.lease_ttl,
+                lease: task.heartbeat_timeout,
                 grace: timeline.grace,
             });
         }
@@ -773,7 +773,7 @@ impl Worker<'_> {
                 process.terminate(grace);
                 return Execution::Done(Outcome::TimedOut);
             }
-            if let Some(limit) = self.config.max_log
+            if let Some(limit) = self.config.max_log_bytes
                 && std::fs::metadata(&task.log_path).is_ok_and(|m| m.len() > limit)
             {
                 // No grace: a task flooding its log would only write more while it shuts down.

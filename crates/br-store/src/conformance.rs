@@ -23,7 +23,7 @@ use crate::model::*;
 use crate::{Store, StoreError};
 
 /// A fresh, empty store that can be opened more than once (each handle is like another process).
-pub trait Backend {
+pub trait FreshStore {
     fn open(&self) -> Box<dyn Store>;
 }
 
@@ -212,7 +212,7 @@ use TaskState::{Cancelled, Failed, Pending, Ready, Running, Skipped, Succeeded};
 
 // The checks.
 
-pub fn session_is_created_with_ready_and_pending_tasks(b: &dyn Backend) {
+pub fn session_is_created_with_ready_and_pending_tasks(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -246,7 +246,7 @@ pub fn session_is_created_with_ready_and_pending_tasks(b: &dyn Backend) {
     ));
 }
 
-pub fn claim_takes_ready_tasks_in_plan_order(b: &dyn Backend) {
+pub fn claim_takes_ready_tasks_in_plan_order(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -290,7 +290,7 @@ pub fn claim_takes_ready_tasks_in_plan_order(b: &dyn Backend) {
     }
 }
 
-pub fn success_readies_dependents_and_completes_the_session(b: &dyn Backend) {
+pub fn success_readies_dependents_and_completes_the_session(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -333,7 +333,7 @@ pub fn success_readies_dependents_and_completes_the_session(b: &dyn Backend) {
     assert_eq!(done.status, SessionStatus::Completed);
     assert_eq!(
         (
-            done.completed_tasks,
+            done.succeeded_tasks,
             done.progress_percent,
             done.running_tasks
         ),
@@ -361,7 +361,7 @@ pub fn success_readies_dependents_and_completes_the_session(b: &dyn Backend) {
     assert_eq!(ends.len(), 3);
 }
 
-pub fn failure_skips_dependents_transitively_and_fails_the_session(b: &dyn Backend) {
+pub fn failure_skips_dependents_transitively_and_fails_the_session(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -418,7 +418,7 @@ pub fn failure_skips_dependents_transitively_and_fails_the_session(b: &dyn Backe
     assert_eq!(k.last(), Some(&EventKind::SessionFailed));
 }
 
-pub fn failed_attempt_is_retried_while_retries_remain(b: &dyn Backend) {
+pub fn failed_attempt_is_retried_while_retries_remain(b: &dyn FreshStore) {
     let store = b.open();
     let mut flaky = task("flaky", &["f"], &[]);
     flaky.retries = 1;
@@ -458,7 +458,7 @@ pub fn failed_attempt_is_retried_while_retries_remain(b: &dyn Backend) {
     assert!(kinds(&*store, &s.id).contains(&EventKind::TaskRequeued));
 }
 
-pub fn claim_waits_for_conflicting_locks(b: &dyn Backend) {
+pub fn claim_waits_for_conflicting_locks(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -509,7 +509,7 @@ pub fn claim_waits_for_conflicting_locks(b: &dyn Backend) {
     audit_lock_order(&session_events(&*store, &s.id)).expect("no overlapping locks");
 }
 
-pub fn lock_sets_are_taken_all_or_nothing(b: &dyn Backend) {
+pub fn lock_sets_are_taken_all_or_nothing(b: &dyn FreshStore) {
     let store = b.open();
     let holder = submit(&*store, plan("holder", vec![task("h", &[], &[])]));
     let s = submit(
@@ -552,7 +552,7 @@ pub fn lock_sets_are_taken_all_or_nothing(b: &dyn Backend) {
     assert!(store.locks().expect("locks").is_empty());
 }
 
-pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn Backend) {
+pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn FreshStore) {
     let store = b.open();
     let a = submit(&*store, plan("a", vec![task("ta", &["shared.txt"], &[])]));
     let b2 = submit(&*store, plan("b", vec![task("tb", &[], &[])]));
@@ -611,7 +611,7 @@ pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn Backend) {
     audit_lock_order(&all).expect("lock order");
 }
 
-pub fn heartbeat_renews_the_lease(b: &dyn Backend) {
+pub fn heartbeat_renews_the_lease(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, short_lease_plan("p", vec![task("t", &[], &[])]));
     let w = worker(&*store, None, Duration::from_secs(30));
@@ -638,7 +638,7 @@ pub fn heartbeat_renews_the_lease(b: &dyn Backend) {
     );
 }
 
-pub fn expired_lease_is_requeued_as_next_attempt(b: &dyn Backend) {
+pub fn expired_lease_is_requeued_as_next_attempt(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, short_lease_plan("p", vec![task("t", &["x"], &[])]));
     let dead = worker(&*store, None, Duration::from_millis(150));
@@ -693,7 +693,7 @@ pub fn expired_lease_is_requeued_as_next_attempt(b: &dyn Backend) {
     assert_eq!(offline, 1);
 }
 
-pub fn stale_result_is_rejected(b: &dyn Backend) {
+pub fn stale_result_is_rejected(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, short_lease_plan("p", vec![task("t", &["x"], &[])]));
     let zombie = worker(&*store, None, Duration::from_millis(150));
@@ -780,7 +780,7 @@ pub fn stale_result_is_rejected(b: &dyn Backend) {
     );
 }
 
-pub fn lost_leases_are_bounded(b: &dyn Backend) {
+pub fn lost_leases_are_bounded(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -807,7 +807,7 @@ pub fn lost_leases_are_bounded(b: &dyn Backend) {
     );
 }
 
-pub fn cancel_stops_waiting_tasks_and_fences_running_ones(b: &dyn Backend) {
+pub fn cancel_stops_waiting_tasks_and_fences_running_ones(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -868,7 +868,7 @@ pub fn cancel_stops_waiting_tasks_and_fences_running_ones(b: &dyn Backend) {
     audit_terminal_once(&session_events(&*store, &s.id)).expect("terminal once");
 }
 
-pub fn pause_stops_claims_until_resume(b: &dyn Backend) {
+pub fn pause_stops_claims_until_resume(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -905,7 +905,7 @@ pub fn pause_stops_claims_until_resume(b: &dyn Backend) {
     assert!(k.contains(&EventKind::SessionPaused) && k.contains(&EventKind::SessionResumed));
 }
 
-pub fn invalid_transitions_are_refused(b: &dyn Backend) {
+pub fn invalid_transitions_are_refused(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, plan("p", vec![task("a", &[], &[])]));
     let err = store
@@ -944,7 +944,7 @@ pub fn invalid_transitions_are_refused(b: &dyn Backend) {
     ));
 }
 
-pub fn sessions_resolve_by_id_prefix_and_name(b: &dyn Backend) {
+pub fn sessions_resolve_by_id_prefix_and_name(b: &dyn FreshStore) {
     let store = b.open();
     // No pause between them: sessions created in the same millisecond still keep their order.
     let first = submit(&*store, plan("nightly", vec![task("a", &[], &[])]));
@@ -994,7 +994,7 @@ pub fn sessions_resolve_by_id_prefix_and_name(b: &dyn Backend) {
     assert_eq!(limited.len(), 1);
 }
 
-pub fn scale_down_stops_idle_workers_first(b: &dyn Backend) {
+pub fn scale_down_stops_idle_workers_first(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -1049,7 +1049,7 @@ pub fn scale_down_stops_idle_workers_first(b: &dyn Backend) {
     );
 }
 
-pub fn stopping_a_worker_gives_its_task_back(b: &dyn Backend) {
+pub fn stopping_a_worker_gives_its_task_back(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, plan("p", vec![task("a", &["lockme"], &[])]));
     let w = worker(&*store, None, Duration::from_secs(30));
@@ -1078,7 +1078,7 @@ pub fn stopping_a_worker_gives_its_task_back(b: &dyn Backend) {
     assert_details_typed(&k);
 }
 
-pub fn events_are_ordered_and_filtered(b: &dyn Backend) {
+pub fn events_are_ordered_and_filtered(b: &dyn FreshStore) {
     let store = b.open();
     let a = submit(&*store, plan("a", vec![task("x", &[], &[])]));
     let b2 = submit(&*store, plan("b", vec![task("y", &[], &[])]));
@@ -1134,7 +1134,7 @@ pub fn events_are_ordered_and_filtered(b: &dyn Backend) {
     assert_eq!(json["kind"], "scope_violation");
 }
 
-pub fn summary_counts_everything(b: &dyn Backend) {
+pub fn summary_counts_everything(b: &dyn FreshStore) {
     let store = b.open();
     let empty = store.summary().expect("summary");
     assert_eq!(
@@ -1197,7 +1197,7 @@ pub fn summary_counts_everything(b: &dyn Backend) {
     let _ = (a, s, done);
 }
 
-pub fn only_finished_sessions_are_deleted(b: &dyn Backend) {
+pub fn only_finished_sessions_are_deleted(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, plan("p", vec![task("a", &[], &[])]));
     assert!(matches!(
@@ -1215,7 +1215,7 @@ pub fn only_finished_sessions_are_deleted(b: &dyn Backend) {
     assert!(session_events(&*store, &s.id).is_empty());
 }
 
-pub fn wait_for_change_sees_other_handles(b: &dyn Backend) {
+pub fn wait_for_change_sees_other_handles(b: &dyn FreshStore) {
     let watcher = b.open();
     let writer = b.open();
     // The first call only starts watching.
@@ -1247,7 +1247,7 @@ pub fn wait_for_change_sees_other_handles(b: &dyn Backend) {
 /// Several handles (like several worker processes) claim and finish a session whose tasks have
 /// overlapping lock sets. Every task runs exactly once, and the event log proves that no two
 /// running tasks ever held overlapping locks.
-pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Backend) {
+pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn FreshStore) {
     let setup = b.open();
     let pool = ["a", "b", "c", "d", "e", "f"];
     let mut rng = fastrand::Rng::with_seed(7);
@@ -1321,7 +1321,7 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Back
     assert_eq!(ran, want, "every task ran exactly once");
     let end = setup.session(&s.id).expect("session");
     assert_eq!(
-        (end.status, end.completed_tasks),
+        (end.status, end.succeeded_tasks),
         (SessionStatus::Completed, 120)
     );
     let events = session_events(&*setup, &s.id);
@@ -1330,7 +1330,7 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Back
     audit_terminal_once(&events).expect("terminal once");
 }
 
-pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn Backend) {
+pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(&*store, plan("p", vec![task("a", &["a/**"], &[])]));
     let w = worker(&*store, None, Duration::from_secs(30));
@@ -1374,7 +1374,7 @@ pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn Backend) {
     assert!(violation.seq < succeeded.seq);
 }
 
-pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn Backend) {
+pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn FreshStore) {
     let store = b.open();
     let s = submit(
         &*store,
@@ -1401,7 +1401,7 @@ pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn Backend) {
     );
     let again = store.session(&s.id).expect("session");
     assert_eq!(
-        (again.status, again.completed_tasks, again.completed_at),
+        (again.status, again.succeeded_tasks, again.completed_at),
         (SessionStatus::Running, 1, None)
     );
     let c = claim_task(&*store, &w);

@@ -123,7 +123,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// way to wait without re-reading everything.
     fn wait_for_change(&self, timeout: Duration) -> Result<()>;
 
-    /// The seed's summary of everything in the store.
+    /// BuildRunner's summary of everything in the store.
     fn summary(&self) -> Result<Summary>;
 }
 

@@ -39,7 +39,7 @@ pub struct Session {
     pub completed_at: Option<Timestamp>,
     pub progress_percent: f64,
     pub total_tasks: u32,
-    pub completed_tasks: u32,
+    pub succeeded_tasks: u32,
     pub failed_tasks: u32,
     pub running_tasks: u32,
     pub queued_tasks: u32,
@@ -60,7 +60,7 @@ pub struct Session {
 impl Session {
     /// Tasks that reached a terminal state.
     pub fn finished_tasks(&self) -> u32 {
-        self.completed_tasks + self.failed_tasks + self.skipped_tasks + self.cancelled_tasks
+        self.succeeded_tasks + self.failed_tasks + self.skipped_tasks + self.cancelled_tasks
     }
 
     pub fn heartbeat_timeout(&self) -> Duration {
@@ -221,7 +221,7 @@ pub struct ClaimedTask {
     pub files: Vec<LockPath>,
     pub timeout: Option<Duration>,
     /// The lease lasts this long after each heartbeat.
-    pub lease_ttl: Duration,
+    pub heartbeat_timeout: Duration,
     pub isolation: Isolation,
     pub scope: ScopeMode,
     pub base_commit: Option<String>,
@@ -358,7 +358,7 @@ pub struct SessionFilter {
     pub limit: Option<usize>,
 }
 
-/// The seed's summary (`br summary --json`), plus running tasks.
+/// BuildRunner's summary (`br summary --json`), plus running tasks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
     pub timestamp: Timestamp,

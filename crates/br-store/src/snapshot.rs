@@ -1333,7 +1333,7 @@ mod tests {
         assert_eq!(other.selected, b.snapshot().selected);
         let snap = b.snapshot();
         assert_eq!(snap.sessions[0].session.id, s.id);
-        assert_eq!(snap.sessions[0].session.completed_tasks, 1);
+        assert_eq!(snap.sessions[0].session.succeeded_tasks, 1);
         assert_eq!(snap.throughput.finished, 1);
         assert_eq!(
             snap.selected.as_ref().unwrap().tasks[0].task.state,
@@ -1355,14 +1355,14 @@ mod tests {
         );
         assert_eq!(timing(&session, Timestamp(1_000)), (None, None));
         session.started_at = Some(Timestamp(1_000));
-        session.completed_tasks = 1;
+        session.succeeded_tasks = 1;
         // One of four took 10 s: three more take 30 s.
         assert_eq!(
             timing(&session, Timestamp(11_000)),
             (Some(10_000), Some(30_000))
         );
         session.status = SessionStatus::Completed;
-        session.completed_tasks = 4;
+        session.succeeded_tasks = 4;
         session.completed_at = Some(Timestamp(21_000));
         assert_eq!(timing(&session, Timestamp(99_000)), (Some(20_000), Some(0)));
         // Two finished 60 s after work began: 2 per minute, not 2 per five minutes.

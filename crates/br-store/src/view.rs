@@ -37,6 +37,7 @@ pub struct SessionView<'a> {
     completed_at: Option<Timestamp>,
     progress_percent: f64,
     total_tasks: u32,
+    /// The succeeded tasks, under the name DESIGN.md fixes (BuildRunner's word for them).
     completed_tasks: u32,
     failed_tasks: u32,
     running_tasks: u32,
@@ -67,7 +68,7 @@ impl<'a> From<&'a Session> for SessionView<'a> {
             completed_at: s.completed_at,
             progress_percent: s.progress_percent,
             total_tasks: s.total_tasks,
-            completed_tasks: s.completed_tasks,
+            completed_tasks: s.succeeded_tasks,
             failed_tasks: s.failed_tasks,
             running_tasks: s.running_tasks,
             queued_tasks: s.queued_tasks,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use br_store::conformance::Backend;
+use br_store::conformance::FreshStore;
 use br_store::postgres::PostgresStore;
 use br_store::{NewWorker, Store, StoreError, StoreLocation, WorkerFilter};
 
@@ -77,7 +77,7 @@ impl Drop for TempSchema {
     }
 }
 
-impl Backend for TempSchema {
+impl FreshStore for TempSchema {
     fn open(&self) -> Box<dyn Store> {
         Box::new(TempSchema::open(self).expect("open postgres store"))
     }

@@ -62,7 +62,7 @@ pub(crate) enum Command {
     Worker(WorkerArgs),
     /// Wait until a session ends; exit as `br run` does
     Wait(WaitArgs),
-    /// Submit and run a plan given by flags (or --plan): the seed's spelling
+    /// Submit and run a plan given by flags (or --plan): BuildRunner's spelling
     Start(StartArgs),
     /// Show one session with every task
     Status(StatusArgs),
@@ -430,7 +430,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// `br parallel <command> …` is the seed's spelling: drop the word before clap sees it.
+/// `br parallel <command> …` is BuildRunner's spelling: drop the word before clap sees it.
 pub(crate) fn strip_parallel_alias(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();

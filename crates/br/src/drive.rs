@@ -276,12 +276,12 @@ pub(crate) fn final_report(
         s.name,
         s.id,
         s.status,
-        s.completed_tasks,
+        s.succeeded_tasks,
         s.failed_tasks,
         s.skipped_tasks,
         s.cancelled_tasks
     )?;
-    if s.completed_tasks < s.total_tasks {
+    if s.succeeded_tasks < s.total_tasks {
         for t in store.tasks(&s.id)? {
             if t.state == br_core::TaskState::Succeeded {
                 continue;

@@ -1,4 +1,4 @@
-//! The dashboard end to end: frames and summaries read while a real `br run` works, the seed's
+//! The dashboard end to end: frames and summaries read while a real `br run` works, BuildRunner 3.1's
 //! multi-session display, and the interactive UI driven in a real pseudo-terminal.
 
 mod common;

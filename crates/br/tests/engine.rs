@@ -1,4 +1,4 @@
-//! The seed's scenarios, done for real: tasks run as processes by worker processes, in parallel,
+//! BuildRunner 3.1's test scenarios, done for real: tasks run as processes by worker processes, in parallel,
 //! under file locks, recorded in a real SQLite store.
 
 mod common;

@@ -1,4 +1,4 @@
-//! What happens when processes die, stall or are interrupted: the seed's worker-failure,
+//! What happens when processes die, stall or are interrupted: BuildRunner 3.1's worker-failure,
 //! zombie, scaling and heartbeat scenarios, plus Ctrl-C and kill -9 of `br run`. Real processes,
 //! real signals, a real store.
 

@@ -79,7 +79,7 @@ fn a_postgres_restart_in_the_middle_of_a_run_loses_nothing() {
             .ok()?
             .into_iter()
             .next()?;
-        (s.completed_tasks >= 1 && s.running_tasks >= 1).then_some(())
+        (s.succeeded_tasks >= 1 && s.running_tasks >= 1).then_some(())
     });
     server.restart(Duration::from_millis(1500));
     let done = run.wait(LONG);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::leftovers::{Leftovers, ReconcileMode, SavedLeftovers};
 use super::record::{read_record, remove_file_if_present};
 use super::registry::{WorktreeEntry, list_worktrees};
-use super::slot_files::{LockFile, SlotLock, lock_path, record_path, slot_path, try_slot};
+use super::slot_files::{FlockFile, SlotFlock, flock_path, record_path, slot_path, try_flock_slot};
 use super::{WorktreeError, io_error};
 use crate::flock::RepoFlock;
 use crate::git::Repo;
@@ -87,17 +87,17 @@ pub fn reconcile(
     for number in slots {
         let path = slot_path(&dir, number);
         let create = match mode {
-            ReconcileMode::Apply => LockFile::Create,
-            ReconcileMode::DryRun => LockFile::Existing,
+            ReconcileMode::Apply => FlockFile::Create,
+            ReconcileMode::DryRun => FlockFile::Existing,
         };
         // Holding the slot's lock keeps workers out while it is inspected or removed.
-        let lock = match try_slot(&dir, number, create)? {
-            SlotLock::Busy => {
+        let lock = match try_flock_slot(&dir, number, create)? {
+            SlotFlock::Busy => {
                 report.in_use.push(path);
                 continue;
             }
-            SlotLock::Held(file) => Some(file),
-            SlotLock::FreeNoFile => None,
+            SlotFlock::Held(file) => Some(file),
+            SlotFlock::FreeNoFile => None,
         };
         let registration = registrations.iter().find(|w| w.path == path);
         let exists = path.is_dir();
@@ -147,8 +147,8 @@ pub fn reconcile(
                 }
             }
             remove_file_if_present(&record_file.with_extension("attempt.tmp"))?;
-            // The lock file goes last, while still held: see `try_slot`.
-            remove_file_if_present(&lock_path(&dir, number))?;
+            // The lock file goes last, while still held: see `try_flock_slot`.
+            remove_file_if_present(&flock_path(&dir, number))?;
         }
         drop(lock);
         report.removed.push(path);

@@ -11,7 +11,7 @@ use super::attempt::{
 use super::leftovers::{Leftovers, ReconcileMode};
 use super::record::{SlotRecord, read_record, remove_file_if_present, write_record};
 use super::registry::{admin_dir, is_worktree_of, list_worktrees, same_path};
-use super::slot_files::{LockFile, lock_slot, record_path, slot_path};
+use super::slot_files::{FlockFile, flock_slot, record_path, slot_path};
 use super::{MAX_SLOTS, WorktreeError, io_error};
 use crate::flock::RepoFlock;
 use crate::git::{Git, Repo};
@@ -23,7 +23,7 @@ pub struct WorktreeSlot {
     number: u32,
     path: PathBuf,
     /// Holds the slot's OS lock; closing it (on drop, or when the process dies) frees the slot.
-    _lock: File,
+    _flock: File,
     /// Git for br's own operations inside the slot.
     git: Git,
     /// Git for br's own operations on the repository (worktree registrations, refs).
@@ -40,7 +40,7 @@ impl WorktreeSlot {
         let dir = repo.worktrees_dir();
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
         for number in 0..MAX_SLOTS {
-            if let Some(lock) = lock_slot(&dir, number, LockFile::Create)? {
+            if let Some(lock) = flock_slot(&dir, number, FlockFile::Create)? {
                 let path = slot_path(&dir, number);
                 return Ok(WorktreeSlot {
                     git: repo.own_git(&path)?,
@@ -48,7 +48,7 @@ impl WorktreeSlot {
                     repo: repo.clone(),
                     number,
                     path,
-                    _lock: lock,
+                    _flock: lock,
                     known_good: false,
                 });
             }

@@ -13,7 +13,7 @@ pub(crate) fn slot_path(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("slot-{number}"))
 }
 
-pub(crate) fn lock_path(dir: &Path, number: u32) -> PathBuf {
+pub(crate) fn flock_path(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("slot-{number}.lock"))
 }
 
@@ -22,7 +22,7 @@ pub(crate) fn record_path(repo: &Repo, number: u32) -> PathBuf {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LockFile {
+pub(crate) enum FlockFile {
     /// Create the lock file if it is missing (taking a slot).
     Create,
     /// A missing lock file means a free slot, and stays missing (looking, in a dry run).
@@ -31,48 +31,48 @@ pub(crate) enum LockFile {
 
 /// What trying a slot's lock found.
 #[derive(Debug)]
-pub(crate) enum SlotLock {
+pub(crate) enum SlotFlock {
     Held(File),
-    /// Free, and with `LockFile::Existing` no lock file exists.
+    /// Free, and with `FlockFile::Existing` no lock file exists.
     FreeNoFile,
     Busy,
 }
 
 /// Takes slot `number`'s lock if it is free.
-pub(crate) fn lock_slot(
+pub(crate) fn flock_slot(
     dir: &Path,
     number: u32,
-    create: LockFile,
+    create: FlockFile,
 ) -> Result<Option<File>, WorktreeError> {
-    match try_slot(dir, number, create)? {
-        SlotLock::Held(file) => Ok(Some(file)),
-        SlotLock::FreeNoFile | SlotLock::Busy => Ok(None),
+    match try_flock_slot(dir, number, create)? {
+        SlotFlock::Held(file) => Ok(Some(file)),
+        SlotFlock::FreeNoFile | SlotFlock::Busy => Ok(None),
     }
 }
 
-pub(crate) fn try_slot(
+pub(crate) fn try_flock_slot(
     dir: &Path,
     number: u32,
-    create: LockFile,
-) -> Result<SlotLock, WorktreeError> {
-    let path = lock_path(dir, number);
+    create: FlockFile,
+) -> Result<SlotFlock, WorktreeError> {
+    let path = flock_path(dir, number);
     loop {
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(create == LockFile::Create)
+            .create(create == FlockFile::Create)
             .truncate(false)
             .open(&path);
         let file = match opened {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create == LockFile::Existing => {
-                return Ok(SlotLock::FreeNoFile);
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create == FlockFile::Existing => {
+                return Ok(SlotFlock::FreeNoFile);
             }
             Err(e) => return Err(io_error("open", &path)(e)),
         };
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Ok(SlotLock::Busy),
+            Err(TryLockError::WouldBlock) => return Ok(SlotFlock::Busy),
             Err(TryLockError::Error(e)) => return Err(io_error("lock", &path)(e)),
         }
         // `reconcile` deletes a removed slot's lock file while holding its lock. Whoever opened
@@ -81,12 +81,12 @@ pub(crate) fn try_slot(
         let ours = file.metadata().map_err(io_error("inspect", &path))?;
         match fs::metadata(&path) {
             Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {
-                return Ok(SlotLock::Held(file));
+                return Ok(SlotFlock::Held(file));
             }
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if create == LockFile::Existing {
-                    return Ok(SlotLock::FreeNoFile);
+                if create == FlockFile::Existing {
+                    return Ok(SlotFlock::FreeNoFile);
                 }
                 continue;
             }

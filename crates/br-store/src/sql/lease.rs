@@ -437,7 +437,7 @@ fn lease_task(
         env,
         files: candidate.files,
         timeout: timeout_ms.map(Duration::from_millis),
-        lease_ttl: Duration::from_millis(session.heartbeat_timeout_ms),
+        heartbeat_timeout: Duration::from_millis(session.heartbeat_timeout_ms),
         isolation: session.isolation,
         scope: session.scope,
         base_commit: task_base.or(session.base_commit),

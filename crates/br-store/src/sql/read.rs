@@ -91,7 +91,7 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         completed_at: opt_ts(r, 16)?,
         progress_percent: progress_percent(finished, total),
         total_tasks: total,
-        completed_tasks: succeeded,
+        succeeded_tasks: succeeded,
         failed_tasks: failed,
         running_tasks: running,
         queued_tasks: total.saturating_sub(finished + running),

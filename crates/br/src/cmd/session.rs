@@ -302,7 +302,7 @@ pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
     } else {
         print(&format!(
             "cancelled session {} ({}): {} task(s) cancelled, {} succeeded before\n",
-            s.name, s.id, s.cancelled_tasks, s.completed_tasks
+            s.name, s.id, s.cancelled_tasks, s.succeeded_tasks
         ))?;
     }
     Ok(Exit::Success)

@@ -8,7 +8,7 @@ use br_core::WorkerStatus;
 use br_core::time::{ago, short_duration};
 use br_exec::liveness::host_name;
 use br_exec::signals::{StopFlag, stop_on_signals, stop_when_stdin_closes};
-use br_exec::worker::{Exit as WorkerExit, Note, WorkerConfig, run_worker};
+use br_exec::worker::{Leave, Note, WorkerConfig, run_worker};
 use br_store::view::{WorkerListView, WorkerListing};
 
 use crate::cli::{WorkerArgs, WorkersArgs};
@@ -44,7 +44,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
             .unwrap_or(Duration::from_secs(30)),
         kill_grace: args.kill_grace,
         exit_when_idle: args.exit_when_idle,
-        max_log: args.max_log.0,
+        max_log_bytes: args.max_log.0,
         reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
         host,
     };
@@ -109,10 +109,10 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
     };
     let exit = run_worker(&*store, &config, &stop, &mut notify)?;
     let why = match exit {
-        WorkerExit::Stopped => "stopped",
-        WorkerExit::AskedToLeave => "asked to leave",
-        WorkerExit::SessionEnded => "its session ended",
-        WorkerExit::Idle => "nothing left to claim",
+        Leave::Stopped => "stopped",
+        Leave::AskedToLeave => "asked to leave",
+        Leave::SessionEnded => "its session ended",
+        Leave::Idle => "nothing left to claim",
     };
     let _ = writeln!(std::io::stderr(), "worker left: {why}");
     Ok(Exit::Success)
