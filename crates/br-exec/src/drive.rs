@@ -127,6 +127,13 @@ pub fn drive(
         store.set_workers_wanted(&id, options.workers)?;
     }
     let mut pool = LocalPool::new(pool_spec(repo, session, options));
+    // From here on, the loop's waits must see every change (a backend may watch only from its
+    // first wait on).
+    if let Err(e) = store.wait_for_change(Duration::ZERO)
+        && !e.is_transient()
+    {
+        return Err(e.into());
+    }
     let mut last_seq = options.from_seq;
     let mut handled_interrupts = 0usize;
     let mut ended_at: Option<Instant> = None;
@@ -167,11 +174,15 @@ pub fn drive(
                 if found.finished {
                     break;
                 }
-                if found.ended {
+                if found.ended || handled_interrupts > 0 || gave_up {
                     let since = *ended_at.get_or_insert_with(Instant::now);
-                    if since.elapsed() > LEAVE_GRACE {
+                    if found.ended && since.elapsed() > LEAVE_GRACE {
                         pool.stop_all();
                     }
+                    // Only the workers' exits are left to see, and they change nothing in the
+                    // store: wait for the processes, not for the store.
+                    pool.wait_all(LOOP_MIN);
+                    continue;
                 }
             }
             // A store that is restarting or cut off is waited out: the workers wait too, and

@@ -6,7 +6,8 @@
 //! (`worker.rs`), and the reaper applies them too when the worker itself is frozen
 //! (`reaper.rs`).
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
@@ -68,65 +69,165 @@ pub(crate) enum Renewal {
     Failed(StoreError),
 }
 
-/// The renewing thread of one running attempt. Dropping it asks the thread to end; the scope it
-/// was started in waits for it (at most one store call).
-#[derive(Debug)]
-pub(crate) struct LeaseKeeper {
-    renewals: Receiver<Renewal>,
-    _stop: Sender<()>,
+/// The lease the renewing thread keeps, and when it plans to wake.
+#[derive(Debug, Default)]
+struct State {
+    /// The lease being renewed: its generation, the lease, how often, and when next.
+    job: Option<(u64, Lease, Duration, Instant)>,
+    /// When the thread will look again (it waits for a notification only if a job needs it
+    /// sooner): a short attempt starts and ends without waking it at all.
+    planned_wake: Option<Instant>,
+    closed: bool,
 }
 
-impl LeaseKeeper {
-    /// Starts renewing `lease` every `every`, from `every` after now. Between renewals the
-    /// thread also requeues other workers' expired leases: any worker may, and there is no
-    /// coordinator to do it.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state holds no invariant a panicking holder could break halfway.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How long the renewing thread sleeps when it has nothing to renew.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// The worker's renewing thread: one for the worker's life (starting a thread per attempt costs
+/// more than a short task), renewing the lease of whatever attempt runs. Dropping it ends the
+/// thread; the scope it was started in waits for it (at most one store call).
+#[derive(Debug)]
+pub(crate) struct Renewer {
+    shared: Arc<Shared>,
+    reports: Receiver<(u64, Renewal)>,
+    generation: u64,
+}
+
+impl Renewer {
+    /// Starts the thread, idle until [`Renewer::keep`]. Between renewals it also requeues other
+    /// workers' expired leases: any worker may, and there is no coordinator to do it.
     pub(crate) fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
         store: &'scope dyn Store,
         worker: &WorkerId,
-        lease: &Lease,
-        every: Duration,
-    ) -> std::io::Result<LeaseKeeper> {
-        let (report, renewals) = mpsc::channel();
-        let (stop, stopped) = mpsc::channel::<()>();
+    ) -> std::io::Result<Renewer> {
+        let (report, reports) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
         let worker = worker.clone();
-        let lease = lease.clone();
+        let theirs = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("lease".into())
-            .spawn_scoped(scope, move || {
-                let mut next = Instant::now() + every;
-                loop {
-                    match stopped.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                    next = Instant::now() + every;
-                    let sent = Moment::now();
-                    let (message, last) = match store.heartbeat(&worker, Some(&lease)) {
-                        Ok(reply) => (
-                            Renewal::Answered { sent, reply },
-                            !reply.lease_held || reply.session_cancelled,
-                        ),
-                        Err(e) => (Renewal::Failed(e), false),
-                    };
-                    if report.send(message).is_err() || last {
-                        return;
-                    }
-                    if let Err(e) = store.requeue_expired_leases()
-                        && report.send(Renewal::Failed(e)).is_err()
-                    {
-                        return;
-                    }
-                }
-            })?;
-        Ok(LeaseKeeper {
-            renewals,
-            _stop: stop,
+            .spawn_scoped(scope, move || renew(&theirs, store, &worker, &report))?;
+        Ok(Renewer {
+            shared,
+            reports,
+            generation: 0,
         })
     }
 
-    /// The reports that arrived since the last call.
+    /// Renews `lease` every `every` from now on, until [`Renewer::release`] (or a reply that
+    /// says the lease is gone or its session cancelled).
+    pub(crate) fn keep(&mut self, lease: &Lease, every: Duration) {
+        self.generation += 1;
+        // Reports about an earlier lease are of no use any more.
+        while self.reports.try_recv().is_ok() {}
+        let next = Instant::now() + every;
+        let mut state = self.shared.lock();
+        state.job = Some((self.generation, lease.clone(), every, next));
+        if state.planned_wake.is_none_or(|w| w > next) {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Stops renewing the current lease (the thread notices when it next wakes).
+    pub(crate) fn release(&mut self) {
+        self.shared.lock().job = None;
+    }
+
+    /// The reports about the current lease that arrived since the last call.
     pub(crate) fn reports(&self) -> impl Iterator<Item = Renewal> + '_ {
-        self.renewals.try_iter()
+        let generation = self.generation;
+        self.reports
+            .try_iter()
+            .filter(move |(g, _)| *g == generation)
+            .map(|(_, r)| r)
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The renewing thread's loop.
+fn renew(
+    shared: &Shared,
+    store: &dyn Store,
+    worker: &WorkerId,
+    report: &mpsc::Sender<(u64, Renewal)>,
+) {
+    let mut state = shared.lock();
+    loop {
+        if state.closed {
+            return;
+        }
+        let now = Instant::now();
+        let due = match &mut state.job {
+            Some((generation, lease, every, next)) if *next <= now => {
+                *next = now + *every;
+                Some((*generation, lease.clone()))
+            }
+            Some((_, _, _, next)) => {
+                let next = *next;
+                state.planned_wake = Some(next);
+                state = shared
+                    .wake
+                    .wait_timeout(state, next - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                None
+            }
+            None => {
+                let wake = now + IDLE_TICK;
+                state.planned_wake = Some(wake);
+                state = shared
+                    .wake
+                    .wait_timeout(state, IDLE_TICK)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                None
+            }
+        };
+        let Some((generation, lease)) = due else {
+            continue;
+        };
+        // The store call may block: not while holding the state.
+        state.planned_wake = None;
+        drop(state);
+        let sent = Moment::now();
+        let (message, last) = match store.heartbeat(worker, Some(&lease)) {
+            Ok(reply) => (
+                Renewal::Answered { sent, reply },
+                !reply.lease_held || reply.session_cancelled,
+            ),
+            Err(e) => (Renewal::Failed(e), false),
+        };
+        if report.send((generation, message)).is_err() {
+            return;
+        }
+        if let Err(e) = store.requeue_expired_leases()
+            && report.send((generation, Renewal::Failed(e))).is_err()
+        {
+            return;
+        }
+        state = shared.lock();
+        if last && state.job.as_ref().is_some_and(|j| j.0 == generation) {
+            state.job = None;
+        }
     }
 }

@@ -262,18 +262,22 @@ impl LocalPool {
         }
     }
 
-    /// Waits up to `limit` for every worker to exit; returns whether they all did.
+    /// Waits up to `limit` for every worker to exit; returns whether they all did. Exited
+    /// workers are reaped, and reported by the next `reap` or `supervise`.
     pub fn wait_all(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            self.reap();
-            if self.children.is_empty() {
+            if self
+                .children
+                .iter_mut()
+                .all(|c| matches!(c.child.try_wait(), Ok(Some(_))))
+            {
                 return true;
             }
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

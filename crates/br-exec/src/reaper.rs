@@ -77,6 +77,11 @@ impl Reaper {
         self.send(&format!("-{pgid}\n"))
     }
 
+    /// [`Reaper::watch`] and [`Reaper::fence`] in one message.
+    pub fn watch_fenced(&mut self, pgid: i32, deadline: Moment) -> std::io::Result<()> {
+        self.send(&format!("+{pgid}\n!{pgid} {}\n", deadline.as_millis()))
+    }
+
     /// Group `pgid` must be dead by `deadline` unless a later deadline follows: the reaper
     /// SIGKILLs it then, even if this process is frozen.
     pub fn fence(&mut self, pgid: i32, deadline: Moment) -> std::io::Result<()> {

@@ -21,22 +21,20 @@ pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
-/// This process's children (zombies included), from `/proc/self/task/*/children`: each thread's
-/// list holds the children it started, and orphans re-parented to this process.
+/// The children of this process's main thread (zombies included), from
+/// `/proc/self/task/<pid>/children`: the processes it started, and every orphan re-parented to
+/// this process (the kernel hands them to the main thread while it lives). A worker starts all
+/// its processes from its main thread, so this is all of its children; reading one file keeps
+/// the check cheap enough to make after every attempt.
 pub fn children() -> BTreeSet<i32> {
-    let mut pids = BTreeSet::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return pids;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    pids
+    let path = format!("/proc/self/task/{}/children", std::process::id());
+    std::fs::read_to_string(path)
+        .map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Kills and reaps every child of this process that is not in `keep`, and each orphan that

@@ -24,7 +24,7 @@ use br_store::{
     StoreError, WorkerFilter,
 };
 
-use crate::lease::{LeaseKeeper, Moment, Renewal};
+use crate::lease::{Moment, Renewal, Renewer};
 use crate::liveness::{host_name, process_exists};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
@@ -143,22 +143,36 @@ pub fn run_worker(
         },
         None => None,
     };
-    let mut worker = Worker {
-        store,
-        config,
-        id: id.clone(),
-        stop,
-        reaper: reaper.as_mut(),
-        notify,
-        slot: None,
-        changes: HashMap::new(),
-        trouble_since: None,
-        trouble_shown: None,
-        grace_cut_said: std::collections::HashSet::new(),
-    };
-    let result = worker.serve();
-    // Leave a clean record even if serving failed; a failure here is secondary.
-    let stopped = worker.record(|| store.stop_worker(&id));
+    let (result, stopped) = std::thread::scope(|scope| {
+        let renewer = match Renewer::start(scope, store, &id) {
+            Ok(renewer) => renewer,
+            Err(e) => {
+                let e = StoreError::Backend {
+                    context: "start the lease thread",
+                    source: Box::new(e),
+                };
+                return (Err(e), Ok(()));
+            }
+        };
+        let mut worker = Worker {
+            store,
+            config,
+            id: id.clone(),
+            stop,
+            reaper: reaper.as_mut(),
+            notify,
+            renewer,
+            slot: None,
+            changes: HashMap::new(),
+            trouble_since: None,
+            trouble_shown: None,
+            grace_cut_said: std::collections::HashSet::new(),
+        };
+        let result = worker.serve();
+        // Leave a clean record even if serving failed; a failure here is secondary.
+        let stopped = worker.record(|| store.stop_worker(&id));
+        (result, stopped)
+    });
     drop(reaper);
     let exit = result?;
     stopped?;
@@ -172,6 +186,8 @@ struct Worker<'a> {
     stop: &'a StopFlag,
     reaper: Option<&'a mut Reaper>,
     notify: &'a mut dyn FnMut(Note),
+    /// Renews the running attempt's lease on a thread of its own.
+    renewer: Renewer,
     /// The worktree slot this worker runs worktree-isolated tasks in, taken on first use and
     /// held until the worker leaves.
     slot: Option<WorktreeSlot>,
@@ -211,6 +227,8 @@ impl Worker<'_> {
             .min(self.config.heartbeat_timeout / 3)
             .max(Duration::from_millis(10));
         let mut next_beat = Instant::now() + interval;
+        // The next claim, made in the transaction that recorded the last attempt's outcome.
+        let mut chained: Option<Chained> = None;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(Leave::Stopped);
@@ -229,18 +247,25 @@ impl Worker<'_> {
                 }
                 self.requeue_expired();
             }
-            let request = ClaimRequest {
-                worker: &self.id,
-                session: self.config.session.as_ref(),
-                log_dir: &self.config.log_dir,
+            let (claim, claimed_at) = match chained.take() {
+                Some(chained) => chained,
+                None => {
+                    let request = ClaimRequest {
+                        worker: &self.id,
+                        session: self.config.session.as_ref(),
+                        log_dir: &self.config.log_dir,
+                    };
+                    // The lease the claim grants runs from when the store received the claim,
+                    // which is after this moment: fence deadlines counted from here are never
+                    // late.
+                    let claimed_at = Moment::now();
+                    (self.store.claim_next_task(&request), claimed_at)
+                }
             };
-            // The lease the claim grants runs from when the store received the claim, which is
-            // after this moment: fence deadlines counted from here are never late.
-            let claimed_at = Moment::now();
-            match self.store.claim_next_task(&request) {
+            match claim {
                 Ok(Claim::Task(task)) => {
                     self.store_back();
-                    self.run_attempt(*task, claimed_at)?;
+                    chained = self.run_attempt(*task, claimed_at)?;
                     next_beat = Instant::now() + interval;
                 }
                 Ok(Claim::Stop) => return Ok(Leave::AskedToLeave),
@@ -405,7 +430,13 @@ impl Worker<'_> {
         }
     }
 
-    fn run_attempt(&mut self, task: ClaimedTask, claimed_at: Moment) -> Result<(), StoreError> {
+    /// Runs one attempt and records its outcome. Unless the worker is stopping, the same store
+    /// transaction also claims its next task, which is returned (with when it was asked for).
+    fn run_attempt(
+        &mut self,
+        task: ClaimedTask,
+        claimed_at: Moment,
+    ) -> Result<Option<Chained>, StoreError> {
         let lease = task.lease.clone();
         (self.notify)(Note::Started(Box::new(task.clone())));
         let (outcome, lease_lost, report, result) = match self.prepare(&task) {
@@ -416,7 +447,7 @@ impl Worker<'_> {
                 None,
             ),
             Ok(dir) => {
-                let execution = self.execute(&task, &dir, claimed_at);
+                let (execution, output_bytes) = self.execute(&task, &dir, claimed_at);
                 let lease_lost = !matches!(execution, Execution::Done(_));
                 let outcome = match execution {
                     Execution::Done(o) | Execution::LeaseLost(o) => o,
@@ -428,7 +459,8 @@ impl Worker<'_> {
                         Outcome::LeaseLost
                     }
                 };
-                let (outcome, report, result) = self.conclude(&task, outcome, lease_lost);
+                let (outcome, mut report, result) = self.conclude(&task, outcome, lease_lost);
+                report.output_bytes = Some(output_bytes);
                 (outcome, lease_lost, report, result)
             }
         };
@@ -438,7 +470,21 @@ impl Worker<'_> {
         // Recorded when the store can be reached again; refused harmlessly if the lease expired
         // meanwhile and another attempt ran.
         let store = self.store;
-        let finish = self.record(|| store.finish_attempt_with(&lease, &outcome, &report))?;
+        let (finish, chained) = if self.stop.load(Ordering::SeqCst) {
+            let finish = self.record(|| store.finish_attempt_with(&lease, &outcome, &report))?;
+            (finish, None)
+        } else {
+            let (id, config) = (self.id.clone(), self.config);
+            let next = ClaimRequest {
+                worker: &id,
+                session: config.session.as_ref(),
+                log_dir: &config.log_dir,
+            };
+            let asked_at = Moment::now();
+            let (finish, claim) =
+                self.record(|| store.finish_attempt_and_claim(&lease, &outcome, &report, &next))?;
+            (finish, Some((Ok(claim), asked_at)))
+        };
         if finish == Finish::Recorded(TaskNext::Succeed)
             && let Some(result) = &result
         {
@@ -449,7 +495,7 @@ impl Worker<'_> {
             outcome,
             recorded: matches!(finish, Finish::Recorded(_)),
         });
-        Ok(())
+        Ok(chained)
     }
 
     /// The directory the attempt runs in: the repository itself, or a worktree slot reset to the
@@ -532,6 +578,7 @@ impl Worker<'_> {
             commit: result.commit.clone(),
             changed: result.changed.clone(),
             scope_violations: violations,
+            output_bytes: None,
         };
         let kept = (keep == Keep::Branch && outcome == Outcome::Succeeded).then_some(result);
         (outcome, report, kept)
@@ -628,12 +675,13 @@ impl Worker<'_> {
         task: &ClaimedTask,
         dir: &std::path::Path,
         claimed_at: Moment,
-    ) -> Execution {
+    ) -> (Execution, u64) {
         let command = TaskCommand {
             run: task.run.clone(),
             dir: dir.to_path_buf(),
             env: task_env(task, dir, &self.config.repo),
             log_path: task.log_path.clone(),
+            max_log_bytes: self.config.max_log_bytes,
         };
         let timeline = FenceTimeline::new(
             task.heartbeat_timeout,
@@ -652,41 +700,28 @@ impl Worker<'_> {
         let mut process = match TaskProcess::spawn(&command) {
             Ok(p) => p,
             Err(e) => {
-                return Execution::Done(Outcome::SpawnFailed {
+                let failed = Outcome::SpawnFailed {
                     reason: error_chain(&e),
-                });
+                };
+                return (Execution::Done(failed), 0);
             }
         };
         let pgid = process.pgid();
         // A failure to reach the reaper only weakens the kill-on-death guarantee; the task runs.
         if let Some(reaper) = self.reaper.as_deref_mut()
-            && let Err(e) = reaper
-                .watch(pgid)
-                .and_then(|()| reaper.fence(pgid, reaper_deadline(claimed_at, &timeline)))
+            && let Err(e) = reaper.watch_fenced(pgid, reaper_deadline(claimed_at, &timeline))
         {
             (self.notify)(Note::StoreTrouble(format!("reaper unreachable: {e}")));
         }
-        let store = self.store;
-        let worker = self.id.clone();
-        let execution = std::thread::scope(|scope| {
-            let keeper = match LeaseKeeper::start(
-                scope,
-                store,
-                &worker,
-                &task.lease,
-                timeline.renew_every,
-            ) {
-                Ok(keeper) => keeper,
-                Err(e) => {
-                    // Without renewals the lease would expire under a running task: do not run it.
-                    process.terminate(Duration::ZERO);
-                    return Execution::Done(Outcome::SpawnFailed {
-                        reason: format!("cannot start the lease thread: {e}"),
-                    });
-                }
-            };
-            self.supervise(task, &mut process, &keeper, &timeline, claimed_at)
-        });
+        self.renewer.keep(&task.lease, timeline.renew_every);
+        let execution = self.supervise(task, &mut process, &timeline, claimed_at);
+        self.renewer.release();
+        if let Some(why) = process.log_failure() {
+            (self.notify)(Note::StoreTrouble(format!(
+                "the output of {}/{} attempt {} was not logged: {why}",
+                task.session_name, task.lease.task_id, task.lease.attempt
+            )));
+        }
         if let Some(reaper) = self.reaper.as_deref_mut() {
             let _ = reaper.forget(pgid);
         }
@@ -705,14 +740,13 @@ impl Worker<'_> {
                 count: strays.len(),
             });
         }
-        execution
+        (execution, process.output_bytes())
     }
 
     fn supervise(
         &mut self,
         task: &ClaimedTask,
         process: &mut TaskProcess,
-        keeper: &LeaseKeeper,
         timeline: &FenceTimeline,
         claimed_at: Moment,
     ) -> Execution {
@@ -740,7 +774,8 @@ impl Worker<'_> {
                 }
                 return Execution::Done(outcome_of(status));
             }
-            for report in keeper.reports() {
+            let reports: Vec<Renewal> = self.renewer.reports().collect();
+            for report in reports {
                 match report {
                     Renewal::Answered { reply, .. } if !reply.lease_held => {
                         // Someone else owns this task now: stop at once, our result will be
@@ -773,18 +808,14 @@ impl Worker<'_> {
                 process.terminate(grace);
                 return Execution::Done(Outcome::TimedOut);
             }
-            if let Some(limit) = self.config.max_log_bytes
-                && std::fs::metadata(&task.log_path).is_ok_and(|m| m.len() > limit)
-            {
+            if process.over_limit() {
                 // No grace: a task flooding its log would only write more while it shuts down.
                 process.terminate(Duration::ZERO);
-                // It wrote on between two checks; keep exactly the limit, and say why it ends.
-                if let Err(e) = cut_log(&task.log_path, limit) {
-                    (self.notify)(Note::StoreTrouble(format!(
-                        "cannot cut the log {}: {e}",
-                        task.log_path.display()
-                    )));
-                }
+                let limit = self.config.max_log_bytes.unwrap_or_default();
+                process.note(&format!(
+                    "output passed the log limit ({}); the task was killed",
+                    br_core::outcome::human_bytes(limit)
+                ));
                 return Execution::Done(Outcome::OutputLimit { limit_bytes: limit });
             }
             if Moment::now() >= renewed_at.plus(timeline.term_after) {
@@ -809,17 +840,9 @@ fn reaper_deadline(renewed_at: Moment, timeline: &FenceTimeline) -> Moment {
     renewed_at.plus(timeline.kill_after + timeline.margin / 2)
 }
 
-/// Truncates a log to `limit` bytes and appends a line saying it was cut.
-fn cut_log(path: &std::path::Path, limit: u64) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut log = std::fs::OpenOptions::new().append(true).open(path)?;
-    log.set_len(limit)?;
-    writeln!(
-        log,
-        "\n[br: output passed the log limit ({}); the task was killed]",
-        br_core::outcome::human_bytes(limit)
-    )
-}
+/// A claim made in the transaction that recorded the previous attempt, with when it was asked
+/// for (where its lease's fence deadlines count from).
+type Chained = (Result<Claim, StoreError>, Moment);
 
 enum Execution {
     Done(Outcome),

@@ -228,6 +228,26 @@ impl Repo {
     /// Finds the repository containing `dir`.
     pub fn discover(dir: &Path) -> Result<Repo, GitError> {
         let git = Git::new(dir);
+        // The common case in one git process: a repository with a working tree.
+        let out = git.output([
+            "rev-parse",
+            "--is-bare-repository",
+            "--git-common-dir",
+            "--show-toplevel",
+        ])?;
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let lines: Vec<&str> = text.lines().collect();
+            if let [bare, common, root] = lines[..]
+                && bare == "false"
+            {
+                return Ok(Repo {
+                    root: PathBuf::from(root),
+                    common_dir: Self::common_dir(dir, common),
+                });
+            }
+        }
+        // Otherwise, find out what it is, to say so.
         let out = git.output(["rev-parse", "--is-bare-repository", "--git-common-dir"])?;
         if !out.status.success() {
             return Err(GitError::NotARepository {
@@ -247,16 +267,21 @@ impl Repo {
             .map_err(|_| GitError::Bare {
                 dir: dir.to_path_buf(),
             })?;
-        let root = PathBuf::from(root);
-        let common = Path::new(common);
-        // git prints the common dir relative to `dir` when it can.
+        Ok(Repo {
+            root: PathBuf::from(root),
+            common_dir: Self::common_dir(dir, common),
+        })
+    }
+
+    /// The common git directory as git printed it: relative to `dir` when it can be.
+    fn common_dir(dir: &Path, printed: &str) -> PathBuf {
+        let common = Path::new(printed);
         let common_dir = if common.is_absolute() {
             common.to_path_buf()
         } else {
             dir.join(common)
         };
-        let common_dir = common_dir.canonicalize().unwrap_or(common_dir);
-        Ok(Repo { root, common_dir })
+        common_dir.canonicalize().unwrap_or(common_dir)
     }
 
     pub fn git(&self) -> Git {

@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
             concurrent_workers_claim_each_task_once_without_lock_overlap,
             attempt_reports_are_kept_and_scope_violations_recorded,
             a_finished_task_can_be_requeued_on_a_new_base,
+            finishing_and_claiming_the_next_is_one_step,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -1339,6 +1340,7 @@ pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn FreshStore
         commit: Some("c0ffee".into()),
         changed: vec!["a/x".into(), "b.txt".into()],
         scope_violations: vec!["b.txt".into()],
+        output_bytes: Some(42),
     };
     store
         .finish_attempt_with(&c.lease, &Outcome::Succeeded, &report)
@@ -1347,6 +1349,7 @@ pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn FreshStore
         .attempts(&s.id, &TaskId::new("a").expect("id"))
         .expect("attempts");
     assert_eq!(attempts[0].detail["commit"], "c0ffee");
+    assert_eq!(attempts[0].detail["output_bytes"], 42);
     assert_eq!(
         attempts[0].detail["changed"],
         serde_json::json!(["a/x", "b.txt"])
@@ -1437,4 +1440,72 @@ pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn FreshStore) {
         ),
         "only a finished task can be requeued"
     );
+}
+
+pub fn finishing_and_claiming_the_next_is_one_step(b: &dyn FreshStore) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("a", &["x"], &[]),
+                task("b", &[], &["a"]),
+                task("c", &["x"], &[]),
+            ],
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let next = ClaimRequest {
+        worker: &w,
+        session: None,
+        log_dir: log_dir(),
+    };
+    let a = claim_task(&*store, &w);
+    assert_eq!(a.lease.task_id.as_str(), "a");
+    // `a` succeeds: its lock on `x` is released and `b` becomes ready in the same transaction,
+    // so the claim that follows sees both: plan order picks `b`.
+    let (finish, claim) = store
+        .finish_attempt_and_claim(
+            &a.lease,
+            &Outcome::Succeeded,
+            &AttemptReport::default(),
+            &next,
+        )
+        .expect("finish and claim");
+    assert_eq!(finish, Finish::Recorded(TaskNext::Succeed));
+    let Claim::Task(b_task) = claim else {
+        panic!("expected b, got {claim:?}");
+    };
+    assert_eq!(b_task.lease.task_id.as_str(), "b");
+    // A stale finish is refused and changes nothing, but the claim still happens.
+    let (finish, claim) = store
+        .finish_attempt_and_claim(
+            &a.lease,
+            &Outcome::Succeeded,
+            &AttemptReport::default(),
+            &next,
+        )
+        .expect("stale finish and claim");
+    assert_eq!(finish, Finish::Stale);
+    let Claim::Task(c_task) = claim else {
+        panic!("expected c, got {claim:?}");
+    };
+    assert_eq!(c_task.lease.task_id.as_str(), "c");
+    for t in [&b_task, &c_task] {
+        let (_, claim) = store
+            .finish_attempt_and_claim(
+                &t.lease,
+                &Outcome::Succeeded,
+                &AttemptReport::default(),
+                &next,
+            )
+            .expect("finish");
+        assert!(!matches!(claim, Claim::Task(_)), "{claim:?}");
+    }
+    let done = store.session(&s.id).expect("session");
+    assert_eq!(done.status, SessionStatus::Completed);
+    let events = session_events(&*store, &s.id);
+    audit_terminal_once(&events).expect("every task ended once");
+    audit_lock_order(&events).expect("no overlapping locks");
 }

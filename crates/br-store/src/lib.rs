@@ -91,6 +91,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         outcome: &Outcome,
         report: &AttemptReport,
     ) -> Result<Finish>;
+    /// Records how an attempt ended (as [`Store::finish_attempt_with`]) and, in the same
+    /// transaction, claims the worker's next task (as [`Store::claim_next_task`]): on a busy
+    /// worker's hot path, one write instead of three transactions.
+    fn finish_attempt_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: &Outcome,
+        report: &AttemptReport,
+        next: &ClaimRequest<'_>,
+    ) -> Result<(Finish, Claim)>;
     /// Requeues (or fails) attempts whose lease expired and marks silent workers offline.
     /// Any process may call it; it is idempotent.
     fn requeue_expired_leases(&self) -> Result<Expired>;

@@ -271,6 +271,8 @@ pub struct AttemptReport {
     pub changed: Vec<String>,
     /// Changed paths outside the task's declared `files` (recorded as `scope_violation`).
     pub scope_violations: Vec<String>,
+    /// Bytes of output the attempt logged (its log file exists only if this is not 0).
+    pub output_bytes: Option<u64>,
 }
 
 /// The answer to `finish_attempt`.

@@ -1231,6 +1231,16 @@ mod tests {
         ) -> Result<Finish> {
             self.inner.finish_attempt_with(lease, outcome, report)
         }
+        fn finish_attempt_and_claim(
+            &self,
+            lease: &Lease,
+            outcome: &Outcome,
+            report: &AttemptReport,
+            next: &ClaimRequest<'_>,
+        ) -> Result<(Finish, Claim)> {
+            self.inner
+                .finish_attempt_and_claim(lease, outcome, report, next)
+        }
         fn requeue_task(
             &self,
             session: &SessionId,

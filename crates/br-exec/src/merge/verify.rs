@@ -90,6 +90,7 @@ impl Verifier<'_> {
             dir,
             env,
             log_path: log_path.clone(),
+            max_log_bytes: None,
         })
         .map_err(MergeError::Verify)?;
         let pgid = process.pgid();

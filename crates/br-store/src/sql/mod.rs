@@ -275,6 +275,23 @@ impl<B: Backend> Store for B {
         })
     }
 
+    fn finish_attempt_and_claim(
+        &self,
+        lease: &Lease,
+        outcome: &Outcome,
+        report: &AttemptReport,
+        next: &ClaimRequest<'_>,
+    ) -> Result<(Finish, Claim)> {
+        self.write(
+            "record an attempt's outcome and claim the next task",
+            |tx| {
+                let finish = lease::finish(tx, lease, outcome, report)?;
+                let claim = lease::claim(tx, next)?;
+                Ok((finish, claim))
+            },
+        )
+    }
+
     fn requeue_task(
         &self,
         session: &SessionId,

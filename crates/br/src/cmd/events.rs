@@ -107,6 +107,15 @@ pub(super) fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
         .log_path
         .clone()
         .ok_or_else(|| usage(format!("attempt {wanted} of {task} has no log")))?;
+    // The log is made on the first byte of output: an attempt that wrote none has no file.
+    let wrote_nothing = attempt
+        .detail
+        .get("output_bytes")
+        .and_then(serde_json::Value::as_u64)
+        == Some(0);
+    if wrote_nothing {
+        return Ok(Exit::Success);
+    }
     if !std::path::Path::new(&path).exists() {
         // With a shared store the attempt may have run on another machine: its log is there.
         let ran_on = store.worker(&attempt.worker_id).ok().map(|w| w.host);
