@@ -38,6 +38,9 @@ use br_git::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_vio
 pub struct WorkerConfig {
     /// The repository tasks run in (its root, for `shared` isolation).
     pub repo: Repo,
+    /// Its identity (`Repo::identity`): the worker claims only tasks of sessions of this
+    /// repository.
+    pub repo_id: String,
     /// Where attempt logs go.
     pub log_dir: PathBuf,
     /// Only run this session's tasks, and leave when it ends.
@@ -254,6 +257,7 @@ impl Worker<'_> {
                         worker: &self.id,
                         session: self.config.session.as_ref(),
                         log_dir: &self.config.log_dir,
+                        repo_id: Some(&self.config.repo_id),
                     };
                     // The lease the claim grants runs from when the store received the claim,
                     // which is after this moment: fence deadlines counted from here are never
@@ -479,6 +483,7 @@ impl Worker<'_> {
                 worker: &id,
                 session: config.session.as_ref(),
                 log_dir: &config.log_dir,
+                repo_id: Some(&config.repo_id),
             };
             let asked_at = Moment::now();
             let (finish, claim) =

@@ -334,6 +334,38 @@ impl Repo {
         self.br_dir().join("worktrees")
     }
 
+    /// What makes this repository the same one in every clone: `root:<commit>`, the first (in
+    /// byte order) of the root commits reachable from HEAD. Clones, worktrees and forks share it;
+    /// an unrelated repository does not. (Remote URLs do not serve: one clone says `git@…`,
+    /// another `https://…`, a local one a path.) A repository without commits has no history to
+    /// share: `path:<git common dir>`. Walking the whole history once is kept in
+    /// `<common>/br/repo-id`, so later calls read one small file.
+    pub fn identity(&self) -> Result<String, GitError> {
+        let cache = self.br_dir().join("repo-id");
+        if let Ok(known) = std::fs::read_to_string(&cache) {
+            let known = known.trim();
+            if known.starts_with("root:") || known.starts_with("path:") {
+                return Ok(known.to_string());
+            }
+        }
+        let out = self
+            .git()
+            .output(["rev-list", "--max-parents=0", "HEAD", "--"])?;
+        let roots = String::from_utf8_lossy(&out.stdout);
+        let identity = match roots.lines().map(str::trim).filter(|l| !l.is_empty()).min() {
+            Some(root) if out.status.success() => format!("root:{root}"),
+            // No commit yet (unborn HEAD): this checkout is all there is.
+            _ => format!("path:{}", self.common_dir.display()),
+        };
+        // Only a history-based identity is worth keeping: a path one changes with the first
+        // commit. Failing to keep it costs only the walk next time.
+        if identity.starts_with("root:") {
+            let _ = std::fs::create_dir_all(self.br_dir())
+                .and_then(|()| std::fs::write(&cache, format!("{identity}\n")));
+        }
+        Ok(identity)
+    }
+
     /// Resolves a revision to a full commit id.
     pub fn resolve_commit(&self, revision: &str) -> Result<String, GitError> {
         let spec = format!("{revision}^{{commit}}");

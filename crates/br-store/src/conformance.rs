@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             attempt_reports_are_kept_and_scope_violations_recorded,
             a_finished_task_can_be_requeued_on_a_new_base,
             finishing_and_claiming_the_next_is_one_step,
+            workers_claim_only_their_repositorys_sessions,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -111,6 +112,7 @@ fn submit(store: &dyn Store, plan: Plan) -> Session {
         .create_session(&NewSession {
             plan,
             repo_root: PathBuf::from("/repo"),
+            repo_id: None,
             plan_path: Some(PathBuf::from("/repo/br.toml")),
             base_commit: None,
             workers_wanted: 2,
@@ -139,6 +141,7 @@ fn claim(store: &dyn Store, w: &WorkerId) -> Claim {
             worker: w,
             session: None,
             log_dir: log_dir(),
+            repo_id: None,
         })
         .expect("claim")
 }
@@ -528,6 +531,7 @@ pub fn lock_sets_are_taken_all_or_nothing(b: &dyn FreshStore) {
         worker: &w,
         session: Some(&s.id),
         log_dir: log_dir(),
+        repo_id: None,
     };
     assert!(matches!(
         store.claim_next_task(&req).expect("claim"),
@@ -593,6 +597,7 @@ pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn FreshStore) {
             worker: &w,
             session: Some(&a.id),
             log_dir: log_dir(),
+            repo_id: None,
         })
         .expect("claim");
     assert!(matches!(c, Claim::Task(_)), "{c:?}");
@@ -1007,6 +1012,7 @@ pub fn scale_down_stops_idle_workers_first(b: &dyn FreshStore) {
         worker: &busy,
         session: Some(&s.id),
         log_dir: log_dir(),
+        repo_id: None,
     };
     let Claim::Task(c) = store.claim_next_task(&req).expect("claim") else {
         panic!("a task")
@@ -1021,6 +1027,7 @@ pub fn scale_down_stops_idle_workers_first(b: &dyn FreshStore) {
         worker: &idle1,
         session: Some(&s.id),
         log_dir: log_dir(),
+        repo_id: None,
     };
     assert!(matches!(
         store.claim_next_task(&stop_req).expect("claim"),
@@ -1282,6 +1289,7 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Fres
                             worker: &w,
                             session: Some(&session),
                             log_dir: log_dir(),
+                            repo_id: None,
                         })
                         .expect("claim");
                     match c {
@@ -1460,6 +1468,7 @@ pub fn finishing_and_claiming_the_next_is_one_step(b: &dyn FreshStore) {
         worker: &w,
         session: None,
         log_dir: log_dir(),
+        repo_id: None,
     };
     let a = claim_task(&*store, &w);
     assert_eq!(a.lease.task_id.as_str(), "a");
@@ -1508,4 +1517,56 @@ pub fn finishing_and_claiming_the_next_is_one_step(b: &dyn FreshStore) {
     let events = session_events(&*store, &s.id);
     audit_terminal_once(&events).expect("every task ended once");
     audit_lock_order(&events).expect("no overlapping locks");
+}
+
+pub fn workers_claim_only_their_repositorys_sessions(b: &dyn FreshStore) {
+    let store = b.open();
+    let submit_in = |repo: Option<&str>, name: &str| {
+        store
+            .create_session(&NewSession {
+                plan: plan(name, vec![task("t", &[], &[])]),
+                repo_root: PathBuf::from(format!("/{name}")),
+                repo_id: repo.map(str::to_string),
+                plan_path: None,
+                base_commit: None,
+                workers_wanted: 1,
+            })
+            .expect("create session")
+    };
+    let a = submit_in(Some("root:aaaa"), "a");
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let claim_for = |repo: &str| {
+        store
+            .claim_next_task(&ClaimRequest {
+                worker: &w,
+                session: None,
+                log_dir: log_dir(),
+                repo_id: Some(repo),
+            })
+            .expect("claim")
+    };
+    // A worker of repository B finds nothing: A's task stays ready.
+    assert!(matches!(claim_for("root:bbbb"), Claim::Nothing));
+    assert_eq!(
+        store
+            .task(&a.id, &TaskId::new("t").expect("id"))
+            .expect("task")
+            .state,
+        TaskState::Ready
+    );
+    // A session that records no repository (an older store's) is anyone's.
+    let old = submit_in(None, "old");
+    let Claim::Task(t) = claim_for("root:bbbb") else {
+        panic!("the unattributed session's task");
+    };
+    assert_eq!(t.lease.session_id, old.id);
+    // A worker of A takes A's task.
+    let Claim::Task(t) = claim_for("root:aaaa") else {
+        panic!("A's task");
+    };
+    assert_eq!(t.lease.session_id, a.id);
+    assert_eq!(
+        store.session(&a.id).expect("session").repo_id.as_deref(),
+        Some("root:aaaa")
+    );
 }

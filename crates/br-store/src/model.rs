@@ -19,6 +19,9 @@ pub struct NewSession {
     pub plan: Plan,
     /// The repository root the session was submitted from.
     pub repo_root: PathBuf,
+    /// The identity of its repository (`br_git::Repo::identity`): only workers serving that
+    /// repository claim its tasks.
+    pub repo_id: Option<String>,
     /// The plan file, when there is one.
     pub plan_path: Option<PathBuf>,
     /// `plan.base` resolved to a commit, when the caller resolved it.
@@ -46,6 +49,8 @@ pub struct Session {
     pub skipped_tasks: u32,
     pub cancelled_tasks: u32,
     pub repo_root: String,
+    /// Which repository it belongs to (`None` in a store from before br recorded it).
+    pub repo_id: Option<String>,
     pub plan_path: Option<String>,
     pub base: String,
     pub base_commit: Option<String>,
@@ -247,6 +252,9 @@ pub struct ClaimRequest<'a> {
     pub session: Option<&'a SessionId>,
     /// Logs go to `<log_dir>/<session>/<task>.<attempt>.log`.
     pub log_dir: &'a std::path::Path,
+    /// The identity of the repository the worker serves: it claims only tasks of sessions of
+    /// that repository (and of sessions that record none, from older stores).
+    pub repo_id: Option<&'a str>,
 }
 
 /// The answer to a heartbeat.

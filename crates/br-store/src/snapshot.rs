@@ -844,6 +844,7 @@ mod tests {
                     tasks,
                 },
                 repo_root: PathBuf::from("/repo"),
+                repo_id: None,
                 plan_path: None,
                 base_commit: None,
                 workers_wanted: 2,
@@ -872,6 +873,7 @@ mod tests {
                 worker: w,
                 session,
                 log_dir: Path::new("/tmp/br-snapshot-logs"),
+                repo_id: None,
             })
             .unwrap()
         {

@@ -45,6 +45,8 @@ pub struct SessionView<'a> {
     skipped_tasks: u32,
     cancelled_tasks: u32,
     repo_root: &'a str,
+    /// The repository's identity: the workers that claim its tasks serve the same one.
+    repo_id: Option<&'a str>,
     plan_path: Option<&'a str>,
     base: &'a str,
     base_commit: Option<&'a str>,
@@ -75,6 +77,7 @@ impl<'a> From<&'a Session> for SessionView<'a> {
             skipped_tasks: s.skipped_tasks,
             cancelled_tasks: s.cancelled_tasks,
             repo_root: &s.repo_root,
+            repo_id: s.repo_id.as_deref(),
             plan_path: s.plan_path.as_deref(),
             base: &s.base,
             base_commit: s.base_commit.as_deref(),

@@ -151,6 +151,7 @@ fn store_with_a_failed_task(path: &std::path::Path) -> (SqliteStore, br_core::Se
         .create_session(&NewSession {
             plan,
             repo_root: "/repo".into(),
+            repo_id: None,
             plan_path: None,
             base_commit: None,
             workers_wanted: 1,
@@ -170,6 +171,7 @@ fn store_with_a_failed_task(path: &std::path::Path) -> (SqliteStore, br_core::Se
             worker: &worker,
             session: None,
             log_dir: &logs,
+            repo_id: None,
         })
         .expect("claim")
     else {

@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tasks,
         },
         repo_root: PathBuf::from("/repo"),
+        repo_id: None,
         plan_path: None,
         base_commit: None,
         workers_wanted: u32::try_from(worker_count)?,
@@ -96,6 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             worker: w,
             session: None,
             log_dir: &log_dir,
+            repo_id: None,
         })? {
             running[i] = Some(c.lease);
         }
@@ -123,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     worker: w,
                     session: None,
                     log_dir: &log_dir,
+                    repo_id: None,
                 })? {
                     running[i] = Some(c.lease);
                 } else {
@@ -172,6 +175,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         worker: &workers[i],
                         session: None,
                         log_dir: &log_dir,
+                        repo_id: None,
                     })? {
                         running[i] = Some(c.lease);
                     }

@@ -87,6 +87,7 @@ fn simulate(
             tasks,
         },
         repo_root: dir.to_path_buf(),
+        repo_id: None,
         plan_path: None,
         base_commit: None,
         workers_wanted: 3,
@@ -119,6 +120,7 @@ fn work(store: &dyn Store, log_dir: &Path, stop: &AtomicBool, n: u64) -> Result<
             worker: &me,
             session: None,
             log_dir,
+            repo_id: None,
         })?;
         let Claim::Task(task) = claim else {
             store.heartbeat(&me, None)?;

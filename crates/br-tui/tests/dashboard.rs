@@ -477,6 +477,7 @@ fn submit(store: &dyn Store, name: &str) -> br_store::Session {
         .create_session(&br_store::NewSession {
             plan: plan(name, 3),
             repo_root: "/repo".into(),
+            repo_id: None,
             plan_path: None,
             base_commit: None,
             workers_wanted: 1,

@@ -56,6 +56,7 @@ impl Fixture {
             .create_session(&NewSession {
                 plan,
                 repo_root: PathBuf::from("/repo"),
+                repo_id: None,
                 plan_path: Some(PathBuf::from("/repo/br.toml")),
                 base_commit: None,
                 workers_wanted: 1,
@@ -82,6 +83,7 @@ impl Fixture {
                     worker: &worker,
                     session: Some(&session.id),
                     log_dir: &logs,
+                    repo_id: None,
                 })
                 .expect("claim");
             match claim {

@@ -310,6 +310,7 @@ fn claim_latency() {
             .create_session(&NewSession {
                 plan,
                 repo_root: dir.path().to_path_buf(),
+                repo_id: None,
                 plan_path: None,
                 base_commit: None,
                 workers_wanted: 1,
@@ -335,6 +336,7 @@ fn claim_latency() {
                     worker: &worker,
                     session: None,
                     log_dir: dir.path(),
+                    repo_id: None,
                 })
                 .expect("claim");
             claims.push(t.elapsed());

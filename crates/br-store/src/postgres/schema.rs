@@ -27,13 +27,23 @@ pub(super) struct Migration {
 /// The PostgreSQL backend began when the SQLite schema was at version 3, so its first
 /// migration creates that schema whole. Never edit a released entry: append one per new
 /// SQLite version.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    from: 0,
-    to: 3,
-    sql: V3,
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 0,
+        to: 3,
+        sql: V3,
+    },
+    Migration {
+        from: 3,
+        to: 4,
+        sql: V4,
+    },
+];
 
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 4;
+
+/// SQLite's version 4: which repository a session belongs to.
+const V4: &str = "ALTER TABLE sessions ADD COLUMN repo_id TEXT;";
 
 /// SQLite's versions 1 to 3. Ids sort bytewise (`COLLATE "C"`), as in SQLite, whatever the
 /// database's locale; that also lets an id-prefix `LIKE` use the index. Integers are BIGINT

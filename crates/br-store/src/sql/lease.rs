@@ -165,11 +165,8 @@ pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpR
 }
 
 /// A read-only look: is there anything `claim` could do for this worker?
-pub(super) fn anything_claimable(
-    c: &dyn Db,
-    worker: &str,
-    session: Option<&SessionId>,
-) -> OpResult<bool> {
+pub(super) fn anything_claimable(c: &dyn Db, request: &ClaimRequest<'_>) -> OpResult<bool> {
+    let (worker, session) = (request.worker.as_str(), request.session);
     let stop: Option<bool> = c
         .query_opt(
             "SELECT stop_requested FROM workers WHERE id = ?1",
@@ -192,9 +189,15 @@ pub(super) fn anything_claimable(
                  SELECT 1 FROM sessions s
                  WHERE s.status IN (?2, ?3)
                    AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
+                   AND (s.repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR s.repo_id = ?4)
                    AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_ready
                                WHERE t.session_id = s.id AND t.state = 'ready'))",
-            params![session.map(SessionId::as_str), created, running],
+            params![
+                session.map(SessionId::as_str),
+                created,
+                running,
+                request.repo_id
+            ],
         )?
         .get(0)?;
     Ok(any)
@@ -229,10 +232,18 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
     let [created, running] = SessionStatus::CLAIMABLE;
     let sessions: Vec<String> = tx
         .query(
+            // A session of another repository is not this worker's to run, even in a shared
+            // store: its tasks would run in the wrong tree.
             "SELECT id FROM sessions
              WHERE status IN (?2, ?3) AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
+               AND (repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR repo_id = ?4)
              ORDER BY created_at, rowid",
-            params![request.session.map(SessionId::as_str), created, running],
+            params![
+                request.session.map(SessionId::as_str),
+                created,
+                running,
+                request.repo_id
+            ],
         )?
         .iter()
         .map(|r| r.get(0))

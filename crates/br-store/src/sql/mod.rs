@@ -256,7 +256,7 @@ impl<B: Backend> Store for B {
         // Look before taking the write lock: idle workers poll often, and a claim that finds
         // nothing must not queue every other writer behind it.
         let worth_trying = self.read("look for ready tasks", |c| {
-            lease::anything_claimable(c, request.worker.as_str(), request.session)
+            lease::anything_claimable(c, request)
         })?;
         if !worth_trying {
             return Ok(Claim::Nothing);

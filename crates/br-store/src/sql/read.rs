@@ -14,7 +14,7 @@ use crate::model::*;
 pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, plan_path, base, \
     base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
     created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
-    skipped_tasks, cancelled_tasks, running_tasks";
+    skipped_tasks, cancelled_tasks, running_tasks, repo_id";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
     files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit";
@@ -77,6 +77,7 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         slug: r.get(2)?,
         status: parsed(r, 3)?,
         repo_root: r.get(4)?,
+        repo_id: r.get(23)?,
         plan_path: r.get(5)?,
         base: r.get(6)?,
         base_commit: r.get(7)?,

@@ -67,8 +67,8 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     tx.execute(
         "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
              isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
-             created_at, total_tasks)
-         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             created_at, total_tasks, repo_id)
+         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17)",
         params![
             id.as_str(),
             &plan.name,
@@ -86,6 +86,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
             tx.now,
             plan.tasks.len(),
             SessionStatus::Created,
+            &new.repo_id,
         ],
     )?;
     tx.event(

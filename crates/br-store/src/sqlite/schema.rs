@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -141,4 +141,10 @@ ALTER TABLE tasks ADD COLUMN base_commit TEXT;
 const V3: &str = r#"
 CREATE INDEX events_notes ON events (session_id, seq)
     WHERE kind IN ('scope_violation', 'merge_conflict');
+"#;
+
+/// Which repository a session belongs to (`Repo::identity`): a worker claims only tasks of
+/// sessions of the repository it serves. NULL for sessions of older stores: anyone's.
+const V4: &str = r#"
+ALTER TABLE sessions ADD COLUMN repo_id TEXT;
 "#;

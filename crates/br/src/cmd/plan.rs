@@ -81,6 +81,7 @@ pub(super) fn submit_plan(
     Ok(store.create_session(&NewSession {
         plan,
         repo_root: repo.root.clone(),
+        repo_id: Some(repo.identity()?),
         plan_path,
         base_commit,
         workers_wanted: workers,

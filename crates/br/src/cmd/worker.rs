@@ -25,6 +25,19 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         .as_deref()
         .map(|s| store.resolve_session(s))
         .transpose()?;
+    let repo_id = repo.identity()?;
+    if let Some(s) = &session
+        && s.repo_id.as_ref().is_some_and(|theirs| *theirs != repo_id)
+    {
+        return Err(usage(format!(
+            "session {} ({}) belongs to another repository ({}) than this one ({}): a worker \
+             runs only its own repository's tasks; start it in a clone of that repository",
+            s.name,
+            s.id,
+            s.repo_root,
+            repo.root.display()
+        )));
+    }
     let stop = StopFlag::default();
     stop_on_signals(&stop).context("cannot install signal handlers")?;
     if args.watch_stdin {
@@ -34,6 +47,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
     let exe = std::env::current_exe().context("cannot find the br executable")?;
     let host = host_name();
     let config = WorkerConfig {
+        repo_id,
         log_dir: repo.log_dir(),
         repo,
         session: session.as_ref().map(|s| s.id.clone()),

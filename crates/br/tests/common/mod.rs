@@ -42,6 +42,18 @@ impl TestRepo {
         repo
     }
 
+    /// A repository with its own history (its first commit differs from every `new()` one's),
+    /// whose br commands keep their state at `store_url`: another project sharing the store.
+    pub(crate) fn unrelated(store_url: &str) -> TestRepo {
+        let mut repo = TestRepo::empty(None);
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo.write("README.md", "another project\n");
+        repo.git(&["add", "--all"]);
+        repo.git(&["commit", "--quiet", "-m", "initial"]);
+        repo.store_url = Some(store_url.to_string());
+        repo
+    }
+
     /// A repository whose br commands keep their state at `store_url` (via `BR_STORE`).
     pub(crate) fn with_store(store_url: &str) -> TestRepo {
         let mut repo = TestRepo::new();
