@@ -485,9 +485,13 @@ impl Worker<'_> {
                 log_dir: &config.log_dir,
                 repo_id: Some(&config.repo_id),
             };
-            let asked_at = Moment::now();
-            let (finish, claim) =
-                self.record(|| store.finish_attempt_and_claim(&lease, &outcome, &report, &next))?;
+            // The new lease counts from when the try that succeeded was sent, not the first
+            // try: `record` may have waited out a locked store for longer than a lease.
+            let mut asked_at = Moment::now();
+            let (finish, claim) = self.record(|| {
+                asked_at = Moment::now();
+                store.finish_attempt_and_claim(&lease, &outcome, &report, &next)
+            })?;
             (finish, Some((Ok(claim), asked_at)))
         };
         if finish == Finish::Recorded(TaskNext::Succeed)
@@ -702,6 +706,9 @@ impl Worker<'_> {
                 grace: timeline.grace,
             });
         }
+        let Some(claimed_at) = self.confirm_lease(task, claimed_at, &timeline) else {
+            return (Execution::LeaseLost(Outcome::LeaseLost), 0);
+        };
         let mut process = match TaskProcess::spawn(&command) {
             Ok(p) => p,
             Err(e) => {
@@ -746,6 +753,35 @@ impl Worker<'_> {
             });
         }
         (execution, process.output_bytes())
+    }
+
+    /// Where the attempt's fence deadlines count from, just before its process starts. The
+    /// claim's own moment when it is recent; when it is not — the claim waited out a locked
+    /// store, or preparing the worktree took long — the lease is renewed first, so the task is
+    /// not stopped the moment it starts. `None`: the lease is already someone else's.
+    fn confirm_lease(
+        &mut self,
+        task: &ClaimedTask,
+        claimed_at: Moment,
+        timeline: &FenceTimeline,
+    ) -> Option<Moment> {
+        if Moment::now() < claimed_at.plus(timeline.renew_every) {
+            return Some(claimed_at);
+        }
+        let sent = Moment::now();
+        match self.store.heartbeat(&self.id, Some(&task.lease)) {
+            Ok(reply) if !reply.lease_held => None,
+            Ok(_) => {
+                self.store_back();
+                Some(sent)
+            }
+            // The store is away again: the task starts and is stopped as soon as its deadlines
+            // say so, as if the store had gone while it ran.
+            Err(e) => {
+                self.trouble(&e);
+                Some(claimed_at)
+            }
+        }
     }
 
     fn supervise(
