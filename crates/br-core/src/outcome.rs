@@ -51,7 +51,8 @@ pub enum Outcome {
     OutputLimit { limit_bytes: u64 },
     /// br could not start the command (e.g. the log file or working directory is unusable).
     SpawnFailed { reason: String },
-    /// The worker was told to stop (Ctrl-C on `br run`, SIGTERM): not the task's fault.
+    /// The worker was told to stop (Ctrl-C on `br run`, SIGTERM), or failed an attempt on a
+    /// full disk: not the task's fault.
     Interrupted,
     /// The task's session was cancelled.
     Cancelled,

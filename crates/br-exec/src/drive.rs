@@ -73,14 +73,20 @@ pub enum DriveEnd {
     Ended(Session),
     /// Interrupted: the session was paused (or could not be), its tasks stopped.
     Interrupted(Session),
-    /// Workers kept failing as they started and the session did not end.
-    WorkersFailed(Session),
+    /// Workers kept failing as they started and the session did not end. `why` is the last
+    /// worker's own error, when its log says one.
+    WorkersFailed {
+        session: Session,
+        why: Option<String>,
+    },
 }
 
 impl DriveEnd {
     pub fn session(&self) -> &Session {
         match self {
-            DriveEnd::Ended(s) | DriveEnd::Interrupted(s) | DriveEnd::WorkersFailed(s) => s,
+            DriveEnd::Ended(s)
+            | DriveEnd::Interrupted(s)
+            | DriveEnd::WorkersFailed { session: s, .. } => s,
         }
     }
 }
@@ -138,6 +144,8 @@ pub fn drive(
     let mut handled_interrupts = 0usize;
     let mut ended_at: Option<Instant> = None;
     let mut gave_up = false;
+    // The log of the last worker that died on its own: why the pool gave up.
+    let mut last_log: Option<std::path::PathBuf> = None;
     let mut last_requeue = Instant::now();
     let mut loop_started = Instant::now();
     let mut unreachable_since: Option<Instant> = None;
@@ -171,6 +179,9 @@ pub fn drive(
                     })?;
                 }
                 gave_up |= found.gave_up;
+                if found.died_log.is_some() {
+                    last_log = found.died_log;
+                }
                 if found.finished {
                     break;
                 }
@@ -221,7 +232,10 @@ pub fn drive(
     Ok(if handled_interrupts > 0 {
         DriveEnd::Interrupted(s)
     } else if gave_up && !s.status.is_terminal() {
-        DriveEnd::WorkersFailed(s)
+        DriveEnd::WorkersFailed {
+            session: s,
+            why: last_log.as_deref().and_then(crate::pool::last_error),
+        }
     } else {
         DriveEnd::Ended(s)
     })
@@ -260,6 +274,8 @@ struct Found {
     ended: bool,
     /// The pool stopped replacing workers in this pass.
     gave_up: bool,
+    /// The log of the last worker that exited on its own, failing, in this pass.
+    died_log: Option<std::path::PathBuf>,
     /// Nothing is left to watch: the loop is over.
     finished: bool,
 }
@@ -280,11 +296,13 @@ impl Pass<'_> {
         tell: &mut dyn FnMut(DriveEvent<'_>) -> Result<(), DriveError>,
     ) -> Result<Found, DriveError> {
         let mut newly_gave_up = false;
+        let mut died_log = None;
         if !self.interrupted && !self.gave_up {
             for event in pool.supervise(self.store, self.id)? {
                 match event {
                     PoolEvent::Exited(w) if !w.asked && !w.status.success() => {
                         tell(DriveEvent::WorkerDied(&w))?;
+                        died_log = Some(w.log.clone());
                     }
                     PoolEvent::GaveUp { log } => {
                         newly_gave_up = true;
@@ -315,6 +333,7 @@ impl Pass<'_> {
         Ok(Found {
             ended,
             gave_up: newly_gave_up,
+            died_log,
             finished,
         })
     }

@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use br_core::SessionId;
 use br_store::{Store, StoreError, WorkerFilter};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::process::{create_private_dir, create_private_file};
 
 /// How to start one worker.
 #[derive(Debug, Clone)]
@@ -52,6 +54,32 @@ pub struct ExitedWorker {
     /// It was asked to leave (scale down, or the pool is stopping).
     pub asked: bool,
     pub lived: Duration,
+}
+
+/// The last error a worker wrote to its log (`error: …` and the `caused by: …` lines after it),
+/// on one line: why it exited, for the message of whoever started it.
+pub fn last_error(log: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 8 * 1024;
+    let mut file = File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().rposition(|l| l.starts_with("error: "))?;
+    let mut why = lines[start]["error: ".len()..].to_string();
+    for line in &lines[start + 1..] {
+        match line.strip_prefix("caused by: ") {
+            Some(cause) => {
+                why.push_str(": ");
+                why.push_str(cause);
+            }
+            None => break,
+        }
+    }
+    Some(why)
 }
 
 /// What one supervision round did.
@@ -100,11 +128,11 @@ impl LocalPool {
     }
 
     pub fn spawn_one(&mut self) -> std::io::Result<(usize, u32)> {
-        std::fs::create_dir_all(&self.spec.log_dir)?;
+        create_private_dir(&self.spec.log_dir)?;
         let index = self.next_index;
         self.next_index += 1;
         let log = self.spec.log_dir.join(format!("worker-{index}.log"));
-        let stderr = File::create(&log)?;
+        let stderr = create_private_file(&log)?;
         let mut child = Command::new(&self.spec.program)
             .args(&self.spec.args)
             .stdin(Stdio::piped())

@@ -62,7 +62,7 @@ pub struct WorkerConfig {
 }
 
 /// Why the worker left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leave {
     /// A signal or the parent asked it to stop.
     Stopped,
@@ -72,6 +72,9 @@ pub enum Leave {
     SessionEnded,
     /// Nothing was claimable and `exit_when_idle` was set.
     Idle,
+    /// The disk holding the repository (this path) is full: no attempt can be prepared or
+    /// kept. The attempt it was running was recorded as interrupted, to run again.
+    DiskFull(PathBuf),
 }
 
 /// Something worth telling a human watching the worker.
@@ -170,6 +173,7 @@ pub fn run_worker(
             trouble_since: None,
             trouble_shown: None,
             grace_cut_said: std::collections::HashSet::new(),
+            leave: None,
         };
         let result = worker.serve();
         // Leave a clean record even if serving failed; a failure here is secondary.
@@ -204,6 +208,8 @@ struct Worker<'a> {
     trouble_shown: Option<Instant>,
     /// Sessions whose leases are too short for the whole kill grace, already said so.
     grace_cut_said: std::collections::HashSet<SessionId>,
+    /// Set when an attempt found the worker cannot go on (its disk is full).
+    leave: Option<Leave>,
 }
 
 /// The longest an idle worker sleeps between looks at the store; it also wakes on any change.
@@ -270,6 +276,9 @@ impl Worker<'_> {
                 Ok(Claim::Task(task)) => {
                     self.store_back();
                     chained = self.run_attempt(*task, claimed_at)?;
+                    if let Some(leave) = self.leave.take() {
+                        return Ok(leave);
+                    }
                     next_beat = Instant::now() + interval;
                 }
                 Ok(Claim::Stop) => return Ok(Leave::AskedToLeave),
@@ -471,10 +480,23 @@ impl Worker<'_> {
         if lease_lost && outcome != Outcome::LeaseLost {
             (self.notify)(Note::LeaseLost(Box::new(task.clone())));
         }
+        // An attempt that failed on a full disk failed through no fault of its task: it runs
+        // again once there is space, and this worker, which can do nothing meanwhile, leaves.
+        let disk = &self.config.repo.common_dir;
+        let failed = matches!(
+            outcome,
+            Outcome::Failed { .. } | Outcome::SpawnFailed { .. } | Outcome::Unrecorded { .. }
+        );
+        let outcome = if failed && br_store::disk_full(disk) {
+            self.leave = Some(Leave::DiskFull(disk.clone()));
+            Outcome::Interrupted
+        } else {
+            outcome
+        };
         // Recorded when the store can be reached again; refused harmlessly if the lease expired
         // meanwhile and another attempt ran.
         let store = self.store;
-        let (finish, chained) = if self.stop.load(Ordering::SeqCst) {
+        let (finish, chained) = if self.stop.load(Ordering::SeqCst) || self.leave.is_some() {
             let finish = self.record(|| store.finish_attempt_with(&lease, &outcome, &report))?;
             (finish, None)
         } else {

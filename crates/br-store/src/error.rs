@@ -44,6 +44,17 @@ pub enum StoreError {
         #[source]
         source: BackendError,
     },
+    /// The filesystem holding the store has no space left: nothing more can be recorded until
+    /// some is freed; what was recorded before is intact.
+    #[error(
+        "the disk holding store {} is full: nothing more can be recorded until space is freed",
+        path.display()
+    )]
+    Full {
+        path: PathBuf,
+        #[source]
+        source: BackendError,
+    },
     #[error("unsupported store `{url}`: {reason}")]
     UnsupportedUrl { url: String, reason: String },
     #[error("no session matches `{0}`")]

@@ -30,6 +30,23 @@ use br_core::state::SessionAction;
 use br_core::{LockPath, SessionId, TaskId, Timestamp, WorkerId};
 
 pub use error::{Result, StoreError};
+
+/// Below this much free space, a write that failed did so because the disk is full.
+const LOW_SPACE: u64 = 1 << 20;
+
+/// Whether the filesystem holding `path` (a file, or a directory to make one in) has next to no
+/// space left: SQLite reports a full disk as SQLITE_FULL only when it notices it itself, and as
+/// an I/O error when growing its WAL or shared-memory file fails.
+pub fn disk_full(path: &std::path::Path) -> bool {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+    };
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) < LOW_SPACE)
+}
 pub use model::*;
 
 /// The contract between br's processes and their shared state. Callers depend only on this, so a
@@ -205,39 +222,37 @@ pub struct OpenOptions {
 }
 
 /// Hides a password in a URL before it is shown: the `user:password@` form and a
-/// `password=` query parameter (libpq accepts both).
+/// `password=` query parameter (libpq accepts both). A password may hold `/`, `?`, `#` or `@`
+/// unencoded (libpq takes them), so the userinfo is taken to end at the *last* `@`: when that
+/// `@` belongs to something later in the URL, more than the password is hidden, never less.
 pub fn redact_password(url: &str) -> String {
-    let (without_query, query) = match url.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (url, None),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_query(url);
     };
-    let mut out = match without_query.split_once("://") {
-        Some((scheme, rest)) => {
-            // The password may itself hold `@`: the host starts after the last one before
-            // the path.
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-                    None => without_query.to_string(),
-                },
-                None => without_query.to_string(),
-            }
+    if let Some(at) = rest.rfind('@') {
+        let userinfo = &rest[..at];
+        if let Some(colon) = userinfo.find(':') {
+            let user = &userinfo[..colon];
+            let after = &rest[at..];
+            return format!("{scheme}://{user}:***{}", redact_query(after));
         }
-        None => without_query.to_string(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => param.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&params.join("&"));
     }
-    out
+    format!("{scheme}://{}", redact_query(rest))
+}
+
+/// Hides the value of each `password=` parameter after the first `?`.
+fn redact_query(text: &str) -> String {
+    let Some((head, query)) = text.split_once('?') else {
+        return text.to_string();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => param.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -276,5 +291,13 @@ mod tests {
             redact_password("postgres://u:a@b@h/db?options=-c%20x"),
             "postgres://u:***@h/db?options=-c%20x"
         );
+        // Unencoded `/`, `?`, `#` and `@` in the password: all of it is hidden.
+        for secret in ["pa/ss", "pa?ss", "pa#ss", "p@ss", "a/b?c#d@e"] {
+            let shown = redact_password(&format!("postgres://u:{secret}@host:5432/db?x=1"));
+            assert_eq!(shown, "postgres://u:***@host:5432/db?x=1", "{secret}");
+        }
+        // No password: nothing to hide.
+        assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_password("/tmp/br.db"), "/tmp/br.db");
     }
 }

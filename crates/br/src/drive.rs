@@ -12,7 +12,7 @@ use br_core::SessionStatus;
 use br_core::time::short_duration;
 use br_exec::drive::{DriveEnd, DriveEvent, error_chain};
 use br_exec::signals::Interrupts;
-use br_store::{Session, Store};
+use br_store::{Session, Store, StoreLocation};
 use br_tui::{DashboardEnd, DashboardOptions, run_dashboard};
 
 use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs};
@@ -182,12 +182,34 @@ fn supervise(
             );
             Ok(Exit::Interrupted)
         }
-        DriveEnd::WorkersFailed(s) => Err(anyhow::anyhow!(
-            "session {} ({}) could not run: its workers failed to start",
-            s.name,
-            s.id
-        )),
+        DriveEnd::WorkersFailed { session: s, why } => {
+            let why = why.or_else(|| full_disk(ctx)).unwrap_or_else(|| {
+                "its workers exit as soon as they start, and their logs do not say why".into()
+            });
+            Err(anyhow::anyhow!(
+                "session {} ({}) stopped: {why}. Nothing recorded is lost: once that is fixed, \
+                 carry on with: br resume {}",
+                s.name,
+                s.id,
+                s.id
+            ))
+        }
     }
+}
+
+/// Which of the disks br writes to here (the store's, the logs') is full, said as a reason: a
+/// worker that cannot write even its log dies without saying so.
+fn full_disk(ctx: &Context) -> Option<String> {
+    let store = match ctx.store_location().ok()? {
+        StoreLocation::Sqlite(path) => Some(path),
+        StoreLocation::Postgres(_) => None,
+    };
+    let logs = ctx.log_dir().ok();
+    [store, logs]
+        .into_iter()
+        .flatten()
+        .find(|p| br_store::disk_full(p))
+        .map(|p| format!("the disk holding {} is full", p.display()))
 }
 
 /// One event of a drive, as progress.

@@ -258,3 +258,40 @@ fn a_kill_grace_that_does_not_fit_in_the_lease_is_refused_before_anything_is_rec
     let run = repo.br(&["run", "--kill-grace", "500ms"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn an_empty_store_file_is_refused_and_left_as_it_is() {
+    let repo = TestRepo::new();
+    let store = repo.store_path();
+    std::fs::create_dir_all(store.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&store, b"").expect("an empty file");
+    let listed = repo.br(&["list"]);
+    assert_ne!(listed.code, 0, "{}", listed.stdout);
+    assert!(listed.stderr.contains("empty"), "{}", listed.stderr);
+    assert_eq!(std::fs::metadata(&store).expect("still there").len(), 0);
+}
+
+#[test]
+fn the_store_and_the_logs_are_the_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "isolation = \"shared\"\n[[task]]\nid = \"t\"\nrun = \"echo secret output\"\n",
+    );
+    let run = repo.br(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    let store = repo.store_path();
+    assert_eq!(mode(&store), 0o600, "{}", store.display());
+    let logs = store.parent().expect("br dir").join("logs");
+    assert_eq!(mode(&logs), 0o700, "{}", logs.display());
+    let status = repo.status("br");
+    let log = status["tasks"][0]["log_path"].as_str().expect("log path");
+    assert_eq!(mode(std::path::Path::new(log)), 0o600, "{log}");
+    assert_eq!(
+        mode(std::path::Path::new(log).parent().expect("dir")),
+        0o700
+    );
+}

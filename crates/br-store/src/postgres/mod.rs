@@ -8,6 +8,7 @@
 //! server that stops answering is an error, never a hang.
 
 mod link;
+mod pgpass;
 mod schema;
 
 use std::cell::RefCell;
@@ -381,6 +382,10 @@ impl PostgresStore {
         if config.get_ssl_mode() == SslMode::Require {
             return Err(no_tls());
         }
+        // A URL without a password: libpq's places for one.
+        if let Some(password) = pgpass::password_for(&config) {
+            config.password(password);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
@@ -627,6 +632,13 @@ impl PostgresStore {
             LinkError::Pg(pg) => pg.code(),
             _ => None,
         };
+        // 53100: the server could not extend a file.
+        if code == Some(&SqlState::DISK_FULL) {
+            return StoreError::Full {
+                path: self.path(),
+                source: Box::new(e),
+            };
+        }
         if code == Some(&SqlState::LOCK_NOT_AVAILABLE)
             || code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
             || code == Some(&SqlState::T_R_DEADLOCK_DETECTED)

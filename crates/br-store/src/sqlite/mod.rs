@@ -32,6 +32,16 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const CHANGE_POLL: Duration = Duration::from_millis(3);
 const CHANGE_POLL_MAX: Duration = Duration::from_millis(25);
 
+/// How long an empty store file may stay empty before it counts as not a store: another br
+/// that just created it writes the schema within milliseconds.
+const NEW_FILE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a store file cannot be used.
+enum FileCheck {
+    Io(std::io::Error),
+    Empty,
+}
+
 /// How many prepared statements a connection keeps: more than the store's logic has, so none
 /// is prepared twice.
 const STATEMENT_CACHE: usize = 256;
@@ -139,16 +149,59 @@ impl SqliteStore {
     }
 
     pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Self> {
-        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| {
+            if crate::disk_full(path) {
+                StoreError::Full {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            } else {
+                StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| open_err(Box::new(e)))?;
         }
+        let created = Self::create_or_check_file(path).map_err(|e| match e {
+            FileCheck::Io(e) => open_err(Box::new(e)),
+            FileCheck::Empty => StoreError::NotAStore {
+                path: path.to_path_buf(),
+                source: "the file is empty: br makes a new store only where no file exists \
+                         (remove the empty file to start a new store there)"
+                    .into(),
+            },
+        })?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let opened = Self::open_file(path, flags, busy_timeout, open_err);
+        let empty = || std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        if created && matches!(opened, Err(StoreError::Full { .. })) && empty() {
+            // A store this call began and could not write on a full disk is no store: leave no
+            // empty file behind, which the next open would rightly refuse.
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(name));
+            }
+        }
+        opened
+    }
+
+    fn open_file(
+        path: &Path,
+        flags: OpenFlags,
+        busy_timeout: Duration,
+        open_err: impl Fn(crate::error::BackendError) -> StoreError,
+    ) -> Result<Self> {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(Box::new(e)))?;
         let store = SqliteStore {
             path: path.to_path_buf(),
@@ -179,6 +232,35 @@ impl SqliteStore {
         };
         store.seen_version.store(opened_at, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Makes a new store file readable by the user only (SQLite gives its WAL and shared-memory
+    /// files the same mode), or checks an existing one is not empty: an empty file is not a
+    /// store, and silently making one of it could hide a lost store. A file another br has just
+    /// created is empty for a moment, until it writes the schema: wait that out.
+    fn create_or_check_file(path: &Path) -> std::result::Result<bool, FileCheck> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(FileCheck::Io(e)),
+        }
+        let deadline = Instant::now() + NEW_FILE_GRACE;
+        loop {
+            let len = std::fs::metadata(path).map_err(FileCheck::Io)?.len();
+            if len > 0 {
+                return Ok(false);
+            }
+            if Instant::now() >= deadline {
+                return Err(FileCheck::Empty);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -274,6 +356,20 @@ impl SqliteStore {
                     return StoreError::Busy {
                         path: self.path.clone(),
                         waited: self.busy_timeout,
+                    };
+                }
+                ErrorCode::DiskFull => {
+                    return StoreError::Full {
+                        path: self.path.clone(),
+                        source: Box::new(e),
+                    };
+                }
+                // Growing the WAL or its shared-memory index on a full disk fails as an I/O
+                // error, not as SQLITE_FULL.
+                ErrorCode::SystemIoFailure if crate::disk_full(&self.path) => {
+                    return StoreError::Full {
+                        path: self.path.clone(),
+                        source: Box::new(e),
                     };
                 }
                 ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {

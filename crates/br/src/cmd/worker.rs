@@ -127,6 +127,11 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         Leave::AskedToLeave => "asked to leave",
         Leave::SessionEnded => "its session ended",
         Leave::Idle => "nothing left to claim",
+        Leave::DiskFull(path) => anyhow::bail!(
+            "the disk holding {} is full: this worker stopped, and its attempt will run again \
+             once there is space",
+            path.display()
+        ),
     };
     let _ = writeln!(std::io::stderr(), "worker left: {why}");
     Ok(Exit::Success)

@@ -15,6 +15,7 @@ pub(crate) mod partition;
 pub(crate) mod pg_server;
 pub(crate) mod proxy;
 pub(crate) mod served;
+pub(crate) mod tmpfs;
 
 use br_store::sqlite::SqliteStore;
 use br_store::{Event, EventFilter, Store, StoreLocation};
@@ -26,6 +27,8 @@ pub(crate) const BR: &str = env!("CARGO_BIN_EXE_br");
 
 /// A git repository in a temp dir, with br's state in its `.git/br`.
 pub(crate) struct TestRepo {
+    /// A tmpfs mounted over `dir`, if the repository lives on one: unmounted first.
+    disk: Option<tmpfs::Tmpfs>,
     dir: tempfile::TempDir,
     home: tempfile::TempDir,
     /// Where br keeps its state when not in the repository's own SQLite file (`BR_STORE`).
@@ -40,6 +43,23 @@ impl TestRepo {
         repo.git(&["add", "--all"]);
         repo.git(&["commit", "--quiet", "-m", "initial"]);
         repo
+    }
+
+    /// A repository on a tmpfs of its own of `bytes`, with br's state in it or at `store_url`;
+    /// `None` where nothing can be mounted.
+    pub(crate) fn on_tmpfs(bytes: u64, store_url: Option<&str>) -> Option<TestRepo> {
+        let mut repo = TestRepo::empty(store_url.map(str::to_string));
+        repo.disk = Some(tmpfs::Tmpfs::mount(repo.path(), bytes)?);
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo.write("README.md", "test repository\n");
+        repo.git(&["add", "--all"]);
+        repo.git(&["commit", "--quiet", "-m", "initial"]);
+        Some(repo)
+    }
+
+    /// The tmpfs the repository lives on (see [`TestRepo::on_tmpfs`]).
+    pub(crate) fn disk(&self) -> &tmpfs::Tmpfs {
+        self.disk.as_ref().expect("a repository on a tmpfs")
     }
 
     /// A repository with its own history (its first commit differs from every `new()` one's),
@@ -77,6 +97,7 @@ impl TestRepo {
             .expect("temp dir");
         let home = tempfile::tempdir().expect("temp home");
         TestRepo {
+            disk: None,
             dir,
             home,
             store_url,
@@ -85,6 +106,11 @@ impl TestRepo {
 
     pub(crate) fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The `HOME` br runs with here (empty but for what a test puts there).
+    pub(crate) fn home(&self) -> &Path {
+        self.home.path()
     }
 
     /// Environment that keeps git and br away from the developer's configuration.

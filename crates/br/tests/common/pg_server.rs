@@ -45,6 +45,15 @@ impl PgServer {
     /// Starts a fresh server, or says why not and returns `None` — unless `CI` is set, where a
     /// missing PostgreSQL is a failure, never a silent skip.
     pub(crate) fn start() -> Option<PgServer> {
+        PgServer::start_with(None)
+    }
+
+    /// A server whose TCP connections must log in with `password` (SCRAM) as `postgres`.
+    pub(crate) fn start_with_password(password: &str) -> Option<PgServer> {
+        PgServer::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -81,18 +90,30 @@ impl PgServer {
                 .expect("chown");
             assert!(chown.status.success(), "chown: {chown:?}");
         }
-        let init = server.pg(
-            "initdb",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        );
+        let data_arg = data.display().to_string();
+        let mut args = vec!["-D", &data_arg, "-U", "postgres", "--no-sync"];
+        let pwfile = server.dir.path().join("pwfile");
+        let pwfile_arg = pwfile.display().to_string();
+        match password {
+            None => args.extend(["-A", "trust"]),
+            Some(password) => {
+                std::fs::write(&pwfile, format!("{password}\n")).expect("password file");
+                if let Some(user) = &server.run_as {
+                    let chown = Command::new("chown").arg(user).arg(&pwfile).output();
+                    assert!(
+                        chown.is_ok_and(|o| o.status.success()),
+                        "chown the password file"
+                    );
+                }
+                args.extend([
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--pwfile",
+                    &pwfile_arg,
+                ]);
+            }
+        }
+        let init = server.pg("initdb", &args);
         assert!(
             init.status.success(),
             "initdb failed: {}",
