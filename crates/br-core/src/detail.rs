@@ -17,7 +17,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::event::EventKind;
-use crate::ids::{SessionId, TaskId};
+use crate::ids::{Attempt, SessionId, TaskId};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::plan::Isolation;
 use crate::state::{SessionStatus, TaskState};
@@ -233,6 +233,27 @@ pub struct HeldLock {
     pub path: String,
     pub session_id: SessionId,
     pub task_id: Option<TaskId>,
+    /// The holding task's attempt (absent for a manual lock, and in what an older br wrote):
+    /// once that attempt let go, this conflict is over, even if a later attempt of the same
+    /// task takes the lock again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<Attempt>,
+}
+
+impl HeldLock {
+    /// Whether this is the lock `path` held by `session_id`/`task_id` at `attempt`.
+    pub fn is(
+        &self,
+        path: &str,
+        session_id: &SessionId,
+        task_id: Option<&TaskId>,
+        attempt: Option<Attempt>,
+    ) -> bool {
+        self.path == path
+            && &self.session_id == session_id
+            && self.task_id.as_ref() == task_id
+            && (self.attempt.is_none() || self.attempt == attempt)
+    }
 }
 
 impl HeldLock {
@@ -699,6 +720,7 @@ mod tests {
                         path: "src/**".into(),
                         session_id: SessionId::from_string("abc"),
                         task_id: None,
+                        attempt: None,
                     }],
                 }),
                 r#"{"paths":["src/a.rs"],"held_by":[{"path":"src/**","session_id":"abc","task_id":null}]}"#,
@@ -822,6 +844,7 @@ mod tests {
             path: path.into(),
             session_id: SessionId::from_string("abc"),
             task_id: task.map(|t| TaskId::new(t).unwrap()),
+            attempt: None,
         };
         let same = LockConflict {
             paths: vec!["shared.txt".into()],

@@ -507,9 +507,30 @@ pub fn claim_waits_for_conflicting_locks(b: &dyn FreshStore) {
         Some("waits for src/app.py: src held by dir")
     );
     store
+        .finish_attempt(&dir.lease, &Outcome::Interrupted)
+        .expect("finish");
+    let file = store
+        .task(&s.id, &TaskId::new("file").expect("id"))
+        .expect("task");
+    assert_eq!(
+        file.blocked_by, None,
+        "once `dir` let go of `src`, `file` waits for nobody, even before anyone claims again"
+    );
+    assert!(
+        store
+            .tasks(&s.id)
+            .expect("tasks")
+            .iter()
+            .all(|t| t.blocked_by.is_none())
+    );
+    let dir = claim_task(&*store, &w4);
+    assert_eq!(dir.lease.task_id.as_str(), "dir");
+    let w5 = worker(&*store, None, Duration::from_secs(30));
+    assert!(matches!(claim(&*store, &w5), Claim::Nothing));
+    store
         .finish_attempt(&dir.lease, &Outcome::Succeeded)
         .expect("finish");
-    assert_eq!(claim_task(&*store, &w4).lease.task_id.as_str(), "file");
+    assert_eq!(claim_task(&*store, &w5).lease.task_id.as_str(), "file");
     audit_lock_order(&session_events(&*store, &s.id)).expect("no overlapping locks");
 }
 
@@ -658,9 +679,12 @@ pub fn expired_lease_is_requeued_as_next_attempt(b: &dyn FreshStore) {
         vec![(first.lease.clone(), TaskNext::Requeue)]
     );
     assert_eq!(expired.workers, vec![dead.clone()]);
+    let dead_row = store.worker(&dead).expect("worker");
+    assert_eq!(dead_row.status, WorkerStatus::Offline);
     assert_eq!(
-        store.worker(&dead).expect("worker").status,
-        WorkerStatus::Offline
+        (dead_row.current_task, dead_row.attempt),
+        (None, None),
+        "an offline worker does not go on showing a task that will run elsewhere"
     );
     assert!(
         store.locks().expect("locks").is_empty(),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use br_core::detail::HeldLock;
 use br_core::detail::LockConflict as BlockedBy;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, OnConflict, ScopeMode};
@@ -109,7 +110,7 @@ pub struct Task {
     /// `skipped`.
     pub outcome: Option<OutcomeKind>,
     /// Why a ready task is not running: the lock that holds it back and who holds it (the
-    /// detail of its latest `lock_conflict`).
+    /// detail of its latest `lock_conflict`), reduced to the locks still held when read.
     pub blocked_by: Option<BlockedBy>,
     pub timeout_ms: Option<u64>,
     pub retries: u32,
@@ -120,6 +121,24 @@ pub struct Task {
     pub scope_violations: Vec<String>,
     /// Predicted merge conflicts with other tasks' branches (or `integration`).
     pub conflicts: Vec<TaskConflict>,
+}
+
+impl Task {
+    /// Keeps of `blocked_by` only the holders whose lock `still_held` says is held; none left
+    /// (or the task is not ready): `None`. A conflict is recorded when a claim passes the task
+    /// over, and its holders may let go (finish, be interrupted, unlock) without anyone claiming
+    /// again: a paused session must not name a lock `br locks` says nobody holds.
+    pub(crate) fn forget_released_locks(&mut self, still_held: impl Fn(&HeldLock) -> bool) {
+        if self.state != TaskState::Ready {
+            self.blocked_by = None;
+        }
+        if let Some(blocked) = &mut self.blocked_by {
+            blocked.held_by.retain(|h| still_held(h));
+            if blocked.held_by.is_empty() {
+                self.blocked_by = None;
+            }
+        }
+    }
 }
 
 impl Task {

@@ -549,6 +549,16 @@ impl SnapshotBuilder {
                 }
             };
             for i in recompute {
+                selected.tasks[i].task.forget_released_locks(|h| {
+                    lock_rows.iter().any(|l| {
+                        h.is(
+                            &l.lock.path,
+                            &l.lock.session_id,
+                            l.lock.task_id.as_ref(),
+                            l.lock.attempt,
+                        )
+                    })
+                });
                 let waiting = waiting_for(
                     &selected.tasks[i].task,
                     &selected.tasks,
@@ -728,9 +738,12 @@ fn lock_wait(blocked_by: &BlockedBy, locks: &[LockRow]) -> Option<Waiting> {
     let mut held_by: Vec<LockHolder> = Vec::new();
     for h in &blocked_by.held_by {
         let Some(row) = locks.iter().find(|l| {
-            l.lock.path == h.path
-                && l.lock.session_id == h.session_id
-                && l.lock.task_id == h.task_id
+            h.is(
+                &l.lock.path,
+                &l.lock.session_id,
+                l.lock.task_id.as_ref(),
+                l.lock.attempt,
+            )
         }) else {
             continue;
         };

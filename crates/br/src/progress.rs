@@ -200,6 +200,7 @@ mod tests {
                         path: "src/a.rs".into(),
                         session_id: SessionId::from_string("abc"),
                         task_id: Some(TaskId::new("dir").expect("id")),
+                        attempt: None,
                     }],
                 }),
             ),

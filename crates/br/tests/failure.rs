@@ -349,6 +349,35 @@ fn ctrl_c_pauses_the_session_stops_its_tasks_and_resume_finishes_it() {
 }
 
 #[test]
+fn after_ctrl_c_no_task_waits_for_a_lock_nobody_holds() {
+    let repo = TestRepo::new();
+    let plan = format!(
+        "{}\n[[task]]\nid = \"four\"\nrun = \"true\"\nfiles = [\"one.txt\"]\n",
+        waiting_plan("stale-lock")
+    );
+    repo.write("br.toml", &plan);
+    let run = spawn_run(&repo, "3");
+    poll("task one", LONG, || read_pid(&repo, "one.pid.1"));
+    // The third worker passes `four` over: `one` holds one.txt.
+    poll("four to wait for one's lock", LONG, || {
+        let status = repo.status("stale-lock");
+        (!task(&status, "four")["blocked_by"].is_null()).then_some(())
+    });
+    run.signal(Signal::SIGINT);
+    assert_eq!(run.wait(LONG).code, 130);
+    let locks: Value = serde_json::from_str(&repo.br(&["locks", "--json"]).stdout).expect("json");
+    assert_eq!(locks, serde_json::json!([]), "locks released");
+    let status = repo.status("stale-lock");
+    assert_eq!(
+        task(&status, "four")["blocked_by"],
+        Value::Null,
+        "br status agrees with br locks: {status}"
+    );
+    let text = repo.br(&["status", "stale-lock"]);
+    assert!(!text.stdout.contains("held by"), "{}", text.stdout);
+}
+
+#[test]
 fn kill_9_of_br_run_loses_nothing_and_resume_carries_on() {
     let repo = TestRepo::new();
     repo.write("br.toml", &waiting_plan("killrun"));

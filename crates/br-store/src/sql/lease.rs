@@ -818,6 +818,19 @@ pub(super) fn requeue_expired(tx: &Tx<'_>) -> OpResult<Expired> {
             worker_id: WorkerId::from_string(worker),
         };
         let next = apply_outcome(tx, &lease, &Outcome::LeaseLost)?;
+        // The silent worker no longer runs this attempt, whoever runs the task next: its row
+        // must not go on showing it (the worker says what it runs when it is back).
+        tx.execute(
+            "UPDATE workers SET task_session_id = NULL, task_id = NULL, attempt = NULL,
+                 task_started_at = NULL
+             WHERE id = ?1 AND task_session_id = ?2 AND task_id = ?3 AND attempt = ?4",
+            params![
+                lease.worker_id.as_str(),
+                lease.session_id.as_str(),
+                lease.task_id.as_str(),
+                lease.attempt.0
+            ],
+        )?;
         expired.leases.push((lease, next));
     }
     Ok(expired)

@@ -69,6 +69,7 @@ pub(super) fn conflict_detail(conflicts: &[LockConflict]) -> detail::LockConflic
             path: c.held.path.clone(),
             session_id: c.held.session_id.clone(),
             task_id: c.held.task_id.clone(),
+            attempt: c.held.attempt,
         })
         .collect();
     detail::LockConflict { paths, held_by }

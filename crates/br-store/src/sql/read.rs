@@ -247,6 +247,21 @@ fn annotate(c: &dyn Db, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
     Ok(())
 }
 
+/// Reduces each task's recorded lock conflict to the locks still held.
+fn still_blocked(c: &dyn Db, tasks: &mut [Task]) -> OpResult<()> {
+    if tasks.iter().all(|t| t.blocked_by.is_none()) {
+        return Ok(());
+    }
+    let held = locks(c)?;
+    for t in tasks.iter_mut() {
+        t.forget_released_locks(|h| {
+            held.iter()
+                .any(|l| h.is(&l.path, &l.session_id, l.task_id.as_ref(), l.attempt))
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn tasks(c: &dyn Db, session_id: &str) -> OpResult<Vec<Task>> {
     let session = session(c, session_id)?;
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq");
@@ -256,6 +271,7 @@ pub(super) fn tasks(c: &dyn Db, session_id: &str) -> OpResult<Vec<Task>> {
         .map(|r| task_from_row(r, &session))
         .collect::<OpResult<Vec<_>>>()?;
     annotate(c, session_id, &mut rows)?;
+    still_blocked(c, &mut rows)?;
     Ok(rows)
 }
 
@@ -272,6 +288,7 @@ pub(super) fn task(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Task
         })?;
     let mut one = [task];
     annotate(c, session_id, &mut one)?;
+    still_blocked(c, &mut one)?;
     let [task] = one;
     Ok(task)
 }
