@@ -17,6 +17,7 @@ use br_tui::{DashboardEnd, DashboardOptions, run_dashboard};
 
 use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::progress::{Progress, Style};
 
@@ -132,7 +133,10 @@ pub(crate) fn drive_with(
             ),
             Ok(DashboardEnd::Stopped) => {}
             Err(e) => {
-                eprintln!("warning: the dashboard failed ({e}); showing progress lines instead");
+                eprintln!(
+                    "warning: the dashboard failed ({}); showing progress lines instead",
+                    esc(e)
+                );
             }
         }
         supervisor
@@ -178,13 +182,16 @@ fn supervise(
             eprintln!(
                 "interrupted: session {} ({}) is {}; its running tasks were stopped and will run again. \
                  Continue with: br resume {}",
-                s.name, s.id, s.status, s.id
+                esc(&s.name),
+                s.id,
+                s.status,
+                s.id
             );
             Ok(Exit::Interrupted)
         }
         DriveEnd::WorkersFailed(s) => Err(anyhow::anyhow!(
             "session {} ({}) could not run: its workers failed to start",
-            s.name,
+            esc(&s.name),
             s.id
         )),
     }
@@ -229,7 +236,7 @@ pub(crate) fn show_event<W: Write>(
         DriveEvent::Killing => progress.note("interrupted again: killing workers now"),
         DriveEvent::ReconcileFailed(e) => {
             // Printed at once: the dashboard has not taken the terminal yet.
-            eprintln!("warning: could not reconcile br's worktrees: {e}");
+            eprintln!("warning: could not reconcile br's worktrees: {}", esc(e));
             Ok(())
         }
     }
@@ -273,7 +280,7 @@ pub(crate) fn final_report(
     writeln!(
         out,
         "session {} ({}) {}{took}: {} succeeded, {} failed, {} skipped, {} cancelled",
-        s.name,
+        esc(&s.name),
         s.id,
         s.status,
         s.succeeded_tasks,
@@ -293,9 +300,9 @@ pub(crate) fn final_report(
                 (Some(o), _) => o.words(),
                 (None, _) => t.state.to_string(),
             };
-            write!(out, "  {} {}: {}", t.state, t.id, reason)?;
+            write!(out, "  {} {}: {}", t.state, esc(&t.id), esc(reason))?;
             if let Some(log) = &t.log_path {
-                write!(out, " (log: {log})")?;
+                write!(out, " (log: {})", esc(log))?;
             }
             writeln!(out)?;
         }

@@ -9,6 +9,7 @@ use br_store::view::LockListView;
 
 use crate::cli::{LockArgs, UnlockArgs};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::{Conflict, Exit};
 use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
@@ -34,7 +35,7 @@ pub(super) fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {
                 let names: Vec<&str> = paths.iter().map(LockPath::as_str).collect();
                 print(&format!(
                     "locked for session {} ({}): {}\n",
-                    s.name,
+                    esc(&s.name),
                     s.id,
                     names.join(", ")
                 ))?;
@@ -89,13 +90,17 @@ pub(super) fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
         if released.is_empty() {
             print(&format!(
                 "session {} ({}) held no such locks\n",
-                s.name, s.id
+                esc(&s.name),
+                s.id
             ))?;
         } else {
             print(&format!("released: {}\n", released.join(", ")))?;
         }
         if !not_held.is_empty() {
-            eprintln!("note: not held by this session: {}", not_held.join(", "));
+            eprintln!(
+                "note: not held by this session: {}",
+                esc(not_held.join(", "))
+            );
         }
     }
     Ok(Exit::Success)

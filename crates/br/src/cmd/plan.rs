@@ -10,6 +10,7 @@ use br_store::{NewSession, Session, Store};
 use crate::cli::{DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
 use crate::context::Context;
 use crate::drive::{DriveOptions, default_workers, drive, finish, kill_grace};
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 
@@ -114,7 +115,10 @@ pub(super) fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
     } else {
         print(&format!(
             "submitted session {} ({} tasks); run it with `br resume {}` or `br worker`\n{}\n",
-            session.name, session.total_tasks, session.id, session.id
+            esc(&session.name),
+            session.total_tasks,
+            session.id,
+            session.id
         ))?;
     }
     Ok(Exit::Success)
@@ -171,7 +175,11 @@ pub(super) fn run_plan_then(
     if !ctx.json {
         print(&format!(
             "session {} ({}): {} tasks, {} workers, {} isolation\n",
-            session.name, session.id, session.total_tasks, workers, session.isolation
+            esc(&session.name),
+            session.id,
+            session.total_tasks,
+            workers,
+            session.isolation
         ))?;
     }
     let opts = DriveOptions {

@@ -13,6 +13,7 @@ use br_store::view::{WorkerListView, WorkerListing};
 
 use crate::cli::{WorkerArgs, WorkersArgs};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
@@ -105,7 +106,8 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
                 format!("the store answers again (after {})", short_duration(after))
             }
         };
-        let _ = writeln!(stderr, "{line}");
+        // Session names and errors may hold anything a plan wrote.
+        let _ = writeln!(stderr, "{}", esc(line));
     };
     let exit = run_worker(&*store, &config, &stop, &mut notify)?;
     let why = match exit {
