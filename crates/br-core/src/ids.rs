@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub enum IdError {
     #[error("task id is empty")]
     Empty,
-    #[error("task id `{0}` is longer than 64 characters")]
+    #[error("task id `{}…` is longer than 64 characters", .0.chars().take(64).collect::<String>())]
     TooLong(String),
     #[error("task id `{id}` contains `{ch}`: only letters, digits, `.`, `_` and `-` are allowed")]
     BadChar { id: String, ch: char },

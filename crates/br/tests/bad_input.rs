@@ -104,6 +104,59 @@ fn every_bad_plan_is_refused_with_file_line_and_reason() {
     insta::assert_snapshot!(all);
 }
 
+/// The sizes that broke `br list` and `br status` (a 70,000-character name, 12,000 lock paths)
+/// are refused at validation, as are the other limits README.md lists; `br start` and
+/// `br lock` apply the same ones to what they are given.
+#[test]
+fn oversized_plans_are_refused_before_anything_is_recorded() {
+    let repo = TestRepo::new();
+    let files: Vec<String> = (0..12_000).map(|i| format!("\"dir/f{i}\"")).collect();
+    let plans = [
+        (
+            "long_name",
+            format!(
+                "name = \"{}\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+                "x".repeat(70_000)
+            ),
+        ),
+        (
+            "many_files",
+            format!(
+                "[[task]]\nid = \"a\"\nrun = \"true\"\nfiles = [{}]\n",
+                files.join(", ")
+            ),
+        ),
+        (
+            "long_command",
+            format!(
+                "[[task]]\nid = \"a\"\nrun = \"echo {}\"\nenv = {{ X = \"{}\" }}\n",
+                "r".repeat(200_000),
+                "v".repeat(100_000)
+            ),
+        ),
+    ];
+    let mut all = String::new();
+    for (name, text) in &plans {
+        let file = format!("{name}.toml");
+        repo.write(&file, text);
+        let run = repo.br(&["run", &file]);
+        assert_eq!(run.code, 2, "{name}: {}", run.stderr);
+        all.push_str(&format!("--- {name}\n{}", shown(&repo, &run)));
+        no_session_recorded(&repo);
+    }
+    let (name, path) = ("s".repeat(200), "p".repeat(2_000));
+    for args in [
+        vec!["start", name.as_str(), "-t", "a=true"],
+        vec!["lock", "any", &path],
+    ] {
+        let run = repo.br(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        all.push_str(&format!("--- br {}\n{}", args[0], shown(&repo, &run)));
+        no_session_recorded(&repo);
+    }
+    insta::assert_snapshot!(all);
+}
+
 #[test]
 fn a_missing_plan_and_a_directory_outside_git_are_refused() {
     let repo = TestRepo::new();

@@ -10,15 +10,18 @@ use br_store::view::LockListView;
 use crate::cli::{LockArgs, UnlockArgs};
 use crate::context::Context;
 use crate::escape::esc;
-use crate::exit::{Conflict, Exit};
+use crate::exit::{Conflict, Exit, usage};
 use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
+/// The paths as a plan's `files` would take them: the same rules, the same length limit.
 fn parse_paths(paths: &[String]) -> anyhow::Result<Vec<LockPath>> {
-    Ok(paths
-        .iter()
-        .map(|p| LockPath::parse(p))
-        .collect::<Result<Vec<_>, _>>()?)
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        br_core::plan::lock_path_length(p).map_err(usage)?;
+        out.push(LockPath::parse(p)?);
+    }
+    Ok(out)
 }
 
 pub(super) fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {

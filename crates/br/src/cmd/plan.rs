@@ -199,6 +199,9 @@ pub(super) fn run_plan_then(
 }
 
 pub(super) fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
+    // The name is checked as a plan's `name` is: with --plan it does not go through the TOML.
+    let name = br_core::plan::session_name(&args.name)
+        .map_err(|e| usage(format!("the session name {e}")))?;
     let mut text = String::new();
     let mut file = PathBuf::from("<command line>");
     let mut plan_path = None;
@@ -220,7 +223,7 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
     }
     text.push_str(&tasks_from_flags(&args)?);
     let mut plan = Plan::parse(&text, &file)?;
-    plan.name = args.name.clone();
+    plan.name = name;
     if args.plan.is_some() {
         if let Some(i) = &args.isolation {
             plan.isolation = match i.as_str() {
