@@ -292,6 +292,12 @@ impl Plan {
         }
     }
 
+    /// Parses a plan file as read from disk: bytes that are not UTF-8 are refused where they
+    /// stop being UTF-8, as a problem with the plan (bad input), not a failure to read it.
+    pub fn parse_bytes(source: &[u8], file: &Path) -> Result<Plan, PlanError> {
+        Plan::parse(plan_text(source, file)?, file)
+    }
+
     /// The task with this id, if the plan has one.
     pub fn task(&self, id: &TaskId) -> Option<&TaskSpec> {
         self.tasks.iter().find(|t| &t.id == id)
@@ -302,6 +308,32 @@ impl Plan {
     pub fn example() -> &'static str {
         EXAMPLE
     }
+}
+
+/// A plan file's bytes as text, or the error that says, with its line, column and byte offset,
+/// where they stop being UTF-8 (for callers that add text of their own before parsing).
+pub fn plan_text<'a>(source: &'a [u8], file: &Path) -> Result<&'a str, PlanError> {
+    let e = match std::str::from_utf8(source) {
+        Ok(text) => return Ok(text),
+        Err(e) => e,
+    };
+    let offset = e.valid_up_to();
+    // Everything before the first bad byte is UTF-8, so it has lines and columns.
+    let before = std::str::from_utf8(&source[..offset]).unwrap_or_default();
+    let byte = source.get(offset).copied().unwrap_or_default();
+    let hint = if source.starts_with(&[0xff, 0xfe]) || source.starts_with(&[0xfe, 0xff]) {
+        " (the file looks like UTF-16: save it as UTF-8)"
+    } else {
+        " (save it as UTF-8)"
+    };
+    let problem = LineIndex::new(before).problem(
+        Some(offset),
+        &format!("the plan is not UTF-8 text: byte 0x{byte:02x} at byte offset {offset}{hint}"),
+    );
+    Err(PlanError {
+        file: file.to_path_buf(),
+        problems: vec![problem],
+    })
 }
 
 const EXAMPLE: &str = r#"# A br plan: shell commands that br runs in parallel, each in its own git worktree, never
@@ -1980,6 +2012,24 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
             err.problems[0].message,
             "the plan has 100002 tasks; at most 100000 are allowed (this is the first one too many)"
         );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_where_they_start() {
+        let err = Plan::parse_bytes(b"name = \"x\"\n# caf\xe9\n", Path::new(FILE)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plans/br.toml:2:6: the plan is not UTF-8 text: byte 0xe9 at byte offset 16 (save \
+             it as UTF-8)"
+        );
+        let err = Plan::parse_bytes(b"\xff\xfen\0a\0", Path::new(FILE)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plans/br.toml:1:1: the plan is not UTF-8 text: byte 0xff at byte offset 0 (the \
+             file looks like UTF-16: save it as UTF-8)"
+        );
+        let plan = Plan::parse_bytes(TASK_A.as_bytes(), Path::new(FILE)).unwrap();
+        assert_eq!(plan.tasks[0].id, id("a"));
     }
 
     #[test]

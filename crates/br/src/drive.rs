@@ -15,7 +15,7 @@ use br_exec::signals::Interrupts;
 use br_store::{Session, Store};
 use br_tui::{DashboardEnd, DashboardOptions, run_dashboard};
 
-use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs};
+use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs, MaxLog};
 use crate::context::Context;
 use crate::escape::esc;
 use crate::exit::{Exit, usage};
@@ -27,6 +27,8 @@ pub(crate) struct DriveOptions {
     pub plain: bool,
     pub heartbeat_interval: Duration,
     pub kill_grace: Duration,
+    /// The output limit of one attempt, given to each worker.
+    pub max_log: MaxLog,
     /// Show events from this seq on (0: the session's whole history).
     pub from_seq: i64,
 }
@@ -78,6 +80,7 @@ pub(crate) fn library_options(
         store_url: ctx.store_url_for_children()?,
         heartbeat_interval: opts.heartbeat_interval,
         kill_grace: opts.kill_grace,
+        max_log_bytes: opts.max_log.0,
         from_seq: opts.from_seq,
     })
 }

@@ -17,6 +17,7 @@ mod escape;
 mod exit;
 mod output;
 mod progress;
+mod settings;
 mod table;
 
 use std::io::Write;

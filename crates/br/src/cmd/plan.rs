@@ -13,6 +13,7 @@ use crate::drive::{DriveOptions, default_workers, drive, finish, kill_grace};
 use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
+use crate::settings;
 
 pub(super) fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
     let path = ctx.path(&args.path);
@@ -37,22 +38,29 @@ pub(super) fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, Pat
     // Outside a repository nothing can run: say that before anything about the plan.
     ctx.repo()?;
     let full = ctx.path(path);
-    let text = match std::fs::read_to_string(&full) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(usage(format!(
-                "no plan at {}: write one with `br init`, or name yours: br run PLAN",
-                path.display()
-            )));
-        }
-        Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("cannot read plan {}", path.display()))
-            );
-        }
-    };
-    let plan = Plan::parse(&text, path)?;
+    let bytes = read_plan(&full, path)?;
+    let plan = Plan::parse_bytes(&bytes, path)?;
     Ok((plan, full))
+}
+
+/// A plan file's bytes. A plan that is not there, or not a file, is bad input; only a file
+/// that cannot be read is trouble. (Bytes, not text: text that is not UTF-8 is a problem with
+/// the plan, which `Plan::parse_bytes` reports where it is.)
+fn read_plan(full: &Path, path: &Path) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read(full) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(usage(format!(
+            "no plan at {}: write one with `br init`, or name yours: br run PLAN",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => Err(usage(format!(
+            "{} is a directory, not a plan file",
+            path.display()
+        ))),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("cannot read plan {}", path.display())))
+        }
+    }
 }
 
 /// Creates the session: resolves the base, records the plan, queues the tasks.
@@ -166,10 +174,12 @@ pub(super) fn run_plan_then(
     drive_args: &DriveArgs,
     then: AfterRun,
 ) -> anyhow::Result<Exit> {
+    // Every setting the drive and its workers need is parsed before the session exists.
     let workers = drive_args
         .workers
         .unwrap_or_else(|| default_workers(plan.workers));
     let kill_grace = kill_grace(drive_args, plan.heartbeat_timeout)?;
+    let max_log = settings::max_log(drive_args.max_log)?;
     let store = ctx.open_store()?;
     let session = submit_plan(ctx, &*store, plan, plan_path, workers)?;
     if !ctx.json {
@@ -187,6 +197,7 @@ pub(super) fn run_plan_then(
         plain: drive_args.no_dashboard,
         heartbeat_interval: drive_args.heartbeat_interval,
         kill_grace,
+        max_log,
         from_seq: 0,
     };
     let exit = drive(ctx, &*store, &session, &opts)?;
@@ -207,8 +218,8 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
     let mut plan_path = None;
     if let Some(p) = &args.plan {
         let full = ctx.path(p);
-        text = std::fs::read_to_string(&full)
-            .with_context(|| format!("cannot read plan {}", p.display()))?;
+        let bytes = read_plan(&full, p)?;
+        text = br_core::plan::plan_text(&bytes, p)?.to_string();
         text.push('\n');
         file = PathBuf::from(format!("{} + command line", p.display()));
         plan_path = Some(full);

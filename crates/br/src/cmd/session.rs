@@ -23,6 +23,7 @@ use crate::drive::{
 use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json, print_status_json};
+use crate::settings;
 use crate::table::{Table, or_dash};
 
 /// The session named on the command line, or the newest one.
@@ -231,8 +232,11 @@ pub(super) fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
 }
 
 pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
+    let max_log = settings::max_log(args.drive.max_log)?;
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
+    // Checked against the session's leases before the session changes.
+    let kill_grace = kill_grace(&args.drive, s.heartbeat_timeout())?;
     // A session whose `br run` was killed is still `running`: resuming it means serving it
     // again. Paused becomes running; an ended session is refused by the store.
     let s = match s.status {
@@ -270,7 +274,8 @@ pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
         workers,
         plain: args.drive.no_dashboard,
         heartbeat_interval: args.drive.heartbeat_interval,
-        kill_grace: kill_grace(&args.drive, s.heartbeat_timeout())?,
+        kill_grace,
+        max_log,
         from_seq: store.last_seq()?,
     };
     let exit = drive(ctx, &*store, &s, &opts)?;

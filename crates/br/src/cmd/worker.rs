@@ -19,6 +19,7 @@ use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
 pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
+    let max_log = crate::settings::max_log(args.max_log)?;
     let store = ctx.open_store()?;
     let repo = ctx.repo()?.clone();
     let session = args
@@ -45,7 +46,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
             .unwrap_or(Duration::from_secs(30)),
         kill_grace: args.kill_grace,
         exit_when_idle: args.exit_when_idle,
-        max_log_bytes: args.max_log.0,
+        max_log_bytes: max_log.0,
         reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
         host,
     };
