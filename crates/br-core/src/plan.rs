@@ -385,7 +385,8 @@ workers = 2
 # Each [[task]] is one command. Only `id` and `run` are required.
 
 [[task]]
-# Unique in the plan: letters, digits, ".", "_" and "-", at most 64 characters.
+# Unique in the plan: letters, digits, ".", "_" and "-", at most 64 characters; not
+# "integration", which names the session's integration branch.
 id = "notes"
 # Run with `sh -c` in the task's directory; exit status 0 means success. At most 128 KiB:
 # a longer script belongs in a file that the command runs.
@@ -1106,6 +1107,18 @@ impl<'a> TaskIds<'a> {
                         problems.at(&id.span(), e.to_string());
                         None
                     }
+                    Ok(tid) if tid.is_reserved() => {
+                        problems.at(
+                            &id.span(),
+                            format!(
+                                "task id `{tid}` is reserved: a task's branch is \
+                                 br/<session-slug>/<task-id>, and br/<session-slug>/integration \
+                                 is the session's integration branch (in any case); rename the \
+                                 task"
+                            ),
+                        );
+                        None
+                    }
                     Ok(tid) => match index_of.get(&tid) {
                         Some(first) => {
                             let line = first_line.get(first).copied().unwrap_or_default();
@@ -1508,6 +1521,13 @@ mod tests {
     #[test]
     fn bad_plans_are_refused_with_file_line_and_reason() {
         let cases: &[(&str, &str)] = &[
+            // br's own ref names.
+            (
+                "[[task]]\nid = \"INTEGRATION\"\nrun = \"true\"\n",
+                "plans/br.toml:2:6: task id `INTEGRATION` is reserved: a task's branch is \
+                 br/<session-slug>/<task-id>, and br/<session-slug>/integration is the session's \
+                 integration branch (in any case); rename the task",
+            ),
             // TOML syntax: toml's reason, on one line.
             (
                 "name = \n",
