@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub enum IdError {
     #[error("task id is empty")]
     Empty,
-    #[error("task id `{0}` is longer than 64 characters")]
+    #[error("task id `{}…` is longer than 64 characters", .0.chars().take(64).collect::<String>())]
     TooLong(String),
     #[error("task id `{id}` contains `{ch}`: only letters, digits, `.`, `_` and `-` are allowed")]
     BadChar { id: String, ch: char },
@@ -56,6 +56,30 @@ impl TaskId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Task ids that name br's own refs: a task's branch is `br/<session-slug>/<task-id>`, beside the
+/// session's integration branch `br/<session-slug>/integration`, so a task with that id would
+/// have its branch *be* the integration branch (a late finish moved it to the task's commit and
+/// dropped what had landed). Compared ignoring ASCII case, because on a case-insensitive file
+/// system `Integration` and `integration` are one loose ref.
+///
+/// Any other ref br ever keeps under `br/<session-slug>/` will contain a character a task id
+/// cannot (`+`, say, as in `br/<slug>/+verify`), so no further id needs reserving and no valid
+/// plan stops being valid.
+pub const RESERVED_TASK_IDS: &[&str] = &["integration"];
+
+impl TaskId {
+    /// Whether this id is one of br's own ref names ([`RESERVED_TASK_IDS`]). Plans refuse such
+    /// ids; `TaskId::new` accepts them, so that a store an older br wrote still reads.
+    pub fn is_reserved(&self) -> bool {
+        is_reserved_task_id(&self.0)
+    }
+}
+
+/// [`TaskId::is_reserved`] for an id as text.
+pub fn is_reserved_task_id(id: &str) -> bool {
+    RESERVED_TASK_IDS.iter().any(|r| r.eq_ignore_ascii_case(id))
 }
 
 impl TryFrom<String> for TaskId {
@@ -217,6 +241,16 @@ mod tests {
             TaskId::new("x".repeat(65)),
             Err(IdError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn the_integration_branchs_name_is_reserved_in_any_case() {
+        for reserved in ["integration", "Integration", "INTEGRATION"] {
+            assert!(TaskId::new(reserved).unwrap().is_reserved(), "{reserved}");
+        }
+        for free in ["integration-tests", "integrate", "api", "integration.x"] {
+            assert!(!TaskId::new(free).unwrap().is_reserved(), "{free}");
+        }
     }
 
     #[test]

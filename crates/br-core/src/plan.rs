@@ -176,6 +176,33 @@ const DEFAULT_BASE: &str = "HEAD";
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_NAME: &str = "plan";
 
+/// The most characters a session name may have: it is shown in every list and progress line,
+/// and a name longer than a line helps nobody (an older br allowed any length; tables cut those).
+pub const MAX_NAME_CHARS: usize = 128;
+/// The most bytes `base` may have: a revision, not a document.
+pub const MAX_BASE_BYTES: usize = 1024;
+/// The most tasks a plan may have. Ten times more than the largest plans br is tested with;
+/// beyond it the plan is a mistake, and a store, a dashboard or `br status` holding it would be
+/// too.
+pub const MAX_TASKS: usize = 100_000;
+/// The most bytes a command (`run`, `verify`) may have: it is run as `sh -c COMMAND`, and Linux
+/// refuses to start a program with an argument longer than this (`MAX_ARG_STRLEN`, 128 KiB with
+/// its NUL). A longer script belongs in a file the command runs.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024 - 1;
+/// The most paths a task's `files` may list: globs cover any number of files, and every claim
+/// compares each path with every lock held.
+pub const MAX_FILES: usize = 1000;
+/// The most bytes one lock path may have.
+pub const MAX_LOCK_PATH_BYTES: usize = 1024;
+/// The most bytes an environment variable's name may have.
+pub const MAX_ENV_NAME_BYTES: usize = 256;
+/// The most bytes an environment variable's value may have.
+pub const MAX_ENV_VALUE_BYTES: usize = 64 * 1024;
+/// The most bytes a task's whole `env` may have, names and values together: it is passed to the
+/// task's shell with br's own variables and the inherited environment, and all of them must fit
+/// in what the system lets a program start with (2 MiB on a default Linux).
+pub const MAX_ENV_BYTES: usize = 256 * 1024;
+
 const WORKERS_MIN: i128 = 1;
 const WORKERS_MAX: i128 = 256;
 const RETRIES_MAX: i128 = 100;
@@ -265,6 +292,12 @@ impl Plan {
         }
     }
 
+    /// Parses a plan file as read from disk: bytes that are not UTF-8 are refused where they
+    /// stop being UTF-8, as a problem with the plan (bad input), not a failure to read it.
+    pub fn parse_bytes(source: &[u8], file: &Path) -> Result<Plan, PlanError> {
+        Plan::parse(plan_text(source, file)?, file)
+    }
+
     /// The task with this id, if the plan has one.
     pub fn task(&self, id: &TaskId) -> Option<&TaskSpec> {
         self.tasks.iter().find(|t| &t.id == id)
@@ -275,6 +308,32 @@ impl Plan {
     pub fn example() -> &'static str {
         EXAMPLE
     }
+}
+
+/// A plan file's bytes as text, or the error that says, with its line, column and byte offset,
+/// where they stop being UTF-8 (for callers that add text of their own before parsing).
+pub fn plan_text<'a>(source: &'a [u8], file: &Path) -> Result<&'a str, PlanError> {
+    let e = match std::str::from_utf8(source) {
+        Ok(text) => return Ok(text),
+        Err(e) => e,
+    };
+    let offset = e.valid_up_to();
+    // Everything before the first bad byte is UTF-8, so it has lines and columns.
+    let before = std::str::from_utf8(&source[..offset]).unwrap_or_default();
+    let byte = source.get(offset).copied().unwrap_or_default();
+    let hint = if source.starts_with(&[0xff, 0xfe]) || source.starts_with(&[0xfe, 0xff]) {
+        " (the file looks like UTF-16: save it as UTF-8)"
+    } else {
+        " (save it as UTF-8)"
+    };
+    let problem = LineIndex::new(before).problem(
+        Some(offset),
+        &format!("the plan is not UTF-8 text: byte 0x{byte:02x} at byte offset {offset}{hint}"),
+    );
+    Err(PlanError {
+        file: file.to_path_buf(),
+        problems: vec![problem],
+    })
 }
 
 const EXAMPLE: &str = r#"# A br plan: shell commands that br runs in parallel, each in its own git worktree, never
@@ -288,7 +347,7 @@ const EXAMPLE: &str = r#"# A br plan: shell commands that br runs in parallel, e
 # which has none, an example): uncomment it to change it.
 # Durations are written like "500ms", "30s", "10m" or "1h 30m".
 
-# The session's name, shown by `br list` and used in branch names.
+# The session's name (at most 128 characters), shown by `br list` and used in branch names.
 # Default: this file's name without ".toml".
 name = "example"
 
@@ -326,9 +385,11 @@ workers = 2
 # Each [[task]] is one command. Only `id` and `run` are required.
 
 [[task]]
-# Unique in the plan: letters, digits, ".", "_" and "-", at most 64 characters.
+# Unique in the plan: letters, digits, ".", "_" and "-", at most 64 characters; not
+# "integration", which names the session's integration branch.
 id = "notes"
-# Run with `sh -c` in the task's directory; exit status 0 means success.
+# Run with `sh -c` in the task's directory; exit status 0 means success. At most 128 KiB:
+# a longer script belongs in a file that the command runs.
 run = "mkdir -p notes && echo 'Written by br.' > notes/README.md"
 # The paths or globs, relative to the repository root, that the task may change. They are
 # locked while it runs, and tasks whose files overlap never run at the same time. A directory
@@ -824,6 +885,19 @@ fn no_nul(value: &Spanned<String>, what: &str, problems: &mut Problems) -> bool 
     true
 }
 
+/// A string of at most `max` bytes; `what` names it in the message.
+fn at_most_bytes(value: &Spanned<String>, max: usize, what: &str, problems: &mut Problems) -> bool {
+    let len = value.get_ref().len();
+    if len > max {
+        problems.at(
+            &value.span(),
+            format!("{what} is {len} bytes long; at most {max} are allowed"),
+        );
+        return false;
+    }
+    true
+}
+
 fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -833,6 +907,11 @@ fn is_env_name(name: &str) -> bool {
 /// A task's label in messages: its id as written, or its place in the file when it has none.
 fn task_label(raw: &RawTask, index: usize) -> String {
     match &raw.id {
+        // An id too long to be valid is cut: every message about the task names it.
+        Some(id) if id.get_ref().chars().count() > 64 => format!(
+            "task `{}…`",
+            id.get_ref().chars().take(64).collect::<String>()
+        ),
         Some(id) if !id.get_ref().is_empty() => format!("task `{}`", id.get_ref()),
         _ => format!("task #{}", index + 1),
     }
@@ -852,7 +931,13 @@ fn validate(
     problems: &mut Problems,
 ) -> Option<Plan> {
     let name = match &raw.name {
-        Some(n) => non_empty(n, "`name`", problems).map(|n| n.trim().to_string()),
+        Some(n) => match session_name(n.get_ref()) {
+            Ok(name) => Some(name),
+            Err(e) => {
+                problems.at(&n.span(), format!("`name` {e}"));
+                None
+            }
+        },
         None => Some(default_name(file)),
     };
     let workers = match &raw.workers {
@@ -860,7 +945,9 @@ fn validate(
         None => Some(None),
     };
     let base = match &raw.base {
-        Some(b) => non_empty(b, "`base`", problems).map(|b| b.trim().to_string()),
+        Some(b) => non_empty(b, "`base`", problems)
+            .filter(|_| at_most_bytes(b, MAX_BASE_BYTES, "`base`", problems))
+            .map(|b| b.trim().to_string()),
         None => Some(DEFAULT_BASE.to_string()),
     };
     let isolation = match &raw.isolation {
@@ -887,7 +974,8 @@ fn validate(
     };
     let verify = match &raw.verify {
         Some(v) => {
-            let ok = no_nul(v, "`verify`", problems);
+            let ok = no_nul(v, "`verify`", problems)
+                & at_most_bytes(v, MAX_COMMAND_BYTES, "`verify`", problems);
             non_empty(v, "`verify`", problems).filter(|_| ok).map(Some)
         }
         None => Some(None),
@@ -905,6 +993,16 @@ fn validate(
 
     if raw.task.0.is_empty() {
         problems.nowhere("no tasks: add at least one [[task]] table with an `id` and a `run`");
+    }
+    if let Some(first_extra) = raw.task.0.get(MAX_TASKS) {
+        problems.at(
+            &first_extra.span(),
+            format!(
+                "the plan has {} tasks; at most {MAX_TASKS} are allowed (this is the first one \
+                 too many)",
+                raw.task.0.len()
+            ),
+        );
     }
     // Tasks inherit the plan's retries; if that value is bad it has been reported, and 0 keeps
     // the tasks' own checks going.
@@ -924,10 +1022,33 @@ fn validate(
     })
 }
 
+/// Checks a session name as the plan's `name` or `br start NAME` gives it, and returns it
+/// trimmed; the error completes a sentence about the name ("is empty").
+pub fn session_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() {
+        return Err("is empty".to_string());
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(format!(
+            "is {chars} characters long; at most {MAX_NAME_CHARS} are allowed"
+        ));
+    }
+    Ok(name.to_string())
+}
+
 /// The session name when the plan sets none: the file's stem, as `br list` shows it.
 fn default_name(file: &Path) -> String {
     file.file_stem()
-        .map(|s| s.to_string_lossy().trim().to_string())
+        // A file name may be longer than a session name: the name is cut, not refused.
+        .map(|s| {
+            s.to_string_lossy()
+                .trim()
+                .chars()
+                .take(MAX_NAME_CHARS)
+                .collect::<String>()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| DEFAULT_NAME.to_string())
 }
@@ -986,6 +1107,18 @@ impl<'a> TaskIds<'a> {
                         problems.at(&id.span(), e.to_string());
                         None
                     }
+                    Ok(tid) if tid.is_reserved() => {
+                        problems.at(
+                            &id.span(),
+                            format!(
+                                "task id `{tid}` is reserved: a task's branch is \
+                                 br/<session-slug>/<task-id>, and br/<session-slug>/integration \
+                                 is the session's integration branch (in any case); rename the \
+                                 task"
+                            ),
+                        );
+                        None
+                    }
                     Ok(tid) => match index_of.get(&tid) {
                         Some(first) => {
                             let line = first_line.get(first).copied().unwrap_or_default();
@@ -1035,8 +1168,10 @@ fn validate_task(
             None
         }
         Some(run) => {
-            let ok = no_nul(run, &format!("{label}: `run`"), problems);
-            non_empty(run, &format!("{label}: `run`"), problems).filter(|_| ok)
+            let what = format!("{label}: `run`");
+            let ok = no_nul(run, &what, problems)
+                & at_most_bytes(run, MAX_COMMAND_BYTES, &what, problems);
+            non_empty(run, &what, problems).filter(|_| ok)
         }
     };
     let files = lock_paths(&t.files, &label, problems);
@@ -1069,7 +1204,23 @@ fn lock_paths(files: &Strings, label: &str, problems: &mut Problems) -> Option<V
     let mut paths: Vec<LockPath> = Vec::with_capacity(files.0.len());
     let mut seen: HashSet<String> = HashSet::with_capacity(files.0.len());
     let mut ok = true;
+    if let Some(first_extra) = files.0.get(MAX_FILES) {
+        ok = false;
+        problems.at(
+            &first_extra.span(),
+            format!(
+                "{label}: `files` lists {} paths; at most {MAX_FILES} are allowed (a glob such \
+                 as `src/**` covers any number of files)",
+                files.0.len()
+            ),
+        );
+    }
     for f in &files.0 {
+        if let Err(e) = lock_path_length(f.get_ref()) {
+            ok = false;
+            problems.at(&f.span(), format!("{label}: {e}"));
+            continue;
+        }
         match LockPath::parse(f.get_ref()) {
             Ok(p) => {
                 // `src/` and `src` are one lock; listing it twice is harmless.
@@ -1084,6 +1235,19 @@ fn lock_paths(files: &Strings, label: &str, problems: &mut Problems) -> Option<V
         }
     }
     ok.then_some(paths)
+}
+
+/// Checks the length of a lock path, as written in a plan or given to `br lock`. (Not a rule of
+/// [`LockPath`] itself: a store an older br wrote may hold longer paths, and must still read.)
+pub fn lock_path_length(path: &str) -> Result<(), String> {
+    if path.len() > MAX_LOCK_PATH_BYTES {
+        return Err(format!(
+            "lock path `{}…` is {} bytes long; at most {MAX_LOCK_PATH_BYTES} are allowed",
+            path.chars().take(40).collect::<String>(),
+            path.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The task's `after` ids, without repeats, and the graph edges they make.
@@ -1134,9 +1298,34 @@ fn environment(
 ) -> Option<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let mut ok = true;
+    let mut total = 0usize;
     for (key, value) in &env.0 {
         let k = key.get_ref();
-        if !is_env_name(k) {
+        let before = total;
+        total = total.saturating_add(k.len() + value.get_ref().len());
+        // Said once, at the variable that goes past the limit.
+        if before <= MAX_ENV_BYTES && total > MAX_ENV_BYTES {
+            ok = false;
+            problems.at(
+                &key.span(),
+                format!(
+                    "{label}: `env` holds more than {MAX_ENV_BYTES} bytes of names and values \
+                     (from this variable on); put large data in a file the task reads"
+                ),
+            );
+        }
+        if k.len() > MAX_ENV_NAME_BYTES {
+            ok = false;
+            problems.at(
+                &key.span(),
+                format!(
+                    "{label}: environment variable name `{}…` is {} bytes long; at most \
+                     {MAX_ENV_NAME_BYTES} are allowed",
+                    k.chars().take(40).collect::<String>(),
+                    k.len()
+                ),
+            );
+        } else if !is_env_name(k) {
             ok = false;
             problems.at(
                 &key.span(),
@@ -1152,7 +1341,10 @@ fn environment(
                 format!("{label}: `{k}` is reserved: br sets the `BR_` variables itself"),
             );
         }
-        if !no_nul(value, &format!("{label}: `env` value `{k}`"), problems) {
+        let what = format!("{label}: `env` value `{k}`");
+        if !no_nul(value, &what, problems)
+            | !at_most_bytes(value, MAX_ENV_VALUE_BYTES, &what, problems)
+        {
             ok = false;
         }
         out.insert(k.clone(), value.get_ref().clone());
@@ -1329,6 +1521,13 @@ mod tests {
     #[test]
     fn bad_plans_are_refused_with_file_line_and_reason() {
         let cases: &[(&str, &str)] = &[
+            // br's own ref names.
+            (
+                "[[task]]\nid = \"INTEGRATION\"\nrun = \"true\"\n",
+                "plans/br.toml:2:6: task id `INTEGRATION` is reserved: a task's branch is \
+                 br/<session-slug>/<task-id>, and br/<session-slug>/integration is the session's \
+                 integration branch (in any case); rename the task",
+            ),
             // TOML syntax: toml's reason, on one line.
             (
                 "name = \n",
@@ -1716,6 +1915,154 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                 message: "`workers` must be between 1 and 256, got 0".into()
             }
         );
+    }
+
+    /// Every limit, at its edge: the largest value passes, one more is refused with the place
+    /// and the reason, and all the problems are reported at once.
+    #[test]
+    fn lengths_and_counts_are_limited_with_file_line_and_reason() {
+        let at_limit = format!(
+            "name = \"{name}\"\nbase = \"{base}\"\nverify = \"{command}\"\n[[task]]\nid = \"{id}\"\n\
+             run = \"{command}\"\nfiles = [{files}]\nenv = {{ {key} = \"{value}\" }}\n",
+            name = "é".repeat(MAX_NAME_CHARS),
+            base = "b".repeat(MAX_BASE_BYTES),
+            command = "c".repeat(MAX_COMMAND_BYTES),
+            id = "i".repeat(64),
+            files = (0..MAX_FILES)
+                .map(|i| format!("\"f{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            key = "K".repeat(MAX_ENV_NAME_BYTES),
+            value = "v".repeat(MAX_ENV_VALUE_BYTES),
+        );
+        let plan = parse(&at_limit).unwrap();
+        assert_eq!(plan.name.chars().count(), MAX_NAME_CHARS);
+        assert_eq!(plan.tasks[0].files.len(), MAX_FILES);
+
+        let values: Vec<String> = (0..4)
+            .map(|i| format!("V{i} = \"{}\"", "v".repeat(MAX_ENV_VALUE_BYTES)))
+            .collect();
+        let over = format!(
+            "name = \"{name}\"\nbase = \"{base}\"\nverify = \"{command}\"\n[[task]]\nid = \"{id}\"\n\
+             run = \"{command}\"\nfiles = [{files}, \"{path}\"]\n\
+             env = {{ {key} = \"x\", BIG = \"{value}\", {values} }}\n",
+            name = "é".repeat(MAX_NAME_CHARS + 1),
+            base = "b".repeat(MAX_BASE_BYTES + 1),
+            command = "c".repeat(MAX_COMMAND_BYTES + 1),
+            id = "i".repeat(70_000),
+            files = (0..MAX_FILES)
+                .map(|i| format!("\"f{i}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            path = "p".repeat(MAX_LOCK_PATH_BYTES + 1),
+            key = "K".repeat(MAX_ENV_NAME_BYTES + 1),
+            value = "v".repeat(MAX_ENV_VALUE_BYTES + 1),
+            values = values.join(", "),
+        );
+        let err = parse(&over).unwrap_err();
+        let cut_id = format!("{}…", "i".repeat(64));
+        let task = format!("task `{cut_id}`");
+        let want: Vec<(usize, String)> = vec![
+            (
+                1,
+                format!("`name` is 129 characters long; at most {MAX_NAME_CHARS} are allowed"),
+            ),
+            (
+                2,
+                "`base` is 1025 bytes long; at most 1024 are allowed".into(),
+            ),
+            (
+                3,
+                "`verify` is 131072 bytes long; at most 131071 are allowed".into(),
+            ),
+            (
+                5,
+                format!("task id `{cut_id}` is longer than 64 characters"),
+            ),
+            (
+                6,
+                format!("{task}: `run` is 131072 bytes long; at most 131071 are allowed"),
+            ),
+            (
+                7,
+                format!(
+                    "{task}: `files` lists 1001 paths; at most 1000 are allowed (a glob such as \
+                     `src/**` covers any number of files)"
+                ),
+            ),
+            (
+                7,
+                format!(
+                    "{task}: lock path `{}…` is 1025 bytes long; at most 1024 are allowed",
+                    "p".repeat(40)
+                ),
+            ),
+            (
+                8,
+                format!(
+                    "{task}: environment variable name `{}…` is 257 bytes long; at most 256 are \
+                     allowed",
+                    "K".repeat(40)
+                ),
+            ),
+            (
+                8,
+                format!("{task}: `env` value `BIG` is 65537 bytes long; at most 65536 are allowed"),
+            ),
+            (
+                8,
+                format!(
+                    "{task}: `env` holds more than 262144 bytes of names and values (from this \
+                     variable on); put large data in a file the task reads"
+                ),
+            ),
+        ];
+        let got: Vec<(usize, String)> = err
+            .problems
+            .iter()
+            .map(|p| (p.line.unwrap(), p.message.clone()))
+            .collect();
+        assert_eq!(got, want);
+        // The limit counts tasks, not lines: the problem points at the first task too many.
+        let many = chain(MAX_TASKS + 2, false);
+        let err = parse(&many).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].line, Some(MAX_TASKS * 4));
+        assert_eq!(
+            err.problems[0].message,
+            "the plan has 100002 tasks; at most 100000 are allowed (this is the first one too many)"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_where_they_start() {
+        let err = Plan::parse_bytes(b"name = \"x\"\n# caf\xe9\n", Path::new(FILE)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plans/br.toml:2:6: the plan is not UTF-8 text: byte 0xe9 at byte offset 16 (save \
+             it as UTF-8)"
+        );
+        let err = Plan::parse_bytes(b"\xff\xfen\0a\0", Path::new(FILE)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plans/br.toml:1:1: the plan is not UTF-8 text: byte 0xff at byte offset 0 (the \
+             file looks like UTF-16: save it as UTF-8)"
+        );
+        let plan = Plan::parse_bytes(TASK_A.as_bytes(), Path::new(FILE)).unwrap();
+        assert_eq!(plan.tasks[0].id, id("a"));
+    }
+
+    #[test]
+    fn a_long_file_name_gives_a_cut_default_name() {
+        let stem = "s".repeat(200);
+        let plan = Plan::parse(
+            "[[task]]\nid = \"a\"\nrun = \"true\"\n",
+            Path::new(&format!("{stem}.toml")),
+        )
+        .unwrap();
+        assert_eq!(plan.name, "s".repeat(MAX_NAME_CHARS));
+        assert_eq!(session_name("  ok  "), Ok("ok".to_string()));
+        assert_eq!(session_name(" "), Err("is empty".to_string()));
     }
 
     #[test]

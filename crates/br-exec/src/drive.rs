@@ -31,6 +31,9 @@ pub struct DriveOptions {
     pub store_url: String,
     pub heartbeat_interval: Duration,
     pub kill_grace: Duration,
+    /// The output limit of one attempt (`None`: no limit). Given to every worker on its command
+    /// line, so that a worker never parses a setting of its own that the caller did not check.
+    pub max_log_bytes: Option<u64>,
     /// Report the session's events from this `seq` on (0: its whole history).
     pub from_seq: i64,
 }
@@ -244,8 +247,15 @@ pub fn drive(
 /// How each local worker is started: `br worker` for this session, its stderr to a log of its
 /// own, its stdin a pipe the pool holds (so it stops if this process dies) that first carries the
 /// store URL, which may hold a password: never in the arguments, which every user sees in `ps`.
+/// Every setting the worker needs is in its arguments, as the caller parsed it: a worker
+/// inherits the environment, and a setting it parsed from there could fail only once the
+/// session exists.
 fn pool_spec(repo: &Repo, session: &Session, options: &DriveOptions) -> PoolSpec {
     let duration = |d: Duration| -> OsString { humantime::format_duration(d).to_string().into() };
+    let max_log: OsString = options
+        .max_log_bytes
+        .map_or_else(|| "none".to_string(), |bytes| bytes.to_string())
+        .into();
     PoolSpec {
         program: options.program.clone(),
         args: vec![
@@ -261,6 +271,8 @@ fn pool_spec(repo: &Repo, session: &Session, options: &DriveOptions) -> PoolSpec
             duration(options.heartbeat_interval),
             "--kill-grace".into(),
             duration(options.kill_grace),
+            "--max-log".into(),
+            max_log,
             "--watch-stdin".into(),
         ],
         log_dir: repo.log_dir().join(session.id.as_str()).join("workers"),

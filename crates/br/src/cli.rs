@@ -145,6 +145,10 @@ pub(crate) struct DriveArgs {
     /// the store stops its task within the lease, so it must fit in heartbeat_timeout
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub kill_grace: Option<Duration>,
+    /// Kill a task whose log grows past this size (e.g. 200MiB, 2GB; `none` for no limit)
+    /// [env: BR_MAX_LOG] [default: 1GiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_log: Option<MaxLog>,
 }
 
 /// `--kill-grace` when not given.
@@ -192,8 +196,9 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     pub kill_grace: Duration,
     /// Kill a task whose log grows past this size (e.g. 200MiB, 2GB; `none` for no limit)
-    #[arg(long, env = "BR_MAX_LOG", hide_env_values = true, value_parser = parse_size, default_value = "1GiB", value_name = "SIZE")]
-    pub max_log: MaxLog,
+    /// [env: BR_MAX_LOG] [default: 1GiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_log: Option<MaxLog>,
     /// Stop when standard input closes (used by `br run` for the workers it starts)
     #[arg(long, hide = true)]
     pub watch_stdin: bool,
@@ -207,14 +212,16 @@ pub(crate) struct WorkerArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MaxLog(pub Option<u64>);
 
-fn parse_size(text: &str) -> Result<MaxLog, String> {
+/// A size as `--max-log` and `BR_MAX_LOG` take it.
+pub(crate) fn parse_size(text: &str) -> Result<MaxLog, String> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("none") {
         return Ok(MaxLog(None));
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let bad = || format!("`{text}` is not a size; write e.g. 500MiB, 2GB, 1048576 or none");
+    // The caller names the value (clap, or the BR_MAX_LOG message): this says what is wrong.
+    let bad = || "not a size; write e.g. 500MiB, 2GB, 1048576 or none".to_string();
     let n: u64 = digits.parse().map_err(|_| bad())?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use br_git::Repo;
@@ -12,6 +13,8 @@ pub(crate) struct Context {
     /// The directory br acts in (`-C DIR`, else the current directory).
     pub dir: PathBuf,
     store_url: Option<String>,
+    /// `BR_BUSY_TIMEOUT`, parsed when the context is made, before any command does anything.
+    busy_timeout: Option<Duration>,
     pub json: bool,
     repo: OnceLock<Repo>,
 }
@@ -37,6 +40,7 @@ impl Context {
         Ok(Context {
             dir,
             store_url: store_url.filter(|s| !s.is_empty()),
+            busy_timeout: crate::settings::busy_timeout()?,
             json,
             repo: OnceLock::new(),
         })
@@ -79,18 +83,9 @@ impl Context {
     }
 
     pub(crate) fn open_store(&self) -> anyhow::Result<Box<dyn Store>> {
-        // BR_BUSY_TIMEOUT: how long a write waits when another process holds the store's lock.
-        let busy_timeout = match std::env::var("BR_BUSY_TIMEOUT") {
-            Ok(text) if !text.is_empty() => {
-                Some(humantime::parse_duration(&text).map_err(|e| {
-                    crate::exit::usage(format!("BR_BUSY_TIMEOUT=`{text}` is not a duration ({e})"))
-                })?)
-            }
-            _ => None,
-        };
-        Ok(self
-            .store_location()?
-            .open_with(&OpenOptions { busy_timeout })?)
+        Ok(self.store_location()?.open_with(&OpenOptions {
+            busy_timeout: self.busy_timeout,
+        })?)
     }
 
     /// Where attempt logs go: beside the repository's br state.

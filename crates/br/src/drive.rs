@@ -15,8 +15,9 @@ use br_exec::signals::Interrupts;
 use br_store::{Session, Store, StoreLocation};
 use br_tui::{DashboardEnd, DashboardOptions, run_dashboard};
 
-use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs};
+use crate::cli::{DEFAULT_KILL_GRACE, DriveArgs, MaxLog};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::progress::{Progress, Style};
 
@@ -26,6 +27,8 @@ pub(crate) struct DriveOptions {
     pub plain: bool,
     pub heartbeat_interval: Duration,
     pub kill_grace: Duration,
+    /// The output limit of one attempt, given to each worker.
+    pub max_log: MaxLog,
     /// Show events from this seq on (0: the session's whole history).
     pub from_seq: i64,
 }
@@ -77,6 +80,7 @@ pub(crate) fn library_options(
         store_url: ctx.store_url_for_children()?,
         heartbeat_interval: opts.heartbeat_interval,
         kill_grace: opts.kill_grace,
+        max_log_bytes: opts.max_log.0,
         from_seq: opts.from_seq,
     })
 }
@@ -132,7 +136,10 @@ pub(crate) fn drive_with(
             ),
             Ok(DashboardEnd::Stopped) => {}
             Err(e) => {
-                eprintln!("warning: the dashboard failed ({e}); showing progress lines instead");
+                eprintln!(
+                    "warning: the dashboard failed ({}); showing progress lines instead",
+                    esc(e)
+                );
             }
         }
         supervisor
@@ -178,7 +185,10 @@ fn supervise(
             eprintln!(
                 "interrupted: session {} ({}) is {}; its running tasks were stopped and will run again. \
                  Continue with: br resume {}",
-                s.name, s.id, s.status, s.id
+                esc(&s.name),
+                s.id,
+                s.status,
+                s.id
             );
             Ok(Exit::Interrupted)
         }
@@ -187,10 +197,11 @@ fn supervise(
                 "its workers exit as soon as they start, and their logs do not say why".into()
             });
             Err(anyhow::anyhow!(
-                "session {} ({}) stopped: {why}. Nothing recorded is lost: once that is fixed, \
+                "session {} ({}) stopped: {}. Nothing recorded is lost: once that is fixed, \
                  carry on with: br resume {}",
-                s.name,
+                esc(&s.name),
                 s.id,
+                esc(&why),
                 s.id
             ))
         }
@@ -251,7 +262,7 @@ pub(crate) fn show_event<W: Write>(
         DriveEvent::Killing => progress.note("interrupted again: killing workers now"),
         DriveEvent::ReconcileFailed(e) => {
             // Printed at once: the dashboard has not taken the terminal yet.
-            eprintln!("warning: could not reconcile br's worktrees: {e}");
+            eprintln!("warning: could not reconcile br's worktrees: {}", esc(e));
             Ok(())
         }
     }
@@ -295,7 +306,7 @@ pub(crate) fn final_report(
     writeln!(
         out,
         "session {} ({}) {}{took}: {} succeeded, {} failed, {} skipped, {} cancelled",
-        s.name,
+        esc(&s.name),
         s.id,
         s.status,
         s.succeeded_tasks,
@@ -315,9 +326,9 @@ pub(crate) fn final_report(
                 (Some(o), _) => o.words(),
                 (None, _) => t.state.to_string(),
             };
-            write!(out, "  {} {}: {}", t.state, t.id, reason)?;
+            write!(out, "  {} {}: {}", t.state, esc(&t.id), esc(reason))?;
             if let Some(log) = &t.log_path {
-                write!(out, " (log: {log})")?;
+                write!(out, " (log: {})", esc(log))?;
             }
             writeln!(out)?;
         }

@@ -13,9 +13,11 @@ mod cli;
 mod cmd;
 mod context;
 mod drive;
+mod escape;
 mod exit;
 mod output;
 mod progress;
+mod settings;
 mod table;
 
 use std::io::Write;
@@ -25,6 +27,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::Exit;
 
 fn main() -> ExitCode {
@@ -87,19 +90,23 @@ fn read_store_line() -> anyhow::Result<String> {
 }
 
 /// Prints the error and its causes. A bad plan lists every problem, one `error:` line each.
+/// Messages name sessions, tasks and paths that may come from a hostile plan: each line is
+/// escaped.
 fn report(err: &anyhow::Error) {
     let mut stderr = std::io::stderr().lock();
     if let Some(plan) = err.downcast_ref::<br_core::PlanError>() {
         for line in plan.to_string().lines() {
-            let _ = writeln!(stderr, "error: {line}");
+            let _ = writeln!(stderr, "error: {}", esc(line));
         }
         return;
     }
-    let _ = writeln!(stderr, "error: {err}");
+    let text = err.to_string();
+    let lines: Vec<String> = text.split('\n').map(|l| esc(l).to_string()).collect();
+    let _ = writeln!(stderr, "error: {}", lines.join("\n"));
     for cause in err.chain().skip(1) {
         // A plan error wrapped in context still lists each problem.
         for line in cause.to_string().lines() {
-            let _ = writeln!(stderr, "caused by: {line}");
+            let _ = writeln!(stderr, "caused by: {}", esc(line));
         }
     }
 }

@@ -7,6 +7,8 @@ use std::io::Write;
 use br_core::{EventKind, Timestamp};
 use br_store::{Event, Session};
 
+use crate::escape::esc;
+
 /// Where progress goes and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Style {
@@ -69,12 +71,17 @@ impl<W: Write> Progress<W> {
         Ok(())
     }
 
+    /// A note in words, one or more lines, each escaped ([`esc`]): notes name sessions, paths
+    /// and errors that may hold anything.
     pub(crate) fn note(&mut self, text: &str) -> std::io::Result<()> {
         if self.style == Style::Quiet {
             return Ok(());
         }
         self.clear_status()?;
-        writeln!(self.out, "{text}")
+        for line in text.split('\n') {
+            writeln!(self.out, "{}", esc(line))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn status(&mut self, s: &Session, now: Timestamp) -> std::io::Result<()> {
@@ -119,7 +126,8 @@ fn shown_as_line(kind: EventKind) -> bool {
 
 /// `+1.234s task_failed task=api attempt=1 worker=w… — exit 2`: the time since the first
 /// event, the kind, who it is about as `key=value` pairs, then the detail in words
-/// ([`br_core::EventDetail::describe`], as the dashboards say it) after ` — `.
+/// ([`br_core::EventDetail::describe`], as the dashboards say it) after ` — `. The line is
+/// escaped ([`esc`]): a detail may quote anything a plan or a task wrote.
 pub(crate) fn event_line(ev: &Event, start: Timestamp) -> String {
     let offset = ev.at.millis() - start.millis();
     let mut line = format!(
@@ -147,7 +155,7 @@ pub(crate) fn event_line(ev: &Event, start: Timestamp) -> String {
         line.push_str(" — ");
         line.push_str(&text);
     }
-    line
+    esc(line).to_string()
 }
 
 /// Quotes a value that would not survive whitespace splitting.
@@ -160,7 +168,7 @@ fn quote(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use br_core::detail::{HeldLock, LockConflict, LockPaths, TaskFailed};
+    use br_core::detail::{HeldLock, LockConflict, LockPaths, ScopeViolation, TaskFailed};
     use br_core::{Attempt, EventDetail, Outcome, SessionId, TaskId, WorkerId};
 
     use super::*;
@@ -209,6 +217,33 @@ mod tests {
         assert!(
             conflict.ends_with(" — waits for src/a.rs held by dir"),
             "{conflict}"
+        );
+    }
+
+    #[test]
+    fn what_a_detail_quotes_is_escaped() {
+        // Git allows any byte but NUL and `/` in a file name: a task can make one that clears
+        // the screen, and a scope check quotes it.
+        let line = event_line(
+            &ev(
+                1_000,
+                EventDetail::ScopeViolation(ScopeViolation {
+                    files: vec!["a\u{1b}[2J\nb".into()],
+                }),
+            ),
+            Timestamp(1_000),
+        );
+        assert_eq!(
+            line,
+            "+0.000s scope_violation task=api attempt=2 worker=w1 — changed outside its files: \
+             a\\u{1b}[2J\\nb"
+        );
+        let mut out = Vec::new();
+        let mut p = Progress::new(&mut out, Style::Lines);
+        p.note("session evil\u{7} (1)\nnext line").expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "session evil\\u{7} (1)\nnext line\n"
         );
     }
 

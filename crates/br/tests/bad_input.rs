@@ -104,6 +104,127 @@ fn every_bad_plan_is_refused_with_file_line_and_reason() {
     insta::assert_snapshot!(all);
 }
 
+/// The sizes that broke `br list` and `br status` (a 70,000-character name, 12,000 lock paths)
+/// are refused at validation, as are the other limits README.md lists; `br start` and
+/// `br lock` apply the same ones to what they are given.
+#[test]
+fn oversized_plans_are_refused_before_anything_is_recorded() {
+    let repo = TestRepo::new();
+    let files: Vec<String> = (0..12_000).map(|i| format!("\"dir/f{i}\"")).collect();
+    let plans = [
+        (
+            "long_name",
+            format!(
+                "name = \"{}\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+                "x".repeat(70_000)
+            ),
+        ),
+        (
+            "many_files",
+            format!(
+                "[[task]]\nid = \"a\"\nrun = \"true\"\nfiles = [{}]\n",
+                files.join(", ")
+            ),
+        ),
+        (
+            "long_command",
+            format!(
+                "[[task]]\nid = \"a\"\nrun = \"echo {}\"\nenv = {{ X = \"{}\" }}\n",
+                "r".repeat(200_000),
+                "v".repeat(100_000)
+            ),
+        ),
+    ];
+    let mut all = String::new();
+    for (name, text) in &plans {
+        let file = format!("{name}.toml");
+        repo.write(&file, text);
+        let run = repo.br(&["run", &file]);
+        assert_eq!(run.code, 2, "{name}: {}", run.stderr);
+        all.push_str(&format!("--- {name}\n{}", shown(&repo, &run)));
+        no_session_recorded(&repo);
+    }
+    let (name, path) = ("s".repeat(200), "p".repeat(2_000));
+    for args in [
+        vec!["start", name.as_str(), "-t", "a=true"],
+        vec!["lock", "any", &path],
+    ] {
+        let run = repo.br(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        all.push_str(&format!("--- br {}\n{}", args[0], shown(&repo, &run)));
+        no_session_recorded(&repo);
+    }
+    insta::assert_snapshot!(all);
+}
+
+/// Every setting `br run` and its workers need is parsed before anything is recorded: a bad one
+/// exits 2 naming the variable and its value, and no session is left behind (a bad BR_MAX_LOG
+/// used to create the session, then kill every worker as it parsed it). A plan that is not
+/// UTF-8 is bad input too, not an I/O failure.
+#[test]
+fn bad_settings_and_plans_that_are_not_utf8_are_refused_before_anything_is_recorded() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "name = \"p\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    std::fs::write(
+        repo.path().join("latin1.toml"),
+        b"name = \"caf\xe9\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    )
+    .expect("write");
+    let mut text = String::new();
+    let mut refused = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = repo.br_command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let run = common::Run::from(cmd.output().expect("run br"));
+        assert_eq!(run.code, 2, "{env:?} {args:?}: {}", run.stderr);
+        no_session_recorded(&repo);
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        text.push_str(&format!(
+            "--- {}br {}\n{}",
+            env.concat(),
+            args.join(" "),
+            shown(&repo, &run)
+        ));
+    };
+    refused(&[("BR_MAX_LOG", "abc")], &["run", "--no-dashboard"]);
+    refused(&[("BR_MAX_LOG", "0")], &["run", "--no-dashboard"]);
+    refused(&[("BR_MAX_LOG", "abc")], &["start", "s", "-t", "a=true"]);
+    refused(&[("BR_MAX_LOG", "abc")], &["demo"]);
+    refused(&[("BR_BUSY_TIMEOUT", "soon")], &["run", "--no-dashboard"]);
+    refused(&[], &["run", "--max-log", "lots"]);
+    refused(&[], &["run", "latin1.toml"]);
+    refused(&[], &["start", "s", "--plan", "latin1.toml"]);
+    refused(&[], &["run", ".git"]);
+    // A worker refuses before it registers.
+    refused(&[("BR_MAX_LOG", "abc")], &["worker", "--exit-when-idle"]);
+    assert_eq!(repo.br(&["workers", "--all", "--json"]).stdout.trim(), "[]");
+    // A submitted session is not resumed (nor marked running) on a bad setting.
+    let submitted = repo.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = repo.session_id();
+    let mut resume = repo.br_command(&["resume", &session, "--no-dashboard"]);
+    resume.env("BR_MAX_LOG", "abc");
+    let resumed = common::Run::from(resume.output().expect("run br"));
+    assert_eq!(resumed.code, 2, "{}", resumed.stderr);
+    assert_eq!(repo.status(&session)["status"], "created");
+    assert_eq!(repo.br(&["workers", "--all", "--json"]).stdout.trim(), "[]");
+    text.push_str(&format!(
+        "--- BR_MAX_LOG=abc br resume\n{}",
+        shown(&repo, &resumed)
+    ));
+    insta::assert_snapshot!(text);
+    // The workers `br run` starts get the limit on their command line, so the environment they
+    // inherit cannot stop them.
+    let mut run = repo.br_command(&["run", "--max-log", "10MiB", "--no-dashboard"]);
+    run.env("BR_MAX_LOG", "abc");
+    let ran = common::Run::from(run.output().expect("run br"));
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+}
+
 #[test]
 fn a_missing_plan_and_a_directory_outside_git_are_refused() {
     let repo = TestRepo::new();

@@ -747,6 +747,103 @@ fn a_task_id_that_is_no_ref_component_is_refused_and_nothing_is_created() {
     }
 }
 
+/// A task's branch is `br/<slug>/<task-id>`, beside the integration branch
+/// `br/<slug>/integration`: a task named `integration` would have its branch be the integration
+/// branch, so plans (and `br start`) refuse that id, in any case.
+#[test]
+fn a_task_id_that_names_the_integration_branch_is_refused() {
+    for id in ["integration", "Integration"] {
+        let repo = TestRepo::new();
+        let head = commit_plan(
+            &repo,
+            &format!("name = \"x\"\n[[task]]\nid = {id:?}\nrun = \"true\"\n"),
+        );
+        let run = repo.br(&["run"]);
+        assert_eq!(run.code, 2, "{id}: {}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr
+                .starts_with(&format!("error: br.toml:3:6: task id `{id}` is reserved: ")),
+            "{id}: {}",
+            run.stderr
+        );
+        let start = repo.br(&["start", "x", "-t", &format!("{id}=true")]);
+        assert_eq!(start.code, 2, "{id}: {}\n{}", start.stdout, start.stderr);
+        assert!(
+            start
+                .stderr
+                .contains(&format!("task id `{id}` is reserved")),
+            "{}",
+            start.stderr
+        );
+        assert!(!repo.path().join(".git/br").exists(), "{id}: no store");
+        assert!(!exists(&repo, "refs/heads/br"), "{id}: no branch");
+        untouched(&repo, &head);
+    }
+}
+
+/// A store an older br wrote may hold a task named `integration`. Run now, it fails before it
+/// can keep anything on its branch, and the integration branch holds only what landed (an older
+/// br moved it to the task's commit, dropping what had landed).
+#[test]
+fn a_reserved_task_id_from_an_older_store_never_takes_the_integration_branch() {
+    let repo = TestRepo::new();
+    let head = commit_plan(&repo, "[[task]]\nid = \"a\"\nrun = \"true\"\n");
+    let mut plan = br_core::Plan::parse(
+        "name = \"old\"\n\
+         [[task]]\nid = \"a\"\nrun = \"echo a > a.txt\"\nfiles = [\"a.txt\"]\n\
+         [[task]]\nid = \"late\"\nrun = \"echo late > late.txt\"\nfiles = [\"late.txt\"]\n",
+        std::path::Path::new("old.toml"),
+    )
+    .expect("plan");
+    plan.tasks[1].id = TaskId::new("integration").expect("an id TaskId accepts");
+    let session = repo
+        .store()
+        .create_session(&br_store::NewSession {
+            plan,
+            repo_root: repo.path().to_path_buf(),
+            plan_path: None,
+            base_commit: Some(head.clone()),
+            workers_wanted: 2,
+            repo_id: None,
+        })
+        .expect("create the session");
+    let id = session.id.to_string();
+    let resumed = repo.br(&["resume", &id, "--no-dashboard"]);
+    assert_eq!(resumed.code, 1, "{}\n{}", resumed.stdout, resumed.stderr);
+    assert!(
+        resumed
+            .stdout
+            .contains("task_failed task=integration attempt=1 worker=w")
+            && resumed
+                .stdout
+                .contains("task id `integration` is reserved: its branch"),
+        "{}",
+        resumed.stdout
+    );
+    let status = repo.status(&id);
+    let state = |task: &str| {
+        status["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .find(|t| t["id"] == task)
+            .map(|t| t["state"].as_str().expect("state").to_string())
+            .expect("task")
+    };
+    assert_eq!(state("a"), "succeeded");
+    assert_eq!(state("integration"), "failed");
+    let slug = slug(&repo, &id);
+    let integration = format!("refs/heads/br/{slug}/integration");
+    assert!(!exists(&repo, &integration), "the task made no branch");
+    let (code, report) = merge(&repo, &[&id]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(entry(&report, "a")["result"], "landed");
+    let tree = repo.git(&["ls-tree", "--name-only", &integration]);
+    assert!(tree.lines().any(|f| f == "a.txt"), "{tree}");
+    assert!(!tree.lines().any(|f| f == "late.txt"), "{tree}");
+    untouched(&repo, &head);
+}
+
 #[test]
 fn an_integration_branch_checked_out_somewhere_is_not_moved_under_it() {
     let repo = TestRepo::new();

@@ -2,6 +2,7 @@
 //! what it left, the paths that commit changed, and where it is kept (the task branch or the
 //! attempt's ref).
 
+use br_core::ids::is_reserved_task_id;
 use br_core::{LockPath, TaskId};
 
 use super::WorktreeError;
@@ -45,6 +46,14 @@ impl AttemptSpec<'_> {
                     value: value.to_string(),
                 });
             }
+        }
+        // Plans refuse such ids, but a store an older br wrote may hold one: its branch would be
+        // the integration branch, and keeping a result there would drop what had landed.
+        if is_reserved_task_id(self.task_id) {
+            return Err(WorktreeError::ReservedTaskId {
+                task_id: self.task_id.to_string(),
+                branch: self.branch_ref(),
+            });
         }
         Ok(())
     }

@@ -60,6 +60,11 @@ pub enum WorktreeError {
     },
     #[error("{what} `{value}` cannot be part of a git ref name")]
     BadRefComponent { what: &'static str, value: String },
+    #[error(
+        "task id `{task_id}` is reserved: its branch {branch} is the session's integration branch \
+         (br no longer accepts such a plan; rename the task and submit it again)"
+    )]
+    ReservedTaskId { task_id: String, branch: String },
     #[error("no free worktree slot under {} (all {MAX_SLOTS} are taken)", dir.display())]
     NoFreeSlot { dir: PathBuf },
     #[error("worktree slot {} is not a clean checkout of {base} after reset: {status}", path.display())]

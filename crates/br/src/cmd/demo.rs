@@ -68,6 +68,8 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
+    // Settings first: a bad one is said before a repository is made for nothing.
+    let max_log = crate::settings::max_log(None)?;
     let dir = tempfile::Builder::new()
         .prefix("br-demo-")
         .tempdir()
@@ -90,6 +92,7 @@ pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
         no_dashboard: false,
         heartbeat_interval: std::time::Duration::from_secs(1),
         kill_grace: None,
+        max_log: Some(max_log),
     };
     let exit = run_plan(&demo_ctx, plan, Some(path), &drive)?;
     if !ctx.json {

@@ -10,6 +10,7 @@ use br_store::{Event, EventFilter};
 
 use crate::cli::{EventsArgs, LogsArgs};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 
 pub(super) fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<Exit> {
@@ -78,7 +79,8 @@ fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<(
     if detail.as_object().is_some_and(|d| !d.is_empty()) {
         line.push_str(&format!(" {detail}"));
     }
-    writeln!(out, "{line}")?;
+    // JSON escapes C0 controls but passes DEL and the C1 controls through: escape the line.
+    writeln!(out, "{}", esc(line))?;
     Ok(())
 }
 

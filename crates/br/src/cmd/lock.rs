@@ -9,15 +9,19 @@ use br_store::view::LockListView;
 
 use crate::cli::{LockArgs, UnlockArgs};
 use crate::context::Context;
-use crate::exit::{Conflict, Exit};
+use crate::escape::esc;
+use crate::exit::{Conflict, Exit, usage};
 use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
+/// The paths as a plan's `files` would take them: the same rules, the same length limit.
 fn parse_paths(paths: &[String]) -> anyhow::Result<Vec<LockPath>> {
-    Ok(paths
-        .iter()
-        .map(|p| LockPath::parse(p))
-        .collect::<Result<Vec<_>, _>>()?)
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        br_core::plan::lock_path_length(p).map_err(usage)?;
+        out.push(LockPath::parse(p)?);
+    }
+    Ok(out)
 }
 
 pub(super) fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {
@@ -34,7 +38,7 @@ pub(super) fn lock(ctx: &Context, args: LockArgs) -> anyhow::Result<Exit> {
                 let names: Vec<&str> = paths.iter().map(LockPath::as_str).collect();
                 print(&format!(
                     "locked for session {} ({}): {}\n",
-                    s.name,
+                    esc(&s.name),
                     s.id,
                     names.join(", ")
                 ))?;
@@ -89,13 +93,17 @@ pub(super) fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
         if released.is_empty() {
             print(&format!(
                 "session {} ({}) held no such locks\n",
-                s.name, s.id
+                esc(&s.name),
+                s.id
             ))?;
         } else {
             print(&format!("released: {}\n", released.join(", ")))?;
         }
         if !not_held.is_empty() {
-            eprintln!("note: not held by this session: {}", not_held.join(", "));
+            eprintln!(
+                "note: not held by this session: {}",
+                esc(not_held.join(", "))
+            );
         }
     }
     Ok(Exit::Success)

@@ -18,6 +18,7 @@ use br_store::{Session, Store};
 use crate::cli::MergeArgs;
 use crate::context::Context;
 use crate::drive::{DriveOptions, final_report, library_options, show_event};
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 use crate::progress::{Progress, Style};
@@ -70,7 +71,7 @@ pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
         ..
     }) = &into
     {
-        eprintln!("error: --into {branch} refused: {reason}");
+        eprintln!("error: --into {} refused: {}", esc(branch), esc(reason));
     }
     if ctx.json {
         print_json(&report_json(&session, &report, into.as_ref()))?;
@@ -214,7 +215,10 @@ fn interrupted(session: &Session) -> Exit {
     eprintln!(
         "interrupted: the merge of session {} ({}) stopped; what landed stays on br/{}/integration. \
          Continue with: br merge {}",
-        session.name, session.id, session.slug, session.id
+        esc(&session.name),
+        session.id,
+        esc(&session.slug),
+        session.id
     );
     Exit::Interrupted
 }
@@ -235,23 +239,29 @@ fn write_report(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::
         (None, _) => writeln!(
             out,
             "checking session {} ({}) against {branch} (not created yet: it would start at the base {})",
-            s.name,
+            esc(&s.name),
             s.id,
             short(s.base_commit.as_deref().unwrap_or("?"))
         )?,
         (Some(_), true) => writeln!(
             out,
             "checking session {} ({}) against {branch}",
-            s.name, s.id
+            esc(&s.name),
+            s.id
         )?,
         (Some(_), false) if report.created => writeln!(
             out,
             "merging session {} ({}) onto {branch} (created at the base {})",
-            s.name,
+            esc(&s.name),
             s.id,
             short(s.base_commit.as_deref().unwrap_or("?"))
         )?,
-        (Some(_), false) => writeln!(out, "merging session {} ({}) onto {branch}", s.name, s.id)?,
+        (Some(_), false) => writeln!(
+            out,
+            "merging session {} ({}) onto {branch}",
+            esc(&s.name),
+            s.id
+        )?,
     }
     let width = report
         .tasks
@@ -265,7 +275,11 @@ fn write_report(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::
                 "landed",
                 match verify_log {
                     Some(log) => {
-                        format!("merge {} (verified; log: {})", short(commit), log.display())
+                        format!(
+                            "merge {} (verified; log: {})",
+                            short(commit),
+                            esc(log.display())
+                        )
                     }
                     None => format!("merge {}", short(commit)),
                 },
@@ -274,11 +288,16 @@ fn write_report(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::
             Landing::WouldLand => ("would land", String::new()),
             Landing::Conflict { files } => (
                 if check { "would conflict" } else { "conflict" },
-                format!("in {}", files.join(", ")),
+                // File names come from the repository: git allows a newline in them.
+                format!("in {}", esc(files.join(", "))),
             ),
             Landing::VerifyFailed { log_path, outcome } => (
                 "verify failed",
-                format!("{} (log: {})", outcome.describe(), log_path.display()),
+                format!(
+                    "{} (log: {})",
+                    esc(outcome.describe()),
+                    esc(log_path.display())
+                ),
             ),
             Landing::NotSucceeded => ("not landed", format!("task {}", t.state)),
             Landing::NoBranch => ("not landed", format!("its branch {} is gone", t.branch)),
@@ -298,7 +317,7 @@ fn write_report(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::
                 "; requeued: attempt {attempt} starts from {}",
                 short(base_commit)
             )?,
-            Requeue::Refused { reason } => write!(line, "; not requeued: {reason}")?,
+            Requeue::Refused { reason } => write!(line, "; not requeued: {}", esc(reason))?,
         }
         writeln!(out, "{}", line.trim_end())?;
     }

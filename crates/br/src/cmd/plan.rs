@@ -10,8 +10,10 @@ use br_store::{NewSession, Session, Store};
 use crate::cli::{DriveArgs, InitArgs, RunArgs, StartArgs, SubmitArgs};
 use crate::context::Context;
 use crate::drive::{DriveOptions, default_workers, drive, finish, kill_grace};
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
+use crate::settings;
 
 pub(super) fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
     let path = ctx.path(&args.path);
@@ -36,22 +38,29 @@ pub(super) fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, Pat
     // Outside a repository nothing can run: say that before anything about the plan.
     ctx.repo()?;
     let full = ctx.path(path);
-    let text = match std::fs::read_to_string(&full) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(usage(format!(
-                "no plan at {}: write one with `br init`, or name yours: br run PLAN",
-                path.display()
-            )));
-        }
-        Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("cannot read plan {}", path.display()))
-            );
-        }
-    };
-    let plan = Plan::parse(&text, path)?;
+    let bytes = read_plan(&full, path)?;
+    let plan = Plan::parse_bytes(&bytes, path)?;
     Ok((plan, full))
+}
+
+/// A plan file's bytes. A plan that is not there, or not a file, is bad input; only a file
+/// that cannot be read is trouble. (Bytes, not text: text that is not UTF-8 is a problem with
+/// the plan, which `Plan::parse_bytes` reports where it is.)
+fn read_plan(full: &Path, path: &Path) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read(full) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(usage(format!(
+            "no plan at {}: write one with `br init`, or name yours: br run PLAN",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => Err(usage(format!(
+            "{} is a directory, not a plan file",
+            path.display()
+        ))),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context(format!("cannot read plan {}", path.display())))
+        }
+    }
 }
 
 /// Creates the session: resolves the base, records the plan, queues the tasks.
@@ -115,7 +124,10 @@ pub(super) fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
     } else {
         print(&format!(
             "submitted session {} ({} tasks); run it with `br resume {}` or `br worker`\n{}\n",
-            session.name, session.total_tasks, session.id, session.id
+            esc(&session.name),
+            session.total_tasks,
+            session.id,
+            session.id
         ))?;
     }
     Ok(Exit::Success)
@@ -163,16 +175,22 @@ pub(super) fn run_plan_then(
     drive_args: &DriveArgs,
     then: AfterRun,
 ) -> anyhow::Result<Exit> {
+    // Every setting the drive and its workers need is parsed before the session exists.
     let workers = drive_args
         .workers
         .unwrap_or_else(|| default_workers(plan.workers));
     let kill_grace = kill_grace(drive_args, plan.heartbeat_timeout)?;
+    let max_log = settings::max_log(drive_args.max_log)?;
     let store = ctx.open_store()?;
     let session = submit_plan(ctx, &*store, plan, plan_path, workers)?;
     if !ctx.json {
         print(&format!(
             "session {} ({}): {} tasks, {} workers, {} isolation\n",
-            session.name, session.id, session.total_tasks, workers, session.isolation
+            esc(&session.name),
+            session.id,
+            session.total_tasks,
+            workers,
+            session.isolation
         ))?;
     }
     let opts = DriveOptions {
@@ -180,6 +198,7 @@ pub(super) fn run_plan_then(
         plain: drive_args.no_dashboard,
         heartbeat_interval: drive_args.heartbeat_interval,
         kill_grace,
+        max_log,
         from_seq: 0,
     };
     let exit = drive(ctx, &*store, &session, &opts)?;
@@ -192,13 +211,16 @@ pub(super) fn run_plan_then(
 }
 
 pub(super) fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
+    // The name is checked as a plan's `name` is: with --plan it does not go through the TOML.
+    let name = br_core::plan::session_name(&args.name)
+        .map_err(|e| usage(format!("the session name {e}")))?;
     let mut text = String::new();
     let mut file = PathBuf::from("<command line>");
     let mut plan_path = None;
     if let Some(p) = &args.plan {
         let full = ctx.path(p);
-        text = std::fs::read_to_string(&full)
-            .with_context(|| format!("cannot read plan {}", p.display()))?;
+        let bytes = read_plan(&full, p)?;
+        text = br_core::plan::plan_text(&bytes, p)?.to_string();
         text.push('\n');
         file = PathBuf::from(format!("{} + command line", p.display()));
         plan_path = Some(full);
@@ -213,7 +235,7 @@ pub(super) fn start(ctx: &Context, args: StartArgs) -> anyhow::Result<Exit> {
     }
     text.push_str(&tasks_from_flags(&args)?);
     let mut plan = Plan::parse(&text, &file)?;
-    plan.name = args.name.clone();
+    plan.name = name;
     if args.plan.is_some() {
         if let Some(i) = &args.isolation {
             plan.isolation = match i.as_str() {

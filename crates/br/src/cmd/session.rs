@@ -20,8 +20,10 @@ use crate::context::Context;
 use crate::drive::{
     DriveOptions, default_workers, drive, exit_for, final_report, finish, kill_grace,
 };
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json, print_status_json};
+use crate::settings;
 use crate::table::{Table, or_dash};
 
 /// The session named on the command line, or the newest one.
@@ -51,7 +53,7 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     writeln!(
         out,
         "session {} ({})  {}  {}/{} done ({}%), {} running, {} failed, {} skipped",
-        s.name,
+        esc(&s.name),
         s.id,
         s.status,
         s.finished_tasks(),
@@ -107,18 +109,18 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     out.push_str(&table.render());
     if args.verbose {
         for t in &tasks {
-            writeln!(out, "\n{}:\n  run: {}", t.id, t.run)?;
+            writeln!(out, "\n{}:\n  run: {}", esc(&t.id), esc(&t.run))?;
             if let Some(b) = &t.branch {
-                writeln!(out, "  branch: {b}")?;
+                writeln!(out, "  branch: {}", esc(b))?;
             }
             for a in store.attempts(&s.id, &t.id)? {
                 writeln!(
                     out,
                     "  attempt {} on {}: {} (log: {})",
                     a.attempt,
-                    a.worker_id,
+                    esc(&a.worker_id),
                     a.outcome.map_or("running", OutcomeKind::as_str),
-                    a.log_path.as_deref().unwrap_or("-")
+                    esc(a.log_path.as_deref().unwrap_or("-"))
                 )?;
             }
         }
@@ -221,15 +223,20 @@ pub(super) fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
     } else {
         print(&format!(
             "paused session {} ({}): nothing new starts; {} running task(s) finish\n",
-            s.name, s.id, s.running_tasks
+            esc(&s.name),
+            s.id,
+            s.running_tasks
         ))?;
     }
     Ok(Exit::Success)
 }
 
 pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
+    let max_log = settings::max_log(args.drive.max_log)?;
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
+    // Checked against the session's leases before the session changes.
+    let kill_grace = kill_grace(&args.drive, s.heartbeat_timeout())?;
     // A session whose `br run` was killed is still `running`: resuming it means serving it
     // again. Paused becomes running; an ended session is refused by the store.
     let s = match s.status {
@@ -241,7 +248,8 @@ pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
         if !ctx.json {
             print(&format!(
                 "resumed session {} ({}); {serving} worker(s) serving it\n",
-                s.name, s.id
+                esc(&s.name),
+                s.id
             ))?;
         } else {
             print_json(&s)?;
@@ -256,7 +264,7 @@ pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
     if !ctx.json {
         print(&format!(
             "resuming session {} ({}): {} of {} tasks left, {workers} workers\n",
-            s.name,
+            esc(&s.name),
             s.id,
             s.total_tasks - s.finished_tasks(),
             s.total_tasks
@@ -266,7 +274,8 @@ pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
         workers,
         plain: args.drive.no_dashboard,
         heartbeat_interval: args.drive.heartbeat_interval,
-        kill_grace: kill_grace(&args.drive, s.heartbeat_timeout())?,
+        kill_grace,
+        max_log,
         from_seq: store.last_seq()?,
     };
     let exit = drive(ctx, &*store, &s, &opts)?;
@@ -282,7 +291,9 @@ pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
         if !ctx.json {
             print(&format!(
                 "cancelling session {} ({}): stopping {} running task(s)…\n",
-                s.name, s.id, s.running_tasks
+                esc(&s.name),
+                s.id,
+                s.running_tasks
             ))?;
         }
         // Workers see the cancellation at their next heartbeat; dead workers' tasks end when
@@ -297,12 +308,17 @@ pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
     } else if s.running_tasks > 0 {
         print(&format!(
             "cancelled session {} ({}); {} task(s) still stopping\n",
-            s.name, s.id, s.running_tasks
+            esc(&s.name),
+            s.id,
+            s.running_tasks
         ))?;
     } else {
         print(&format!(
             "cancelled session {} ({}): {} task(s) cancelled, {} succeeded before\n",
-            s.name, s.id, s.cancelled_tasks, s.succeeded_tasks
+            esc(&s.name),
+            s.id,
+            s.cancelled_tasks,
+            s.succeeded_tasks
         ))?;
     }
     Ok(Exit::Success)
@@ -321,12 +337,18 @@ pub(super) fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
         print(&format!(
             "session {} ({}) will keep {} workers, but no `br run` is serving it now: \
              the change applies when one does (br resume {})\n",
-            s.name, s.id, args.workers, s.id
+            esc(&s.name),
+            s.id,
+            args.workers,
+            s.id
         ))?;
     } else {
         print(&format!(
             "session {} ({}): {} → {} workers (idle ones leave first)\n",
-            s.name, s.id, serving, args.workers
+            esc(&s.name),
+            s.id,
+            serving,
+            args.workers
         ))?;
     }
     Ok(Exit::Success)
@@ -348,7 +370,7 @@ pub(super) fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
         WaitEnd::TimedOut(s) => {
             eprintln!(
                 "error: session {} ({}) is still {} after {}",
-                s.name,
+                esc(&s.name),
                 s.id,
                 s.status,
                 humantime::format_duration(args.timeout.unwrap_or_default())
@@ -423,8 +445,8 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
                 out,
                 "{} what an interrupted attempt left in {} at {}",
                 would("kept", "would keep"),
-                saved.slot.display(),
-                saved.reference
+                esc(saved.slot.display()),
+                esc(&saved.reference)
             )?;
         }
         for path in &w.pruned {
@@ -432,7 +454,7 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
                 out,
                 "{} the registration of missing worktree {}",
                 would("pruned", "would prune"),
-                path.display()
+                esc(path.display())
             )?;
         }
         for path in &w.removed {
@@ -440,21 +462,21 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
                 out,
                 "{} free worktree slot {}",
                 would("removed", "would remove"),
-                path.display()
+                esc(path.display())
             )?;
         }
         for path in &w.in_use {
             writeln!(
                 out,
                 "left alone: {} (in use by a live worker)",
-                path.display()
+                esc(path.display())
             )?;
         }
         for path in &w.other {
             writeln!(
                 out,
                 "left alone: {} (not a br worktree slot)",
-                path.display()
+                esc(path.display())
             )?;
         }
     }
@@ -462,18 +484,19 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
         writeln!(
             out,
             "{verb} session {} ({}, {}){}",
-            s.name,
+            esc(&s.name),
             s.session_id,
             s.status,
             s.logs
                 .as_ref()
-                .map(|l| format!(" and its logs {}", l.display()))
+                .map(|l| format!(" and its logs {}", esc(l.display())))
                 .unwrap_or_default()
         )?;
         if let Some(root) = &s.other_repository {
             writeln!(
                 out,
-                "  its refs were not examined: it ran in another repository ({root})"
+                "  its refs were not examined: it ran in another repository ({})",
+                esc(root)
             )?;
         }
         for r in &s.refs {
@@ -481,14 +504,15 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
                 .reference
                 .strip_prefix("refs/heads/")
                 .unwrap_or(&r.reference);
+            let (name, reason) = (esc(name), esc(&r.reason));
             if r.action == "delete" {
-                writeln!(out, "  {verb} {name} ({})", r.reason)?;
+                writeln!(out, "  {verb} {name} ({reason})")?;
             } else if r.foreign {
-                writeln!(out, "  left alone: {name} ({})", r.reason)?;
+                writeln!(out, "  left alone: {name} ({reason})")?;
             } else if r.unmerged_commits.is_some() {
-                writeln!(out, "  kept: {name} {}", r.reason)?;
+                writeln!(out, "  kept: {name} {reason}")?;
             } else {
-                writeln!(out, "  kept: {name} ({})", r.reason)?;
+                writeln!(out, "  kept: {name} ({reason})")?;
             }
         }
     }

@@ -13,11 +13,13 @@ use br_store::view::{WorkerListView, WorkerListing};
 
 use crate::cli::{WorkerArgs, WorkersArgs};
 use crate::context::Context;
+use crate::escape::esc;
 use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 use crate::table::{Table, or_dash};
 
 pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
+    let max_log = crate::settings::max_log(args.max_log)?;
     let store = ctx.open_store()?;
     let repo = ctx.repo()?.clone();
     let session = args
@@ -58,7 +60,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
             .unwrap_or(Duration::from_secs(30)),
         kill_grace: args.kill_grace,
         exit_when_idle: args.exit_when_idle,
-        max_log_bytes: args.max_log.0,
+        max_log_bytes: max_log.0,
         reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
         host,
     };
@@ -119,7 +121,8 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
                 format!("the store answers again (after {})", short_duration(after))
             }
         };
-        let _ = writeln!(stderr, "{line}");
+        // Session names and errors may hold anything a plan wrote.
+        let _ = writeln!(stderr, "{}", esc(line));
     };
     let exit = run_worker(&*store, &config, &stop, &mut notify)?;
     let why = match exit {
