@@ -34,6 +34,17 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "store {} has schema version {found}, older than this br's {supported}: a command that \
+         writes (br submit, run, resume, worker) upgrades it; reading commands leave a store as \
+         they find it",
+        path.display()
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("store {} is locked by another process (waited {waited:?})", path.display())]
     Busy { path: PathBuf, waited: Duration },
     /// The store was open, and now cannot be reached (the server restarted or stopped

@@ -199,6 +199,9 @@ impl StoreLocation {
     }
 
     pub fn open_with(&self, options: &OpenOptions) -> Result<Box<dyn Store>> {
+        if options.access == Access::Read {
+            return self.open_to_read(options);
+        }
         match self {
             StoreLocation::Sqlite(path) => Ok(Box::new(sqlite::SqliteStore::open_with(
                 path,
@@ -214,11 +217,51 @@ impl StoreLocation {
     }
 }
 
+impl StoreLocation {
+    fn open_to_read(&self, options: &OpenOptions) -> Result<Box<dyn Store>> {
+        let (found, label): (Option<Box<dyn Store>>, PathBuf) = match self {
+            StoreLocation::Sqlite(path) => (
+                sqlite::SqliteStore::open_to_read(
+                    path,
+                    options.busy_timeout.unwrap_or(sqlite::DEFAULT_BUSY_TIMEOUT),
+                )?
+                .map(|s| Box::new(s) as Box<dyn Store>),
+                path.clone(),
+            ),
+            StoreLocation::Postgres(url) => (
+                postgres::PostgresStore::open_to_read(
+                    url,
+                    options
+                        .busy_timeout
+                        .unwrap_or(postgres::DEFAULT_BUSY_TIMEOUT),
+                )?
+                .map(|s| Box::new(s) as Box<dyn Store>),
+                PathBuf::from(redact_password(url)),
+            ),
+        };
+        match found {
+            Some(store) => Ok(store),
+            None => Ok(Box::new(sqlite::SqliteStore::empty(&label)?)),
+        }
+    }
+}
+
 /// How to open a store.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     /// How long a write waits for another process's transaction [default: the backend's].
     pub busy_timeout: Option<Duration>,
+    /// What the opener will do with it.
+    pub access: Access,
+}
+
+/// Whether a store is opened to write or only to read. Reading creates nothing and migrates
+/// nothing: where no store exists yet it reads as an empty one, and an older schema is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Access {
+    #[default]
+    ReadWrite,
+    Read,
 }
 
 /// Hides a password in a URL before it is shown: the `user:password@` form and a

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use br_git::Repo;
-use br_store::{OpenOptions, Store, StoreLocation};
+use br_store::{Access, OpenOptions, Store, StoreLocation};
 
 #[derive(Debug)]
 pub(crate) struct Context {
@@ -82,9 +82,20 @@ impl Context {
         })
     }
 
+    /// The store, to write: made where none exists, migrated when older.
     pub(crate) fn open_store(&self) -> anyhow::Result<Box<dyn Store>> {
         Ok(self.store_location()?.open_with(&OpenOptions {
             busy_timeout: self.busy_timeout,
+            access: Access::ReadWrite,
+        })?)
+    }
+
+    /// The store, only to read: nothing is made or migrated (where no store exists yet, it
+    /// reads as an empty one).
+    pub(crate) fn open_store_to_read(&self) -> anyhow::Result<Box<dyn Store>> {
+        Ok(self.store_location()?.open_with(&OpenOptions {
+            busy_timeout: self.busy_timeout,
+            access: Access::Read,
         })?)
     }
 

@@ -416,3 +416,69 @@ fn the_store_and_the_logs_are_the_users_alone() {
         0o700
     );
 }
+
+/// Every command that only reads, with the arguments it needs.
+const READING: [&[&str]; 9] = [
+    &["list"],
+    &["list", "--json"],
+    &["summary"],
+    &["locks"],
+    &["workers"],
+    &["events"],
+    &["dashboard", "--once"],
+    &["status", "nothing"],
+    &["wait", "nothing"],
+];
+
+#[test]
+fn reading_commands_make_no_store_where_there_is_none() {
+    let repo = TestRepo::new();
+    for args in READING {
+        let run = repo.br(args);
+        assert!(
+            run.code == 0 || run.stderr.contains("no session matches `nothing`"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert!(
+        !repo.path().join(".git").join("br").exists(),
+        "reading made nothing under .git/br"
+    );
+    let list = repo.br(&["list", "--json"]);
+    assert_eq!(list.stdout.trim(), "[]");
+}
+
+#[test]
+fn reading_commands_do_not_migrate_an_older_store() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        "name = \"p\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    assert_eq!(repo.br(&["run"]).code, 0);
+    {
+        let conn = rusqlite::Connection::open(repo.store_path()).expect("open");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("an older version");
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .expect("leave WAL");
+    }
+    let before = std::fs::read(repo.store_path()).expect("read");
+    for args in READING {
+        let run = repo.br(args);
+        assert_eq!(run.code, 4, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("has schema version 1, older than this br's")
+                && run.stderr.contains("a command that writes"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read(repo.store_path()).expect("read"),
+        before,
+        "not a byte changed"
+    );
+}

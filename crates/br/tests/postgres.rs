@@ -258,3 +258,32 @@ run = "env > env.txt; tr '\\0' ' ' < /proc/$PPID/cmdline > parent.txt; ps -eo ar
         "the parent is the worker"
     );
 }
+
+#[test]
+fn reading_commands_create_no_tables_in_an_empty_schema() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let repo = TestRepo::with_store(schema.url());
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["summary"],
+        &["locks"],
+        &["workers"],
+        &["events"],
+        &["dashboard", "--once"],
+    ] {
+        let run = repo.br(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    }
+    assert_eq!(schema.tables(), Vec::<String>::new(), "nothing was created");
+    // The first command that writes makes the store.
+    repo.write(
+        "br.toml",
+        "name = \"p\"\nisolation = \"shared\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    let run = repo.br(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(schema.tables().contains(&"sessions".to_string()));
+}

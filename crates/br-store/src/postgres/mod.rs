@@ -27,6 +27,7 @@ use tokio_postgres::{Client, Config, IsolationLevel, Statement, Transaction};
 
 use self::link::{Link, LinkError};
 
+use crate::Access;
 use crate::error::{Result, StoreError};
 use crate::sql::{Backend, Db, OpError, OpResult, Param, Row, Tx, Value, millis};
 
@@ -355,6 +356,19 @@ impl PostgresStore {
     }
 
     pub fn open_with(url: &str, busy_timeout: Duration) -> Result<Self> {
+        Ok(
+            Self::open_with_access(url, busy_timeout, Access::ReadWrite)?
+                .expect("opened to write, a store is initialised"),
+        )
+    }
+
+    /// Opens the store at `url` to read it, creating and migrating nothing: `None` where the
+    /// schema holds no br store yet. A store of an older schema is refused.
+    pub fn open_to_read(url: &str, busy_timeout: Duration) -> Result<Option<Self>> {
+        Self::open_with_access(url, busy_timeout, Access::Read)
+    }
+
+    fn open_with_access(url: &str, busy_timeout: Duration, access: Access) -> Result<Option<Self>> {
         let shown = crate::redact_password(url);
         let unsupported = |reason: String| StoreError::UnsupportedUrl {
             url: shown.clone(),
@@ -424,9 +438,11 @@ impl PostgresStore {
                 .into(),
         })?;
         store.write_lock_key = schema_lock_key(&store.schema);
-        store.prepare(&mut conn)?;
+        if !store.prepare(&mut conn, access)? {
+            return Ok(None);
+        }
         *store.lock_conn() = Some(conn);
-        Ok(store)
+        Ok(Some(store))
     }
 
     /// The store as messages name it (its URL, password hidden), where a path is expected.
@@ -479,7 +495,9 @@ impl PostgresStore {
         Ok(conn)
     }
 
-    fn prepare(&self, conn: &mut Connection) -> Result<()> {
+    /// Checks the schema and, to write, initialises or migrates it. Whether the store holds br's
+    /// schema now (reading an empty schema, it does not).
+    fn prepare(&self, conn: &mut Connection, access: Access) -> Result<bool> {
         let ctx = "open the store";
         // Read the version before writing anything: a newer store must stay untouched. One
         // statement lists the schema's tables, so another br creating this store at the same
@@ -522,11 +540,21 @@ impl PostgresStore {
                 });
             }
         }
+        if access == Access::Read {
+            if version > 0 && version < CURRENT_VERSION {
+                return Err(StoreError::OlderSchema {
+                    path: self.path(),
+                    found: version,
+                    supported: CURRENT_VERSION,
+                });
+            }
+            return Ok(version > 0);
+        }
         if version < CURRENT_VERSION {
             self.migrate(conn)
                 .map_err(|e| self.op_error("migrate the store", e))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn schema_version(&self, conn: &mut Connection) -> Result<i64> {

@@ -16,6 +16,7 @@ use br_core::Timestamp;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
+use crate::Access;
 use crate::error::{Result, StoreError};
 use crate::sql::{Backend, Db, OpError, OpResult, Param, Row, Tx, Value};
 
@@ -182,7 +183,8 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let opened = Self::open_file(path, flags, busy_timeout, open_err);
+        let opened = Self::open_file(path, flags, busy_timeout, Access::ReadWrite, open_err)
+            .map(|(store, _)| store);
         let empty = || std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
         if created && matches!(opened, Err(StoreError::Full { .. })) && empty() {
             // A store this call began and could not write on a full disk is no store: leave no
@@ -196,12 +198,56 @@ impl SqliteStore {
         opened
     }
 
+    /// Opens the store at `path` to read it, changing nothing: `None` where there is no store
+    /// yet (no file, or one never initialised). A store of an older schema is refused rather
+    /// than migrated: commands that write upgrade it.
+    pub fn open_to_read(path: &Path, busy_timeout: Duration) -> Result<Option<Self>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open_err = |source: crate::error::BackendError| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        Self::create_or_check_file(path).map_err(|e| match e {
+            FileCheck::Io(e) => open_err(Box::new(e)),
+            FileCheck::Empty => StoreError::NotAStore {
+                path: path.to_path_buf(),
+                source: "the file is empty".into(),
+            },
+        })?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let (store, initialised) =
+            Self::open_file(path, flags, busy_timeout, Access::Read, open_err)?;
+        Ok(initialised.then_some(store))
+    }
+
+    /// An empty store in memory, shown as `label`: what a reading command reads where no store
+    /// exists yet, without making one.
+    pub fn empty(label: &Path) -> Result<Self> {
+        let conn = Connection::open_in_memory().map_err(|e| StoreError::Open {
+            path: label.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        let store = SqliteStore {
+            path: label.to_path_buf(),
+            conn: Mutex::new(conn),
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            seen_version: AtomicI64::new(-1),
+        };
+        store.prepare(Access::ReadWrite)?;
+        Ok(store)
+    }
+
+    /// Opens and prepares the file: the store, and whether it holds br's schema (reading, it
+    /// may not).
     fn open_file(
         path: &Path,
         flags: OpenFlags,
         busy_timeout: Duration,
+        access: Access,
         open_err: impl Fn(crate::error::BackendError) -> StoreError,
-    ) -> Result<Self> {
+    ) -> Result<(Self, bool)> {
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(Box::new(e)))?;
         let store = SqliteStore {
             path: path.to_path_buf(),
@@ -213,15 +259,15 @@ impl SqliteStore {
         // the lock upgrade, and SQLite then answers BUSY at once, without its busy handler.
         // Initialising is idempotent, so try again until the busy timeout.
         let deadline = Instant::now() + busy_timeout;
-        loop {
-            match store.prepare() {
+        let initialised = loop {
+            match store.prepare(access) {
                 Err(StoreError::Busy { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(fastrand::u64(2..20)));
                 }
                 Err(e) => return Err(e),
-                Ok(()) => break,
+                Ok(initialised) => break initialised,
             }
-        }
+        };
         // Changes are watched from the moment the store is opened: a caller whose first wait
         // comes later must still see what changed in between.
         let opened_at = {
@@ -231,7 +277,7 @@ impl SqliteStore {
                 .map_err(|e| store.sql_error("watch the store", e))?
         };
         store.seen_version.store(opened_at, Ordering::Relaxed);
-        Ok(store)
+        Ok((store, initialised))
     }
 
     /// Makes a new store file readable by the user only (SQLite gives its WAL and shared-memory
@@ -267,7 +313,9 @@ impl SqliteStore {
         &self.path
     }
 
-    fn prepare(&self) -> Result<()> {
+    /// Checks the schema and, to write, initialises or migrates it. Whether the store holds br's
+    /// schema now (reading an uninitialised file, it does not).
+    fn prepare(&self, access: Access) -> Result<bool> {
         let mut conn = self.lock_conn();
         let ctx = "open the store";
         BUSY_TIMEOUT_US.store(
@@ -306,6 +354,16 @@ impl SqliteStore {
                 });
             }
         }
+        if access == Access::Read {
+            if version > 0 && version < CURRENT_VERSION {
+                return Err(StoreError::OlderSchema {
+                    path: self.path.clone(),
+                    found: version,
+                    supported: CURRENT_VERSION,
+                });
+            }
+            return Ok(version > 0);
+        }
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| self.sql_error(ctx, e))?;
@@ -338,7 +396,7 @@ impl SqliteStore {
             tx.commit()
                 .map_err(|e| self.sql_error("migrate the store", e))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn lock_conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -14,7 +14,13 @@ use crate::exit::{Exit, usage};
 use crate::output::{print, print_json};
 
 pub(super) fn dashboard(ctx: &Context, args: DashboardArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    // One frame only reads; a live dashboard watches for a store that may not exist yet (br run
+    // in another terminal makes it), so it opens it as writers do.
+    let store = if args.once {
+        ctx.open_store_to_read()?
+    } else {
+        ctx.open_store()?
+    };
     let session = match &args.session {
         Some(s) => Some(store.resolve_session(s)?.id),
         None => default_session(&*store)?,

@@ -14,7 +14,7 @@ use crate::escape::esc;
 use crate::exit::{Exit, usage};
 
 pub(super) fn events(ctx: &Context, args: EventsArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let session = args
         .session
         .as_deref()
@@ -85,7 +85,7 @@ fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<(
 }
 
 pub(super) fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let s = store.resolve_session(&args.session)?;
     let task = TaskId::new(args.task.clone()).map_err(|e| usage(e.to_string()))?;
     let attempts = store.attempts(&s.id, &task)?;

@@ -110,7 +110,7 @@ pub(super) fn unlock(ctx: &Context, args: UnlockArgs) -> anyhow::Result<Exit> {
 }
 
 pub(super) fn locks(ctx: &Context) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let locks = LockListView::read(&*store)?;
     if ctx.json {
         print_json(&locks)?;

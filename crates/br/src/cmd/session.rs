@@ -42,7 +42,7 @@ pub(super) fn find_session(store: &dyn Store, reference: Option<&str>) -> anyhow
 }
 
 pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let s = find_session(&*store, args.session.as_deref())?;
     if ctx.json {
         print_status_json(&*store, &s)?;
@@ -167,7 +167,7 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
 }
 
 pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let status = args
         .status
         .as_deref()
@@ -355,7 +355,7 @@ pub(super) fn scale(ctx: &Context, args: ScaleArgs) -> anyhow::Result<Exit> {
 }
 
 pub(super) fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let s = store.resolve_session(&args.session)?;
     match wait_for_end(&*store, &s.id, args.timeout)? {
         WaitEnd::Ended(s) => {
@@ -381,7 +381,7 @@ pub(super) fn wait(ctx: &Context, args: WaitArgs) -> anyhow::Result<Exit> {
 }
 
 pub(super) fn summary(ctx: &Context) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let s = store.summary()?;
     if ctx.json {
         print_json(&SummaryView::from(&s))?;

@@ -141,7 +141,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
 }
 
 pub(super) fn workers(ctx: &Context, args: WorkersArgs) -> anyhow::Result<Exit> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_store_to_read()?;
     let status = args
         .status
         .as_deref()

@@ -434,6 +434,21 @@ impl PgSchema {
     pub(crate) fn url(&self) -> &str {
         &self.url
     }
+
+    /// The tables in this schema, by name.
+    pub(crate) fn tables(&self) -> Vec<String> {
+        let mut client =
+            postgres::Client::connect(&self.admin, postgres::NoTls).expect("connect as admin");
+        client
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+                &[&self.name],
+            )
+            .expect("list the tables")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
 }
 
 impl Drop for PgSchema {
