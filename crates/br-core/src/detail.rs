@@ -50,6 +50,8 @@ pub enum EventDetail {
     StaleResultRejected(StaleResult),
     MergeConflict(MergeConflict),
     ScopeViolation(ScopeViolation),
+    TaskLanded(TaskLanded),
+    VerifyFailed(VerifyFailed),
     /// A stored detail whose shape this br does not reproduce exactly: kept as it was read, so
     /// nothing of it is lost when it is shown or served again.
     Raw {
@@ -307,6 +309,26 @@ pub enum ConflictStage {
     Merge,
 }
 
+/// `task_landed`: a succeeded task's branch is on the integration branch, at `commit` (the
+/// integration tip it made, or that already held it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLanded {
+    pub commit: String,
+    /// The task's own commit that landed; none when it changed nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_commit: Option<String>,
+}
+
+/// `verify_failed`: the merge of a task's branch onto the integration tip failed the session's
+/// `verify` command, so it did not land.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyFailed {
+    pub command: String,
+    pub exit_code: Option<i32>,
+    /// How the command ended, in words ("exit 2", "timed out").
+    pub reason: String,
+}
+
 /// `scope_violation`: paths an attempt changed outside its declared `files`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopeViolation {
@@ -341,6 +363,8 @@ impl EventDetail {
             D::StaleResultRejected(_) => K::StaleResultRejected,
             D::MergeConflict(_) => K::MergeConflict,
             D::ScopeViolation(_) => K::ScopeViolation,
+            D::TaskLanded(_) => K::TaskLanded,
+            D::VerifyFailed(_) => K::VerifyFailed,
             D::Raw { kind, .. } => *kind,
         }
     }
@@ -393,6 +417,8 @@ impl EventDetail {
             K::StaleResultRejected => D::StaleResultRejected(field(value)?),
             K::MergeConflict => D::MergeConflict(field(value)?),
             K::ScopeViolation => D::ScopeViolation(field(value)?),
+            K::TaskLanded => D::TaskLanded(field(value)?),
+            K::VerifyFailed => D::VerifyFailed(field(value)?),
         })
     }
 
@@ -498,6 +524,8 @@ impl EventDetail {
                 }
             },
             D::ScopeViolation(d) => format!("changed outside its files: {}", d.files.join(", ")),
+            D::TaskLanded(d) => format!("integration branch at {}", short_commit(&d.commit)),
+            D::VerifyFailed(d) => format!("`{}` failed: {}", d.command, d.reason),
             D::Raw { kind, detail } => {
                 return match EventDetail::read(*kind, detail) {
                     Some(typed) => typed.describe(),
@@ -567,6 +595,8 @@ impl Serialize for EventDetail {
             D::StaleResultRejected(d) => d.serialize(s),
             D::MergeConflict(d) => d.serialize(s),
             D::ScopeViolation(d) => d.serialize(s),
+            D::TaskLanded(d) => d.serialize(s),
+            D::VerifyFailed(d) => d.serialize(s),
             D::Raw { detail, .. } => detail.serialize(s),
         }
     }

@@ -60,6 +60,8 @@ event_kinds! {
     StaleResultRejected = "stale_result_rejected",
     MergeConflict = "merge_conflict",
     ScopeViolation = "scope_violation",
+    TaskLanded = "task_landed",
+    VerifyFailed = "verify_failed",
 }
 
 impl std::fmt::Display for EventKind {

@@ -19,6 +19,6 @@ pub use event::EventKind;
 pub use ids::{Attempt, IdError, SessionId, TaskId, WorkerId};
 pub use lock::{LockPath, LockPathError};
 pub use outcome::{Outcome, OutcomeKind, TaskNext};
-pub use plan::{Isolation, OnConflict, Plan, PlanError, ScopeMode, TaskSpec};
-pub use state::{SessionStatus, TaskState, TransitionError, WorkerStatus};
+pub use plan::{Isolation, LandMode, OnConflict, Plan, PlanError, ScopeMode, StartMode, TaskSpec};
+pub use state::{Landing, RunReason, SessionStatus, TaskState, TransitionError, WorkerStatus};
 pub use time::Timestamp;

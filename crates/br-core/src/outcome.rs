@@ -24,6 +24,11 @@ string_enum!(
         // A task's outcome, never an attempt's: the task never ran because an `after` task
         // failed. No `Outcome` has this kind.
         Skipped = "skipped",
+        // A task's outcome when it could not land, for good: its branch conflicts with the
+        // integration branch, or the merge failed `verify` (no repair left, or
+        // `on_conflict = "fail"`). No `Outcome` has these kinds either.
+        Conflict = "conflict",
+        VerifyFailed = "verify_failed",
     }
 );
 
@@ -295,14 +300,15 @@ mod tests {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
             assert_eq!(kind.as_str().parse::<OutcomeKind>().unwrap(), kind);
         }
-        // Every kind but `skipped` is some outcome's.
+        // Every kind but a task's own (`skipped`, `conflict`, `verify_failed`) is some outcome's.
         let kinds: Vec<OutcomeKind> = every.iter().map(Outcome::kind).collect();
         for kind in OutcomeKind::ALL {
-            assert_eq!(
-                kinds.contains(kind),
-                *kind != OutcomeKind::Skipped,
-                "{kind}"
-            );
+            let tasks_only = [
+                OutcomeKind::Skipped,
+                OutcomeKind::Conflict,
+                OutcomeKind::VerifyFailed,
+            ];
+            assert_eq!(kinds.contains(kind), !tasks_only.contains(kind), "{kind}");
         }
         assert_eq!(
             "exploded".parse::<OutcomeKind>().unwrap_err().what,

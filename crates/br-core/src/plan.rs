@@ -64,26 +64,86 @@ impl ScopeMode {
     const ALL: [ScopeMode; 2] = [ScopeMode::Report, ScopeMode::Strict];
 }
 
-/// What happens when a task's branch conflicts at merge time.
+/// What happens when a task cannot land: its branch conflicts with the integration branch, or
+/// the merge fails `verify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnConflict {
-    /// Report the conflicting files.
+    /// Run the task again on top of the new tip, told why (up to `max_repairs` times).
     #[default]
-    Report,
-    /// Run the task again.
     Requeue,
+    /// The task ends failed (`conflict` or `verify_failed`). Older plans and stores say
+    /// `report`, which meant the same for the merge queue.
+    #[serde(alias = "report")]
+    Fail,
 }
 
 impl OnConflict {
     pub fn as_str(self) -> &'static str {
         match self {
-            OnConflict::Report => "report",
             OnConflict::Requeue => "requeue",
+            OnConflict::Fail => "fail",
         }
     }
 
-    const ALL: [OnConflict; 2] = [OnConflict::Report, OnConflict::Requeue];
+    const ALL: [OnConflict; 2] = [OnConflict::Requeue, OnConflict::Fail];
+}
+
+/// Where an attempt's worktree starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// The session's integration tip at claim time: a dependent sees what its dependencies
+    /// landed, the next holder of a lock what the previous holder landed.
+    #[default]
+    Tip,
+    /// The session's base commit (a repair: the tip when it was queued again).
+    Base,
+}
+
+impl StartMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMode::Tip => "tip",
+            StartMode::Base => "base",
+        }
+    }
+
+    const ALL: [StartMode; 2] = [StartMode::Tip, StartMode::Base];
+}
+
+/// When a succeeded task's branch lands on the integration branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandMode {
+    /// As soon as it succeeds, by the workers, one landing at a time per session.
+    #[default]
+    Auto,
+    /// When `br merge` runs.
+    Manual,
+}
+
+impl LandMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LandMode::Auto => "auto",
+            LandMode::Manual => "manual",
+        }
+    }
+
+    const ALL: [LandMode; 2] = [LandMode::Auto, LandMode::Manual];
+}
+
+impl fmt::Display for StartMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for LandMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl fmt::Display for Isolation {
@@ -118,6 +178,11 @@ pub struct Plan {
     pub scope: ScopeMode,
     pub verify: Option<String>,
     pub on_conflict: OnConflict,
+    pub start: StartMode,
+    pub land: LandMode,
+    pub max_repairs: u32,
+    /// Ignored paths (gitignore patterns) a worktree slot keeps between attempts: caches.
+    pub keep: Vec<String>,
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -135,6 +200,16 @@ pub struct TaskSpec {
     /// Extra attempts after a failed attempt: the task's own `retries`, or the plan's.
     pub retries: u32,
     pub env: BTreeMap<String, String>,
+    /// The task's own setting, or the plan's.
+    pub start: StartMode,
+    pub land: LandMode,
+    pub on_conflict: OnConflict,
+    pub max_repairs: u32,
+    /// What the task is asked to do, for a coding agent (`BR_PROMPT_FILE`): `prompt` as written,
+    /// or, with `prompt_file`, the file's text once the plan is submitted.
+    pub prompt: Option<String>,
+    /// `prompt_file` as written (relative to the plan's directory), read at submit.
+    pub prompt_file: Option<PathBuf>,
 }
 
 /// One thing wrong with a plan, at a 1-based line and column when it has a place in the file.
@@ -233,10 +308,28 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "scope",
     "verify",
     "on_conflict",
+    "start",
+    "land",
+    "max_repairs",
+    "keep",
     "task",
 ];
 
-const TASK_KEYS: &[&str] = &["id", "run", "files", "after", "timeout", "retries", "env"];
+const TASK_KEYS: &[&str] = &[
+    "id",
+    "run",
+    "files",
+    "after",
+    "timeout",
+    "retries",
+    "env",
+    "prompt",
+    "prompt_file",
+    "start",
+    "land",
+    "on_conflict",
+    "max_repairs",
+];
 
 /// Keys that people bring from other tools, and the key br spells them with.
 const KEY_ALIASES: &[(&str, &str)] = &[
@@ -341,7 +434,9 @@ const EXAMPLE: &str = r#"# A br plan: shell commands that br runs in parallel, e
 #
 #   br run              run the plan in br.toml, with live progress
 #   br status           every task: state, attempts, branch, exit code, log
-#   br merge example    merge the task branches into br/<session-slug>/integration
+#
+# In worktree isolation the session integrates as it runs: each task that succeeds lands on
+# the branch br/<session-slug>/integration at once, and later attempts start from what landed.
 #
 # Every top-level key is optional. A key that is commented out shows its default (for `verify`,
 # which has none, an example): uncomment it to change it.
@@ -358,9 +453,9 @@ workers = 2
 # so commits made while the session runs do not change it.
 # base = "HEAD"
 
-# Where tasks run. "worktree": each task gets a fresh git worktree created from `base`, on its
-# own branch br/<session>/<task-id>, and br commits what the task changed onto that branch when
-# it succeeds. "shared": every task runs in the repository itself (file locks still apply).
+# Where tasks run. "worktree": each task gets a fresh git worktree, on its own branch
+# br/<session>/<task-id>, and br commits what the task changed onto that branch when it
+# succeeds. "shared": every task runs in the repository itself (file locks still apply).
 # isolation = "worktree"
 
 # A worker that sends no heartbeat for this long (1s to 1h) is marked offline, and its task is
@@ -374,13 +469,28 @@ workers = 2
 # keeps the result; "strict" fails the attempt.
 # scope = "report"
 
-# A command `br merge` runs (with `sh -c`, in a worktree) on each merge candidate before it
-# lands on the integration branch; a candidate whose check fails does not land. Default: none.
+# Where each attempt starts: "tip", the integration branch as it is when the attempt starts
+# (so a task sees what its `after` tasks and the previous holder of its files landed); "base",
+# the base commit (for tasks that need nothing of each other).
+# start = "tip"
+
+# When a succeeded task lands on the integration branch: "auto", at once; "manual", when
+# `br merge` runs.
+# land = "auto"
+
+# A command run (with `sh -c`, in a worktree) on each merge before it lands on the integration
+# branch; a merge whose check fails does not land. Default: none.
 # verify = "make test"
 
-# When `br merge` cannot land a task's branch (a conflict, or `verify` failed): "report" lists
-# it; "requeue" runs the task again on top of the integration branch, to land it next time.
-# on_conflict = "report"
+# When a task cannot land (its branch conflicts, or `verify` failed): "requeue" runs it again on
+# top of the integration branch, told why (BR_CONTEXT_FILE, BR_PROMPT_FILE); "fail" ends it.
+# on_conflict = "requeue"
+
+# How many times a task is run again because it could not land (0 to 100).
+# max_repairs = 3
+
+# Ignored paths a worktree keeps between attempts (build caches); everything else is reset.
+# keep = ["target/", "node_modules/"]
 
 # Each [[task]] is one command. Only `id` and `run` are required.
 
@@ -403,6 +513,12 @@ run = 'mkdir -p notes && echo "$GREETING from br" > notes/greeting.md'
 files = ["notes/greeting.md"]
 # Extra environment variables for the command. Names starting with BR_ are reserved for br.
 env = { GREETING = "Hello" }
+# What the task is asked to do, for a coding agent: the command reads it from the file
+# $BR_PROMPT_FILE (with, on a rerun, why it runs again). Or name a file with `prompt_file`,
+# read when the plan is submitted.
+prompt = "Greet the reader of the notes."
+# Any of the plan's start, land, on_conflict and max_repairs, for this task only.
+# start = "base"
 # Stop the task's processes after this long (up to 30 days): the attempt fails as timed out.
 timeout = "1m"
 
@@ -410,8 +526,8 @@ timeout = "1m"
 id = "summary"
 run = "mkdir -p out && echo 'notes and greeting are done' > out/summary.txt"
 files = ["out/**"]
-# Start only after these tasks have succeeded. Every task starts from `base`, so this one does
-# not see their files: `br merge` brings the branches together.
+# Start only after these tasks have landed: this task starts from a tip that holds their
+# files.
 after = ["notes", "greeting"]
 # This task's own extra attempts, instead of the plan's `retries`.
 retries = 1
@@ -452,6 +568,11 @@ struct RawPlan {
     scope: Option<Spanned<String>>,
     verify: Option<Spanned<String>>,
     on_conflict: Option<Spanned<String>>,
+    start: Option<Spanned<String>>,
+    land: Option<Spanned<String>>,
+    max_repairs: Option<Spanned<Integer>>,
+    #[serde(default)]
+    keep: Strings,
     #[serde(default)]
     task: TaskTables,
 }
@@ -469,6 +590,12 @@ struct RawTask {
     retries: Option<Spanned<Integer>>,
     #[serde(default)]
     env: EnvTable,
+    prompt: Option<Spanned<String>>,
+    prompt_file: Option<Spanned<String>>,
+    start: Option<Spanned<String>>,
+    land: Option<Spanned<String>>,
+    on_conflict: Option<Spanned<String>>,
+    max_repairs: Option<Spanned<Integer>>,
 }
 
 /// Any TOML integer, kept wide so that an out-of-range value is reported with its range instead
@@ -980,16 +1107,18 @@ fn validate(
         }
         None => Some(None),
     };
-    let on_conflict = match &raw.on_conflict {
-        Some(v) => choice(
-            v,
-            &OnConflict::ALL,
-            OnConflict::as_str,
-            "`on_conflict`",
-            problems,
-        ),
-        None => Some(OnConflict::default()),
-    };
+    let settings = LandingSettings::read(
+        &RawLanding {
+            start: raw.start.as_ref(),
+            land: raw.land.as_ref(),
+            on_conflict: raw.on_conflict.as_ref(),
+            max_repairs: raw.max_repairs.as_ref(),
+        },
+        LandingSettings::default(),
+        "",
+        problems,
+    );
+    let keep = keep_patterns(&raw.keep, problems);
 
     if raw.task.0.is_empty() {
         problems.nowhere("no tasks: add at least one [[task]] table with an `id` and a `run`");
@@ -1006,7 +1135,13 @@ fn validate(
     }
     // Tasks inherit the plan's retries; if that value is bad it has been reported, and 0 keeps
     // the tasks' own checks going.
-    let tasks = validate_tasks(&raw.task.0, retries.unwrap_or(0), lines, problems);
+    let tasks = validate_tasks(
+        &raw.task.0,
+        retries.unwrap_or(0),
+        settings.unwrap_or_default(),
+        lines,
+        problems,
+    );
 
     Some(Plan {
         name: name?,
@@ -1017,7 +1152,11 @@ fn validate(
         retries: retries?,
         scope: scope?,
         verify: verify?,
-        on_conflict: on_conflict?,
+        on_conflict: settings?.on_conflict,
+        start: settings?.start,
+        land: settings?.land,
+        max_repairs: settings?.max_repairs,
+        keep: keep?,
         tasks: tasks?,
     })
 }
@@ -1056,6 +1195,7 @@ fn default_name(file: &Path) -> String {
 fn validate_tasks(
     raw: &[Spanned<RawTask>],
     default_retries: u32,
+    defaults: LandingSettings,
     lines: &LineIndex<'_>,
     problems: &mut Problems,
 ) -> Option<Vec<TaskSpec>> {
@@ -1063,7 +1203,7 @@ fn validate_tasks(
     let mut specs: Vec<Option<TaskSpec>> = Vec::with_capacity(raw.len());
     let mut deps: Vec<Vec<Dep>> = Vec::with_capacity(raw.len());
     for (i, task) in raw.iter().enumerate() {
-        let (spec, edges) = validate_task(i, task, &ids, default_retries, problems);
+        let (spec, edges) = validate_task(i, task, &ids, default_retries, defaults, problems);
         specs.push(spec);
         // Only tasks that own their id are nodes of the graph.
         deps.push(if ids.owned[i].is_some() {
@@ -1157,6 +1297,7 @@ fn validate_task(
     task: &Spanned<RawTask>,
     ids: &TaskIds<'_>,
     default_retries: u32,
+    defaults: LandingSettings,
     problems: &mut Problems,
 ) -> (Option<TaskSpec>, Vec<Dep>) {
     let t = task.get_ref();
@@ -1185,8 +1326,22 @@ fn validate_task(
         None => Some(default_retries),
     };
     let env = environment(&t.env, &label, problems);
+    let settings = LandingSettings::read(
+        &RawLanding {
+            start: t.start.as_ref(),
+            land: t.land.as_ref(),
+            on_conflict: t.on_conflict.as_ref(),
+            max_repairs: t.max_repairs.as_ref(),
+        },
+        defaults,
+        &format!("{label}: "),
+        problems,
+    );
+    let prompt = prompt(t, &label, problems);
 
     let spec = (|| {
+        let settings = settings?;
+        let (prompt, prompt_file) = prompt?;
         Some(TaskSpec {
             id: ids.owned[i].clone()?,
             run: run?,
@@ -1195,9 +1350,187 @@ fn validate_task(
             timeout: timeout?,
             retries: retries?,
             env: env?,
+            start: settings.start,
+            land: settings.land,
+            on_conflict: settings.on_conflict,
+            max_repairs: settings.max_repairs,
+            prompt,
+            prompt_file,
         })
     })();
     (spec, edges)
+}
+
+/// The most `max_repairs` may be.
+const MAX_REPAIRS_MAX: i128 = 100;
+/// The default `max_repairs`.
+pub const DEFAULT_MAX_REPAIRS: u32 = 3;
+/// The longest `prompt` (and `prompt_file`, once read).
+pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
+/// At most this many `keep` patterns.
+const MAX_KEEP: usize = 100;
+
+/// How a task starts and lands: the plan's settings, which each task may override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LandingSettings {
+    start: StartMode,
+    land: LandMode,
+    on_conflict: OnConflict,
+    max_repairs: u32,
+}
+
+impl Default for LandingSettings {
+    fn default() -> Self {
+        LandingSettings {
+            start: StartMode::default(),
+            land: LandMode::default(),
+            on_conflict: OnConflict::default(),
+            max_repairs: DEFAULT_MAX_REPAIRS,
+        }
+    }
+}
+
+/// The landing keys as written, at the top level or in a task.
+struct RawLanding<'a> {
+    start: Option<&'a Spanned<String>>,
+    land: Option<&'a Spanned<String>>,
+    on_conflict: Option<&'a Spanned<String>>,
+    max_repairs: Option<&'a Spanned<Integer>>,
+}
+
+impl LandingSettings {
+    /// The settings `raw` writes, the others from `defaults`; `None` when one is wrong (and
+    /// reported, its message starting with `label`).
+    fn read(
+        raw: &RawLanding<'_>,
+        defaults: LandingSettings,
+        label: &str,
+        problems: &mut Problems,
+    ) -> Option<LandingSettings> {
+        let start = match raw.start {
+            Some(v) => choice(
+                v,
+                &StartMode::ALL,
+                StartMode::as_str,
+                &format!("{label}`start`"),
+                problems,
+            ),
+            None => Some(defaults.start),
+        };
+        let land = match raw.land {
+            Some(v) => choice(
+                v,
+                &LandMode::ALL,
+                LandMode::as_str,
+                &format!("{label}`land`"),
+                problems,
+            ),
+            None => Some(defaults.land),
+        };
+        let on_conflict = match raw.on_conflict {
+            // What older plans wrote for "fail".
+            Some(v) if v.get_ref().trim() == "report" => Some(OnConflict::Fail),
+            Some(v) => choice(
+                v,
+                &OnConflict::ALL,
+                OnConflict::as_str,
+                &format!("{label}`on_conflict`"),
+                problems,
+            ),
+            None => Some(defaults.on_conflict),
+        };
+        let max_repairs = match raw.max_repairs {
+            Some(r) => integer(
+                r,
+                0,
+                MAX_REPAIRS_MAX,
+                &format!("{label}`max_repairs`"),
+                problems,
+            ),
+            None => Some(defaults.max_repairs),
+        };
+        Some(LandingSettings {
+            start: start?,
+            land: land?,
+            on_conflict: on_conflict?,
+            max_repairs: max_repairs?,
+        })
+    }
+}
+
+/// A task's `prompt` or `prompt_file` (not both).
+#[allow(clippy::type_complexity)]
+fn prompt(
+    t: &RawTask,
+    label: &str,
+    problems: &mut Problems,
+) -> Option<(Option<String>, Option<PathBuf>)> {
+    match (&t.prompt, &t.prompt_file) {
+        (Some(_), Some(file)) => {
+            problems.at(
+                &file.span(),
+                format!("{label}: has both `prompt` and `prompt_file`; give one"),
+            );
+            None
+        }
+        (Some(p), None) => {
+            let what = format!("{label}: `prompt`");
+            let ok =
+                no_nul(p, &what, problems) & at_most_bytes(p, MAX_PROMPT_BYTES, &what, problems);
+            non_empty(p, &what, problems)
+                .filter(|_| ok)
+                .map(|p| (Some(p), None))
+        }
+        (None, Some(file)) => {
+            let what = format!("{label}: `prompt_file`");
+            let ok = no_nul(file, &what, problems);
+            let path = non_empty(file, &what, problems).filter(|_| ok)?;
+            Some((None, Some(PathBuf::from(path))))
+        }
+        (None, None) => Some((None, None)),
+    }
+}
+
+/// The plan's `keep` patterns: gitignore-style, relative to the repository, never outside it.
+fn keep_patterns(keep: &Strings, problems: &mut Problems) -> Option<Vec<String>> {
+    let mut out = Vec::with_capacity(keep.0.len());
+    let mut ok = true;
+    if let Some(extra) = keep.0.get(MAX_KEEP) {
+        problems.at(
+            &extra.span(),
+            format!(
+                "`keep` lists {} patterns; at most {MAX_KEEP} are allowed",
+                keep.0.len()
+            ),
+        );
+        ok = false;
+    }
+    for k in &keep.0 {
+        let text = k.get_ref().trim();
+        let escapes = text.split('/').any(|c| c == "..");
+        if text.is_empty()
+            || escapes
+            || text.starts_with('/')
+            || text.starts_with('!')
+            || text.contains('\0')
+            || text.len() > MAX_LOCK_PATH_BYTES
+        {
+            problems.at(
+                &k.span(),
+                format!(
+                    "`keep`: `{}` is not a path inside the repository (write an ignored \
+                     directory such as `target/`)",
+                    text.chars().take(60).collect::<String>()
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        if !out.iter().any(|o: &String| o == text) {
+            out.push(text.to_string());
+        }
+    }
+    ok.then_some(out)
 }
 
 fn lock_paths(files: &Strings, label: &str, problems: &mut Problems) -> Option<Vec<LockPath>> {
@@ -1546,51 +1879,51 @@ mod tests {
                 "[[tasks]]\nid = \"a\"\nrun = \"true\"\n",
                 "plans/br.toml:1:3: unknown key `tasks` (did you mean `task`?); allowed keys: \
                  `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, `retries`, \
-                 `scope`, `verify`, `on_conflict`, `task`",
+                 `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
             ),
             (
                 "colour = \"blue\"\n",
                 "plans/br.toml:1:1: unknown key `colour`; allowed keys: `name`, `workers`, \
                  `base`, `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, \
-                 `on_conflict`, `task`",
+                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
             ),
             // Short keys get no guess: two edits would turn almost anything into one.
             (
                 "ab = 1\n",
                 "plans/br.toml:1:1: unknown key `ab`; allowed keys: `name`, `workers`, `base`, \
-                 `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, `on_conflict`, \
-                 `task`",
+                 `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, \
+                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
             ),
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\ndepends_on = [\"b\"]\n",
                 "plans/br.toml:4:1: unknown key `depends_on` in [[task]] (did you mean \
                  `after`?); allowed keys: `id`, `run`, `files`, `after`, `timeout`, `retries`, \
-                 `env`",
+                 `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`",
             ),
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\ntimout = \"1m\"\n",
                 "plans/br.toml:4:1: unknown key `timout` in [[task]] (did you mean \
                  `timeout`?); allowed keys: `id`, `run`, `files`, `after`, `timeout`, \
-                 `retries`, `env`",
+                 `retries`, `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`",
             ),
             // Keys in the wrong table: TOML puts keys below a [[task]] header into that task.
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\nworkers = 4\n",
                 "plans/br.toml:4:1: unknown key `workers` in [[task]] (plan-wide keys go above \
                  the first [[task]]); allowed keys: `id`, `run`, `files`, `after`, `timeout`, \
-                 `retries`, `env`",
+                 `retries`, `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`",
             ),
             (
                 "run = \"make\"\n",
                 "plans/br.toml:1:1: unknown key `run` (task keys go in a [[task]] table); \
                  allowed keys: `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, \
-                 `retries`, `scope`, `verify`, `on_conflict`, `task`",
+                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
             ),
             (
                 "on-conflict = \"report\"\n",
                 "plans/br.toml:1:1: unknown key `on-conflict` (did you mean `on_conflict`?); \
                  allowed keys: `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, \
-                 `retries`, `scope`, `verify`, `on_conflict`, `task`",
+                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
             ),
             // Wrong types.
             (
@@ -1834,7 +2167,7 @@ mod tests {
             ),
             (
                 "on_conflict = \"ignore\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
-                "plans/br.toml:1:15: `on_conflict` must be `report` or `requeue`, got `ignore`",
+                "plans/br.toml:1:15: `on_conflict` must be `requeue` or `fail`, got `ignore`",
             ),
             // Strings that must say something.
             (
@@ -2102,7 +2435,11 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                 retries: 0,
                 scope: ScopeMode::Report,
                 verify: None,
-                on_conflict: OnConflict::Report,
+                on_conflict: OnConflict::Requeue,
+                start: StartMode::Tip,
+                land: LandMode::Auto,
+                max_repairs: DEFAULT_MAX_REPAIRS,
+                keep: vec![],
                 tasks: vec![TaskSpec {
                     id: id("a"),
                     run: "true".into(),
@@ -2111,6 +2448,12 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                     timeout: None,
                     retries: 0,
                     env: BTreeMap::new(),
+                    start: StartMode::Tip,
+                    land: LandMode::Auto,
+                    on_conflict: OnConflict::Requeue,
+                    max_repairs: DEFAULT_MAX_REPAIRS,
+                    prompt: None,
+                    prompt_file: None,
                 }],
             }
         );
@@ -2128,11 +2471,16 @@ retries = 2
 scope = "strict"
 verify = "make check"
 on_conflict = "requeue"
+start = "base"
+land = "manual"
+max_repairs = 5
+keep = ["target/", "node_modules/"]
 
 [[task]]
 id = "schema"
 run = "make schema"
 files = ["db/schema.sql"]
+prompt = "Write the schema."
 
 [[task]]
 id = "api"
@@ -2142,6 +2490,11 @@ after = ["schema"]
 timeout = "10m"
 retries = 1
 env = { RUST_LOG = "info", _PRIVATE = "1" }
+prompt_file = "specs/api.md"
+start = "tip"
+land = "auto"
+on_conflict = "fail"
+max_repairs = 0
 "#;
         let plan = parse(source).unwrap();
         assert_eq!(
@@ -2156,6 +2509,10 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
                 scope: ScopeMode::Strict,
                 verify: Some("make check".into()),
                 on_conflict: OnConflict::Requeue,
+                start: StartMode::Base,
+                land: LandMode::Manual,
+                max_repairs: 5,
+                keep: vec!["target/".into(), "node_modules/".into()],
                 tasks: vec![
                     TaskSpec {
                         id: id("schema"),
@@ -2165,6 +2522,12 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
                         timeout: None,
                         retries: 2,
                         env: BTreeMap::new(),
+                        start: StartMode::Base,
+                        land: LandMode::Manual,
+                        on_conflict: OnConflict::Requeue,
+                        max_repairs: 5,
+                        prompt: Some("Write the schema.".into()),
+                        prompt_file: None,
                     },
                     TaskSpec {
                         id: id("api"),
@@ -2177,6 +2540,12 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
                             ("RUST_LOG".into(), "info".into()),
                             ("_PRIVATE".into(), "1".into()),
                         ]),
+                        start: StartMode::Tip,
+                        land: LandMode::Auto,
+                        on_conflict: OnConflict::Fail,
+                        max_repairs: 0,
+                        prompt: None,
+                        prompt_file: Some(PathBuf::from("specs/api.md")),
                     },
                 ],
             }
@@ -2236,10 +2605,15 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
     fn the_example_parses_and_shows_every_key() {
         let plan = Plan::example();
         let parsed = Plan::parse(plan, Path::new("br.toml")).unwrap();
+        // A task's own start, land, on_conflict and max_repairs are the top-level keys again,
+        // and `prompt_file`, exclusive of `prompt`, is said in words.
+        let task_only = TASK_KEYS
+            .iter()
+            .filter(|k| !TOP_LEVEL_KEYS.contains(k) && **k != "prompt_file");
         for key in TOP_LEVEL_KEYS
             .iter()
-            .chain(TASK_KEYS)
             .filter(|k| **k != "task")
+            .chain(task_only)
         {
             assert!(plan.contains(&format!("{key} = ")), "example lacks `{key}`");
         }
@@ -2278,7 +2652,11 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
                 "retries": 0,
                 "scope": "report",
                 "verify": null,
-                "on_conflict": "report",
+                "on_conflict": "requeue",
+                "start": "tip",
+                "land": "auto",
+                "max_repairs": 3,
+                "keep": [],
                 "tasks": [
                     {
                         "id": "a",
@@ -2288,6 +2666,12 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
                         "timeout_ms": 1500,
                         "retries": 0,
                         "env": {"K": "v"},
+                        "start": "tip",
+                        "land": "auto",
+                        "on_conflict": "requeue",
+                        "max_repairs": 3,
+                        "prompt": null,
+                        "prompt_file": null,
                     },
                     {
                         "id": "b",
@@ -2297,6 +2681,12 @@ env = { RUST_LOG = "info", _PRIVATE = "1" }
                         "timeout_ms": null,
                         "retries": 0,
                         "env": {},
+                        "start": "tip",
+                        "land": "auto",
+                        "on_conflict": "requeue",
+                        "max_repairs": 3,
+                        "prompt": null,
+                        "prompt_file": null,
                     },
                 ],
             })

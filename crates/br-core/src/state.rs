@@ -32,6 +32,33 @@ string_enum!(
 );
 
 string_enum!(
+    /// Where a succeeded task's work is, with `land = "auto"` in worktree isolation: `waiting`
+    /// to land, `landed` on the integration branch, or for good not, because it conflicts or
+    /// failed `verify`. None for a task that has not succeeded (or runs in shared isolation).
+    Landing ("landing") {
+        Waiting = "waiting",
+        Landed = "landed",
+        Conflict = "conflict",
+        VerifyFailed = "verify_failed",
+    }
+);
+
+string_enum!(
+    /// Why an attempt runs (`BR_CONTEXT_FILE`'s `reason`): the first attempt, or what ended the
+    /// one before.
+    RunReason ("reason") {
+        First = "first",
+        Failed = "failed",
+        TimedOut = "timed_out",
+        LeaseLost = "lease_lost",
+        Interrupted = "interrupted",
+        Conflict = "conflict",
+        VerifyFailed = "verify_failed",
+        Retry = "retry",
+    }
+);
+
+string_enum!(
     /// `idle ⇄ busy`, then `offline` (heartbeat timed out) or `stopped` (left cleanly).
     WorkerStatus ("worker status") {
         Idle = "idle",

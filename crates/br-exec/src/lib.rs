@@ -6,7 +6,9 @@
 //! itself is br-git's.
 
 pub mod cleanup;
+pub mod context;
 pub mod drive;
+pub mod landing;
 pub mod lease;
 pub mod liveness;
 pub mod merge;

@@ -20,10 +20,12 @@ use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, ScopeMode};
 use br_core::{EventDetail, Outcome, SessionId, TaskId, TaskState, WorkerId, WorkerStatus};
 use br_store::{
-    AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, NewEvent, NewWorker, Store,
-    StoreError, WorkerFilter,
+    AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, LandingItem, LandingJob,
+    LandingRecorded, LandingResult, NewEvent, NewWorker, NextLanding, Store, StoreError,
+    WorkerFilter,
 };
 
+use crate::landing::{LandError, VerifyRefusal};
 use crate::lease::{Moment, Renewal, Renewer};
 use crate::liveness::{host_name, process_exists};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
@@ -110,6 +112,21 @@ pub enum Note {
     StoreBack {
         after: Duration,
     },
+    /// A task's work is on its session's integration branch, whose tip is now `commit`.
+    Landed {
+        session: String,
+        task: TaskId,
+        commit: String,
+    },
+    /// A task could not land; `recorded` says what became of it (repaired or failed).
+    NotLanded {
+        session: String,
+        task: TaskId,
+        why: String,
+        recorded: LandingRecorded,
+    },
+    /// Landing could not go on (git refused, the turn passed on): what waits is landed later.
+    LandingTrouble(String),
 }
 
 pub use crate::signals::StopFlag;
@@ -279,6 +296,11 @@ impl Worker<'_> {
                     if let Some(leave) = self.leave.take() {
                         return Ok(leave);
                     }
+                    next_beat = Instant::now() + interval;
+                }
+                Ok(Claim::Land(job)) => {
+                    self.store_back();
+                    self.land(&job)?;
                     next_beat = Instant::now() + interval;
                 }
                 Ok(Claim::Stop) => return Ok(Leave::AskedToLeave),
@@ -707,10 +729,32 @@ impl Worker<'_> {
         dir: &std::path::Path,
         claimed_at: Moment,
     ) -> (Execution, u64) {
+        // What it is told about why it runs: the attempt before it, when there is one.
+        let previous = if task.lease.attempt.0 > 1 {
+            self.store
+                .attempts(&task.lease.session_id, &task.lease.task_id)
+                .ok()
+                .and_then(|all| {
+                    all.into_iter()
+                        .rev()
+                        .find(|a| a.attempt.0 < task.lease.attempt.0)
+                })
+        } else {
+            None
+        };
+        let files = match crate::context::write_attempt_files(task, previous.as_ref()) {
+            Ok(files) => files,
+            Err(e) => {
+                let failed = Outcome::SpawnFailed {
+                    reason: format!("cannot write the attempt's context: {e}"),
+                };
+                return (Execution::Done(failed), 0);
+            }
+        };
         let command = TaskCommand {
             run: task.run.clone(),
             dir: dir.to_path_buf(),
-            env: task_env(task, dir, &self.config.repo),
+            env: task_env(task, dir, &self.config.repo, &files),
             log_path: task.log_path.clone(),
             max_log_bytes: self.config.max_log_bytes,
         };
@@ -804,6 +848,173 @@ impl Worker<'_> {
                 Some(claimed_at)
             }
         }
+    }
+
+    /// Lands what waits in `job`'s session, one task after another, until nothing waits (the
+    /// store then takes the turn back) or the turn is lost.
+    fn land(&mut self, job: &LandingJob) -> Result<(), StoreError> {
+        let store = self.store;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let item = match self.record(|| store.next_landing(job))? {
+                NextLanding::Task(item) => *item,
+                NextLanding::Done | NextLanding::Lost => return Ok(()),
+            };
+            let repo = self.config.repo.clone();
+            let landed =
+                crate::landing::land_one(&repo, job, &item, &mut |candidate: &str, tip: &str| {
+                    self.verify_merge(job, &item, candidate, tip)
+                });
+            let result = match landed {
+                Ok(result) => result,
+                Err(LandError::TurnLost | LandError::Interrupted) => return Ok(()),
+                Err(e) => {
+                    // The task keeps waiting; the turn lapses and whoever takes it next tries
+                    // again (after a lease, so a lasting cause is not retried in a loop).
+                    (self.notify)(Note::LandingTrouble(format!(
+                        "cannot land {}/{}: {}",
+                        job.session_name,
+                        item.task_id,
+                        error_chain(&e)
+                    )));
+                    return Ok(());
+                }
+            };
+            let recorded =
+                self.record(|| store.record_landing(job, &item.task_id, item.attempt, &result))?;
+            match (&result, recorded) {
+                (_, LandingRecorded::Stale) => return Ok(()),
+                (LandingResult::Landed { commit }, _) => (self.notify)(Note::Landed {
+                    session: job.session_name.clone(),
+                    task: item.task_id.clone(),
+                    commit: commit.clone(),
+                }),
+                (LandingResult::Conflict { files, .. }, _) => (self.notify)(Note::NotLanded {
+                    session: job.session_name.clone(),
+                    task: item.task_id.clone(),
+                    why: format!("conflict on {}", files.join(", ")),
+                    recorded,
+                }),
+                (LandingResult::VerifyFailed { reason, .. }, _) => {
+                    (self.notify)(Note::NotLanded {
+                        session: job.session_name.clone(),
+                        task: item.task_id.clone(),
+                        why: format!("verify failed: {reason}"),
+                        recorded,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs the session's verify command on a merge, in this worker's slot, renewing the landing
+    /// turn while it runs. `None`: it passed.
+    fn verify_merge(
+        &mut self,
+        job: &LandingJob,
+        item: &LandingItem,
+        candidate: &str,
+        tip: &str,
+    ) -> Result<Option<VerifyRefusal>, LandError> {
+        let Some(command) = job.verify.clone() else {
+            return Ok(None);
+        };
+        let slot = match &mut self.slot {
+            Some(slot) => slot,
+            None => self.slot.insert(
+                WorktreeSlot::acquire(&self.config.repo)
+                    .map_err(|e| LandError::Verify(error_chain(&e)))?,
+            ),
+        };
+        // Attempt 0: not one of the task's attempts. Should this worker die while the command
+        // runs, the next user of the slot keeps what it left at the attempt-0 ref.
+        let spec = AttemptSpec {
+            session_id: job.session_id.as_str(),
+            session_name: &job.session_name,
+            session_slug: &job.session_slug,
+            task_id: item.task_id.as_str(),
+            attempt: 0,
+            base_commit: candidate,
+        };
+        let dir = slot
+            .checkout(&spec)
+            .map_err(|e| LandError::Verify(error_chain(&e)))?;
+        let log_path = self
+            .config
+            .log_dir
+            .join(job.session_id.as_str())
+            .join("verify")
+            .join(format!("{}.{}.log", item.task_id, item.attempt));
+        let _ = std::fs::remove_file(&log_path);
+        let env: BTreeMap<String, String> = [
+            ("BR_SESSION_ID", job.session_id.to_string()),
+            ("BR_SESSION_NAME", job.session_name.clone()),
+            ("BR_TASK_ID", item.task_id.to_string()),
+            ("BR_MERGE_COMMIT", candidate.to_string()),
+            ("BR_INTEGRATION_TIP", tip.to_string()),
+            ("BR_WORKDIR", dir.to_string_lossy().into_owned()),
+            (
+                "BR_REPO_ROOT",
+                self.config.repo.root.to_string_lossy().into_owned(),
+            ),
+            ("BR_LOG_PATH", log_path.to_string_lossy().into_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut process = TaskProcess::spawn(&TaskCommand {
+            run: command,
+            dir,
+            env,
+            log_path: log_path.clone(),
+            max_log_bytes: self.config.max_log_bytes,
+        })
+        .map_err(|e| LandError::Verify(error_chain(&e)))?;
+        let pgid = process.pgid();
+        if let Some(reaper) = self.reaper.as_deref_mut() {
+            let _ = reaper.watch(pgid);
+        }
+        let renew_every = (job.heartbeat_timeout / 3).max(Duration::from_millis(50));
+        let mut renewed = Instant::now();
+        let status = loop {
+            if let Some(status) = process.wait_timeout(STOP_POLL) {
+                break Ok(status);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                process.terminate(self.config.kill_grace);
+                break Err(LandError::Interrupted);
+            }
+            if renewed.elapsed() >= renew_every {
+                renewed = Instant::now();
+                match self.store.renew_landing(job) {
+                    Ok(true) => self.store_back(),
+                    Ok(false) => {
+                        process.terminate(Duration::ZERO);
+                        break Err(LandError::TurnLost);
+                    }
+                    // The branch moves by compare-and-swap: a turn that lapsed meanwhile costs
+                    // at most this merge.
+                    Err(e) => self.trouble(&e),
+                }
+            }
+        };
+        if let Some(reaper) = self.reaper.as_deref_mut() {
+            let _ = reaper.forget(pgid);
+        }
+        if let Some(slot) = &mut self.slot {
+            let _ = slot.discard();
+        }
+        let outcome = outcome_of(status?);
+        if outcome == Outcome::Succeeded {
+            return Ok(None);
+        }
+        Ok(Some(VerifyRefusal {
+            exit_code: outcome.exit_code(),
+            reason: outcome.describe(),
+            log_tail: crate::context::log_tail(&log_path),
+        }))
     }
 
     fn supervise(
@@ -930,7 +1141,12 @@ fn spec<'a>(task: &'a ClaimedTask, base: &'a str) -> AttemptSpec<'a> {
 
 /// The environment a task runs with: its plan `env`, plus `BR_*` variables that tell it where
 /// and what it is.
-fn task_env(task: &ClaimedTask, dir: &std::path::Path, repo: &Repo) -> BTreeMap<String, String> {
+fn task_env(
+    task: &ClaimedTask,
+    dir: &std::path::Path,
+    repo: &Repo,
+    files: &crate::context::AttemptFiles,
+) -> BTreeMap<String, String> {
     let mut env = task.env.clone();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
@@ -943,6 +1159,16 @@ fn task_env(task: &ClaimedTask, dir: &std::path::Path, repo: &Repo) -> BTreeMap<
     set("BR_WORKDIR", dir.to_string_lossy().into_owned());
     set("BR_REPO_ROOT", repo.root.to_string_lossy().into_owned());
     set("BR_LOG_PATH", task.log_path.to_string_lossy().into_owned());
+    set(
+        "BR_CONTEXT_FILE",
+        files.context.to_string_lossy().into_owned(),
+    );
+    if let Some(prompt) = &files.prompt {
+        set("BR_PROMPT_FILE", prompt.to_string_lossy().into_owned());
+    }
+    if let Some(start) = &task.base_commit {
+        set("BR_START_COMMIT", start.clone());
+    }
     env
 }
 

@@ -50,8 +50,9 @@ pub fn require_merge_tree(repo: &Repo, explicit_base: bool) -> Result<(), GitErr
 pub enum MergeTree {
     /// They merge cleanly into this tree.
     Clean { tree: String },
-    /// These files conflict (sorted).
-    Conflicted { files: Vec<String> },
+    /// These files conflict (sorted). `tree` holds the merge as git left it, conflict markers
+    /// and all (see [`conflict_hunks`]).
+    Conflicted { files: Vec<String>, tree: String },
 }
 
 /// Merges `theirs` into `ours` with `git merge-tree --write-tree`: no working tree, index or ref
@@ -98,6 +99,12 @@ pub fn merge_tree(
         }
         Some(1) => Ok(MergeTree::Conflicted {
             files: parse_conflicted_files(&out.stdout),
+            tree: out
+                .stdout
+                .split(|b| *b == 0)
+                .next()
+                .map(|t| String::from_utf8_lossy(t).trim().to_string())
+                .unwrap_or_default(),
         }),
         _ => Err(failure(&args, &out)),
     }
@@ -113,8 +120,52 @@ pub fn predict_conflicts(
 ) -> Result<Vec<String>, GitError> {
     Ok(match merge_tree(repo, &repo.git(), base, ours, theirs)? {
         MergeTree::Clean { .. } => Vec::new(),
-        MergeTree::Conflicted { files } => files,
+        MergeTree::Conflicted { files, .. } => files,
     })
+}
+
+/// The conflicting hunks of `files` in a conflicted merge `tree`, as git marks them (`<<<<<<<`
+/// … `>>>>>>>`), each headed by its file, at most `max_bytes` in all: what a task rerun after a
+/// conflict is shown, so that it can do differently.
+pub fn conflict_hunks(git: &Git, tree: &str, files: &[String], max_bytes: usize) -> String {
+    let mut out = String::new();
+    for file in files {
+        let Ok(blob) = git.output([
+            "cat-file".to_string(),
+            "-p".to_string(),
+            format!("{tree}:{file}"),
+        ]) else {
+            continue;
+        };
+        if !blob.status.success() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&blob.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            if !lines[i].starts_with("<<<<<<<") {
+                i += 1;
+                continue;
+            }
+            let end = lines[i..]
+                .iter()
+                .position(|l| l.starts_with(">>>>>>>"))
+                .map_or(lines.len(), |e| i + e + 1);
+            let hunk = format!(
+                "--- {file} (line {})\n{}\n",
+                i + 1,
+                lines[i..end].join("\n")
+            );
+            if out.len() + hunk.len() > max_bytes {
+                out.push_str("… (more conflicts left out)\n");
+                return out;
+            }
+            out.push_str(&hunk);
+            i = end;
+        }
+    }
+    out
 }
 
 /// `-z --name-only --no-messages` output: the tree id, then each conflicted path, each followed
@@ -217,4 +268,47 @@ mod paths_tests {
         assert!(!paths_meet(&v(&["src"]), &v(&["srcs/a"])));
         assert!(!paths_meet(&v(&[]), &v(&["a"])));
     }
+}
+
+/// The tasks whose landings between `from` (exclusive) and `to` on the integration branch
+/// changed any of `files`, oldest first: who a task that started at `from` and now conflicts
+/// at `to` collided with. Each landing is a merge commit whose `Br-Task` trailer names its task.
+pub fn landed_touching(
+    git: &Git,
+    from: &str,
+    to: &str,
+    files: &[String],
+) -> Result<Vec<String>, GitError> {
+    let range = format!("{from}..{to}");
+    let out = git.run([
+        "log",
+        "--first-parent",
+        "--reverse",
+        "--format=%H %(trailers:key=Br-Task,valueonly,separator=%x2C)",
+        range.as_str(),
+    ])?;
+    let mut found: Vec<String> = Vec::new();
+    for line in out.lines() {
+        let Some((commit, task)) = line.split_once(' ') else {
+            continue;
+        };
+        let task = task.trim();
+        if task.is_empty() || found.iter().any(|f| f == task) {
+            continue;
+        }
+        let parent = format!("{commit}^1");
+        let changed = git.run([
+            "diff-tree",
+            "--no-commit-id",
+            "--name-only",
+            "-r",
+            parent.as_str(),
+            commit,
+        ])?;
+        let changed: Vec<String> = changed.lines().map(str::to_string).collect();
+        if paths_meet(files, &changed) {
+            found.push(task.to_string());
+        }
+    }
+    Ok(found)
 }

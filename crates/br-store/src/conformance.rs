@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use br_core::detail::ScopeViolation;
 use br_core::outcome::{Outcome, TaskNext};
-use br_core::plan::{Isolation, OnConflict, ScopeMode};
+use br_core::plan::{DEFAULT_MAX_REPAIRS, Isolation, LandMode, OnConflict, ScopeMode, StartMode};
 use br_core::state::SessionAction;
 use br_core::{
-    Attempt, EventDetail, EventKind, LockPath, OutcomeKind, Plan, SessionId, SessionStatus, TaskId,
-    TaskSpec, TaskState, WorkerId, WorkerStatus,
+    Attempt, EventDetail, EventKind, LockPath, OutcomeKind, Plan, RunReason, SessionId,
+    SessionStatus, TaskId, TaskSpec, TaskState, WorkerId, WorkerStatus,
 };
 
 use crate::audit::{audit_lock_order, audit_terminal_once};
@@ -89,6 +89,12 @@ fn task(id: &str, files: &[&str], after: &[&str]) -> TaskSpec {
         timeout: None,
         retries: 0,
         env: BTreeMap::new(),
+        start: StartMode::Tip,
+        land: LandMode::Auto,
+        on_conflict: OnConflict::Requeue,
+        max_repairs: DEFAULT_MAX_REPAIRS,
+        prompt: None,
+        prompt_file: None,
     }
 }
 
@@ -102,7 +108,11 @@ fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
         retries: 0,
         scope: ScopeMode::Report,
         verify: None,
-        on_conflict: OnConflict::Report,
+        on_conflict: OnConflict::Requeue,
+        start: StartMode::Tip,
+        land: LandMode::Auto,
+        max_repairs: DEFAULT_MAX_REPAIRS,
+        keep: Vec::new(),
         tasks,
     }
 }
@@ -1325,6 +1335,7 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Fres
                             ran.push(c.lease.task_id.to_string());
                         }
                         Claim::Stop => break,
+                        Claim::Land(job) => panic!("shared isolation lands nothing: {job:?}"),
                         Claim::Nothing => {
                             if store
                                 .session(&session)
@@ -1428,7 +1439,13 @@ pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn FreshStore) {
     );
     let a = TaskId::new("a").expect("id");
     let requeued = store
-        .requeue_task(&s.id, &a, "1234abcd", "merge conflict with b")
+        .requeue_task(
+            &s.id,
+            &a,
+            "1234abcd",
+            "merge conflict with b",
+            RunReason::Conflict,
+        )
         .expect("requeue");
     assert_eq!(
         (requeued.state, requeued.base_commit.as_deref()),
@@ -1467,7 +1484,7 @@ pub fn a_finished_task_can_be_requeued_on_a_new_base(b: &dyn FreshStore) {
     let z = TaskId::new("z").expect("id");
     assert!(
         matches!(
-            store.requeue_task(&pending.id, &z, "1234", "x"),
+            store.requeue_task(&pending.id, &z, "1234", "x", RunReason::Conflict),
             Err(StoreError::Transition(_))
         ),
         "only a finished task can be requeued"

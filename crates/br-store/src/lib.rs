@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use br_core::outcome::Outcome;
 use br_core::state::SessionAction;
-use br_core::{LockPath, SessionId, TaskId, Timestamp, WorkerId};
+use br_core::{Attempt, LockPath, RunReason, SessionId, TaskId, Timestamp, WorkerId};
 
 pub use error::{Result, StoreError};
 
@@ -84,6 +84,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         task: &TaskId,
         base_commit: &str,
         reason: &str,
+        why: RunReason,
     ) -> Result<Task>;
     /// Deletes a finished session with its tasks, attempts and events.
     fn delete_session(&self, id: &SessionId) -> Result<()>;
@@ -118,6 +119,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         report: &AttemptReport,
         next: &ClaimRequest<'_>,
     ) -> Result<(Finish, Claim)>;
+    /// The next task waiting to land in `job`'s session, or — in the same transaction that finds
+    /// none — the landing turn given back. Renews the turn.
+    fn next_landing(&self, job: &LandingJob) -> Result<NextLanding>;
+    /// Records how landing a task's attempt went: landed (its locks released, its dependents
+    /// ready), or repaired or failed by its `on_conflict` and `max_repairs`. `Stale` when the
+    /// turn is no longer `job`'s worker's or the task no longer waits at `attempt`.
+    fn record_landing(
+        &self,
+        job: &LandingJob,
+        task: &TaskId,
+        attempt: Attempt,
+        result: &LandingResult,
+    ) -> Result<LandingRecorded>;
+    /// Renews `job`'s landing turn; false when it is no longer its worker's.
+    fn renew_landing(&self, job: &LandingJob) -> Result<bool>;
     /// Requeues (or fails) attempts whose lease expired and marks silent workers offline.
     /// Any process may call it; it is idempotent.
     fn requeue_expired_leases(&self) -> Result<Expired>;

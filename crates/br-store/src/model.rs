@@ -11,6 +11,7 @@ use br_core::detail::LockConflict as BlockedBy;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, OnConflict, ScopeMode};
 use br_core::{Attempt, EventDetail, EventKind, LockPath, Plan, SessionId, SessionStatus, TaskId};
+use br_core::{LandMode, Landing, RunReason, StartMode};
 use br_core::{OutcomeKind, TaskState, Timestamp, WorkerId, WorkerStatus};
 use serde::Serialize;
 
@@ -61,6 +62,12 @@ pub struct Session {
     pub on_conflict: OnConflict,
     pub heartbeat_timeout_ms: u64,
     pub workers_wanted: u32,
+    /// The integration branch's tip as the last landing left it (none before any landing).
+    pub integration_commit: Option<String>,
+    /// Tasks whose work is on the integration branch (`land = "auto"`).
+    pub landed_tasks: u32,
+    /// Ignored paths its worktree slots keep between attempts.
+    pub keep: Vec<String>,
 }
 
 impl Session {
@@ -121,6 +128,15 @@ pub struct Task {
     pub scope_violations: Vec<String>,
     /// Predicted merge conflicts with other tasks' branches (or `integration`).
     pub conflicts: Vec<TaskConflict>,
+    /// Where its succeeded work is (`land = "auto"` in worktree isolation): none before it
+    /// succeeds and for other tasks.
+    pub landing: Option<Landing>,
+    /// The integration commit that holds its work, once landed.
+    pub landed_commit: Option<String>,
+    /// Times it was run again because it could not land.
+    pub repairs: u32,
+    pub start: StartMode,
+    pub land: LandMode,
 }
 
 impl Task {
@@ -176,6 +192,10 @@ pub struct TaskConflict {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptRecord {
     pub attempt: Attempt,
+    /// Why it ran (none in a store from before br recorded it).
+    pub reason: Option<RunReason>,
+    /// The commit its worktree started from (worktree isolation).
+    pub start_commit: Option<String>,
     pub worker_id: WorkerId,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
@@ -248,15 +268,96 @@ pub struct ClaimedTask {
     pub heartbeat_timeout: Duration,
     pub isolation: Isolation,
     pub scope: ScopeMode,
+    /// The commit the attempt starts from: the integration tip (`start = "tip"`) or the base.
     pub base_commit: Option<String>,
     pub repo_root: String,
     pub log_path: PathBuf,
+    /// Why this attempt runs.
+    pub reason: RunReason,
+    /// The task's prompt, for `BR_PROMPT_FILE`.
+    pub prompt: Option<String>,
+    /// Ignored paths the slot keeps between attempts.
+    pub keep: Vec<String>,
+}
+
+/// A worker's turn to land what waits in one session: its right to move the integration
+/// branch, renewed like a task's lease (`renew_landing`) and given back when nothing waits.
+#[derive(Debug, Clone)]
+pub struct LandingJob {
+    pub session_id: SessionId,
+    pub session_name: String,
+    pub session_slug: String,
+    pub base_commit: Option<String>,
+    /// The integration tip as recorded by the last landing.
+    pub integration_commit: Option<String>,
+    pub verify: Option<String>,
+    pub heartbeat_timeout: Duration,
+    pub worker_id: WorkerId,
+}
+
+/// One succeeded task waiting to land.
+#[derive(Debug, Clone)]
+pub struct LandingItem {
+    pub task_id: TaskId,
+    /// Its succeeded attempt.
+    pub attempt: Attempt,
+    /// The commit of that attempt on the task branch; none when it changed nothing.
+    pub result_commit: Option<String>,
+    /// The commit that attempt started from.
+    pub start_commit: Option<String>,
+}
+
+/// What `next_landing` answers.
+#[derive(Debug, Clone)]
+pub enum NextLanding {
+    Task(Box<LandingItem>),
+    /// Nothing waits: the turn is given back.
+    Done,
+    /// The turn is no longer this worker's (it expired and another took it).
+    Lost,
+}
+
+/// How one landing went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LandingResult {
+    /// On the integration branch, whose tip is now `commit`.
+    Landed { commit: String },
+    /// Its branch does not merge onto the tip: `files` conflict, with what `with` landed since
+    /// the task started; `details` shows the conflicting hunks.
+    Conflict {
+        files: Vec<String>,
+        with: Vec<String>,
+        details: String,
+        tip: String,
+    },
+    /// The merge failed the session's verify command.
+    VerifyFailed {
+        command: String,
+        exit_code: Option<i32>,
+        reason: String,
+        log_tail: String,
+        tip: String,
+    },
+}
+
+/// What became of a task after `record_landing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandingRecorded {
+    Landed,
+    /// Queued again on top of the tip, told why.
+    Repair,
+    /// Failed for good (no repair left, or `on_conflict = "fail"`).
+    Failed,
+    /// Not this worker's turn any more: nothing recorded.
+    Stale,
 }
 
 /// The answer to `claim_next_task`.
 #[derive(Debug, Clone)]
 pub enum Claim {
     Task(Box<ClaimedTask>),
+    /// Landing what waits in a session is this worker's turn.
+    Land(Box<LandingJob>),
     /// Nothing is claimable now.
     Nothing,
     /// This worker was asked to stop (e.g. `br scale` down).

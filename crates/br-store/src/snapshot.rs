@@ -838,6 +838,13 @@ mod tests {
             timeout: None,
             retries,
             env: BTreeMap::new(),
+            start: br_core::StartMode::Tip,
+            // These tests follow the snapshot, not landing: a success releases at once.
+            land: br_core::LandMode::Manual,
+            on_conflict: br_core::OnConflict::Requeue,
+            max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+            prompt: None,
+            prompt_file: None,
         }
     }
 
@@ -853,7 +860,11 @@ mod tests {
                     retries: 0,
                     scope: ScopeMode::Report,
                     verify: None,
-                    on_conflict: OnConflict::Report,
+                    on_conflict: OnConflict::Requeue,
+                    start: br_core::StartMode::Tip,
+                    land: br_core::LandMode::Auto,
+                    max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+                    keep: Vec::new(),
                     tasks,
                 },
                 repo_root: PathBuf::from("/repo"),
@@ -891,7 +902,7 @@ mod tests {
             .unwrap()
         {
             Claim::Task(c) => Some(c.lease),
-            Claim::Nothing | Claim::Stop => None,
+            Claim::Nothing | Claim::Stop | Claim::Land(_) => None,
         }
     }
 
@@ -1262,8 +1273,25 @@ mod tests {
             task: &TaskId,
             base_commit: &str,
             reason: &str,
+            why: br_core::RunReason,
         ) -> Result<Task> {
-            self.inner.requeue_task(session, task, base_commit, reason)
+            self.inner
+                .requeue_task(session, task, base_commit, reason, why)
+        }
+        fn next_landing(&self, job: &LandingJob) -> Result<NextLanding> {
+            self.inner.next_landing(job)
+        }
+        fn record_landing(
+            &self,
+            job: &LandingJob,
+            task: &TaskId,
+            attempt: br_core::Attempt,
+            result: &LandingResult,
+        ) -> Result<LandingRecorded> {
+            self.inner.record_landing(job, task, attempt, result)
+        }
+        fn renew_landing(&self, job: &LandingJob) -> Result<bool> {
+            self.inner.renew_landing(job)
         }
         fn requeue_expired_leases(&self) -> Result<Expired> {
             self.inner.requeue_expired_leases()

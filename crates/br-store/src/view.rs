@@ -18,7 +18,7 @@
 use br_core::detail::LockConflict as BlockedBy;
 use br_core::plan::{Isolation, OnConflict, ScopeMode};
 use br_core::{Attempt, EventDetail, EventKind, OutcomeKind, SessionId, SessionStatus, TaskId};
-use br_core::{TaskState, Timestamp, WorkerId, WorkerStatus};
+use br_core::{Landing, TaskState, Timestamp, WorkerId, WorkerStatus};
 use serde::{Serialize, Serializer};
 
 use crate::Store;
@@ -56,6 +56,9 @@ pub struct SessionView<'a> {
     on_conflict: OnConflict,
     heartbeat_timeout_ms: u64,
     workers_wanted: u32,
+    /// Tasks whose work is on the integration branch, and the branch's tip.
+    landed_tasks: u32,
+    integration_commit: Option<&'a str>,
 }
 
 impl<'a> From<&'a Session> for SessionView<'a> {
@@ -87,6 +90,8 @@ impl<'a> From<&'a Session> for SessionView<'a> {
             on_conflict: s.on_conflict,
             heartbeat_timeout_ms: s.heartbeat_timeout_ms,
             workers_wanted: s.workers_wanted,
+            landed_tasks: s.landed_tasks,
+            integration_commit: s.integration_commit.as_deref(),
         }
     }
 }
@@ -113,6 +118,10 @@ pub struct TaskView<'a> {
     base_commit: Option<&'a str>,
     scope_violations: &'a [String],
     conflicts: &'a [TaskConflict],
+    /// Where its succeeded work is: none in shared isolation (or before it succeeds).
+    landing: Option<Landing>,
+    landed_commit: Option<&'a str>,
+    repairs: u32,
 }
 
 impl<'a> From<&'a Task> for TaskView<'a> {
@@ -137,6 +146,9 @@ impl<'a> From<&'a Task> for TaskView<'a> {
             base_commit: t.base_commit.as_deref(),
             scope_violations: &t.scope_violations,
             conflicts: &t.conflicts,
+            landing: t.landing,
+            landed_commit: t.landed_commit.as_deref(),
+            repairs: t.repairs,
         }
     }
 }

@@ -46,6 +46,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 timeout: None,
                 retries: 1,
                 env: BTreeMap::new(),
+                start: br_core::StartMode::Tip,
+                land: br_core::LandMode::Auto,
+                on_conflict: br_core::OnConflict::Requeue,
+                max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+                prompt: None,
+                prompt_file: None,
             })
         })
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;
@@ -59,7 +65,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             retries: 0,
             scope: ScopeMode::Report,
             verify: None,
-            on_conflict: OnConflict::Report,
+            on_conflict: OnConflict::Requeue,
+            start: br_core::StartMode::Tip,
+            land: br_core::LandMode::Auto,
+            max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+            keep: Vec::new(),
             tasks,
         },
         repo_root: PathBuf::from("/repo"),

@@ -70,6 +70,12 @@ fn simulate(
                 timeout: None,
                 retries: u32::from(i % 7 == 3),
                 env: BTreeMap::new(),
+                start: br_core::StartMode::Tip,
+                land: br_core::LandMode::Auto,
+                on_conflict: br_core::OnConflict::Requeue,
+                max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+                prompt: None,
+                prompt_file: None,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
@@ -83,7 +89,11 @@ fn simulate(
             retries: 0,
             scope: ScopeMode::Report,
             verify: None,
-            on_conflict: OnConflict::Report,
+            on_conflict: OnConflict::Requeue,
+            start: br_core::StartMode::Tip,
+            land: br_core::LandMode::Auto,
+            max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+            keep: Vec::new(),
             tasks,
         },
         repo_root: dir.to_path_buf(),

@@ -450,6 +450,12 @@ fn plan(name: &str, n: usize) -> br_core::Plan {
             timeout: None,
             retries: 0,
             env: Default::default(),
+            start: br_core::StartMode::Tip,
+            land: br_core::LandMode::Auto,
+            on_conflict: br_core::OnConflict::Requeue,
+            max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+            prompt: None,
+            prompt_file: None,
         })
         .collect();
     br_core::Plan {
@@ -461,7 +467,11 @@ fn plan(name: &str, n: usize) -> br_core::Plan {
         retries: 0,
         scope: br_core::ScopeMode::Report,
         verify: None,
-        on_conflict: br_core::OnConflict::Report,
+        on_conflict: br_core::OnConflict::Requeue,
+        start: br_core::StartMode::Tip,
+        land: br_core::LandMode::Auto,
+        max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+        keep: Vec::new(),
         tasks,
     }
 }

@@ -92,7 +92,7 @@ impl Fixture {
                         .finish_attempt(&task.lease, &Outcome::Succeeded)
                         .expect("finish");
                 }
-                Claim::Nothing | Claim::Stop => break,
+                Claim::Nothing | Claim::Stop | Claim::Land(_) => break,
             }
         }
         self.store.stop_worker(&worker).expect("stop worker");

@@ -314,6 +314,22 @@ pub(crate) fn final_report(
         s.skipped_tasks,
         s.cancelled_tasks
     )?;
+    if s.landed_tasks > 0 {
+        let tip = s
+            .integration_commit
+            .as_deref()
+            .map(|c| format!(" (at {})", &c[..c.len().min(12)]))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{} of {} task(s) landed on br/{}/integration{tip}; `br merge {} --into BRANCH` \
+             promotes it",
+            s.landed_tasks,
+            s.total_tasks,
+            esc(&s.slug),
+            s.id
+        )?;
+    }
     if s.succeeded_tasks < s.total_tasks {
         for t in store.tasks(&s.id)? {
             if t.state == br_core::TaskState::Succeeded {

@@ -88,6 +88,8 @@ fn finished_session_with_an_unmerged_branch(repo: &TestRepo) {
         repo,
         "done.toml",
         r#"name = "done"
+land = "manual"
+on_conflict = "fail"
 [[task]]
 id = "a"
 run = "echo a > a.txt"

@@ -62,6 +62,11 @@ fn filters() -> Vec<(&'static str, &'static str)> {
         (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]"),
         (r"\b[0-9a-f]{40}\b", "[COMMIT]"),
         (r"committed [0-9a-f]{12}\b", "committed [COMMIT]"),
+        (
+            r"integration branch at [0-9a-f]{12}\b",
+            "integration branch at [COMMIT]",
+        ),
+        (r"\(at [0-9a-f]{12}\)", "(at [COMMIT])"),
         (r#""pid":( ?)\d+"#, r#""pid":$1[PID]"#),
         (r"(?m)^\+\d+\.\d{3}s ", "+[OFFSET] "),
         (r"(?m) in [0-9][0-9.hms]*: ", " in [DURATION]: "),

@@ -10,9 +10,15 @@ use br_core::{SessionId, TaskId};
 use common::{Run, TestRepo, detail};
 use serde_json::Value;
 
-/// Writes the plan and commits it, so the user's checkout starts clean.
+/// Writes the plan and commits it, so the user's checkout starts clean. These tests are about
+/// `br merge`: the plan lands by hand (`land = "manual"`), and a refused task is left as it is
+/// unless the plan says `on_conflict = "requeue"`.
 fn commit_plan(repo: &TestRepo, plan: &str) -> String {
-    repo.write("br.toml", plan);
+    let mut settings = String::from("land = \"manual\"\n");
+    if !plan.contains("on_conflict") {
+        settings.push_str("on_conflict = \"fail\"\n");
+    }
+    repo.write("br.toml", &format!("{settings}{plan}"));
     repo.git(&["add", "--all"]);
     repo.git(&["commit", "--quiet", "-m", "plan"]);
     repo.git(&["rev-parse", "HEAD"])
@@ -726,7 +732,8 @@ fn a_task_id_that_is_no_ref_component_is_refused_and_nothing_is_created() {
         let run = repo.br(&["run"]);
         assert_eq!(run.code, 2, "{id}: {}\n{}", run.stdout, run.stderr);
         assert!(
-            run.stderr.contains("br.toml:3:"),
+            // The two lines commit_plan puts first.
+            run.stderr.contains("br.toml:5:"),
             "{id}: names file and line: {}",
             run.stderr
         );
@@ -762,7 +769,7 @@ fn a_task_id_that_names_the_integration_branch_is_refused() {
         assert_eq!(run.code, 2, "{id}: {}\n{}", run.stdout, run.stderr);
         assert!(
             run.stderr
-                .starts_with(&format!("error: br.toml:3:6: task id `{id}` is reserved: ")),
+                .starts_with(&format!("error: br.toml:5:6: task id `{id}` is reserved: ")),
             "{id}: {}",
             run.stderr
         );
@@ -789,7 +796,7 @@ fn a_reserved_task_id_from_an_older_store_never_takes_the_integration_branch() {
     let repo = TestRepo::new();
     let head = commit_plan(&repo, "[[task]]\nid = \"a\"\nrun = \"true\"\n");
     let mut plan = br_core::Plan::parse(
-        "name = \"old\"\n\
+        "name = \"old\"\nland = \"manual\"\n\
          [[task]]\nid = \"a\"\nrun = \"echo a > a.txt\"\nfiles = [\"a.txt\"]\n\
          [[task]]\nid = \"late\"\nrun = \"echo late > late.txt\"\nfiles = [\"late.txt\"]\n",
         std::path::Path::new("old.toml"),

@@ -74,10 +74,19 @@ after = ["one", "two"]
         .to_string();
     assert_eq!(repo.git(&["show", &format!("{slug}/one:one.txt")]), "1");
     assert_eq!(repo.git(&["show", &format!("{slug}/two:two.txt")]), "2");
-    // Every task starts from the session's base, whatever ran before it.
+    // A dependent starts from the integration tip, which holds what its `after` tasks landed;
+    // and everything landed there.
     assert_eq!(
         repo.git(&["show", &format!("{slug}/both:both.txt")]),
-        "README.md br.toml"
+        "README.md br.toml one.txt two.txt"
+    );
+    assert_eq!(
+        repo.git(&["ls-tree", "--name-only", &format!("{slug}/integration")]),
+        "README.md\nboth.txt\nbr.toml\none.txt\ntwo.txt"
+    );
+    assert!(
+        tasks(&status).iter().all(|t| t["landing"] == "landed"),
+        "{status}"
     );
     assert!(
         !repo.store_path().exists(),

@@ -252,7 +252,12 @@ fn two_tasks_editing_the_same_lines_are_reported_as_a_conflict_when_the_second_f
     repo.git(&["commit", "--quiet", "-m", "config"]);
     repo.write(
         "br.toml",
+        // Started from the base and landed by hand, the two results are branches that do not
+        // merge: what the prediction is for. (Landing as they go, the second would start
+        // from the first's work and not conflict at all.)
         r#"name = "clash"
+start = "base"
+land = "manual"
 [[task]]
 id = "left"
 run = "echo 'value = 2' > config.txt"

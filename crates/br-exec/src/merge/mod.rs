@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use br_core::detail::{ConflictStage, MergeConflict};
 use br_core::plan::{Isolation, OnConflict};
-use br_core::{EventDetail, Outcome, SessionId, TaskState};
+use br_core::{EventDetail, Outcome, SessionId, TaskId, TaskState};
 use br_git::conflicts::{MergeTree, merge_tree};
 use br_git::flock::RepoFlock;
 use br_git::git::{Git, GitError, Repo};
@@ -258,14 +258,14 @@ impl Queue<'_> {
             Landing::AlreadyLanded
         } else {
             match merge_tree(self.repo, self.git, None, &self.tip, &commit)? {
-                MergeTree::Conflicted { files } => {
+                MergeTree::Conflicted { files, .. } => {
                     if self.options.mode == MergeMode::Land {
                         record_conflict(self.store, self.session, task, &files)?;
                     }
                     Landing::Conflict { files }
                 }
                 MergeTree::Clean { tree } => {
-                    let message = merge_message(self.session, task);
+                    let message = merge_message(&self.session.name, &self.session.id, &task.id);
                     let candidate = commit_tree(self.git, &tree, &self.tip, &commit, &message)?;
                     match self.options.mode {
                         MergeMode::Check => {
@@ -344,7 +344,11 @@ pub fn requeue_refused(
             ),
             _ => continue,
         };
-        entry.requeue = match store.requeue_task(&session.id, &entry.task, &tip, &reason) {
+        let why = match &entry.landing {
+            Landing::VerifyFailed { .. } => br_core::RunReason::VerifyFailed,
+            _ => br_core::RunReason::Conflict,
+        };
+        entry.requeue = match store.requeue_task(&session.id, &entry.task, &tip, &reason, why) {
             Ok(task) => {
                 queued += 1;
                 entry.state = task.state;
@@ -384,11 +388,12 @@ fn record_conflict(
     Ok(())
 }
 
-fn merge_message(session: &Session, task: &Task) -> String {
-    let name = one_line(&session.name);
+/// The message of a landing merge commit; its `Br-Task` trailer names the task, which is how a
+/// conflict later finds who landed what.
+pub(crate) fn merge_message(session_name: &str, session_id: &SessionId, task: &TaskId) -> String {
+    let name = one_line(session_name);
     format!(
-        "br: merge task {} of session {name}\n\nBr-Session: {name}\nBr-Session-Id: {}\nBr-Task: {}\n",
-        task.id, session.id, task.id
+        "br: merge task {task} of session {name}\n\nBr-Session: {name}\nBr-Session-Id: {session_id}\nBr-Task: {task}\n"
     )
 }
 
@@ -433,13 +438,14 @@ fn dependency_order(tasks: &[(&str, &[String])]) -> Vec<usize> {
     order
 }
 
-/// `<common>/br/merge.lock`, held by a landing merge queue for its whole run.
-struct QueueLock {
+/// `<common>/br/merge.lock`, held by a landing merge queue for its whole run, and by a worker
+/// for each landing.
+pub(crate) struct QueueLock {
     _flock: RepoFlock,
 }
 
 impl QueueLock {
-    fn acquire(repo: &Repo) -> Result<QueueLock, MergeError> {
+    pub(crate) fn acquire(repo: &Repo) -> Result<QueueLock, MergeError> {
         Ok(QueueLock {
             _flock: RepoFlock::merge_queue(repo)?,
         })

@@ -38,9 +38,36 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         to: 4,
         sql: V4,
     },
+    Migration {
+        from: 4,
+        to: 5,
+        sql: V5,
+    },
 ];
 
-pub const CURRENT_VERSION: i64 = 4;
+pub const CURRENT_VERSION: i64 = 5;
+
+/// SQLite's version 5: integration as it runs (see there).
+const V5: &str = r#"
+ALTER TABLE tasks ADD COLUMN landing TEXT;
+ALTER TABLE tasks ADD COLUMN landed_commit TEXT;
+ALTER TABLE tasks ADD COLUMN result_commit TEXT;
+ALTER TABLE tasks ADD COLUMN repairs BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN next_reason TEXT;
+ALTER TABLE tasks ADD COLUMN prompt TEXT;
+ALTER TABLE tasks ADD COLUMN start TEXT NOT NULL DEFAULT 'base';
+ALTER TABLE tasks ADD COLUMN land TEXT NOT NULL DEFAULT 'manual';
+ALTER TABLE tasks ADD COLUMN on_conflict TEXT;
+ALTER TABLE tasks ADD COLUMN max_repairs BIGINT NOT NULL DEFAULT 3;
+ALTER TABLE attempts ADD COLUMN reason TEXT;
+ALTER TABLE attempts ADD COLUMN start_commit TEXT;
+ALTER TABLE sessions ADD COLUMN integration_commit TEXT;
+ALTER TABLE sessions ADD COLUMN lander TEXT;
+ALTER TABLE sessions ADD COLUMN landing_expires_at BIGINT;
+ALTER TABLE sessions ADD COLUMN landed_tasks BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN keep TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX tasks_waiting ON tasks (session_id, seq) WHERE landing = 'waiting';
+"#;
 
 /// SQLite's version 4: which repository a session belongs to.
 const V4: &str = "ALTER TABLE sessions ADD COLUMN repo_id TEXT;";

@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use br_core::Landing;
 use br_core::detail::{
     LockPaths, StaleResult, TaskCancelled, TaskFailed, TaskRequeued, TaskSkipped, TaskStarted,
     TaskSucceeded, WorkerOffline, WorkerRegistered, WorkerStopped,
 };
 use br_core::outcome::{Budget, Outcome, TaskNext, next_after};
+use br_core::plan::{Isolation, LandMode, StartMode};
 use br_core::{Attempt, EventDetail, LockPath, OutcomeKind, SessionId, SessionStatus, TaskId};
-use br_core::{TaskState, WorkerId, WorkerStatus};
+use br_core::{RunReason, TaskState, WorkerId, WorkerStatus};
 
 use super::lock::{self, Held};
 use super::session::{self, Counter};
@@ -229,6 +231,10 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
     if state.status == WorkerStatus::Offline {
         rejoin(tx, worker, WorkerStatus::Idle)?;
     }
+    // Landing first: what waits to land holds locks and dependents back.
+    if let Some(job) = super::landing::take_turn(tx, request)? {
+        return Ok(Claim::Land(Box::new(job)));
+    }
     let [created, running] = SessionStatus::CLAIMABLE;
     let sessions: Vec<String> = tx
         .query(
@@ -345,8 +351,8 @@ fn lease_task(
     let task_id = candidate.id.as_str();
     let session = super::read::session(tx.db, session_id)?;
     let r = tx.query_one(
-        "SELECT attempt, run, env, timeout_ms, base_commit FROM tasks
-         WHERE session_id = ?1 AND id = ?2",
+        "SELECT attempt, run, env, timeout_ms, base_commit, start, next_reason, prompt, outcome
+         FROM tasks WHERE session_id = ?1 AND id = ?2",
         params![session_id, task_id],
     )?;
     let (previous_attempt, run, env, timeout_ms, task_base): (
@@ -356,7 +362,23 @@ fn lease_task(
         Option<u64>,
         Option<String>,
     ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    let start: StartMode = super::read::serde_word(&r, 5)?;
+    let next_reason: Option<RunReason> = r.get(6)?;
+    let prompt: Option<String> = r.get(7)?;
+    let previous_outcome: Option<OutcomeKind> = r.get(8)?;
     let attempt = previous_attempt + 1;
+    let reason = next_reason.unwrap_or_else(|| reason_after(previous_attempt, previous_outcome));
+    // Tip: what landed so far (a repair queued on an older tip gets the newer one); base: the
+    // session's base, or the tip a repair was queued on.
+    let start_commit = match (session.isolation, start) {
+        (Isolation::Shared, _) => task_base.or_else(|| session.base_commit.clone()),
+        (Isolation::Worktree, StartMode::Tip) => session
+            .integration_commit
+            .clone()
+            .or(task_base)
+            .or_else(|| session.base_commit.clone()),
+        (Isolation::Worktree, StartMode::Base) => task_base.or_else(|| session.base_commit.clone()),
+    };
     let ttl_ms = i64::try_from(session.heartbeat_timeout_ms).unwrap_or(i64::MAX);
     let log_path = request
         .log_dir
@@ -366,7 +388,8 @@ fn lease_task(
     tx.execute(
         "UPDATE tasks SET state = ?8, attempt = ?1, worker_id = ?2, lease_expires_at = ?3,
              started_at = ?4, finished_at = NULL, exit_code = NULL, outcome = NULL,
-             log_path = ?5, blocked_by = NULL
+             log_path = ?5, blocked_by = NULL, next_reason = NULL, landing = NULL,
+             result_commit = NULL
          WHERE session_id = ?6 AND id = ?7",
         params![
             attempt,
@@ -380,9 +403,19 @@ fn lease_task(
         ],
     )?;
     tx.execute(
-        "INSERT INTO attempts (session_id, task_id, attempt, worker_id, started_at, log_path)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![session_id, task_id, attempt, worker, tx.now, &log_text],
+        "INSERT INTO attempts (session_id, task_id, attempt, worker_id, started_at, log_path,
+             reason, start_commit)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            session_id,
+            task_id,
+            attempt,
+            worker,
+            tx.now,
+            &log_text,
+            reason,
+            &start_commit
+        ],
     )?;
     if !candidate.files.is_empty() {
         for f in &candidate.files {
@@ -462,10 +495,33 @@ fn lease_task(
         heartbeat_timeout: Duration::from_millis(session.heartbeat_timeout_ms),
         isolation: session.isolation,
         scope: session.scope,
-        base_commit: task_base.or(session.base_commit),
+        base_commit: start_commit,
         repo_root: session.repo_root,
         log_path,
+        reason,
+        prompt,
+        keep: session.keep,
     }))
+}
+
+/// Why the next attempt of a task runs, from how its last one ended (when nothing recorded a
+/// reason of its own: a repair, a retry).
+fn reason_after(previous_attempt: u32, outcome: Option<OutcomeKind>) -> RunReason {
+    if previous_attempt == 0 {
+        return RunReason::First;
+    }
+    match outcome {
+        Some(OutcomeKind::TimedOut) => RunReason::TimedOut,
+        Some(OutcomeKind::LeaseLost) => RunReason::LeaseLost,
+        Some(OutcomeKind::Interrupted) => RunReason::Interrupted,
+        Some(OutcomeKind::Conflict) => RunReason::Conflict,
+        Some(OutcomeKind::VerifyFailed) => RunReason::VerifyFailed,
+        // A cancelled, skipped or succeeded task runs again only when someone asked: a retry.
+        Some(OutcomeKind::Cancelled | OutcomeKind::Skipped | OutcomeKind::Succeeded) => {
+            RunReason::Retry
+        }
+        _ => RunReason::Failed,
+    }
 }
 
 pub(super) fn finish(
@@ -568,10 +624,14 @@ fn apply_outcome_with(
     let attempt = lease.attempt.0;
     let worker = Some(lease.worker_id.as_str());
     let r = tx.query_one(
-        "SELECT retries, failures, lost FROM tasks WHERE session_id = ?1 AND id = ?2",
+        "SELECT t.retries, t.failures, t.lost, t.land, s.isolation
+         FROM tasks t JOIN sessions s ON s.id = t.session_id
+         WHERE t.session_id = ?1 AND t.id = ?2",
         params![session_id, task_id],
     )?;
     let (retries, failures, lost): (u32, u32, u32) = (r.get(0)?, r.get(1)?, r.get(2)?);
+    let land: LandMode = read::serde_word(&r, 3)?;
+    let isolation: Isolation = read::serde_word(&r, 4)?;
     let session_status = read::session_status(tx, session_id)?;
     let mut detail = serde_json::to_value(outcome)?;
     if let serde_json::Value::Object(map) = &mut detail {
@@ -598,7 +658,6 @@ fn apply_outcome_with(
             attempt
         ],
     )?;
-    lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
     session::bump(tx, session_id, Counter::Running, -1)?;
     let next = next_after(
         outcome,
@@ -609,6 +668,15 @@ fn apply_outcome_with(
         },
         session_status == SessionStatus::Cancelled,
     );
+    // A success that lands by itself waits for its turn still holding its locks, so that the
+    // next holder starts from a tip with its work; its dependents wait for it to land.
+    let lands_later = next == TaskNext::Succeed
+        && land == LandMode::Auto
+        && isolation == Isolation::Worktree
+        && session_status != SessionStatus::Cancelled;
+    if !lands_later {
+        lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
+    }
     let lost_now = u32::from(outcome.kind() == OutcomeKind::LeaseLost);
     let failed_now = u32::from(
         lost_now == 0
@@ -651,7 +719,15 @@ fn apply_outcome_with(
                 commit: report.commit.clone(),
                 changed_files: u32::try_from(report.changed.len()).unwrap_or(u32::MAX),
             })))?;
-            release_dependents(tx, session_id, task_id)?;
+            if lands_later {
+                tx.execute(
+                    "UPDATE tasks SET landing = ?1, result_commit = ?2
+                     WHERE session_id = ?3 AND id = ?4",
+                    params![Landing::Waiting, &report.commit, session_id, task_id],
+                )?;
+            } else {
+                release_dependents(tx, session_id, task_id)?;
+            }
         }
         TaskNext::Retry | TaskNext::Requeue => {
             tx.event(ev(EventDetail::TaskRequeued(TaskRequeued::after(
@@ -687,7 +763,7 @@ fn dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<Vec<Stri
     .collect()
 }
 
-fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<()> {
+pub(super) fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<()> {
     for dependent in dependents(tx, session_id, task_id)? {
         // The last `after` task to succeed makes a pending task ready.
         let now: Option<TaskState> = tx
@@ -713,7 +789,7 @@ fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<
 
 /// Skips every task that (transitively) waits for `failed`. Iterative, so a 10,000-long chain
 /// does not exhaust the stack.
-fn skip_dependents(tx: &Tx<'_>, session_id: &str, failed: &str) -> OpResult<()> {
+pub(super) fn skip_dependents(tx: &Tx<'_>, session_id: &str, failed: &str) -> OpResult<()> {
     let mut stack = vec![failed.to_string()];
     let mut skipped = 0i64;
     let failed_id = task_id_of(failed)?;

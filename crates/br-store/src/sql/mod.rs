@@ -9,6 +9,7 @@
 //! placeholders (`?1`); the PostgreSQL backend rewrites each statement once, when it prepares
 //! it (placeholders to `$1`, and SQLite's `INDEXED BY` planner hints dropped).
 
+mod landing;
 mod lease;
 mod lock;
 mod read;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use br_core::outcome::Outcome;
 use br_core::state::SessionAction;
-use br_core::{EventDetail, LockPath, SessionId, TaskId, Timestamp, WorkerId};
+use br_core::{Attempt, EventDetail, LockPath, RunReason, SessionId, TaskId, Timestamp, WorkerId};
 
 pub(crate) use value::{Param, Row, Value};
 
@@ -256,7 +257,8 @@ impl<B: Backend> Store for B {
         // Look before taking the write lock: idle workers poll often, and a claim that finds
         // nothing must not queue every other writer behind it.
         let worth_trying = self.read("look for ready tasks", |c| {
-            lease::anything_claimable(c, request)
+            Ok(lease::anything_claimable(c, request)?
+                || landing::anything_to_land(c, request, self.clock(c)?)?)
         })?;
         if !worth_trying {
             return Ok(Claim::Nothing);
@@ -298,11 +300,50 @@ impl<B: Backend> Store for B {
         task: &TaskId,
         base_commit: &str,
         reason: &str,
+        why: RunReason,
     ) -> Result<Task> {
         self.write("requeue a task", |tx| {
-            session::requeue_task(tx, session.as_str(), task.as_str(), base_commit, reason)
+            session::requeue_task(
+                tx,
+                session.as_str(),
+                task.as_str(),
+                base_commit,
+                reason,
+                why,
+            )
         })?;
         self.task(session, task)
+    }
+
+    fn next_landing(&self, job: &LandingJob) -> Result<NextLanding> {
+        self.write("find the next task to land", |tx| {
+            landing::next(tx, job.session_id.as_str(), job.worker_id.as_str())
+        })
+    }
+
+    fn record_landing(
+        &self,
+        job: &LandingJob,
+        task: &TaskId,
+        attempt: Attempt,
+        result: &LandingResult,
+    ) -> Result<LandingRecorded> {
+        self.write("record a landing", |tx| {
+            landing::record(
+                tx,
+                job.session_id.as_str(),
+                &job.worker_id,
+                task,
+                attempt,
+                result,
+            )
+        })
+    }
+
+    fn renew_landing(&self, job: &LandingJob) -> Result<bool> {
+        self.write("renew a landing turn", |tx| {
+            landing::renew(tx, job.session_id.as_str(), job.worker_id.as_str())
+        })
     }
 
     fn requeue_expired_leases(&self) -> Result<Expired> {

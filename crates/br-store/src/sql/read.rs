@@ -3,8 +3,9 @@
 
 use std::str::FromStr;
 
+use br_core::detail::ConflictStage;
 use br_core::{Attempt, EventDetail, EventKind, SessionId, SessionStatus, TaskId, Timestamp};
-use br_core::{WorkerId, WorkerStatus};
+use br_core::{Landing, WorkerId, WorkerStatus};
 use serde::de::DeserializeOwned;
 
 use super::{Db, OpResult, Row, Tx, params};
@@ -14,10 +15,11 @@ use crate::model::*;
 pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, plan_path, base, \
     base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
     created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
-    skipped_tasks, cancelled_tasks, running_tasks, repo_id";
+    skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
-    files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit";
+    files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit, landing, \
+    landed_commit, repairs, start, land";
 
 const WORKER_COLUMNS: &str = "id, status, host, pid, session_id, task_session_id, task_id, \
     attempt, tasks_completed, tasks_failed, last_heartbeat, started_at, task_started_at, \
@@ -98,6 +100,9 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         queued_tasks: total.saturating_sub(finished + running),
         skipped_tasks: skipped,
         cancelled_tasks: cancelled,
+        integration_commit: r.get(24)?,
+        landed_tasks: r.get(25)?,
+        keep: json(r, 26)?,
     })
 }
 
@@ -189,6 +194,11 @@ fn task_from_row(r: &Row, session: &Session) -> OpResult<Task> {
         base_commit: r.get(15)?,
         scope_violations: Vec::new(),
         conflicts: Vec::new(),
+        landing: r.get(16)?,
+        landed_commit: r.get(17)?,
+        repairs: r.get(18)?,
+        start: serde_word(r, 19)?,
+        land: serde_word(r, 20)?,
     })
 }
 
@@ -215,9 +225,10 @@ fn annotate(c: &dyn Db, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
             ))
         })
         .collect::<OpResult<Vec<_>>>()?;
+    let landed = |t: &Task| t.landing == Some(Landing::Landed);
     for (task, attempt, detail) in rows {
         let Some(task) = task else { continue };
-        let (with, files) = match detail {
+        let (with, files, stage) = match detail {
             Some(EventDetail::ScopeViolation(v)) => {
                 if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == task)
                     && attempt == Some(t.attempts)
@@ -226,16 +237,39 @@ fn annotate(c: &dyn Db, session_id: &str, tasks: &mut [Task]) -> OpResult<()> {
                 }
                 continue;
             }
-            Some(EventDetail::MergeConflict(m)) => (m.with, m.files),
+            Some(EventDetail::MergeConflict(m)) => (m.with, m.files, m.stage),
             _ => continue,
         };
-        for (me, other) in [
-            (task.as_str(), with.as_str()),
-            (with.as_str(), task.as_str()),
-        ] {
+        // Notes are current, not a pile: a conflict found when landing is the task's own, while
+        // it is being repaired or once it failed for it; a predicted one holds between two
+        // results neither of which landed, and only for the attempt that predicted it.
+        let Some(me) = tasks.iter().find(|t| t.id.as_str() == task) else {
+            continue;
+        };
+        if landed(me) {
+            continue;
+        }
+        let current = attempt == Some(me.attempts);
+        let sides: Vec<(String, String)> = match stage {
+            Some(ConflictStage::Merge) => {
+                let repairing = me.repairs > 0 && attempt.is_some_and(|a| a + 1 == me.attempts);
+                if !(current || repairing) {
+                    continue;
+                }
+                vec![(task.clone(), with.clone())]
+            }
+            None => {
+                let other_landed = tasks.iter().any(|t| t.id.as_str() == with && landed(t));
+                if !current || other_landed || (with == "integration" && me.landing.is_some()) {
+                    continue;
+                }
+                vec![(task.clone(), with.clone()), (with.clone(), task.clone())]
+            }
+        };
+        for (me, other) in sides {
             if let Some(t) = tasks.iter_mut().find(|t| t.id.as_str() == me) {
                 let conflict = TaskConflict {
-                    with: other.to_string(),
+                    with: other,
                     files: files.clone(),
                 };
                 if !t.conflicts.contains(&conflict) {
@@ -300,7 +334,8 @@ pub(super) fn attempts(
 ) -> OpResult<Vec<AttemptRecord>> {
     task(c, session_id, task_id)?;
     c.query(
-        "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path
+        "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path,
+                reason, start_commit
          FROM attempts WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt",
         params![session_id, task_id],
     )?
@@ -315,6 +350,8 @@ pub(super) fn attempts(
             exit_code: r.get(5)?,
             detail: json(r, 6)?,
             log_path: r.get(7)?,
+            reason: r.get(8)?,
+            start_commit: r.get(9)?,
         })
     })
     .collect()

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use br_core::detail::{SessionChange, SessionCreated, SessionTally, TaskCancelled, TaskRequeued};
 use br_core::ids::slugify;
 use br_core::state::{SessionAction, TransitionError};
-use br_core::{EventDetail, SessionId, SessionStatus, TaskState};
+use br_core::{EventDetail, RunReason, SessionId, SessionStatus, TaskState};
 
 use super::{Ev, OpError, OpResult, Tx, lock, millis, params, read};
 use crate::error::StoreError;
@@ -67,8 +67,8 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     tx.execute(
         "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
              isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
-             created_at, total_tasks, repo_id)
-         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17)",
+             created_at, total_tasks, repo_id, keep)
+         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18)",
         params![
             id.as_str(),
             &plan.name,
@@ -87,6 +87,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
             plan.tasks.len(),
             SessionStatus::Created,
             &new.repo_id,
+            &serde_json::to_string(&plan.keep)?,
         ],
     )?;
     tx.event(
@@ -110,8 +111,8 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
         };
         tx.execute(
             "INSERT INTO tasks (session_id, id, seq, run, files, after, env, timeout_ms, retries,
-                 state, deps_left)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 state, deps_left, start, land, on_conflict, max_repairs, prompt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 id.as_str(),
                 task.id.as_str(),
@@ -124,6 +125,11 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
                 task.retries,
                 state,
                 after.len(),
+                task.start.as_str(),
+                task.land.as_str(),
+                task.on_conflict.as_str(),
+                task.max_repairs,
+                &task.prompt,
             ],
         )?;
         for dep in &after {
@@ -238,6 +244,18 @@ pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
     if succeeded + failed + skipped + cancelled < total {
         return Ok(());
     }
+    // A succeeded task still waiting to land is not done: the session ends once it landed (or
+    // failed to, for good).
+    let waiting: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM tasks INDEXED BY tasks_waiting
+                            WHERE session_id = ?1 AND landing = 'waiting')",
+            params![id],
+        )?
+        .get(0)?;
+    if waiting {
+        return Ok(());
+    }
     let tally = SessionTally {
         succeeded,
         failed,
@@ -307,6 +325,7 @@ pub(super) fn requeue_task(
     task_id: &str,
     base_commit: &str,
     reason: &str,
+    why: RunReason,
 ) -> OpResult<()> {
     let status = read::session_status(tx, session_id)?;
     let refused = || {
@@ -336,9 +355,10 @@ pub(super) fn requeue_task(
         return Err(refused());
     }
     tx.execute(
-        "UPDATE tasks SET state = ?1, base_commit = ?2, finished_at = NULL, blocked_by = NULL
+        "UPDATE tasks SET state = ?1, base_commit = ?2, finished_at = NULL, blocked_by = NULL,
+             next_reason = ?5, repairs = repairs + 1
          WHERE session_id = ?3 AND id = ?4",
-        params![TaskState::Ready, base_commit, session_id, task_id],
+        params![TaskState::Ready, base_commit, session_id, task_id, why],
     )?;
     bump(tx, session_id, counter, -1)?;
     if status.is_terminal() {

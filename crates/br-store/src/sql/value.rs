@@ -9,7 +9,7 @@
 use std::rc::Rc;
 
 use br_core::state::UnknownState;
-use br_core::{EventKind, OutcomeKind, SessionStatus, TaskState, WorkerStatus};
+use br_core::{EventKind, Landing, OutcomeKind, RunReason, SessionStatus, TaskState, WorkerStatus};
 
 use super::{OpError, OpResult};
 use crate::error::StoreError;
@@ -98,7 +98,9 @@ word_params!(
     SessionStatus,
     WorkerStatus,
     OutcomeKind,
-    EventKind
+    EventKind,
+    Landing,
+    RunReason
 );
 
 impl<'a, T: Into<Param<'a>>> From<Option<T>> for Param<'a> {

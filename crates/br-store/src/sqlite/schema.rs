@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -147,4 +147,31 @@ CREATE INDEX events_notes ON events (session_id, seq)
 /// sessions of the repository it serves. NULL for sessions of older stores: anyone's.
 const V4: &str = r#"
 ALTER TABLE sessions ADD COLUMN repo_id TEXT;
+"#;
+
+/// Integration as it runs: where each task's work is (`landing`, `landed_commit`, the commit of
+/// its succeeded attempt waiting to land, its repairs), how it starts and lands (per task, set
+/// at submit: older sessions start from their base and land by `br merge`, as they did), its
+/// prompt, why each attempt runs and what it started from; per session the integration tip,
+/// the worker landing for it (a lease, like a task's), how many tasks landed, and the paths
+/// its slots keep. `tasks_waiting`: who has something to land is found without a scan.
+const V5: &str = r#"
+ALTER TABLE tasks ADD COLUMN landing TEXT;
+ALTER TABLE tasks ADD COLUMN landed_commit TEXT;
+ALTER TABLE tasks ADD COLUMN result_commit TEXT;
+ALTER TABLE tasks ADD COLUMN repairs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN next_reason TEXT;
+ALTER TABLE tasks ADD COLUMN prompt TEXT;
+ALTER TABLE tasks ADD COLUMN start TEXT NOT NULL DEFAULT 'base';
+ALTER TABLE tasks ADD COLUMN land TEXT NOT NULL DEFAULT 'manual';
+ALTER TABLE tasks ADD COLUMN on_conflict TEXT;
+ALTER TABLE tasks ADD COLUMN max_repairs INTEGER NOT NULL DEFAULT 3;
+ALTER TABLE attempts ADD COLUMN reason TEXT;
+ALTER TABLE attempts ADD COLUMN start_commit TEXT;
+ALTER TABLE sessions ADD COLUMN integration_commit TEXT;
+ALTER TABLE sessions ADD COLUMN lander TEXT;
+ALTER TABLE sessions ADD COLUMN landing_expires_at INTEGER;
+ALTER TABLE sessions ADD COLUMN landed_tasks INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN keep TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX tasks_waiting ON tasks (session_id, seq) WHERE landing = 'waiting';
 "#;

@@ -39,8 +39,54 @@ pub(super) fn load_plan(ctx: &Context, path: &Path) -> anyhow::Result<(Plan, Pat
     ctx.repo()?;
     let full = ctx.path(path);
     let bytes = read_plan(&full, path)?;
-    let plan = Plan::parse_bytes(&bytes, path)?;
+    let mut plan = Plan::parse_bytes(&bytes, path)?;
+    read_prompt_files(&mut plan, &full, path)?;
     Ok((plan, full))
+}
+
+/// Reads each task's `prompt_file` (relative to the plan's directory) into its prompt: read
+/// now, at submit, so that editing the file later does not change a session that runs.
+fn read_prompt_files(plan: &mut Plan, full: &Path, shown: &Path) -> anyhow::Result<()> {
+    let dir = full.parent().unwrap_or(Path::new("."));
+    for task in &mut plan.tasks {
+        let Some(file) = &task.prompt_file else {
+            continue;
+        };
+        let at = dir.join(file);
+        let problem = |why: String| {
+            usage(format!(
+                "{}: task `{}`: prompt_file {}: {why}",
+                shown.display(),
+                task.id,
+                file.display()
+            ))
+        };
+        let bytes = match std::fs::read(&at) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(problem(format!("no such file ({})", at.display())));
+            }
+            Err(e) => return Err(problem(e.to_string())),
+        };
+        if bytes.len() > br_core::plan::MAX_PROMPT_BYTES {
+            return Err(problem(format!(
+                "{} bytes; at most {} are allowed",
+                bytes.len(),
+                br_core::plan::MAX_PROMPT_BYTES
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            problem(format!(
+                "not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        if text.trim().is_empty() {
+            return Err(problem("the file is empty".into()));
+        }
+        task.prompt = Some(text);
+    }
+    Ok(())
 }
 
 /// A plan file's bytes. A plan that is not there, or not a file, is bad input; only a file

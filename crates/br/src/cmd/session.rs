@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
-use br_core::{OutcomeKind, SessionStatus, TaskState};
+use br_core::{Isolation, LandMode, Landing, OutcomeKind, SessionStatus, TaskState};
 use br_exec::cleanup::{self, CleanupReport, CleanupScope};
 use br_exec::liveness::serving_workers;
 use br_exec::watch::{WaitEnd, wait_for_end, wait_for_running_tasks};
@@ -78,18 +78,44 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
         s.isolation, s.workers_wanted
     )?;
     let tasks = store.tasks(&s.id)?;
-    let mut table = Table::new(&[
-        "TASK", "STATE", "ATTEMPT", "WORKER", "EXIT", "TIME", "FILES", "NOTE",
-    ]);
+    let lands =
+        tasks.iter().any(|t| t.land == LandMode::Auto) && s.isolation == Isolation::Worktree;
+    if lands {
+        let branch = format!("br/{}/integration", s.slug);
+        let tip = s
+            .integration_commit
+            .as_deref()
+            .map_or("nothing yet".to_string(), |c| {
+                format!("at {}", &c[..c.len().min(12)])
+            });
+        writeln!(
+            out,
+            "landed {}/{} on {} ({tip})",
+            s.landed_tasks,
+            s.total_tasks,
+            esc(&branch)
+        )?;
+    }
+    let mut table = if lands {
+        Table::new(&[
+            "TASK", "STATE", "LANDING", "ATTEMPT", "WORKER", "EXIT", "TIME", "FILES", "NOTE",
+        ])
+    } else {
+        Table::new(&[
+            "TASK", "STATE", "ATTEMPT", "WORKER", "EXIT", "TIME", "FILES", "NOTE",
+        ])
+    };
     for t in &tasks {
         let time = match (t.started_at, t.finished_at) {
             (Some(a), Some(b)) => short_duration(b.since(a)),
             (Some(a), None) if t.state == TaskState::Running => short_duration(now.since(a)),
             _ => "-".into(),
         };
-        table.row(vec![
-            t.id.to_string(),
-            t.state.to_string(),
+        let mut row = vec![t.id.to_string(), t.state.to_string()];
+        if lands {
+            row.push(t.landing.map_or("-".to_string(), |l| l.to_string()));
+        }
+        row.extend([
             if t.attempts == 0 {
                 "-".into()
             } else {
@@ -105,6 +131,7 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             },
             task_note(t, &tasks),
         ]);
+        table.row(row);
     }
     out.push_str(&table.render());
     if args.verbose {
@@ -137,8 +164,11 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
                 .after
                 .iter()
                 .filter(|a| {
-                    all.iter()
-                        .any(|o| o.id.as_str() == a.as_str() && o.state != TaskState::Succeeded)
+                    all.iter().any(|o| {
+                        o.id.as_str() == a.as_str()
+                            && (o.state != TaskState::Succeeded
+                                || o.landing == Some(Landing::Waiting))
+                    })
                 })
                 .map(String::as_str)
                 .collect();
@@ -153,15 +183,35 @@ fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
                 format!("lock {} held by {who}", holder.path)
             }
             Some(None) => "lock ? held by session ?".to_string(),
+            None if t.repairs > 0 && t.outcome == Some(OutcomeKind::Succeeded) => {
+                let conflict = t
+                    .conflicts
+                    .first()
+                    .map(|c| format!(": conflict with {} on {}", c.with, c.files.join(", ")))
+                    .unwrap_or_default();
+                format!("repair {}{conflict}", t.repairs)
+            }
             None if t.attempts > 0 => {
                 format!("retry after {}", t.outcome.map_or("?", OutcomeKind::as_str))
             }
             None => String::new(),
         },
-        TaskState::Failed | TaskState::Cancelled => t
-            .outcome
-            .map(|o| o.as_str().to_string())
-            .unwrap_or_default(),
+        TaskState::Failed | TaskState::Cancelled => {
+            let mut notes = vec![
+                t.outcome
+                    .map(|o| o.as_str().to_string())
+                    .unwrap_or_default(),
+            ];
+            if matches!(t.outcome, Some(OutcomeKind::Conflict)) {
+                notes.extend(t.merge_notes());
+            }
+            notes.join("; ")
+        }
+        TaskState::Succeeded if t.landing == Some(Landing::Waiting) => {
+            let mut notes = vec!["waiting to land".to_string()];
+            notes.extend(t.merge_notes());
+            notes.join("; ")
+        }
         _ => t.merge_notes().join("; "),
     }
 }

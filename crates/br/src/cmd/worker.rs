@@ -9,6 +9,7 @@ use br_core::time::{ago, short_duration};
 use br_exec::liveness::host_name;
 use br_exec::signals::{StopFlag, stop_on_signals, stop_when_stdin_closes};
 use br_exec::worker::{Leave, Note, WorkerConfig, run_worker};
+use br_store::LandingRecorded;
 use br_store::view::{WorkerListView, WorkerListing};
 
 use crate::cli::{WorkerArgs, WorkersArgs};
@@ -120,6 +121,28 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
             Note::StoreBack { after } => {
                 format!("the store answers again (after {})", short_duration(after))
             }
+            Note::Landed {
+                session,
+                task,
+                commit,
+            } => format!(
+                "landed {session}/{task}: integration branch at {}",
+                &commit[..commit.len().min(12)]
+            ),
+            Note::NotLanded {
+                session,
+                task,
+                why,
+                recorded,
+            } => format!(
+                "{session}/{task} did not land ({why}); {}",
+                match recorded {
+                    LandingRecorded::Repair => "it runs again on the new tip, told why",
+                    LandingRecorded::Failed => "it failed",
+                    LandingRecorded::Landed | LandingRecorded::Stale => "",
+                }
+            ),
+            Note::LandingTrouble(why) => format!("warning: {why}"),
         };
         // Session names and errors may hold anything a plan wrote.
         let _ = writeln!(stderr, "{}", esc(line));

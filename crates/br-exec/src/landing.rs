@@ -1,0 +1,159 @@
+//! Landing one succeeded task on its session's integration branch, as the worker whose turn it
+//! is does it: merge the task's commit onto the tip on objects alone (`git merge-tree`), verify
+//! the merge when the session says so, and move the branch by compare-and-swap. What it means
+//! for the task (landed, repaired, failed) is the store's to record; see
+//! `br_store::Store::record_landing`.
+//!
+//! Landing is idempotent across crashes: a task whose commit the integration branch already
+//! holds (a worker died between moving the branch and recording it) lands as the tip that holds
+//! it, so nothing is merged twice.
+
+use br_git::conflicts::{MergeTree, conflict_hunks, landed_touching, merge_tree};
+use br_git::git::{Git, GitError, Repo};
+use br_git::refs::{
+    RefError, advance_ref, checked_out_in, commit_tree, create_ref, integration_ref, is_ancestor,
+    resolve_ref, short_branch,
+};
+use br_store::{LandingItem, LandingJob, LandingResult};
+
+use crate::merge::{QueueLock, merge_message};
+
+/// How much of the conflicting hunks a rerun is shown.
+const HUNKS_MAX_BYTES: usize = 16 * 1024;
+
+/// How often the branch is tried again when another writer moved it meanwhile.
+const CAS_TRIES: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LandError {
+    #[error(
+        "`{branch}` is checked out in {}, and br does not move a branch under a checkout: \
+         switch that worktree to another branch (or `git switch --detach`)",
+        worktree.display()
+    )]
+    CheckedOut {
+        branch: String,
+        worktree: std::path::PathBuf,
+    },
+    #[error("the session has no base commit to start its integration branch from")]
+    NoBase,
+    #[error("the landing turn passed to another worker")]
+    TurnLost,
+    #[error("interrupted")]
+    Interrupted,
+    #[error("cannot run the verify command: {0}")]
+    Verify(String),
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Merge(#[from] crate::merge::MergeError),
+}
+
+/// How a verify command ended on a merge that did not pass.
+#[derive(Debug, Clone)]
+pub struct VerifyRefusal {
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub log_tail: String,
+}
+
+/// Runs the session's verify command on a merge (`candidate`, made on `tip`): `None` when it
+/// passed.
+pub type Verify<'a> = dyn FnMut(&str, &str) -> Result<Option<VerifyRefusal>, LandError> + 'a;
+
+/// Lands `item` of `job`'s session. `verify` runs the session's verify command on a merge
+/// (`candidate`, made on `tip`): `None` when it passed.
+pub fn land_one(
+    repo: &Repo,
+    job: &LandingJob,
+    item: &LandingItem,
+    verify: &mut Verify<'_>,
+) -> Result<LandingResult, LandError> {
+    let git = repo.own_git(&repo.root)?;
+    let reference = integration_ref(&job.session_slug);
+    // One landing at a time in a repository, also against a `br merge` run by hand.
+    let _queue = QueueLock::acquire(repo)?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let tip = current_tip(repo, &git, &reference, job)?;
+        let Some(commit) = &item.result_commit else {
+            // It changed nothing: its work is wherever the branch is.
+            return Ok(LandingResult::Landed { commit: tip });
+        };
+        if is_ancestor(&git, commit, &tip)? {
+            return Ok(LandingResult::Landed { commit: tip });
+        }
+        let tree = match merge_tree(repo, &git, None, &tip, commit)? {
+            MergeTree::Conflicted { files, tree } => {
+                let with = match &item.start_commit {
+                    Some(start) => landed_touching(&git, start, &tip, &files).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                return Ok(LandingResult::Conflict {
+                    details: conflict_hunks(&git, &tree, &files, HUNKS_MAX_BYTES),
+                    files,
+                    with,
+                    tip,
+                });
+            }
+            MergeTree::Clean { tree } => tree,
+        };
+        let message = merge_message(&job.session_name, &job.session_id, &item.task_id);
+        let candidate = commit_tree(&git, &tree, &tip, commit, &message)?;
+        if let Some(command) = &job.verify
+            && let Some(refused) = verify(&candidate, &tip)?
+        {
+            return Ok(LandingResult::VerifyFailed {
+                command: command.clone(),
+                exit_code: refused.exit_code,
+                reason: refused.reason,
+                log_tail: refused.log_tail,
+                tip,
+            });
+        }
+        if let Some(holder) = checked_out_in(repo, &reference)? {
+            return Err(LandError::CheckedOut {
+                branch: short_branch(&reference).to_string(),
+                worktree: holder,
+            });
+        }
+        let log = format!(
+            "br: land task {} of session {}",
+            item.task_id, job.session_id
+        );
+        match advance_ref(repo, &git, &reference, &candidate, &tip, &log) {
+            Ok(()) => return Ok(LandingResult::Landed { commit: candidate }),
+            // Someone moved the branch (a `br merge` by hand): merge again on what it is now.
+            Err(RefError::RefMoved { .. }) if tries < CAS_TRIES => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The integration branch's tip, made at the session's base when it does not exist yet.
+fn current_tip(
+    repo: &Repo,
+    git: &Git,
+    reference: &str,
+    job: &LandingJob,
+) -> Result<String, LandError> {
+    if let Some(tip) = resolve_ref(git, reference)? {
+        return Ok(tip);
+    }
+    let base = job.base_commit.as_deref().ok_or(LandError::NoBase)?;
+    match create_ref(
+        repo,
+        git,
+        reference,
+        base,
+        &format!("br: integration branch of session {}", job.session_id),
+    ) {
+        Ok(()) => Ok(base.to_string()),
+        // Made by someone else meanwhile: use theirs.
+        Err(RefError::RefMoved { found, .. }) => Ok(found),
+        Err(e) => Err(e.into()),
+    }
+}
