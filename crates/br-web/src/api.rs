@@ -18,11 +18,12 @@ use br_store::view::{
     EventView, LockListView, SessionListView, StatusView, SummaryView, WorkerListView,
     WorkerListing,
 };
-use br_store::{EventFilter, SessionFilter, Store};
-use serde::Deserialize;
+use br_store::{EventFilter, Session, SessionFilter, Store};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::query::SessionQuery;
+use crate::serving::serving_workers;
 use crate::state::{AppState, Exposure};
 use crate::stream::stream;
 
@@ -217,8 +218,51 @@ async fn pause(state: State<AppState>, id: Path<String>) -> Result<Response, Api
     change(state, id, SessionAction::Pause).await
 }
 
-async fn resume(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
-    change(state, id, SessionAction::Resume).await
+/// `POST /api/sessions/{id}/resume`: as `br resume --detach --json`, plus who will run it: a
+/// resumed session is `running` in the store, but nothing runs until a worker serves it, and
+/// the answer says so rather than let the page show a session at work.
+async fn resume(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let resumed = state
+        .blocking(move |store: &dyn Store| {
+            let s = store.resolve_session(&reference)?;
+            let s = store.change_session(&s.id, SessionAction::Resume)?;
+            let workers_live = serving_workers(store, &s)?;
+            Ok(Resumed::new(s, workers_live))
+        })
+        .await?;
+    state.kick();
+    Ok(Json(resumed).into_response())
+}
+
+/// The answer to a resume: the session (as `br resume --json`), how many live workers serve
+/// it (as `br scale --json` counts them), and a warning when none does.
+#[derive(Debug, Serialize)]
+struct Resumed {
+    #[serde(flatten)]
+    session: Session,
+    workers_live: usize,
+    warning: Option<String>,
+}
+
+impl Resumed {
+    fn new(session: Session, workers_live: usize) -> Resumed {
+        let warning = (workers_live == 0).then(|| {
+            format!(
+                "no worker serves session {} ({}): it is running in the store, but nothing runs \
+                 until a worker serves it; start one where the repository is with `br resume {}` \
+                 (or `br worker --session {}`)",
+                session.name, session.id, session.id, session.id
+            )
+        });
+        Resumed {
+            session,
+            workers_live,
+            warning,
+        }
+    }
 }
 
 async fn cancel(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {

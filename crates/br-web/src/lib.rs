@@ -11,6 +11,7 @@ mod api;
 mod error;
 mod query;
 mod server;
+mod serving;
 mod state;
 mod stream;
 

@@ -606,3 +606,75 @@ async fn the_stream_starts_with_the_current_snapshot() {
     .await;
     assert!(ended.is_ok(), "the stream ended");
 }
+
+#[tokio::test]
+async fn resuming_a_session_that_no_worker_serves_says_so() {
+    let f = Fixture::new();
+    let plan = Plan::parse(
+        "name = \"build\"\nisolation = \"shared\"\nheartbeat_timeout = \"1s\"\n\
+         [[task]]\nid = \"a\"\nrun = \"true\"\n",
+        Path::new("br.toml"),
+    )
+    .expect("valid plan");
+    let s = f
+        .store
+        .create_session(&NewSession {
+            plan,
+            repo_root: PathBuf::from("/repo"),
+            plan_path: None,
+            base_commit: None,
+            workers_wanted: 1,
+        })
+        .expect("create session");
+
+    // Nobody serves it: the session is running in the store, and the answer says that nothing
+    // will run until a worker does.
+    let body = pause_then_resume(&f).await;
+    assert_eq!(body["workers_live"], 0, "{body}");
+    let warning = body["warning"].as_str().expect("a warning");
+    assert!(warning.contains("no worker serves"), "{warning}");
+    assert!(
+        warning.contains(&format!("br resume {}", s.id)),
+        "{warning}"
+    );
+
+    // A live worker of the session serves it.
+    let worker = f
+        .store
+        .register_worker(&NewWorker {
+            host: "test-host".into(),
+            pid: 4242,
+            session: Some(s.id.clone()),
+            heartbeat_timeout: Duration::from_secs(1),
+        })
+        .expect("register worker");
+    let body = pause_then_resume(&f).await;
+    assert_eq!(body["workers_live"], 1, "{body}");
+    assert!(body["warning"].is_null(), "{body}");
+
+    // One whose heartbeat is older than the session's timeout died without leaving (nobody
+    // marked it offline yet): it serves nothing.
+    let heard = f.store.worker(&worker).expect("worker").last_heartbeat;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while f.store.now().expect("now").0 <= heard.0 + 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store clock stands still"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = pause_then_resume(&f).await;
+    assert_eq!(body["workers_live"], 0, "{body}");
+    assert!(body["warning"].is_string(), "{body}");
+}
+
+/// Pauses the session `build`, then resumes it as the page's buttons do; the resume's answer.
+async fn pause_then_resume(f: &Fixture) -> Value {
+    let (status, body) = f.post("/api/sessions/build/pause").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = f.post("/api/sessions/build/resume").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    has_keys(&body, SESSION_KEYS);
+    assert_eq!(body["status"], "running");
+    body
+}

@@ -1,7 +1,7 @@
 //! The web dashboard in a real browser: headless Chromium, driven over WebDriver by chromedriver,
 //! loads the page `br serve` serves while `br run` works, and the page's own JavaScript shows
-//! the session live, escapes what the store holds, follows it to the end, and pauses it from its
-//! button.
+//! the session live, escapes what the store holds, follows it to the end, pauses it from its
+//! button, and says so when a session it resumes has no worker to run it.
 //!
 //! Needs `BR_TEST_CHROMEDRIVER` (the path of chromedriver, with Chromium installed; `.ci/run`
 //! installs both and sets it); without it the test says it was skipped.
@@ -247,9 +247,33 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
     });
 
     repo.write("release", "");
+    // The status cell (cells are tab-separated in the text), not the statistics' "completed".
     let done = browser.text_when("the completed session", |t| {
-        t.contains("completed") && t.contains("100")
+        t.contains("\tcompleted\t") && t.contains("100%")
     });
     assert!(done.contains("after-it"), "{done}");
     assert_eq!(run.wait(LONG).code, 0);
+
+    // Resumed from the page while no worker serves it: the session is running in the store,
+    // but nothing runs, and the page says so instead of showing it at work.
+    repo.write(
+        "idle.toml",
+        "name = \"idle\"\nisolation = \"shared\"\n[[task]]\nid = \"later\"\nrun = 'true'\n",
+    );
+    assert_eq!(repo.br(&["submit", "idle.toml"]).code, 0);
+    assert_eq!(repo.br(&["pause", "idle"]).code, 0);
+    browser.text_when("the paused session", |t| t.contains("\tpaused\t"));
+    // Its row's resume button is the only one (the other session has ended).
+    poll("the resume button of the paused session", LONG, || {
+        let clicked = browser.eval(
+            "for (const b of document.querySelectorAll('button')) \
+             { if (b.textContent === 'resume') { b.click(); return true; } } return false;",
+        );
+        (clicked == true).then_some(())
+    });
+    let shown = browser.text_when("that no worker serves it", |t| {
+        t.contains("no worker serves session idle") && t.contains("running, no worker serves it")
+    });
+    assert!(shown.contains("br resume"), "{shown}");
+    assert_eq!(repo.status("idle")["status"], "running");
 }
