@@ -7,6 +7,7 @@
 //!
 //! [`Snapshot`]: br_store::snapshot::Snapshot
 
+mod access;
 mod api;
 mod error;
 mod query;
@@ -15,8 +16,9 @@ mod serving;
 mod state;
 mod stream;
 
+pub use access::{Access, TOKEN_COOKIE, Token, TokenError};
 pub use api::{ACTION_HEADER, PAGE, router};
 pub use error::ApiError;
 pub use server::{SHUTDOWN_GRACE, Server, Stop};
-pub use state::{AppState, Exposure, MIN_REFRESH_GAP, Published};
+pub use state::{AppState, MIN_REFRESH_GAP, Published};
 pub use stream::MIN_SEND_GAP;

@@ -13,6 +13,7 @@ use br_store::snapshot::{Snapshot, SnapshotBuilder};
 use br_store::{Store, StoreError};
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::error::ApiError;
 
 /// However busy the store, the shared snapshot is rebuilt at most this often.
@@ -46,17 +47,6 @@ impl Published {
     }
 }
 
-/// How the server is reached, which decides which `Host` headers it answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure {
-    /// Bound to a loopback address: only `localhost`, `127.x.x.x` and `[::1]` hosts are
-    /// answered, so a web page cannot read the API by pointing its own name at 127.0.0.1
-    /// (DNS rebinding).
-    Loopback,
-    /// Bound to an address the user chose to expose: any host is answered.
-    Network,
-}
-
 /// The state behind the router. Cheap to clone; the publisher thread stops when the last clone
 /// is dropped or [`AppState::shutdown`] is called.
 #[derive(Debug, Clone)]
@@ -64,7 +54,7 @@ pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) snapshots: watch::Receiver<Arc<Published>>,
     pub(crate) stopping: watch::Receiver<bool>,
-    pub(crate) exposure: Exposure,
+    pub(crate) access: Arc<Access>,
     shared: Arc<Shared>,
 }
 
@@ -92,7 +82,7 @@ impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
         refresh: Duration,
-        exposure: Exposure,
+        access: Access,
     ) -> Result<AppState, StoreError> {
         let mut builder = SnapshotBuilder::new(None);
         let mut snapshot = Snapshot::empty(store.now()?);
@@ -126,7 +116,7 @@ impl AppState {
             store,
             snapshots: rx,
             stopping: stopping_rx,
-            exposure,
+            access: Arc::new(access),
             shared: Arc::new(Shared {
                 kick,
                 stop,

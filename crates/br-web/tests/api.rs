@@ -12,7 +12,7 @@ use br_core::outcome::Outcome;
 use br_core::{LockPath, Plan};
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Session, Store};
-use br_web::{ACTION_HEADER, AppState, Exposure, router};
+use br_web::{ACTION_HEADER, Access, AppState, Token, router};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -25,15 +25,15 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(Access::Loopback { token: None })
+    }
+
+    fn with(access: Access) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("br.db")).expect("open the store"));
-        let state = AppState::new(
-            Arc::clone(&store),
-            Duration::from_millis(100),
-            Exposure::Loopback,
-        )
-        .expect("app state");
+        let state = AppState::new(Arc::clone(&store), Duration::from_millis(100), access)
+            .expect("app state");
         Fixture {
             _dir: dir,
             store,
@@ -677,4 +677,220 @@ async fn pause_then_resume(f: &Fixture) -> Value {
     has_keys(&body, SESSION_KEYS);
     assert_eq!(body["status"], "running");
     body
+}
+
+const TOKEN: &str = "s3cret-Token_for.br";
+
+fn token() -> Token {
+    Token::new(TOKEN).expect("a valid token")
+}
+
+/// `method uri` with these headers.
+fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::empty()).expect("request")
+}
+
+#[tokio::test]
+async fn with_a_token_every_route_needs_it() {
+    for access in [
+        Access::Network { token: token() },
+        Access::Loopback {
+            token: Some(token()),
+        },
+    ] {
+        let f = Fixture::with(access);
+        let s = f.submit("build", &["a"]);
+        let cancel = format!("/api/sessions/{}/cancel", s.id);
+        let routes = [
+            ("GET", "/"),
+            ("GET", "/?token=wrong"),
+            ("GET", "/api/snapshot"),
+            ("GET", "/api/summary"),
+            ("GET", "/api/sessions"),
+            ("GET", "/api/sessions/build"),
+            ("GET", "/api/workers"),
+            ("GET", "/api/locks"),
+            ("GET", "/api/events"),
+            ("GET", "/api/stream"),
+            ("GET", "/api/no/such/thing"),
+            ("POST", cancel.as_str()),
+        ];
+        let bearer = format!("Bearer {TOKEN}");
+        let cookie = format!("other=1; br_token={TOKEN}");
+        for (method, uri) in routes {
+            for refused in [
+                vec![],
+                vec![("authorization", "Bearer wrong")],
+                vec![("authorization", "Bearer ")],
+                vec![("authorization", TOKEN)],
+                vec![("cookie", "br_token=wrong")],
+                // A prefix of the token, and the token with more after it.
+                vec![("authorization", &bearer[..bearer.len() - 1])],
+                vec![("cookie", "br_token=s3cret-Token_for.brX")],
+            ] {
+                let mut headers = refused.clone();
+                headers.push((ACTION_HEADER, "test"));
+                let response = f.call(request(method, uri, &headers)).await;
+                assert_eq!(
+                    response
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .map(axum::http::HeaderValue::as_bytes),
+                    Some(&b"Bearer"[..]),
+                    "{method} {uri} {refused:?}"
+                );
+                let (status, body) = json(response).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {uri} {refused:?}"
+                );
+                assert_eq!(keys(&body), ["error"]);
+            }
+        }
+        assert_ne!(
+            f.store.session(&s.id).expect("session").status.to_string(),
+            "cancelled",
+            "nothing was done"
+        );
+        for (method, uri) in routes {
+            if uri.contains("token") || method == "POST" {
+                continue;
+            }
+            for accepted in [
+                ("authorization", bearer.as_str()),
+                ("cookie", cookie.as_str()),
+            ] {
+                let response = f.call(request(method, uri, &[accepted])).await;
+                let status = response.status();
+                let wanted = if uri == "/api/no/such/thing" {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::OK
+                };
+                assert_eq!(status, wanted, "{method} {uri} {accepted:?}");
+            }
+        }
+        let response = f
+            .call(request(
+                "POST",
+                &cancel,
+                &[("authorization", &bearer), (ACTION_HEADER, "test")],
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn opening_the_page_with_the_token_sets_a_strict_cookie_and_drops_it_from_the_address() {
+    let f = Fixture::with(Access::Network { token: token() });
+    let response = f
+        .call(request("GET", &format!("/?token={TOKEN}"), &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/");
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    let cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("ASCII")
+        .to_string();
+    let mut parts: Vec<&str> = cookie.split("; ").collect();
+    assert_eq!(parts.remove(0), format!("br_token={TOKEN}"), "{cookie}");
+    parts.sort_unstable();
+    assert_eq!(parts, ["HttpOnly", "Path=/", "SameSite=Strict"], "{cookie}");
+
+    // The cookie alone opens the page and the stream.
+    let pair = format!("br_token={TOKEN}");
+    for uri in ["/", "/api/stream", "/api/summary"] {
+        let response = f.call(request("GET", uri, &[("cookie", &pair)])).await;
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn every_host_header_is_checked() {
+    for access in [
+        Access::Loopback { token: None },
+        Access::Network { token: token() },
+    ] {
+        let f = Fixture::with(access);
+        let bearer = format!("Bearer {TOKEN}");
+        let auth = ("authorization", bearer.as_str());
+        // Two Host headers: refused whatever they say, the first alone is not what counts.
+        for hosts in [
+            ["localhost:7878", "attacker.example"],
+            ["attacker.example", "localhost:7878"],
+            ["localhost:7878", "localhost:7878"],
+        ] {
+            let request = Request::get("/api/summary")
+                .header(header::HOST, hosts[0])
+                .header(header::HOST, hosts[1])
+                .header(auth.0, auth.1)
+                .body(Body::empty())
+                .expect("request");
+            let (status, body) = json(f.call(request).await).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{hosts:?}: {body}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| e.contains("Host")),
+                "{body}"
+            );
+        }
+        // Not a host name at all.
+        for bad in ["local host", "localhost:port", "[::1", "a/b"] {
+            let (status, body) = json(
+                f.call(request("GET", "/api/summary", &[("host", bad), auth]))
+                    .await,
+            )
+            .await;
+            assert!(status.is_client_error(), "{bad}: {status} {body}");
+        }
+        // A request whose target names another host than its Host header.
+        let (status, body) = json(
+            f.call(request(
+                "GET",
+                "http://attacker.example/api/summary",
+                &[("host", "localhost:7878"), auth],
+            ))
+            .await,
+        )
+        .await;
+        assert!(status.is_client_error(), "{status} {body}");
+        let (status, body) = json(
+            f.call(request(
+                "GET",
+                "/api/summary",
+                &[("host", "localhost:7878"), auth],
+            ))
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[test]
+fn a_token_is_printable_text_that_fits_a_header_and_a_cookie() {
+    for ok in [TOKEN, "0123456789abcdef", "a+b/c=", "~x"] {
+        assert!(Token::new(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "has space",
+        "semi;colon",
+        "comma,",
+        "quote\"",
+        "back\\slash",
+        "é",
+    ] {
+        assert!(Token::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(
+        !format!("{:?}", token()).contains(TOKEN),
+        "Debug does not show the token"
+    );
 }

@@ -1,7 +1,8 @@
 //! The web dashboard in a real browser: headless Chromium, driven over WebDriver by chromedriver,
-//! loads the page `br serve` serves while `br run` works, and the page's own JavaScript shows
-//! the session live, escapes what the store holds, follows it to the end, pauses it from its
-//! button, and says so when a session it resumes has no worker to run it.
+//! loads the page `br serve` serves (with a token: opened once as `/?token=…`, then on its
+//! cookie) while `br run` works, and the page's own JavaScript shows the session live, escapes
+//! what the store holds, follows it to the end, pauses it from its button, and says so when a
+//! session it resumes has no worker to run it.
 //!
 //! Needs `BR_TEST_CHROMEDRIVER` (the path of chromedriver, with Chromium installed; `.ci/run`
 //! installs both and sets it); without it the test says it was skipped.
@@ -203,12 +204,25 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
          [[task]]\nid = \"after-it\"\nrun = 'true'\nafter = [\"waiter\"]\n",
     );
     let run = repo.spawn(&["run", "--workers", "1", "--no-dashboard"]);
-    let (_server, url) = Background::start(
-        repo.br_command(&["serve", "--addr", "127.0.0.1:0"]),
-        |line| line.strip_prefix("listening on ").map(str::to_string),
-    );
+    // With a token, as beyond loopback: the page must work on the cookie alone.
+    let token = "browser-Token_1";
+    let mut serve = repo.br_command(&["serve", "--addr", "127.0.0.1:0"]);
+    serve.env("BR_SERVE_TOKEN", token);
+    let (_server, url) = Background::start(serve, |line| {
+        line.strip_prefix("listening on ").map(str::to_string)
+    });
     let browser = Browser::open(&driver);
     browser.go(&url);
+    browser.text_when("the refusal without the token", |t| {
+        t.contains("needs its token")
+    });
+    browser.go(&format!("{url}/?token={token}"));
+    // The token went into a cookie no script can read, and out of the address.
+    assert_eq!(
+        browser.eval("return location.pathname + location.search"),
+        "/"
+    );
+    assert_eq!(browser.eval("return document.cookie"), "");
 
     let running = browser.text_when("the running session", |t| {
         t.contains("web <b>bold</b>") && t.contains("waiter") && t.contains("running")
