@@ -2,8 +2,6 @@
 //! and the session actions. Handlers are thin: they read the store (off the async runtime) or
 //! the published snapshot, and turn a user action into one store request.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -162,35 +160,40 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
-/// A JSON answer from text that is already JSON (the published snapshot).
-fn json_text(text: Arc<str>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        text.to_string(),
-    )
-        .into_response()
+/// A JSON answer from text that is already JSON.
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-/// `GET /api/snapshot[?session=S]`: what the dashboards show (as `br dashboard --once --json`).
+/// `GET /api/snapshot[?session=S]`: what the dashboards show (as `br dashboard --once --json`),
+/// whole: a one-off request, serialised for it off the runtime (a stream sends pages instead).
 async fn snapshot(
     State(state): State<AppState>,
     q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let latest = state.latest();
-    let Some(reference) = q.session else {
-        return Ok(json_text(Arc::clone(&latest.json)));
-    };
     let json = state
         .blocking(move |store| {
-            let id = store.resolve_session(&reference)?.id;
-            if latest.selected.as_ref() == Some(&id) && latest.error.is_none() {
-                return Ok(Arc::clone(&latest.json));
-            }
-            let snapshot = build_snapshot(store, Some(&id))?;
-            serde_json::to_string(&snapshot)
-                .map(Arc::from)
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            let own;
+            let snapshot = match (q.session, &latest.snapshot) {
+                (None, Some(shared)) => shared,
+                (Some(reference), Some(shared))
+                    if latest.error.is_none()
+                        && latest.selected() == Some(&store.resolve_session(&reference)?.id) =>
+                {
+                    shared
+                }
+                (reference, _) => {
+                    let id = reference
+                        .map(|r| store.resolve_session(&r))
+                        .transpose()?
+                        .map(|s| s.id);
+                    own = build_snapshot(store, id.as_ref())?;
+                    &own
+                }
+            };
+            serde_json::to_string(snapshot).map_err(|e| ApiError::Internal(e.to_string()))
         })
         .await?;
     Ok(json_text(json))

@@ -19,6 +19,8 @@ pub enum ApiError {
     /// The request may not be made this way (cross-site, or for a host this server does not
     /// answer).
     Forbidden(String),
+    /// The server is at a limit it keeps on purpose (too many live streams).
+    Unavailable(String),
     /// The server could not do its job for a reason that is not the store's.
     Internal(String),
 }
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
             | ApiError::Unauthorized(m)
+            | ApiError::Unavailable(m)
             | ApiError::Forbidden(m)
             | ApiError::Internal(m) => m.clone(),
         }

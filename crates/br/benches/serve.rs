@@ -190,7 +190,7 @@ fn big_session(store: &SqliteStore, tasks: u64) -> Result<br_store::Session, Err
 }
 
 fn main() -> Result<(), Error> {
-    let (tasks, clients, seconds) = (arg(1, 20_000), arg(2, 30), arg(3, 20));
+    let (tasks, clients, seconds) = (arg(1, 20_000), arg(2, 30), arg(3, 40));
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("br.db");
     let store = SqliteStore::open(&db)?;

@@ -1,8 +1,8 @@
 //! The web dashboard in a real browser: headless Chromium, driven over WebDriver by chromedriver,
 //! loads the page `br serve` serves (with a token: opened once as `/?token=…`, then on its
 //! cookie) while `br run` works, and the page's own JavaScript shows the session live, escapes
-//! what the store holds, follows it to the end, pauses it from its button, and says so when a
-//! session it resumes has no worker to run it.
+//! what the store holds, follows it to the end, pauses it from its button, says so when a
+//! session it resumes has no worker to run it, and pages through a large session's tasks.
 //!
 //! Needs `BR_TEST_CHROMEDRIVER` (the path of chromedriver, with Chromium installed; `.ci/run`
 //! installs both and sets it); without it the test says it was skipped.
@@ -290,4 +290,34 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
     });
     assert!(shown.contains("br resume"), "{shown}");
     assert_eq!(repo.status("idle")["status"], "running");
+
+    // A large session's tasks come one page at a time, and the pager moves through them.
+    let mut plan = String::from("name = \"many\"\nisolation = \"shared\"\n");
+    for i in 0..205 {
+        plan.push_str(&format!("[[task]]\nid = \"m{i:03}\"\nrun = 'true'\n"));
+    }
+    repo.write("many.toml", &plan);
+    assert_eq!(repo.br(&["submit", "many.toml"]).code, 0);
+    poll("the many session's row, clicked", LONG, || {
+        let clicked = browser.eval(
+            "for (const r of document.querySelectorAll('tr.session')) \
+             { if (r.children[0].textContent === 'many') { r.click(); return true; } } \
+             return false;",
+        );
+        (clicked == true).then_some(())
+    });
+    let first = browser.text_when("the first page", |t| {
+        t.contains("TASKS OF MANY") && t.contains("tasks 1–200 of 205")
+    });
+    assert!(first.contains("m199") && !first.contains("m200"), "{first}");
+    browser.eval(
+        "for (const b of document.querySelectorAll('#pager button')) \
+         { if (b.textContent === 'next') { b.click(); return true; } } return false;",
+    );
+    let last = browser.text_when("the last page", |t| t.contains("tasks 201–205 of 205"));
+    assert!(last.contains("m204") && !last.contains("m199"), "{last}");
+    assert_eq!(
+        browser.eval("return location.hash.includes('offset=200')"),
+        true
+    );
 }
