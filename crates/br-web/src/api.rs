@@ -2,13 +2,11 @@
 //! and the session actions. Handlers are thin: they read the store (off the async runtime) or
 //! the published snapshot, and turn a user action into one store request.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use br_core::state::SessionAction;
@@ -18,12 +16,13 @@ use br_store::view::{
     EventView, LockListView, SessionListView, StatusView, SummaryView, WorkerListView,
     WorkerListing,
 };
-use br_store::{EventFilter, SessionFilter, Store};
-use serde::Deserialize;
+use br_store::{EventFilter, Session, SessionFilter, Store};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::query::SessionQuery;
-use crate::state::{AppState, Exposure};
+use crate::serving::serving_workers;
+use crate::state::AppState;
 use crate::stream::stream;
 
 /// The dashboard page: one file, inline CSS and JS, nothing fetched from elsewhere.
@@ -60,54 +59,84 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses requests for hosts a loopback server should not answer (DNS rebinding) and
-/// cross-site state changes; marks every answer as not to be framed or sniffed.
+/// Refuses requests for hosts this server does not answer (DNS rebinding), requests without
+/// the token when it has one, and cross-site state changes; marks every answer as not to be
+/// framed, sniffed, or followed by a referrer.
 async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.exposure == Exposure::Loopback
-        && let Some(host) = request.headers().get(header::HOST)
-        && !is_loopback_host(host)
-    {
-        return ApiError::Forbidden(format!(
-            "this server answers only for localhost, not for host `{}`",
-            String::from_utf8_lossy(host.as_bytes())
-        ))
-        .into_response();
+    let (parts, body) = request.into_parts();
+    if let Err(refused) = state.access.check_host(&parts) {
+        return refused.into_response();
     }
-    if request.method() == axum::http::Method::POST
-        && !request.headers().contains_key(ACTION_HEADER)
-    {
-        return ApiError::Forbidden(format!(
-            "a session action needs the `{ACTION_HEADER}` header (the dashboard page sends it)"
-        ))
-        .into_response();
-    }
-    let mut response = next.run(request).await;
+    let request = Request::from_parts(parts, body);
+    let mut response = match state.access.check_token(request.headers()) {
+        // The page opened as `/?token=…` proves the token itself, and gets the cookie.
+        Err(_) if page_with_token(&request).is_some() => next.run(request).await,
+        Err(refused) => refused.into_response(),
+        Ok(())
+            if request.method() == Method::POST
+                && !request.headers().contains_key(ACTION_HEADER) =>
+        {
+            ApiError::Forbidden(format!(
+                "a session action needs the `{ACTION_HEADER}` header (the dashboard page sends it)"
+            ))
+            .into_response()
+        }
+        Ok(()) => next.run(request).await,
+    };
     let headers = response.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // A token in the address must never travel on in a Referer.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
-/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
-fn is_loopback_host(host: &HeaderValue) -> bool {
-    let Ok(host) = host.to_str() else {
-        return false;
-    };
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _port)| name)
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// The `token` of `GET /?token=…`, the page's way in when the server has a token.
+fn page_with_token(request: &Request) -> Option<String> {
+    if request.method() != Method::GET || request.uri().path() != "/" {
+        return None;
+    }
+    let Query(q) = Query::<PageQuery>::try_from_uri(request.uri()).ok()?;
+    q.token
 }
 
-async fn page() -> Response {
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    token: Option<String>,
+}
+
+/// `GET /`: the page. `GET /?token=T` checks T, keeps it in the cookie and sends the browser
+/// on to `/`, so that the token does not stay in the address bar or the history.
+async fn page(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(given) = page_with_token(&request)
+        && state.access.has_token()
+    {
+        if !state.access.token_matches(&given) {
+            return ApiError::Unauthorized(
+                "this is not the server's token (the one given to `br serve` with --token or \
+                 BR_SERVE_TOKEN)"
+                    .into(),
+            )
+            .into_response();
+        }
+        let mut response = Redirect::to("/").into_response();
+        let headers = response.headers_mut();
+        if let Some(cookie) = state.access.token_cookie() {
+            headers.insert(header::SET_COOKIE, cookie);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
+    page_html()
+}
+
+fn page_html() -> Response {
     let mut headers = HeaderMap::new();
     // The page loads nothing from anywhere else; say so, so that a bug cannot make it.
     headers.insert(
@@ -131,35 +160,40 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
-/// A JSON answer from text that is already JSON (the published snapshot).
-fn json_text(text: Arc<str>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        text.to_string(),
-    )
-        .into_response()
+/// A JSON answer from text that is already JSON.
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-/// `GET /api/snapshot[?session=S]`: what the dashboards show (as `br dashboard --once --json`).
+/// `GET /api/snapshot[?session=S]`: what the dashboards show (as `br dashboard --once --json`),
+/// whole: a one-off request, serialised for it off the runtime (a stream sends pages instead).
 async fn snapshot(
     State(state): State<AppState>,
     q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let latest = state.latest();
-    let Some(reference) = q.session else {
-        return Ok(json_text(Arc::clone(&latest.json)));
-    };
     let json = state
         .blocking(move |store| {
-            let id = store.resolve_session(&reference)?.id;
-            if latest.selected.as_ref() == Some(&id) && latest.error.is_none() {
-                return Ok(Arc::clone(&latest.json));
-            }
-            let snapshot = build_snapshot(store, Some(&id))?;
-            serde_json::to_string(&snapshot)
-                .map(Arc::from)
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            let own;
+            let snapshot = match (q.session, &latest.snapshot) {
+                (None, Some(shared)) => shared,
+                (Some(reference), Some(shared))
+                    if latest.error.is_none()
+                        && latest.selected() == Some(&store.resolve_session(&reference)?.id) =>
+                {
+                    shared
+                }
+                (reference, _) => {
+                    let id = reference
+                        .map(|r| store.resolve_session(&r))
+                        .transpose()?
+                        .map(|s| s.id);
+                    own = build_snapshot(store, id.as_ref())?;
+                    &own
+                }
+            };
+            serde_json::to_string(snapshot).map_err(|e| ApiError::Internal(e.to_string()))
         })
         .await?;
     Ok(json_text(json))
@@ -217,8 +251,51 @@ async fn pause(state: State<AppState>, id: Path<String>) -> Result<Response, Api
     change(state, id, SessionAction::Pause).await
 }
 
-async fn resume(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
-    change(state, id, SessionAction::Resume).await
+/// `POST /api/sessions/{id}/resume`: as `br resume --detach --json`, plus who will run it: a
+/// resumed session is `running` in the store, but nothing runs until a worker serves it, and
+/// the answer says so rather than let the page show a session at work.
+async fn resume(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let resumed = state
+        .blocking(move |store: &dyn Store| {
+            let s = store.resolve_session(&reference)?;
+            let s = store.change_session(&s.id, SessionAction::Resume)?;
+            let workers_live = serving_workers(store, &s)?;
+            Ok(Resumed::new(s, workers_live))
+        })
+        .await?;
+    state.kick();
+    Ok(Json(resumed).into_response())
+}
+
+/// The answer to a resume: the session (as `br resume --json`), how many live workers serve
+/// it (as `br scale --json` counts them), and a warning when none does.
+#[derive(Debug, Serialize)]
+struct Resumed {
+    #[serde(flatten)]
+    session: Session,
+    workers_live: usize,
+    warning: Option<String>,
+}
+
+impl Resumed {
+    fn new(session: Session, workers_live: usize) -> Resumed {
+        let warning = (workers_live == 0).then(|| {
+            format!(
+                "no worker serves session {} ({}): it is running in the store, but nothing runs \
+                 until a worker serves it; start one where the repository is with `br resume {}` \
+                 (or `br worker --session {}`)",
+                session.name, session.id, session.id, session.id
+            )
+        });
+        Resumed {
+            session,
+            workers_live,
+            warning,
+        }
+    }
 }
 
 async fn cancel(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
@@ -321,34 +398,4 @@ async fn events(
         .await?;
     let lines: Vec<EventView<'_>> = list.iter().map(EventView::from).collect();
     Ok(Json(lines).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_hosts_are_recognised() {
-        for ok in [
-            "localhost",
-            "localhost:7878",
-            "LOCALHOST:1",
-            "127.0.0.1",
-            "127.0.0.1:7878",
-            "127.1.2.3:80",
-            "[::1]",
-            "[::1]:7878",
-        ] {
-            assert!(is_loopback_host(&HeaderValue::from_static(ok)), "{ok}");
-        }
-        for bad in [
-            "example.com",
-            "evil.localhost.example:7878",
-            "10.0.0.1:7878",
-            "[::2]:7878",
-            "",
-        ] {
-            assert!(!is_loopback_host(&HeaderValue::from_static(bad)), "{bad}");
-        }
-    }
 }

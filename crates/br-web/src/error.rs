@@ -2,7 +2,7 @@
 //! `{"error": "…"}`, worded as the CLI words it.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use br_store::StoreError;
 
@@ -14,9 +14,13 @@ pub enum ApiError {
     BadRequest(String),
     /// No such endpoint.
     NotFound(String),
+    /// The request does not carry the server's token.
+    Unauthorized(String),
     /// The request may not be made this way (cross-site, or for a host this server does not
     /// answer).
     Forbidden(String),
+    /// The server is at a limit it keeps on purpose (too many live streams).
+    Unavailable(String),
     /// The server could not do its job for a reason that is not the store's.
     Internal(String),
 }
@@ -35,7 +39,9 @@ impl ApiError {
             },
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +62,8 @@ impl ApiError {
             }
             ApiError::BadRequest(m)
             | ApiError::NotFound(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Unavailable(m)
             | ApiError::Forbidden(m)
             | ApiError::Internal(m) => m.clone(),
         }
@@ -76,10 +84,17 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status(),
             Json(serde_json::json!({ "error": self.message() })),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ApiError::Unauthorized(_)) {
+            // What RFC 6750 asks of a 401: say which scheme would do.
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

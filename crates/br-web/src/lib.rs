@@ -7,15 +7,20 @@
 //!
 //! [`Snapshot`]: br_store::snapshot::Snapshot
 
+mod access;
 mod api;
 mod error;
+mod page;
 mod query;
 mod server;
+mod serving;
 mod state;
 mod stream;
 
+pub use access::{Access, TOKEN_COOKIE, Token, TokenError};
 pub use api::{ACTION_HEADER, PAGE, router};
 pub use error::ApiError;
-pub use server::{SHUTDOWN_GRACE, Server, Stop};
-pub use state::{AppState, Exposure, MIN_REFRESH_GAP, Published};
+pub use page::{DEFAULT_TASK_PAGE, MAX_TASK_PAGE, STREAM_EVENTS};
+pub use server::{SHUTDOWN_GRACE, Server, Stop, WRITE_STALL};
+pub use state::{AppState, MAX_STREAMS, MIN_REFRESH_GAP, Published};
 pub use stream::MIN_SEND_GAP;

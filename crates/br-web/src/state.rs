@@ -1,22 +1,33 @@
-//! What every handler shares: the store, and the latest [`Snapshot`] that one background thread
-//! keeps up to date and publishes (serialised once) on a watch channel.
+//! What every handler shares: the store, and the latest [`Snapshot`]s that one background thread
+//! keeps up to date and publishes on watch channels — the default one (the first listed session
+//! selected), and one per session that a live stream follows.
 //!
 //! The [`Store`] is synchronous and each call may block, so nothing here calls it on the async
 //! runtime: the publisher is a plain thread, and handlers go through [`AppState::blocking`].
+//!
+//! What this costs does not grow with the clients: a session followed by any number of streams
+//! has one builder and one published snapshot, and what a stream sends is cut from it (see
+//! `page.rs`), never queued per client.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use br_core::SessionId;
 use br_store::snapshot::{Snapshot, SnapshotBuilder};
 use br_store::{Store, StoreError};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::access::Access;
 use crate::error::ApiError;
 
-/// However busy the store, the shared snapshot is rebuilt at most this often.
+/// However busy the store, a snapshot is rebuilt at most this often.
 pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
+
+/// How many live streams the server keeps at once, by default; one more is refused (503).
+/// Each holds a connection and its buffers, and a session's builder while anyone follows it.
+pub const MAX_STREAMS: usize = 64;
 
 /// How long one wait for a store change lasts: short, so a stop or a user action is noticed
 /// quickly.
@@ -25,37 +36,29 @@ const TICK: Duration = Duration::from_millis(100);
 /// One published picture of the store.
 #[derive(Debug)]
 pub struct Published {
-    /// The snapshot as JSON: serialised once, sent to every client.
-    pub json: Arc<str>,
-    /// The session whose tasks it includes.
-    pub selected: Option<SessionId>,
-    /// The newest event it reflects.
-    pub last_seq: i64,
+    /// The snapshot; `None` for a session's view that has not been read yet.
+    pub snapshot: Option<Arc<Snapshot>>,
     /// Why the last refresh failed, when it did (the snapshot is then the last good one).
     pub error: Option<String>,
 }
 
 impl Published {
-    fn of(snapshot: &Snapshot) -> Result<Published, serde_json::Error> {
-        Ok(Published {
-            json: serde_json::to_string(snapshot)?.into(),
-            selected: snapshot.selected.as_ref().map(|s| s.id.clone()),
-            last_seq: snapshot.last_seq,
+    fn of(snapshot: Arc<Snapshot>) -> Published {
+        Published {
+            snapshot: Some(snapshot),
             error: None,
-        })
+        }
+    }
+
+    /// The session whose tasks it includes.
+    pub fn selected(&self) -> Option<&SessionId> {
+        Some(&self.snapshot.as_ref()?.selected.as_ref()?.id)
     }
 }
 
-/// How the server is reached, which decides which `Host` headers it answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure {
-    /// Bound to a loopback address: only `localhost`, `127.x.x.x` and `[::1]` hosts are
-    /// answered, so a web page cannot read the API by pointing its own name at 127.0.0.1
-    /// (DNS rebinding).
-    Loopback,
-    /// Bound to an address the user chose to expose: any host is answered.
-    Network,
-}
+/// The channels of the sessions that streams follow, shared by the handlers (which subscribe)
+/// and the publisher (which feeds them, and forgets those nobody follows any more).
+type Followed = Arc<Mutex<HashMap<SessionId, watch::Sender<Arc<Published>>>>>;
 
 /// The state behind the router. Cheap to clone; the publisher thread stops when the last clone
 /// is dropped or [`AppState::shutdown`] is called.
@@ -64,13 +67,16 @@ pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) snapshots: watch::Receiver<Arc<Published>>,
     pub(crate) stopping: watch::Receiver<bool>,
-    pub(crate) exposure: Exposure,
+    pub(crate) access: Arc<Access>,
+    followed: Followed,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
 struct Shared {
-    /// Asks the publisher to refresh now (after a user action).
+    /// Asks the publisher to refresh now (after a user action, or for a newly followed session).
     kick: Arc<AtomicBool>,
     /// Tells the publisher thread to end.
     stop: Arc<AtomicBool>,
@@ -92,28 +98,26 @@ impl AppState {
     pub fn new(
         store: Arc<dyn Store>,
         refresh: Duration,
-        exposure: Exposure,
+        access: Access,
     ) -> Result<AppState, StoreError> {
-        let mut builder = SnapshotBuilder::new(None);
-        let mut snapshot = Snapshot::empty(store.now()?);
-        builder.refresh(&*store, &mut snapshot)?;
-        let first = Published::of(&snapshot).map_err(|e| StoreError::Backend {
-            context: "serialise the snapshot",
-            source: Box::new(e),
-        })?;
-        let (tx, rx) = watch::channel(Arc::new(first));
+        let mut default = View::new(None);
+        default.builder.refresh(&*store, &mut default.snapshot)?;
+        let first = Arc::new(default.snapshot.clone());
+        default.published = Some(Arc::clone(&first));
+        let (tx, rx) = watch::channel(Arc::new(Published::of(first)));
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let kick = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let followed = Followed::default();
         let publisher = Publisher {
             store: Arc::clone(&store),
-            builder,
-            published: snapshot.clone(),
-            snapshot,
+            default,
+            tx,
+            followed: Arc::clone(&followed),
+            views: HashMap::new(),
             refresh,
             kick: Arc::clone(&kick),
             stop: Arc::clone(&stop),
-            tx,
         };
         std::thread::Builder::new()
             .name("br-web-snapshot".into())
@@ -126,7 +130,10 @@ impl AppState {
             store,
             snapshots: rx,
             stopping: stopping_rx,
-            exposure,
+            access: Arc::new(access),
+            followed,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            max_streams: MAX_STREAMS,
             shared: Arc::new(Shared {
                 kick,
                 stop,
@@ -135,9 +142,22 @@ impl AppState {
         })
     }
 
-    /// The latest published snapshot.
+    /// Keeps at most `max` live streams instead of [`MAX_STREAMS`].
+    #[must_use]
+    pub fn with_max_streams(mut self, max: usize) -> AppState {
+        self.streams = Arc::new(Semaphore::new(max));
+        self.max_streams = max;
+        self
+    }
+
+    /// The latest published default snapshot.
     pub fn latest(&self) -> Arc<Published> {
         Arc::clone(&self.snapshots.borrow())
+    }
+
+    /// How many streams are live now.
+    pub fn live_streams(&self) -> usize {
+        self.max_streams - self.streams.available_permits()
     }
 
     /// Ends every live stream, and tells the publisher thread to stop (it does within one
@@ -150,6 +170,38 @@ impl AppState {
     /// Asks the publisher to refresh as soon as it may: something was just changed here.
     pub(crate) fn kick(&self) {
         self.shared.kick.store(true, Ordering::SeqCst);
+    }
+
+    /// A place among the live streams, or `None` when all are taken.
+    pub(crate) fn admit_stream(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.streams).try_acquire_owned().ok()
+    }
+
+    pub(crate) fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+
+    /// The snapshots of `session`, kept up to date while the receiver lives. The first may be
+    /// a pending one (no snapshot yet) until the publisher has read the session.
+    pub(crate) fn follow(&self, session: &SessionId) -> watch::Receiver<Arc<Published>> {
+        let mut followed = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = followed.entry(session.clone()).or_insert_with(|| {
+            // The default snapshot may already show it; otherwise wait for the publisher.
+            let latest = self.latest();
+            let first = if latest.selected() == Some(session) {
+                latest
+            } else {
+                Arc::new(Published {
+                    snapshot: None,
+                    error: None,
+                })
+            };
+            watch::channel(first).0
+        });
+        let rx = tx.subscribe();
+        drop(followed);
+        self.kick();
+        rx
     }
 
     /// Runs a store call on tokio's blocking pool, never on the async runtime.
@@ -165,23 +217,68 @@ impl AppState {
     }
 }
 
-/// The one thread that owns the shared [`SnapshotBuilder`].
-struct Publisher {
-    store: Arc<dyn Store>,
+/// One snapshot the publisher keeps up to date: its builder, the working copy the builder
+/// updates in place, and the copy last published (which readers share).
+struct View {
     builder: SnapshotBuilder,
     snapshot: Snapshot,
-    /// The snapshot last published, to tell whether a refresh changed anything.
-    published: Snapshot,
+    published: Option<Arc<Snapshot>>,
+}
+
+impl View {
+    fn new(session: Option<SessionId>) -> View {
+        View {
+            builder: SnapshotBuilder::new(session),
+            snapshot: Snapshot::empty(br_core::Timestamp(0)),
+            published: None,
+        }
+    }
+
+    /// Refreshes the snapshot; what to publish, if anything changed (or the refresh failed).
+    fn refresh(&mut self, store: &dyn Store, failing: bool) -> Option<Published> {
+        match self.builder.refresh(store, &mut self.snapshot) {
+            Ok(())
+                if !failing
+                    && self
+                        .published
+                        .as_ref()
+                        .is_some_and(|p| same_apart_from_time(p, &self.snapshot)) =>
+            {
+                // Only the clock moved: nothing a client would show differently.
+                None
+            }
+            Ok(()) => {
+                let published = Arc::new(self.snapshot.clone());
+                self.published = Some(Arc::clone(&published));
+                Some(Published::of(published))
+            }
+            // Keep showing the last good snapshot, and say why it is not newer.
+            Err(e) => Some(Published {
+                snapshot: self.published.clone(),
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+}
+
+/// The one thread that owns the builders.
+struct Publisher {
+    store: Arc<dyn Store>,
+    /// The default snapshot: the first listed session selected.
+    default: View,
+    tx: watch::Sender<Arc<Published>>,
+    followed: Followed,
+    /// A builder for each followed session that the default snapshot does not show.
+    views: HashMap<SessionId, View>,
     refresh: Duration,
     kick: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    tx: watch::Sender<Arc<Published>>,
 }
 
 impl Publisher {
     fn run(mut self) {
         let mut last_refresh = Instant::now();
-        let mut seen_seq = self.snapshot.last_seq;
+        let mut seen_seq = self.default.snapshot.last_seq;
         while !self.stop.load(Ordering::SeqCst) {
             // Returns early when another process wrote to the store; heartbeats wake it too,
             // which is why a new event (one indexed read) decides whether to rebuild early.
@@ -198,37 +295,52 @@ impl Publisher {
             }
             self.kick.store(false, Ordering::SeqCst);
             last_refresh = Instant::now();
-            let published = match self.builder.refresh(&*self.store, &mut self.snapshot) {
-                Ok(())
-                    if self.tx.borrow().error.is_none()
-                        && same_apart_from_time(&self.published, &self.snapshot) =>
-                {
-                    // Only the clock moved: nothing a client would show differently.
-                    continue;
-                }
-                Ok(()) => {
-                    self.published = self.snapshot.clone();
-                    Published::of(&self.snapshot).map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            let published = match published {
-                Ok(p) => p,
-                Err(error) => {
-                    // Keep showing the last good snapshot, and say why it is not newer.
-                    let last = self.tx.borrow().clone();
-                    Published {
-                        json: Arc::clone(&last.json),
-                        selected: last.selected.clone(),
-                        last_seq: last.last_seq,
-                        error: Some(error),
-                    }
-                }
-            };
-            seen_seq = published.last_seq;
-            if self.tx.send(Arc::new(published)).is_err() {
+            let failing = self.tx.borrow().error.is_some();
+            if let Some(published) = self.default.refresh(&*self.store, failing)
+                && self.tx.send(Arc::new(published)).is_err()
+            {
                 // Nobody is listening any more.
                 return;
+            }
+            seen_seq = self.default.snapshot.last_seq;
+            self.refresh_followed();
+        }
+    }
+
+    /// Feeds every followed session's channel, from the default snapshot when it shows that
+    /// session, else from a builder of its own; forgets the sessions nobody follows any more.
+    fn refresh_followed(&mut self) {
+        let followed: Vec<(SessionId, watch::Sender<Arc<Published>>)> = {
+            let mut map = self.followed.lock().unwrap_or_else(PoisonError::into_inner);
+            // Under the lock, so that a stream subscribing now finds its channel kept.
+            map.retain(|_, tx| tx.receiver_count() > 0);
+            map.iter()
+                .map(|(id, tx)| (id.clone(), tx.clone()))
+                .collect()
+        };
+        self.views
+            .retain(|id, _| followed.iter().any(|(followed, _)| followed == id));
+        let default = self.tx.borrow().clone();
+        for (id, tx) in followed {
+            if default.selected() == Some(&id) {
+                // One builder for both: drop the session's own, and share the default's.
+                self.views.remove(&id);
+                tx.send_if_modified(|current| {
+                    let same = Arc::ptr_eq(current, &default);
+                    if !same {
+                        *current = Arc::clone(&default);
+                    }
+                    !same
+                });
+                continue;
+            }
+            let view = self
+                .views
+                .entry(id.clone())
+                .or_insert_with(|| View::new(Some(id)));
+            let failing = tx.borrow().error.is_some();
+            if let Some(published) = view.refresh(&*self.store, failing) {
+                let _ = tx.send(Arc::new(published));
             }
         }
     }

@@ -12,7 +12,9 @@ use br_core::outcome::Outcome;
 use br_core::{LockPath, Plan};
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Session, Store};
-use br_web::{ACTION_HEADER, AppState, Exposure, router};
+use br_web::{
+    ACTION_HEADER, Access, AppState, DEFAULT_TASK_PAGE, MAX_TASK_PAGE, Server, Token, router,
+};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -25,15 +27,15 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(Access::Loopback { token: None })
+    }
+
+    fn with(access: Access) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("br.db")).expect("open the store"));
-        let state = AppState::new(
-            Arc::clone(&store),
-            Duration::from_millis(100),
-            Exposure::Loopback,
-        )
-        .expect("app state");
+        let state = AppState::new(Arc::clone(&store), Duration::from_millis(100), access)
+            .expect("app state");
         Fixture {
             _dir: dir,
             store,
@@ -607,4 +609,562 @@ async fn the_stream_starts_with_the_current_snapshot() {
     })
     .await;
     assert!(ended.is_ok(), "the stream ended");
+}
+
+#[tokio::test]
+async fn resuming_a_session_that_no_worker_serves_says_so() {
+    let f = Fixture::new();
+    let plan = Plan::parse(
+        "name = \"build\"\nisolation = \"shared\"\nheartbeat_timeout = \"1s\"\n\
+         [[task]]\nid = \"a\"\nrun = \"true\"\n",
+        Path::new("br.toml"),
+    )
+    .expect("valid plan");
+    let s = f
+        .store
+        .create_session(&NewSession {
+            plan,
+            repo_root: PathBuf::from("/repo"),
+            plan_path: None,
+            base_commit: None,
+            workers_wanted: 1,
+        })
+        .expect("create session");
+
+    // Nobody serves it: the session is running in the store, and the answer says that nothing
+    // will run until a worker does.
+    let body = pause_then_resume(&f).await;
+    assert_eq!(body["workers_live"], 0, "{body}");
+    let warning = body["warning"].as_str().expect("a warning");
+    assert!(warning.contains("no worker serves"), "{warning}");
+    assert!(
+        warning.contains(&format!("br resume {}", s.id)),
+        "{warning}"
+    );
+
+    // A live worker of the session serves it.
+    let worker = f
+        .store
+        .register_worker(&NewWorker {
+            host: "test-host".into(),
+            pid: 4242,
+            session: Some(s.id.clone()),
+            heartbeat_timeout: Duration::from_secs(1),
+        })
+        .expect("register worker");
+    let body = pause_then_resume(&f).await;
+    assert_eq!(body["workers_live"], 1, "{body}");
+    assert!(body["warning"].is_null(), "{body}");
+
+    // One whose heartbeat is older than the session's timeout died without leaving (nobody
+    // marked it offline yet): it serves nothing.
+    let heard = f.store.worker(&worker).expect("worker").last_heartbeat;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while f.store.now().expect("now").0 <= heard.0 + 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store clock stands still"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = pause_then_resume(&f).await;
+    assert_eq!(body["workers_live"], 0, "{body}");
+    assert!(body["warning"].is_string(), "{body}");
+}
+
+/// Pauses the session `build`, then resumes it as the page's buttons do; the resume's answer.
+async fn pause_then_resume(f: &Fixture) -> Value {
+    let (status, body) = f.post("/api/sessions/build/pause").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = f.post("/api/sessions/build/resume").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    has_keys(&body, SESSION_KEYS);
+    assert_eq!(body["status"], "running");
+    body
+}
+
+const TOKEN: &str = "s3cret-Token_for.br";
+
+fn token() -> Token {
+    Token::new(TOKEN).expect("a valid token")
+}
+
+/// `method uri` with these headers.
+fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::empty()).expect("request")
+}
+
+#[tokio::test]
+async fn with_a_token_every_route_needs_it() {
+    for access in [
+        Access::Network { token: token() },
+        Access::Loopback {
+            token: Some(token()),
+        },
+    ] {
+        let f = Fixture::with(access);
+        let s = f.submit("build", &["a"]);
+        let cancel = format!("/api/sessions/{}/cancel", s.id);
+        let routes = [
+            ("GET", "/"),
+            ("GET", "/?token=wrong"),
+            ("GET", "/api/snapshot"),
+            ("GET", "/api/summary"),
+            ("GET", "/api/sessions"),
+            ("GET", "/api/sessions/build"),
+            ("GET", "/api/workers"),
+            ("GET", "/api/locks"),
+            ("GET", "/api/events"),
+            ("GET", "/api/stream"),
+            ("GET", "/api/no/such/thing"),
+            ("POST", cancel.as_str()),
+        ];
+        let bearer = format!("Bearer {TOKEN}");
+        let cookie = format!("other=1; br_token={TOKEN}");
+        for (method, uri) in routes {
+            for refused in [
+                vec![],
+                vec![("authorization", "Bearer wrong")],
+                vec![("authorization", "Bearer ")],
+                vec![("authorization", TOKEN)],
+                vec![("cookie", "br_token=wrong")],
+                // A prefix of the token, and the token with more after it.
+                vec![("authorization", &bearer[..bearer.len() - 1])],
+                vec![("cookie", "br_token=s3cret-Token_for.brX")],
+            ] {
+                let mut headers = refused.clone();
+                headers.push((ACTION_HEADER, "test"));
+                let response = f.call(request(method, uri, &headers)).await;
+                assert_eq!(
+                    response
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .map(axum::http::HeaderValue::as_bytes),
+                    Some(&b"Bearer"[..]),
+                    "{method} {uri} {refused:?}"
+                );
+                let (status, body) = json(response).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {uri} {refused:?}"
+                );
+                assert_eq!(keys(&body), ["error"]);
+            }
+        }
+        assert_ne!(
+            f.store.session(&s.id).expect("session").status.to_string(),
+            "cancelled",
+            "nothing was done"
+        );
+        for (method, uri) in routes {
+            if uri.contains("token") || method == "POST" {
+                continue;
+            }
+            for accepted in [
+                ("authorization", bearer.as_str()),
+                ("cookie", cookie.as_str()),
+            ] {
+                let response = f.call(request(method, uri, &[accepted])).await;
+                let status = response.status();
+                let wanted = if uri == "/api/no/such/thing" {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::OK
+                };
+                assert_eq!(status, wanted, "{method} {uri} {accepted:?}");
+            }
+        }
+        let response = f
+            .call(request(
+                "POST",
+                &cancel,
+                &[("authorization", &bearer), (ACTION_HEADER, "test")],
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn opening_the_page_with_the_token_sets_a_strict_cookie_and_drops_it_from_the_address() {
+    let f = Fixture::with(Access::Network { token: token() });
+    let response = f
+        .call(request("GET", &format!("/?token={TOKEN}"), &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[header::LOCATION], "/");
+    assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    let cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("ASCII")
+        .to_string();
+    let mut parts: Vec<&str> = cookie.split("; ").collect();
+    assert_eq!(parts.remove(0), format!("br_token={TOKEN}"), "{cookie}");
+    parts.sort_unstable();
+    assert_eq!(parts, ["HttpOnly", "Path=/", "SameSite=Strict"], "{cookie}");
+
+    // The cookie alone opens the page and the stream.
+    let pair = format!("br_token={TOKEN}");
+    for uri in ["/", "/api/stream", "/api/summary"] {
+        let response = f.call(request("GET", uri, &[("cookie", &pair)])).await;
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn every_host_header_is_checked() {
+    for access in [
+        Access::Loopback { token: None },
+        Access::Network { token: token() },
+    ] {
+        let f = Fixture::with(access);
+        let bearer = format!("Bearer {TOKEN}");
+        let auth = ("authorization", bearer.as_str());
+        // Two Host headers: refused whatever they say, the first alone is not what counts.
+        for hosts in [
+            ["localhost:7878", "attacker.example"],
+            ["attacker.example", "localhost:7878"],
+            ["localhost:7878", "localhost:7878"],
+        ] {
+            let request = Request::get("/api/summary")
+                .header(header::HOST, hosts[0])
+                .header(header::HOST, hosts[1])
+                .header(auth.0, auth.1)
+                .body(Body::empty())
+                .expect("request");
+            let (status, body) = json(f.call(request).await).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{hosts:?}: {body}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| e.contains("Host")),
+                "{body}"
+            );
+        }
+        // Not a host name at all.
+        for bad in ["local host", "localhost:port", "[::1", "a/b"] {
+            let (status, body) = json(
+                f.call(request("GET", "/api/summary", &[("host", bad), auth]))
+                    .await,
+            )
+            .await;
+            assert!(status.is_client_error(), "{bad}: {status} {body}");
+        }
+        // A request whose target names another host than its Host header.
+        let (status, body) = json(
+            f.call(request(
+                "GET",
+                "http://attacker.example/api/summary",
+                &[("host", "localhost:7878"), auth],
+            ))
+            .await,
+        )
+        .await;
+        assert!(status.is_client_error(), "{status} {body}");
+        let (status, body) = json(
+            f.call(request(
+                "GET",
+                "/api/summary",
+                &[("host", "localhost:7878"), auth],
+            ))
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[test]
+fn a_token_is_printable_text_that_fits_a_header_and_a_cookie() {
+    for ok in [TOKEN, "0123456789abcdef", "a+b/c=", "~x"] {
+        assert!(Token::new(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "has space",
+        "semi;colon",
+        "comma,",
+        "quote\"",
+        "back\\slash",
+        "é",
+    ] {
+        assert!(Token::new(bad).is_err(), "{bad:?}");
+    }
+    assert!(
+        !format!("{:?}", token()).contains(TOKEN),
+        "Debug does not show the token"
+    );
+}
+
+/// The first event of a stream's answer: its kind and its data as JSON.
+async fn first_event(response: Response) -> (String, Value) {
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Frames arrive in pieces; read until one whole event is in.
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on")
+            .expect("a chunk");
+        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+    }
+    let event = text.split("\n\n").next().expect("an event");
+    let kind = event
+        .lines()
+        .find_map(|l| l.strip_prefix("event: "))
+        .expect("a kind");
+    let data = event
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data");
+    (kind.to_string(), serde_json::from_str(data).expect("JSON"))
+}
+
+fn task_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("t{i:04}")).collect()
+}
+
+#[tokio::test]
+async fn a_stream_sends_one_page_of_a_large_sessions_tasks() {
+    let f = Fixture::new();
+    let ids = task_ids(450);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let s = f.submit("big", &refs);
+    let whole = poll_snapshot(&f, "/api/snapshot", |v| {
+        v["selected"]["id"] == s.id.as_str()
+    })
+    .await;
+    assert_eq!(
+        whole["selected"]["tasks"].as_array().map(Vec::len),
+        Some(450)
+    );
+
+    for (query, offset, len) in [
+        (String::new(), 0, DEFAULT_TASK_PAGE),
+        (format!("?session={}", s.id), 0, DEFAULT_TASK_PAGE),
+        ("?session=big&offset=400".to_string(), 400, 50),
+        ("?offset=10&limit=5".to_string(), 10, 5),
+        ("?offset=9999".to_string(), 450, 0),
+    ] {
+        let uri = format!("/api/stream{query}");
+        let response = f
+            .call(Request::get(&uri).body(Body::empty()).expect("request"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        let (kind, page) = first_event(response).await;
+        assert_eq!(kind, "snapshot");
+        // The snapshot's keys, and in `selected` where the page lies among the tasks.
+        assert_eq!(keys(&page), keys(&whole), "{uri}");
+        assert_eq!(
+            keys(&page["selected"]),
+            ["id", "tasks", "tasks_offset", "tasks_total"]
+        );
+        assert_eq!(page["selected"]["tasks_total"], 450, "{uri}");
+        assert_eq!(page["selected"]["tasks_offset"], offset, "{uri}");
+        let tasks = page["selected"]["tasks"].as_array().expect("tasks");
+        assert_eq!(tasks.len(), len, "{uri}");
+        for (i, task) in tasks.iter().enumerate() {
+            assert_eq!(task, &whole["selected"]["tasks"][offset + i], "{uri}");
+        }
+        assert_eq!(page["sessions"], whole["sessions"], "{uri}");
+        assert!(
+            page["events"].as_array().is_some_and(|e| e.len() <= 50),
+            "{uri}"
+        );
+    }
+    for bad in [
+        "?limit=0",
+        &format!("?limit={}", MAX_TASK_PAGE + 1),
+        "?offset=-1",
+    ] {
+        let (status, body) = f.get(&format!("/api/stream{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn streams_beyond_the_cap_are_refused_with_503_until_one_ends() {
+    let f = Fixture::new();
+    f.submit("build", &["a"]);
+    let state = f.state.clone().with_max_streams(2);
+    let open = || async {
+        router(state.clone())
+            .oneshot(
+                Request::get("/api/stream")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible")
+    };
+    let first = open().await;
+    let second = open().await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(state.live_streams(), 2);
+    let refused = open().await;
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "5");
+    let (status, body) = json(refused).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2 live streams")),
+        "{body}"
+    );
+
+    // A client that goes gives its place back.
+    drop(first);
+    assert_eq!(state.live_streams(), 1);
+    let third = open().await;
+    assert_eq!(third.status(), StatusCode::OK);
+    drop((second, third));
+    assert_eq!(state.live_streams(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_client_that_stops_reading_is_dropped_and_a_reading_one_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let f = Fixture::new();
+    let ids = task_ids(1000);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let s = f.submit("big", &refs);
+    let server = Server::bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind")
+        .with_write_stall(Duration::from_secs(1));
+    let addr = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(f.state.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+
+    // Keeps the session changing, so that every stream has something new to send.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let changer = {
+        let (store, done, dir) = (
+            Arc::clone(&f.store),
+            Arc::clone(&done),
+            f._dir.path().join("logs"),
+        );
+        let session = s.id.clone();
+        std::thread::spawn(move || {
+            let worker = store
+                .register_worker(&NewWorker {
+                    host: "test-host".into(),
+                    pid: 4242,
+                    session: Some(session.clone()),
+                    heartbeat_timeout: Duration::from_secs(30),
+                })
+                .expect("register");
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                match store
+                    .claim_next_task(&ClaimRequest {
+                        worker: &worker,
+                        session: Some(&session),
+                        log_dir: &dir,
+                    })
+                    .expect("claim")
+                {
+                    Claim::Task(task) => {
+                        store
+                            .finish_attempt(&task.lease, &Outcome::Succeeded)
+                            .expect("finish");
+                    }
+                    Claim::Nothing | Claim::Stop => break,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let request = format!(
+        "GET /api/stream?session=big&limit={MAX_TASK_PAGE} HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    );
+    let mut stuck = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stuck.write_all(request.as_bytes()).await.expect("send");
+    let mut reading = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    reading.write_all(request.as_bytes()).await.expect("send");
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let received = Arc::clone(&received);
+        tokio::spawn(async move {
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                match reading.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        received.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+
+    // Both are served first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while f.state.live_streams() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the streams did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The stuck client fills what the kernel and the server buffer, then makes no progress
+    // for a second: the server drops it and gives its place back.
+    while f.state.live_streams() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck client was not dropped ({} live streams)",
+            f.state.live_streams()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What it had been sent ends: the server closed the connection.
+    let mut buf = vec![0; 64 * 1024];
+    let mut drained_bytes = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stuck.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    drained_bytes += n;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the connection was not closed: {drained_bytes} bytes drained; the reader got {} and {}",
+        received.load(std::sync::atomic::Ordering::SeqCst),
+        if reader.is_finished() {
+            "ended"
+        } else {
+            "goes on"
+        }
+    );
+
+    // The reading client is still served.
+    let before = received.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(before > 0);
+    while received.load(std::sync::atomic::Ordering::SeqCst) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reading client got nothing more"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.state.live_streams(), 1);
+
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    changer.join().expect("changer");
+    let _ = stop_tx.send(());
+    serving.await.expect("joined").expect("served");
+    reader.await.expect("reader");
 }

@@ -393,11 +393,21 @@ pub(crate) struct DashboardArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Where to listen: IP:PORT. Port 0 lets the system choose (the printed URL tells which).
-    /// Only a loopback address is private to this machine; anyone who can reach another can
-    /// see every session and pause or cancel it
-    #[arg(long, default_value = "127.0.0.1:7878", value_name = "IP:PORT")]
+    /// Where to listen: IP:PORT (or localhost:PORT). Port 0 lets the system choose (the printed
+    /// URL tells which). Only a loopback address is private to this machine: any other needs a
+    /// token
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "IP:PORT", value_parser = parse_listen_addr)]
     pub addr: std::net::SocketAddr,
+    /// The secret every request must carry (`Authorization: Bearer TOKEN`, or the cookie the
+    /// page gets when opened once as /?token=TOKEN). Needed to listen beyond loopback. Prefer
+    /// the environment variable: a command line is visible to every user of the machine
+    #[arg(
+        long,
+        env = "BR_SERVE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
     /// Re-read the store at least this often (and sooner when something happens)
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub refresh: Duration,
@@ -435,6 +445,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be more than zero".into());
     }
     Ok(d)
+}
+
+/// `IP:PORT`, or `localhost:PORT` (127.0.0.1: the name must not depend on a resolver).
+fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.rsplit_once(':')
+        .filter(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .ok_or_else(|| format!("`{text}` is not IP:PORT (e.g. 127.0.0.1:7878) or localhost:PORT"))
 }
 
 /// `br parallel <command> …` is BuildRunner's spelling: drop the word before clap sees it.

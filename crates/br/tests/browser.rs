@@ -1,7 +1,8 @@
 //! The web dashboard in a real browser: headless Chromium, driven over WebDriver by chromedriver,
-//! loads the page `br serve` serves while `br run` works, and the page's own JavaScript shows
-//! the session live, escapes what the store holds, follows it to the end, and pauses it from its
-//! button.
+//! loads the page `br serve` serves (with a token: opened once as `/?token=…`, then on its
+//! cookie) while `br run` works, and the page's own JavaScript shows the session live, escapes
+//! what the store holds, follows it to the end, pauses it from its button, says so when a
+//! session it resumes has no worker to run it, and pages through a large session's tasks.
 //!
 //! Needs `BR_TEST_CHROMEDRIVER` (the path of chromedriver, with Chromium installed; `.ci/run`
 //! installs both and sets it); without it the test says it was skipped.
@@ -203,12 +204,25 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
          [[task]]\nid = \"after-it\"\nrun = 'true'\nafter = [\"waiter\"]\n",
     );
     let run = repo.spawn(&["run", "--workers", "1", "--no-dashboard"]);
-    let (_server, url) = Background::start(
-        repo.br_command(&["serve", "--addr", "127.0.0.1:0"]),
-        |line| line.strip_prefix("listening on ").map(str::to_string),
-    );
+    // With a token, as beyond loopback: the page must work on the cookie alone.
+    let token = "browser-Token_1";
+    let mut serve = repo.br_command(&["serve", "--addr", "127.0.0.1:0"]);
+    serve.env("BR_SERVE_TOKEN", token);
+    let (_server, url) = Background::start(serve, |line| {
+        line.strip_prefix("listening on ").map(str::to_string)
+    });
     let browser = Browser::open(&driver);
     browser.go(&url);
+    browser.text_when("the refusal without the token", |t| {
+        t.contains("needs its token")
+    });
+    browser.go(&format!("{url}/?token={token}"));
+    // The token went into a cookie no script can read, and out of the address.
+    assert_eq!(
+        browser.eval("return location.pathname + location.search"),
+        "/"
+    );
+    assert_eq!(browser.eval("return document.cookie"), "");
 
     let running = browser.text_when("the running session", |t| {
         t.contains("web <b>bold</b>") && t.contains("waiter") && t.contains("running")
@@ -247,9 +261,63 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
     });
 
     repo.write("release", "");
+    // The status cell (cells are tab-separated in the text), not the statistics' "completed".
     let done = browser.text_when("the completed session", |t| {
-        t.contains("completed") && t.contains("100")
+        t.contains("\tcompleted\t") && t.contains("100%")
     });
     assert!(done.contains("after-it"), "{done}");
     assert_eq!(run.wait(LONG).code, 0);
+
+    // Resumed from the page while no worker serves it: the session is running in the store,
+    // but nothing runs, and the page says so instead of showing it at work.
+    repo.write(
+        "idle.toml",
+        "name = \"idle\"\nisolation = \"shared\"\n[[task]]\nid = \"later\"\nrun = 'true'\n",
+    );
+    assert_eq!(repo.br(&["submit", "idle.toml"]).code, 0);
+    assert_eq!(repo.br(&["pause", "idle"]).code, 0);
+    browser.text_when("the paused session", |t| t.contains("\tpaused\t"));
+    // Its row's resume button is the only one (the other session has ended).
+    poll("the resume button of the paused session", LONG, || {
+        let clicked = browser.eval(
+            "for (const b of document.querySelectorAll('button')) \
+             { if (b.textContent === 'resume') { b.click(); return true; } } return false;",
+        );
+        (clicked == true).then_some(())
+    });
+    let shown = browser.text_when("that no worker serves it", |t| {
+        t.contains("no worker serves session idle") && t.contains("running, no worker serves it")
+    });
+    assert!(shown.contains("br resume"), "{shown}");
+    assert_eq!(repo.status("idle")["status"], "running");
+
+    // A large session's tasks come one page at a time, and the pager moves through them.
+    let mut plan = String::from("name = \"many\"\nisolation = \"shared\"\n");
+    for i in 0..205 {
+        plan.push_str(&format!("[[task]]\nid = \"m{i:03}\"\nrun = 'true'\n"));
+    }
+    repo.write("many.toml", &plan);
+    assert_eq!(repo.br(&["submit", "many.toml"]).code, 0);
+    poll("the many session's row, clicked", LONG, || {
+        let clicked = browser.eval(
+            "for (const r of document.querySelectorAll('tr.session')) \
+             { if (r.children[0].textContent === 'many') { r.click(); return true; } } \
+             return false;",
+        );
+        (clicked == true).then_some(())
+    });
+    let first = browser.text_when("the first page", |t| {
+        t.contains("TASKS OF MANY") && t.contains("tasks 1–200 of 205")
+    });
+    assert!(first.contains("m199") && !first.contains("m200"), "{first}");
+    browser.eval(
+        "for (const b of document.querySelectorAll('#pager button')) \
+         { if (b.textContent === 'next') { b.click(); return true; } } return false;",
+    );
+    let last = browser.text_when("the last page", |t| t.contains("tasks 201–205 of 205"));
+    assert!(last.contains("m204") && !last.contains("m199"), "{last}");
+    assert_eq!(
+        browser.eval("return location.hash.includes('offset=200')"),
+        true
+    );
 }

@@ -281,3 +281,103 @@ fn a_port_in_use_is_one_clear_error() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("--addr"), "{}", run.stderr);
 }
+
+#[test]
+fn a_non_loopback_address_without_a_token_is_refused() {
+    let repo = TestRepo::new();
+    // Documentation addresses (never this machine's), so that even a server that failed to
+    // refuse could not listen beyond loopback.
+    for addr in ["192.0.2.1:7878", "[2001:db8::1]:7878"] {
+        let run = repo.br(&["serve", "--addr", addr]);
+        assert_eq!(run.code, 2, "{addr}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+        assert_eq!(
+            run.stderr.lines().count(),
+            1,
+            "one clear message: {}",
+            run.stderr
+        );
+        for needed in [addr, "not a loopback address", "--token", "BR_SERVE_TOKEN"] {
+            assert!(run.stderr.contains(needed), "{needed}: {}", run.stderr);
+        }
+    }
+    // An empty token is no token.
+    let run = repo
+        .br_command(&["serve", "--addr", "192.0.2.1:7878"])
+        .env("BR_SERVE_TOKEN", "")
+        .output()
+        .expect("run br");
+    assert_eq!(run.status.code(), Some(2));
+}
+
+#[test]
+fn with_a_token_every_request_needs_it_and_help_never_shows_it() {
+    let repo = TestRepo::new();
+    let token = "s3cret-Token_for.br";
+    for served in [
+        Served::start_with(&repo, &["--token", token], &[]),
+        Served::start_with(&repo, &[], &[("BR_SERVE_TOKEN", token)]),
+    ] {
+        let (status, _, body) = served.request("GET", "/api/summary", &[]);
+        assert_eq!(status, 401, "{body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("token")),
+            "{body}"
+        );
+        let (status, _, body) = served.request("GET", "/", &[]);
+        assert_eq!(status, 401, "{body}");
+
+        let bearer = format!("Bearer {token}");
+        let (status, _, body) =
+            served.request("GET", "/api/summary", &[("Authorization", &bearer)]);
+        assert_eq!(status, 200, "{body}");
+        let (status, _, _) =
+            served.request("GET", "/api/summary", &[("Authorization", "Bearer wrong")]);
+        assert_eq!(status, 401);
+
+        // The page, opened once with the token, keeps it in a cookie and drops it from the
+        // address.
+        let (status, head, _) = served.request("GET", &format!("/?token={token}"), &[]);
+        assert_eq!(status, 303, "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("\r\nlocation: /\r\n"), "{head}");
+        let cookie = head
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("no cookie: {head}"));
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().expect("name=value");
+        let (status, _, page) = served.request("GET", "/", &[("Cookie", pair)]);
+        assert_eq!(status, 200);
+        assert!(page.starts_with("<!doctype html>"));
+    }
+
+    let run = repo
+        .br_command(&["serve", "--help"])
+        .env("BR_SERVE_TOKEN", token)
+        .output()
+        .expect("run br");
+    let help = String::from_utf8_lossy(&run.stdout);
+    assert!(help.contains("BR_SERVE_TOKEN"), "{help}");
+    assert!(!help.contains(token), "{help}");
+}
+
+#[test]
+fn more_than_one_host_header_is_refused() {
+    let repo = TestRepo::new();
+    let served = Served::start(&repo);
+    // The first Host is this server's; a check of the first alone would let the second through.
+    let (status, _, body) = served.request("GET", "/api/summary", &[("Host", "attacker.example")]);
+    assert_eq!(status, 400, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("Host")),
+        "{body}"
+    );
+    let (status, _, _) = served.request("GET", "/api/summary", &[]);
+    assert_eq!(status, 200);
+}

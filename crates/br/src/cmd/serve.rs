@@ -4,28 +4,27 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use br_web::{AppState, Exposure, Server, Stop};
+use br_web::{Access, AppState, Server, Stop, Token};
 
 use crate::cli::ServeArgs;
 use crate::context::Context;
-use crate::exit::Exit;
+use crate::exit::{Exit, usage};
 
 pub(super) fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
+    // Decided before binding: an address beyond loopback without a token never listens at all.
+    let access = access(&args)?;
     // Bind first: a port in use is reported before the store is even opened.
     let server =
         Server::bind(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;
-    let addr = server.local_addr();
-    let exposure = if addr.ip().is_loopback() {
-        Exposure::Loopback
-    } else {
+    if matches!(access, Access::Network { .. }) {
         eprintln!(
-            "warning: listening on {addr}, which is not a loopback address: anyone who can \
-             reach it can see every session and pause or cancel it"
+            "note: every request needs the token; open http://{}/?token=<token> once in the \
+             browser (the page keeps it in a cookie)",
+            server.local_addr()
         );
-        Exposure::Network
-    };
+    }
     let store: Arc<dyn br_store::Store> = Arc::from(ctx.open_store()?);
-    let state = AppState::new(store, args.refresh, exposure)?;
+    let state = AppState::new(store, args.refresh, access)?;
     let stop = server
         .run(state, |addr| {
             // The line tests and scripts read to find the port; flushed at once.
@@ -38,4 +37,27 @@ pub(super) fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         Stop::Terminated => Exit::Success,
         Stop::Interrupted => Exit::Interrupted,
     })
+}
+
+/// Who may use the server: on loopback anyone on this machine (and, with a token, only who has
+/// it); beyond loopback only who has the token, which is then required.
+fn access(args: &ServeArgs) -> anyhow::Result<Access> {
+    let token = match args.token.as_deref() {
+        // An empty BR_SERVE_TOKEN is no token, not a token anyone can send.
+        None | Some("") => None,
+        Some(text) => {
+            Some(Token::new(text).map_err(|e| usage(format!("--token / BR_SERVE_TOKEN: {e}")))?)
+        }
+    };
+    match (args.addr.ip().is_loopback(), token) {
+        (true, token) => Ok(Access::Loopback { token }),
+        (false, Some(token)) => Ok(Access::Network { token }),
+        (false, None) => Err(usage(format!(
+            "{} is not a loopback address: anyone who can reach it could read every session \
+             and cancel it, so it needs a token; give one with --token TOKEN or \
+             BR_SERVE_TOKEN=TOKEN (then open http://HOST:PORT/?token=TOKEN once), or listen on \
+             127.0.0.1",
+            args.addr
+        ))),
+    }
 }

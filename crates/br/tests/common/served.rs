@@ -24,8 +24,17 @@ pub(crate) struct Served {
 
 impl Served {
     pub(crate) fn start(repo: &TestRepo) -> Served {
-        let mut child = repo
-            .br_command(&["serve", "--addr", "127.0.0.1:0"])
+        Served::start_with(repo, &[], &[])
+    }
+
+    /// `br serve --addr 127.0.0.1:0` with more arguments and environment variables.
+    pub(crate) fn start_with(repo: &TestRepo, args: &[&str], env: &[(&str, &str)]) -> Served {
+        let mut command = repo.br_command(&["serve", "--addr", "127.0.0.1:0"]);
+        command.args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -119,16 +128,29 @@ impl Drop for Served {
 impl Served {
     /// `GET path`: the answer's status code and its body as JSON.
     pub(crate) fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, _head, body) = self.request("GET", path, &[]);
+        let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, body)
+    }
+
+    /// One request with `Host: <addr>` and the given header lines after it; the answer's
+    /// status, head and body. Not for streams: it reads until the server closes.
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
         let mut socket = TcpStream::connect(self.addr).expect("connect");
         socket
             .set_read_timeout(Some(STARTUP))
             .expect("read timeout");
-        write!(
-            socket,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )
-        .expect("send the request");
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (name, value) in headers {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+        text.push_str("Connection: close\r\n\r\n");
+        socket.write_all(text.as_bytes()).expect("send the request");
         let mut answer = Vec::new();
         socket.read_to_end(&mut answer).expect("read the answer");
         let answer = String::from_utf8(answer).expect("UTF-8");
@@ -139,14 +161,13 @@ impl Served {
             !head
                 .to_ascii_lowercase()
                 .contains("transfer-encoding: chunked"),
-            "a JSON answer comes with its length: {head}"
+            "an answer that is not a stream comes with its length: {head}"
         );
         let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no status in {head}"));
-        let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        (status, body)
+        (status, head.to_string(), body.to_string())
     }
 }
