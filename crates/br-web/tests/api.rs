@@ -628,6 +628,7 @@ async fn resuming_a_session_that_no_worker_serves_says_so() {
             plan_path: None,
             base_commit: None,
             workers_wanted: 1,
+            repo_id: None,
         })
         .expect("create session");
 
@@ -1068,6 +1069,7 @@ async fn a_stream_client_that_stops_reading_is_dropped_and_a_reading_one_is_not(
                         worker: &worker,
                         session: Some(&session),
                         log_dir: &dir,
+                        repo_id: None,
                     })
                     .expect("claim")
                 {
@@ -1076,7 +1078,7 @@ async fn a_stream_client_that_stops_reading_is_dropped_and_a_reading_one_is_not(
                             .finish_attempt(&task.lease, &Outcome::Succeeded)
                             .expect("finish");
                     }
-                    Claim::Nothing | Claim::Stop => break,
+                    Claim::Nothing | Claim::Stop | Claim::Land(_) => break,
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

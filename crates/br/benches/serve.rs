@@ -186,6 +186,7 @@ fn big_session(store: &SqliteStore, tasks: u64) -> Result<br_store::Session, Err
         plan_path: None,
         base_commit: None,
         workers_wanted: 8,
+        repo_id: None,
     })?)
 }
 
@@ -219,9 +220,10 @@ fn main() -> Result<(), Error> {
                 worker: w,
                 session: Some(&session.id),
                 log_dir: &log_dir,
+                repo_id: None,
             })? {
                 Claim::Task(task) => Some(task.lease),
-                Claim::Nothing | Claim::Stop => None,
+                Claim::Nothing | Claim::Stop | Claim::Land(_) => None,
             },
         )
     };
@@ -237,6 +239,7 @@ fn main() -> Result<(), Error> {
         plan_path: None,
         base_commit: None,
         workers_wanted: 1,
+        repo_id: None,
     })?;
 
     let server = Server::start(&db)?;
