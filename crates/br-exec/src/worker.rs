@@ -18,11 +18,14 @@ use br_core::detail::MergeConflict;
 use br_core::lease::FenceTimeline;
 use br_core::outcome::TaskNext;
 use br_core::plan::{Isolation, ScopeMode};
-use br_core::{EventDetail, Outcome, SessionId, TaskId, TaskState, WorkerId, WorkerStatus};
+use br_core::state::Landing;
+use br_core::{
+    EventDetail, Outcome, SessionId, SessionStatus, TaskId, TaskState, WorkerId, WorkerStatus,
+};
 use br_store::{
     AttemptReport, Claim, ClaimRequest, ClaimedTask, Finish, LandingItem, LandingJob,
-    LandingRecorded, LandingResult, NewEvent, NewWorker, NextLanding, Store, StoreError,
-    WorkerFilter,
+    LandingRecorded, LandingResult, NewEvent, NewWorker, NextLanding, SessionFilter, Store,
+    StoreError, WorkerFilter,
 };
 
 use crate::landing::{LandError, VerifyRefusal};
@@ -378,6 +381,41 @@ impl Worker<'_> {
                 || (w.host == host && !process_exists(w.pid));
             if silent {
                 self.store.wait_for_change(IDLE_POLL)?;
+                return Ok(true);
+            }
+        }
+        // A task waiting to land while claim found nothing: another worker holds the session's
+        // landing turn. It lands the task and gives the turn back, or it died and the turn
+        // expires for this worker to take; either way the session needs someone to stay until
+        // then (landing workers do not show as busy, and may be on another host).
+        if self.something_waits_to_land()? {
+            self.store.wait_for_change(IDLE_POLL)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether a task of a session this worker serves waits to land.
+    fn something_waits_to_land(&self) -> Result<bool, StoreError> {
+        let sessions = match &self.config.session {
+            Some(session) => vec![session.clone()],
+            None => self
+                .store
+                .list_sessions(&SessionFilter {
+                    status: Some(SessionStatus::Running),
+                    limit: None,
+                })?
+                .into_iter()
+                .map(|s| s.id)
+                .collect(),
+        };
+        for session in sessions {
+            if self
+                .store
+                .tasks(&session)?
+                .iter()
+                .any(|t| t.landing == Some(Landing::Waiting))
+            {
                 return Ok(true);
             }
         }

@@ -59,6 +59,9 @@ macro_rules! conformance_tests {
             a_finished_task_can_be_requeued_on_a_new_base,
             finishing_and_claiming_the_next_is_one_step,
             workers_claim_only_their_repositorys_sessions,
+            landing_is_one_turn_at_a_time_and_decides_what_follows,
+            a_landing_turn_whose_holder_went_silent_passes_to_another_worker,
+            a_task_out_of_repairs_fails_and_skips_its_dependents,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -1610,4 +1613,335 @@ pub fn workers_claim_only_their_repositorys_sessions(b: &dyn FreshStore) {
         store.session(&a.id).expect("session").repo_id.as_deref(),
         Some("root:aaaa")
     );
+}
+
+/// A worktree plan whose tasks land (`land = "auto"`), with a base commit to start from.
+fn landing_plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
+    let mut p = plan(name, tasks);
+    p.isolation = Isolation::Worktree;
+    p
+}
+
+fn submit_at_base(store: &dyn Store, plan: Plan) -> Session {
+    store
+        .create_session(&NewSession {
+            plan,
+            repo_root: PathBuf::from("/repo"),
+            repo_id: None,
+            plan_path: Some(PathBuf::from("/repo/br.toml")),
+            base_commit: Some("base0".into()),
+            workers_wanted: 2,
+        })
+        .expect("create session")
+}
+
+/// Finishes `c` as succeeded with its result at `commit`.
+fn succeed_with(store: &dyn Store, c: &ClaimedTask, commit: &str) {
+    let finish = store
+        .finish_attempt_with(
+            &c.lease,
+            &Outcome::Succeeded,
+            &AttemptReport {
+                commit: Some(commit.into()),
+                changed: vec!["x".into()],
+                ..Default::default()
+            },
+        )
+        .expect("finish");
+    assert!(matches!(finish, Finish::Recorded(_)), "{finish:?}");
+}
+
+fn land_claim(store: &dyn Store, w: &WorkerId) -> LandingJob {
+    match claim(store, w) {
+        Claim::Land(job) => *job,
+        other => panic!("expected the landing turn, got {other:?}"),
+    }
+}
+
+fn next_item(store: &dyn Store, job: &LandingJob) -> LandingItem {
+    match store.next_landing(job).expect("next landing") {
+        NextLanding::Task(item) => *item,
+        other => panic!("expected a task to land, got {other:?}"),
+    }
+}
+
+pub fn landing_is_one_turn_at_a_time_and_decides_what_follows(b: &dyn FreshStore) {
+    let store = b.open();
+    let s = submit_at_base(
+        &*store,
+        landing_plan(
+            "land",
+            vec![
+                task("a", &["x"], &[]),
+                task("b", &["x"], &[]),
+                task("c", &[], &["a"]),
+            ],
+        ),
+    );
+    let (w1, w2) = (
+        worker(&*store, None, Duration::from_secs(30)),
+        worker(&*store, None, Duration::from_secs(30)),
+    );
+    let a = claim_task(&*store, &w1);
+    assert_eq!(
+        (a.lease.task_id.as_str(), a.reason, a.base_commit.as_deref()),
+        ("a", RunReason::First, Some("base0")),
+        "the first attempt starts at the base: nothing landed yet"
+    );
+    succeed_with(&*store, &a, "c-a1");
+    let task_a = TaskId::new("a").expect("id");
+    let got = store.task(&s.id, &task_a).expect("task");
+    assert_eq!(
+        (got.state, got.landing),
+        (Succeeded, Some(br_core::state::Landing::Waiting))
+    );
+    // Waiting to land, `a` still holds `x` and `c` still waits for it.
+    assert!(
+        store
+            .locks()
+            .expect("locks")
+            .iter()
+            .any(|l| l.task_id.as_ref() == Some(&task_a)),
+        "a keeps its lock until it lands"
+    );
+    assert_eq!(
+        states(&*store, &s.id),
+        [
+            ("a".into(), Succeeded),
+            ("b".into(), Ready),
+            ("c".into(), Pending)
+        ]
+    );
+
+    // One turn at a time: w2 takes it; w1 finds nothing (b waits for x, c for a).
+    let job = land_claim(&*store, &w2);
+    assert_eq!(job.base_commit.as_deref(), Some("base0"));
+    assert!(matches!(claim(&*store, &w1), Claim::Nothing));
+    let item = next_item(&*store, &job);
+    assert_eq!(
+        (
+            item.task_id.as_str(),
+            item.attempt,
+            item.result_commit.as_deref()
+        ),
+        ("a", Attempt(1), Some("c-a1"))
+    );
+    assert_eq!(item.start_commit.as_deref(), Some("base0"));
+    assert!(store.renew_landing(&job).expect("renew"));
+
+    // Someone else's answer is refused: the turn is w2's.
+    let mut impostor = job.clone();
+    impostor.worker_id = w1.clone();
+    assert_eq!(
+        store
+            .record_landing(
+                &impostor,
+                &task_a,
+                Attempt(1),
+                &LandingResult::Landed {
+                    commit: "t-x".into()
+                }
+            )
+            .expect("record"),
+        LandingRecorded::Stale
+    );
+
+    // A conflict: repaired on the tip, told why.
+    let conflict = LandingResult::Conflict {
+        files: vec!["x".into()],
+        with: vec!["other".into()],
+        details: "<<<<<<<".into(),
+        tip: "t1".into(),
+    };
+    assert_eq!(
+        store
+            .record_landing(&job, &task_a, Attempt(1), &conflict)
+            .expect("record"),
+        LandingRecorded::Repair
+    );
+    let got = store.task(&s.id, &task_a).expect("task");
+    assert_eq!((got.state, got.landing, got.repairs), (Ready, None, 1));
+    assert!(matches!(
+        store.next_landing(&job).expect("next"),
+        NextLanding::Done
+    ));
+    let again = claim_task(&*store, &w1);
+    assert_eq!(
+        (
+            again.lease.task_id.as_str(),
+            again.lease.attempt,
+            again.reason,
+            again.base_commit.as_deref()
+        ),
+        ("a", Attempt(2), RunReason::Conflict, Some("t1")),
+        "the repair starts on the tip it conflicted with"
+    );
+    succeed_with(&*store, &again, "c-a2");
+
+    // Landed: the lock goes, the dependent is ready, the session knows its tip.
+    let job = land_claim(&*store, &w2);
+    let item = next_item(&*store, &job);
+    assert_eq!(
+        (item.attempt, item.result_commit.as_deref()),
+        (Attempt(2), Some("c-a2"))
+    );
+    assert_eq!(
+        store
+            .record_landing(
+                &job,
+                &task_a,
+                Attempt(2),
+                &LandingResult::Landed {
+                    commit: "t2".into()
+                }
+            )
+            .expect("record"),
+        LandingRecorded::Landed
+    );
+    let got = store.task(&s.id, &task_a).expect("task");
+    assert_eq!(
+        (got.landing, got.landed_commit.as_deref()),
+        (Some(br_core::state::Landing::Landed), Some("t2"))
+    );
+    let session = store.session(&s.id).expect("session");
+    assert_eq!(
+        (session.landed_tasks, session.integration_commit.as_deref()),
+        (1, Some("t2"))
+    );
+    assert_eq!(states(&*store, &s.id)[2], ("c".into(), Ready));
+    // The turn goes back once nothing waits; later attempts start from the tip.
+    assert!(matches!(
+        store.next_landing(&job).expect("next"),
+        NextLanding::Done
+    ));
+    let next = claim_task(&*store, &w1);
+    assert_eq!(next.base_commit.as_deref(), Some("t2"));
+    let kinds = kinds(&*store, &s.id);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::MergeConflict)
+            .count(),
+        1
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::TaskLanded)
+            .count(),
+        1
+    );
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Running,
+        "not complete while tasks have not landed"
+    );
+}
+
+pub fn a_landing_turn_whose_holder_went_silent_passes_to_another_worker(b: &dyn FreshStore) {
+    let store = b.open();
+    let s = submit_at_base(&*store, {
+        let mut p = landing_plan("silent", vec![task("a", &[], &[])]);
+        p.heartbeat_timeout = Duration::from_millis(300);
+        p
+    });
+    let (w1, w2) = (
+        worker(&*store, None, Duration::from_millis(300)),
+        worker(&*store, None, Duration::from_millis(300)),
+    );
+    let a = claim_task(&*store, &w1);
+    succeed_with(&*store, &a, "c-a1");
+    let stale = land_claim(&*store, &w1);
+    // w1 goes silent; its turn expires and w2 takes it.
+    let job = poll_until("the turn to pass", || match claim(&*store, &w2) {
+        Claim::Land(job) => Some(*job),
+        _ => None,
+    });
+    assert!(!store.renew_landing(&stale).expect("renew"), "lost");
+    assert!(matches!(
+        store.next_landing(&stale).expect("next"),
+        NextLanding::Lost
+    ));
+    let item = next_item(&*store, &job);
+    let task_a = TaskId::new("a").expect("id");
+    assert_eq!(
+        store
+            .record_landing(
+                &stale,
+                &task_a,
+                item.attempt,
+                &LandingResult::Landed {
+                    commit: "t-stale".into()
+                }
+            )
+            .expect("record"),
+        LandingRecorded::Stale
+    );
+    assert_eq!(
+        store
+            .record_landing(
+                &job,
+                &task_a,
+                item.attempt,
+                &LandingResult::Landed {
+                    commit: "t1".into()
+                }
+            )
+            .expect("record"),
+        LandingRecorded::Landed
+    );
+    assert!(matches!(
+        store.next_landing(&job).expect("next"),
+        NextLanding::Done
+    ));
+    let session = store.session(&s.id).expect("session");
+    assert_eq!(
+        (session.status, session.integration_commit.as_deref()),
+        (SessionStatus::Completed, Some("t1"))
+    );
+}
+
+pub fn a_task_out_of_repairs_fails_and_skips_its_dependents(b: &dyn FreshStore) {
+    let store = b.open();
+    let mut a = task("a", &[], &[]);
+    a.max_repairs = 0;
+    let s = submit_at_base(
+        &*store,
+        landing_plan("hopeless", vec![a, task("b", &[], &["a"])]),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let c = claim_task(&*store, &w);
+    succeed_with(&*store, &c, "c-a1");
+    let job = land_claim(&*store, &w);
+    let item = next_item(&*store, &job);
+    let refused = LandingResult::VerifyFailed {
+        command: "make check".into(),
+        exit_code: Some(2),
+        reason: "exit code 2".into(),
+        log_tail: "FAIL".into(),
+        tip: "base0".into(),
+    };
+    let task_a = TaskId::new("a").expect("id");
+    assert_eq!(
+        store
+            .record_landing(&job, &task_a, item.attempt, &refused)
+            .expect("record"),
+        LandingRecorded::Failed
+    );
+    let got = store.task(&s.id, &task_a).expect("task");
+    assert_eq!(
+        (got.state, got.landing),
+        (Failed, Some(br_core::state::Landing::VerifyFailed))
+    );
+    assert_eq!(states(&*store, &s.id)[1], ("b".into(), Skipped));
+    assert!(matches!(
+        store.next_landing(&job).expect("next"),
+        NextLanding::Done
+    ));
+    let session = store.session(&s.id).expect("session");
+    assert_eq!(
+        (session.status, session.landed_tasks),
+        (SessionStatus::Failed, 0)
+    );
+    assert!(kinds(&*store, &s.id).contains(&EventKind::VerifyFailed));
 }

@@ -403,6 +403,26 @@ fn the_demo_runs_to_completion_and_cleans_up_after_itself() {
         "api and web took turns: {}",
         demo.stdout
     );
+    assert!(
+        demo.stdout.contains("merge_conflict task=tagline"),
+        "tagline collided with title: {}",
+        demo.stdout
+    );
+    assert!(
+        demo.stdout.contains("8 of 8 task(s) landed"),
+        "everything landed: {}",
+        demo.stdout
+    );
+    // What landed: both CHANGELOG lines stacked, and the rerun of tagline, reading in its
+    // context that it conflicted, kept title's line and added its own.
+    for line in [
+        "# demo: many hands, one branch",
+        "Parallel work, integrated as it runs.",
+        "- api: users table",
+        "- web: users page",
+    ] {
+        assert!(demo.stdout.contains(line), "{line} landed: {}", demo.stdout);
+    }
     let dir = demo
         .stdout
         .lines()

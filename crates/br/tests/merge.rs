@@ -477,11 +477,9 @@ fn with_on_conflict_requeue_the_loser_reruns_on_the_integration_tip_and_then_lan
         "{}",
         detail(&requeued)
     );
-    assert_eq!(
-        repo.status("redo")["status"],
-        "running",
-        "the session has work again"
-    );
+    // The session has work again, and no worker serves it: paused (not `running` with nobody to
+    // run it) until `br resume`.
+    assert_eq!(repo.status("redo")["status"], "paused");
 
     run_ok(&repo, &["resume", "redo", "--no-dashboard"]);
     let status = repo.status("redo");
@@ -540,18 +538,16 @@ fn run_with_merge_does_the_whole_requeue_dance_and_exits_0() {
 
 #[test]
 fn run_with_merge_stops_when_a_round_lands_nothing() {
-    let repo = TestRepo::new();
-    commit_plan(
-        &repo,
-        r#"name = "hopeless"
+    let plan = r#"name = "hopeless"
 verify = "false"
 on_conflict = "requeue"
 [[task]]
 id = "a"
 run = "echo $BR_ATTEMPT > a.txt"
 files = ["a.txt"]
-"#,
-    );
+"#;
+    let repo = TestRepo::new();
+    commit_plan(&repo, plan);
     let run = repo.br(&["run", "--merge", "--json"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let out: Value = serde_json::from_str(&run.stdout).expect("JSON");
@@ -559,6 +555,14 @@ files = ["a.txt"]
     assert_eq!(out["merge_rounds"], 2, "one rerun, then nothing landed");
     assert_eq!(results(&out["merge"]), pairs(&[("a", "verify_failed")]));
     assert_eq!(out["merge"]["tasks"][0]["requeued"], false);
+
+    // In text, the hint does not ask for the setting the plan already has.
+    let again = TestRepo::new();
+    commit_plan(&again, plan);
+    let text = again.br(&["run", "--merge"]);
+    assert_eq!(text.code, 1, "{}\n{}", text.stdout, text.stderr);
+    assert!(!text.stdout.contains("set on_conflict"), "{}", text.stdout);
+    assert!(text.stdout.contains("br retry"), "{}", text.stdout);
 }
 
 #[test]

@@ -1,5 +1,7 @@
-//! `br demo`: a throwaway repository with a sample plan — dependencies, a shared file, a flaky
-//! task that succeeds on retry — run live, so a new user sees br work in one command.
+//! `br demo`: a throwaway repository with a sample plan — a dependent using its dependency's
+//! output, two tasks stacking under a lock, a flaky task that succeeds on retry, a conflict
+//! repaired from its context, everything landing on one integration branch — run live, so a new
+//! user sees br work in one command.
 
 use std::path::Path;
 
@@ -12,7 +14,9 @@ use crate::context::Context;
 use crate::exit::Exit;
 use crate::output::print;
 
-const DEMO_PLAN: &str = r#"# The br demo: seven tasks on a pool of workers, each in its own git worktree and branch.
+const DEMO_PLAN: &str = r#"# The br demo: eight tasks on a pool of workers, each in its own git worktree and branch. Each
+# lands on the session's integration branch as soon as it succeeds, and later attempts start from
+# what has landed.
 name = "demo"
 heartbeat_timeout = "10s"
 
@@ -21,27 +25,24 @@ id = "schema"
 run = "sleep 0.4 && mkdir -p gen && echo 'create table users (id int);' > gen/schema.sql"
 files = ["gen/**"]
 
-# api and web wait for schema, and both write VERSION: br never runs them at once.
+# api and web use schema's output (they start from a tip that holds it), and both add a line to
+# CHANGELOG.md: under that lock they run one after the other, the second on top of the first.
 [[task]]
 id = "api"
-run = "sleep 0.8 && echo 'api v2' > src/api/lib.txt && echo 3.1 > VERSION"
-files = ["src/api/**", "VERSION"]
+run = "sleep 0.6 && echo \"api for: $(cat gen/schema.sql)\" > src/api/lib.txt && echo '- api: users table' >> CHANGELOG.md"
+files = ["src/api/**", "CHANGELOG.md"]
 after = ["schema"]
 
 [[task]]
 id = "web"
-run = "sleep 0.8 && echo 'web v2' > src/web/app.txt && echo 3.1 > VERSION"
-files = ["src/web/**", "VERSION"]
+run = "sleep 0.6 && echo \"web for: $(cat gen/schema.sql)\" > src/web/app.txt && echo '- web: users page' >> CHANGELOG.md"
+files = ["src/web/**", "CHANGELOG.md"]
 after = ["schema"]
 
 [[task]]
 id = "docs"
-run = "sleep 0.6 && echo '## API' >> docs/guide.md"
+run = "sleep 0.5 && echo '## API' >> docs/guide.md"
 files = ["docs/**"]
-
-[[task]]
-id = "lint"
-run = "sleep 0.5 && test -f README.md"
 
 # Fails on its first attempt, succeeds on the retry.
 [[task]]
@@ -50,10 +51,31 @@ run = '''sleep 0.3; if [ "$BR_ATTEMPT" -lt 2 ]; then echo "attempt $BR_ATTEMPT f
 retries = 1
 
 [[task]]
+id = "title"
+run = "sleep 0.3 && sed -i '1s/.*/# demo: many hands, one branch/' README.md"
+files = ["README.md"]
+
+# Like an agent working from an old checkout (start = "base"), tagline rewrites the line title
+# changed: it cannot land. br reruns it on the new tip, and its context file says why; reading it,
+# the rerun keeps title's line and adds its own below.
+[[task]]
+id = "tagline"
+start = "base"
+after = ["title"]
+files = ["README.md"]
+run = '''sleep 0.3
+if grep -q '"reason": *"conflict"' "$BR_CONTEXT_FILE"; then
+  echo "attempt $BR_ATTEMPT, told why: a conflict on README.md; keeping the other change"
+  echo 'Parallel work, integrated as it runs.' >> README.md
+else
+  sed -i '1s/.*/# demo: parallel work/' README.md
+fi'''
+
+[[task]]
 id = "package"
-run = "sleep 0.3 && mkdir -p dist && echo packaged > dist/package.txt"
+run = "sleep 0.3 && mkdir -p dist && cat src/api/lib.txt src/web/app.txt CHANGELOG.md > dist/package.txt"
 files = ["dist/**"]
-after = ["api", "web", "docs", "lint", "flaky"]
+after = ["api", "web", "docs", "flaky", "tagline"]
 "#;
 
 const FILES: &[(&str, &str)] = &[
@@ -61,10 +83,10 @@ const FILES: &[(&str, &str)] = &[
         "README.md",
         "# demo\n\nA throwaway repository made by `br demo`.\n",
     ),
+    ("CHANGELOG.md", "# Changes\n"),
     ("src/api/lib.txt", "api\n"),
     ("src/web/app.txt", "web\n"),
     ("docs/guide.md", "# Guide\n"),
-    ("VERSION", "3.0\n"),
 ];
 
 pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
@@ -78,9 +100,10 @@ pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
     if !ctx.json {
         print(&format!(
             "br demo: a throwaway repository at {}\n\
-             seven tasks, each in its own worktree: schema first; api and web after it, never at\n\
-             once (both write VERSION); docs and lint alongside; flaky fails once and passes on\n\
-             its retry; package last\n",
+             eight tasks, each in its own worktree, each landing on one integration branch as it\n\
+             succeeds: api and web build on schema's output and take turns on CHANGELOG.md; flaky\n\
+             fails once and passes on its retry; tagline collides with title and is rerun, told\n\
+             why; package last, on top of everything\n",
             dir.path().display(),
         ))?;
     }
@@ -96,16 +119,7 @@ pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
     };
     let exit = run_plan(&demo_ctx, plan, Some(path), &drive)?;
     if !ctx.json {
-        let branches = Git::new(dir.path())
-            .run([
-                "for-each-ref",
-                "--format=  %(refname:short)  %(subject)",
-                "refs/heads/br",
-            ])
-            .unwrap_or_default();
-        print(&format!(
-            "each task's work is on its own branch:\n{branches}\n"
-        ))?;
+        print(&integrated(dir.path())?)?;
     }
     if !ctx.json {
         if args.keep {
@@ -122,6 +136,43 @@ pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
         let _ = dir.keep();
     }
     Ok(exit)
+}
+
+/// What the session left on its integration branch: its commits and the files the tasks shared.
+fn integrated(dir: &Path) -> anyhow::Result<String> {
+    let git = Git::new(dir);
+    let branches = git
+        .run([
+            "for-each-ref",
+            "--format=%(refname:short)",
+            "refs/heads/br/*/integration",
+        ])
+        .unwrap_or_default();
+    let Some(branch) = branches.lines().next() else {
+        return Ok("nothing landed\n".into());
+    };
+    let log = git
+        .run([
+            "log",
+            "--first-parent",
+            "--format=  %h %s",
+            &format!("main..{branch}"),
+        ])
+        .unwrap_or_default();
+    let show = |file: &str| -> String {
+        git.run(["show", &format!("{branch}:{file}")])
+            .unwrap_or_default()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect()
+    };
+    Ok(format!(
+        "what landed on {branch}, a merge per task that changed something (your own branches \
+         are untouched):\n{log}\n\
+         README.md there:\n{}CHANGELOG.md there:\n{}",
+        show("README.md"),
+        show("CHANGELOG.md")
+    ))
 }
 
 fn make_repository(dir: &Path) -> anyhow::Result<()> {
@@ -153,7 +204,7 @@ fn make_repository(dir: &Path) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    run(&["init", "--quiet"])?;
+    run(&["init", "--quiet", "--initial-branch=main"])?;
     run(&["add", "--all"])?;
     run(&[
         "-c",

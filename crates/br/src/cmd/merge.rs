@@ -51,7 +51,10 @@ pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
         Err(MergeError::Interrupted) => return Ok(interrupted(&session)),
         Err(e) => return Err(merge_error(e)),
     };
-    requeue_refused(&*store, &session, &mut report).map_err(merge_error)?;
+    let requeued = requeue_refused(&*store, &session, &mut report).map_err(merge_error)?;
+    // Requeued tasks make the session active again; with no worker serving it, it would sit
+    // `running` with nobody to run it. Paused says what is true: it waits for `br resume`.
+    let paused = requeued > 0 && park_if_unserved(&*store, &session)?;
     let into = match &args.into {
         Some(branch) => {
             let promote = match mode {
@@ -82,6 +85,13 @@ pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
             write_into(&mut text, into)?;
         }
         write_hints(&mut text, &session, &report)?;
+        if paused {
+            writeln!(
+                text,
+                "no worker serves session {}: it is paused until `br resume {}` runs the requeued tasks",
+                session.id, session.id
+            )?;
+        }
         print(&text)?;
     }
     let into_ok = into
@@ -192,6 +202,19 @@ pub(super) fn merge_after_run(
             Exit::SessionFailed
         },
     )
+}
+
+/// Pauses `session` when no live worker serves it; returns whether it did.
+fn park_if_unserved(store: &dyn Store, session: &Session) -> anyhow::Result<bool> {
+    if br_exec::liveness::serving_workers(store, session)? > 0 {
+        return Ok(false);
+    }
+    match store.change_session(&session.id, br_core::state::SessionAction::Pause) {
+        Ok(_) => Ok(true),
+        // Someone resumed or finished it meanwhile: nothing to park.
+        Err(br_store::StoreError::Transition(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Library errors the user can fix become bad input (exit 2); store and git errors keep their
@@ -393,11 +416,20 @@ fn write_hints(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::R
         .iter()
         .any(|t| t.landing.is_refused() && t.requeue == Requeue::No);
     if unresolved && report.mode == MergeMode::Land {
-        writeln!(
-            out,
-            "a task that did not land keeps its branch; merge it by hand, or set on_conflict = \"requeue\" to have it redone on top of {}",
-            report.integration_branch()
-        )?;
+        if s.on_conflict == br_core::OnConflict::Requeue {
+            writeln!(
+                out,
+                "a task that did not land after its repairs keeps its branch; merge it into {} by hand, or `br retry {}` to run it again",
+                report.integration_branch(),
+                s.id
+            )?;
+        } else {
+            writeln!(
+                out,
+                "a task that did not land keeps its branch; merge it by hand, or set on_conflict = \"requeue\" to have it redone on top of {}",
+                report.integration_branch()
+            )?;
+        }
     }
     Ok(())
 }
