@@ -324,7 +324,8 @@ fn verify(repo: &TestRepo, session: &str, seed: u64) {
         count(EventKind::StaleResultRejected),
         checked
     );
-    for task in status["tasks"].as_array().expect("tasks") {
+    let tasks = status["tasks"].as_array().expect("tasks");
+    for task in tasks {
         let id = task["id"].as_str().expect("id");
         let branch = task["branch"].as_str().expect("a branch");
         assert_eq!(
@@ -332,6 +333,37 @@ fn verify(repo: &TestRepo, session: &str, seed: u64) {
             id,
             "seed {seed}: {id}'s work is on its branch"
         );
+    }
+    // Everything landed, each task exactly once, whatever was killed in the middle of a landing;
+    // and every line appended under a lock is on the integration branch once.
+    assert_eq!(
+        status["landed_tasks"],
+        tasks.len(),
+        "seed {seed}: all landed"
+    );
+    let integration = format!("br/{}/integration", status["slug"].as_str().expect("slug"));
+    let merges = repo.git(&["log", "--first-parent", "--format=%s", &integration]);
+    for task in tasks {
+        let id = task["id"].as_str().expect("id");
+        assert_eq!(task["landing"], "landed", "seed {seed}: {id}");
+        assert_eq!(
+            repo.git(&["show", &format!("{integration}:out/{id}.txt")]),
+            id,
+            "seed {seed}: {id}'s work landed"
+        );
+        let times = merges
+            .lines()
+            .filter(|s| *s == format!("br: merge task {id} of session chaos"))
+            .count();
+        assert_eq!(times, 1, "seed {seed}: {id} merged once");
+    }
+    for file in ["shared.txt", "dir/x.txt"] {
+        let text = repo.git(&["show", &format!("{integration}:{file}")]);
+        let mut lines: Vec<&str> = text.lines().collect();
+        let all = lines.len();
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), all, "seed {seed}: no line of {file} twice");
     }
 }
 
