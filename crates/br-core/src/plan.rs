@@ -449,8 +449,9 @@ name = "example"
 # How many workers `br run` starts (1 to 256). `br run --workers N` overrides it.
 workers = 2
 
-# The revision every task starts from. It is resolved to a commit when the plan is submitted,
-# so commits made while the session runs do not change it.
+# The revision the session starts from: the integration branch begins here (and with
+# start = "base", every attempt). It is resolved to a commit when the plan is submitted, so
+# commits made while the session runs do not change it.
 # base = "HEAD"
 
 # Where tasks run. "worktree": each task gets a fresh git worktree, on its own branch
