@@ -2,6 +2,7 @@
 //! to a task after an attempt. Nothing here does I/O or reads a clock: callers pass the time in, so
 //! every rule can be tested as a plain function and every store backend applies the same rules.
 
+pub mod agent;
 pub mod detail;
 pub mod event;
 mod glob;

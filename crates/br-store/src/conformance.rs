@@ -98,6 +98,8 @@ fn task(id: &str, files: &[&str], after: &[&str]) -> TaskSpec {
         max_repairs: DEFAULT_MAX_REPAIRS,
         prompt: None,
         prompt_file: None,
+        agent: None,
+        pool: None,
     }
 }
 
@@ -116,6 +118,12 @@ fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
         land: LandMode::Auto,
         max_repairs: DEFAULT_MAX_REPAIRS,
         keep: Vec::new(),
+        agents: Vec::new(),
+        pools: BTreeMap::new(),
+        copy: Vec::new(),
+        setup: None,
+        setup_inputs: Vec::new(),
+        ports: 0,
         tasks,
     }
 }

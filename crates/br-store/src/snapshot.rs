@@ -845,6 +845,8 @@ mod tests {
             max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
             prompt: None,
             prompt_file: None,
+            agent: None,
+            pool: None,
         }
     }
 
@@ -865,6 +867,12 @@ mod tests {
                     land: br_core::LandMode::Auto,
                     max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
                     keep: Vec::new(),
+                    agents: Vec::new(),
+                    pools: Default::default(),
+                    copy: Vec::new(),
+                    setup: None,
+                    setup_inputs: Vec::new(),
+                    ports: 0,
                     tasks,
                 },
                 repo_root: PathBuf::from("/repo"),

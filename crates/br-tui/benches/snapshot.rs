@@ -52,6 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
                 prompt: None,
                 prompt_file: None,
+                agent: None,
+                pool: None,
             })
         })
         .collect::<Result<_, Box<dyn std::error::Error>>>()?;
@@ -70,6 +72,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             land: br_core::LandMode::Auto,
             max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
             keep: Vec::new(),
+            agents: Vec::new(),
+            pools: Default::default(),
+            copy: Vec::new(),
+            setup: None,
+            setup_inputs: Vec::new(),
+            ports: 0,
             tasks,
         },
         repo_root: PathBuf::from("/repo"),

@@ -76,6 +76,8 @@ fn simulate(
                 max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
                 prompt: None,
                 prompt_file: None,
+                agent: None,
+                pool: None,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
@@ -94,6 +96,12 @@ fn simulate(
             land: br_core::LandMode::Auto,
             max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
             keep: Vec::new(),
+            agents: Vec::new(),
+            pools: Default::default(),
+            copy: Vec::new(),
+            setup: None,
+            setup_inputs: Vec::new(),
+            ports: 0,
             tasks,
         },
         repo_root: dir.to_path_buf(),

@@ -456,6 +456,8 @@ fn plan(name: &str, n: usize) -> br_core::Plan {
             max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
             prompt: None,
             prompt_file: None,
+            agent: None,
+            pool: None,
         })
         .collect();
     br_core::Plan {
@@ -472,6 +474,12 @@ fn plan(name: &str, n: usize) -> br_core::Plan {
         land: br_core::LandMode::Auto,
         max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
         keep: Vec::new(),
+        agents: Vec::new(),
+        pools: Default::default(),
+        copy: Vec::new(),
+        setup: None,
+        setup_inputs: Vec::new(),
+        ports: 0,
         tasks,
     }
 }

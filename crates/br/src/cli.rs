@@ -102,11 +102,20 @@ pub(crate) enum Command {
     Merge(MergeArgs),
     /// The summary of workers, sessions and tasks
     Summary,
+    /// The coding-agent profiles in effect (built in, and the plan's) and what each runs
+    Agents(AgentsArgs),
     /// Delete old finished sessions and their logs; prune stale workers
     Cleanup(CleanupArgs),
     /// Internal: the reaper that stops a dead worker's task processes
     #[command(name = "__reaper", hide = true)]
     Reaper,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentsArgs {
+    /// The plan whose [agent.NAME] tables apply [default: ./br.toml, if there is one]
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -183,6 +183,18 @@ pub struct Plan {
     pub max_repairs: u32,
     /// Ignored paths (gitignore patterns) a worktree slot keeps between attempts: caches.
     pub keep: Vec<String>,
+    /// The plan's own `[agent.NAME]` tables (over br's built-ins, key by key); the profiles its
+    /// tasks use are resolved into them.
+    pub agents: Vec<AgentProfile>,
+    /// `[pool.NAME]`: how many of its tasks may run at once, and how long a rate limit parks it.
+    pub pools: BTreeMap<String, PoolSpec>,
+    /// Untracked files copied from the checkout into each worktree before each attempt.
+    pub copy: Vec<String>,
+    /// Run once per worktree slot, and again when `setup_inputs` change.
+    pub setup: Option<String>,
+    pub setup_inputs: Vec<String>,
+    /// Ports each running slot gets (`BR_PORT_BASE` ..+N-1); 0: none.
+    pub ports: u32,
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -210,6 +222,10 @@ pub struct TaskSpec {
     pub prompt: Option<String>,
     /// `prompt_file` as written (relative to the plan's directory), read at submit.
     pub prompt_file: Option<PathBuf>,
+    /// The coding agent the task runs (`agent = "NAME"`), resolved: `run` is its command.
+    pub agent: Option<AgentProfile>,
+    /// The pool it runs in: its own `pool`, or its agent's.
+    pub pool: Option<String>,
 }
 
 /// One thing wrong with a plan, at a 1-based line and column when it has a place in the file.
@@ -246,6 +262,10 @@ impl fmt::Display for PlanError {
         Ok(())
     }
 }
+
+mod agents;
+
+pub use crate::agent::{AgentProfile, PoolSpec};
 
 const DEFAULT_BASE: &str = "HEAD";
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -312,6 +332,12 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "land",
     "max_repairs",
     "keep",
+    "copy",
+    "setup",
+    "setup_inputs",
+    "ports",
+    "agent",
+    "pool",
     "task",
 ];
 
@@ -329,6 +355,8 @@ const TASK_KEYS: &[&str] = &[
     "land",
     "on_conflict",
     "max_repairs",
+    "agent",
+    "pool",
 ];
 
 /// Keys that people bring from other tools, and the key br spells them with.
@@ -449,8 +477,8 @@ name = "example"
 # How many workers `br run` starts (1 to 256). `br run --workers N` overrides it.
 workers = 2
 
-# The revision the session starts from: the integration branch begins here (and with
-# start = "base", every attempt). It is resolved to a commit when the plan is submitted, so
+# The revision the session starts from: the integration branch begins here, and so does every
+# attempt when `start` is "base". It is resolved to a commit when the plan is submitted, so
 # commits made while the session runs do not change it.
 # base = "HEAD"
 
@@ -493,6 +521,29 @@ workers = 2
 # Ignored paths a worktree keeps between attempts (build caches); everything else is reset.
 # keep = ["target/", "node_modules/"]
 
+# Untracked files copied from your checkout into each worktree before each attempt (never
+# committed onto a task's branch): what a build or an agent needs, such as secrets.
+# copy = [".env"]
+
+# A command run once in each worktree before its first attempt, and again when the content of
+# `setup_inputs` changes. Its failure is reported as a setup failure, not the task's.
+# setup = "npm ci"
+# setup_inputs = ["package-lock.json"]
+
+# Ports each running worktree gets, as BR_PORT_BASE .. BR_PORT_BASE+N-1, which no other
+# running worktree on the machine holds (0 to 1000; 0: none).
+# ports = 0
+
+# Coding agents. A task may name one with `agent` instead of `run` (built in: "claude",
+# "codex", "aider", "gemini"; `br agents` shows what each runs). An [agent.NAME] table
+# changes a built-in key by key, or adds an agent with its own `run`.
+# agent.claude.pool = "anthropic"
+
+# Pools: at most `size` tasks of a pool run at once, across every worker and machine; a rate
+# limit in an agent's output parks its pool for `backoff`.
+# pool.anthropic.size = 3
+# pool.anthropic.backoff = "60s"
+
 # Each [[task]] is one command. Only `id` and `run` are required.
 
 [[task]]
@@ -520,6 +571,8 @@ env = { GREETING = "Hello" }
 prompt = "Greet the reader of the notes."
 # Any of the plan's start, land, on_conflict and max_repairs, for this task only.
 # start = "base"
+# The pool the task runs in (by default its agent's, if it has one).
+# pool = "anthropic"
 # Stop the task's processes after this long (up to 30 days): the attempt fails as timed out.
 timeout = "1m"
 
@@ -575,6 +628,16 @@ struct RawPlan {
     #[serde(default)]
     keep: Strings,
     #[serde(default)]
+    copy: Strings,
+    setup: Option<Spanned<String>>,
+    #[serde(default)]
+    setup_inputs: Strings,
+    ports: Option<Spanned<Integer>>,
+    #[serde(default)]
+    agent: BTreeMap<Spanned<String>, Spanned<agents::RawAgent>>,
+    #[serde(default)]
+    pool: BTreeMap<Spanned<String>, Spanned<agents::RawPool>>,
+    #[serde(default)]
     task: TaskTables,
 }
 
@@ -597,6 +660,8 @@ struct RawTask {
     land: Option<Spanned<String>>,
     on_conflict: Option<Spanned<String>>,
     max_repairs: Option<Spanned<Integer>>,
+    agent: Option<Spanned<String>>,
+    pool: Option<Spanned<String>>,
 }
 
 /// Any TOML integer, kept wide so that an out-of-range value is reported with its range instead
@@ -1120,6 +1185,17 @@ fn validate(
         problems,
     );
     let keep = keep_patterns(&raw.keep, problems);
+    let fleet = agents::read_fleet(
+        &agents::RawFleet {
+            agent: &raw.agent,
+            pool: &raw.pool,
+            copy: &raw.copy,
+            setup: raw.setup.as_ref(),
+            setup_inputs: &raw.setup_inputs,
+            ports: raw.ports.as_ref(),
+        },
+        problems,
+    );
 
     if raw.task.0.is_empty() {
         problems.nowhere("no tasks: add at least one [[task]] table with an `id` and a `run`");
@@ -1140,9 +1216,11 @@ fn validate(
         &raw.task.0,
         retries.unwrap_or(0),
         settings.unwrap_or_default(),
+        fleet.as_ref(),
         lines,
         problems,
     );
+    let fleet = fleet?;
 
     Some(Plan {
         name: name?,
@@ -1158,6 +1236,12 @@ fn validate(
         land: settings?.land,
         max_repairs: settings?.max_repairs,
         keep: keep?,
+        agents: fleet.agents.into_values().filter(|a| a.from_plan).collect(),
+        pools: fleet.pools,
+        copy: fleet.copy,
+        setup: fleet.setup,
+        setup_inputs: fleet.setup_inputs,
+        ports: fleet.ports,
         tasks: tasks?,
     })
 }
@@ -1197,6 +1281,7 @@ fn validate_tasks(
     raw: &[Spanned<RawTask>],
     default_retries: u32,
     defaults: LandingSettings,
+    fleet: Option<&agents::Fleet>,
     lines: &LineIndex<'_>,
     problems: &mut Problems,
 ) -> Option<Vec<TaskSpec>> {
@@ -1204,7 +1289,8 @@ fn validate_tasks(
     let mut specs: Vec<Option<TaskSpec>> = Vec::with_capacity(raw.len());
     let mut deps: Vec<Vec<Dep>> = Vec::with_capacity(raw.len());
     for (i, task) in raw.iter().enumerate() {
-        let (spec, edges) = validate_task(i, task, &ids, default_retries, defaults, problems);
+        let (spec, edges) =
+            validate_task(i, task, &ids, default_retries, defaults, fleet, problems);
         specs.push(spec);
         // Only tasks that own their id are nodes of the graph.
         deps.push(if ids.owned[i].is_some() {
@@ -1299,23 +1385,13 @@ fn validate_task(
     ids: &TaskIds<'_>,
     default_retries: u32,
     defaults: LandingSettings,
+    fleet: Option<&agents::Fleet>,
     problems: &mut Problems,
 ) -> (Option<TaskSpec>, Vec<Dep>) {
     let t = task.get_ref();
     let label = task_label(t, i);
 
-    let run = match &t.run {
-        None => {
-            problems.at(&task.span(), format!("{label} has no `run` command"));
-            None
-        }
-        Some(run) => {
-            let what = format!("{label}: `run`");
-            let ok = no_nul(run, &what, problems)
-                & at_most_bytes(run, MAX_COMMAND_BYTES, &what, problems);
-            non_empty(run, &what, problems).filter(|_| ok)
-        }
-    };
+    let runs = agents::task_agent(task, &label, fleet, problems);
     let files = lock_paths(&t.files, &label, problems);
     let (after, edges) = dependencies(t, ids, &label, problems);
     let timeout = match &t.timeout {
@@ -1343,9 +1419,12 @@ fn validate_task(
     let spec = (|| {
         let settings = settings?;
         let (prompt, prompt_file) = prompt?;
+        let runs = runs?;
         Some(TaskSpec {
             id: ids.owned[i].clone()?,
-            run: run?,
+            run: runs.run,
+            agent: runs.agent,
+            pool: runs.pool,
             files: files?,
             after,
             timeout: timeout?,
@@ -1880,51 +1959,51 @@ mod tests {
                 "[[tasks]]\nid = \"a\"\nrun = \"true\"\n",
                 "plans/br.toml:1:3: unknown key `tasks` (did you mean `task`?); allowed keys: \
                  `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, `retries`, \
-                 `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
+                 `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
             ),
             (
                 "colour = \"blue\"\n",
                 "plans/br.toml:1:1: unknown key `colour`; allowed keys: `name`, `workers`, \
                  `base`, `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, \
-                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
+                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
             ),
             // Short keys get no guess: two edits would turn almost anything into one.
             (
                 "ab = 1\n",
                 "plans/br.toml:1:1: unknown key `ab`; allowed keys: `name`, `workers`, `base`, \
                  `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, \
-                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
+                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
             ),
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\ndepends_on = [\"b\"]\n",
                 "plans/br.toml:4:1: unknown key `depends_on` in [[task]] (did you mean \
                  `after`?); allowed keys: `id`, `run`, `files`, `after`, `timeout`, `retries`, \
-                 `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`",
+                 `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`, `agent`, `pool`",
             ),
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\ntimout = \"1m\"\n",
                 "plans/br.toml:4:1: unknown key `timout` in [[task]] (did you mean \
                  `timeout`?); allowed keys: `id`, `run`, `files`, `after`, `timeout`, \
-                 `retries`, `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`",
+                 `retries`, `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`, `agent`, `pool`",
             ),
             // Keys in the wrong table: TOML puts keys below a [[task]] header into that task.
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\nworkers = 4\n",
                 "plans/br.toml:4:1: unknown key `workers` in [[task]] (plan-wide keys go above \
                  the first [[task]]); allowed keys: `id`, `run`, `files`, `after`, `timeout`, \
-                 `retries`, `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`",
+                 `retries`, `env`, `prompt`, `prompt_file`, `start`, `land`, `on_conflict`, `max_repairs`, `agent`, `pool`",
             ),
             (
                 "run = \"make\"\n",
                 "plans/br.toml:1:1: unknown key `run` (task keys go in a [[task]] table); \
                  allowed keys: `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, \
-                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
+                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
             ),
             (
                 "on-conflict = \"report\"\n",
                 "plans/br.toml:1:1: unknown key `on-conflict` (did you mean `on_conflict`?); \
                  allowed keys: `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, \
-                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `task`",
+                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
             ),
             // Wrong types.
             (
@@ -2126,7 +2205,7 @@ mod tests {
             // Commands.
             (
                 "[[task]]\nid = \"a\"\n",
-                "plans/br.toml:1:1: task `a` has no `run` command",
+                "plans/br.toml:1:1: task `a` has no `run` command (or `agent`)",
             ),
             (
                 "[[task]]\nid = \"a\"\nrun = \" \\t \"\n",
@@ -2235,7 +2314,7 @@ plans/br.toml:9:10: task `a b`: `/etc` is absolute: lock paths are relative to t
 plans/br.toml:9:18: task `a b`: `../x` leaves the repository (`..`)
 plans/br.toml:10:9: task `a b`: `BR_X` is reserved: br sets the `BR_` variables itself
 plans/br.toml:11:10: task `a b`: unknown dependency `nope` in after
-plans/br.toml:13:1: task `c` has no `run` command
+plans/br.toml:13:1: task `c` has no `run` command (or `agent`)
 plans/br.toml:15:10: task `c`: depends on itself in after";
         let err = parse(source).unwrap_err();
         assert_eq!(err.to_string(), want);
@@ -2441,6 +2520,12 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                 land: LandMode::Auto,
                 max_repairs: DEFAULT_MAX_REPAIRS,
                 keep: vec![],
+                agents: Vec::new(),
+                pools: BTreeMap::new(),
+                copy: Vec::new(),
+                setup: None,
+                setup_inputs: Vec::new(),
+                ports: 0,
                 tasks: vec![TaskSpec {
                     id: id("a"),
                     run: "true".into(),
@@ -2455,6 +2540,8 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                     max_repairs: DEFAULT_MAX_REPAIRS,
                     prompt: None,
                     prompt_file: None,
+                    agent: None,
+                    pool: None,
                 }],
             }
         );
@@ -2514,6 +2601,12 @@ max_repairs = 0
                 land: LandMode::Manual,
                 max_repairs: 5,
                 keep: vec!["target/".into(), "node_modules/".into()],
+                agents: Vec::new(),
+                pools: BTreeMap::new(),
+                copy: Vec::new(),
+                setup: None,
+                setup_inputs: Vec::new(),
+                ports: 0,
                 tasks: vec![
                     TaskSpec {
                         id: id("schema"),
@@ -2529,6 +2622,8 @@ max_repairs = 0
                         max_repairs: 5,
                         prompt: Some("Write the schema.".into()),
                         prompt_file: None,
+                        agent: None,
+                        pool: None,
                     },
                     TaskSpec {
                         id: id("api"),
@@ -2547,6 +2642,8 @@ max_repairs = 0
                         max_repairs: 0,
                         prompt: None,
                         prompt_file: Some(PathBuf::from("specs/api.md")),
+                        agent: None,
+                        pool: None,
                     },
                 ],
             }
@@ -2606,14 +2703,15 @@ max_repairs = 0
     fn the_example_parses_and_shows_every_key() {
         let plan = Plan::example();
         let parsed = Plan::parse(plan, Path::new("br.toml")).unwrap();
-        // A task's own start, land, on_conflict and max_repairs are the top-level keys again,
-        // and `prompt_file`, exclusive of `prompt`, is said in words.
+        // A task's own start, land, on_conflict and max_repairs are the top-level keys again;
+        // `prompt_file`, exclusive of `prompt`, and `agent`, exclusive of `run`, are said in
+        // words; the `agent` and `pool` tables are shown as dotted keys.
         let task_only = TASK_KEYS
             .iter()
-            .filter(|k| !TOP_LEVEL_KEYS.contains(k) && **k != "prompt_file");
+            .filter(|k| !TOP_LEVEL_KEYS.contains(k) && **k != "prompt_file" && **k != "agent");
         for key in TOP_LEVEL_KEYS
             .iter()
-            .filter(|k| **k != "task")
+            .filter(|k| !matches!(**k, "task" | "agent"))
             .chain(task_only)
         {
             assert!(plan.contains(&format!("{key} = ")), "example lacks `{key}`");
@@ -2658,6 +2756,12 @@ max_repairs = 0
                 "land": "auto",
                 "max_repairs": 3,
                 "keep": [],
+                "agents": [],
+                "pools": {},
+                "copy": [],
+                "setup": null,
+                "setup_inputs": [],
+                "ports": 0,
                 "tasks": [
                     {
                         "id": "a",
@@ -2673,6 +2777,8 @@ max_repairs = 0
                         "max_repairs": 3,
                         "prompt": null,
                         "prompt_file": null,
+                        "agent": null,
+                        "pool": null,
                     },
                     {
                         "id": "b",
@@ -2688,6 +2794,8 @@ max_repairs = 0
                         "max_repairs": 3,
                         "prompt": null,
                         "prompt_file": null,
+                        "agent": null,
+                        "pool": null,
                     },
                 ],
             })

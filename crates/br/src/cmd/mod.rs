@@ -1,6 +1,7 @@
 //! One function per command; `dispatch` picks it. Commands parse nothing and decide nothing the
 //! library crates decide: they wire the store, the executor and the terminal together.
 
+mod agents;
 mod dashboard;
 mod demo;
 mod events;
@@ -17,6 +18,7 @@ use crate::exit::Exit;
 
 pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
     match command {
+        Command::Agents(a) => agents::agents(ctx, a),
         Command::Demo(a) => demo::demo(ctx, a),
         Command::Init(a) => plan::init(ctx, a),
         Command::Run(a) => plan::run(ctx, a),
