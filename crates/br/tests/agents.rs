@@ -85,6 +85,7 @@ prompt = "Answer forty-two."
     );
     let run = repo.br(&["run", "--workers", "1", "--no-dashboard"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
     let status = repo.status(&repo.session_id());
     let task = &status["tasks"][0];
     assert_eq!(task["landing"], "landed", "{status:#}");
@@ -120,4 +121,25 @@ fn a_plan_that_gets_an_agent_wrong_is_refused_before_anything_is_recorded() {
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     }
     assert!(!repo.store_path().exists(), "nothing recorded");
+}
+
+#[test]
+fn keys_not_carried_out_yet_are_said_at_submit() {
+    let repo = TestRepo::new();
+    commit_plan(
+        &repo,
+        "copy = [\".env\"]\n[pool.p]\nsize = 1\n[[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n",
+    );
+    let submitted = repo.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    for key in ["`pool`", "`copy`"] {
+        assert!(
+            submitted
+                .stderr
+                .lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(key)),
+            "{key}: {}",
+            submitted.stderr
+        );
+    }
 }

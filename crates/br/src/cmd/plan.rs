@@ -133,6 +133,9 @@ pub(super) fn submit_plan(
     if plan.isolation == Isolation::Worktree && plan.base == "HEAD" {
         warn_about_uncommitted_changes(repo, base_commit.as_deref());
     }
+    for what in not_carried_out_yet(&plan) {
+        eprintln!("warning: {what} (docs/agents.md)");
+    }
     Ok(store.create_session(&NewSession {
         plan,
         repo_root: repo.root.clone(),
@@ -145,6 +148,47 @@ pub(super) fn submit_plan(
 
 /// Worktrees start from a commit: changes not yet committed in the user's checkout do not reach
 /// the tasks. That surprises people, so say it (on stderr; it is not an error).
+/// The plan keys br reads and checks but does not carry out yet (issue 10 lands them step by
+/// step): said at submit, so nobody relies on one that does nothing.
+fn not_carried_out_yet(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut said =
+        |key: &str, what: &str| out.push(format!("`{key}` is not carried out yet: {what}"));
+    if !plan.pools.is_empty() || plan.tasks.iter().any(|t| t.pool.is_some()) {
+        said(
+            "pool",
+            "pool sizes are not enforced and rate limits park nothing",
+        );
+    }
+    if !plan.copy.is_empty() {
+        said("copy", "nothing is copied into the worktrees");
+    }
+    if plan.setup.is_some() {
+        said("setup", "it does not run");
+    }
+    if plan.ports > 0 {
+        said("ports", "no BR_PORT_BASE is given");
+    }
+    let agents: Vec<&br_core::agent::AgentProfile> =
+        plan.tasks.iter().filter_map(|t| t.agent.as_ref()).collect();
+    if agents.iter().any(|a| a.config_env.is_some()) {
+        said(
+            "config_env",
+            "agents share their usual config directory; run one agent per config at a time",
+        );
+    }
+    if agents
+        .iter()
+        .any(|a| a.rate_limit.is_some() || a.usage != br_core::agent::UsageFormat::None)
+    {
+        said(
+            "rate_limit/usage",
+            "a rate-limited attempt fails as any other, and usage is not recorded",
+        );
+    }
+    out
+}
+
 fn warn_about_uncommitted_changes(repo: &br_git::Repo, base: Option<&str>) {
     let dirty = repo
         .git()
