@@ -185,9 +185,18 @@ pub enum TaskRequeued {
         base_commit: String,
         from: TaskState,
     },
+    /// Someone asked for a task that had ended to run again (`br retry`).
+    Retried {
+        reason: String,
+        from: TaskState,
+        next_attempt: u32,
+    },
 }
 
 impl TaskRequeued {
+    /// The reason of a [`TaskRequeued::Retried`].
+    pub const RETRY_ASKED: &'static str = "retry asked for";
+
     pub fn after(outcome: &Outcome, next_attempt: u32) -> TaskRequeued {
         TaskRequeued::AttemptEnded {
             reason: outcome.describe(),
@@ -506,6 +515,11 @@ impl EventDetail {
                 base_commit,
                 ..
             }) => format!("{reason}; runs again from {}", short_commit(base_commit)),
+            D::TaskRequeued(TaskRequeued::Retried {
+                reason,
+                from,
+                next_attempt,
+            }) => format!("{reason} (it was {from}); attempt {next_attempt} next"),
             D::TaskSkipped(d) if d.because == d.failed => format!("{} failed", d.failed),
             D::TaskSkipped(d) => format!("{} was skipped ({} failed)", d.because, d.failed),
             D::TaskCancelled(d) => d.reason.clone(),
@@ -725,6 +739,14 @@ mod tests {
                 r#"{"reason":"merge conflict","base_commit":"abc","from":"succeeded"}"#,
             ),
             (
+                D::TaskRequeued(TaskRequeued::Retried {
+                    reason: TaskRequeued::RETRY_ASKED.into(),
+                    from: TaskState::Skipped,
+                    next_attempt: 1,
+                }),
+                r#"{"reason":"retry asked for","from":"skipped","next_attempt":1}"#,
+            ),
+            (
                 D::TaskSkipped(TaskSkipped {
                     because: task("b"),
                     failed: task("a"),
@@ -853,6 +875,7 @@ mod tests {
             Some("exit 2"),
             Some("lease lost (its worker went silent or lost the store); attempt 2 next"),
             Some("merge conflict; runs again from abc"),
+            Some("retry asked for (it was skipped); attempt 1 next"),
             Some("b was skipped (a failed)"),
             Some("session cancelled"),
             Some("a.txt"),

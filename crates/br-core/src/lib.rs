@@ -11,6 +11,7 @@ pub mod lease;
 pub mod lock;
 pub mod outcome;
 pub mod plan;
+pub mod retry;
 pub mod state;
 pub mod time;
 mod words;

@@ -193,6 +193,20 @@ fn why_again(task: &ClaimedTask, context: &Value) -> String {
                  This attempt starts afresh{start}: do the whole task.\n"
             ));
         }
+        RunReason::Retry if previous.is_null() => {
+            // Skipped, or cancelled before it started: there is no earlier attempt to tell of.
+            out.push_str(
+                "The task had not run: it was skipped or cancelled before it started, and \
+                 someone asked for it to run (`br retry`). Do the whole task",
+            );
+            match task.base_commit.as_deref() {
+                Some(c) => out.push_str(&format!(
+                    "; this attempt starts from commit {}.\n",
+                    &c[..c.len().min(12)]
+                )),
+                None => out.push_str(".\n"),
+            }
+        }
         RunReason::Retry => {
             out.push_str(&format!(
                 "The task ended ({}) and someone asked for it to run again (`br retry`). This \

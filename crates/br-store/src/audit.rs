@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use br_core::detail::TaskRequeued;
 use br_core::{EventDetail, EventKind, LockPath};
 
 use crate::model::Event;
@@ -82,8 +83,9 @@ fn paths_of(ev: &Event) -> Result<Vec<LockPath>, String> {
         .collect()
 }
 
-/// Checks that every task named in the log reached exactly one terminal state, and returns the
-/// terminal kind of each task (keyed by `session/task`).
+/// Checks that every task named in the log reached exactly one terminal state — since it was
+/// last queued again after it had ended (`br retry`, or the merge queue on a new base) — and
+/// returns the terminal kind of each task (keyed by `session/task`).
 pub fn audit_terminal_once(events: &[Event]) -> Result<BTreeMap<String, EventKind>, String> {
     let mut ends: BTreeMap<String, EventKind> = BTreeMap::new();
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
@@ -93,6 +95,16 @@ pub fn audit_terminal_once(events: &[Event]) -> Result<BTreeMap<String, EventKin
         };
         let key = format!("{session}/{task}");
         seen.insert(key.clone(), ());
+        let reopened = matches!(
+            ev.detail.known().as_deref(),
+            Some(EventDetail::TaskRequeued(
+                TaskRequeued::Retried { .. } | TaskRequeued::OnNewBase { .. }
+            ))
+        );
+        if reopened {
+            ends.remove(&key);
+            continue;
+        }
         let terminal = matches!(
             ev.kind,
             EventKind::TaskSucceeded
@@ -225,6 +237,35 @@ mod tests {
             ev(5, EventKind::TaskSucceeded, 2, "b"),
         ];
         assert_eq!(audit_fencing(&log), Ok(2));
+    }
+
+    #[test]
+    fn a_task_queued_again_after_it_ended_may_end_again() {
+        let with = |seq, detail: EventDetail| Event {
+            kind: detail.kind(),
+            detail,
+            ..ev(seq, EventKind::TaskReady, 1, "a")
+        };
+        let failed = || {
+            EventDetail::TaskFailed(br_core::detail::TaskFailed::of(&br_core::Outcome::Failed {
+                exit_code: 1,
+            }))
+        };
+        let succeeded = EventDetail::TaskSucceeded(br_core::detail::TaskSucceeded {
+            exit_code: 0,
+            commit: None,
+            changed_files: 0,
+        });
+        let retried = EventDetail::TaskRequeued(TaskRequeued::Retried {
+            reason: TaskRequeued::RETRY_ASKED.into(),
+            from: br_core::TaskState::Failed,
+            next_attempt: 2,
+        });
+        let log = [with(1, failed()), with(2, retried), with(3, succeeded)];
+        let ends = audit_terminal_once(&log).expect("retried, then ended once more");
+        assert_eq!(ends.get("s/t"), Some(&EventKind::TaskSucceeded));
+        let twice = [with(1, failed()), with(2, failed())];
+        assert!(audit_terminal_once(&twice).is_err());
     }
 
     #[test]

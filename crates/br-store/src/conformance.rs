@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use br_core::detail::ScopeViolation;
 use br_core::outcome::{Outcome, TaskNext};
 use br_core::plan::{DEFAULT_MAX_REPAIRS, Isolation, LandMode, OnConflict, ScopeMode, StartMode};
+use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
 use br_core::{
     Attempt, EventDetail, EventKind, LockPath, OutcomeKind, Plan, RunReason, SessionId,
@@ -62,6 +63,10 @@ macro_rules! conformance_tests {
             landing_is_one_turn_at_a_time_and_decides_what_follows,
             a_landing_turn_whose_holder_went_silent_passes_to_another_worker,
             a_task_out_of_repairs_fails_and_skips_its_dependents,
+            retry_reruns_ended_tasks_as_next_attempts,
+            retry_refuses_tasks_that_did_not_end_badly,
+            retry_runs_a_cancelled_session_again,
+            retry_forgets_what_did_not_land,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -1952,4 +1957,369 @@ pub fn a_task_out_of_repairs_fails_and_skips_its_dependents(b: &dyn FreshStore) 
         (SessionStatus::Failed, 0)
     );
     assert!(kinds(&*store, &s.id).contains(&EventKind::VerifyFailed));
+}
+
+/// Every check of `retry_tasks` that changes nothing: the store is as it was.
+fn assert_refused_unchanged(store: &dyn Store, s: &SessionId, scope: RetryScope<'_>) -> String {
+    let before = (
+        store.session(s).expect("session"),
+        store.tasks(s).expect("tasks"),
+        store.last_seq().expect("seq"),
+    );
+    let err = store.retry_tasks(s, scope).expect_err("refused");
+    let after = (
+        store.session(s).expect("session"),
+        store.tasks(s).expect("tasks"),
+        store.last_seq().expect("seq"),
+    );
+    assert_eq!(before, after, "a refused retry changed something: {err}");
+    err.to_string()
+}
+
+pub fn retry_reruns_ended_tasks_as_next_attempts(b: &dyn FreshStore) {
+    let store = b.open();
+    let mut a = task("a", &["x"], &[]);
+    a.retries = 1;
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                a,
+                task("b", &[], &["a"]),
+                task("c", &[], &["b"]),
+                task("d", &[], &[]),
+            ],
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    for _ in 0..2 {
+        let a = claim_task(&*store, &w);
+        assert_eq!(a.lease.task_id.as_str(), "a");
+        store
+            .finish_attempt(&a.lease, &Outcome::Failed { exit_code: 3 })
+            .expect("finish");
+    }
+    let d = claim_task(&*store, &w);
+    store
+        .finish_attempt(&d.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let ended = store.session(&s.id).expect("session");
+    assert_eq!(ended.status, SessionStatus::Failed);
+    let from = store.last_seq().expect("seq");
+
+    let names = ["a".to_string()];
+    let retried = store
+        .retry_tasks(&s.id, RetryScope::Named(&names))
+        .expect("retry");
+    let ids: Vec<(&str, TaskState)> = retried
+        .tasks
+        .iter()
+        .map(|(t, from)| (t.as_str(), *from))
+        .collect();
+    assert_eq!(ids, [("a", Failed), ("b", Skipped), ("c", Skipped)]);
+    let again = &retried.session;
+    assert_eq!(
+        (
+            again.status,
+            again.failed_tasks,
+            again.skipped_tasks,
+            again.succeeded_tasks,
+            again.completed_at
+        ),
+        (SessionStatus::Running, 0, 0, 1, None)
+    );
+    assert_eq!(again.started_at, ended.started_at);
+    assert_eq!(
+        states(&*store, &s.id),
+        [
+            ("a".into(), Ready),
+            ("b".into(), Pending),
+            ("c".into(), Pending),
+            ("d".into(), Succeeded)
+        ]
+    );
+    let a_id = TaskId::new("a").expect("id");
+    let a_now = store.task(&s.id, &a_id).expect("task");
+    assert_eq!((a_now.attempts, a_now.finished_at), (2, None));
+    let events = store
+        .events(&EventFilter {
+            after_seq: Some(from),
+            session: Some(s.id.clone()),
+            limit: None,
+        })
+        .expect("events");
+    assert_details_typed(&events);
+    let said: Vec<(EventKind, Option<&str>, Option<String>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.task_id.as_ref().map(TaskId::as_str),
+                e.detail.describe(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        said,
+        [
+            (
+                EventKind::SessionResumed,
+                None,
+                Some("was failed: retry".into())
+            ),
+            (
+                EventKind::TaskRequeued,
+                Some("a"),
+                Some("retry asked for (it was failed); attempt 3 next".into())
+            ),
+            (EventKind::TaskReady, Some("a"), None),
+            (
+                EventKind::TaskRequeued,
+                Some("b"),
+                Some("retry asked for (it was skipped); attempt 1 next".into())
+            ),
+            (
+                EventKind::TaskRequeued,
+                Some("c"),
+                Some("retry asked for (it was skipped); attempt 1 next".into())
+            ),
+        ]
+    );
+
+    // The retry runs as the next attempt, told why, with its retries back: a failure is
+    // retried once more before the task fails.
+    let third = claim_task(&*store, &w);
+    assert_eq!(
+        (
+            third.lease.task_id.as_str(),
+            third.lease.attempt,
+            third.reason
+        ),
+        ("a", Attempt(3), RunReason::Retry)
+    );
+    let f = store
+        .finish_attempt(&third.lease, &Outcome::Failed { exit_code: 3 })
+        .expect("finish");
+    assert_eq!(f, Finish::Recorded(TaskNext::Retry));
+    let fourth = claim_task(&*store, &w);
+    assert_eq!(
+        (fourth.lease.attempt, fourth.reason),
+        (Attempt(4), RunReason::Failed)
+    );
+    store
+        .finish_attempt(&fourth.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let b = claim_task(&*store, &w);
+    assert_eq!(
+        (b.lease.task_id.as_str(), b.lease.attempt, b.reason),
+        ("b", Attempt(1), RunReason::Retry)
+    );
+    store
+        .finish_attempt(&b.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let c = claim_task(&*store, &w);
+    assert_eq!(c.lease.task_id.as_str(), "c");
+    store
+        .finish_attempt(&c.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let end = store.session(&s.id).expect("session");
+    assert_eq!(
+        (end.status, end.succeeded_tasks, end.failed_tasks),
+        (SessionStatus::Completed, 4, 0)
+    );
+    let attempts: Vec<(u32, Option<RunReason>, Option<OutcomeKind>)> = store
+        .attempts(&s.id, &a_id)
+        .expect("attempts")
+        .iter()
+        .map(|a| (a.attempt.0, a.reason, a.outcome))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(RunReason::First), Some(OutcomeKind::Failed)),
+            (2, Some(RunReason::Failed), Some(OutcomeKind::Failed)),
+            (3, Some(RunReason::Retry), Some(OutcomeKind::Failed)),
+            (4, Some(RunReason::Failed), Some(OutcomeKind::Succeeded)),
+        ],
+        "the attempts before the retry are kept"
+    );
+    let ends = audit_terminal_once(&session_events(&*store, &s.id))
+        .expect("each task ended once since it was last queued again");
+    assert!(ends.values().all(|k| *k == EventKind::TaskSucceeded));
+    let err = assert_refused_unchanged(&*store, &s.id, RetryScope::All);
+    assert!(
+        err.contains("has nothing to retry: it is completed"),
+        "{err}"
+    );
+}
+
+pub fn retry_refuses_tasks_that_did_not_end_badly(b: &dyn FreshStore) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan(
+            "p",
+            vec![
+                task("a", &[], &[]),
+                task("b", &[], &["a"]),
+                task("ok", &[], &[]),
+                task("slow", &[], &[]),
+            ],
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let a = claim_task(&*store, &w);
+    store
+        .finish_attempt(&a.lease, &Outcome::Failed { exit_code: 1 })
+        .expect("finish");
+    let ok = claim_task(&*store, &w);
+    store
+        .finish_attempt(&ok.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let _slow = claim_task(&*store, &w);
+    let names = |n: &[&str]| n.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let err = assert_refused_unchanged(&*store, &s.id, RetryScope::Named(&names(&["ok", "a"])));
+    assert!(err.contains("task ok (succeeded)"), "{err}");
+    let err = assert_refused_unchanged(&*store, &s.id, RetryScope::Named(&names(&["slow"])));
+    assert!(err.contains("task slow (running)"), "{err}");
+    let err = assert_refused_unchanged(&*store, &s.id, RetryScope::Named(&names(&["b"])));
+    assert!(err.contains("it waits for a, which is failed"), "{err}");
+    let missing = names(&["nope"]);
+    assert!(matches!(
+        store.retry_tasks(&s.id, RetryScope::Named(&missing)),
+        Err(StoreError::NoSuchTask { .. })
+    ));
+    assert!(matches!(
+        store.retry_tasks(&SessionId::from_string("000000000000"), RetryScope::All),
+        Err(StoreError::NoSuchSession(_))
+    ));
+    // A session still running may retry what failed: it goes on running.
+    let retried = store.retry_tasks(&s.id, RetryScope::All).expect("retry");
+    assert_eq!(retried.session.status, SessionStatus::Running);
+    assert_eq!(retried.tasks.len(), 2);
+    let kinds = kinds(&*store, &s.id);
+    assert!(!kinds.contains(&EventKind::SessionResumed), "{kinds:?}");
+}
+
+pub fn retry_runs_a_cancelled_session_again(b: &dyn FreshStore) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        plan("p", vec![task("x", &[], &[]), task("y", &[], &["x"])]),
+    );
+    store
+        .change_session(&s.id, SessionAction::Cancel)
+        .expect("cancel");
+    let names = ["y".to_string()];
+    let err = assert_refused_unchanged(&*store, &s.id, RetryScope::Named(&names));
+    assert!(err.contains("it waits for x, which is cancelled"), "{err}");
+    let retried = store.retry_tasks(&s.id, RetryScope::All).expect("retry");
+    assert_eq!(
+        (
+            retried.session.status,
+            retried.session.cancelled_tasks,
+            retried.session.completed_at
+        ),
+        (SessionStatus::Running, 0, None)
+    );
+    assert_eq!(
+        states(&*store, &s.id),
+        [("x".into(), Ready), ("y".into(), Pending)]
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    for id in ["x", "y"] {
+        let t = claim_task(&*store, &w);
+        assert_eq!(
+            (t.lease.task_id.as_str(), t.lease.attempt, t.reason),
+            (id, Attempt(1), RunReason::Retry)
+        );
+        store
+            .finish_attempt(&t.lease, &Outcome::Succeeded)
+            .expect("finish");
+    }
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Completed
+    );
+}
+
+pub fn retry_forgets_what_did_not_land(b: &dyn FreshStore) {
+    let store = b.open();
+    let mut p = plan(
+        "p",
+        vec![task("t", &["f"], &[]), task("after", &[], &["t"])],
+    );
+    p.isolation = Isolation::Worktree;
+    p.tasks[0].on_conflict = OnConflict::Fail;
+    let s = submit(&*store, p);
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let t = claim_task(&*store, &w);
+    store
+        .finish_attempt_with(
+            &t.lease,
+            &Outcome::Succeeded,
+            &AttemptReport {
+                commit: Some("c0ffee".into()),
+                ..Default::default()
+            },
+        )
+        .expect("finish");
+    let job = match claim(&*store, &w) {
+        Claim::Land(job) => job,
+        other => panic!("expected the landing turn, got {other:?}"),
+    };
+    let item = match store.next_landing(&job).expect("next") {
+        NextLanding::Task(item) => item,
+        other => panic!("expected t to land, got {other:?}"),
+    };
+    let recorded = store
+        .record_landing(
+            &job,
+            &item.task_id,
+            item.attempt,
+            &LandingResult::Conflict {
+                files: vec!["f".into()],
+                with: vec![],
+                details: String::new(),
+                tip: "1234".into(),
+            },
+        )
+        .expect("record");
+    assert_eq!(recorded, LandingRecorded::Failed);
+    assert!(matches!(
+        store.next_landing(&job).expect("next"),
+        NextLanding::Done
+    ));
+    let failed = store
+        .task(&s.id, &TaskId::new("t").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (failed.state, failed.landing),
+        (Failed, Some(br_core::Landing::Conflict))
+    );
+    assert_eq!(
+        store.session(&s.id).expect("session").status,
+        SessionStatus::Failed
+    );
+
+    let retried = store.retry_tasks(&s.id, RetryScope::All).expect("retry");
+    assert_eq!(retried.tasks.len(), 2);
+    let t_now = store
+        .task(&s.id, &TaskId::new("t").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (
+            t_now.state,
+            t_now.landing,
+            t_now.landed_commit,
+            t_now.repairs
+        ),
+        (Ready, None, None, 0)
+    );
+    let again = claim_task(&*store, &w);
+    assert_eq!(
+        (again.lease.attempt, again.reason),
+        (Attempt(2), RunReason::Retry)
+    );
 }

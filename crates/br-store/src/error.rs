@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use br_core::retry::RetryError;
 use br_core::state::TransitionError;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -81,6 +82,9 @@ pub enum StoreError {
     NoSuchWorker(String),
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// `br retry` was refused: a named task had not ended badly, or nothing had.
+    #[error(transparent)]
+    Retry(RetryError),
     #[error("store data is damaged: {0}")]
     Damaged(String),
     #[error("store operation failed: {context}")]
@@ -89,6 +93,16 @@ pub enum StoreError {
         #[source]
         source: BackendError,
     },
+}
+
+impl From<RetryError> for StoreError {
+    /// An unknown task is the same error wherever it is named.
+    fn from(e: RetryError) -> StoreError {
+        match e {
+            RetryError::NoSuchTask { session, task } => StoreError::NoSuchTask { session, task },
+            other => StoreError::Retry(other),
+        }
+    }
 }
 
 impl StoreError {

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use br_core::outcome::Outcome;
+use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
 use br_core::{Attempt, LockPath, RunReason, SessionId, TaskId, Timestamp, WorkerId};
 
@@ -86,6 +87,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         why: RunReason,
     ) -> Result<Task>;
+    /// `br retry`: queues the failed, skipped and cancelled tasks `scope` picks
+    /// ([`br_core::retry::tasks_to_retry`]) again as their next attempts, with reason `retry`
+    /// and a fresh budget of retries and repairs; their attempts stay. Each gets a
+    /// `task_requeued` event (and `task_ready` when nothing holds it back); a session that had
+    /// ended or was paused is running again (`session_resumed`). Refused, changing nothing,
+    /// when a named task has not ended badly or nothing has.
+    fn retry_tasks(&self, session: &SessionId, scope: RetryScope<'_>) -> Result<Retried>;
     /// Deletes a finished session with its tasks, attempts and events.
     fn delete_session(&self, id: &SessionId) -> Result<()>;
 

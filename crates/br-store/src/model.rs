@@ -205,6 +205,14 @@ pub struct AttemptRecord {
     pub log_path: Option<String>,
 }
 
+/// What `retry_tasks` did: the session afterwards, and the tasks queued again, in plan order,
+/// with the state each had.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retried {
+    pub session: Session,
+    pub tasks: Vec<(TaskId, TaskState)>,
+}
+
 /// What a worker says about itself when it registers.
 #[derive(Debug, Clone)]
 pub struct NewWorker {

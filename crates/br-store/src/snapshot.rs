@@ -1124,6 +1124,14 @@ mod tests {
             .change_session(&build.id, SessionAction::Cancel)
             .unwrap();
         assert_same(store, &mut inc, "cancel");
+        store
+            .retry_tasks(&build.id, br_core::retry::RetryScope::All)
+            .unwrap();
+        assert_same(store, &mut inc, "retry what was cancelled");
+        store
+            .change_session(&build.id, SessionAction::Cancel)
+            .unwrap();
+        assert_same(store, &mut inc, "cancel again");
         let snap = inc.snapshot();
         let kinds: Vec<EventKind> = snap.events.iter().map(|e| e.kind).collect();
         for want in [
@@ -1285,6 +1293,13 @@ mod tests {
         ) -> Result<Task> {
             self.inner
                 .requeue_task(session, task, base_commit, reason, why)
+        }
+        fn retry_tasks(
+            &self,
+            session: &SessionId,
+            scope: br_core::retry::RetryScope<'_>,
+        ) -> Result<Retried> {
+            self.inner.retry_tasks(session, scope)
         }
         fn next_landing(&self, job: &LandingJob) -> Result<NextLanding> {
             self.inner.next_landing(job)

@@ -7,7 +7,7 @@
 //! touches the terminal; [`render_once`] draws one frame as plain text for scripts.
 //!
 //! The dashboard only reads the store, except for what a user asks of a session (pause, resume,
-//! cancel), which becomes a store request that workers act on.
+//! cancel, retry), which becomes a store request that workers act on.
 
 mod follow;
 mod model;

@@ -2,10 +2,11 @@
 //! typed and opened), [`update`] (one message in, maybe one store action out) and [`perform`]
 //! (carries an action out against the store).
 
+use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
 use br_core::{SessionId, TaskId};
-use br_store::Store;
 use br_store::snapshot::{Snapshot, TaskRow};
+use br_store::{Retried, Store};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::DashboardOptions;
@@ -51,6 +52,12 @@ pub enum Action {
     ChangeSession {
         session: SessionId,
         action: SessionAction,
+    },
+    /// `br retry`: the named tasks (and the dependents they skipped), or with none, every task
+    /// of the session that failed, was skipped or was cancelled.
+    Retry {
+        session: SessionId,
+        tasks: Vec<TaskId>,
     },
 }
 
@@ -242,6 +249,25 @@ impl Model {
         Some(Action::ChangeSession { session, action })
     }
 
+    /// `R`: with the tasks focused, the task under the cursor; else the whole session.
+    fn retry(&mut self) -> Option<Action> {
+        let Some((session, _)) = self.selected_session_row() else {
+            self.status = Some("no session selected".into());
+            return None;
+        };
+        let tasks = match self.focus {
+            Focus::Sessions => Vec::new(),
+            Focus::Tasks => match self.selected_task() {
+                Some(row) => vec![row.task.id.clone()],
+                None => {
+                    self.status = Some("no task selected".into());
+                    return None;
+                }
+            },
+        };
+        Some(Action::Retry { session, tasks })
+    }
+
     fn open_log(&mut self) {
         let Some(selected) = &self.snapshot.selected else {
             return;
@@ -385,6 +411,7 @@ fn on_normal_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
         }
         KeyCode::Char('p') => return model.session_action(SessionAction::Pause),
         KeyCode::Char('r') => return model.session_action(SessionAction::Resume),
+        KeyCode::Char('R') => return model.retry(),
         KeyCode::Char('c') => match model.selected_session_row() {
             Some((session, name)) => model.mode = Mode::ConfirmCancel { session, name },
             None => model.status = Some("no session selected".into()),
@@ -404,7 +431,37 @@ pub fn perform(store: &dyn Store, model: &mut Model, action: Action) {
                 Err(e) => e.to_string(),
             });
         }
+        Action::Retry { session, tasks } => {
+            let names: Vec<String> = tasks.iter().map(ToString::to_string).collect();
+            let scope = if names.is_empty() {
+                RetryScope::All
+            } else {
+                RetryScope::Named(&names)
+            };
+            model.status = Some(match store.retry_tasks(&session, scope) {
+                Ok(retried) => retried_words(model, &retried),
+                Err(e) => e.to_string(),
+            });
+        }
     }
+}
+
+/// What the footer says after a retry: which tasks run again, and — since a dashboard starts no
+/// worker — how to get one when none serves the session.
+fn retried_words(model: &Model, retried: &Retried) -> String {
+    let s = &retried.session;
+    let tasks: Vec<&str> = retried.tasks.iter().map(|(t, _)| t.as_str()).collect();
+    let mut words = format!("retrying {} of session {}", tasks.join(", "), s.name);
+    let serving = model
+        .snapshot
+        .sessions
+        .iter()
+        .find(|row| row.session.id == s.id)
+        .map_or(0, |row| row.workers);
+    if serving == 0 {
+        words.push_str(&format!("; no worker serves it: run `br resume {}`", s.id));
+    }
+    words
 }
 
 fn done_verb(action: SessionAction) -> &'static str {

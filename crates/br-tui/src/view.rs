@@ -866,19 +866,28 @@ fn draw_footer(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     } else if let Some(status) = model.status() {
         Line::styled(status.to_string(), theme.warn())
     } else {
-        let mut spans = Vec::new();
         let gap = if area.width >= 90 { "  " } else { " " };
-        for (key, what) in [
-            ("q", "quit"),
-            ("?", "help"),
-            ("↑↓", "select"),
-            ("Tab", "focus"),
-            ("Enter", "log"),
-            ("p", "pause"),
-            ("r", "resume"),
-            ("c", "cancel"),
-            ("/", "filter"),
-        ] {
+        let mut keys = FOOTER_KEYS.to_vec();
+        let width = |keys: &[(&str, &str, u8)]| {
+            keys.iter()
+                .map(|(key, what, _)| Line::raw(format!("{key} {what}{gap}")).width())
+                .sum::<usize>()
+        };
+        // What does not fit goes, least needed first: the help lists every key.
+        while width(&keys) > usize::from(area.width) {
+            let Some(least) = keys
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.2 > 0)
+                .max_by_key(|(_, k)| k.2)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            keys.remove(least);
+        }
+        let mut spans = Vec::new();
+        for (key, what, _) in keys {
             spans.push(Span::styled(key, theme.key()));
             spans.push(Span::raw(format!(" {what}{gap}")));
         }
@@ -892,6 +901,21 @@ fn draw_footer(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     };
     frame.render_widget(Paragraph::new(line), area);
 }
+
+/// The footer's keys: key, what it does, and how readily it is left out when the line is too
+/// narrow (0: never; the highest goes first).
+const FOOTER_KEYS: [(&str, &str, u8); 10] = [
+    ("q", "quit", 0),
+    ("?", "help", 0),
+    ("↑↓", "select", 3),
+    ("Tab", "focus", 2),
+    ("Enter", "log", 1),
+    ("p", "pause", 0),
+    ("r", "resume", 0),
+    ("c", "cancel", 0),
+    ("R", "retry", 0),
+    ("/", "filter", 0),
+];
 
 /// A box of `width`×`height` in the middle of `area`, never larger than it.
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
@@ -912,6 +936,8 @@ const HELP: &[(&str, &str)] = &[
     ("Enter", "tasks: open the task's live log"),
     ("p / r", "pause / resume the selected session"),
     ("c", "cancel the selected session (asks first)"),
+    ("R", "retry failed, skipped and cancelled tasks"),
+    ("", "  of the session, or the selected one (Tab)"),
     ("/", "filter tasks by id or state; Esc clears"),
     ("?", "this help; any key closes it"),
     ("q  Ctrl-C", "quit"),

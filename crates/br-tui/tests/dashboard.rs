@@ -1,5 +1,5 @@
 //! The dashboard seen from outside: frames of fixed snapshots (ratatui `TestBackend` + insta),
-//! what keys do to the model, and what `p`/`r`/`c` do to a real store.
+//! what keys do to the model, and what `p`/`r`/`c`/`R` do to a real store.
 
 mod fixture;
 
@@ -580,5 +580,95 @@ fn finished_tasks_show_scope_violations_and_predicted_conflicts() {
     assert!(
         left.contains("conflicts with right on config.txt"),
         "{left}"
+    );
+}
+
+/// Runs the next ready task of `session` to a failure, as a real worker would.
+fn fail_next(store: &dyn Store, session: &br_store::Session) -> String {
+    let worker = store
+        .register_worker(&br_store::NewWorker {
+            host: "test-host".into(),
+            pid: 4242,
+            session: Some(session.id.clone()),
+            heartbeat_timeout: std::time::Duration::from_secs(30),
+        })
+        .unwrap();
+    let logs = std::env::temp_dir().join("br-tui-test-logs");
+    let br_store::Claim::Task(task) = store
+        .claim_next_task(&br_store::ClaimRequest {
+            worker: &worker,
+            session: Some(&session.id),
+            log_dir: &logs,
+            repo_id: None,
+        })
+        .unwrap()
+    else {
+        panic!("a ready task")
+    };
+    store
+        .finish_attempt(&task.lease, &br_core::Outcome::Failed { exit_code: 1 })
+        .unwrap();
+    store.stop_worker(&worker).unwrap();
+    task.lease.task_id.to_string()
+}
+
+#[test]
+fn shift_r_retries_the_session_or_the_task_under_the_cursor() {
+    let (_dir, store) = temp_store();
+    let s = submit(&store, "build");
+    assert_eq!(fail_next(&store, &s), "t0");
+    let mut m = Model::new(build_snapshot(&store, None).unwrap(), &options(false));
+    update(&mut m, Msg::Refreshed);
+
+    // The sessions have the keyboard: the whole session.
+    let actions = press(&mut m, &[ch('R')]);
+    assert_eq!(
+        actions,
+        [Action::Retry {
+            session: s.id.clone(),
+            tasks: vec![]
+        }]
+    );
+    drive(&store, &mut m, &[ch('R')]);
+    assert_eq!(
+        m.status(),
+        Some(
+            format!(
+                "retrying t0 of session build; no worker serves it: run `br resume {}`",
+                s.id
+            )
+            .as_str()
+        )
+    );
+    let t0 = store.task(&s.id, &tid("t0")).unwrap();
+    assert_eq!((t0.state, t0.attempts), (TaskState::Ready, 1));
+
+    // The tasks have it: the task under the cursor, refused when it did not end badly.
+    assert_eq!(fail_next(&store, &s), "t0");
+    drive(&store, &mut m, &[key(KeyCode::Tab), ch('j'), ch('R')]);
+    assert_eq!(
+        m.status(),
+        Some(format!(
+            "cannot retry task t1 (ready) of session {}: only failed, skipped and cancelled tasks \
+             run again",
+            s.id
+        ))
+        .as_deref()
+    );
+    drive(&store, &mut m, &[ch('k'), ch('R')]);
+    assert!(
+        m.status()
+            .is_some_and(|s| s.starts_with("retrying t0 of session build")),
+        "{:?}",
+        m.status()
+    );
+    assert_eq!(
+        store.task(&s.id, &tid("t0")).unwrap().state,
+        TaskState::Ready
+    );
+    let text = draw(&m, 100, 30).backend().to_string();
+    assert!(
+        text.contains("retrying t0 of session build"),
+        "the footer says it"
     );
 }

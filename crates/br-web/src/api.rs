@@ -1,7 +1,9 @@
 //! The routes: the page, the JSON API (the same shapes as the CLI's `--json`), the live stream,
 //! and the session actions. Handlers are thin: they read the store (off the async runtime) or
-//! the published snapshot, and turn a user action into one store request.
+//! the published snapshot, and turn a user action (pause, resume, cancel, retry) into one store
+//! request.
 
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -9,8 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
-use br_core::{SessionStatus, WorkerStatus};
+use br_core::{SessionStatus, TaskId, TaskState, WorkerStatus};
 use br_store::snapshot::build_snapshot;
 use br_store::view::{
     EventView, LockListView, SessionListView, StatusView, SummaryView, WorkerListView,
@@ -50,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/pause", post(pause))
         .route("/api/sessions/{id}/resume", post(resume))
         .route("/api/sessions/{id}/cancel", post(cancel))
+        .route("/api/sessions/{id}/retry", post(retry))
         .route("/api/workers", get(workers))
         .route("/api/locks", get(locks))
         .route("/api/events", get(events))
@@ -296,6 +300,72 @@ impl Resumed {
             warning,
         }
     }
+}
+
+/// What `POST /api/sessions/{id}/retry` may carry: the tasks to run again (with the dependents
+/// they skipped). No body, or no tasks: every failed, skipped and cancelled task.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    #[serde(default)]
+    tasks: Vec<String>,
+}
+
+/// A task a retry queued again, and the state it had.
+#[derive(Debug, Serialize)]
+struct RetriedTask {
+    id: TaskId,
+    from: TaskState,
+}
+
+/// The answer to a retry: as a resume's (the session, `workers_live`, `warning`), and which
+/// tasks run again.
+#[derive(Debug, Serialize)]
+struct RetryAnswer {
+    #[serde(flatten)]
+    resumed: Resumed,
+    retried: Vec<RetriedTask>,
+}
+
+/// `POST /api/sessions/{id}/retry` (body `{"tasks": [...]}`, optional): what `br retry
+/// --detach` does — the store queues the tasks again and the session is running — and, as for
+/// a resume, who will run them. Workers act on it: a dashboard never starts one.
+async fn retry(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "a retry's body is {{\"tasks\": [\"ID\", …]}} or nothing: {e}"
+            ))
+        })?
+    };
+    let answer = state
+        .blocking(move |store: &dyn Store| {
+            let s = store.resolve_session(&reference)?;
+            let scope = if request.tasks.is_empty() {
+                RetryScope::All
+            } else {
+                RetryScope::Named(&request.tasks)
+            };
+            let retried = store.retry_tasks(&s.id, scope)?;
+            let workers_live = serving_workers(store, &retried.session)?;
+            Ok(RetryAnswer {
+                resumed: Resumed::new(retried.session, workers_live),
+                retried: retried
+                    .tasks
+                    .into_iter()
+                    .map(|(id, from)| RetriedTask { id, from })
+                    .collect(),
+            })
+        })
+        .await?;
+    state.kick();
+    Ok(Json(answer).into_response())
 }
 
 async fn cancel(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {

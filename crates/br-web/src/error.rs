@@ -8,7 +8,8 @@ use br_store::StoreError;
 
 #[derive(Debug)]
 pub enum ApiError {
-    /// What the store said: unknown session (404), refused transition (409), busy (503)…
+    /// What the store said: unknown session or task (404), refused transition or retry (409),
+    /// busy (503)…
     Store(StoreError),
     /// The request itself is wrong (a bad query parameter).
     BadRequest(String),
@@ -33,7 +34,7 @@ impl ApiError {
                 | StoreError::NoSuchTask { .. }
                 | StoreError::NoSuchWorker(_) => StatusCode::NOT_FOUND,
                 StoreError::AmbiguousSession { .. } => StatusCode::BAD_REQUEST,
-                StoreError::Transition(_) => StatusCode::CONFLICT,
+                StoreError::Transition(_) | StoreError::Retry(_) => StatusCode::CONFLICT,
                 StoreError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },

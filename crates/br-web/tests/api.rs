@@ -123,6 +123,48 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// A session action with a JSON body, as the page sends a retry of named tasks.
+    async fn post_json(&self, uri: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::post(uri)
+            .header(ACTION_HEADER, "test")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        json(self.call(request).await).await
+    }
+
+    /// Runs the first ready task of `session` to a failure, as a real worker would.
+    fn fail_first(&self, session: &Session) {
+        let worker = self
+            .store
+            .register_worker(&NewWorker {
+                host: "test-host".into(),
+                pid: 4242,
+                session: Some(session.id.clone()),
+                heartbeat_timeout: Duration::from_secs(30),
+            })
+            .expect("register worker");
+        let logs = self._dir.path().join("logs");
+        let claim = self
+            .store
+            .claim_next_task(&ClaimRequest {
+                worker: &worker,
+                session: Some(&session.id),
+                log_dir: &logs,
+                repo_id: None,
+            })
+            .expect("claim");
+        let Claim::Task(task) = claim else {
+            panic!("expected a task, got {claim:?}")
+        };
+        self.store
+            .finish_attempt(&task.lease, &Outcome::Failed { exit_code: 1 })
+            .expect("finish");
+        self.store.stop_worker(&worker).expect("stop worker");
+    }
+}
+
 async fn json(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
@@ -494,6 +536,89 @@ async fn pause_then_resume_changes_the_stored_status() {
 }
 
 #[tokio::test]
+async fn retrying_queues_what_failed_and_a_refused_retry_changes_nothing() {
+    let f = Fixture::new();
+    let s = f.submit("build", &["a", "b"]);
+    f.fail_first(&s);
+    let stored = || f.store.session(&s.id).expect("session");
+    assert_eq!(stored().status.to_string(), "failed");
+    let before = (stored(), f.store.tasks(&s.id).expect("tasks"));
+    let retry = format!("/api/sessions/{}/retry", s.id);
+
+    for (body, status, says) in [
+        (
+            r#"{"tasks": ["b"]}"#,
+            StatusCode::CONFLICT,
+            "it waits for a, which is failed",
+        ),
+        (
+            r#"{"tasks": ["nope"]}"#,
+            StatusCode::NOT_FOUND,
+            "no task `nope`",
+        ),
+        (
+            r#"{"task": ["a"]}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        ("{oops", StatusCode::BAD_REQUEST, "a retry's body is"),
+    ] {
+        let (got, answer) = f.post_json(&retry, body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(keys(&answer), ["error"], "{body}");
+        let message = answer["error"].as_str().expect("a message");
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    // What a form on another site could send: no custom header.
+    let request = Request::post(&retry).body(Body::empty()).expect("request");
+    let (status, _) = json(f.call(request).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (stored(), f.store.tasks(&s.id).expect("tasks")),
+        before,
+        "nothing changed"
+    );
+
+    let (status, body) = f.post_json(&retry, r#"{"tasks": ["a"]}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    has_keys(&body, SESSION_KEYS);
+    assert_eq!(body["status"], "running");
+    assert_eq!(
+        body["retried"],
+        serde_json::json!([{"id": "a", "from": "failed"}, {"id": "b", "from": "skipped"}])
+    );
+    // Nobody serves it: as for a resume, the answer says that nothing runs until a worker does.
+    assert_eq!(body["workers_live"], 0);
+    assert!(
+        body["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("no worker serves")),
+        "{body}"
+    );
+    let tasks = f.store.tasks(&s.id).expect("tasks");
+    let states: Vec<String> = tasks.iter().map(|t| t.state.to_string()).collect();
+    assert_eq!(states, ["ready", "pending"]);
+    poll_snapshot(&f, "/api/snapshot", |v| {
+        v["sessions"][0]["status"] == "running" && v["sessions"][0]["failed_tasks"] == 0
+    })
+    .await;
+
+    // Nothing failed any more: nothing to retry, with or without a body.
+    let (status, body) = f.post(&retry).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nothing to retry")),
+        "{body}"
+    );
+    f.complete(&s);
+    assert_eq!(stored().status.to_string(), "completed");
+    let (status, _) = f.post("/api/sessions/build/retry").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
 async fn actions_need_the_action_header_and_a_local_host() {
     let f = Fixture::new();
     let s = f.submit("build", &["a"]);
@@ -710,6 +835,7 @@ async fn with_a_token_every_route_needs_it() {
         let f = Fixture::with(access);
         let s = f.submit("build", &["a"]);
         let cancel = format!("/api/sessions/{}/cancel", s.id);
+        let retry = format!("/api/sessions/{}/retry", s.id);
         let routes = [
             ("GET", "/"),
             ("GET", "/?token=wrong"),
@@ -723,6 +849,7 @@ async fn with_a_token_every_route_needs_it() {
             ("GET", "/api/stream"),
             ("GET", "/api/no/such/thing"),
             ("POST", cancel.as_str()),
+            ("POST", retry.as_str()),
         ];
         let bearer = format!("Bearer {TOKEN}");
         let cookie = format!("other=1; br_token={TOKEN}");

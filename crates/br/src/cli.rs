@@ -10,10 +10,11 @@ Sessions can be named by full id, a unique id prefix, or name (the latest with t
 `br parallel <command> …` is accepted as an alias of `br <command> …`.
 
 Exit codes:
-  0    success (for run/wait/resume: every task succeeded)
+  0    success (for run/wait/resume/retry: every task succeeded)
   1    the session ended with failed, skipped or cancelled tasks; for merge (and run --merge):
        some task did not land, or --into was refused
-  2    bad input: invalid plan, unknown session or task, refused transition, bad arguments
+  2    bad input: invalid plan, unknown session or task, refused transition or retry, bad
+       arguments
   3    lock conflict (br lock)
   4    br could not do its job: store locked, damaged or from a newer br; git or I/O failure
   124  br wait --timeout passed before the session ended
@@ -72,6 +73,16 @@ pub(crate) enum Command {
     Pause(SessionArg),
     /// Resume a paused session; runs local workers if none are serving it
     Resume(ResumeArgs),
+    /// Run failed, skipped and cancelled tasks again as their next attempts, then carry on as
+    /// `br resume`
+    ///
+    /// Without TASK, every task of the session that failed, was skipped or was cancelled runs
+    /// again; with TASK…, those tasks and the dependents they skipped. Each runs as its next
+    /// attempt, told why (reason "retry" in BR_CONTEXT_FILE), with its retries and repairs
+    /// given back; its earlier attempts and logs stay. A named task that did not fail, was not
+    /// skipped or cancelled, or that waits for one that stays failed is refused, and nothing
+    /// changes.
+    Retry(RetryArgs),
     /// Cancel a session: stop its running tasks (TERM, grace, KILL), release its locks
     Cancel(CancelArgs),
     /// Change how many local workers a running `br run` keeps
@@ -138,7 +149,7 @@ pub(crate) struct InitArgs {
     pub force: bool,
 }
 
-/// How `br run`, `br start` and `br resume` drive a session.
+/// How `br run`, `br start`, `br resume` and `br retry` drive a session.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct DriveArgs {
     /// Local workers to run [default: the plan's `workers`, else the number of CPUs]
@@ -315,6 +326,16 @@ pub(crate) struct ResumeArgs {
     pub detach: bool,
     #[command(flatten)]
     pub drive: DriveArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    #[command(flatten)]
+    pub resume: ResumeArgs,
+    /// The tasks to run again (with the dependents they skipped) [default: every failed,
+    /// skipped and cancelled task]
+    #[arg(value_name = "TASK")]
+    pub tasks: Vec<String>,
 }
 
 #[derive(Debug, Args)]

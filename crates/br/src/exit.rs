@@ -66,6 +66,7 @@ pub(crate) fn code_for_error(err: &anyhow::Error) -> Exit {
                 | StoreError::NoSuchTask { .. }
                 | StoreError::NoSuchWorker(_)
                 | StoreError::Transition(_)
+                | StoreError::Retry(_)
                 | StoreError::UnsupportedUrl { .. } => Exit::BadInput,
                 _ => Exit::Trouble,
             };

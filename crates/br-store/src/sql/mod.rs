@@ -1,6 +1,6 @@
 //! The store's logic, written once for every SQL backend: what SQL runs, in what order, which
-//! events it writes, and how rows become model types (`session.rs`, `lease.rs`, `lock.rs`,
-//! `read.rs`). A backend (`sqlite/`, `postgres/`) supplies only what is its own — connecting,
+//! events it writes, and how rows become model types (`session.rs`, `lease.rs`, `landing.rs`,
+//! `retry.rs`, `lock.rs`, `read.rs`). A backend (`sqlite/`, `postgres/`) supplies only what is its own — connecting,
 //! the schema and its migrations, how a transaction begins and commits and how writers queue,
 //! the clock, `wait_for_change`, and which of its errors mean "busy" — by implementing
 //! [`Backend`]; every [`Backend`] is a [`Store`].
@@ -13,12 +13,14 @@ mod landing;
 mod lease;
 mod lock;
 mod read;
+mod retry;
 mod session;
 mod value;
 
 use std::time::Duration;
 
 use br_core::outcome::Outcome;
+use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
 use br_core::{Attempt, EventDetail, LockPath, RunReason, SessionId, TaskId, Timestamp, WorkerId};
 
@@ -313,6 +315,16 @@ impl<B: Backend> Store for B {
             )
         })?;
         self.task(session, task)
+    }
+
+    fn retry_tasks(&self, session: &SessionId, scope: RetryScope<'_>) -> Result<Retried> {
+        let tasks = self.write("retry tasks", |tx| {
+            retry::retry(tx, session.as_str(), scope)
+        })?;
+        Ok(Retried {
+            session: self.session(session)?,
+            tasks,
+        })
     }
 
     fn next_landing(&self, job: &LandingJob) -> Result<NextLanding> {

@@ -31,6 +31,7 @@ pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> 
         Command::List(a) => session::list(ctx, a),
         Command::Pause(a) => session::pause(ctx, a),
         Command::Resume(a) => session::resume(ctx, a),
+        Command::Retry(a) => session::retry(ctx, a),
         Command::Cancel(a) => session::cancel(ctx, a),
         Command::Scale(a) => session::scale(ctx, a),
         Command::Dashboard(a) => dashboard::dashboard(ctx, a),

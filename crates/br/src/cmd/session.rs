@@ -1,9 +1,10 @@
-//! Commands about sessions: `status`, `list`, `pause`, `resume`, `cancel`, `scale`, `wait`,
-//! `summary`, `cleanup`.
+//! Commands about sessions: `status`, `list`, `pause`, `resume`, `retry`, `cancel`, `scale`,
+//! `wait`, `summary`, `cleanup`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
 use br_core::{Isolation, LandMode, Landing, OutcomeKind, SessionStatus, TaskState};
@@ -14,7 +15,8 @@ use br_store::view::{SessionListView, SummaryView};
 use br_store::{Session, SessionFilter, Store};
 
 use crate::cli::{
-    CancelArgs, CleanupArgs, ListArgs, ResumeArgs, ScaleArgs, SessionArg, StatusArgs, WaitArgs,
+    CancelArgs, CleanupArgs, ListArgs, MaxLog, ResumeArgs, RetryArgs, ScaleArgs, SessionArg,
+    StatusArgs, WaitArgs,
 };
 use crate::context::Context;
 use crate::drive::{
@@ -285,15 +287,74 @@ pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
     let max_log = settings::max_log(args.drive.max_log)?;
     let store = ctx.open_store()?;
     let s = store.resolve_session(&args.session)?;
-    // Checked against the session's leases before the session changes.
-    let kill_grace = kill_grace(&args.drive, s.heartbeat_timeout())?;
+    let serve = ServeOptions::check(&args, &s, max_log)?;
     // A session whose `br run` was killed is still `running`: resuming it means serving it
     // again. Paused becomes running; an ended session is refused by the store.
     let s = match s.status {
         SessionStatus::Created | SessionStatus::Running => s,
         _ => store.change_session(&s.id, SessionAction::Resume)?,
     };
-    let serving = serving_workers(&*store, &s)?;
+    serve_resumed(ctx, &*store, s, &args, serve)
+}
+
+/// `br retry`: the store queues the tasks again (and makes the session running), then it goes
+/// on exactly as `br resume`.
+pub(super) fn retry(ctx: &Context, args: RetryArgs) -> anyhow::Result<Exit> {
+    let max_log = settings::max_log(args.resume.drive.max_log)?;
+    let store = ctx.open_store()?;
+    let s = store.resolve_session(&args.resume.session)?;
+    let serve = ServeOptions::check(&args.resume, &s, max_log)?;
+    let scope = if args.tasks.is_empty() {
+        RetryScope::All
+    } else {
+        RetryScope::Named(&args.tasks)
+    };
+    let retried = store.retry_tasks(&s.id, scope)?;
+    if !ctx.json {
+        let tasks: Vec<String> = retried
+            .tasks
+            .iter()
+            .map(|(t, was)| format!("{t} ({was})"))
+            .collect();
+        print(&format!(
+            "retrying {} task(s) of session {} ({}): {}\n",
+            retried.tasks.len(),
+            esc(&retried.session.name),
+            retried.session.id,
+            tasks.join(", ")
+        ))?;
+    }
+    serve_resumed(ctx, &*store, retried.session, &args.resume, serve)
+}
+
+/// The options of `br resume` and `br retry` that are checked before the session changes, so
+/// that a bad one changes nothing: the output limit (before the store is even opened, as every
+/// setting), and the kill grace against the session's leases.
+#[derive(Debug, Clone, Copy)]
+struct ServeOptions {
+    max_log: MaxLog,
+    kill_grace: Duration,
+}
+
+impl ServeOptions {
+    fn check(args: &ResumeArgs, s: &Session, max_log: MaxLog) -> anyhow::Result<ServeOptions> {
+        Ok(ServeOptions {
+            max_log,
+            kill_grace: kill_grace(&args.drive, s.heartbeat_timeout())?,
+        })
+    }
+}
+
+/// The rest of `br resume` once the session is running again: nothing more when workers serve
+/// it or with `--detach`, else local workers drive it to its end.
+fn serve_resumed(
+    ctx: &Context,
+    store: &dyn Store,
+    s: Session,
+    args: &ResumeArgs,
+    serve: ServeOptions,
+) -> anyhow::Result<Exit> {
+    let serving = serving_workers(store, &s)?;
     if args.detach || serving > 0 {
         if !ctx.json {
             print(&format!(
@@ -324,12 +385,12 @@ pub(super) fn resume(ctx: &Context, args: ResumeArgs) -> anyhow::Result<Exit> {
         workers,
         plain: args.drive.no_dashboard,
         heartbeat_interval: args.drive.heartbeat_interval,
-        kill_grace,
-        max_log,
+        kill_grace: serve.kill_grace,
+        max_log: serve.max_log,
         from_seq: store.last_seq()?,
     };
-    let exit = drive(ctx, &*store, &s, &opts)?;
-    finish(ctx, &*store, &s, exit)
+    let exit = drive(ctx, store, &s, &opts)?;
+    finish(ctx, store, &s, exit)
 }
 
 pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
