@@ -87,6 +87,20 @@ pub fn builtin(name: &str) -> Option<AgentProfile> {
     builtin_profiles().into_iter().find(|p| p.name == name)
 }
 
+/// What each worktree slot of a session gets besides its checkout: `copy`, `setup`,
+/// `setup_inputs` and `ports`, as the plan says them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSetup {
+    #[serde(default)]
+    pub copy: Vec<String>,
+    #[serde(default)]
+    pub setup: Option<String>,
+    #[serde(default)]
+    pub setup_inputs: Vec<String>,
+    #[serde(default)]
+    pub ports: u32,
+}
+
 /// A `[pool.NAME]`: at most `size` of its tasks run at once, across every worker and machine of
 /// the store; a rate limit parks it for `backoff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,23 +147,78 @@ pub fn is_rate_limited(pattern: &regex::Regex, output: &str) -> bool {
     pattern.is_match(output)
 }
 
-/// Tokens and money one attempt (or a task, or a session: they add up) spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Tokens and money one attempt (or a task, or a session: they add up) spent. Money is kept in
+/// millionths of a dollar, so that totals add up exactly and the store keeps integers; JSON
+/// says `cost_usd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "UsageJson", into = "UsageJson")]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
-    pub cost_usd: f64,
+    pub cost_micros: u64,
+}
+
+/// [`Usage`] as JSON shows it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct UsageJson {
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+}
+
+impl From<UsageJson> for Usage {
+    fn from(u: UsageJson) -> Usage {
+        Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cost_micros: micros(u.cost_usd),
+        }
+    }
+}
+
+impl From<Usage> for UsageJson {
+    fn from(u: Usage) -> UsageJson {
+        UsageJson {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cost_usd: u.cost_usd(),
+        }
+    }
+}
+
+/// Dollars in millionths, rounded; what is not a finite amount ≥ 0 is 0.
+fn micros(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        // Rounded, and saturating in `as` for amounts past u64 (no one spends that).
+        (usd * 1_000_000.0).round() as u64
+    } else {
+        0
+    }
 }
 
 impl Usage {
     pub fn add(&mut self, other: &Usage) {
         self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
-        self.cost_usd += other.cost_usd;
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
     }
 
     pub fn is_zero(&self) -> bool {
-        self.input_tokens == 0 && self.output_tokens == 0 && self.cost_usd == 0.0
+        *self == Usage::default()
+    }
+
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_micros as f64 / 1_000_000.0
+    }
+
+    /// `$0.0123 · 1.2k in / 345 out`, for tables and lines.
+    pub fn describe(&self) -> String {
+        format!(
+            "${:.4} · {} in / {} out",
+            self.cost_usd(),
+            tokens(self.input_tokens),
+            tokens(self.output_tokens)
+        )
     }
 
     /// What a task wrote to `BR_USAGE_FILE`: `{"input_tokens": N, "output_tokens": N,
@@ -189,7 +258,7 @@ impl Usage {
             Some(Usage {
                 input_tokens: input,
                 output_tokens: count(&tokens, "output_tokens")?,
-                cost_usd: money(&value, "total_cost_usd")?,
+                cost_micros: micros(money(&value, "total_cost_usd")?),
             })
         })
     }
@@ -203,8 +272,17 @@ impl Usage {
         Some(Usage {
             input_tokens: count(value, input)?,
             output_tokens: count(value, output)?,
-            cost_usd: money(value, cost)?,
+            cost_micros: micros(money(value, cost)?),
         })
+    }
+}
+
+/// A token count for people: `345`, `1.2k`, `3.4M`.
+fn tokens(n: u64) -> String {
+    match n {
+        0..=999 => n.to_string(),
+        1000..=999_999 => format!("{:.1}k", n as f64 / 1000.0),
+        _ => format!("{:.1}M", n as f64 / 1_000_000.0),
     }
 }
 
@@ -271,7 +349,7 @@ mod tests {
             Some(Usage {
                 input_tokens: 150,
                 output_tokens: 7,
-                cost_usd: 0.0123
+                cost_micros: 12_300
             })
         );
         assert_eq!(
@@ -292,7 +370,7 @@ mod tests {
             Ok(Usage {
                 input_tokens: 3,
                 output_tokens: 4,
-                cost_usd: 0.5
+                cost_micros: 500_000
             })
         );
         assert_eq!(Usage::from_usage_file(""), Ok(Usage::default()));
@@ -303,16 +381,21 @@ mod tests {
         total.add(&Usage {
             input_tokens: 1,
             output_tokens: 2,
-            cost_usd: 0.25,
+            cost_micros: 250_000,
         });
         total.add(&Usage {
             input_tokens: 10,
-            output_tokens: 20,
-            cost_usd: 0.5,
+            output_tokens: 1200,
+            cost_micros: 500_000,
         });
         assert_eq!(
-            (total.input_tokens, total.output_tokens, total.cost_usd),
-            (11, 22, 0.75)
+            (total.input_tokens, total.output_tokens, total.cost_usd()),
+            (11, 1202, 0.75)
+        );
+        assert_eq!(total.describe(), "$0.7500 · 11 in / 1.2k out");
+        assert_eq!(
+            serde_json::to_value(total).expect("JSON"),
+            serde_json::json!({"input_tokens": 11, "output_tokens": 1202, "cost_usd": 0.75})
         );
     }
 }

@@ -52,6 +52,7 @@ pub enum EventDetail {
     ScopeViolation(ScopeViolation),
     TaskLanded(TaskLanded),
     VerifyFailed(VerifyFailed),
+    PoolParked(PoolParked),
     /// A stored detail whose shape this br does not reproduce exactly: kept as it was read, so
     /// nothing of it is lost when it is shown or served again.
     Raw {
@@ -328,6 +329,17 @@ pub struct TaskLanded {
     pub task_commit: Option<String>,
 }
 
+/// `pool_parked`: an attempt of a task of `pool` hit a rate limit; none of the pool's tasks is
+/// claimed before `until` (RFC 3339), `backoff_ms` after it was parked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolParked {
+    pub pool: String,
+    pub until: String,
+    pub backoff_ms: u64,
+    /// The output line that showed the rate limit.
+    pub reason: String,
+}
+
 /// `verify_failed`: the merge of a task's branch onto the integration tip failed the session's
 /// `verify` command, so it did not land.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +386,7 @@ impl EventDetail {
             D::ScopeViolation(_) => K::ScopeViolation,
             D::TaskLanded(_) => K::TaskLanded,
             D::VerifyFailed(_) => K::VerifyFailed,
+            D::PoolParked(_) => K::PoolParked,
             D::Raw { kind, .. } => *kind,
         }
     }
@@ -428,6 +441,7 @@ impl EventDetail {
             K::ScopeViolation => D::ScopeViolation(field(value)?),
             K::TaskLanded => D::TaskLanded(field(value)?),
             K::VerifyFailed => D::VerifyFailed(field(value)?),
+            K::PoolParked => D::PoolParked(field(value)?),
         })
     }
 
@@ -540,6 +554,10 @@ impl EventDetail {
             D::ScopeViolation(d) => format!("changed outside its files: {}", d.files.join(", ")),
             D::TaskLanded(d) => format!("integration branch at {}", short_commit(&d.commit)),
             D::VerifyFailed(d) => format!("`{}` failed: {}", d.command, d.reason),
+            D::PoolParked(d) => format!(
+                "pool {} parked until {} after a rate limit: {}",
+                d.pool, d.until, d.reason
+            ),
             D::Raw { kind, detail } => {
                 return match EventDetail::read(*kind, detail) {
                     Some(typed) => typed.describe(),
@@ -611,6 +629,7 @@ impl Serialize for EventDetail {
             D::ScopeViolation(d) => d.serialize(s),
             D::TaskLanded(d) => d.serialize(s),
             D::VerifyFailed(d) => d.serialize(s),
+            D::PoolParked(d) => d.serialize(s),
             D::Raw { detail, .. } => detail.serialize(s),
         }
     }

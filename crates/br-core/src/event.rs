@@ -62,6 +62,7 @@ event_kinds! {
     ScopeViolation = "scope_violation",
     TaskLanded = "task_landed",
     VerifyFailed = "verify_failed",
+    PoolParked = "pool_parked",
 }
 
 impl std::fmt::Display for EventKind {

@@ -21,6 +21,7 @@ string_enum!(
         LeaseLost = "lease_lost",
         ScopeViolation = "scope_violation",
         Unrecorded = "unrecorded",
+        RateLimited = "rate_limited",
         // A task's outcome, never an attempt's: the task never ran because an `after` task
         // failed. No `Outcome` has this kind.
         Skipped = "skipped",
@@ -70,6 +71,9 @@ pub enum Outcome {
     /// The command succeeded but br could not keep what it changed (a git failure in its
     /// worktree); nothing is on the task branch.
     Unrecorded { reason: String },
+    /// Its output showed its agent's rate limit (`rate_limit`): not the task's fault, so no
+    /// retry is spent; the task is ready again, and its pool is parked for a while.
+    RateLimited { reason: String },
 }
 
 impl Outcome {
@@ -86,6 +90,7 @@ impl Outcome {
             Outcome::LeaseLost => OutcomeKind::LeaseLost,
             Outcome::ScopeViolation { .. } => OutcomeKind::ScopeViolation,
             Outcome::Unrecorded { .. } => OutcomeKind::Unrecorded,
+            Outcome::RateLimited { .. } => OutcomeKind::RateLimited,
         }
     }
 
@@ -123,6 +128,7 @@ impl Outcome {
                 format!("changed files outside its scope: {}", files.join(", "))
             }
             Outcome::Unrecorded { reason } => format!("its changes could not be kept: {reason}"),
+            Outcome::RateLimited { reason } => format!("rate limited: {reason}"),
         }
     }
 }
@@ -192,7 +198,7 @@ pub fn next_after(outcome: &Outcome, budget: Budget, session_cancelled: bool) ->
     match outcome {
         Outcome::Succeeded => TaskNext::Succeed,
         Outcome::Cancelled => TaskNext::Cancel,
-        Outcome::Interrupted => TaskNext::Requeue,
+        Outcome::Interrupted | Outcome::RateLimited { .. } => TaskNext::Requeue,
         Outcome::LeaseLost if budget.lost < MAX_LOST_LEASES.max(budget.retries) => {
             TaskNext::Requeue
         }

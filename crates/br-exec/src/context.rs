@@ -22,6 +22,8 @@ pub struct AttemptFiles {
     pub context: PathBuf,
     /// Only when the task has a prompt or the attempt is a rerun.
     pub prompt: Option<PathBuf>,
+    /// `BR_USAGE_FILE`: empty until the task (or its agent) writes what it spent.
+    pub usage: PathBuf,
 }
 
 /// The context of `task`'s attempt, as JSON (see DESIGN.md, "Integration as it runs").
@@ -94,7 +96,19 @@ pub fn write_attempt_files(
     } else {
         None
     };
-    Ok(AttemptFiles { context, prompt })
+    let usage = usage_path(&task.log_path);
+    // Made empty, so that what a rerun of the same attempt number left is never read.
+    create_private_file(&usage)?;
+    Ok(AttemptFiles {
+        context,
+        prompt,
+        usage,
+    })
+}
+
+/// Where an attempt's `BR_USAGE_FILE` is, next to its log.
+pub(crate) fn usage_path(log_path: &Path) -> PathBuf {
+    json_path(log_path, "usage.json")
 }
 
 /// `<dir>/<task>.<attempt>.log` → `<dir>/<task>.<attempt>.<suffix>`.

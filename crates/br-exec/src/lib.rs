@@ -5,6 +5,7 @@
 //! turns arguments into these functions' options and their events into lines or frames. Git
 //! itself is br-git's.
 
+mod agent;
 pub mod cleanup;
 pub mod context;
 pub mod drive;

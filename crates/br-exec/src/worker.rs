@@ -532,8 +532,25 @@ impl Worker<'_> {
                         Outcome::LeaseLost
                     }
                 };
+                // A rate limit is the agent's, not the task's: it spends no retry, and parks
+                // the task's pool.
+                let outcome = match crate::agent::rate_limit(&task, &outcome, &task.log_path) {
+                    Some(reason) if !lease_lost => Outcome::RateLimited { reason },
+                    _ => outcome,
+                };
                 let (outcome, mut report, result) = self.conclude(&task, outcome, lease_lost);
                 report.output_bytes = Some(output_bytes);
+                let usage_file = crate::context::usage_path(&task.log_path);
+                report.usage = match crate::agent::usage_of(&task, &usage_file, &task.log_path) {
+                    Ok(usage) => usage,
+                    Err(why) => {
+                        (self.notify)(Note::StoreTrouble(format!(
+                            "task {}: {why}; its usage is not counted",
+                            task.lease.task_id
+                        )));
+                        None
+                    }
+                };
                 (outcome, lease_lost, report, result)
             }
         };
@@ -670,6 +687,7 @@ impl Worker<'_> {
             changed: result.changed.clone(),
             scope_violations: violations,
             output_bytes: None,
+            usage: None,
         };
         let kept = (keep == Keep::Branch && outcome == Outcome::Succeeded).then_some(result);
         (outcome, report, kept)
@@ -1204,6 +1222,7 @@ fn task_env(
     if let Some(prompt) = &files.prompt {
         set("BR_PROMPT_FILE", prompt.to_string_lossy().into_owned());
     }
+    set("BR_USAGE_FILE", files.usage.to_string_lossy().into_owned());
     if let Some(start) = &task.base_commit {
         set("BR_START_COMMIT", start.clone());
     }

@@ -67,6 +67,9 @@ macro_rules! conformance_tests {
             retry_refuses_tasks_that_did_not_end_badly,
             retry_runs_a_cancelled_session_again,
             retry_forgets_what_did_not_land,
+            a_pool_caps_running_tasks_across_sessions,
+            a_rate_limit_spends_no_retry_and_parks_the_pool,
+            usage_adds_up_per_attempt_task_session_and_store,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -1400,6 +1403,7 @@ pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn FreshStore
         changed: vec!["a/x".into(), "b.txt".into()],
         scope_violations: vec!["b.txt".into()],
         output_bytes: Some(42),
+        usage: None,
     };
     store
         .finish_attempt_with(&c.lease, &Outcome::Succeeded, &report)
@@ -2322,4 +2326,207 @@ pub fn retry_forgets_what_did_not_land(b: &dyn FreshStore) {
         (again.lease.attempt, again.reason),
         (Attempt(2), RunReason::Retry)
     );
+}
+
+fn pooled(id: &str, pool: &str) -> TaskSpec {
+    let mut t = task(id, &[], &[]);
+    t.pool = Some(pool.to_string());
+    t
+}
+
+fn with_pool(mut p: Plan, name: &str, size: u32, backoff: Duration) -> Plan {
+    p.pools
+        .insert(name.to_string(), br_core::agent::PoolSpec { size, backoff });
+    p
+}
+
+pub fn a_pool_caps_running_tasks_across_sessions(b: &dyn FreshStore) {
+    let store = b.open();
+    let backoff = Duration::from_secs(60);
+    let one = submit(
+        &*store,
+        with_pool(
+            plan(
+                "one",
+                vec![pooled("a", "p"), pooled("b", "p"), task("free", &[], &[])],
+            ),
+            "p",
+            2,
+            backoff,
+        ),
+    );
+    let two = submit(
+        &*store,
+        with_pool(plan("two", vec![pooled("c", "p")]), "p", 2, backoff),
+    );
+    let workers: Vec<WorkerId> = (0..4)
+        .map(|_| worker(&*store, None, Duration::from_secs(30)))
+        .collect();
+    let mut claimed = Vec::new();
+    for w in &workers {
+        if let Claim::Task(t) = claim(&*store, w) {
+            claimed.push(t.lease.clone());
+        }
+    }
+    let ids: Vec<&str> = claimed.iter().map(|l| l.task_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "free"],
+        "two of pool p, then what is not in it"
+    );
+    assert_eq!(states(&*store, &two.id), [("c".into(), Ready)]);
+    // One of the pool's tasks ends: the other session's may start.
+    store
+        .finish_attempt(&claimed[0], &Outcome::Succeeded)
+        .expect("finish");
+    let c = claim_task(&*store, &workers[3]);
+    assert_eq!(
+        (c.lease.session_id.as_str(), c.lease.task_id.as_str()),
+        (two.id.as_str(), "c")
+    );
+    assert_eq!(c.pool.as_deref(), Some("p"));
+    assert_eq!(
+        store
+            .task(&one.id, &TaskId::new("a").expect("id"))
+            .expect("task")
+            .pool
+            .as_deref(),
+        Some("p")
+    );
+}
+
+pub fn a_rate_limit_spends_no_retry_and_parks_the_pool(b: &dyn FreshStore) {
+    let store = b.open();
+    let s = submit(
+        &*store,
+        with_pool(
+            plan("limited", vec![pooled("a", "p"), pooled("b", "p")]),
+            "p",
+            5,
+            Duration::from_millis(400),
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let a = claim_task(&*store, &w);
+    let limited = Outcome::RateLimited {
+        reason: "429 Too Many Requests".into(),
+    };
+    let finish = store.finish_attempt(&a.lease, &limited).expect("finish");
+    assert_eq!(finish, Finish::Recorded(TaskNext::Requeue));
+    let got = store
+        .task(&s.id, &TaskId::new("a").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (got.state, got.outcome),
+        (Ready, Some(OutcomeKind::RateLimited))
+    );
+    // Parked: neither of the pool's tasks is claimed, then both are, on their own.
+    assert!(matches!(claim(&*store, &w), Claim::Nothing));
+    let again = poll_until("the pool to resume", || match claim(&*store, &w) {
+        Claim::Task(t) => Some(*t),
+        _ => None,
+    });
+    assert_eq!(
+        (
+            again.lease.task_id.as_str(),
+            again.lease.attempt,
+            again.reason
+        ),
+        ("a", Attempt(2), RunReason::Interrupted)
+    );
+    store
+        .finish_attempt(&again.lease, &Outcome::Succeeded)
+        .expect("finish");
+    let events = session_events(&*store, &s.id);
+    let parked: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::PoolParked)
+        .collect();
+    assert_eq!(parked.len(), 1);
+    let EventDetail::PoolParked(detail) = &parked[0].detail else {
+        panic!("{:?}", parked[0].detail)
+    };
+    assert_eq!(
+        (
+            detail.pool.as_str(),
+            detail.backoff_ms,
+            detail.reason.as_str()
+        ),
+        ("p", 400, "429 Too Many Requests")
+    );
+    // No retry was spent: a plan with retries = 0 still ran it twice and it succeeded.
+    assert_eq!(
+        store
+            .task(&s.id, &TaskId::new("a").expect("id"))
+            .expect("task")
+            .state,
+        Succeeded
+    );
+}
+
+pub fn usage_adds_up_per_attempt_task_session_and_store(b: &dyn FreshStore) {
+    let store = b.open();
+    let mut a = task("a", &[], &[]);
+    a.retries = 1;
+    let s = submit(&*store, plan("spend", vec![a, task("b", &[], &[])]));
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let spent = |input, output, cost_micros| AttemptReport {
+        usage: Some(br_core::agent::Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cost_micros,
+        }),
+        ..Default::default()
+    };
+    let a1 = claim_task(&*store, &w);
+    store
+        .finish_attempt_with(
+            &a1.lease,
+            &Outcome::Failed { exit_code: 1 },
+            &spent(100, 10, 1_000),
+        )
+        .expect("finish");
+    let b1 = claim_task(&*store, &w);
+    store
+        .finish_attempt_with(&b1.lease, &Outcome::Succeeded, &spent(5, 5, 50))
+        .expect("finish");
+    let b = claim_task(&*store, &w);
+    assert_eq!(
+        [
+            a1.lease.task_id.as_str(),
+            b1.lease.task_id.as_str(),
+            b.lease.task_id.as_str()
+        ],
+        ["a", "a", "b"]
+    );
+    store
+        .finish_attempt_with(&b.lease, &Outcome::Succeeded, &spent(200, 20, 2_000))
+        .expect("finish");
+    let a = store
+        .task(&s.id, &TaskId::new("a").expect("id"))
+        .expect("task");
+    assert_eq!(
+        (
+            a.usage.input_tokens,
+            a.usage.output_tokens,
+            a.usage.cost_micros
+        ),
+        (105, 15, 1_050)
+    );
+    let session = store.session(&s.id).expect("session");
+    assert_eq!(
+        (
+            session.usage.input_tokens,
+            session.usage.output_tokens,
+            session.usage.cost_micros
+        ),
+        (305, 35, 3_050)
+    );
+    let other = submit(&*store, plan("other", vec![task("z", &[], &[])]));
+    let z = claim_task(&*store, &w);
+    assert_eq!(z.lease.session_id, other.id);
+    store
+        .finish_attempt_with(&z.lease, &Outcome::Succeeded, &spent(1, 1, 1))
+        .expect("finish");
+    assert_eq!(store.summary().expect("summary").usage.cost_micros, 3_051);
 }

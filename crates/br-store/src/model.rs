@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use br_core::agent::{AgentProfile, SlotSetup, Usage};
 use br_core::detail::HeldLock;
 use br_core::detail::LockConflict as BlockedBy;
 use br_core::outcome::TaskNext;
@@ -68,6 +69,10 @@ pub struct Session {
     pub landed_tasks: u32,
     /// Ignored paths its worktree slots keep between attempts.
     pub keep: Vec<String>,
+    /// What its slots get besides their checkout (`copy`, `setup`, `ports`).
+    pub slot_setup: SlotSetup,
+    /// What its tasks' attempts spent.
+    pub usage: Usage,
 }
 
 impl Session {
@@ -137,6 +142,12 @@ pub struct Task {
     pub repairs: u32,
     pub start: StartMode,
     pub land: LandMode,
+    /// The coding agent it runs, by profile name.
+    pub agent: Option<String>,
+    /// The pool it runs in.
+    pub pool: Option<String>,
+    /// What its attempts spent.
+    pub usage: Usage,
 }
 
 impl Task {
@@ -286,6 +297,12 @@ pub struct ClaimedTask {
     pub prompt: Option<String>,
     /// Ignored paths the slot keeps between attempts.
     pub keep: Vec<String>,
+    /// The coding agent it runs (its profile, resolved at submit).
+    pub agent: Option<AgentProfile>,
+    /// The pool it runs in.
+    pub pool: Option<String>,
+    /// What the slot gets besides its checkout.
+    pub slot_setup: SlotSetup,
 }
 
 /// A worker's turn to land what waits in one session: its right to move the integration
@@ -409,6 +426,8 @@ pub struct AttemptReport {
     pub scope_violations: Vec<String>,
     /// Bytes of output the attempt logged (its log file exists only if this is not 0).
     pub output_bytes: Option<u64>,
+    /// What it spent, when the task or its agent said (`BR_USAGE_FILE`, the agent's output).
+    pub usage: Option<Usage>,
 }
 
 /// The answer to `finish_attempt`.
@@ -503,6 +522,8 @@ pub struct Summary {
     pub workers: WorkerCounts,
     pub sessions: SessionCounts,
     pub tasks: TaskCounts,
+    /// What every session's attempts spent.
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -143,6 +143,7 @@ impl Snapshot {
             now,
             last_seq: 0,
             summary: Summary {
+                usage: br_core::agent::Usage::default(),
                 timestamp: now,
                 workers: WorkerCounts {
                     total: 0,

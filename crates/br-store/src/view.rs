@@ -59,6 +59,8 @@ pub struct SessionView<'a> {
     /// Tasks whose work is on the integration branch, and the branch's tip.
     landed_tasks: u32,
     integration_commit: Option<&'a str>,
+    /// What its tasks' attempts spent (tokens and dollars, as tasks and agents reported).
+    usage: br_core::agent::Usage,
 }
 
 impl<'a> From<&'a Session> for SessionView<'a> {
@@ -92,6 +94,7 @@ impl<'a> From<&'a Session> for SessionView<'a> {
             workers_wanted: s.workers_wanted,
             landed_tasks: s.landed_tasks,
             integration_commit: s.integration_commit.as_deref(),
+            usage: s.usage,
         }
     }
 }
@@ -122,6 +125,11 @@ pub struct TaskView<'a> {
     landing: Option<Landing>,
     landed_commit: Option<&'a str>,
     repairs: u32,
+    /// The coding agent it runs (a profile name) and its pool.
+    agent: Option<&'a str>,
+    pool: Option<&'a str>,
+    /// What its attempts spent.
+    usage: br_core::agent::Usage,
 }
 
 impl<'a> From<&'a Task> for TaskView<'a> {
@@ -149,6 +157,9 @@ impl<'a> From<&'a Task> for TaskView<'a> {
             landing: t.landing,
             landed_commit: t.landed_commit.as_deref(),
             repairs: t.repairs,
+            agent: t.agent.as_deref(),
+            pool: t.pool.as_deref(),
+            usage: t.usage,
         }
     }
 }
@@ -267,6 +278,8 @@ pub struct SummaryView<'a> {
     workers: &'a WorkerCounts,
     sessions: &'a SessionCounts,
     tasks: &'a TaskCounts,
+    /// What every session's attempts spent.
+    usage: br_core::agent::Usage,
 }
 
 impl<'a> From<&'a Summary> for SummaryView<'a> {
@@ -276,6 +289,7 @@ impl<'a> From<&'a Summary> for SummaryView<'a> {
             workers: &s.workers,
             sessions: &s.sessions,
             tasks: &s.tasks,
+            usage: s.usage,
         }
     }
 }

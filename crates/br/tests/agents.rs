@@ -128,11 +128,15 @@ fn keys_not_carried_out_yet_are_said_at_submit() {
     let repo = TestRepo::new();
     commit_plan(
         &repo,
-        "copy = [\".env\"]\n[pool.p]\nsize = 1\n[[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n",
+        "copy = [\".env\"]\nports = 2\n[pool.p]\nsize = 1\n[[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n",
     );
     let submitted = repo.br(&["submit"]);
     assert_eq!(submitted.code, 0, "{}", submitted.stderr);
-    for key in ["`pool`", "`copy`"] {
+    assert!(
+        !submitted.stderr.contains("`pool`"),
+        "pools are carried out"
+    );
+    for key in ["`ports`", "`copy`"] {
         assert!(
             submitted
                 .stderr
@@ -142,4 +146,130 @@ fn keys_not_carried_out_yet_are_said_at_submit() {
             submitted.stderr
         );
     }
+}
+
+/// A stand-in for `claude -p --output-format json`: works a little, prints its result object
+/// with what it spent; task `b`'s first attempt hits the usage limit instead. Each attempt
+/// writes `+`/`-` lines with a clock to a trace outside the repository.
+const STAND_IN: &str = r#"trace="$1"
+echo "+ $BR_TASK_ID $BR_ATTEMPT" >> "$trace"
+sleep 0.3
+if [ "$BR_TASK_ID" = b ] && [ "$BR_ATTEMPT" = 1 ]; then
+  echo "- $BR_TASK_ID $BR_ATTEMPT" >> "$trace"
+  echo "Claude AI usage limit reached|1767225600"
+  exit 1
+fi
+cat "$BR_PROMPT_FILE" > "$BR_TASK_ID.txt"
+echo "- $BR_TASK_ID $BR_ATTEMPT" >> "$trace"
+echo '{"type":"result","subtype":"success","total_cost_usd":0.01,"usage":{"input_tokens":100,"output_tokens":10}}'
+"#;
+
+#[test]
+fn a_pool_caps_its_agents_a_rate_limit_parks_it_and_usage_adds_up() {
+    let repo = TestRepo::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let trace = outside.path().join("trace");
+    repo.write("agent.sh", STAND_IN);
+    commit_plan(
+        &repo,
+        &format!(
+            r#"name = "fleet"
+[agent.stand-in]
+run = 'sh agent.sh {trace}'
+usage = "claude_json"
+rate_limit = "usage limit reached"
+pool = "p"
+[pool.p]
+size = 2
+backoff = "1s"
+[[task]]
+id = "a"
+agent = "stand-in"
+prompt = "a"
+[[task]]
+id = "b"
+agent = "stand-in"
+prompt = "b"
+[[task]]
+id = "c"
+agent = "stand-in"
+prompt = "c"
+[[task]]
+id = "d"
+agent = "stand-in"
+prompt = "d"
+"#,
+            trace = trace.display()
+        ),
+    );
+    let run = repo.br(&["run", "--workers", "4", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let status = repo.status(&repo.session_id());
+    assert_eq!(status["status"], "completed", "{status:#}");
+
+    // Never more than two of the pool at once, with four workers free.
+    let mut running = 0;
+    let mut most = 0;
+    for line in std::fs::read_to_string(&trace).expect("trace").lines() {
+        running += if line.starts_with('+') { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(most, 2, "the pool of 2 ran {most} at once");
+
+    // b's rate limit spent no retry (retries = 0) and parked the pool; b ran again once the
+    // backoff had passed.
+    let b = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["id"] == "b")
+        .expect("b");
+    assert_eq!(
+        (b["state"].as_str(), b["attempts"].as_u64()),
+        (Some("succeeded"), Some(2))
+    );
+    let events = repo.events();
+    let parked: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == br_core::EventKind::PoolParked)
+        .collect();
+    assert_eq!(parked.len(), 1, "{events:?}");
+    let detail = common::detail(parked[0]);
+    assert_eq!(detail["pool"], "p");
+    assert!(
+        detail["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("usage limit reached")),
+        "{detail}"
+    );
+    let resumed = events
+        .iter()
+        .find(|e| {
+            e.kind == br_core::EventKind::TaskStarted
+                && e.task_id.as_ref().is_some_and(|t| t.as_str() == "b")
+                && e.attempt == Some(br_core::Attempt(2))
+        })
+        .expect("b's second attempt");
+    assert!(
+        resumed.at.millis() >= parked[0].at.millis() + 1000,
+        "b ran again only after the pool's backoff"
+    );
+    let outcomes = repo.br(&["events", "--json"]);
+    assert!(
+        outcomes.stdout.contains("rate_limited"),
+        "{}",
+        outcomes.stdout
+    );
+
+    // Four successful attempts spent 100 in, 10 out and $0.01 each.
+    assert_eq!(
+        status["usage"],
+        serde_json::json!({"input_tokens": 400, "output_tokens": 40, "cost_usd": 0.04})
+    );
+    assert_eq!(b["usage"]["input_tokens"], 100);
+    assert_eq!(b["agent"], "stand-in");
+    assert_eq!(b["pool"], "p");
+    let summary = repo.br(&["summary", "--json"]);
+    let summary: Value = serde_json::from_str(&summary.stdout).expect("summary JSON");
+    assert_eq!(summary["usage"]["cost_usd"], 0.04);
 }

@@ -396,7 +396,10 @@ pub(super) fn task_agent(
         );
         return None;
     };
-    let pool = task_pool(t, label, Some(fleet), profile.pool.clone(), problems)?;
+    // Without a pool of its own, an agent's tasks share one named after it, with no cap: a
+    // rate limit then parks every task of that agent, not only the one that hit it.
+    let default = profile.pool.clone().or_else(|| Some(profile.name.clone()));
+    let pool = task_pool(t, label, Some(fleet), default, problems)?;
     Some(TaskAgent {
         run: profile.run.clone(),
         agent: Some(profile.clone()),
@@ -510,6 +513,12 @@ pool = "local"
         );
         assert_eq!(b.pool.as_deref(), Some("local"));
         assert_eq!((c.agent.as_ref(), c.pool.as_deref()), (None, Some("local")));
+        let d = parse("[[task]]\nid = \"d\"\nagent = \"codex\"\n").expect("parses");
+        assert_eq!(
+            d.tasks[0].pool.as_deref(),
+            Some("codex"),
+            "an uncapped pool of its own"
+        );
         assert_eq!(plan.pools["anthropic"].size, 3);
         assert_eq!(plan.pools["anthropic"].backoff, Duration::from_secs(60));
         assert_eq!(plan.pools["local"].backoff, Duration::from_secs(5));

@@ -419,6 +419,16 @@ impl Plan {
         Plan::parse(plan_text(source, file)?, file)
     }
 
+    /// What each worktree slot gets besides its checkout.
+    pub fn slot_setup(&self) -> crate::agent::SlotSetup {
+        crate::agent::SlotSetup {
+            copy: self.copy.clone(),
+            setup: self.setup.clone(),
+            setup_inputs: self.setup_inputs.clone(),
+            ports: self.ports,
+        }
+    }
+
     /// The task with this id, if the plan has one.
     pub fn task(&self, id: &TaskId) -> Option<&TaskSpec> {
         self.tasks.iter().find(|t| &t.id == id)

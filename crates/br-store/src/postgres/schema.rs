@@ -15,6 +15,7 @@ pub(super) const TABLES: &[&str] = &[
     "workers",
     "locks",
     "events",
+    "pools",
 ];
 
 /// One step of the schema.
@@ -43,9 +44,38 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         to: 5,
         sql: V5,
     },
+    Migration {
+        from: 5,
+        to: 6,
+        sql: V6,
+    },
 ];
 
-pub const CURRENT_VERSION: i64 = 5;
+pub const CURRENT_VERSION: i64 = 6;
+
+/// SQLite's version 6: fleets of coding agents (see there).
+const V6: &str = r#"
+ALTER TABLE tasks ADD COLUMN agent TEXT;
+ALTER TABLE tasks ADD COLUMN pool TEXT COLLATE "C";
+ALTER TABLE tasks ADD COLUMN input_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN output_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN cost_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN input_tokens BIGINT;
+ALTER TABLE attempts ADD COLUMN output_tokens BIGINT;
+ALTER TABLE attempts ADD COLUMN cost_micros BIGINT;
+ALTER TABLE sessions ADD COLUMN slot_setup TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE sessions ADD COLUMN input_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN output_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN cost_micros BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE pools (
+    name          TEXT COLLATE "C" PRIMARY KEY,
+    size          BIGINT,
+    backoff_ms    BIGINT NOT NULL,
+    parked_until  BIGINT,
+    parked_reason TEXT
+);
+CREATE INDEX tasks_pool_running ON tasks (pool) WHERE state = 'running';
+"#;
 
 /// SQLite's version 5: integration as it runs (see there).
 const V5: &str = r#"

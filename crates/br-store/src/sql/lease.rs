@@ -213,6 +213,8 @@ struct Candidate {
     /// The stored text of its `blocked_by`, compared as text so an unchanged reason is not
     /// written (nor its event recorded) again.
     blocked_by: Option<String>,
+    /// The pool it runs in: a cap on running tasks, and parked after a rate limit.
+    pool: Option<String>,
 }
 
 /// How many ready tasks `claim` reads at a time while looking for one whose files are free.
@@ -255,6 +257,7 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
         .map(|r| r.get(0))
         .collect::<OpResult<_>>()?;
     let mut held: Option<Vec<Held>> = None;
+    let mut pools = PoolGate::default();
     for session_id in &sessions {
         let mut after_seq = -1i64;
         let mut batch_size = FIRST_CANDIDATE_BATCH;
@@ -264,6 +267,11 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
             let Some(last) = batch.last() else { break };
             after_seq = last.seq;
             for candidate in batch {
+                if let Some(pool) = &candidate.pool
+                    && !pools.admits(tx, pool)?
+                {
+                    continue;
+                }
                 let held = match &mut held {
                     Some(h) => h,
                     None => held.insert(lock::held_locks(tx)?),
@@ -279,41 +287,84 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
     Ok(Claim::Nothing)
 }
 
+/// Which pools may start another task now, read once per claim: a pool admits a task while it
+/// is not parked and runs fewer tasks than its size (across every session and machine of the
+/// store: the claim is one write transaction, so the count cannot change under it).
+#[derive(Debug, Default)]
+struct PoolGate {
+    known: BTreeMap<String, bool>,
+}
+
+impl PoolGate {
+    fn admits(&mut self, tx: &Tx<'_>, pool: &str) -> OpResult<bool> {
+        if let Some(&open) = self.known.get(pool) {
+            return Ok(open);
+        }
+        let row = tx.query_opt(
+            "SELECT size, parked_until FROM pools WHERE name = ?1",
+            params![pool],
+        )?;
+        let open = match row {
+            // A pool no plan defined (an older session's): no cap.
+            None => true,
+            Some(r) => {
+                let (size, parked_until): (Option<i64>, Option<i64>) = (r.get(0)?, r.get(1)?);
+                let parked = parked_until.is_some_and(|until| until > tx.now);
+                let full = match size {
+                    None => false,
+                    Some(size) => {
+                        let running: i64 = tx
+                            .query_one(
+                                // `state = 'running'` stays a literal: the predicate of the
+                                // partial index `tasks_pool_running`.
+                                "SELECT COUNT(*) FROM tasks WHERE pool = ?1 AND state = 'running'",
+                                params![pool],
+                            )?
+                            .get(0)?;
+                        running >= size
+                    }
+                };
+                !parked && !full
+            }
+        };
+        self.known.insert(pool.to_string(), open);
+        Ok(open)
+    }
+}
+
 fn ready_batch(
     tx: &Tx<'_>,
     session_id: &str,
     after_seq: i64,
     limit: i64,
 ) -> OpResult<Vec<Candidate>> {
-    let rows: Vec<(String, i64, String, Option<String>)> = tx
-        .query(
-            // Without statistics SQLite would walk `tasks_by_seq` past every finished task;
-            // the partial index holds only ready tasks, so a claim never scans the session.
-            // `state = 'ready'` stays a literal: it must match the index's own predicate.
-            "SELECT id, seq, files, blocked_by FROM tasks INDEXED BY tasks_ready
-             WHERE session_id = ?1 AND state = 'ready' AND seq > ?2
-             ORDER BY seq LIMIT ?3",
-            params![session_id, after_seq, limit],
-        )?
-        .iter()
-        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .collect::<OpResult<_>>()?;
-    rows.into_iter()
-        .map(|(id, seq, files, blocked_by)| {
-            let files: Vec<String> = serde_json::from_str(&files)?;
-            let files = files
-                .iter()
-                .map(|f| LockPath::parse(f))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| StoreError::Damaged(format!("task {id}: bad lock path: {e}")))?;
-            Ok(Candidate {
-                id,
-                seq,
-                files,
-                blocked_by,
-            })
+    tx.query(
+        // Without statistics SQLite would walk `tasks_by_seq` past every finished task;
+        // the partial index holds only ready tasks, so a claim never scans the session.
+        // `state = 'ready'` stays a literal: it must match the index's own predicate.
+        "SELECT id, seq, files, blocked_by, pool FROM tasks INDEXED BY tasks_ready
+         WHERE session_id = ?1 AND state = 'ready' AND seq > ?2
+         ORDER BY seq LIMIT ?3",
+        params![session_id, after_seq, limit],
+    )?
+    .iter()
+    .map(|r| {
+        let id: String = r.get(0)?;
+        let files: Vec<String> = serde_json::from_str(&r.get::<String>(2)?)?;
+        let files = files
+            .iter()
+            .map(|f| LockPath::parse(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Damaged(format!("task {id}: bad lock path: {e}")))?;
+        Ok(Candidate {
+            seq: r.get(1)?,
+            files,
+            blocked_by: r.get(3)?,
+            pool: r.get(4)?,
+            id,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// Records why a ready task waits, once per change of reason, so the dashboard can say which
@@ -351,7 +402,8 @@ fn lease_task(
     let task_id = candidate.id.as_str();
     let session = super::read::session(tx.db, session_id)?;
     let r = tx.query_one(
-        "SELECT attempt, run, env, timeout_ms, base_commit, start, next_reason, prompt, outcome
+        "SELECT attempt, run, env, timeout_ms, base_commit, start, next_reason, prompt, outcome,
+             agent
          FROM tasks WHERE session_id = ?1 AND id = ?2",
         params![session_id, task_id],
     )?;
@@ -366,6 +418,10 @@ fn lease_task(
     let next_reason: Option<RunReason> = r.get(6)?;
     let prompt: Option<String> = r.get(7)?;
     let previous_outcome: Option<OutcomeKind> = r.get(8)?;
+    let agent: Option<br_core::agent::AgentProfile> = r
+        .get::<Option<String>>(9)?
+        .map(|text| serde_json::from_str(&text).map_err(|e| r.damaged(9, e)))
+        .transpose()?;
     let attempt = previous_attempt + 1;
     let reason = next_reason.unwrap_or_else(|| reason_after(previous_attempt, previous_outcome));
     // Tip: what landed so far (a repair queued on an older tip gets the newer one); base: the
@@ -501,6 +557,9 @@ fn lease_task(
         reason,
         prompt,
         keep: session.keep,
+        agent,
+        pool: candidate.pool,
+        slot_setup: session.slot_setup,
     }))
 }
 
@@ -513,7 +572,8 @@ fn reason_after(previous_attempt: u32, outcome: Option<OutcomeKind>) -> RunReaso
     match outcome {
         Some(OutcomeKind::TimedOut) => RunReason::TimedOut,
         Some(OutcomeKind::LeaseLost) => RunReason::LeaseLost,
-        Some(OutcomeKind::Interrupted) => RunReason::Interrupted,
+        // A rate limit stopped it from outside, as an interruption does.
+        Some(OutcomeKind::Interrupted | OutcomeKind::RateLimited) => RunReason::Interrupted,
         Some(OutcomeKind::Conflict) => RunReason::Conflict,
         Some(OutcomeKind::VerifyFailed) => RunReason::VerifyFailed,
         // A cancelled, skipped or succeeded task runs again only when someone asked: a retry.
@@ -608,6 +668,84 @@ pub(super) fn finish(
     Ok(Finish::Recorded(next))
 }
 
+/// Adds what an attempt spent to it, its task and its session.
+fn record_usage(
+    tx: &Tx<'_>,
+    session_id: &str,
+    task_id: &str,
+    attempt: u32,
+    usage: br_core::agent::Usage,
+) -> OpResult<()> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let (input, output, cost) = (
+        n(usage.input_tokens),
+        n(usage.output_tokens),
+        n(usage.cost_micros),
+    );
+    tx.execute(
+        "UPDATE attempts SET input_tokens = ?1, output_tokens = ?2, cost_micros = ?3
+         WHERE session_id = ?4 AND task_id = ?5 AND attempt = ?6",
+        params![input, output, cost, session_id, task_id, attempt],
+    )?;
+    tx.execute(
+        "UPDATE tasks SET input_tokens = input_tokens + ?1, output_tokens = output_tokens + ?2,
+             cost_micros = cost_micros + ?3
+         WHERE session_id = ?4 AND id = ?5",
+        params![input, output, cost, session_id, task_id],
+    )?;
+    tx.execute(
+        "UPDATE sessions SET input_tokens = input_tokens + ?1, output_tokens = output_tokens + ?2,
+             cost_micros = cost_micros + ?3
+         WHERE id = ?4",
+        params![input, output, cost, session_id],
+    )?;
+    Ok(())
+}
+
+/// A rate limit parks the task's pool for its backoff (from now: a later limit extends it),
+/// so no worker anywhere claims its tasks before then.
+fn park_pool(tx: &Tx<'_>, session_id: &str, task_id: &str, reason: &str) -> OpResult<()> {
+    let pool: Option<String> = tx
+        .query_one(
+            "SELECT pool FROM tasks WHERE session_id = ?1 AND id = ?2",
+            params![session_id, task_id],
+        )?
+        .get(0)?;
+    let Some(pool) = pool else {
+        return Ok(());
+    };
+    let backoff_ms: i64 = match tx.query_opt(
+        "SELECT backoff_ms FROM pools WHERE name = ?1",
+        params![&pool],
+    )? {
+        Some(r) => r.get(0)?,
+        None => {
+            let default = millis(br_core::agent::DEFAULT_POOL_BACKOFF);
+            tx.execute(
+                "INSERT INTO pools (name, size, backoff_ms) VALUES (?1, NULL, ?2)",
+                params![&pool, default],
+            )?;
+            default
+        }
+    };
+    let until = tx.now.saturating_add(backoff_ms);
+    tx.execute(
+        "UPDATE pools SET parked_until = ?1, parked_reason = ?2 WHERE name = ?3",
+        params![until, reason, &pool],
+    )?;
+    tx.event(
+        Ev::new(EventDetail::PoolParked(br_core::detail::PoolParked {
+            pool,
+            until: br_core::Timestamp(until).to_string(),
+            backoff_ms: u64::try_from(backoff_ms).unwrap_or(0),
+            reason: reason.to_string(),
+        }))
+        .session(session_id)
+        .task(task_id),
+    )?;
+    Ok(())
+}
+
 /// Records an attempt's end on its task, releases its locks, moves the task on by the core rule,
 /// and settles the session. The caller has checked that `lease` is current.
 fn apply_outcome(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<TaskNext> {
@@ -658,6 +796,12 @@ fn apply_outcome_with(
             attempt
         ],
     )?;
+    if let Some(usage) = report.usage.filter(|u| !u.is_zero()) {
+        record_usage(tx, session_id, task_id, attempt, usage)?;
+    }
+    if let Outcome::RateLimited { reason } = outcome {
+        park_pool(tx, session_id, task_id, reason)?;
+    }
     session::bump(tx, session_id, Counter::Running, -1)?;
     let next = next_after(
         outcome,

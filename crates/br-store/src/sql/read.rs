@@ -15,11 +15,12 @@ use crate::model::*;
 pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, plan_path, base, \
     base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
     created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
-    skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep";
+    skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep, \
+    slot_setup, input_tokens, output_tokens, cost_micros";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
     files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit, landing, \
-    landed_commit, repairs, start, land";
+    landed_commit, repairs, start, land, agent, pool, input_tokens, output_tokens, cost_micros";
 
 const WORKER_COLUMNS: &str = "id, status, host, pid, session_id, task_session_id, task_id, \
     attempt, tasks_completed, tasks_failed, last_heartbeat, started_at, task_started_at, \
@@ -43,6 +44,15 @@ pub(super) fn serde_word<T: DeserializeOwned>(r: &Row, idx: usize) -> OpResult<T
 pub(super) fn json<T: DeserializeOwned>(r: &Row, idx: usize) -> OpResult<T> {
     let text: String = r.get(idx)?;
     serde_json::from_str(&text).map_err(|e| r.damaged(idx, e))
+}
+
+/// Three columns from `idx`: input tokens, output tokens, cost in millionths of a dollar.
+pub(super) fn usage(r: &Row, idx: usize) -> OpResult<br_core::agent::Usage> {
+    Ok(br_core::agent::Usage {
+        input_tokens: r.get::<Option<u64>>(idx)?.unwrap_or(0),
+        output_tokens: r.get::<Option<u64>>(idx + 1)?.unwrap_or(0),
+        cost_micros: r.get::<Option<u64>>(idx + 2)?.unwrap_or(0),
+    })
 }
 
 fn ts(r: &Row, idx: usize) -> OpResult<Timestamp> {
@@ -103,6 +113,8 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         integration_commit: r.get(24)?,
         landed_tasks: r.get(25)?,
         keep: json(r, 26)?,
+        slot_setup: json(r, 27)?,
+        usage: usage(r, 28)?,
     })
 }
 
@@ -199,6 +211,16 @@ fn task_from_row(r: &Row, session: &Session) -> OpResult<Task> {
         repairs: r.get(18)?,
         start: serde_word(r, 19)?,
         land: serde_word(r, 20)?,
+        agent: r
+            .get::<Option<String>>(21)?
+            .map(|text| {
+                serde_json::from_str::<br_core::agent::AgentProfile>(&text)
+                    .map(|p| p.name)
+                    .map_err(|e| r.damaged(21, e))
+            })
+            .transpose()?,
+        pool: r.get(22)?,
+        usage: usage(r, 23)?,
     })
 }
 
@@ -472,7 +494,10 @@ pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
                 CAST(COALESCE(SUM(failed_tasks), 0) AS BIGINT),
                 CAST(COALESCE(SUM(succeeded_tasks + failed_tasks + skipped_tasks + cancelled_tasks), 0)
                      AS BIGINT),
-                CAST(COALESCE(SUM(running_tasks), 0) AS BIGINT)
+                CAST(COALESCE(SUM(running_tasks), 0) AS BIGINT),
+                CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT),
+                CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT),
+                CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT)
          FROM sessions",
         params![created, running, paused],
     )?;
@@ -494,7 +519,9 @@ pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
         r.get(6)?,
     );
     let live = idle + busy;
+    let spent = usage(&r, 7)?;
     Ok(Summary {
+        usage: spent,
         timestamp: Timestamp(now),
         workers: WorkerCounts {
             total: live + offline,

@@ -43,6 +43,34 @@ pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> 
     Ok(())
 }
 
+/// The plan's pools, shared by every session of the store: a pool it defines takes the size and
+/// backoff the newest plan gives (keeping a park in force); one its tasks only name (an agent's
+/// own) is made without a cap.
+fn define_pools(tx: &Tx<'_>, plan: &br_core::Plan) -> OpResult<()> {
+    for (name, spec) in &plan.pools {
+        tx.execute(
+            "INSERT INTO pools (name, size, backoff_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET size = ?2, backoff_ms = ?3",
+            params![name, spec.size, millis(spec.backoff)],
+        )?;
+    }
+    let named: BTreeSet<&str> = plan
+        .tasks
+        .iter()
+        .filter_map(|t| t.pool.as_deref())
+        .collect();
+    for name in named {
+        if !plan.pools.contains_key(name) {
+            tx.execute(
+                "INSERT INTO pools (name, size, backoff_ms) VALUES (?1, NULL, ?2)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, millis(br_core::agent::DEFAULT_POOL_BACKOFF)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     let plan = &new.plan;
     let id = loop {
@@ -67,8 +95,9 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     tx.execute(
         "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
              isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
-             created_at, total_tasks, repo_id, keep)
-         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18)",
+             created_at, total_tasks, repo_id, keep, slot_setup)
+         VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18,
+             ?19)",
         params![
             id.as_str(),
             &plan.name,
@@ -88,8 +117,10 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
             SessionStatus::Created,
             &new.repo_id,
             &serde_json::to_string(&plan.keep)?,
+            &serde_json::to_string(&plan.slot_setup())?,
         ],
     )?;
+    define_pools(tx, plan)?;
     tx.event(
         Ev::new(EventDetail::SessionCreated(SessionCreated {
             name: plan.name.clone(),
@@ -111,8 +142,9 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
         };
         tx.execute(
             "INSERT INTO tasks (session_id, id, seq, run, files, after, env, timeout_ms, retries,
-                 state, deps_left, start, land, on_conflict, max_repairs, prompt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 state, deps_left, start, land, on_conflict, max_repairs, prompt, agent, pool)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)",
             params![
                 id.as_str(),
                 task.id.as_str(),
@@ -130,6 +162,8 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
                 task.on_conflict.as_str(),
                 task.max_repairs,
                 &task.prompt,
+                &task.agent.as_ref().map(serde_json::to_string).transpose()?,
+                &task.pool,
             ],
         )?;
         for dep in &after {

@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -174,4 +174,33 @@ ALTER TABLE sessions ADD COLUMN landing_expires_at INTEGER;
 ALTER TABLE sessions ADD COLUMN landed_tasks INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sessions ADD COLUMN keep TEXT NOT NULL DEFAULT '[]';
 CREATE INDEX tasks_waiting ON tasks (session_id, seq) WHERE landing = 'waiting';
+"#;
+
+/// Fleets of coding agents: a task's agent profile (JSON, resolved at submit) and pool; what a
+/// session's slots get (`slot_setup`: copy, setup, setup_inputs, ports, as JSON); usage per
+/// attempt, kept in step per task and per session (cost in millionths of a dollar, so that the
+/// store keeps integers only); and the pools, shared by every session of the store: how many of
+/// a pool's tasks may run at once (NULL: any number) and until when a rate limit parks it.
+/// `tasks_pool_running` counts a pool's running tasks without a scan.
+const V6: &str = r#"
+ALTER TABLE tasks ADD COLUMN agent TEXT;
+ALTER TABLE tasks ADD COLUMN pool TEXT;
+ALTER TABLE tasks ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN input_tokens INTEGER;
+ALTER TABLE attempts ADD COLUMN output_tokens INTEGER;
+ALTER TABLE attempts ADD COLUMN cost_micros INTEGER;
+ALTER TABLE sessions ADD COLUMN slot_setup TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE sessions ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pools (
+    name          TEXT PRIMARY KEY,
+    size          INTEGER,
+    backoff_ms    INTEGER NOT NULL,
+    parked_until  INTEGER,
+    parked_reason TEXT
+);
+CREATE INDEX tasks_pool_running ON tasks (pool) WHERE state = 'running';
 "#;

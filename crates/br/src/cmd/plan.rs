@@ -154,12 +154,6 @@ fn not_carried_out_yet(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     let mut said =
         |key: &str, what: &str| out.push(format!("`{key}` is not carried out yet: {what}"));
-    if !plan.pools.is_empty() || plan.tasks.iter().any(|t| t.pool.is_some()) {
-        said(
-            "pool",
-            "pool sizes are not enforced and rate limits park nothing",
-        );
-    }
     if !plan.copy.is_empty() {
         said("copy", "nothing is copied into the worktrees");
     }
@@ -175,15 +169,6 @@ fn not_carried_out_yet(plan: &Plan) -> Vec<String> {
         said(
             "config_env",
             "agents share their usual config directory; run one agent per config at a time",
-        );
-    }
-    if agents
-        .iter()
-        .any(|a| a.rate_limit.is_some() || a.usage != br_core::agent::UsageFormat::None)
-    {
-        said(
-            "rate_limit/usage",
-            "a rate-limited attempt fails as any other, and usage is not recorded",
         );
     }
     out
