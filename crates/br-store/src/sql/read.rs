@@ -15,7 +15,8 @@ use crate::model::*;
 pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, plan_path, base, \
     base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
     created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
-    skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep";
+    skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep, \
+    lander";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
     files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit, landing, \
@@ -103,6 +104,7 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         integration_commit: r.get(24)?,
         landed_tasks: r.get(25)?,
         keep: json(r, 26)?,
+        lander: r.get::<Option<String>>(27)?.map(WorkerId::from_string),
     })
 }
 
