@@ -48,6 +48,11 @@ pub enum RetryError {
         state: TaskState,
     },
     #[error(
+        "cannot retry session {session} yet: it was cancelled and {running} task(s) are still \
+         stopping; retry once they have (br status {session} shows them)"
+    )]
+    StillStopping { session: String, running: usize },
+    #[error(
         "session {session} has nothing to retry: it is {status}, and no task failed, was skipped \
          or was cancelled"
     )]
@@ -89,6 +94,18 @@ pub fn tasks_to_retry(
     tasks: &[RetryNode<'_>],
     scope: RetryScope<'_>,
 ) -> Result<Vec<usize>, RetryError> {
+    // A cancelled session's running tasks end as cancelled when their workers report, whatever
+    // the session is by then: running again, it would end with them cancelled anew.
+    let running = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    if status == SessionStatus::Cancelled && running > 0 {
+        return Err(RetryError::StillStopping {
+            session: session.to_string(),
+            running,
+        });
+    }
     let by_id: HashMap<&str, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let chosen: BTreeSet<usize> = match scope {
         RetryScope::All => (0..tasks.len())
@@ -260,7 +277,7 @@ mod tests {
         let g = graph(&rows);
         let refuse = |asked: &[&str]| {
             let n = names(asked);
-            tasks_to_retry("s1", SessionStatus::Cancelled, &g, RetryScope::Named(&n))
+            tasks_to_retry("s1", SessionStatus::Running, &g, RetryScope::Named(&n))
                 .unwrap_err()
                 .to_string()
         };
@@ -280,8 +297,33 @@ mod tests {
             "cannot retry task d of session s1: it waits for c, which is cancelled; retry c too"
         );
         let n = names(&["d", "c"]);
-        let chosen = tasks_to_retry("s1", SessionStatus::Cancelled, &g, RetryScope::Named(&n));
+        let chosen = tasks_to_retry("s1", SessionStatus::Running, &g, RetryScope::Named(&n));
         assert_eq!(chosen, Ok(vec![2, 3]));
+    }
+
+    #[test]
+    fn a_cancelled_session_is_retried_once_its_tasks_stopped() {
+        let rows = [("a", Running, after(&[])), ("b", Cancelled, after(&[]))];
+        let err = tasks_to_retry(
+            "s1",
+            SessionStatus::Cancelled,
+            &graph(&rows),
+            RetryScope::All,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot retry session s1 yet: it was cancelled and 1 task(s) are still stopping; \
+             retry once they have (br status s1 shows them)"
+        );
+        let rows = [("a", Cancelled, after(&[])), ("b", Cancelled, after(&[]))];
+        let chosen = tasks_to_retry(
+            "s1",
+            SessionStatus::Cancelled,
+            &graph(&rows),
+            RetryScope::All,
+        );
+        assert_eq!(chosen, Ok(vec![0, 1]));
     }
 
     #[test]

@@ -2212,9 +2212,16 @@ pub fn retry_runs_a_cancelled_session_again(b: &dyn FreshStore) {
         &*store,
         plan("p", vec![task("x", &[], &[]), task("y", &[], &["x"])]),
     );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let x = claim_task(&*store, &w);
     store
         .change_session(&s.id, SessionAction::Cancel)
         .expect("cancel");
+    let err = assert_refused_unchanged(&*store, &s.id, RetryScope::All);
+    assert!(err.contains("1 task(s) are still stopping"), "{err}");
+    store
+        .finish_attempt(&x.lease, &Outcome::Cancelled)
+        .expect("finish");
     let names = ["y".to_string()];
     let err = assert_refused_unchanged(&*store, &s.id, RetryScope::Named(&names));
     assert!(err.contains("it waits for x, which is cancelled"), "{err}");
@@ -2231,12 +2238,11 @@ pub fn retry_runs_a_cancelled_session_again(b: &dyn FreshStore) {
         states(&*store, &s.id),
         [("x".into(), Ready), ("y".into(), Pending)]
     );
-    let w = worker(&*store, None, Duration::from_secs(30));
-    for id in ["x", "y"] {
+    for (id, attempt) in [("x", 2), ("y", 1)] {
         let t = claim_task(&*store, &w);
         assert_eq!(
             (t.lease.task_id.as_str(), t.lease.attempt, t.reason),
-            (id, Attempt(1), RunReason::Retry)
+            (id, Attempt(attempt), RunReason::Retry)
         );
         store
             .finish_attempt(&t.lease, &Outcome::Succeeded)

@@ -67,6 +67,9 @@ pub struct Session {
     pub integration_commit: Option<String>,
     /// Tasks whose work is on the integration branch (`land = "auto"`).
     pub landed_tasks: u32,
+    /// The worker whose turn it is to land the session's waiting tasks (a lease, like a
+    /// task's), while one has it.
+    pub lander: Option<WorkerId>,
     /// Ignored paths its worktree slots keep between attempts.
     pub keep: Vec<String>,
     /// What its slots get besides their checkout (`copy`, `setup`, `ports`).
@@ -169,6 +172,12 @@ impl Task {
 }
 
 impl Task {
+    /// Whether the tasks that wait for it may start: it succeeded and, if it lands as it runs,
+    /// landed (a dependent starts from a tip that holds its work).
+    pub fn releases_dependents(&self) -> bool {
+        self.state == TaskState::Succeeded && self.landing != Some(Landing::Waiting)
+    }
+
     /// What its finished work means for merging, in words: files it changed outside its
     /// declared ones, and the tasks its branch is predicted to conflict with. Every view of a
     /// task (status, dashboards) says it the same way.

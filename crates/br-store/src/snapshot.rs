@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use br_core::detail::LockConflict as BlockedBy;
 use br_core::{EventDetail, EventKind, SessionId, SessionStatus, TaskId, TaskState, Timestamp};
-use br_core::{WorkerId, WorkerStatus};
+use br_core::{Isolation, LandMode, Landing, WorkerId, WorkerStatus};
 use serde::Serialize;
 
 use crate::Store;
@@ -88,12 +88,92 @@ pub struct SessionRow {
     pub remaining_ms: Option<u64>,
 }
 
-/// The tasks of the selected session.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The tasks of the selected session. In JSON each task also has `landing_text`, its
+/// [`landing_words`](SelectedSession::landing_words), so the web page says it as the terminal
+/// does.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SelectedSession {
     pub id: SessionId,
     /// In plan order.
     pub tasks: Vec<TaskRow>,
+    /// Whether it integrates as it runs: worktree isolation, and a task with `land = "auto"`.
+    /// Then each task's `landing` says where its work is, and the session's `landed_tasks` how
+    /// many are on its integration branch.
+    pub lands: bool,
+    /// The task being landed now: the first waiting one in plan order (the one a lander takes
+    /// next), while a worker has the session's landing turn.
+    pub landing_task: Option<TaskId>,
+    /// The session has ended: what still waits to land will not.
+    pub ended: bool,
+}
+
+impl Serialize for SelectedSession {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            id: &'a SessionId,
+            tasks: Vec<DescribedTaskRow<'a>>,
+            lands: bool,
+            landing_task: Option<&'a TaskId>,
+        }
+        Shape {
+            id: &self.id,
+            tasks: self.described_tasks(0..self.tasks.len()),
+            lands: self.lands,
+            landing_task: self.landing_task.as_ref(),
+        }
+        .serialize(s)
+    }
+}
+
+/// A task as the snapshot's JSON carries it: its row, and where its work is in words.
+#[derive(Debug, Serialize)]
+pub struct DescribedTaskRow<'a> {
+    #[serde(flatten)]
+    row: &'a TaskRow,
+    landing_text: Option<String>,
+}
+
+impl SelectedSession {
+    /// The tasks in `range` (plan order), each with its landing in words.
+    pub fn described_tasks(&self, range: std::ops::Range<usize>) -> Vec<DescribedTaskRow<'_>> {
+        self.tasks[range]
+            .iter()
+            .map(|row| DescribedTaskRow {
+                row,
+                landing_text: self.landing_words(&row.task),
+            })
+            .collect()
+    }
+
+    /// Where `task`'s work is, in a few words, when the session integrates as it runs (see
+    /// [`SelectedSession::lands`]): waiting, landing, landed (with its commit), not landed
+    /// (and why). `None` when there is nothing to say: it has not succeeded, or it does not
+    /// land as it runs.
+    pub fn landing_words(&self, task: &Task) -> Option<String> {
+        let ended = self.ended;
+        // A task may land by `br merge` in a session whose others land as they run.
+        if !self.lands || task.land != LandMode::Auto {
+            return None;
+        }
+        let short = |c: &str| c[..c.len().min(7)].to_string();
+        Some(match (task.landing, task.state) {
+            (Some(Landing::Landed), _) => match &task.landed_commit {
+                Some(c) => format!("landed {}", short(c)),
+                None => "landed".to_string(),
+            },
+            (Some(Landing::Waiting), _) if ended => "not landed".to_string(),
+            (Some(Landing::Waiting), _) if self.landing_task.as_ref() == Some(&task.id) => {
+                "landing".to_string()
+            }
+            (Some(Landing::Waiting), _) => "waiting".to_string(),
+            (Some(Landing::Conflict), _) => "not landed: conflict".to_string(),
+            (Some(Landing::VerifyFailed), _) => "not landed: verify".to_string(),
+            // Succeeded without waiting to land: its session was cancelled first.
+            (None, TaskState::Succeeded) => "not landed".to_string(),
+            (None, _) => return None,
+        })
+    }
 }
 
 /// One task, with what it is waiting for when it cannot run yet.
@@ -429,9 +509,17 @@ impl SnapshotBuilder {
                     .push(i);
             }
         }
+        // What a task lands by is fixed at submit: read once, with the tasks.
+        let lands = rows.iter().any(|r| r.task.land == LandMode::Auto)
+            && store
+                .session(id)
+                .is_ok_and(|s| s.isolation == Isolation::Worktree);
         snap.selected = Some(SelectedSession {
             id: id.clone(),
             tasks: rows,
+            lands,
+            landing_task: None,
+            ended: false,
         });
         Ok(())
     }
@@ -534,6 +622,20 @@ impl SnapshotBuilder {
             .collect();
 
         if let Some(selected) = &mut snap.selected {
+            let session = rows
+                .iter()
+                .find(|r| r.session.id == selected.id)
+                .map(|r| &r.session);
+            selected.ended = session.is_some_and(|s| s.status.is_terminal());
+            let lander = session.and_then(|s| s.lander.as_ref());
+            selected.landing_task = match lander {
+                Some(_) if selected.lands => selected
+                    .tasks
+                    .iter()
+                    .find(|t| t.task.landing == Some(Landing::Waiting))
+                    .map(|t| t.task.id.clone()),
+                _ => None,
+            };
             let recompute: BTreeSet<usize> = match dirty {
                 None => (0..selected.tasks.len()).collect(),
                 Some(dirty) => {
@@ -721,7 +823,7 @@ fn waiting_for(
                     TaskId::new(dep.as_str())
                         .ok()
                         .and_then(|id| by_id.get(&id))
-                        .is_none_or(|&i| all[i].task.state != TaskState::Succeeded)
+                        .is_none_or(|&i| !all[i].task.releases_dependents())
                 })
                 .cloned()
                 .collect();
@@ -1152,6 +1254,89 @@ mod tests {
             inc.snapshot().selected.as_ref().map(|s| &s.id),
             Some(&other.id)
         );
+    }
+
+    #[test]
+    fn landing_as_it_runs_shows_on_each_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("br.db")).unwrap();
+        let store: &dyn Store = &store;
+        let mut first = spec("first", &["a"], &[], 0);
+        first.land = br_core::LandMode::Auto;
+        let mut then = spec("then", &[], &["first"], 0);
+        then.land = br_core::LandMode::Auto;
+        let s = submit(store, "lands", vec![first, then], Duration::from_secs(30));
+        let mut inc = Live::new(Some(s.id.clone()));
+        inc.refresh(store);
+        let w = worker(store, Duration::from_secs(30));
+        let lease = claim(store, &w).unwrap();
+        store
+            .finish_attempt_with(
+                &lease,
+                &Outcome::Succeeded,
+                &AttemptReport {
+                    commit: Some("c0ffee".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_same(store, &mut inc, "succeeded, waiting to land");
+        let words = |snap: &Snapshot, id: &str| {
+            let selected = snap.selected.as_ref().unwrap();
+            let row = selected.tasks.iter().find(|t| t.task.id.as_str() == id);
+            selected.landing_words(&row.unwrap().task)
+        };
+        let selected = inc.snapshot().selected.as_ref().unwrap();
+        assert!(selected.lands);
+        assert_eq!(words(inc.snapshot(), "first").as_deref(), Some("waiting"));
+        assert_eq!(words(inc.snapshot(), "then"), None);
+        assert_eq!(
+            selected.tasks[1].waiting_for,
+            Some(Waiting::Dependencies {
+                tasks: vec!["first".into()]
+            }),
+            "a dependent waits until its dependency landed"
+        );
+        let Claim::Land(job) = store
+            .claim_next_task(&ClaimRequest {
+                worker: &w,
+                session: None,
+                log_dir: Path::new("/tmp/br-snapshot-logs"),
+                repo_id: None,
+            })
+            .unwrap()
+        else {
+            panic!("the landing turn")
+        };
+        assert_same(store, &mut inc, "a worker has the landing turn");
+        assert_eq!(words(inc.snapshot(), "first").as_deref(), Some("landing"));
+        store
+            .record_landing(
+                &job,
+                &TaskId::new("first").unwrap(),
+                Attempt(1),
+                &LandingResult::Landed {
+                    commit: "1234567890abcdef".into(),
+                },
+            )
+            .unwrap();
+        assert_same(store, &mut inc, "landed");
+        assert_eq!(
+            words(inc.snapshot(), "first").as_deref(),
+            Some("landed 1234567")
+        );
+        let selected = inc.snapshot().selected.as_ref().unwrap();
+        assert_eq!(selected.tasks[1].waiting_for, None);
+        assert_eq!(selected.tasks[1].task.state, TaskState::Ready);
+        let manual = submit(
+            store,
+            "manual",
+            vec![spec("x", &[], &[], 0)],
+            Duration::from_secs(30),
+        );
+        inc.select(Some(manual.id.clone()));
+        inc.refresh(store);
+        assert!(!inc.snapshot().selected.as_ref().unwrap().lands);
     }
 
     /// Many random operations on a bigger session, checked against a fresh build every few

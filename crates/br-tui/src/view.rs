@@ -555,7 +555,11 @@ fn draw_tasks(
     let cursor = model.task_index(visible);
     let offset = scroll_offset(cursor, rows_fit);
     let names = session_names(snap);
-    let branches = !compact && area.width >= 150;
+    let selected = snap.selected.as_ref();
+    let lands = selected.is_some_and(|s| s.lands);
+    // The landing column takes the room the branches would have below 170 columns: where a
+    // task's work went matters more than the branch it was made on.
+    let branches = !compact && area.width >= if lands { 170 } else { 150 };
     let mut widths = vec![
         Constraint::Length(1),
         Constraint::Fill(2),
@@ -565,6 +569,13 @@ fn draw_tasks(
         Constraint::Length(7),
     ];
     let mut header = vec!["", "Task", "State", "Try", "Worker", "Elapsed"];
+    // Where each task's work is, when the session integrates as it runs; the compact layout
+    // says it in the note instead.
+    let landing_column = lands && !compact;
+    if landing_column {
+        widths.push(Constraint::Length(20));
+        header.push("Landing");
+    }
     if !compact {
         widths.push(Constraint::Fill(2));
         header.push("Files");
@@ -576,6 +587,13 @@ fn draw_tasks(
     widths.push(Constraint::Fill(if compact { 3 } else { 4 }));
     header.push("Waiting for / result");
     let columns = TaskColumns {
+        landing: if !lands {
+            LandingColumn::None
+        } else if compact {
+            LandingColumn::InNote
+        } else {
+            LandingColumn::Own
+        },
         files: !compact,
         branch: branches,
     };
@@ -584,7 +602,15 @@ fn draw_tasks(
         .enumerate()
         .skip(offset)
         .take(rows_fit)
-        .map(|(i, t)| task_row(t, snap.now, &names, i == cursor, focused, theme, columns))
+        .map(|(i, t)| {
+            let landing = selected.and_then(|s| s.landing_words(&t.task));
+            let place = TaskPlace {
+                selected: i == cursor,
+                focused,
+                landing,
+            };
+            task_row(t, snap.now, &names, &place, theme, columns)
+        })
         .collect();
     let empty = rows.is_empty();
     let session = snap
@@ -592,7 +618,20 @@ fn draw_tasks(
         .map_or_else(|| "no session".to_string(), |s| s.session.name.clone());
     let all = snap.selected.as_ref().map_or(0, |s| s.tasks.len());
     let mut title = format!(" Tasks of {session} ");
-    if !branches
+    if let Some(row) = snap.selected_session()
+        && lands
+    {
+        let s = &row.session;
+        let tip = s
+            .integration_commit
+            .as_deref()
+            .map(|c| format!(" at {}", &c[..c.len().min(7)]))
+            .unwrap_or_default();
+        title.push_str(&format!(
+            "· landed {}/{} on br/{}/integration{tip} ",
+            s.landed_tasks, s.total_tasks, s.slug
+        ));
+    } else if !branches
         && let Some(row) = snap.selected_session()
         && row.session.isolation == br_core::Isolation::Worktree
     {
@@ -632,19 +671,36 @@ fn draw_tasks(
 /// The optional columns of the tasks table, which only wide layouts have room for.
 #[derive(Debug, Clone, Copy)]
 struct TaskColumns {
+    landing: LandingColumn,
     files: bool,
     branch: bool,
+}
+
+/// Where a task's landing shows, in a session that integrates as it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LandingColumn {
+    None,
+    Own,
+    InNote,
+}
+
+/// A task row's place in the table: under the cursor, in the focused panel, and where its work
+/// is ([`SelectedSession::landing_words`](br_store::snapshot::SelectedSession::landing_words)).
+struct TaskPlace {
+    selected: bool,
+    focused: bool,
+    landing: Option<String>,
 }
 
 fn task_row<'a>(
     t: &'a TaskRow,
     now: Timestamp,
     names: &HashMap<&SessionId, &str>,
-    selected: bool,
-    focused: bool,
+    place: &TaskPlace,
     theme: Theme,
     columns: TaskColumns,
 ) -> Row<'a> {
+    let (selected, focused) = (place.selected, place.focused);
     let task = &t.task;
     let blocked = t.waiting_for.is_some() && task.state == TaskState::Ready;
     let state = if blocked {
@@ -661,7 +717,22 @@ fn task_row<'a>(
         TaskState::Pending | TaskState::Ready => "",
         _ => task.worker_id.as_ref().map_or("", |w| short_id(w.as_str())),
     };
-    let note = task_note(t, names);
+    let mut note = task_note(t, names);
+    let landing = place.landing.clone().unwrap_or_default();
+    let landing_style = if landing.starts_with("landed") {
+        theme.good()
+    } else if landing.starts_with("not") {
+        theme.bad()
+    } else {
+        theme.busy()
+    };
+    if columns.landing == LandingColumn::InNote && !landing.is_empty() {
+        note = if note.is_empty() {
+            landing.clone()
+        } else {
+            format!("{landing}; {note}")
+        };
+    }
     let note_style = match (&t.waiting_for, task.state) {
         (Some(Waiting::Lock { .. }), _) => theme.warn(),
         (_, TaskState::Failed) => theme.bad(),
@@ -680,6 +751,9 @@ fn task_row<'a>(
         Cell::from(worker),
         Cell::from(elapsed),
     ];
+    if columns.landing == LandingColumn::Own {
+        cells.push(Cell::from(Span::styled(landing, landing_style)));
+    }
     if columns.files {
         cells.push(Cell::from(task.files.join(" ")));
     }

@@ -571,7 +571,7 @@ fn p_r_and_c_pause_resume_and_cancel_the_selected_session() {
 
 #[test]
 fn finished_tasks_show_scope_violations_and_predicted_conflicts() {
-    let text = draw(&model(finished_with_notes(), false), 120, 34)
+    let text = draw(&model(finished_with_notes(), false), 140, 34)
         .backend()
         .to_string();
     let stray = text.lines().find(|l| l.contains("stray")).unwrap();

@@ -4,8 +4,8 @@
 //!
 //! The keys are the snapshot's; `selected` gains `tasks_offset` and `tasks_total`.
 
-use br_core::{SessionId, Timestamp};
-use br_store::snapshot::{LockRow, SessionRow, Snapshot, TaskRow, Throughput};
+use br_core::{SessionId, TaskId, Timestamp};
+use br_store::snapshot::{DescribedTaskRow, LockRow, SessionRow, Snapshot, Throughput};
 use br_store::view::DescribedEventView;
 use br_store::{Summary, Worker};
 use serde::Serialize;
@@ -61,7 +61,9 @@ pub(crate) struct SnapshotPage<'a> {
 #[derive(Debug, Serialize)]
 struct SelectedPage<'a> {
     id: &'a SessionId,
-    tasks: &'a [TaskRow],
+    tasks: Vec<DescribedTaskRow<'a>>,
+    lands: bool,
+    landing_task: Option<&'a TaskId>,
     /// The position of the first task of the page among the session's tasks.
     tasks_offset: usize,
     /// How many tasks the session has.
@@ -75,7 +77,9 @@ impl<'a> SnapshotPage<'a> {
             let end = start.saturating_add(page.limit).min(s.tasks.len());
             SelectedPage {
                 id: &s.id,
-                tasks: &s.tasks[start..end],
+                tasks: s.described_tasks(start..end),
+                lands: s.lands,
+                landing_task: s.landing_task.as_ref(),
                 tasks_offset: start,
                 tasks_total: s.tasks.len(),
             }

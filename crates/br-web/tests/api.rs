@@ -619,6 +619,122 @@ async fn retrying_queues_what_failed_and_a_refused_retry_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_session_that_lands_as_it_runs_shows_where_each_tasks_work_is() {
+    let f = Fixture::new();
+    let plan = Plan::parse(
+        "name = \"lands\"\non_conflict = \"fail\"\n\
+         [[task]]\nid = \"a\"\nrun = \"true\"\nfiles = [\"a\"]\n\
+         [[task]]\nid = \"b\"\nrun = \"true\"\nfiles = [\"b\"]\n",
+        Path::new("br.toml"),
+    )
+    .expect("valid plan");
+    let s = f
+        .store
+        .create_session(&NewSession {
+            plan,
+            repo_root: PathBuf::from("/repo"),
+            repo_id: None,
+            plan_path: None,
+            base_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            workers_wanted: 1,
+        })
+        .expect("create session");
+    let worker = f
+        .store
+        .register_worker(&NewWorker {
+            host: "test-host".into(),
+            pid: 4242,
+            session: Some(s.id.clone()),
+            heartbeat_timeout: Duration::from_secs(30),
+        })
+        .expect("register worker");
+    let logs = f._dir.path().join("logs");
+    let claim = || {
+        f.store
+            .claim_next_task(&ClaimRequest {
+                worker: &worker,
+                session: Some(&s.id),
+                log_dir: &logs,
+                repo_id: None,
+            })
+            .expect("claim")
+    };
+    // Both run and succeed; then a lands, and b conflicts with it and may not be repaired.
+    let running: Vec<_> = (0..2)
+        .map(|_| match claim() {
+            Claim::Task(task) => task,
+            other => panic!("a task to run, not {other:?}"),
+        })
+        .collect();
+    for task in running {
+        f.store
+            .finish_attempt_with(
+                &task.lease,
+                &Outcome::Succeeded,
+                &br_store::AttemptReport {
+                    commit: Some(format!("{}0000000", task.lease.task_id)),
+                    ..Default::default()
+                },
+            )
+            .expect("finish");
+    }
+    let Claim::Land(job) = claim() else {
+        panic!("the landing turn")
+    };
+    let words = |v: &Value| -> Vec<Value> {
+        v["selected"]["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| t["landing_text"].clone())
+            .collect()
+    };
+    let uri = format!("/api/snapshot?session={}", s.id);
+    let snapshot = poll_snapshot(&f, &uri, |v| v["selected"]["landing_task"] == "a").await;
+    assert_eq!(snapshot["selected"]["lands"], true);
+    assert_eq!(words(&snapshot), ["landing", "waiting"]);
+    let tip = "fedcba9876543210fedcba9876543210fedcba98".to_string();
+    let a = br_core::TaskId::new("a").expect("id");
+    let b = br_core::TaskId::new("b").expect("id");
+    f.store
+        .record_landing(
+            &job,
+            &a,
+            br_core::Attempt(1),
+            &br_store::LandingResult::Landed {
+                commit: tip.clone(),
+            },
+        )
+        .expect("land a");
+    f.store
+        .record_landing(
+            &job,
+            &b,
+            br_core::Attempt(1),
+            &br_store::LandingResult::Conflict {
+                files: vec!["shared".into()],
+                with: vec!["a".into()],
+                details: String::new(),
+                tip,
+            },
+        )
+        .expect("b conflicts");
+    let snapshot = poll_snapshot(&f, &uri, |v| v["sessions"][0]["status"] == "failed").await;
+    assert_eq!(words(&snapshot), ["landed fedcba9", "not landed: conflict"]);
+    let session = &snapshot["sessions"][0];
+    assert_eq!(
+        (
+            &session["landed_tasks"],
+            &session["completed_tasks"],
+            &session["failed_tasks"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(1)),
+        "a task that did not land is failed, not succeeded"
+    );
+    assert_eq!(snapshot["selected"]["tasks"][1]["state"], "failed");
+}
+
+#[tokio::test]
 async fn actions_need_the_action_header_and_a_local_host() {
     let f = Fixture::new();
     let s = f.submit("build", &["a"]);
@@ -1090,7 +1206,14 @@ async fn a_stream_sends_one_page_of_a_large_sessions_tasks() {
         assert_eq!(keys(&page), keys(&whole), "{uri}");
         assert_eq!(
             keys(&page["selected"]),
-            ["id", "tasks", "tasks_offset", "tasks_total"]
+            [
+                "id",
+                "landing_task",
+                "lands",
+                "tasks",
+                "tasks_offset",
+                "tasks_total"
+            ]
         );
         assert_eq!(page["selected"]["tasks_total"], 450, "{uri}");
         assert_eq!(page["selected"]["tasks_offset"], offset, "{uri}");

@@ -53,6 +53,7 @@ fn a_hostile_plans_names_are_escaped_in_every_text_output() {
         vec!["merge", &session],
         vec!["cleanup", "--dry-run", "--days", "0"],
         vec!["wait", &session],
+        vec!["retry", &session, "--no-dashboard"],
         vec!["pause", &session],
         vec!["logs", &session, "nosuch"],
         vec!["dashboard", "--once"],
@@ -91,6 +92,11 @@ fn a_hostile_plans_names_are_escaped_in_every_text_output() {
         shown(&format!("br status -v {session}")).contains("run: echo \\u{1b}[2J; exit 3"),
         "{}",
         shown(&format!("br status -v {session}"))
+    );
+    let retried = shown(&format!("br retry {session} --no-dashboard"));
+    assert!(
+        retried.contains(&format!("retrying 1 task(s) of session {escaped_name} (")),
+        "{retried}"
     );
     assert!(shown("br start").contains("flags\\u{1b}]0;owned\\u{7}"));
     // JSON escapes what it carries: the name comes back as written.

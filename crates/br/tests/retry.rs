@@ -67,6 +67,24 @@ run = "echo alone > independent.txt"
     );
 }
 
+/// The LANDED column of the only session in `br list`.
+fn landed_in_list(repo: &TestRepo) -> String {
+    let list = repo.br(&["list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let mut lines = list.stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "LANDED")
+        .expect("a LANDED column");
+    let row: Vec<&str> = lines
+        .next()
+        .expect("a session")
+        .split_whitespace()
+        .collect();
+    row[column].to_string()
+}
+
 fn read_json(path: std::path::PathBuf) -> Value {
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -91,6 +109,7 @@ fn a_failed_task_and_the_dependent_it_skipped_run_again_and_the_session_complete
         ]
     );
     let id = failed["id"].as_str().expect("id").to_string();
+    assert_eq!(landed_in_list(&repo), "1/3", "only independent landed");
 
     let retry = repo.br(&["retry", &id, "--workers", "2", "--no-dashboard"]);
     assert_eq!(retry.code, 0, "{}\n{}", retry.stdout, retry.stderr);
@@ -131,6 +150,9 @@ fn a_failed_task_and_the_dependent_it_skipped_run_again_and_the_session_complete
         1,
         "it did not run again"
     );
+    assert_eq!(landed_in_list(&repo), "3/3");
+    let listed: Value = serde_json::from_str(&repo.br(&["list", "--json"]).stdout).expect("JSON");
+    assert_eq!(listed[0]["landed_tasks"], 3);
 
     // Each rerun was told why it runs.
     let first = read_json(out.path().join("flaky.1.context.json"));

@@ -16,7 +16,7 @@ pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, pla
     base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
     created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
     skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep, \
-    slot_setup, input_tokens, output_tokens, cost_micros";
+    lander, slot_setup, input_tokens, output_tokens, cost_micros";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
     files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit, landing, \
@@ -113,8 +113,9 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         integration_commit: r.get(24)?,
         landed_tasks: r.get(25)?,
         keep: json(r, 26)?,
-        slot_setup: json(r, 27)?,
-        usage: usage(r, 28)?,
+        lander: r.get::<Option<String>>(27)?.map(WorkerId::from_string),
+        slot_setup: json(r, 28)?,
+        usage: usage(r, 29)?,
     })
 }
 

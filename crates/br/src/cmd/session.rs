@@ -240,9 +240,15 @@ pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let sessions = sessions.0;
     let now = store.now()?;
     let mut table = Table::new(&[
-        "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "CREATED",
+        "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "LANDED", "CREATED",
     ]);
     for s in &sessions {
+        // Tasks whose work is on br/<slug>/integration, landed as the session ran; a shared
+        // session has no branches to land.
+        let landed = match s.isolation {
+            Isolation::Worktree => format!("{}/{}", s.landed_tasks, s.total_tasks),
+            Isolation::Shared => "-".to_string(),
+        };
         table.row(vec![
             s.id.to_string(),
             s.name.clone(),
@@ -250,6 +256,7 @@ pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
             format!("{}%", s.progress_percent),
             format!("{}/{}", s.finished_tasks(), s.total_tasks),
             (s.failed_tasks + s.skipped_tasks).to_string(),
+            landed,
             ago(now.since(s.created_at)),
         ]);
     }
