@@ -669,10 +669,15 @@ pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn FreshStore) {
 
 pub fn heartbeat_renews_the_lease(b: &dyn FreshStore) {
     let store = b.open();
-    let s = submit(&*store, short_lease_plan("p", vec![task("t", &[], &[])]));
+    // A lease of 1 s, renewed every 100 ms for 2.5 s: it outlives itself only by renewal. The
+    // margin between renewals (900 ms) is wide, so a loaded machine that stalls a round trip
+    // does not let it expire (a 150 ms lease did, now and then, under a parallel build).
+    let mut p = plan("p", vec![task("t", &[], &[])]);
+    p.heartbeat_timeout = Duration::from_secs(1);
+    let s = submit(&*store, p);
     let w = worker(&*store, None, Duration::from_secs(30));
     let c = claim_task(&*store, &w);
-    let until = Instant::now() + Duration::from_millis(600);
+    let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
         let hb = store.heartbeat(&w, Some(&c.lease)).expect("heartbeat");
         assert!(hb.lease_held && !hb.session_cancelled && !hb.stop_requested);
@@ -680,7 +685,7 @@ pub fn heartbeat_renews_the_lease(b: &dyn FreshStore) {
             store.requeue_expired_leases().expect("requeue"),
             Expired::default()
         );
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
         store
@@ -2428,6 +2433,18 @@ pub fn a_rate_limit_spends_no_retry_and_parks_the_pool(b: &dyn FreshStore) {
     );
     // Parked: neither of the pool's tasks is claimed, then both are, on their own.
     assert!(matches!(claim(&*store, &w), Claim::Nothing));
+    let pools = store.pools().expect("pools");
+    assert_eq!(
+        (
+            pools.len(),
+            pools[0].name.as_str(),
+            pools[0].size,
+            pools[0].running,
+            pools[0].parked_reason.as_deref()
+        ),
+        (1, "p", Some(5), 0, Some("429 Too Many Requests"))
+    );
+    assert!(pools[0].parked_until.is_some());
     let again = poll_until("the pool to resume", || match claim(&*store, &w) {
         Claim::Task(t) => Some(*t),
         _ => None,

@@ -163,6 +163,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// was released.
     fn unlock_paths(&self, session: &SessionId, paths: Option<&[LockPath]>) -> Result<Vec<String>>;
     fn locks(&self) -> Result<Vec<Lock>>;
+    /// The store's pools: their size, how many of their tasks run, and whether a rate limit
+    /// parks them (and until when).
+    fn pools(&self) -> Result<Vec<Pool>>;
 
     // Events.
 

@@ -524,6 +524,26 @@ pub struct SessionFilter {
     pub limit: Option<usize>,
 }
 
+/// A pool of the store (`[pool.NAME]`, or an agent's own): at most `size` of its tasks run at
+/// once (none: any number); a rate limit parks it until `parked_until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    pub name: String,
+    pub size: Option<u32>,
+    pub backoff_ms: u64,
+    pub parked_until: Option<Timestamp>,
+    pub parked_reason: Option<String>,
+    /// Its tasks running now.
+    pub running: u32,
+}
+
+impl Pool {
+    /// Whether a rate limit parks it at `now`.
+    pub fn parked_at(&self, now: Timestamp) -> bool {
+        self.parked_until.is_some_and(|until| until > now)
+    }
+}
+
 /// BuildRunner's summary (`br summary --json`), plus running tasks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {

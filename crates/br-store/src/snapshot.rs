@@ -1533,6 +1533,9 @@ mod tests {
         fn locks(&self) -> Result<Vec<Lock>> {
             self.inner.locks()
         }
+        fn pools(&self) -> Result<Vec<Pool>> {
+            self.inner.pools()
+        }
         fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
             self.inner.events(filter)
         }

@@ -412,6 +412,10 @@ impl<B: Backend> Store for B {
         self.read("list locks", read::locks)
     }
 
+    fn pools(&self) -> Result<Vec<Pool>> {
+        self.read("list pools", read::pools)
+    }
+
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         self.read("read events", |c| read::events(c, filter))
     }

@@ -443,6 +443,28 @@ pub(super) fn locks(c: &dyn Db) -> OpResult<Vec<Lock>> {
     c.query(&sql, &[])?.iter().map(lock_from_row).collect()
 }
 
+pub(super) fn pools(c: &dyn Db) -> OpResult<Vec<Pool>> {
+    // `state = 'running'` stays a literal: the predicate of `tasks_pool_running`.
+    c.query(
+        "SELECT p.name, p.size, p.backoff_ms, p.parked_until, p.parked_reason,
+                (SELECT COUNT(*) FROM tasks t WHERE t.pool = p.name AND t.state = 'running')
+         FROM pools p ORDER BY p.name",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(Pool {
+            name: r.get(0)?,
+            size: r.get(1)?,
+            backoff_ms: r.get(2)?,
+            parked_until: opt_ts(r, 3)?,
+            parked_reason: r.get(4)?,
+            running: r.get(5)?,
+        })
+    })
+    .collect()
+}
+
 pub(super) fn events(c: &dyn Db, filter: &EventFilter) -> OpResult<Vec<Event>> {
     let limit = limit(filter.limit);
     c.query(
