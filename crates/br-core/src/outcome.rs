@@ -297,6 +297,7 @@ mod tests {
             Outcome::LeaseLost,
             Outcome::ScopeViolation { files: vec![] },
             Outcome::Unrecorded { reason: "x".into() },
+            Outcome::RateLimited { reason: "x".into() },
         ];
         for outcome in &every {
             let kind = outcome.kind();

@@ -251,7 +251,7 @@ async fn every_endpoint_answers_with_the_cli_json_shapes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         keys(&summary),
-        ["sessions", "tasks", "timestamp", "workers"]
+        ["sessions", "tasks", "timestamp", "usage", "workers"]
     );
     assert_eq!(
         keys(&summary["workers"]),
