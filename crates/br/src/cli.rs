@@ -137,6 +137,10 @@ pub(crate) struct DemoArgs {
     /// Keep the demo repository to explore
     #[arg(long)]
     pub keep: bool,
+    /// A fleet of stand-in coding agents instead: prompts, a pool, a rate limit, a repaired
+    /// conflict, landing and what it cost (no API key needed)
+    #[arg(long)]
+    pub agents: bool,
 }
 
 #[derive(Debug, Args)]

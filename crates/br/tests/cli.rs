@@ -433,3 +433,28 @@ fn the_demo_runs_to_completion_and_cleans_up_after_itself() {
         "the throwaway repository is removed"
     );
 }
+
+#[test]
+fn the_agents_demo_runs_a_fleet_through_a_rate_limit_and_a_repair_and_says_what_it_cost() {
+    let repo = TestRepo::new();
+    let demo = repo.br(&["demo", "--agents", "--workers", "4"]);
+    assert_eq!(demo.code, 0, "{}\n{}", demo.stdout, demo.stderr);
+    for (what, line) in [
+        ("the rate limit parked the pool", "pool_parked task=audit"),
+        (
+            "no retry spent: it ran again",
+            "task_started task=audit attempt=2",
+        ),
+        ("tagline collided", "merge_conflict task=tagline"),
+        ("everything landed", "6 of 6 task(s) landed"),
+        (
+            "the rerun kept the landed title",
+            "# Users, searched and exported",
+        ),
+        ("and added its own", "Users, fast."),
+        ("the cost", "the agents spent $"),
+        ("per landed task", "per landed task"),
+    ] {
+        assert!(demo.stdout.contains(line), "{what}: {}", demo.stdout);
+    }
+}

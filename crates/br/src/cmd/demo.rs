@@ -89,6 +89,110 @@ const FILES: &[(&str, &str)] = &[
     ("docs/guide.md", "# Guide\n"),
 ];
 
+/// `br demo --agents`: a fleet of stand-in coding agents (a script shipped in the demo
+/// repository, not a model: no API key, no network) through prompts, a pool, a rate limit, a
+/// conflict repaired from its context, landing, and what it all cost.
+const AGENTS_PLAN: &str = r#"# The br agents demo: six coding-agent tasks on a pool of workers. The agent is a stand-in
+# (agent.sh): it reads its prompt, edits files, and prints a result with what it spent, as
+# `claude -p --output-format json` does. With a real agent, `agent = "claude"` is all it takes.
+name = "agents"
+heartbeat_timeout = "10s"
+
+[agent.stand-in]
+run = 'sh agent.sh'
+usage = "claude_json"                  # read what each attempt spent from its JSON result
+rate_limit = "usage limit reached"     # output like this parks the pool, and spends no retry
+pool = "model"
+
+# At most two agents at once, whatever the number of workers; a rate limit parks the pool.
+[pool.model]
+size = 2
+backoff = "2s"
+
+[[task]]
+id = "search"
+agent = "stand-in"
+prompt = "write src/search.txt: find users by name"
+files = ["src/search.txt"]
+
+[[task]]
+id = "export"
+agent = "stand-in"
+prompt = "write src/export.txt: export users as CSV"
+files = ["src/export.txt"]
+
+# Its first attempt hits the usage limit: the pool waits out its backoff, then it runs again.
+[[task]]
+id = "audit"
+agent = "stand-in"
+prompt = "write src/audit.txt: log every login"
+files = ["src/audit.txt"]
+
+[[task]]
+id = "title"
+agent = "stand-in"
+prompt = "title: Users, searched and exported"
+files = ["README.md"]
+
+# Works from an old checkout (start = "base"), so its title collides with the one that landed;
+# rerun on the new tip, it reads why in its prompt and keeps the other title.
+[[task]]
+id = "tagline"
+agent = "stand-in"
+start = "base"
+after = ["title"]
+prompt = "title: Users, fast"
+files = ["README.md"]
+
+[[task]]
+id = "changelog"
+agent = "stand-in"
+after = ["search", "export", "audit"]
+prompt = "write CHANGELOG.md: search, export and audit landed"
+files = ["CHANGELOG.md"]
+"#;
+
+/// The stand-in agent: follows a one-line prompt (`write FILE: TEXT` or `title: TEXT`); on a
+/// rerun after a conflict its context file says so, and it keeps what landed. Prints a result object
+/// with what it "spent", like `claude -p --output-format json`.
+const STAND_IN_AGENT: &str = r#"#!/bin/sh
+# A stand-in for a coding agent, for `br demo --agents`.
+set -e
+sleep 0.5
+if [ "$BR_TASK_ID" = audit ] && [ "$BR_ATTEMPT" = 1 ]; then
+  echo "Claude AI usage limit reached (stand-in)"
+  exit 1
+fi
+ask=$(head -n 1 "$BR_PROMPT_FILE")
+case "$ask" in
+  "write "*)
+    file=${ask#write }; file=${file%%:*}; text=${ask#*: }
+    mkdir -p "$(dirname "$file")"
+    echo "$text" > "$file"
+    ;;
+  "title: "*)
+    if grep -q '"reason": *"conflict"' "$BR_CONTEXT_FILE"; then
+      echo "told why: a conflict; keeping the landed title and adding a tagline"
+      echo "${ask#title: }." >> README.md
+    else
+      sed -i "1s/.*/# ${ask#title: }/" README.md
+    fi
+    ;;
+esac
+words=$(wc -w < "$BR_PROMPT_FILE")
+printf '{"type":"result","subtype":"success","total_cost_usd":0.0%s,"usage":{"input_tokens":%s,"output_tokens":%s}}\n' \
+  "$((words + 10))" "$((words * 40 + 1200))" "$((words * 9 + 80))"
+"#;
+
+const AGENTS_FILES: &[(&str, &str)] = &[
+    (
+        "README.md",
+        "# Users\n\nA throwaway repository made by `br demo --agents`.\n",
+    ),
+    ("src/users.txt", "users\n"),
+    ("agent.sh", STAND_IN_AGENT),
+];
+
 pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
     // Settings first: a bad one is said before a repository is made for nothing.
     let max_log = crate::settings::max_log(None)?;
@@ -96,8 +200,22 @@ pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
         .prefix("br-demo-")
         .tempdir()
         .context("cannot create a temporary directory for the demo")?;
-    make_repository(dir.path())?;
-    if !ctx.json {
+    let (plan_text, files) = if args.agents {
+        (AGENTS_PLAN, AGENTS_FILES)
+    } else {
+        (DEMO_PLAN, FILES)
+    };
+    make_repository(dir.path(), plan_text, files)?;
+    if args.agents && !ctx.json {
+        print(&format!(
+            "br demo --agents: a throwaway repository at {}\n\
+             six coding-agent tasks (a stand-in agent: no API key needed) in a pool of two: each\n\
+             reads its prompt, edits files and says what it spent; audit hits the usage limit and\n\
+             its pool waits it out; tagline collides with title and is rerun, told why; every\n\
+             task lands on one integration branch\n",
+            dir.path().display(),
+        ))?;
+    } else if !ctx.json {
         print(&format!(
             "br demo: a throwaway repository at {}\n\
              eight tasks, each in its own worktree, each landing on one integration branch as it\n\
@@ -120,6 +238,9 @@ pub(super) fn demo(ctx: &Context, args: DemoArgs) -> anyhow::Result<Exit> {
     let exit = run_plan(&demo_ctx, plan, Some(path), &drive)?;
     if !ctx.json {
         print(&integrated(dir.path())?)?;
+        if args.agents {
+            print(&spent(&demo_ctx)?)?;
+        }
     }
     if !ctx.json {
         if args.keep {
@@ -175,15 +296,42 @@ fn integrated(dir: &Path) -> anyhow::Result<String> {
     ))
 }
 
-fn make_repository(dir: &Path) -> anyhow::Result<()> {
-    for (name, content) in FILES {
+/// What the session's agents spent, in all and per landed task.
+fn spent(ctx: &Context) -> anyhow::Result<String> {
+    let store = ctx.open_store()?;
+    let Some(session) = store
+        .list_sessions(&br_store::SessionFilter {
+            status: None,
+            limit: Some(1),
+        })?
+        .into_iter()
+        .next()
+    else {
+        return Ok(String::new());
+    };
+    let per_landed = if session.landed_tasks > 0 {
+        format!(
+            ", ${:.4} per landed task",
+            session.usage.cost_usd() / f64::from(session.landed_tasks)
+        )
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "the agents spent {}{per_landed} (br status --json has it per attempt and task)\n",
+        session.usage.describe()
+    ))
+}
+
+fn make_repository(dir: &Path, plan: &str, files: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (name, content) in files {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&path, content)?;
     }
-    std::fs::write(dir.join("br.toml"), DEMO_PLAN)?;
+    std::fs::write(dir.join("br.toml"), plan)?;
     let git = Git::new(dir);
     // The demo must work whatever the user's git configuration: no hooks, a fixed identity.
     let run = |args: &[&str]| -> anyhow::Result<()> {
