@@ -17,6 +17,7 @@ pub mod pool;
 pub mod process;
 pub mod reaper;
 pub mod signals;
+mod slot_setup;
 pub mod strays;
 pub mod watch;
 pub mod worker;

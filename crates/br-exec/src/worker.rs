@@ -520,38 +520,57 @@ impl Worker<'_> {
                 None,
             ),
             Ok(dir) => {
-                let (execution, output_bytes) = self.execute(&task, &dir, claimed_at);
-                let lease_lost = !matches!(execution, Execution::Done(_));
-                let outcome = match execution {
-                    Execution::Done(o) | Execution::LeaseLost(o) => o,
-                    Execution::Fenced { silent_for } => {
-                        (self.notify)(Note::Fenced {
-                            task: Box::new(task.clone()),
-                            silent_for,
-                        });
-                        Outcome::LeaseLost
+                match crate::slot_setup::prepare(&self.config.repo, &dir, &self.slot_name(), &task)
+                {
+                    Err(reason) => (
+                        Outcome::SpawnFailed { reason },
+                        false,
+                        AttemptReport::default(),
+                        None,
+                    ),
+                    Ok(extras) => {
+                        let (execution, output_bytes) =
+                            self.execute(&task, &dir, &extras.env, claimed_at);
+                        // What `copy` put there is the checkout's, never the task's result.
+                        crate::slot_setup::remove_copies(&dir, &extras);
+                        let lease_lost = !matches!(execution, Execution::Done(_));
+                        let outcome = match execution {
+                            Execution::Done(o) | Execution::LeaseLost(o) => o,
+                            Execution::Fenced { silent_for } => {
+                                (self.notify)(Note::Fenced {
+                                    task: Box::new(task.clone()),
+                                    silent_for,
+                                });
+                                Outcome::LeaseLost
+                            }
+                        };
+                        // A rate limit is the agent's, not the task's: it spends no retry, and parks
+                        // the task's pool.
+                        let outcome =
+                            match crate::agent::rate_limit(&task, &outcome, &task.log_path) {
+                                Some(reason) if !lease_lost => Outcome::RateLimited { reason },
+                                _ => outcome,
+                            };
+                        let (outcome, mut report, result) =
+                            self.conclude(&task, outcome, lease_lost);
+                        report.output_bytes = Some(output_bytes);
+                        let usage_file = crate::context::usage_path(&task.log_path);
+                        report.usage =
+                            match crate::agent::usage_of(&task, &usage_file, &task.log_path) {
+                                Ok(usage) => usage,
+                                Err(why) => {
+                                    (self.notify)(Note::StoreTrouble(format!(
+                                        "task {}: {why}; its usage is not counted",
+                                        task.lease.task_id
+                                    )));
+                                    None
+                                }
+                            };
+                        // Held until the attempt's result is kept: its ports, among others.
+                        drop(extras);
+                        (outcome, lease_lost, report, result)
                     }
-                };
-                // A rate limit is the agent's, not the task's: it spends no retry, and parks
-                // the task's pool.
-                let outcome = match crate::agent::rate_limit(&task, &outcome, &task.log_path) {
-                    Some(reason) if !lease_lost => Outcome::RateLimited { reason },
-                    _ => outcome,
-                };
-                let (outcome, mut report, result) = self.conclude(&task, outcome, lease_lost);
-                report.output_bytes = Some(output_bytes);
-                let usage_file = crate::context::usage_path(&task.log_path);
-                report.usage = match crate::agent::usage_of(&task, &usage_file, &task.log_path) {
-                    Ok(usage) => usage,
-                    Err(why) => {
-                        (self.notify)(Note::StoreTrouble(format!(
-                            "task {}: {why}; its usage is not counted",
-                            task.lease.task_id
-                        )));
-                        None
-                    }
-                };
-                (outcome, lease_lost, report, result)
+                }
             }
         };
         if lease_lost && outcome != Outcome::LeaseLost {
@@ -604,6 +623,18 @@ impl Worker<'_> {
             recorded: matches!(finish, Finish::Recorded(_)),
         });
         Ok(chained)
+    }
+
+    /// What owns the attempt's directory, for the things kept per directory (an agent's config):
+    /// the worktree slot, or in shared isolation this worker.
+    fn slot_name(&self) -> String {
+        self.slot
+            .as_ref()
+            .and_then(|slot| slot.path().file_name())
+            .map_or_else(
+                || format!("worker-{}", self.id),
+                |name| name.to_string_lossy().into_owned(),
+            )
     }
 
     /// The directory the attempt runs in: the repository itself, or a worktree slot reset to the
@@ -783,6 +814,7 @@ impl Worker<'_> {
         &mut self,
         task: &ClaimedTask,
         dir: &std::path::Path,
+        extra_env: &BTreeMap<String, String>,
         claimed_at: Moment,
     ) -> (Execution, u64) {
         // What it is told about why it runs: the attempt before it, when there is one.
@@ -810,7 +842,11 @@ impl Worker<'_> {
         let command = TaskCommand {
             run: task.run.clone(),
             dir: dir.to_path_buf(),
-            env: task_env(task, dir, &self.config.repo, &files),
+            env: {
+                let mut env = task_env(task, dir, &self.config.repo, &files);
+                env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+                env
+            },
             log_path: task.log_path.clone(),
             max_log_bytes: self.config.max_log_bytes,
         };

@@ -128,24 +128,25 @@ fn keys_not_carried_out_yet_are_said_at_submit() {
     let repo = TestRepo::new();
     commit_plan(
         &repo,
-        "copy = [\".env\"]\nports = 2\n[pool.p]\nsize = 1\n[[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n",
+        "setup = \"true\"\ncopy = [\".env\"]\nports = 2\n[pool.p]\nsize = 1\n[[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n",
     );
     let submitted = repo.br(&["submit"]);
     assert_eq!(submitted.code, 0, "{}", submitted.stderr);
-    assert!(
-        !submitted.stderr.contains("`pool`"),
-        "pools are carried out"
-    );
-    for key in ["`ports`", "`copy`"] {
+    for carried_out in ["`pool`", "`copy`", "`ports`"] {
         assert!(
-            submitted
-                .stderr
-                .lines()
-                .any(|l| l.starts_with("warning: ") && l.contains(key)),
-            "{key}: {}",
+            !submitted.stderr.contains(carried_out),
+            "{}",
             submitted.stderr
         );
     }
+    assert!(
+        submitted
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("`setup`")),
+        "{}",
+        submitted.stderr
+    );
 }
 
 /// A stand-in for `claude -p --output-format json`: works a little, prints its result object
@@ -272,4 +273,104 @@ prompt = "d"
     let summary = repo.br(&["summary", "--json"]);
     let summary: Value = serde_json::from_str(&summary.stdout).expect("summary JSON");
     assert_eq!(summary["usage"]["cost_usd"], 0.04);
+}
+
+/// Two agents at once: each has its own config directory (a copy of `config_from`), its own
+/// block of ports, and the checkout's untracked `.env` — which never reaches a branch. The
+/// user's own config directory is never written.
+#[test]
+fn concurrent_agents_get_their_own_config_ports_and_env_file() {
+    let repo = TestRepo::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let user_config = outside.path().join("user-config");
+    std::fs::create_dir_all(user_config.join("projects")).expect("mkdir");
+    std::fs::write(user_config.join("settings.json"), "{\"model\": \"x\"}\n").expect("write");
+    std::fs::write(user_config.join("projects/huge.jsonl"), "history\n").expect("write");
+    let seen = outside.path().join("seen");
+    std::fs::create_dir_all(&seen).expect("mkdir");
+    repo.write(
+        "agent.sh",
+        &format!(
+            r#"out={seen}/$BR_TASK_ID
+echo "$STAND_IN_HOME" > $out.config
+echo "$BR_PORT_BASE $BR_PORT_COUNT" > $out.ports
+cat .env > $out.env
+test -f "$STAND_IN_HOME/settings.json" && echo yes > $out.settings
+test -e "$STAND_IN_HOME/projects" && echo copied > $out.history
+echo "written by $BR_TASK_ID" > "$STAND_IN_HOME/state.json"
+echo $BR_TASK_ID >> {seen}/started
+n=0; while [ $(wc -l < {seen}/started) -lt 2 ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done
+echo done > $BR_TASK_ID.txt
+"#,
+            seen = seen.display()
+        ),
+    );
+    repo.write(".gitignore", ".env\n");
+    repo.git(&["add", "--all"]);
+    repo.git(&["commit", "--quiet", "-m", "agent"]);
+    // Untracked (and ignored) in the user's checkout, as secrets are.
+    repo.write(".env", "TOKEN=s3cret\n");
+    repo.write(
+        "br.toml",
+        &format!(
+            r#"name = "isolated"
+copy = [".env"]
+ports = 5
+[agent.stand-in]
+run = "sh agent.sh"
+config_env = "STAND_IN_HOME"
+config_from = "{config}"
+[[task]]
+id = "a"
+agent = "stand-in"
+[[task]]
+id = "b"
+agent = "stand-in"
+"#,
+            config = user_config.display()
+        ),
+    );
+    let run = repo.br(&["run", "--workers", "2", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    let read = |f: &str| std::fs::read_to_string(seen.join(f)).unwrap_or_default();
+    let (config_a, config_b) = (read("a.config"), read("b.config"));
+    assert!(!config_a.trim().is_empty());
+    assert_ne!(config_a, config_b, "each agent its own config directory");
+    assert!(!config_a.starts_with(&*user_config.to_string_lossy()));
+    assert_eq!(
+        (read("a.settings"), read("b.settings")),
+        ("yes\n".into(), "yes\n".into())
+    );
+    assert_eq!(read("a.history"), "", "the agent's history is not copied");
+    assert!(
+        !user_config.join("state.json").exists(),
+        "the user's own config is never written"
+    );
+    let ports = |f: &str| -> u32 {
+        read(f)
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port base")
+    };
+    let (pa, pb) = (ports("a.ports"), ports("b.ports"));
+    assert!(
+        pa.abs_diff(pb) >= 5,
+        "overlapping port blocks: {pa} and {pb}"
+    );
+    assert!(read("a.ports").ends_with(" 5\n"));
+    assert_eq!(read("a.env"), "TOKEN=s3cret\n");
+    assert_eq!(read("b.env"), "TOKEN=s3cret\n");
+    let status = repo.status(&repo.session_id());
+    assert_eq!(status["landed_tasks"], 2, "{status:#}");
+    for task in ["a", "b"] {
+        let branch = format!("br/{}/{task}", status["slug"].as_str().expect("slug"));
+        let files = repo.git(&["ls-tree", "-r", "--name-only", &branch]);
+        assert!(files.lines().any(|f| f == format!("{task}.txt")), "{files}");
+        assert!(
+            !files.lines().any(|f| f == ".env"),
+            "the copy never lands: {files}"
+        );
+    }
 }

@@ -154,22 +154,8 @@ fn not_carried_out_yet(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     let mut said =
         |key: &str, what: &str| out.push(format!("`{key}` is not carried out yet: {what}"));
-    if !plan.copy.is_empty() {
-        said("copy", "nothing is copied into the worktrees");
-    }
     if plan.setup.is_some() {
         said("setup", "it does not run");
-    }
-    if plan.ports > 0 {
-        said("ports", "no BR_PORT_BASE is given");
-    }
-    let agents: Vec<&br_core::agent::AgentProfile> =
-        plan.tasks.iter().filter_map(|t| t.agent.as_ref()).collect();
-    if agents.iter().any(|a| a.config_env.is_some()) {
-        said(
-            "config_env",
-            "agents share their usual config directory; run one agent per config at a time",
-        );
     }
     out
 }
