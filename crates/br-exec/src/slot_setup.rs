@@ -43,6 +43,47 @@ pub(crate) struct SlotExtras {
     pub(crate) copied: Vec<PathBuf>,
     /// Held while the attempt runs: the OS lock on its port block.
     _ports: Option<File>,
+    /// When the slot's `setup` runs first: the lines that run it before the task's command,
+    /// and what marks it done.
+    pub(crate) setup: Option<Setup>,
+}
+
+/// A `setup` that runs before this attempt's command, in the same process group and under the
+/// same lease, timeout and output limit: its own shell, so its text needs no quoting.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    /// Prepended to the task's command.
+    pub(crate) prelude: String,
+    /// Made by the prelude once `setup` exited 0.
+    mark: PathBuf,
+    /// What it was run for: the command and its inputs' content.
+    key: String,
+    record: PathBuf,
+    command: String,
+}
+
+impl SlotExtras {
+    /// After the attempt: a setup that ran to success is recorded for the slot; one that did
+    /// not is said instead of the task's own outcome (the task never ran).
+    pub(crate) fn setup_outcome(&self, outcome: br_core::Outcome) -> br_core::Outcome {
+        let Some(setup) = &self.setup else {
+            return outcome;
+        };
+        if setup.mark.exists() {
+            let _ = std::fs::remove_file(&setup.mark);
+            if let Some(dir) = setup.record.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(&setup.record, &setup.key);
+            return outcome;
+        }
+        match outcome {
+            br_core::Outcome::Failed { exit_code } => br_core::Outcome::SpawnFailed {
+                reason: format!("setup `{}` failed (exit {exit_code})", setup.command),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Prepares `dir` (an attempt's worktree, or the repository itself in shared isolation) for
@@ -66,6 +107,14 @@ pub(crate) fn prepare(
             .env
             .insert("BR_PORT_COUNT".into(), task.slot_setup.ports.to_string());
     }
+    if let Some(command) = &task.slot_setup.setup {
+        extras.setup = setup_for(repo, dir, slot, task, command);
+        if extras.setup.is_some() {
+            extras
+                .env
+                .insert("BR_SETUP_COMMAND".into(), command.clone());
+        }
+    }
     if let Some(agent) = &task.agent
         && let Some(var) = &agent.config_env
     {
@@ -75,6 +124,44 @@ pub(crate) fn prepare(
             .insert(var.clone(), config.to_string_lossy().into_owned());
     }
     Ok(extras)
+}
+
+/// Whether `setup` must run in this slot before the attempt: always when nothing survives
+/// between attempts (no `keep`: a slot's ignored files are removed), else when it never ran
+/// to success here for this command and these `setup_inputs` contents.
+fn setup_for(
+    repo: &Repo,
+    dir: &Path,
+    slot: &str,
+    task: &ClaimedTask,
+    command: &str,
+) -> Option<Setup> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    command.hash(&mut hasher);
+    for input in &task.slot_setup.setup_inputs {
+        input.hash(&mut hasher);
+        std::fs::read(dir.join(input)).ok().hash(&mut hasher);
+    }
+    let key = format!("{:016x}", hasher.finish());
+    let record = repo.br_dir().join("setup").join(format!("{slot}.done"));
+    let done = std::fs::read_to_string(&record).is_ok_and(|k| k == key);
+    if done && !task.keep.is_empty() {
+        return None;
+    }
+    let mark = task.log_path.with_extension("setup-done");
+    let _ = std::fs::remove_file(&mark);
+    let prelude = format!(
+        "sh -c \"$BR_SETUP_COMMAND\" || exit $?\n: > '{}'\n",
+        mark.to_string_lossy().replace('\'', "'\\''")
+    );
+    Some(Setup {
+        prelude,
+        mark,
+        key,
+        record,
+        command: command.to_string(),
+    })
 }
 
 /// Removes what `copy` put in `dir`, so that the attempt's result never holds it.

@@ -530,7 +530,7 @@ impl Worker<'_> {
                     ),
                     Ok(extras) => {
                         let (execution, output_bytes) =
-                            self.execute(&task, &dir, &extras.env, claimed_at);
+                            self.execute(&task, &dir, &extras, claimed_at);
                         // What `copy` put there is the checkout's, never the task's result.
                         crate::slot_setup::remove_copies(&dir, &extras);
                         let lease_lost = !matches!(execution, Execution::Done(_));
@@ -551,6 +551,7 @@ impl Worker<'_> {
                                 Some(reason) if !lease_lost => Outcome::RateLimited { reason },
                                 _ => outcome,
                             };
+                        let outcome = extras.setup_outcome(outcome);
                         let (outcome, mut report, result) =
                             self.conclude(&task, outcome, lease_lost);
                         report.output_bytes = Some(output_bytes);
@@ -814,7 +815,7 @@ impl Worker<'_> {
         &mut self,
         task: &ClaimedTask,
         dir: &std::path::Path,
-        extra_env: &BTreeMap<String, String>,
+        extras: &crate::slot_setup::SlotExtras,
         claimed_at: Moment,
     ) -> (Execution, u64) {
         // What it is told about why it runs: the attempt before it, when there is one.
@@ -840,11 +841,15 @@ impl Worker<'_> {
             }
         };
         let command = TaskCommand {
-            run: task.run.clone(),
+            // A slot's `setup` runs first, in the same shell, lease and process group.
+            run: match &extras.setup {
+                Some(setup) => format!("{}{}", setup.prelude, task.run),
+                None => task.run.clone(),
+            },
             dir: dir.to_path_buf(),
             env: {
                 let mut env = task_env(task, dir, &self.config.repo, &files);
-                env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+                env.extend(extras.env.iter().map(|(k, v)| (k.clone(), v.clone())));
                 env
             },
             log_path: task.log_path.clone(),

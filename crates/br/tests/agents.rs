@@ -123,29 +123,71 @@ fn a_plan_that_gets_an_agent_wrong_is_refused_before_anything_is_recorded() {
     assert!(!repo.store_path().exists(), "nothing recorded");
 }
 
+/// `setup` runs once per slot before its first attempt and again when its inputs change, with
+/// its output kept (`keep`); a setup that fails says so instead of the task's outcome.
 #[test]
-fn keys_not_carried_out_yet_are_said_at_submit() {
+fn setup_runs_once_per_slot_and_again_when_its_inputs_change() {
     let repo = TestRepo::new();
+    let outside = tempfile::tempdir().expect("temp dir");
+    let log = outside.path().join("setup.log");
+    repo.write(".gitignore", "deps/\n");
+    repo.write("deps.lock", "v1\n");
     commit_plan(
         &repo,
-        "setup = \"true\"\ncopy = [\".env\"]\nports = 2\n[pool.p]\nsize = 1\n[[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n",
+        &format!(
+            r#"name = "setup"
+keep = ["deps/"]
+setup = "echo ran >> {log} && mkdir -p deps && cp deps.lock deps/installed"
+setup_inputs = ["deps.lock"]
+[[task]]
+id = "a"
+run = "cat deps/installed > a.txt"
+[[task]]
+id = "b"
+after = ["a"]
+run = "cat deps/installed > b.txt && echo v2 > deps.lock"
+[[task]]
+id = "c"
+after = ["b"]
+run = "cat deps/installed > c.txt"
+"#,
+            log = log.display()
+        ),
     );
-    let submitted = repo.br(&["submit"]);
-    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
-    for carried_out in ["`pool`", "`copy`", "`ports`"] {
-        assert!(
-            !submitted.stderr.contains(carried_out),
-            "{}",
-            submitted.stderr
-        );
-    }
-    assert!(
-        submitted
-            .stderr
+    let run = repo.br(&["run", "--workers", "1", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let status = repo.status(&repo.session_id());
+    let branch = format!("br/{}/integration", status["slug"].as_str().expect("slug"));
+    let show = |f: &str| repo.git(&["show", &format!("{branch}:{f}")]);
+    assert_eq!(
+        (show("a.txt"), show("b.txt"), show("c.txt")),
+        ("v1".into(), "v1".into(), "v2".into())
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .expect("setup log")
             .lines()
-            .any(|l| l.starts_with("warning: ") && l.contains("`setup`")),
+            .count(),
+        2,
+        "once for the slot, once more when deps.lock changed"
+    );
+
+    let failing = TestRepo::new();
+    commit_plan(
+        &failing,
+        "setup = \"echo broken >&2; exit 3\"\n[[task]]\nid = \"a\"\nrun = \"echo never > a.txt\"\n",
+    );
+    let run = failing.br(&["run", "--workers", "1", "--no-dashboard"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let status = failing.status(&failing.session_id());
+    assert_eq!(status["tasks"][0]["outcome"], "spawn_failed", "{status:#}");
+    let events = failing.br(&["events"]);
+    assert!(
+        events
+            .stdout
+            .contains("setup `echo broken >&2; exit 3` failed (exit 3)"),
         "{}",
-        submitted.stderr
+        events.stdout
     );
 }
 

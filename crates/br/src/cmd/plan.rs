@@ -133,9 +133,6 @@ pub(super) fn submit_plan(
     if plan.isolation == Isolation::Worktree && plan.base == "HEAD" {
         warn_about_uncommitted_changes(repo, base_commit.as_deref());
     }
-    for what in not_carried_out_yet(&plan) {
-        eprintln!("warning: {what} (docs/agents.md)");
-    }
     Ok(store.create_session(&NewSession {
         plan,
         repo_root: repo.root.clone(),
@@ -148,18 +145,6 @@ pub(super) fn submit_plan(
 
 /// Worktrees start from a commit: changes not yet committed in the user's checkout do not reach
 /// the tasks. That surprises people, so say it (on stderr; it is not an error).
-/// The plan keys br reads and checks but does not carry out yet (issue 10 lands them step by
-/// step): said at submit, so nobody relies on one that does nothing.
-fn not_carried_out_yet(plan: &Plan) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut said =
-        |key: &str, what: &str| out.push(format!("`{key}` is not carried out yet: {what}"));
-    if plan.setup.is_some() {
-        said("setup", "it does not run");
-    }
-    out
-}
-
 fn warn_about_uncommitted_changes(repo: &br_git::Repo, base: Option<&str>) {
     let dirty = repo
         .git()
