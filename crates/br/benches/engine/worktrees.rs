@@ -121,6 +121,7 @@ pub(crate) fn bench_worktrees(
             task_id: "bench",
             attempt: i,
             base_commit: &base,
+            keep: &[],
         };
         let dir = slot.checkout(&attempt)?;
         task(&dir, i)?;
