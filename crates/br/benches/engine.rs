@@ -5,7 +5,8 @@
 //! 2. 16 × `sleep 0.5` on 4 workers: the makespan against the ideal 2.0 s.
 //! 3. Claim latency straight on the store: a 10-task session against a 10,000-task one, at
 //!    its start and at its end.
-//! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots against
+//! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots, from a
+//!    fixed base and from a moving tip, the short way against the thorough one, and against
 //!    plain `git worktree add` + `git worktree remove` per attempt.
 //!
 //! 5. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
@@ -147,7 +148,7 @@ fn worktrees() {
     let dir = tempfile::tempdir().expect("temp dir");
     let repo =
         build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");
-    let timings = bench_worktrees(&repo, 12).expect("time worktrees");
+    let timings = bench_worktrees(&repo, 12, 6).expect("time worktrees");
     println!("\nfresh trees for attempts (5,000-file repository)\n{timings}");
 }
 
