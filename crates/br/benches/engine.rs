@@ -8,12 +8,14 @@
 //! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots, from a
 //!    fixed base and from a moving tip, the short way against the thorough one, and against
 //!    plain `git worktree add` + `git worktree remove` per attempt.
+//! 5. A fleet: 12 tasks in worktrees on 4 workers, half of them appending to shared files,
+//!    with `start = "tip"` and `start = "base"`: wall time, and how many landed without a repair.
 //!
-//! 5. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
+//! 6. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
 //!    (a fresh schema, dropped afterwards).
 //!
 //! `cargo bench -p br --bench engine -- NAME` runs only the sections whose name contains NAME
-//! (throughput, makespan, claim, worktrees, postgres).
+//! (throughput, makespan, claim, worktrees, fleet, postgres).
 
 use std::io::Write;
 use std::path::Path;
@@ -25,6 +27,8 @@ use br_core::{Plan, SessionStatus};
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
 
+#[path = "engine/fleet.rs"]
+mod fleet;
 #[path = "engine/worktrees.rs"]
 mod worktrees;
 
@@ -48,6 +52,9 @@ fn main() {
     }
     if want("worktrees") {
         worktrees();
+    }
+    if want("fleet") {
+        fleet::fleet();
     }
     if want("postgres") {
         postgres_throughput();
