@@ -18,6 +18,8 @@ use serde_json::Value;
 
 const BR: &str = env!("CARGO_BIN_EXE_br");
 const WORKERS: u32 = 4;
+/// How long each task works before it writes: long enough that a rerun shows in the makespan.
+const TASK_SECONDS: &str = "0.5";
 
 /// Whether the appenders lock the file they append to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,8 @@ enum Locks {
 #[derive(Debug)]
 struct FleetRun {
     wall: Duration,
+    /// From the session's start to its end, as the store recorded them.
+    makespan: Duration,
     landed: usize,
     landed_without_repair: usize,
     repairs: u64,
@@ -40,8 +44,8 @@ struct FleetRun {
 
 pub(crate) fn fleet() {
     println!(
-        "\nfleet: 12 tasks in worktrees, {WORKERS} workers; 6 append a line to one of two shared \
-         files (3 each, sleep 0.2 s first), 6 write their own file (sleep 0.5 s)"
+        "\nfleet: 12 tasks in worktrees, {WORKERS} workers, each sleeping {TASK_SECONDS} s first; 6 \
+         append a line to one of two shared files (3 each), 6 write a file of their own"
     );
     for locks in [Locks::Shared, Locks::None] {
         let how = match locks {
@@ -52,9 +56,10 @@ pub(crate) fn fleet() {
         for start in ["tip", "base"] {
             let run = run_fleet(start, locks);
             println!(
-                "    start = {start:<6} {:>6.2} s wall; landed {}/12, {} without a repair; \
-                 {} repairs, {} attempts; shared files complete: {}",
+                "    start = {start:<6} {:>5.2} s wall, makespan {:>5.2} s; landed {}/12, {} without \
+                 a repair; {} repairs, {} attempts; shared files complete: {}",
                 run.wall.as_secs_f64(),
+                run.makespan.as_secs_f64(),
                 run.landed,
                 run.landed_without_repair,
                 run.repairs,
@@ -105,11 +110,11 @@ fn run_fleet(start: &str, locks: Locks) -> FleetRun {
             "shared/b.txt"
         };
         plan.push_str(&format!(
-            "[[task]]\nid = \"s{i}\"\nrun = \"sleep 0.2; echo s{i} >> {file}\"\n{}",
+            "[[task]]\nid = \"s{i}\"\nrun = \"sleep {TASK_SECONDS}; echo s{i} >> {file}\"\n{}",
             lock(file)
         ));
         plan.push_str(&format!(
-            "[[task]]\nid = \"i{i}\"\nrun = \"sleep 0.5; echo i{i} > own/i{i}.txt\"\n\
+            "[[task]]\nid = \"i{i}\"\nrun = \"sleep {TASK_SECONDS}; echo i{i} > own/i{i}.txt\"\n\
              files = [\"own/i{i}.txt\"]\n"
         ));
     }
@@ -138,8 +143,18 @@ fn run_fleet(start: &str, locks: Locks) -> FleetRun {
         let text = git(root, &["show", &format!("{integration}:shared/{name}.txt")]);
         text.lines().count() == 4
     });
+    let at = |key: &str| {
+        status[key]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+    };
+    let makespan = match (at("started_at"), at("completed_at")) {
+        (Some(start), Some(end)) => end.duration_since(start).unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
     FleetRun {
         wall,
+        makespan,
         landed: landed.len(),
         landed_without_repair: landed.iter().filter(|t| t["repairs"] == 0).count(),
         repairs: count("repairs"),
