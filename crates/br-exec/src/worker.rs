@@ -1034,6 +1034,8 @@ impl Worker<'_> {
             task_id: item.task_id.as_str(),
             attempt: 0,
             base_commit: candidate,
+            // The verify command builds what the task built: the same caches serve it.
+            keep: &job.keep,
         };
         let dir = slot
             .checkout(&spec)
@@ -1233,6 +1235,7 @@ fn spec<'a>(task: &'a ClaimedTask, base: &'a str) -> AttemptSpec<'a> {
         task_id: task.lease.task_id.as_str(),
         attempt: task.lease.attempt.0,
         base_commit: base,
+        keep: &task.keep,
     }
 }
 

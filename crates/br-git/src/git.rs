@@ -136,18 +136,20 @@ impl Git {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.command(args).output().map_err(|e| {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                GitError::Spawn(e)
-            } else if self.dir.is_dir() {
-                GitError::NotInstalled(e)
-            } else {
-                // The command runs in `dir`, so a missing directory also shows as NotFound.
-                GitError::NoDirectory {
-                    dir: self.dir.clone(),
-                }
+        self.command(args).output().map_err(|e| self.spawn_error(e))
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> GitError {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            GitError::Spawn(e)
+        } else if self.dir.is_dir() {
+            GitError::NotInstalled(e)
+        } else {
+            // The command runs in `dir`, so a missing directory also shows as NotFound.
+            GitError::NoDirectory {
+                dir: self.dir.clone(),
             }
-        })
+        }
     }
 
     /// Runs git, requires success, and returns stdout without the trailing newline.
@@ -176,6 +178,42 @@ impl Git {
             .map(|a| a.as_ref().to_os_string())
             .collect();
         let out = self.output(&args)?;
+        if !out.status.success() {
+            return Err(failure(&args, &out));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs git with `input` on its stdin (e.g. paths for `--pathspec-from-file=-`, which no
+    /// argv limit caps), requires success, and returns stdout as it is.
+    pub fn run_with_input<I, S>(&self, args: I, input: &[u8]) -> Result<Vec<u8>, GitError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        let mut cmd = self.command(&args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| self.spawn_error(e))?;
+        let stdin = child.stdin.take();
+        // Written from another thread: git may fill its stdout pipe before it has read all of
+        // its input, and the two would wait for each other.
+        let out = std::thread::scope(|scope| {
+            if let Some(mut pipe) = stdin {
+                scope.spawn(move || {
+                    use std::io::Write;
+                    // A git that exits early closes the pipe; its exit status says why.
+                    let _ = pipe.write_all(input);
+                });
+            }
+            child.wait_with_output()
+        })
+        .map_err(GitError::Spawn)?;
         if !out.status.success() {
             return Err(failure(&args, &out));
         }

@@ -20,8 +20,8 @@ use br_git::Repo;
 use br_git::conflicts::predict_conflicts;
 use br_git::git::set_process_env;
 use br_git::worktree::{
-    AttemptSpec, Keep, Reconcile, ReconcileMode, SavedLeftovers, WorktreeError, WorktreeSlot,
-    reconcile, scope_violations,
+    AttemptSpec, Keep, Reconcile, ReconcileMode, ResetPolicy, ResetWay, SavedLeftovers,
+    WorktreeError, WorktreeSlot, reconcile, scope_violations,
 };
 use tempfile::TempDir;
 
@@ -118,6 +118,7 @@ impl TestRepo {
             task_id: task,
             attempt,
             base_commit: &self.base,
+            keep: &[],
         }
     }
 
@@ -1067,6 +1068,227 @@ fn an_abandoned_rebase_or_cherry_pick_does_not_follow_into_the_next_attempt() {
             let path = t.git_at(&dir, &["rev-parse", "--git-path", state]);
             assert!(!dir.join(&path).exists(), "{state} left behind");
         }
+        slot.discard().unwrap();
+    }
+}
+
+/// Every tracked path of `commit` is on disk as the commit has it — bytes, executable bit,
+/// symbolic link target — and nothing else is, but the paths in `kept`.
+fn assert_tree_is(t: &TestRepo, slot: &Path, commit: &str, kept: &[&str]) {
+    assert_eq!(t.git_at(slot, &["rev-parse", "HEAD"]), commit);
+    assert!(
+        !t.git_succeeds(slot, &["symbolic-ref", "-q", "HEAD"]),
+        "HEAD is detached"
+    );
+    assert_eq!(
+        t.git_at(slot, &["write-tree"]),
+        t.git(&["rev-parse", &format!("{commit}^{{tree}}")]),
+        "the index is the commit's tree"
+    );
+    assert_eq!(
+        t.git_at(slot, &["status", "--porcelain", "-uall"]),
+        "",
+        "nothing modified or untracked"
+    );
+    let listing = t.git(&["ls-tree", "-r", "-z", commit]);
+    let mut tracked = Vec::new();
+    for entry in listing.split('\0').filter(|e| !e.is_empty()) {
+        let (meta, path) = entry.split_once('\t').unwrap();
+        let fields: Vec<&str> = meta.split(' ').collect();
+        let (mode, oid) = (fields[0], fields[2]);
+        let out = git_command(t.tmp.path(), &t.root, &["cat-file", "blob", oid])
+            .output()
+            .unwrap();
+        let on_disk = slot.join(path);
+        let meta = std::fs::symlink_metadata(&on_disk)
+            .unwrap_or_else(|e| panic!("{path} is missing: {e}"));
+        match mode {
+            "120000" => {
+                assert!(meta.file_type().is_symlink(), "{path} is a symbolic link");
+                let target = std::fs::read_link(&on_disk).unwrap();
+                assert_eq!(target.as_os_str().as_encoded_bytes(), out.stdout, "{path}");
+            }
+            "100644" | "100755" => {
+                assert!(meta.file_type().is_file(), "{path} is a file");
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                assert_eq!(executable, mode == "100755", "{path}'s executable bit");
+                assert_eq!(std::fs::read(&on_disk).unwrap(), out.stdout, "{path}");
+            }
+            other => panic!("unexpected mode {other} for {path}"),
+        }
+        tracked.push(PathBuf::from(path));
+    }
+    tracked.extend(kept.iter().map(PathBuf::from));
+    tracked.sort();
+    let on_disk: Vec<PathBuf> = files_under(slot).into_keys().collect();
+    assert_eq!(on_disk, tracked, "the files in the slot");
+}
+
+/// A second commit on top of the base that differs from it in every way a tree can: a rename,
+/// a deletion, a new file in a new directory, an executable bit, a symbolic link that becomes
+/// a file, a file that becomes a directory and a directory that becomes a file, names with
+/// glob characters and a newline.
+fn every_kind_of_change(t: &TestRepo) -> String {
+    let work = t.tmp.path().join("every-kind");
+    t.git(&[
+        "worktree",
+        "add",
+        "-q",
+        "--detach",
+        work.to_str().unwrap(),
+        &t.base,
+    ]);
+    // Things the base lacks, so that the second commit can change them.
+    write(&work, "link", "");
+    std::fs::remove_file(work.join("link")).unwrap();
+    std::os::unix::fs::symlink("a.txt", work.join("link")).unwrap();
+    write(&work, "to-dir", "a file first\n");
+    write(&work, "to-file/inner.txt", "a directory first\n");
+    write(&work, "stars*[x].txt", "glob characters\n");
+    write(&work, "starsX.txt", "matched by the glob, not named\n");
+    write(&work, "new\nline.txt", "a newline in the name\n");
+    t.git_at(&work, &["add", "-A"]);
+    t.git_at(&work, &["commit", "-q", "-m", "first"]);
+    let first = t.git_at(&work, &["rev-parse", "HEAD"]);
+
+    t.git_at(&work, &["mv", "old-name.txt", "new-name.txt"]);
+    t.git_at(
+        &work,
+        &["rm", "-q", "gone.txt", "to-dir", "to-file/inner.txt"],
+    );
+    write(&work, "to-dir/inside.txt", "now a directory\n");
+    write(&work, "to-file", "now a file\n");
+    write(&work, "fresh/dir/new.txt", "new\n");
+    std::fs::set_permissions(work.join("f.txt"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::remove_file(work.join("link")).unwrap();
+    write(&work, "link", "no longer a link\n");
+    write(&work, "stars*[x].txt", "glob characters, changed\n");
+    write(&work, "new\nline.txt", "changed\n");
+    t.git_at(&work, &["add", "-A"]);
+    t.git_at(&work, &["commit", "-q", "-m", "second"]);
+    let second = t.git_at(&work, &["rev-parse", "HEAD"]);
+    t.git(&["worktree", "remove", "--force", work.to_str().unwrap()]);
+    format!("{first} {second}")
+}
+
+#[test]
+fn a_slot_moves_between_commits_that_differ_in_every_way_to_exactly_each_tree() {
+    let t = TestRepo::new();
+    let commits = every_kind_of_change(&t);
+    let (first, second) = commits.split_once(' ').unwrap();
+    for policy in [ResetPolicy::Quick, ResetPolicy::Thorough] {
+        let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+        slot.set_reset_policy(policy);
+        let mut attempt = 0;
+        // Back and forth, after a result that was committed and after one that was thrown
+        // away with the task's edits still in the tree (one of them in the way of a path the
+        // next commit adds).
+        for (i, commit) in [first, second, first, second, first]
+            .into_iter()
+            .enumerate()
+        {
+            attempt += 1;
+            let spec = AttemptSpec {
+                base_commit: commit,
+                ..t.attempt("api", attempt)
+            };
+            let dir = slot.checkout(&spec).unwrap();
+            assert_tree_is(&t, &dir, commit, &[]);
+            if policy == ResetPolicy::Quick && i > 0 {
+                assert_eq!(slot.last_reset(), Some(&ResetWay::Moved), "{policy:?} {i}");
+            }
+            write(&dir, "a.txt", "edited by the task\n");
+            write(&dir, "fresh/dir/new.txt", "in the way\n");
+            write(&dir, "untracked/file.txt", "untracked\n");
+            if i % 2 == 0 {
+                slot.finish(&spec, Keep::AttemptRef).unwrap();
+            } else {
+                slot.discard().unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn changes_hidden_from_git_status_are_undone_too() {
+    let t = TestRepo::new();
+    for (flag, file) in [
+        ("--assume-unchanged", "a.txt"),
+        ("--skip-worktree", "f.txt"),
+    ] {
+        for policy in [ResetPolicy::Quick, ResetPolicy::Thorough] {
+            let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+            slot.set_reset_policy(policy);
+            let dir = slot.checkout(&t.attempt("api", 1)).unwrap();
+            // The task hides an edit from `git status` and `git add`.
+            t.git_at(&dir, &["update-index", flag, file]);
+            write(&dir, file, "hidden edit\n");
+            slot.finish(&t.attempt("api", 1), Keep::AttemptRef).unwrap();
+            let dir = slot.checkout(&t.attempt("api", 2)).unwrap();
+            assert_pristine(&t, &dir, &t.base);
+            assert_eq!(
+                t.git_at(&dir, &["ls-files", "-v", file]),
+                format!("H {file}"),
+                "{flag} is gone ({policy:?})"
+            );
+            slot.discard().unwrap();
+        }
+    }
+}
+
+#[test]
+fn keep_preserves_ignored_caches_and_removes_every_other_untracked_file() {
+    let t = TestRepo::new();
+    // `target/` and `*.log` are ignored (see TestRepo::new); `cache/` is not.
+    let keep = ["target/".to_string(), "cache/".to_string()];
+    for policy in [ResetPolicy::Quick, ResetPolicy::Thorough] {
+        let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+        slot.set_reset_policy(policy);
+        let first = AttemptSpec {
+            keep: &keep,
+            ..t.attempt("api", 1)
+        };
+        let dir = slot.checkout(&first).unwrap();
+        write(&dir, "target/debug/app", "built once\n");
+        write(&dir, "dir/target/nested.o", "built once, deeper\n");
+        write(&dir, "build.log", "ignored, not kept\n");
+        write(&dir, "notes.txt", "untracked\n");
+        write(
+            &dir,
+            "cache/not-ignored.txt",
+            "kept by name, but not ignored\n",
+        );
+        write(&dir, "a.txt", "edited\n");
+        slot.discard().unwrap();
+
+        let second = AttemptSpec {
+            keep: &keep,
+            ..t.attempt("api", 2)
+        };
+        let dir = slot.checkout(&second).unwrap();
+        assert_tree_is(
+            &t,
+            &dir,
+            &t.base,
+            &["target/debug/app", "dir/target/nested.o"],
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("target/debug/app")).unwrap(),
+            "built once\n"
+        );
+        assert_eq!(
+            t.git_at(
+                &dir,
+                &["status", "--porcelain", "--ignored=matching", "-uall"]
+            ),
+            "!! dir/target/\n!! target/",
+            "{policy:?}"
+        );
+        slot.finish(&second, Keep::AttemptRef).unwrap();
+
+        // An attempt whose plan keeps nothing gets nothing.
+        let dir = slot.checkout(&t.attempt("api", 3)).unwrap();
+        assert_pristine(&t, &dir, &t.base);
         slot.discard().unwrap();
     }
 }

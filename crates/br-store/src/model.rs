@@ -325,6 +325,8 @@ pub struct LandingJob {
     /// The integration tip as recorded by the last landing.
     pub integration_commit: Option<String>,
     pub verify: Option<String>,
+    /// Ignored paths the worktree slot that verifies keeps between uses (the session's `keep`).
+    pub keep: Vec<String>,
     pub heartbeat_timeout: Duration,
     pub worker_id: WorkerId,
 }

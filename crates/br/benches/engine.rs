@@ -5,14 +5,17 @@
 //! 2. 16 × `sleep 0.5` on 4 workers: the makespan against the ideal 2.0 s.
 //! 3. Claim latency straight on the store: a 10-task session against a 10,000-task one, at
 //!    its start and at its end.
-//! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots against
+//! 4. Fresh trees for attempts on a 5,000-file repository: br's reused worktree slots, from a
+//!    fixed base and from a moving tip, the short way against the thorough one, and against
 //!    plain `git worktree add` + `git worktree remove` per attempt.
+//! 5. A fleet: 12 tasks in worktrees on 4 workers, half of them appending to shared files,
+//!    with `start = "tip"` and `start = "base"`: wall time, and how many landed without a repair.
 //!
-//! 5. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
+//! 6. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
 //!    (a fresh schema, dropped afterwards).
 //!
 //! `cargo bench -p br --bench engine -- NAME` runs only the sections whose name contains NAME
-//! (throughput, makespan, claim, worktrees, postgres).
+//! (throughput, makespan, claim, worktrees, fleet, postgres).
 
 use std::io::Write;
 use std::path::Path;
@@ -24,6 +27,8 @@ use br_core::{Plan, SessionStatus};
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
 
+#[path = "engine/fleet.rs"]
+mod fleet;
 #[path = "engine/worktrees.rs"]
 mod worktrees;
 
@@ -47,6 +52,9 @@ fn main() {
     }
     if want("worktrees") {
         worktrees();
+    }
+    if want("fleet") {
+        fleet::fleet();
     }
     if want("postgres") {
         postgres_throughput();
@@ -147,7 +155,7 @@ fn worktrees() {
     let dir = tempfile::tempdir().expect("temp dir");
     let repo =
         build_repository(&dir.path().join("repo"), 5000).expect("build a 5,000-file repository");
-    let timings = bench_worktrees(&repo, 12).expect("time worktrees");
+    let timings = bench_worktrees(&repo, 12, 6).expect("time worktrees");
     println!("\nfresh trees for attempts (5,000-file repository)\n{timings}");
 }
 

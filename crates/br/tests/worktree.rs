@@ -358,3 +358,43 @@ fn uncommitted_changes_do_not_reach_the_tasks_and_br_says_so() {
         "the checkout keeps its edit"
     );
 }
+
+#[test]
+fn keep_hands_a_tasks_ignored_build_output_to_the_next_attempt_in_its_slot() {
+    let repo = TestRepo::new();
+    repo.write(".gitignore", "target/\n*.log\n");
+    repo.git(&["add", ".gitignore"]);
+    repo.git(&["commit", "--quiet", "-m", "ignore build output"]);
+    // One worker, so both tasks run in the same slot, one after the other. The first leaves a
+    // cache in the ignored `target/` and an ignored log; the second needs the cache and must
+    // not see the log.
+    let plan = |name: &str, keep: &str| {
+        format!(
+            "name = \"{name}\"\n{keep}\n\
+             [[task]]\nid = \"build\"\n\
+             run = \"mkdir -p target && echo cached > target/cache.txt && echo noise > build.log \
+             && echo built > built.txt\"\nfiles = [\"built.txt\"]\n\
+             [[task]]\nid = \"reuse\"\nafter = [\"build\"]\n\
+             run = \"test -f target/cache.txt && test ! -e build.log && echo reused > reused.txt\"\n\
+             files = [\"reused.txt\"]\n"
+        )
+    };
+    repo.write("br.toml", &plan("kept", "keep = [\"target/\"]"));
+    let run = repo.br(&["run", "--workers", "1"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let status = repo.status("kept");
+    assert_eq!(task(&status, "reuse")["state"], "succeeded");
+    let slug = status["slug"].as_str().expect("slug");
+    assert_eq!(
+        repo.git(&["show", &format!("br/{slug}/integration:reused.txt")]),
+        "reused"
+    );
+
+    // Without `keep`, the slot is cleaned of it like of anything else.
+    repo.write("br.toml", &plan("not-kept", ""));
+    let run = repo.br(&["run", "--workers", "1"]);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let status = repo.status("not-kept");
+    assert_eq!(task(&status, "build")["state"], "succeeded");
+    assert_eq!(task(&status, "reuse")["state"], "failed");
+}

@@ -1597,7 +1597,10 @@ fn keep_patterns(keep: &Strings, problems: &mut Problems) -> Option<Vec<String>>
     }
     for k in &keep.0 {
         let text = k.get_ref().trim();
-        let escapes = text.split('/').any(|c| c == "..");
+        let shown = || text.chars().take(60).collect::<String>();
+        // `.` and `..` components: gitignore patterns are not normalised, so `./target/` would
+        // match nothing and `../x` would name something outside the repository.
+        let escapes = text.split('/').any(|c| c == ".." || c == ".");
         if text.is_empty()
             || escapes
             || text.starts_with('/')
@@ -1610,7 +1613,21 @@ fn keep_patterns(keep: &Strings, problems: &mut Problems) -> Option<Vec<String>>
                 format!(
                     "`keep`: `{}` is not a path inside the repository (write an ignored \
                      directory such as `target/`)",
-                    text.chars().take(60).collect::<String>()
+                    shown()
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        // git never cleans its own directory, so keeping it means nothing; a pattern that names
+        // it is a mistake worth saying (any case: some file systems ignore it).
+        if text.split('/').any(|c| c.eq_ignore_ascii_case(".git")) {
+            problems.at(
+                &k.span(),
+                format!(
+                    "`keep`: `{}` names git's own `.git`, which a worktree never cleans (write \
+                     an ignored directory such as `target/`)",
+                    shown()
                 ),
             );
             ok = false;
@@ -2058,6 +2075,27 @@ mod tests {
                 "[[task]]\nid = \"a\"\nrun = \"true\"\nenv = [\"A=1\"]\n",
                 "plans/br.toml:4:7: invalid type: array, expected a table of strings, such as \
                  { RUST_LOG = \"info\" }",
+            ),
+            // `keep` patterns stay inside the repository and out of `.git`.
+            (
+                "keep = [\"target/\", \"../cache/\"]\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+                "plans/br.toml:1:20: `keep`: `../cache/` is not a path inside the repository \
+                 (write an ignored directory such as `target/`)",
+            ),
+            (
+                "keep = [\"/tmp/cache\"]\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+                "plans/br.toml:1:9: `keep`: `/tmp/cache` is not a path inside the repository \
+                 (write an ignored directory such as `target/`)",
+            ),
+            (
+                "keep = [\"./target/\"]\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+                "plans/br.toml:1:9: `keep`: `./target/` is not a path inside the repository \
+                 (write an ignored directory such as `target/`)",
+            ),
+            (
+                "keep = [\"sub/.GIT/hooks\"]\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+                "plans/br.toml:1:9: `keep`: `sub/.GIT/hooks` names git's own `.git`, which a \
+                 worktree never cleans (write an ignored directory such as `target/`)",
             ),
             // Ids.
             (

@@ -52,6 +52,8 @@ impl Verifier<'_> {
             task_id: task.as_str(),
             attempt: 0,
             base_commit: candidate,
+            // The verify command builds what the tasks built: the same caches serve it.
+            keep: &self.session.keep,
         };
         let dir = slot.checkout(&spec)?;
         let log_path = self

@@ -19,6 +19,10 @@ pub struct AttemptSpec<'a> {
     pub attempt: u32,
     /// A commit (normally a full id resolved at submit).
     pub base_commit: &'a str,
+    /// Gitignore patterns naming ignored paths the slot keeps from the previous attempt (build
+    /// caches such as `target/`); every other untracked or ignored file is removed. The plan
+    /// validates them (relative, no `.` or `..` component, not `.git`).
+    pub keep: &'a [String],
 }
 
 impl AttemptSpec<'_> {

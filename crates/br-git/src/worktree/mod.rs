@@ -4,8 +4,9 @@
 //! `git worktree add` checks out every file, which on a large repository costs more than a short
 //! task. So each repository has a small set of *slots*, `<common>/br/worktrees/slot-<n>`, that
 //! workers reuse: a worker takes one for its lifetime and, for each attempt, moves its detached
-//! HEAD to the base, resets the index and files, and removes every untracked and ignored file.
-//! Only the files the previous attempt touched are rewritten.
+//! HEAD to the base, rewrites the files that differ from it, and removes every untracked file
+//! and every ignored one but the caches the plan's `keep` names (see `reset.rs`). Only the files
+//! the previous attempt touched, or that the two commits change, are rewritten.
 //!
 //! Beside each slot directory live two small files:
 //! - `slot-<n>.lock`, held with an OS file lock (`flock`) by the worker using the slot. The kernel
@@ -27,6 +28,7 @@ mod leftovers;
 mod reconcile;
 mod record;
 mod registry;
+mod reset;
 mod slot;
 mod slot_files;
 
@@ -38,7 +40,7 @@ pub use attempt::{AttemptResult, AttemptSpec, Keep, attempt_ref, one_line, scope
 pub use leftovers::{ReconcileMode, SavedLeftovers};
 pub use reconcile::{Reconcile, reconcile};
 pub use registry::{WorktreeEntry, list_worktrees};
-pub use slot::WorktreeSlot;
+pub use slot::{ResetPolicy, ResetWay, WorktreeSlot};
 
 /// Beyond this many slots in one repository something is wrong (a loop creating workers), and
 /// acquiring fails instead of filling the disk.

@@ -129,6 +129,7 @@ mod tests {
             task_id: "api",
             attempt: 3,
             base_commit: "c0ffee",
+            keep: &[],
         };
         let record = SlotRecord::of(&spec, "c0ffee");
         assert_eq!(SlotRecord::from_json(&record.to_json()), record);

@@ -11,10 +11,25 @@ use super::attempt::{
 use super::leftovers::{Leftovers, ReconcileMode};
 use super::record::{SlotRecord, read_record, remove_file_if_present, write_record};
 use super::registry::{admin_dir, is_worktree_of, list_worktrees, same_path};
+use super::reset::{self, Move};
 use super::slot_files::{FlockFile, flock_slot, record_path, slot_path};
 use super::{MAX_SLOTS, WorktreeError, io_error};
 use crate::flock::RepoFlock;
 use crate::git::{Git, Repo};
+
+/// The files of a merge, cherry-pick or revert in progress that `git reset --hard` removes
+/// (git's `remove_branch_state`).
+const BRANCH_STATE: &[&str] = &[
+    "MERGE_HEAD",
+    "MERGE_MSG",
+    "MERGE_MODE",
+    "MERGE_RR",
+    "MERGE_AUTOSTASH",
+    "AUTO_MERGE",
+    "SQUASH_MSG",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+];
 
 /// One worktree slot, held by this process until dropped.
 #[derive(Debug)]
@@ -31,6 +46,32 @@ pub struct WorktreeSlot {
     /// Whether this process has seen the slot be a working worktree of the repository, so
     /// `checkout` need not check again.
     known_good: bool,
+    /// How the last `checkout` made the tree.
+    last_reset: Option<ResetWay>,
+    policy: ResetPolicy,
+}
+
+/// Which ways `checkout` may take to bring the tree to the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetPolicy {
+    /// The short way when it can, else the thorough one (what br does).
+    #[default]
+    Quick,
+    /// Always the thorough way, visiting every file: how br reset a slot before it had the
+    /// short way, kept so the benchmark can compare the two in one run.
+    Thorough,
+}
+
+/// How a `checkout` brought the slot's tree to the attempt's start commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetWay {
+    /// The slot was made: its first use, or a fresh checkout after a reset that did not hold.
+    Created,
+    /// Only the paths that differed from the commit were rewritten.
+    Moved,
+    /// Every file was visited (`git reset --hard`), because the short way declined (why) or
+    /// failed.
+    Reset { why: String },
 }
 
 impl WorktreeSlot {
@@ -50,6 +91,8 @@ impl WorktreeSlot {
                     path,
                     _flock: lock,
                     known_good: false,
+                    last_reset: None,
+                    policy: ResetPolicy::Quick,
                 });
             }
         }
@@ -66,16 +109,17 @@ impl WorktreeSlot {
     }
 
     /// Makes the slot's tree exactly `attempt.base_commit`: detached HEAD there, index and
-    /// working tree reset, every untracked and ignored file removed. The first use in a
-    /// repository creates the worktree (`git worktree add --detach`). Leftovers of an attempt
-    /// whose worker died are first kept at that attempt's ref. Returns the directory to run in.
+    /// working tree reset, every untracked file removed, and every ignored one but those
+    /// `attempt.keep` names. The first use in a repository creates the worktree
+    /// (`git worktree add --detach`). Leftovers of an attempt whose worker died are first kept
+    /// at that attempt's ref. Returns the directory to run in.
     pub fn checkout(&mut self, attempt: &AttemptSpec) -> Result<PathBuf, WorktreeError> {
         attempt.validate()?;
-        let base = self.repo.resolve_commit(attempt.base_commit)?;
+        let base = self.commit_id(attempt.base_commit)?;
         if let Some(record) = read_record(&record_path(&self.repo, self.number))? {
             self.save_leftovers(&record)?;
         }
-        self.reset_to(&base)?;
+        self.reset_to(&base, attempt.keep)?;
         write_record(
             &record_path(&self.repo, self.number),
             &SlotRecord::of(attempt, &base),
@@ -103,7 +147,7 @@ impl WorktreeSlot {
     /// if this process dies, the next checkout of the slot saves it.
     pub fn commit_result(&mut self, attempt: &AttemptSpec) -> Result<AttemptResult, WorktreeError> {
         attempt.validate()?;
-        let base = self.repo.resolve_commit(attempt.base_commit)?;
+        let base = self.commit_id(attempt.base_commit)?;
         let top = snapshot_in(&self.git, &commit_message(attempt), AddMode::Strict)?;
         let commit = (top != base).then_some(top);
         let changed = match &commit {
@@ -124,7 +168,7 @@ impl WorktreeSlot {
         attempt.validate()?;
         match keep {
             Keep::Branch => {
-                let base = self.repo.resolve_commit(attempt.base_commit)?;
+                let base = self.commit_id(attempt.base_commit)?;
                 let target = result.commit.as_deref().unwrap_or(&base);
                 self.point_branch(attempt, target, result.commit.as_deref())?;
             }
@@ -149,32 +193,78 @@ impl WorktreeSlot {
         remove_file_if_present(&record_path(&self.repo, self.number))
     }
 
-    fn reset_to(&mut self, base: &str) -> Result<(), WorktreeError> {
+    /// How the last `checkout` made the tree (for benchmarks and tests).
+    pub fn last_reset(&self) -> Option<&ResetWay> {
+        self.last_reset.as_ref()
+    }
+
+    /// Chooses the ways later `checkout`s may take (the default is [`ResetPolicy::Quick`]).
+    pub fn set_reset_policy(&mut self, policy: ResetPolicy) {
+        self.policy = policy;
+    }
+
+    /// `revision` as a full commit id. An attempt's base normally is one already (resolved at
+    /// submit or claim), and then no `git rev-parse` is spent on it: whether it names a commit
+    /// is checked where it is used (`git update-ref` refuses to point HEAD at anything else).
+    fn commit_id(&self, revision: &str) -> Result<String, WorktreeError> {
+        let full = matches!(revision.len(), 40 | 64)
+            && revision
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if full {
+            return Ok(revision.to_string());
+        }
+        Ok(self.repo.resolve_commit(revision)?)
+    }
+
+    fn reset_to(&mut self, base: &str, keep: &[String]) -> Result<(), WorktreeError> {
+        self.last_reset = None;
         if self.known_good || is_worktree_of(&self.repo, &self.git, &self.path) {
-            let Err(first) = self.reset_in_place(base).and_then(|()| self.verify(base)) else {
+            // The short way first: it looks at every file once and rewrites only what differs.
+            // What it declines or fails at, the thorough way does.
+            let moved = match self.policy {
+                ResetPolicy::Quick => self.move_in_place(base, keep),
+                ResetPolicy::Thorough => Ok(Move::Declined("the policy is thorough".into())),
+            };
+            let why = match moved {
+                Ok(Move::Done) => {
+                    self.known_good = true;
+                    self.last_reset = Some(ResetWay::Moved);
+                    return Ok(());
+                }
+                Ok(Move::Declined(why)) => why,
+                Err(e) => e.to_string(),
+            };
+            let Err(first) = self
+                .reset_in_place(base, keep)
+                .and_then(|()| reset::verify(&self.git, &self.path, base, keep))
+            else {
                 self.known_good = true;
+                self.last_reset = Some(ResetWay::Reset { why });
                 return Ok(());
             };
             // A task can leave what reset and clean cannot undo (a directory it made unwritable,
             // a deleted `.git` file). Anything worth keeping was saved already, so start over
             // from a fresh checkout, and report the first error if that fails too.
             self.known_good = false;
-            return match self.recreate(base) {
+            return match self.recreate(base, keep) {
                 Ok(()) => Ok(()),
                 Err(_) => Err(first),
             };
         }
         self.create(base)?;
-        self.verify(base)?;
+        reset::verify(&self.git, &self.path, base, keep)?;
         self.known_good = true;
+        self.last_reset = Some(ResetWay::Created);
         Ok(())
     }
 
-    fn recreate(&mut self, base: &str) -> Result<(), WorktreeError> {
+    fn recreate(&mut self, base: &str, keep: &[String]) -> Result<(), WorktreeError> {
         self.remove_registration()?;
         self.create(base)?;
-        self.verify(base)?;
+        reset::verify(&self.git, &self.path, base, keep)?;
         self.known_good = true;
+        self.last_reset = Some(ResetWay::Created);
         Ok(())
     }
 
@@ -218,22 +308,22 @@ impl WorktreeSlot {
         Ok(())
     }
 
-    fn reset_in_place(&mut self, base: &str) -> Result<(), WorktreeError> {
+    fn move_in_place(&mut self, base: &str, keep: &[String]) -> Result<Move, WorktreeError> {
         self.quit_operations_in_progress(base)?;
-        // Detach first: a reset with HEAD on a branch the task created would move that branch.
-        self.git.run([
-            "update-ref",
-            "--no-deref",
-            "-m",
-            "br: checkout",
-            "HEAD",
-            base,
-        ])?;
-        self.git
-            .run(["reset", "--hard", "--quiet", "--no-recurse-submodules"])?;
-        // Twice `-f` also removes nested repositories the task cloned or initialised.
-        self.git.run(["clean", "-ffdxq"])?;
-        Ok(())
+        // A merge, cherry-pick or revert the task left stopped leaves files that would make the
+        // next attempt's `git commit` record it (MERGE_HEAD makes a merge commit). `git reset
+        // --hard` removes them, in git's own way, so that way it is.
+        if let Some(admin) = admin_dir(&self.path)
+            && let Some(name) = BRANCH_STATE.iter().find(|f| admin.join(f).exists())
+        {
+            return Ok(Move::Declined(format!("{name} is left over")));
+        }
+        reset::move_to(&self.git, base, keep)
+    }
+
+    fn reset_in_place(&mut self, base: &str, keep: &[String]) -> Result<(), WorktreeError> {
+        self.quit_operations_in_progress(base)?;
+        reset::reset_hard(&self.git, base, keep)
     }
 
     /// A task may leave a rebase, cherry-pick or bisect half done; its state files would make the
@@ -252,58 +342,6 @@ impl WorktreeSlot {
             self.git.run(["bisect", "reset", base])?;
         }
         Ok(())
-    }
-
-    /// Checks the promise of `checkout`: HEAD detached at the base, no untracked or ignored
-    /// file, no unmerged entry.
-    ///
-    /// Modified tracked files are tolerated: right after `reset --hard` the index is the base's
-    /// tree, and a file that still shows as modified is one git itself cannot check out cleanly
-    /// in this repository (line-ending normalisation of a file committed with CRLF, two names
-    /// differing only in case); a fresh `git worktree add` shows the same, and refusing would make
-    /// every attempt fail.
-    fn verify(&self, base: &str) -> Result<(), WorktreeError> {
-        let out = self.git.run_raw([
-            "status",
-            "--porcelain=v2",
-            "--branch",
-            "-z",
-            "--untracked-files=all",
-            "--ignored",
-            "--no-renames",
-            "--ignore-submodules=none",
-        ])?;
-        let mut oid = None;
-        let mut detached = false;
-        let mut dirty = Vec::new();
-        for field in out.split(|b| *b == 0).filter(|f| !f.is_empty()) {
-            let field = String::from_utf8_lossy(field);
-            if let Some(o) = field.strip_prefix("# branch.oid ") {
-                oid = Some(o.to_string());
-            } else if field == "# branch.head (detached)" {
-                detached = true;
-            } else if field.starts_with(['?', '!', 'u']) {
-                dirty.push(field.into_owned());
-            }
-        }
-        if oid.as_deref() == Some(base) && detached && dirty.is_empty() {
-            return Ok(());
-        }
-        let status = if dirty.is_empty() {
-            format!(
-                "HEAD is {} ({})",
-                oid.as_deref().unwrap_or("unborn"),
-                if detached { "detached" } else { "on a branch" }
-            )
-        } else {
-            let shown: Vec<_> = dirty.iter().take(5).map(String::as_str).collect();
-            format!("{} paths left over: {}", dirty.len(), shown.join(", "))
-        };
-        Err(WorktreeError::NotPristine {
-            path: self.path.clone(),
-            base: base.to_string(),
-            status,
-        })
     }
 
     /// Keeps what a dead attempt left in this slot at its attempt ref.

@@ -93,6 +93,7 @@ pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Opt
         base_commit: s.base_commit,
         integration_commit: s.integration_commit,
         verify: s.verify,
+        keep: s.keep,
         heartbeat_timeout,
         worker_id: request.worker.clone(),
     }))
