@@ -74,6 +74,49 @@ pub struct WorktreesReport {
     pub in_use: Vec<PathBuf>,
     pub kept: Vec<PathBuf>,
     pub other: Vec<PathBuf>,
+    /// Disk the removed (or, in a dry run, removable) slots take: what cleanup gives back.
+    pub removed_bytes: u64,
+    /// Disk the slots in use take.
+    pub in_use_bytes: u64,
+}
+
+impl WorktreesReport {
+    /// Fills in the disk the slots take, measured before anything is removed.
+    fn measured(mut self, sizes: &std::collections::BTreeMap<PathBuf, u64>) -> Self {
+        let sum = |paths: &[PathBuf]| paths.iter().filter_map(|p| sizes.get(p)).sum();
+        self.removed_bytes = sum(&self.removed);
+        self.in_use_bytes = sum(&self.in_use);
+        self
+    }
+}
+
+/// The disk each of br's worktree slots takes (files as allocated, links not followed), by
+/// path.
+fn slot_sizes(repo: &Repo) -> std::collections::BTreeMap<PathBuf, u64> {
+    let Ok(entries) = std::fs::read_dir(repo.worktrees_dir()) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| (e.path(), disk_usage(&e.path())))
+        .collect()
+}
+
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = path.symlink_metadata() else {
+        return 0;
+    };
+    // Blocks of 512 bytes, as du counts: what the disk really holds.
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    let children: u64 = std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
+        .unwrap_or(0);
+    own + children
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +144,8 @@ impl From<Reconcile> for WorktreesReport {
             in_use: r.in_use,
             kept: r.kept,
             other: r.other,
+            removed_bytes: 0,
+            in_use_bytes: 0,
         }
     }
 }
@@ -200,7 +245,10 @@ pub fn plan(
     let cutoff = Timestamp(now.millis() - i64::from(scope.older_than_days) * DAY_MS);
     // No free slot is kept: after a cleanup, `git worktree list` shows only what runs.
     let worktrees = match repo {
-        Some(repo) => Some(reconcile(repo, ReconcileMode::DryRun, 0)?.into()),
+        Some(repo) => Some(
+            WorktreesReport::from(reconcile(repo, ReconcileMode::DryRun, 0)?)
+                .measured(&slot_sizes(repo)),
+        ),
         None => None,
     };
     let mut sessions = Vec::new();
@@ -263,7 +311,9 @@ pub fn apply(
     // Worktrees first: an orphan slot's leftovers become an attempt ref, which the plan's ref
     // check of that session then kept.
     if let Some(repo) = repo {
-        done.worktrees = Some(reconcile(repo, ReconcileMode::Apply, 0)?.into());
+        let sizes = slot_sizes(repo);
+        done.worktrees =
+            Some(WorktreesReport::from(reconcile(repo, ReconcileMode::Apply, 0)?).measured(&sizes));
     }
     for s in &mut done.sessions {
         if let Some(r) = repo

@@ -240,6 +240,18 @@ fn cleanup_after_a_killed_run_leaves_no_stray_worktree_and_deletes_no_unmerged_w
         "{}",
         text.stdout
     );
+    // It says how much disk the free slots take: what cleaning up gives back.
+    assert!(
+        dry["worktrees"]["removed_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{dry:#}"
+    );
+    assert!(
+        text.stdout.contains("worktree slots: ") && text.stdout.contains(" to reclaim"),
+        "{}",
+        text.stdout
+    );
     assert_eq!(refs(&repo), refs_before, "a dry run writes no ref");
     assert_eq!(worktrees(&repo), orphaned, "a dry run removes no worktree");
     assert_eq!(repo.status("done")["status"], "completed");

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use br_core::outcome::human_bytes;
 use br_core::retry::RetryScope;
 use br_core::state::SessionAction;
 use br_core::time::{ago, short_duration};
@@ -595,6 +596,19 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
                 out,
                 "left alone: {} (not a br worktree slot)",
                 esc(path.display())
+            )?;
+        }
+        if !w.removed.is_empty() || !w.in_use.is_empty() {
+            writeln!(
+                out,
+                "worktree slots: {} {}, {} in use",
+                human_bytes(w.removed_bytes),
+                if report.dry_run {
+                    "to reclaim"
+                } else {
+                    "reclaimed"
+                },
+                human_bytes(w.in_use_bytes)
             )?;
         }
     }
