@@ -113,9 +113,9 @@ fn disk_usage(path: &Path) -> u64 {
     if !meta.is_dir() {
         return own;
     }
-    let children: u64 = std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
-        .unwrap_or(0);
+    let children: u64 = std::fs::read_dir(path).map_or(0, |entries| {
+        entries.flatten().map(|e| disk_usage(&e.path())).sum()
+    });
     own + children
 }
 
