@@ -11,11 +11,15 @@
 //! 5. A fleet: 12 tasks in worktrees on 4 workers, half of them appending to shared files,
 //!    with `start = "tip"` and `start = "base"`: wall time, and how many landed without a repair.
 //!
-//! 6. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
+//! 6. An agent fleet: 16 stand-in coding agents (1-3 s each, a quarter on one shared file) on 4
+//!    workers with a pool of 3 and one rate limit: wall time against the ideal, landed without
+//!    a repair, and br's own CPU time per task against `xargs -P 3` running the same scripts.
+//!
+//! 7. With `BR_TEST_POSTGRES_URL` set, the first benchmark again with the store in PostgreSQL
 //!    (a fresh schema, dropped afterwards).
 //!
 //! `cargo bench -p br --bench engine -- NAME` runs only the sections whose name contains NAME
-//! (throughput, makespan, claim, worktrees, fleet, postgres).
+//! (throughput, makespan, claim, worktrees, fleet, agents, postgres).
 
 use std::io::Write;
 use std::path::Path;
@@ -27,6 +31,8 @@ use br_core::{Plan, SessionStatus};
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
 
+#[path = "engine/agents.rs"]
+mod agents;
 #[path = "engine/fleet.rs"]
 mod fleet;
 #[path = "engine/worktrees.rs"]
@@ -55,6 +61,9 @@ fn main() {
     }
     if want("fleet") {
         fleet::fleet();
+    }
+    if want("agents") {
+        agents::agents();
     }
     if want("postgres") {
         postgres_throughput();
