@@ -565,6 +565,17 @@ impl Pool {
         self.size.is_some_and(|size| self.running >= size)
     }
 
+    /// What a ready task of this pool waits for at `now`, if the pool holds it back: `waiting:
+    /// pool P parked until 15:30:15 (in 42s)`, or `waiting: pool P full (3/3 running)`.
+    pub fn wait_words(&self, now: Timestamp) -> Option<String> {
+        let name = &self.name;
+        if let Some(parked) = self.parked_words(now) {
+            return Some(format!("waiting: pool {name} {parked}"));
+        }
+        self.is_full()
+            .then(|| format!("waiting: pool {name} full ({})", self.running_words()))
+    }
+
     /// `2/3 running`, or `2 running` when nothing caps it.
     pub fn running_words(&self) -> String {
         match self.size {

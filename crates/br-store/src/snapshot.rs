@@ -753,6 +753,7 @@ impl SnapshotBuilder {
                     &self.tasks.by_id,
                     &lock_rows,
                     &pool_rows,
+                    now,
                 );
                 let row = &mut selected.tasks[i];
                 row.waiting_for = waiting;
@@ -913,6 +914,7 @@ fn waiting_for(
     by_id: &HashMap<TaskId, usize>,
     locks: &[LockRow],
     pools: &[PoolRow],
+    now: Timestamp,
 ) -> Option<Waiting> {
     match task.state {
         TaskState::Pending => {
@@ -931,27 +933,22 @@ fn waiting_for(
         }
         // A claim asks the pool before it looks at locks: a task its pool holds back records
         // no lock conflict, and one it recorded before says nothing about now.
-        TaskState::Ready => pool_wait(task.pool.as_deref(), pools)
+        TaskState::Ready => pool_wait(task.pool.as_deref(), pools, now)
             .or_else(|| lock_wait(task.blocked_by.as_ref()?, locks)),
         _ => None,
     }
 }
 
-/// Whether a ready task's pool holds it back: parked by a rate limit, or full.
-fn pool_wait(pool: Option<&str>, pools: &[PoolRow]) -> Option<Waiting> {
-    let row = pools.iter().find(|p| Some(p.pool.name.as_str()) == pool)?;
-    let name = &row.pool.name;
-    if let Some(parked) = &row.parked_text {
-        return Some(Waiting::Pool {
-            pool: name.clone(),
-            parked_until: row.pool.parked_until,
-            text: format!("waiting: pool {name} {parked}"),
-        });
-    }
-    row.pool.is_full().then(|| Waiting::Pool {
-        pool: name.clone(),
-        parked_until: None,
-        text: format!("waiting: pool {name} full ({})", row.pool.running_words()),
+/// Whether a ready task's pool holds it back at `now`: parked by a rate limit, or full.
+fn pool_wait(pool: Option<&str>, pools: &[PoolRow], now: Timestamp) -> Option<Waiting> {
+    let pool = &pools
+        .iter()
+        .find(|p| Some(p.pool.name.as_str()) == pool)?
+        .pool;
+    Some(Waiting::Pool {
+        text: pool.wait_words(now)?,
+        pool: pool.name.clone(),
+        parked_until: pool.parked_until.filter(|_| pool.parked_at(now)),
     })
 }
 

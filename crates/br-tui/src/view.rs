@@ -322,8 +322,9 @@ fn stats_lines(snap: &Snapshot) -> usize {
     2 + usize::from(spent) + usize::from(!snap.pools.is_empty())
 }
 
-/// Every pool on one line — a store has a handful — with its running tasks out of its size,
-/// and a parked one's park and the rate limit that caused it, which stand out.
+/// Every pool on one line — a store has a handful — with its running tasks out of its size and
+/// a parked one's park, which stands out; then what each parked pool's rate limit said, last, so
+/// that a narrow terminal cuts those words (an agent's output line, of any length) first.
 fn pools_line(snap: &Snapshot, theme: Theme) -> Line<'static> {
     let mut spans = vec![Span::styled("Pools ", theme.label())];
     for (i, row) in snap.pools.iter().enumerate() {
@@ -334,12 +335,15 @@ fn pools_line(snap: &Snapshot, theme: Theme) -> Line<'static> {
         spans.push(Span::styled(pool.name.clone(), theme.title()));
         spans.push(Span::raw(format!(" {}", pool.running_words())));
         if let Some(parked) = &row.parked_text {
-            let reason = pool
-                .parked_reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default();
-            spans.push(Span::styled(format!(", {parked}{reason}"), theme.warn()));
+            spans.push(Span::styled(format!(", {parked}"), theme.warn()));
+        }
+    }
+    for row in snap.pools.iter().filter(|p| p.parked()) {
+        if let Some(reason) = &row.pool.parked_reason {
+            spans.push(Span::styled(
+                format!(" — {}: {reason}", row.pool.name),
+                theme.label(),
+            ));
         }
     }
     Line::from(spans)

@@ -132,7 +132,8 @@ fn a_parked_pool_and_what_tasks_spent_show() {
     let pools = line("Pools");
     assert!(
         pools.contains(
-            "anthropic 0/2 running, parked until 15:30:16 (in 42s): Claude AI usage limit reached"
+            "anthropic 0/2 running, parked until 15:30:16 (in 42s) · openai 1/1 running \
+             — anthropic: Claude AI usage limit reached"
         ),
         "{pools}"
     );
