@@ -214,11 +214,30 @@ impl Usage {
     /// `$0.0123 · 1.2k in / 345 out`, for tables and lines.
     pub fn describe(&self) -> String {
         format!(
-            "${:.4} · {} in / {} out",
-            self.cost_usd(),
+            "{} · {} in / {} out",
+            self.cost(),
             tokens(self.input_tokens),
             tokens(self.output_tokens)
         )
+    }
+
+    /// The money alone, `$0.0123`: to four places, since one agent run often costs cents.
+    pub fn cost(&self) -> String {
+        dollars(self.cost_micros)
+    }
+
+    /// What a session (or every session) spent, in one line for people: `spent $0.0300 · 300
+    /// in / 30 out tokens`, and when `landed` tasks are on the integration branch, what each
+    /// cost (`· $0.0100 per landed task`): the whole spend over the work that counted, so
+    /// attempts that failed, were rate-limited or could not land are paid for by what landed.
+    pub fn spent(&self, landed: u32) -> String {
+        let mut line = format!("spent {} tokens", self.describe());
+        if landed > 0 {
+            let landed = u64::from(landed);
+            let each = self.cost_micros.saturating_add(landed / 2) / landed;
+            line.push_str(&format!(" · {} per landed task", dollars(each)));
+        }
+        line
     }
 
     /// What a task wrote to `BR_USAGE_FILE`: `{"input_tokens": N, "output_tokens": N,
@@ -275,6 +294,11 @@ impl Usage {
             cost_micros: micros(money(value, cost)?),
         })
     }
+}
+
+/// Millionths of a dollar as dollars, to four places: `$0.0123`.
+fn dollars(micros: u64) -> String {
+    format!("${:.4}", micros as f64 / 1_000_000.0)
 }
 
 /// A token count for people: `345`, `1.2k`, `3.4M`.
@@ -393,6 +417,12 @@ mod tests {
             (11, 1202, 0.75)
         );
         assert_eq!(total.describe(), "$0.7500 · 11 in / 1.2k out");
+        assert_eq!(total.cost(), "$0.7500");
+        assert_eq!(total.spent(0), "spent $0.7500 · 11 in / 1.2k out tokens");
+        assert_eq!(
+            total.spent(3),
+            "spent $0.7500 · 11 in / 1.2k out tokens · $0.2500 per landed task"
+        );
         assert_eq!(
             serde_json::to_value(total).expect("JSON"),
             serde_json::json!({"input_tokens": 11, "output_tokens": 1202, "cost_usd": 0.75})

@@ -76,6 +76,24 @@ pub fn short_duration(d: Duration) -> String {
     }
 }
 
+/// `HH:MM:SS` of a timestamp, in UTC (the store's clock has no time zone).
+pub fn hms(at: Timestamp) -> String {
+    at.to_string().get(11..19).unwrap_or("").to_string()
+}
+
+/// `until 15:30:34 (in 42s)`: when something that waits for `until` is over, as a clock time
+/// and as the time left from `now` (rounded up, so it never says `in 0s` while it waits).
+pub fn until(until: Timestamp, now: Timestamp) -> String {
+    let left = until.since(now);
+    let secs = left.as_millis().div_ceil(1000);
+    let left = match u64::try_from(secs) {
+        Ok(s @ 0..=59) => format!("{s}s"),
+        Ok(s) => short_duration(Duration::from_secs(s)),
+        Err(_) => "ages".to_string(),
+    };
+    format!("until {} (in {left})", hms(until))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +115,20 @@ mod tests {
         assert_eq!(short_duration(Duration::from_millis(850)), "850ms");
         assert_eq!(short_duration(Duration::from_millis(12_345)), "12.3s");
         assert_eq!(short_duration(Duration::from_secs(245)), "4m05s");
+    }
+
+    #[test]
+    fn clock_times_and_the_time_left_until_one() {
+        let now = Timestamp(1_795_793_374_123);
+        assert_eq!(hms(now), "15:29:34");
+        assert_eq!(
+            until(Timestamp(now.0 + 41_200), now),
+            "until 15:30:15 (in 42s)"
+        );
+        assert_eq!(until(Timestamp(now.0 + 1), now), "until 15:29:34 (in 1s)");
+        assert_eq!(
+            until(Timestamp(now.0 + 3_600_000), now),
+            "until 16:29:34 (in 1h00m)"
+        );
     }
 }

@@ -88,6 +88,12 @@ impl Session {
         Duration::from_millis(self.heartbeat_timeout_ms)
     }
 
+    /// What its attempts spent, in words (`spent $0.0300 · 300 in / 30 out tokens · $0.0100
+    /// per landed task`): every output says it so. `None` while nothing reported usage.
+    pub fn spent_words(&self) -> Option<String> {
+        (!self.usage.is_zero()).then(|| self.usage.spent(self.landed_tasks))
+    }
+
     /// The branch a task of this session works on (worktree isolation only).
     pub fn task_branch(&self, task: &TaskId) -> Option<String> {
         match self.isolation {
@@ -527,8 +533,9 @@ pub struct SessionFilter {
 }
 
 /// A pool of the store (`[pool.NAME]`, or an agent's own): at most `size` of its tasks run at
-/// once (none: any number); a rate limit parks it until `parked_until`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// once (none: any number); a rate limit parks it until `parked_until`. Its JSON is
+/// [`PoolView`](crate::view::PoolView)'s, which also says whether it is parked now.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
     pub size: Option<u32>,
@@ -543,6 +550,38 @@ impl Pool {
     /// Whether a rate limit parks it at `now`.
     pub fn parked_at(&self, now: Timestamp) -> bool {
         self.parked_until.is_some_and(|until| until > now)
+    }
+
+    /// `parked until 15:30:15 (in 42s)` while a rate limit parks it at `now`: the words every
+    /// output uses (`br pools`, `br status`, both dashboards).
+    pub fn parked_words(&self, now: Timestamp) -> Option<String> {
+        self.parked_until
+            .filter(|until| *until > now)
+            .map(|until| format!("parked {}", br_core::time::until(until, now)))
+    }
+
+    /// Whether it runs as many tasks as its size allows, so its ready tasks wait.
+    pub fn is_full(&self) -> bool {
+        self.size.is_some_and(|size| self.running >= size)
+    }
+
+    /// What a ready task of this pool waits for at `now`, if the pool holds it back: `waiting:
+    /// pool P parked until 15:30:15 (in 42s)`, or `waiting: pool P full (3/3 running)`.
+    pub fn wait_words(&self, now: Timestamp) -> Option<String> {
+        let name = &self.name;
+        if let Some(parked) = self.parked_words(now) {
+            return Some(format!("waiting: pool {name} {parked}"));
+        }
+        self.is_full()
+            .then(|| format!("waiting: pool {name} full ({})", self.running_words()))
+    }
+
+    /// `2/3 running`, or `2 running` when nothing caps it.
+    pub fn running_words(&self) -> String {
+        match self.size {
+            Some(size) => format!("{}/{size} running", self.running),
+            None => format!("{} running", self.running),
+        }
     }
 }
 

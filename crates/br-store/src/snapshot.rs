@@ -3,7 +3,8 @@
 //!
 //! The builder reads everything once. After that, each refresh reads the events appended since
 //! the last one and re-reads only the tasks they name, plus the things that are cheap to read
-//! whole: the summary (kept from counters), the session rows, the workers and the locks. This
+//! whole: the summary (kept from counters), the session rows, the workers, the locks and the
+//! pools. This
 //! relies on a promise every backend keeps: a task's row never changes without an event that
 //! names the task (`task_*`, and `lock_conflict` when its `blocked_by` changes). The tests below
 //! check that an incrementally refreshed snapshot equals one built from scratch.
@@ -59,6 +60,9 @@ pub struct Snapshot {
     pub workers: Vec<Worker>,
     /// Locks held now, oldest first.
     pub locks: Vec<LockRow>,
+    /// The store's pools by name: their size, running tasks, and whether a rate limit parks
+    /// them now.
+    pub pools: Vec<PoolRow>,
     /// Recent notable events (see [`is_notable`]), oldest first; in JSON each with its detail
     /// in words (`text`), as the terminal dashboard shows it.
     #[serde(serialize_with = "crate::view::described_events")]
@@ -75,10 +79,11 @@ pub struct Throughput {
     pub per_minute: f64,
 }
 
-/// One session in the list, with what the dashboards derive from it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One session in the list, with what the dashboards derive from it. In JSON it also has
+/// `spent_text`, its [`spent_words`](Session::spent_words), so the web page says it as the
+/// terminal does.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionRow {
-    #[serde(flatten)]
     pub session: Session,
     /// Live workers currently on it (running one of its tasks, or serving it).
     pub workers: u32,
@@ -86,6 +91,28 @@ pub struct SessionRow {
     pub elapsed_ms: Option<u64>,
     /// Estimated time left at its average pace so far; zero once every task has finished.
     pub remaining_ms: Option<u64>,
+}
+
+impl Serialize for SessionRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            #[serde(flatten)]
+            session: &'a Session,
+            workers: u32,
+            elapsed_ms: Option<u64>,
+            remaining_ms: Option<u64>,
+            spent_text: Option<String>,
+        }
+        Shape {
+            session: &self.session,
+            workers: self.workers,
+            elapsed_ms: self.elapsed_ms,
+            remaining_ms: self.remaining_ms,
+            spent_text: self.session.spent_words(),
+        }
+        .serialize(s)
+    }
 }
 
 /// The tasks of the selected session. In JSON each task also has `landing_text`, its
@@ -195,6 +222,14 @@ pub enum Waiting {
         paths: Vec<String>,
         held_by: Vec<LockHolder>,
     },
+    /// Its pool is parked by a rate limit (`parked_until`), or runs as many tasks as its size
+    /// allows (no `parked_until`). `text` says it in words, as both dashboards show it:
+    /// `waiting: pool P parked until 15:30:15 (in 42s)`, `waiting: pool P full (3/3 running)`.
+    Pool {
+        pool: String,
+        parked_until: Option<Timestamp>,
+        text: String,
+    },
 }
 
 /// Who holds a lock that a task waits for.
@@ -214,6 +249,46 @@ pub struct LockRow {
     #[serde(flatten)]
     pub lock: Lock,
     pub worker_id: Option<WorkerId>,
+}
+
+/// A pool as the dashboards show it: the store's record, and while a rate limit parks it, how
+/// long for in words (`parked until 15:30:15 (in 42s)`, [`Pool::parked_words`]). In JSON, the
+/// fields of [`PoolView`](crate::view::PoolView) and `parked_text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRow {
+    pub pool: Pool,
+    pub parked_text: Option<String>,
+}
+
+impl PoolRow {
+    /// `pool` as it is at `now`.
+    pub fn at(pool: Pool, now: Timestamp) -> PoolRow {
+        PoolRow {
+            parked_text: pool.parked_words(now),
+            pool,
+        }
+    }
+
+    /// Whether a rate limit parks it now (the snapshot's `now`).
+    pub fn parked(&self) -> bool {
+        self.parked_text.is_some()
+    }
+}
+
+impl Serialize for PoolRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            #[serde(flatten)]
+            pool: crate::view::PoolView<'a>,
+            parked_text: Option<&'a str>,
+        }
+        Shape {
+            pool: crate::view::PoolView::parked_as(&self.pool, self.parked()),
+            parked_text: self.parked_text.as_deref(),
+        }
+        .serialize(s)
+    }
 }
 
 impl Snapshot {
@@ -252,6 +327,7 @@ impl Snapshot {
             selected: None,
             workers: Vec::new(),
             locks: Vec::new(),
+            pools: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -264,8 +340,8 @@ impl Snapshot {
 }
 
 /// Whether an event belongs in the dashboards' log: what a person watching wants to notice
-/// (sessions changing state, failures, requeues, conflicts, fencing, workers lost), not the
-/// routine flow of every task starting and finishing.
+/// (sessions changing state, failures, requeues, conflicts, fencing, workers lost, a rate limit
+/// parking a pool), not the routine flow of every task starting and finishing.
 pub fn is_notable(kind: EventKind) -> bool {
     use EventKind::*;
     matches!(
@@ -284,6 +360,7 @@ pub fn is_notable(kind: EventKind) -> bool {
             | StaleResultRejected
             | MergeConflict
             | ScopeViolation
+            | PoolParked
     )
 }
 
@@ -322,6 +399,11 @@ struct TaskIndex {
     /// Ready tasks that recorded a lock conflict: their `waiting_for` depends on which locks
     /// are held now, so it is recomputed on every refresh.
     lock_blocked: BTreeSet<usize>,
+    /// Ready tasks of a pool: their `waiting_for` depends on the pool, which fills as tasks of
+    /// any session start, is parked by another task's rate limit, and is free again when its
+    /// park ends — by the clock, with no event at all. So they too are recomputed on every
+    /// refresh.
+    pooled: BTreeSet<usize>,
 }
 
 /// Enough of a snapshot to tell whether it is the one a builder last refreshed.
@@ -576,7 +658,9 @@ impl SnapshotBuilder {
             sessions,
             workers,
             locks,
+            pools,
         } = cheap;
+        let pool_rows: Vec<PoolRow> = pools.into_iter().map(|p| PoolRow::at(p, now)).collect();
         summary.timestamp = now;
         let window_start = Timestamp(now.0 - duration_ms_i64(THROUGHPUT_WINDOW));
         // `retain`, not popping from the front: ends are in commit order, and a backend whose
@@ -640,6 +724,7 @@ impl SnapshotBuilder {
                 None => (0..selected.tasks.len()).collect(),
                 Some(dirty) => {
                     let mut set = self.tasks.lock_blocked.clone();
+                    set.extend(self.tasks.pooled.iter().copied());
                     for t in dirty {
                         if let Some(&i) = self.tasks.by_id.get(t) {
                             set.insert(i);
@@ -667,13 +752,21 @@ impl SnapshotBuilder {
                     &selected.tasks,
                     &self.tasks.by_id,
                     &lock_rows,
+                    &pool_rows,
+                    now,
                 );
                 let row = &mut selected.tasks[i];
                 row.waiting_for = waiting;
-                if row.task.state == TaskState::Ready && row.task.blocked_by.is_some() {
+                let ready = row.task.state == TaskState::Ready;
+                if ready && row.task.blocked_by.is_some() {
                     self.tasks.lock_blocked.insert(i);
                 } else {
                     self.tasks.lock_blocked.remove(&i);
+                }
+                if ready && row.task.pool.is_some() {
+                    self.tasks.pooled.insert(i);
+                } else {
+                    self.tasks.pooled.remove(&i);
                 }
             }
         }
@@ -683,6 +776,7 @@ impl SnapshotBuilder {
         snap.sessions = rows;
         snap.workers = workers;
         snap.locks = lock_rows;
+        snap.pools = pool_rows;
     }
 }
 
@@ -693,6 +787,10 @@ struct Cheap {
     sessions: Vec<Session>,
     workers: Vec<Worker>,
     locks: Vec<Lock>,
+    /// Read whole on every refresh rather than followed through events: a store has a handful
+    /// of pools, and a pool changes without an event that names it — its running count with
+    /// every task of any session that starts or ends, its park ending by the clock alone.
+    pools: Vec<Pool>,
 }
 
 impl Cheap {
@@ -745,11 +843,13 @@ impl Cheap {
             .filter(|w| w.status != WorkerStatus::Stopped)
             .collect();
         let locks = store.locks()?;
+        let pools = store.pools()?;
         Ok(Cheap {
             summary,
             sessions,
             workers,
             locks,
+            pools,
         })
     }
 
@@ -813,6 +913,8 @@ fn waiting_for(
     all: &[TaskRow],
     by_id: &HashMap<TaskId, usize>,
     locks: &[LockRow],
+    pools: &[PoolRow],
+    now: Timestamp,
 ) -> Option<Waiting> {
     match task.state {
         TaskState::Pending => {
@@ -829,9 +931,25 @@ fn waiting_for(
                 .collect();
             (!tasks.is_empty()).then_some(Waiting::Dependencies { tasks })
         }
-        TaskState::Ready => lock_wait(task.blocked_by.as_ref()?, locks),
+        // A claim asks the pool before it looks at locks: a task its pool holds back records
+        // no lock conflict, and one it recorded before says nothing about now.
+        TaskState::Ready => pool_wait(task.pool.as_deref(), pools, now)
+            .or_else(|| lock_wait(task.blocked_by.as_ref()?, locks)),
         _ => None,
     }
+}
+
+/// Whether a ready task's pool holds it back at `now`: parked by a rate limit, or full.
+fn pool_wait(pool: Option<&str>, pools: &[PoolRow], now: Timestamp) -> Option<Waiting> {
+    let pool = &pools
+        .iter()
+        .find(|p| Some(p.pool.name.as_str()) == pool)?
+        .pool;
+    Some(Waiting::Pool {
+        text: pool.wait_words(now)?,
+        pool: pool.name.clone(),
+        parked_until: pool.parked_until.filter(|_| pool.parked_at(now)),
+    })
 }
 
 /// The lock conflict a ready task recorded, reduced to the locks that are still held. A
@@ -954,30 +1072,13 @@ mod tests {
     }
 
     fn submit(store: &dyn Store, name: &str, tasks: Vec<TaskSpec>, timeout: Duration) -> Session {
+        submit_plan(store, plan(name, tasks, timeout))
+    }
+
+    fn submit_plan(store: &dyn Store, plan: Plan) -> Session {
         store
             .create_session(&NewSession {
-                plan: Plan {
-                    name: name.to_string(),
-                    workers: None,
-                    base: "HEAD".into(),
-                    isolation: Isolation::Worktree,
-                    heartbeat_timeout: timeout,
-                    retries: 0,
-                    scope: ScopeMode::Report,
-                    verify: None,
-                    on_conflict: OnConflict::Requeue,
-                    start: br_core::StartMode::Tip,
-                    land: br_core::LandMode::Auto,
-                    max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
-                    keep: Vec::new(),
-                    agents: Vec::new(),
-                    pools: Default::default(),
-                    copy: Vec::new(),
-                    setup: None,
-                    setup_inputs: Vec::new(),
-                    ports: 0,
-                    tasks,
-                },
+                plan,
                 repo_root: PathBuf::from("/repo"),
                 repo_id: None,
                 plan_path: None,
@@ -985,6 +1086,31 @@ mod tests {
                 workers_wanted: 2,
             })
             .unwrap()
+    }
+
+    fn plan(name: &str, tasks: Vec<TaskSpec>, timeout: Duration) -> Plan {
+        Plan {
+            name: name.to_string(),
+            workers: None,
+            base: "HEAD".into(),
+            isolation: Isolation::Worktree,
+            heartbeat_timeout: timeout,
+            retries: 0,
+            scope: ScopeMode::Report,
+            verify: None,
+            on_conflict: OnConflict::Requeue,
+            start: br_core::StartMode::Tip,
+            land: br_core::LandMode::Auto,
+            max_repairs: br_core::plan::DEFAULT_MAX_REPAIRS,
+            keep: Vec::new(),
+            agents: Vec::new(),
+            pools: Default::default(),
+            copy: Vec::new(),
+            setup: None,
+            setup_inputs: Vec::new(),
+            ports: 0,
+            tasks,
+        }
     }
 
     fn worker(store: &dyn Store, timeout: Duration) -> WorkerId {
@@ -1337,6 +1463,103 @@ mod tests {
         inc.select(Some(manual.id.clone()));
         inc.refresh(store);
         assert!(!inc.snapshot().selected.as_ref().unwrap().lands);
+    }
+
+    /// A pool shows on its ready tasks as it fills, is parked by one task's rate limit and is
+    /// free again when the park ends — which no event says: the snapshot follows it by the
+    /// clock, and an incremental refresh still equals a fresh build at every step.
+    #[test]
+    fn a_pool_shows_on_its_waiting_tasks_and_its_park_ends_by_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("br.db")).unwrap();
+        let store: &dyn Store = &store;
+        let pooled = |id: &str| TaskSpec {
+            pool: Some("p".into()),
+            ..spec(id, &[], &[], 0)
+        };
+        let mut pooled_plan = plan(
+            "pooled",
+            vec![pooled("a"), pooled("b"), spec("free", &[], &[], 0)],
+            Duration::from_secs(30),
+        );
+        pooled_plan.pools.insert(
+            "p".into(),
+            br_core::agent::PoolSpec {
+                size: 1,
+                backoff: Duration::from_millis(600),
+            },
+        );
+        let s = submit_plan(store, pooled_plan);
+        let mut inc = Live::new(Some(s.id.clone()));
+        assert_same(store, &mut inc, "submit");
+        let waits = |inc: &Live| -> Vec<Option<String>> {
+            inc.snapshot().selected.as_ref().unwrap().tasks[..2]
+                .iter()
+                .map(|t| match &t.waiting_for {
+                    Some(Waiting::Pool { text, .. }) => Some(text.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(waits(&inc), [None, None]);
+        let pool = &inc.snapshot().pools[0];
+        assert_eq!(
+            (
+                pool.pool.name.as_str(),
+                pool.pool.running_words(),
+                pool.parked()
+            ),
+            ("p", "0/1 running".to_string(), false)
+        );
+
+        let w = worker(store, Duration::from_secs(30));
+        let a = claim_in(store, &w, Some(&s.id)).unwrap();
+        assert_eq!(a.task_id.as_str(), "a");
+        assert_same(store, &mut inc, "a fills the pool");
+        assert_eq!(
+            waits(&inc),
+            [None, Some("waiting: pool p full (1/1 running)".to_string())]
+        );
+
+        store
+            .finish_attempt(
+                &a,
+                &Outcome::RateLimited {
+                    reason: "usage limit reached".into(),
+                },
+            )
+            .unwrap();
+        assert_same(store, &mut inc, "a's rate limit parks the pool");
+        let snap = inc.snapshot();
+        let pool = &snap.pools[0];
+        assert!(pool.parked(), "{pool:?}");
+        assert_eq!(
+            pool.pool.parked_reason.as_deref(),
+            Some("usage limit reached")
+        );
+        let words = pool.parked_text.clone().unwrap();
+        assert!(words.starts_with("parked until "), "{words}");
+        assert_eq!(
+            waits(&inc),
+            vec![Some(format!("waiting: pool p {words}")); 2],
+            "both of its ready tasks wait for the pool"
+        );
+        assert!(snap.events.iter().any(|e| e.kind == EventKind::PoolParked));
+        // The task that is in no pool runs meanwhile.
+        let free = claim_in(store, &w, Some(&s.id)).unwrap();
+        assert_eq!(free.task_id.as_str(), "free");
+        store.finish_attempt(&free, &Outcome::Succeeded).unwrap();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert_same(store, &mut inc, "waiting for the park to end");
+            if !inc.snapshot().pools[0].parked() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the park never ended");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(waits(&inc), [None, None], "the park ended by the clock");
     }
 
     /// Many random operations on a bigger session, checked against a fresh build every few

@@ -9,6 +9,7 @@
 //! | `br workers --json`, `GET /api/workers` | [`WorkerListView`] of [`WorkerView`]s |
 //! | `br locks --json`, `GET /api/locks` | [`LockListView`] of [`LockView`]s |
 //! | each `br events --json` line, `GET /api/events` | [`EventView`] |
+//! | `br pools --json`, `GET /api/pools` | [`PoolListView`] of [`PoolView`]s |
 //!
 //! Field names and their order are the contract: DESIGN.md lists the fields every consumer may
 //! rely on, and the views keep the extra ones br has always printed after or between them. The
@@ -224,6 +225,46 @@ impl<'a> From<&'a Lock> for LockView<'a> {
     }
 }
 
+/// One pool: each entry of `br pools --json` and `GET /api/pools`, and each of the dashboards'
+/// pools.
+#[derive(Debug, Serialize)]
+pub struct PoolView<'a> {
+    name: &'a str,
+    /// At most this many of its tasks run at once, across every session and machine; none: no
+    /// cap.
+    size: Option<u32>,
+    /// Its tasks running now.
+    running: u32,
+    /// How long a rate limit parks it.
+    backoff_ms: u64,
+    /// Whether a rate limit parks it now, by the store's clock: `parked_until` and
+    /// `parked_reason` stay after the park is over, as the last one.
+    parked: bool,
+    parked_until: Option<Timestamp>,
+    /// The output line that showed the rate limit.
+    parked_reason: Option<&'a str>,
+}
+
+impl<'a> PoolView<'a> {
+    /// `pool` as the store's clock finds it at `now`.
+    pub fn at(pool: &'a Pool, now: Timestamp) -> PoolView<'a> {
+        PoolView::parked_as(pool, pool.parked_at(now))
+    }
+
+    /// `pool`, parked or not as its reader found it at its own clock (the snapshot's).
+    pub(crate) fn parked_as(pool: &'a Pool, parked: bool) -> PoolView<'a> {
+        PoolView {
+            name: &pool.name,
+            size: pool.size,
+            running: pool.running,
+            backoff_ms: pool.backoff_ms,
+            parked,
+            parked_until: pool.parked_until,
+            parked_reason: pool.parked_reason.as_deref(),
+        }
+    }
+}
+
 /// One event: each line of `br events --json`, each entry of `GET /api/events`. The detail is
 /// the JSON object of its kind, as stored.
 #[derive(Debug, Serialize)]
@@ -387,6 +428,29 @@ impl LockListView {
 impl Serialize for LockListView {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter().map(LockView::from))
+    }
+}
+
+/// `br pools --json`, `GET /api/pools`: the store's pools by name, and the clock they were read
+/// at (whether each is parked depends on it).
+#[derive(Debug, Clone)]
+pub struct PoolListView {
+    pub pools: Vec<Pool>,
+    pub now: Timestamp,
+}
+
+impl PoolListView {
+    pub fn read(store: &dyn Store) -> Result<PoolListView> {
+        // The clock first, so that a pool parked between the two reads shows as parked.
+        let now = store.now()?;
+        let pools = store.pools()?;
+        Ok(PoolListView { pools, now })
+    }
+}
+
+impl Serialize for PoolListView {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.pools.iter().map(|p| PoolView::at(p, self.now)))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use br_core::time::{ago, short_duration};
+use br_core::time::{ago, hms, short_duration};
 use br_core::{OutcomeKind, SessionId, TaskState, Timestamp, WorkerStatus};
 use br_store::snapshot::{LockRow, SessionRow, Snapshot, TaskRow, Waiting};
 use br_store::{Event, Worker};
@@ -66,11 +66,12 @@ pub(crate) fn natural_height(snapshot: &Snapshot, compact: bool) -> u16 {
     let workers = snapshot.workers.len().max(1);
     let events = snapshot.events.len().clamp(1, ONCE_MAX_EVENTS);
     let locks = snapshot.locks.len().max(1);
+    let stats = stats_lines(snapshot);
     let h = if compact {
         // Stats, then each section: title, header, rows; events: title, rows; footer.
-        2 + (2 + sessions) + (2 + workers) + (2 + tasks) + (1 + events) + 1
+        stats + (2 + sessions) + (2 + workers) + (2 + tasks) + (1 + events) + 1
     } else {
-        4 + (3 + sessions) + (3 + workers) + (3 + tasks) + (2 + events.max(locks + 1)) + 1
+        (2 + stats) + (3 + sessions) + (3 + workers) + (3 + tasks) + (2 + events.max(locks + 1)) + 1
     };
     u16::try_from(h).unwrap_or(u16::MAX).max(FULL_MIN_HEIGHT)
 }
@@ -128,10 +129,11 @@ fn draw_full(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
         .len()
         .max(snap.locks.len() + 1)
         .clamp(1, ONCE_MAX_EVENTS));
+    let stats = n(stats_lines(snap)).saturating_add(2);
     let heights = allot(
         body,
         &[
-            (4, 4, 4),
+            (stats, stats, stats),
             (
                 4,
                 n(snap.sessions.len().max(1)).saturating_add(3),
@@ -166,10 +168,11 @@ fn draw_compact(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     let tasks_visible = model.visible_tasks();
     let body = area.height.saturating_sub(1);
     let n = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
+    let stats = n(stats_lines(snap));
     let heights = allot(
         body,
         &[
-            (2, 2, 2),
+            (stats, stats, stats),
             (3, n(snap.sessions.len().max(1)).saturating_add(2), 5),
             (3, n(snap.workers.len().max(1)).saturating_add(2), 5),
             (3, n(tasks_visible.len().max(1)).saturating_add(2), u16::MAX),
@@ -289,7 +292,18 @@ fn draw_stats(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, bord
             (None, false) => second.push(Span::raw(" · time left unknown")),
         }
     }
-    let lines = vec![Line::from(first), Line::from(second)];
+    let mut lines = vec![Line::from(first), Line::from(second)];
+    if let Some(row) = snap.selected_session()
+        && let Some(spent) = row.session.spent_words()
+    {
+        lines.push(Line::from(vec![
+            Span::styled(row.session.name.clone(), theme.title()),
+            Span::raw(format!(" {spent}")),
+        ]));
+    }
+    if !snap.pools.is_empty() {
+        lines.push(pools_line(snap, theme));
+    }
     let text = if borders == Borders::NONE {
         Paragraph::new(lines)
     } else {
@@ -297,6 +311,42 @@ fn draw_stats(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, bord
         Paragraph::new(lines).block(block(title, theme, borders, Emphasis::Plain))
     };
     frame.render_widget(text, area);
+}
+
+/// How many lines the statistics take: workers and tasks, then what the selected session spent
+/// (when its attempts reported usage) and the pools (when the store has any).
+fn stats_lines(snap: &Snapshot) -> usize {
+    let spent = snap
+        .selected_session()
+        .is_some_and(|r| r.session.spent_words().is_some());
+    2 + usize::from(spent) + usize::from(!snap.pools.is_empty())
+}
+
+/// Every pool on one line — a store has a handful — with its running tasks out of its size and
+/// a parked one's park, which stands out; then what each parked pool's rate limit said, last, so
+/// that a narrow terminal cuts those words (an agent's output line, of any length) first.
+fn pools_line(snap: &Snapshot, theme: Theme) -> Line<'static> {
+    let mut spans = vec![Span::styled("Pools ", theme.label())];
+    for (i, row) in snap.pools.iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw(" · "));
+        }
+        let pool = &row.pool;
+        spans.push(Span::styled(pool.name.clone(), theme.title()));
+        spans.push(Span::raw(format!(" {}", pool.running_words())));
+        if let Some(parked) = &row.parked_text {
+            spans.push(Span::styled(format!(", {parked}"), theme.warn()));
+        }
+    }
+    for row in snap.pools.iter().filter(|p| p.parked()) {
+        if let Some(reason) = &row.pool.parked_reason {
+            spans.push(Span::styled(
+                format!(" — {}: {reason}", row.pool.name),
+                theme.label(),
+            ));
+        }
+    }
+    Line::from(spans)
 }
 
 /// How many rows of a table with `header_lines` and a block fit in `area`.
@@ -569,6 +619,14 @@ fn draw_tasks(
         Constraint::Length(7),
     ];
     let mut header = vec!["", "Task", "State", "Try", "Worker", "Elapsed"];
+    // What each task's attempts spent, once any of the session's reported usage.
+    let cost = snap
+        .selected_session()
+        .is_some_and(|r| !r.session.usage.is_zero());
+    if cost {
+        widths.push(Constraint::Length(8));
+        header.push("Cost");
+    }
     // Where each task's work is, when the session integrates as it runs; the compact layout
     // says it in the note instead.
     let landing_column = lands && !compact;
@@ -587,6 +645,7 @@ fn draw_tasks(
     widths.push(Constraint::Fill(if compact { 3 } else { 4 }));
     header.push("Waiting for / result");
     let columns = TaskColumns {
+        cost,
         landing: if !lands {
             LandingColumn::None
         } else if compact {
@@ -668,9 +727,11 @@ fn draw_tasks(
     frame.render_widget(table, area);
 }
 
-/// The optional columns of the tasks table, which only wide layouts have room for.
+/// The optional columns of the tasks table: what tasks spent, when any did, and those only
+/// wide layouts have room for.
 #[derive(Debug, Clone, Copy)]
 struct TaskColumns {
+    cost: bool,
     landing: LandingColumn,
     files: bool,
     branch: bool,
@@ -703,10 +764,13 @@ fn task_row<'a>(
     let (selected, focused) = (place.selected, place.focused);
     let task = &t.task;
     let blocked = t.waiting_for.is_some() && task.state == TaskState::Ready;
-    let state = if blocked {
-        "blocked"
-    } else {
-        task.state.as_str()
+    let state = match &t.waiting_for {
+        Some(Waiting::Pool {
+            parked_until: Some(_),
+            ..
+        }) if blocked => "parked",
+        _ if blocked => "blocked",
+        _ => task.state.as_str(),
     };
     let elapsed = match (task.state, task.started_at, task.finished_at) {
         (TaskState::Running, Some(start), _) => short_duration(now.since(start)),
@@ -734,7 +798,7 @@ fn task_row<'a>(
         };
     }
     let note_style = match (&t.waiting_for, task.state) {
-        (Some(Waiting::Lock { .. }), _) => theme.warn(),
+        (Some(Waiting::Lock { .. } | Waiting::Pool { .. }), _) => theme.warn(),
         (_, TaskState::Failed) => theme.bad(),
         _ if !task.conflicts.is_empty() || !task.scope_violations.is_empty() => theme.warn(),
         _ => Style::new(),
@@ -751,6 +815,13 @@ fn task_row<'a>(
         Cell::from(worker),
         Cell::from(elapsed),
     ];
+    if columns.cost {
+        cells.push(Cell::from(if task.usage.is_zero() {
+            String::new()
+        } else {
+            task.usage.cost()
+        }));
+    }
     if columns.landing == LandingColumn::Own {
         cells.push(Cell::from(Span::styled(landing, landing_style)));
     }
@@ -796,6 +867,8 @@ fn task_note(t: &TaskRow, names: &HashMap<&SessionId, &str>) -> String {
                 .collect();
             format!("lock {}", holders.join("; "))
         }
+        // In the snapshot's words, which the web page shows too.
+        Some(Waiting::Pool { text, .. }) => text.clone(),
         None => match (t.task.state, t.task.outcome, t.task.exit_code) {
             (TaskState::Failed, Some(OutcomeKind::Failed), Some(code)) => format!("exit {code}"),
             (TaskState::Failed, Some(outcome), _) => outcome.words(),
@@ -893,7 +966,7 @@ fn event_line<'a>(e: &'a Event, names: &HashMap<&SessionId, &str>, theme: Theme)
     let style = match e.kind {
         TaskFailed | SessionFailed | WorkerOffline | StaleResultRejected | MergeConflict
         | ScopeViolation => theme.bad(),
-        TaskRequeued | LockConflict | SessionPaused | SessionCancelled => theme.warn(),
+        TaskRequeued | LockConflict | SessionPaused | SessionCancelled | PoolParked => theme.warn(),
         SessionCompleted => theme.good(),
         _ => Style::new(),
     };
@@ -1128,9 +1201,4 @@ fn draw_log(frame: &mut Frame, area: Rect, tail: &LogTail, model: &Model, theme:
 /// workers of one store apart, and the full id is in the workers table.
 fn short_id(id: &str) -> &str {
     id.get(..7).unwrap_or(id)
-}
-
-/// `HH:MM:SS` of a store timestamp, in UTC.
-fn hms(at: Timestamp) -> String {
-    at.to_string().get(11..19).unwrap_or("").to_string()
 }

@@ -118,6 +118,57 @@ fn a_task_blocked_by_a_lock_names_the_lock_and_its_holder() {
 }
 
 #[test]
+fn a_parked_pool_and_what_tasks_spent_show() {
+    let m = model(parked_pool(), false);
+    let terminal = draw(&m, 190, 34);
+    insta::assert_snapshot!(terminal.backend());
+    let text = terminal.backend().to_string();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}:\n{text}"))
+            .to_string()
+    };
+    let pools = line("Pools");
+    assert!(
+        pools.contains(
+            "anthropic 0/2 running, parked until 15:30:16 (in 42s) · openai 1/1 running \
+             — anthropic: Claude AI usage limit reached"
+        ),
+        "{pools}"
+    );
+    assert!(
+        pools.contains("openai 1/1 running") && !pools.contains("429"),
+        "a park that ended is not shown: {pools}"
+    );
+    let spent = line("agents spent");
+    assert!(
+        spent.contains("spent $0.3234 · 32.3k in / 2.2k out tokens · $0.1617 per landed task"),
+        "{spent}"
+    );
+    let billing = line("billing");
+    assert!(billing.contains("parked"), "{billing}");
+    // The note column cuts the rest ("(in 42s)"), which the pools line above says.
+    assert!(
+        billing.contains("waiting: pool anthropic parked until 15:30:16"),
+        "{billing}"
+    );
+    let refactor = line("refactor");
+    assert!(
+        refactor.contains("blocked")
+            && refactor.contains("waiting: pool openai full (1/1 running)"),
+        "{refactor}"
+    );
+    assert!(line("search").contains("$0.1234"), "{}", line("search"));
+    assert!(line("auth").contains("$0.2000"), "{}", line("auth"));
+}
+
+#[test]
+fn a_parked_pool_in_the_compact_layout() {
+    insta::assert_snapshot!(draw(&model(parked_pool(), true), 80, 24).backend());
+}
+
+#[test]
 fn compact_layout_fits_80_by_24() {
     insta::assert_snapshot!(draw(&model(blocked_on_lock(), true), 80, 24).backend());
 }

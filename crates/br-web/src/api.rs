@@ -16,8 +16,8 @@ use br_core::state::SessionAction;
 use br_core::{SessionStatus, TaskId, TaskState, WorkerStatus};
 use br_store::snapshot::build_snapshot;
 use br_store::view::{
-    EventView, LockListView, SessionListView, StatusView, SummaryView, WorkerListView,
-    WorkerListing,
+    EventView, LockListView, PoolListView, SessionListView, StatusView, SummaryView,
+    WorkerListView, WorkerListing,
 };
 use br_store::{EventFilter, Session, SessionFilter, Store};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/retry", post(retry))
         .route("/api/workers", get(workers))
         .route("/api/locks", get(locks))
+        .route("/api/pools", get(pools))
         .route("/api/events", get(events))
         .route("/api/stream", get(stream))
         .fallback(not_found)
@@ -424,6 +425,14 @@ async fn workers(
 async fn locks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let list = state
         .blocking(|store| Ok(LockListView::read(store)?))
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+/// `GET /api/pools`: as `br pools --json`.
+async fn pools(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let list = state
+        .blocking(|store| Ok(PoolListView::read(store)?))
         .await?;
     Ok(Json(list).into_response())
 }

@@ -5,7 +5,7 @@
 //! The keys are the snapshot's; `selected` gains `tasks_offset` and `tasks_total`.
 
 use br_core::{SessionId, TaskId, Timestamp};
-use br_store::snapshot::{DescribedTaskRow, LockRow, SessionRow, Snapshot, Throughput};
+use br_store::snapshot::{DescribedTaskRow, LockRow, PoolRow, SessionRow, Snapshot, Throughput};
 use br_store::view::DescribedEventView;
 use br_store::{Summary, Worker};
 use serde::Serialize;
@@ -54,6 +54,7 @@ pub(crate) struct SnapshotPage<'a> {
     selected: Option<SelectedPage<'a>>,
     workers: &'a [Worker],
     locks: &'a [LockRow],
+    pools: &'a [PoolRow],
     events: Vec<DescribedEventView<'a>>,
 }
 
@@ -94,6 +95,7 @@ impl<'a> SnapshotPage<'a> {
             selected,
             workers: &snapshot.workers,
             locks: &snapshot.locks,
+            pools: &snapshot.pools,
             events: snapshot.events[newest..]
                 .iter()
                 .map(DescribedEventView::from)

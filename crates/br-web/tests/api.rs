@@ -8,10 +8,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::response::Response;
+use br_core::agent::Usage;
 use br_core::outcome::Outcome;
 use br_core::{LockPath, Plan};
 use br_store::sqlite::SqliteStore;
-use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Session, Store};
+use br_store::{AttemptReport, Claim, ClaimRequest, NewSession, NewWorker, Session, Store};
 use br_web::{
     ACTION_HEADER, Access, AppState, DEFAULT_TASK_PAGE, MAX_TASK_PAGE, Server, Token, router,
 };
@@ -373,6 +374,7 @@ async fn every_endpoint_answers_with_the_cli_json_shapes() {
             "last_seq",
             "locks",
             "now",
+            "pools",
             "selected",
             "sessions",
             "summary",
@@ -395,7 +397,16 @@ async fn every_endpoint_answers_with_the_cli_json_shapes() {
     );
     for row in snapshot["sessions"].as_array().expect("sessions") {
         has_keys(row, SESSION_KEYS);
-        has_keys(row, &["workers", "elapsed_ms", "remaining_ms"]);
+        has_keys(
+            row,
+            &[
+                "workers",
+                "elapsed_ms",
+                "remaining_ms",
+                "usage",
+                "spent_text",
+            ],
+        );
     }
     // The snapshot's events carry their detail in words (`text`), as the terminal dashboard
     // and progress lines say it; `/api/events` above is `br events --json`, nothing added.
@@ -426,6 +437,142 @@ async fn every_endpoint_answers_with_the_cli_json_shapes() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(other["selected"]["id"], done.id.as_str());
     assert_eq!(other["selected"]["tasks"][0]["state"], "succeeded");
+}
+
+/// A rate-limited attempt that reported what it spent: `/api/pools` answers as `br pools
+/// --json` with the pool parked, every shape that has `usage` carries it, and the snapshot
+/// (what both dashboards show) has the park and the spend in words.
+#[tokio::test]
+async fn pools_and_usage_answer_as_the_cli_shapes_them() {
+    let f = Fixture::new();
+    let text = "name = \"agents\"\nisolation = \"shared\"\n\
+                [pool.p]\nsize = 1\nbackoff = \"1h\"\n\
+                [[task]]\nid = \"a\"\nrun = \"true\"\npool = \"p\"\n\
+                [[task]]\nid = \"b\"\nrun = \"true\"\npool = \"p\"\n";
+    let s = f
+        .store
+        .create_session(&NewSession {
+            plan: Plan::parse(text, Path::new("br.toml")).expect("valid plan"),
+            repo_root: PathBuf::from("/repo"),
+            repo_id: None,
+            plan_path: None,
+            base_commit: None,
+            workers_wanted: 1,
+        })
+        .expect("create session");
+    let (status, pools) = f.get("/api/pools").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        pools,
+        serde_json::json!([{
+            "name": "p", "size": 1, "running": 0, "backoff_ms": 3_600_000,
+            "parked": false, "parked_until": null, "parked_reason": null
+        }])
+    );
+
+    let worker = f
+        .store
+        .register_worker(&NewWorker {
+            host: "test-host".into(),
+            pid: 7,
+            session: Some(s.id.clone()),
+            heartbeat_timeout: Duration::from_secs(30),
+        })
+        .expect("register");
+    let Claim::Task(a) = f
+        .store
+        .claim_next_task(&ClaimRequest {
+            worker: &worker,
+            session: Some(&s.id),
+            log_dir: &f._dir.path().join("logs"),
+            repo_id: None,
+        })
+        .expect("claim")
+    else {
+        panic!("a task")
+    };
+    let (_, pools) = f.get("/api/pools").await;
+    assert_eq!(pools[0]["running"], 1, "{pools}");
+    f.store
+        .finish_attempt_with(
+            &a.lease,
+            &Outcome::RateLimited {
+                reason: "usage limit reached".into(),
+            },
+            &AttemptReport {
+                usage: Some(Usage {
+                    input_tokens: 100,
+                    output_tokens: 10,
+                    cost_micros: 10_000,
+                }),
+                ..AttemptReport::default()
+            },
+        )
+        .expect("finish");
+
+    let (_, pools) = f.get("/api/pools").await;
+    let p = &pools[0];
+    assert_eq!(
+        (&p["running"], &p["parked"], &p["parked_reason"]),
+        (
+            &serde_json::json!(0),
+            &Value::Bool(true),
+            &serde_json::json!("usage limit reached")
+        ),
+        "{pools}"
+    );
+    assert!(p["parked_until"].is_string(), "{pools}");
+
+    let usage = serde_json::json!({"input_tokens": 100, "output_tokens": 10, "cost_usd": 0.01});
+    let (_, status) = f.get(&format!("/api/sessions/{}", s.id)).await;
+    assert_eq!(status["usage"], usage);
+    let task = &status["tasks"][0];
+    assert_eq!(
+        (&task["id"], &task["pool"], &task["agent"], &task["usage"]),
+        (
+            &serde_json::json!("a"),
+            &serde_json::json!("p"),
+            &Value::Null,
+            &usage
+        )
+    );
+    let (_, summary) = f.get("/api/summary").await;
+    assert_eq!(summary["usage"], usage);
+    let (_, list) = f.get("/api/sessions").await;
+    assert_eq!(list[0]["usage"], usage);
+
+    let snapshot = poll_snapshot(&f, "/api/snapshot", |v| {
+        v["pools"][0]["parked"] == Value::Bool(true)
+    })
+    .await;
+    let pool = &snapshot["pools"][0];
+    assert_eq!(pool["name"], "p");
+    let parked = pool["parked_text"].as_str().expect("parked_text");
+    assert!(
+        parked.starts_with("parked until ") && parked.contains(" (in "),
+        "{parked}"
+    );
+    // Both tasks are ready and wait for the parked pool, in the words both dashboards show.
+    for t in snapshot["selected"]["tasks"].as_array().expect("tasks") {
+        assert_eq!(t["waiting_for"]["kind"], "pool", "{t}");
+        let words = t["waiting_for"]["text"].as_str().expect("text");
+        assert!(
+            words.starts_with("waiting: pool p parked until "),
+            "{words}"
+        );
+    }
+    assert_eq!(
+        snapshot["sessions"][0]["spent_text"],
+        "spent $0.0100 · 100 in / 10 out tokens"
+    );
+    assert!(
+        snapshot["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["kind"] == "pool_parked"),
+        "a rate limit is notable"
+    );
 }
 
 /// Reads `uri` until `ok` holds for it (the publisher refreshes in the background).
@@ -961,6 +1108,7 @@ async fn with_a_token_every_route_needs_it() {
             ("GET", "/api/sessions/build"),
             ("GET", "/api/workers"),
             ("GET", "/api/locks"),
+            ("GET", "/api/pools"),
             ("GET", "/api/events"),
             ("GET", "/api/stream"),
             ("GET", "/api/no/such/thing"),

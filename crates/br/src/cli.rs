@@ -95,6 +95,8 @@ pub(crate) enum Command {
     Unlock(UnlockArgs),
     /// List held locks
     Locks,
+    /// List pools: how many of their tasks run out of their size, and a rate limit's park
+    Pools,
     /// Show the event log (NDJSON with --json)
     Events(EventsArgs),
     /// Show a task's output

@@ -416,3 +416,216 @@ agent = "stand-in"
         );
     }
 }
+
+/// A stand-in for `claude -p --output-format json` that does its task and prints its result
+/// object: 100 tokens in, 10 out, a cent.
+const SPENDS_A_CENT: &str = r#"cat "$BR_PROMPT_FILE" > "$BR_TASK_ID.txt"
+echo '{"type":"result","total_cost_usd":0.01,"usage":{"input_tokens":100,"output_tokens":10}}'
+"#;
+
+#[test]
+fn status_and_summary_say_what_the_agents_spent() {
+    let repo = TestRepo::new();
+    repo.write("agent.sh", SPENDS_A_CENT);
+    commit_plan(
+        &repo,
+        r#"name = "spend"
+[agent.stand-in]
+run = 'sh agent.sh'
+usage = "claude_json"
+[[task]]
+id = "a"
+agent = "stand-in"
+prompt = "a"
+[[task]]
+id = "b"
+agent = "stand-in"
+prompt = "b"
+[[task]]
+id = "plain"
+run = "true"
+"#,
+    );
+    let run = repo.br(&["run", "--workers", "2", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+
+    let status = repo.br(&["status"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let text = &status.stdout;
+    // Two agents spent a cent each; all three tasks landed.
+    assert!(
+        text.lines()
+            .any(|l| l == "spent $0.0200 · 200 in / 20 out tokens · $0.0067 per landed task"),
+        "{text}"
+    );
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("TASK"))
+        .expect("header");
+    assert!(header.contains(" COST "), "{header}");
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no row {id}: {text}"))
+    };
+    assert!(row("a").contains("$0.0100"), "{}", row("a"));
+    assert!(row("b").contains("$0.0100"), "{}", row("b"));
+    assert!(!row("plain").contains('$'), "{}", row("plain"));
+
+    let summary = repo.br(&["summary"]);
+    assert_eq!(summary.code, 0, "{}", summary.stderr);
+    assert!(
+        summary
+            .stdout
+            .lines()
+            .any(|l| l == "spent     $0.0200 · 200 in / 20 out tokens"),
+        "{}",
+        summary.stdout
+    );
+
+    // A store where nothing reported usage says nothing of it.
+    let other = TestRepo::new();
+    commit_plan(&other, "[[task]]\nid = \"t\"\nrun = \"true\"\n");
+    let run = other.br(&["run", "--workers", "1", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let quiet = other.br(&["status"]).stdout + &other.br(&["summary"]).stdout;
+    assert!(
+        !quiet.contains("spent") && !quiet.contains("COST"),
+        "{quiet}"
+    );
+}
+
+#[test]
+fn a_parked_pool_shows_in_br_pools_status_and_the_dashboard() {
+    let repo = TestRepo::new();
+    // The line that shows the limit, in bold: an agent's output may hold anything, and is
+    // shown escaped.
+    repo.write(
+        "agent.sh",
+        "printf '\\033[1mClaude AI usage limit reached|1767225600\\033[0m\\n'\nexit 1\n",
+    );
+    commit_plan(
+        &repo,
+        r#"name = "limited"
+[agent.stand-in]
+run = 'sh agent.sh'
+rate_limit = "usage limit reached"
+pool = "p"
+[pool.p]
+size = 2
+backoff = "1h"
+[pool.spare]
+size = 1
+[[task]]
+id = "a"
+agent = "stand-in"
+prompt = "a"
+[[task]]
+id = "b"
+agent = "stand-in"
+prompt = "b"
+"#,
+    );
+    let before = repo.br(&["pools", "--json"]);
+    assert_eq!(before.code, 0, "{}", before.stderr);
+    assert_eq!(before.stdout.trim(), "[]", "no pool before a plan made one");
+    assert_eq!(
+        repo.br(&["pools"]).stdout.lines().next(),
+        Some("no pools: a plan's [pool.NAME] tables (or an agent's `pool`) make them")
+    );
+
+    let submitted = repo.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = repo.session_id();
+    // One worker: the first attempt hits the limit and parks the pool for an hour, so it finds
+    // nothing more to claim and leaves.
+    let worker = repo.br(&["worker", "--session", &session, "--exit-when-idle"]);
+    assert_eq!(worker.code, 0, "{}\n{}", worker.stdout, worker.stderr);
+
+    let pools = repo.br(&["pools", "--json"]);
+    assert_eq!(pools.code, 0, "{}", pools.stderr);
+    let pools: Value = serde_json::from_str(&pools.stdout).expect("JSON");
+    let names: Vec<&str> = pools
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["p", "spare"]);
+    let p = &pools[0];
+    assert_eq!(
+        (&p["size"], &p["running"], &p["backoff_ms"], &p["parked"]),
+        (
+            &Value::from(2),
+            &Value::from(0),
+            &Value::from(3_600_000),
+            &Value::Bool(true)
+        ),
+        "{p}"
+    );
+    assert!(p["parked_until"].is_string(), "{p}");
+    assert_eq!(
+        p["parked_reason"],
+        "\u{1b}[1mClaude AI usage limit reached|1767225600\u{1b}[0m"
+    );
+    assert_eq!(
+        (
+            &pools[1]["size"],
+            &pools[1]["parked"],
+            &pools[1]["backoff_ms"]
+        ),
+        (&Value::from(1), &Value::Bool(false), &Value::from(60_000)),
+        "a pool no task ran in, with the default backoff"
+    );
+
+    let text = repo.br(&["pools"]).stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("POOL"), "{text}");
+    assert!(
+        lines[1].starts_with("p ")
+            && lines[1].contains(" 1h ")
+            && lines[1].contains("parked until ")
+            && lines[1].ends_with("\\u{1b}[1mClaude AI usage limit reached|1767225600\\u{1b}[0m"),
+        "{text}"
+    );
+    assert!(
+        lines[2].split_whitespace().collect::<Vec<_>>() == ["spare", "1", "0", "1m", "-", "-"],
+        "{text}"
+    );
+
+    // Both tasks are ready, and wait for the pool.
+    let status = repo.br(&["status", &session]).stdout;
+    for id in ["a", "b"] {
+        let row = status
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no row {id}: {status}"));
+        assert!(
+            row.contains("ready") && row.contains("waiting: pool p parked until "),
+            "{row}"
+        );
+    }
+    let frame = repo.br(&["dashboard", "--once"]);
+    assert_eq!(frame.code, 0, "{}", frame.stderr);
+    let pools_line = frame
+        .stdout
+        .lines()
+        .find(|l| l.contains("Pools "))
+        .unwrap_or_else(|| panic!("{}", frame.stdout));
+    assert!(
+        pools_line.contains("p 0/2 running, parked until ")
+            && pools_line.contains("spare 0/1 running"),
+        "{pools_line}"
+    );
+    assert!(frame.stdout.contains("parked"), "{}", frame.stdout);
+    for (what, text) in [
+        ("pools", &text),
+        ("status", &status),
+        ("dashboard", &frame.stdout),
+    ] {
+        assert!(
+            !text.contains('\u{1b}'),
+            "br {what} let an ESC through: {text}"
+        );
+    }
+}

@@ -418,11 +418,13 @@ fn the_store_and_the_logs_are_the_users_alone() {
 }
 
 /// Every command that only reads, with the arguments it needs.
-const READING: [&[&str]; 9] = [
+const READING: [&[&str]; 11] = [
     &["list"],
     &["list", "--json"],
     &["summary"],
     &["locks"],
+    &["pools"],
+    &["pools", "--json"],
     &["workers"],
     &["events"],
     &["dashboard", "--once"],

@@ -336,8 +336,8 @@ fn help_lists_every_command_and_the_exit_codes() {
     assert_eq!(help.code, 0);
     for command in [
         "demo", "init", "run", "submit", "worker", "wait", "start", "status", "list", "pause",
-        "resume", "cancel", "scale", "workers", "lock", "unlock", "locks", "events", "logs",
-        "summary", "cleanup",
+        "resume", "cancel", "scale", "workers", "lock", "unlock", "locks", "pools", "events",
+        "logs", "summary", "cleanup",
     ] {
         assert!(
             help.stdout.contains(&format!("\n  {command} ")),

@@ -1,6 +1,7 @@
 //! Every JSON shape DESIGN.md names, from the real binary, snapshotted byte for byte (ids, times,
 //! paths, hosts and pids filtered): `br summary --json`, `br status --json`, `br workers --json`,
-//! `br locks --json`, `br list --json` and each `br events --json` line; the web API answers
+//! `br locks --json`, `br list --json`, `br pools --json` and each `br events --json` line; the
+//! web API answers
 //! with the same JSON; and the progress lines of the same run.
 
 mod common;
@@ -10,7 +11,7 @@ use common::served::Served;
 use serde_json::Value;
 
 /// A session with a task that succeeds, one that fails and one skipped because of it; then a
-/// second session, only submitted, holding a manual lock.
+/// second session, only submitted, holding a manual lock, whose task is in a pool.
 fn run_the_scenario(repo: &TestRepo) -> (String, String) {
     repo.write(
         "shapes.toml",
@@ -22,7 +23,8 @@ fn run_the_scenario(repo: &TestRepo) -> (String, String) {
     repo.write(
         "held.toml",
         "name = \"held\"\nisolation = \"shared\"\nworkers = 2\n\
-         [[task]]\nid = \"docs\"\nrun = \"true\"\n",
+         [pool.writers]\nsize = 2\nbackoff = \"30s\"\n\
+         [[task]]\nid = \"docs\"\nrun = \"true\"\npool = \"writers\"\n",
     );
     let run = repo.br(&["run", "shapes.toml", "--workers", "1", "--no-dashboard"]);
     assert_eq!(run.code, 1, "one task fails: {}", run.stderr);
@@ -94,6 +96,7 @@ fn every_json_shape_is_stable_and_the_web_api_answers_the_same() {
     let locks = out(&["locks", "--json"]);
     let events = out(&["events", "--json"]);
     let summary = out(&["summary", "--json"]);
+    let pools = out(&["pools", "--json"]);
 
     assert_scrubbed("json_status", &scrub(&repo, &status));
     assert_scrubbed("json_list", &scrub(&repo, &list));
@@ -101,6 +104,7 @@ fn every_json_shape_is_stable_and_the_web_api_answers_the_same() {
     assert_scrubbed("json_locks", &scrub(&repo, &locks));
     assert_scrubbed("json_events", &scrub(&repo, &events));
     assert_scrubbed("json_summary", &scrub(&repo, &summary));
+    assert_scrubbed("json_pools", &scrub(&repo, &pools));
     assert_scrubbed("progress_lines", &scrub(&repo, &progress));
 
     // The web API answers with the CLI's JSON.
@@ -116,6 +120,7 @@ fn every_json_shape_is_stable_and_the_web_api_answers_the_same() {
     assert_eq!(api("/api/sessions"), parse(&list));
     assert_eq!(api("/api/workers?all=true"), parse(&workers));
     assert_eq!(api("/api/locks"), parse(&locks));
+    assert_eq!(api("/api/pools"), parse(&pools));
     let lines: Vec<Value> = events.lines().map(parse).collect();
     assert_eq!(api("/api/events"), Value::Array(lines));
     // The summary's timestamp is the store's clock when asked: the rest is the same.

@@ -8,6 +8,7 @@ mod events;
 mod lock;
 mod merge;
 mod plan;
+mod pools;
 mod serve;
 mod session;
 mod worker;
@@ -42,6 +43,7 @@ pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> 
         Command::Lock(a) => lock::lock(ctx, a),
         Command::Unlock(a) => lock::unlock(ctx, a),
         Command::Locks => lock::locks(ctx),
+        Command::Pools => pools::pools(ctx),
         Command::Events(a) => events::events(ctx, a),
         Command::Logs(a) => events::logs(ctx, a),
         Command::Reaper => unreachable_reaper(),

@@ -99,15 +99,27 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             esc(&branch)
         )?;
     }
-    let mut table = if lands {
-        Table::new(&[
-            "TASK", "STATE", "LANDING", "ATTEMPT", "WORKER", "EXIT", "TIME", "FILES", "NOTE",
-        ])
+    if let Some(spent) = s.spent_words() {
+        writeln!(out, "{spent}")?;
+    }
+    // What each task spent, once any reported usage; and the pools, for what a ready task of
+    // one waits for.
+    let costs = tasks.iter().any(|t| !t.usage.is_zero());
+    let pools = if tasks.iter().any(|t| t.pool.is_some()) {
+        store.pools()?
     } else {
-        Table::new(&[
-            "TASK", "STATE", "ATTEMPT", "WORKER", "EXIT", "TIME", "FILES", "NOTE",
-        ])
+        Vec::new()
     };
+    let mut headers = vec!["TASK", "STATE"];
+    if lands {
+        headers.push("LANDING");
+    }
+    headers.extend(["ATTEMPT", "WORKER", "EXIT", "TIME"]);
+    if costs {
+        headers.push("COST");
+    }
+    headers.extend(["FILES", "NOTE"]);
+    let mut table = Table::new(&headers);
     for t in &tasks {
         let time = match (t.started_at, t.finished_at) {
             (Some(a), Some(b)) => short_duration(b.since(a)),
@@ -127,12 +139,21 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             or_dash(t.worker_id.as_ref()),
             or_dash(t.exit_code),
             time,
+        ]);
+        if costs {
+            row.push(if t.usage.is_zero() {
+                "-".into()
+            } else {
+                t.usage.cost()
+            });
+        }
+        row.extend([
             if t.files.is_empty() {
                 "-".into()
             } else {
                 t.files.join(",")
             },
-            task_note(t, &tasks),
+            task_note(t, &tasks, &pools, now),
         ]);
         table.row(row);
     }
@@ -160,7 +181,21 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
 }
 
 /// Why a task is where it is, in a few words.
-fn task_note(t: &br_store::Task, all: &[br_store::Task]) -> String {
+fn task_note(
+    t: &br_store::Task,
+    all: &[br_store::Task],
+    pools: &[br_store::Pool],
+    now: br_core::Timestamp,
+) -> String {
+    // A claim asks the pool before the locks (as the dashboards say it).
+    if t.state == TaskState::Ready
+        && let Some(words) = pools
+            .iter()
+            .find(|p| Some(p.name.as_str()) == t.pool.as_deref())
+            .and_then(|p| p.wait_words(now))
+    {
+        return words;
+    }
     match t.state {
         TaskState::Pending => {
             let waiting: Vec<&str> = t
@@ -506,7 +541,7 @@ pub(super) fn summary(ctx: &Context) -> anyhow::Result<Exit> {
         print_json(&SummaryView::from(&s))?;
         return Ok(Exit::Success);
     }
-    print(&format!(
+    let mut text = format!(
         "workers   {} total: {} idle, {} busy, {} offline · utilization {:.0}%\n\
          sessions  {} active of {}\n\
          tasks     {} queued, {} running, {} completed, {} failed\n",
@@ -521,7 +556,12 @@ pub(super) fn summary(ctx: &Context) -> anyhow::Result<Exit> {
         s.tasks.running,
         s.tasks.completed,
         s.tasks.failed
-    ))?;
+    );
+    // What every session's attempts spent, once any reported usage.
+    if !s.usage.is_zero() {
+        text.push_str(&format!("spent     {} tokens\n", s.usage.describe()));
+    }
+    print(&text)?;
     Ok(Exit::Success)
 }
 
