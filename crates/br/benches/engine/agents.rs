@@ -26,7 +26,7 @@ fn think(i: u32) -> u32 {
 
 /// Whether agent `i` appends to the shared file (a quarter of them).
 fn shares(i: u32) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 
 const AGENT: &str = r#"#!/bin/sh
