@@ -147,6 +147,23 @@ pub fn is_rate_limited(pattern: &regex::Regex, output: &str) -> bool {
     pattern.is_match(output)
 }
 
+/// When a rate limit resets, as the line that showed it says: `Claude AI usage limit
+/// reached|1767225600` (seconds since the epoch after a `|`, as claude prints it), in
+/// milliseconds since the epoch. `None` when the line names no time.
+pub fn reset_time(line: &str) -> Option<i64> {
+    let (_, after) = line.rsplit_once('|')?;
+    let digits: String = after
+        .trim()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    // Ten digits: a time in seconds between 2001 and 2286, not a count or a code.
+    if digits.len() != 10 {
+        return None;
+    }
+    digits.parse::<i64>().ok().map(|s| s * 1000)
+}
+
 /// Tokens and money one attempt (or a task, or a session: they add up) spent. Money is kept in
 /// millionths of a dollar, so that totals add up exactly and the store keeps integers; JSON
 /// says `cost_usd`.
@@ -362,6 +379,12 @@ mod tests {
             assert!(!is_rate_limited(&pattern, fine), "{fine}");
         }
         assert!(rate_limit_pattern("(").is_err());
+        assert_eq!(
+            reset_time("Claude AI usage limit reached|1767225600"),
+            Some(1_767_225_600_000)
+        );
+        assert_eq!(reset_time("usage limit reached"), None);
+        assert_eq!(reset_time("error|429"), None);
     }
 
     #[test]

@@ -73,7 +73,13 @@ pub enum Outcome {
     Unrecorded { reason: String },
     /// Its output showed its agent's rate limit (`rate_limit`): not the task's fault, so no
     /// retry is spent; the task is ready again, and its pool is parked for a while.
-    RateLimited { reason: String },
+    RateLimited {
+        reason: String,
+        /// When the limit resets, as the output said it (milliseconds since the epoch): the
+        /// pool stays parked until then instead of its backoff.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resets_at_ms: Option<i64>,
+    },
 }
 
 impl Outcome {
@@ -128,7 +134,7 @@ impl Outcome {
                 format!("changed files outside its scope: {}", files.join(", "))
             }
             Outcome::Unrecorded { reason } => format!("its changes could not be kept: {reason}"),
-            Outcome::RateLimited { reason } => format!("rate limited: {reason}"),
+            Outcome::RateLimited { reason, .. } => format!("rate limited: {reason}"),
         }
     }
 }
@@ -297,7 +303,10 @@ mod tests {
             Outcome::LeaseLost,
             Outcome::ScopeViolation { files: vec![] },
             Outcome::Unrecorded { reason: "x".into() },
-            Outcome::RateLimited { reason: "x".into() },
+            Outcome::RateLimited {
+                reason: "x".into(),
+                resets_at_ms: None,
+            },
         ];
         for outcome in &every {
             let kind = outcome.kind();

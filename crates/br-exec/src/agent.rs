@@ -38,8 +38,12 @@ pub(crate) fn usage_of(
 }
 
 /// For an attempt that did not succeed: the line of its output that shows its agent's rate
-/// limit, if one does.
-pub(crate) fn rate_limit(task: &ClaimedTask, outcome: &Outcome, log_path: &Path) -> Option<String> {
+/// limit, if one does, and when the limit resets if that line says so.
+pub(crate) fn rate_limit(
+    task: &ClaimedTask,
+    outcome: &Outcome,
+    log_path: &Path,
+) -> Option<(String, Option<i64>)> {
     if !matches!(outcome, Outcome::Failed { .. } | Outcome::Signalled { .. }) {
         return None;
     }
@@ -54,7 +58,10 @@ pub(crate) fn rate_limit(task: &ClaimedTask, outcome: &Outcome, log_path: &Path)
         .find(|l| pattern.is_match(l))
         .unwrap_or("rate limited")
         .trim();
-    Some(line.chars().take(REASON_MAX_CHARS).collect())
+    Some((
+        line.chars().take(REASON_MAX_CHARS).collect(),
+        br_core::agent::reset_time(line),
+    ))
 }
 
 /// The end of a log file, as text (empty when there is none).

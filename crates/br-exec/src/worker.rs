@@ -548,7 +548,12 @@ impl Worker<'_> {
                         // the task's pool.
                         let outcome =
                             match crate::agent::rate_limit(&task, &outcome, &task.log_path) {
-                                Some(reason) if !lease_lost => Outcome::RateLimited { reason },
+                                Some((reason, resets_at_ms)) if !lease_lost => {
+                                    Outcome::RateLimited {
+                                        reason,
+                                        resets_at_ms,
+                                    }
+                                }
                                 _ => outcome,
                             };
                         let outcome = extras.setup_outcome(outcome);

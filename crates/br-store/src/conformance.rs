@@ -22,6 +22,7 @@ use br_core::{
 use crate::audit::{audit_lock_order, audit_terminal_once};
 use crate::model::*;
 use crate::{Store, StoreError};
+use br_core::Timestamp;
 
 /// A fresh, empty store that can be opened more than once (each handle is like another process).
 pub trait FreshStore {
@@ -70,6 +71,7 @@ macro_rules! conformance_tests {
             a_pool_caps_running_tasks_across_sessions,
             a_rate_limit_spends_no_retry_and_parks_the_pool,
             usage_adds_up_per_attempt_task_session_and_store,
+            a_rate_limit_that_names_its_reset_parks_until_then,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -2421,6 +2423,7 @@ pub fn a_rate_limit_spends_no_retry_and_parks_the_pool(b: &dyn FreshStore) {
     let a = claim_task(&*store, &w);
     let limited = Outcome::RateLimited {
         reason: "429 Too Many Requests".into(),
+        resets_at_ms: None,
     };
     let finish = store.finish_attempt(&a.lease, &limited).expect("finish");
     assert_eq!(finish, Finish::Recorded(TaskNext::Requeue));
@@ -2552,4 +2555,35 @@ pub fn usage_adds_up_per_attempt_task_session_and_store(b: &dyn FreshStore) {
         .finish_attempt_with(&z.lease, &Outcome::Succeeded, &spent(1, 1, 1))
         .expect("finish");
     assert_eq!(store.summary().expect("summary").usage.cost_micros, 3_051);
+}
+
+pub fn a_rate_limit_that_names_its_reset_parks_until_then(b: &dyn FreshStore) {
+    let store = b.open();
+    submit(
+        &*store,
+        with_pool(
+            plan("reset", vec![pooled("a", "p")]),
+            "p",
+            1,
+            Duration::from_secs(60),
+        ),
+    );
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let a = claim_task(&*store, &w);
+    let resets = store.now().expect("now").millis() + 5_000;
+    store
+        .finish_attempt(
+            &a.lease,
+            &Outcome::RateLimited {
+                reason: "usage limit reached".into(),
+                resets_at_ms: Some(resets),
+            },
+        )
+        .expect("finish");
+    let pools = store.pools().expect("pools");
+    assert_eq!(
+        pools[0].parked_until.map(Timestamp::millis),
+        Some(resets),
+        "the named reset, not the 60 s backoff"
+    );
 }

@@ -229,6 +229,8 @@ pub struct AttemptRecord {
     pub exit_code: Option<i32>,
     pub detail: serde_json::Value,
     pub log_path: Option<String>,
+    /// What it spent (none reported: all zero).
+    pub usage: Usage,
 }
 
 /// What `retry_tasks` did: the session afterwards, and the tasks queued again, in plan order,

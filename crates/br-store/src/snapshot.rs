@@ -1526,6 +1526,7 @@ mod tests {
                 &a,
                 &Outcome::RateLimited {
                     reason: "usage limit reached".into(),
+                    resets_at_ms: None,
                 },
             )
             .unwrap();

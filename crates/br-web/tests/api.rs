@@ -498,6 +498,7 @@ async fn pools_and_usage_answer_as_the_cli_shapes_them() {
             &a.lease,
             &Outcome::RateLimited {
                 reason: "usage limit reached".into(),
+                resets_at_ms: None,
             },
             &AttemptReport {
                 usage: Some(Usage {

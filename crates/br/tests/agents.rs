@@ -629,3 +629,85 @@ prompt = "b"
         );
     }
 }
+
+/// The built-in `claude` profile, with a stand-in `claude` on PATH that behaves like the real CLI
+/// in print mode: the prompt on stdin, `-p --output-format json` on its command line, its
+/// config directory in `CLAUDE_CONFIG_DIR`, one JSON result object on stdout.
+#[test]
+fn the_built_in_claude_profile_passes_the_prompt_and_reads_usage_from_its_json() {
+    let repo = TestRepo::new();
+    let bin = tempfile::tempdir().expect("temp dir");
+    let seen = tempfile::tempdir().expect("temp dir");
+    let claude = bin.path().join("claude");
+    std::fs::write(
+        &claude,
+        format!(
+            r#"#!/bin/sh
+echo "$*" > {seen}/args
+echo "$CLAUDE_CONFIG_DIR" > {seen}/config
+prompt=$(cat)
+echo "$prompt" > {seen}/prompt
+echo "$prompt" | head -n 1 > answer.txt
+echo '{{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":0.0421,"usage":{{"input_tokens":1200,"cache_read_input_tokens":300,"output_tokens":150}}}}'
+"#,
+            seen = seen.path().display()
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&claude, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    commit_plan(
+        &repo,
+        "name = \"claude\"\n[[task]]\nid = \"answer\"\nagent = \"claude\"\nprompt = \"Say hello.\"\n",
+    );
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = repo
+        .br_command(&["run", "--workers", "1", "--no-dashboard"])
+        .env("PATH", path)
+        .output()
+        .expect("br run");
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(seen.path().join(f)).expect(f);
+    let args = read("args");
+    assert!(
+        args.contains("-p") && args.contains("--output-format json"),
+        "{args}"
+    );
+    assert!(
+        read("prompt").starts_with("Say hello."),
+        "{}",
+        read("prompt")
+    );
+    let config = read("config");
+    assert!(
+        config.contains("/br/agents/"),
+        "a config dir of its own: {config}"
+    );
+    let status = repo.status(&repo.session_id());
+    let task = &status["tasks"][0];
+    assert_eq!(task["agent"], "claude");
+    assert_eq!(
+        task["usage"],
+        serde_json::json!({"input_tokens": 1500, "output_tokens": 150, "cost_usd": 0.0421})
+    );
+    assert_eq!(task["landing"], "landed", "{status:#}");
+    // And per attempt.
+    let verbose = repo.br(&["status", "-v"]);
+    assert!(
+        verbose.stdout.contains("attempt 1 on ")
+            && verbose
+                .stdout
+                .contains("succeeded, spent $0.0421 · 1.5k in / 150 out"),
+        "{}",
+        verbose.stdout
+    );
+}

@@ -702,9 +702,17 @@ fn record_usage(
     Ok(())
 }
 
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// A rate limit parks the task's pool for its backoff (from now: a later limit extends it),
 /// so no worker anywhere claims its tasks before then.
-fn park_pool(tx: &Tx<'_>, session_id: &str, task_id: &str, reason: &str) -> OpResult<()> {
+fn park_pool(
+    tx: &Tx<'_>,
+    session_id: &str,
+    task_id: &str,
+    reason: &str,
+    resets_at_ms: Option<i64>,
+) -> OpResult<()> {
     let pool: Option<String> = tx
         .query_one(
             "SELECT pool FROM tasks WHERE session_id = ?1 AND id = ?2",
@@ -728,7 +736,12 @@ fn park_pool(tx: &Tx<'_>, session_id: &str, task_id: &str, reason: &str) -> OpRe
             default
         }
     };
-    let until = tx.now.saturating_add(backoff_ms);
+    // The reset time the output named, when it is ahead and within a day (a clock that far off
+    // is not believed); else the pool's backoff.
+    let until = match resets_at_ms {
+        Some(at) if at > tx.now && at <= tx.now.saturating_add(DAY_MS) => at,
+        _ => tx.now.saturating_add(backoff_ms),
+    };
     tx.execute(
         "UPDATE pools SET parked_until = ?1, parked_reason = ?2 WHERE name = ?3",
         params![until, reason, &pool],
@@ -799,8 +812,12 @@ fn apply_outcome_with(
     if let Some(usage) = report.usage.filter(|u| !u.is_zero()) {
         record_usage(tx, session_id, task_id, attempt, usage)?;
     }
-    if let Outcome::RateLimited { reason } = outcome {
-        park_pool(tx, session_id, task_id, reason)?;
+    if let Outcome::RateLimited {
+        reason,
+        resets_at_ms,
+    } = outcome
+    {
+        park_pool(tx, session_id, task_id, reason, *resets_at_ms)?;
     }
     session::bump(tx, session_id, Counter::Running, -1)?;
     let next = next_after(

@@ -358,7 +358,7 @@ pub(super) fn attempts(
     task(c, session_id, task_id)?;
     c.query(
         "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path,
-                reason, start_commit
+                reason, start_commit, input_tokens, output_tokens, cost_micros
          FROM attempts WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt",
         params![session_id, task_id],
     )?
@@ -375,6 +375,7 @@ pub(super) fn attempts(
             log_path: r.get(7)?,
             reason: r.get(8)?,
             start_commit: r.get(9)?,
+            usage: usage(r, 10)?,
         })
     })
     .collect()

@@ -165,9 +165,14 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
                 writeln!(out, "  branch: {}", esc(b))?;
             }
             for a in store.attempts(&s.id, &t.id)? {
+                let spent = if a.usage.is_zero() {
+                    String::new()
+                } else {
+                    format!(", spent {}", a.usage.describe())
+                };
                 writeln!(
                     out,
-                    "  attempt {} on {}: {} (log: {})",
+                    "  attempt {} on {}: {}{spent} (log: {})",
                     a.attempt,
                     esc(&a.worker_id),
                     a.outcome.map_or("running", OutcomeKind::as_str),
