@@ -196,12 +196,21 @@ fn unreachable_server_names_the_redacted_url() {
 }
 
 #[test]
-fn tls_only_urls_are_refused_with_a_reason() {
-    for mode in ["require", "verify-ca", "verify-full"] {
-        let err = PostgresStore::open(&format!("postgres://br@127.0.0.1:1/br?sslmode={mode}"))
-            .expect_err("no TLS support");
+fn tls_settings_that_cannot_be_carried_out_are_refused_with_a_reason() {
+    for (query, says) in [
+        (
+            "sslmode=maybe",
+            "expected disable, allow, prefer, require, verify-ca or verify-full",
+        ),
+        (
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "sslrootcert /nonexistent/ca.pem",
+        ),
+    ] {
+        let err = PostgresStore::open(&format!("postgres://br@127.0.0.1:1/br?{query}"))
+            .expect_err("refused");
         assert!(matches!(err, StoreError::UnsupportedUrl { .. }), "{err:?}");
-        assert!(err.to_string().contains("needs TLS"), "{err}");
+        assert!(err.to_string().contains(says), "{err}");
     }
 }
 

@@ -52,6 +52,14 @@ const KNOWN_DUPLICATES: &[(&str, &str)] = &[
         "fallible-iterator",
         "postgres-protocol is on 0.2, rusqlite on 0.3",
     ),
+    (
+        "getrandom",
+        "ring (rustls's crypto, for TLS to PostgreSQL) is on 0.2, postgres-protocol's rand on 0.4",
+    ),
+    (
+        "const-oid",
+        "tokio-postgres-rustls reads certificates with x509-cert 0.2 (const-oid 0.9); postgres-protocol's digest 0.11 is on 0.10",
+    ),
 ];
 
 /// One package as `cargo tree` lists it.

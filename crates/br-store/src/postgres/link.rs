@@ -65,10 +65,24 @@ impl std::fmt::Debug for Link {
     }
 }
 
-/// The connection's messages as a stream, as `poll_message` yields them.
-struct MessageStream(tokio_postgres::Connection<Socket, NoTlsStream>);
+/// `connecting`, given up after `limit`.
+async fn limited<T>(
+    limit: Duration,
+    connecting: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, LinkError> {
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(connected) => connected.map_err(LinkError::Pg),
+        Err(_) => Err(LinkError::TimedOut(limit)),
+    }
+}
 
-impl Stream for MessageStream {
+/// The connection's messages as a stream, as `poll_message` yields them.
+struct MessageStream<T>(tokio_postgres::Connection<Socket, T>);
+
+impl<T> Stream for MessageStream<T>
+where
+    T: tokio_postgres::tls::TlsStream + Unpin,
+{
     type Item = Result<AsyncMessage, tokio_postgres::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -81,6 +95,7 @@ impl Link {
     /// a server behind a cut network may accept the TCP connection and then say nothing.
     pub(super) fn connect(
         config: &Config,
+        tls: &super::tls::Tls,
         connect_limit: Duration,
         io_timeout: Duration,
     ) -> Result<(Link, Client), LinkError> {
@@ -88,15 +103,21 @@ impl Link {
             .enable_all()
             .build()
             .map_err(LinkError::Runtime)?;
-        let connecting = runtime
-            .block_on(async { tokio::time::timeout(connect_limit, config.connect(NoTls)).await });
-        let (client, connection) = match connecting {
-            Ok(connected) => connected?,
-            Err(_) => return Err(LinkError::TimedOut(connect_limit)),
+        let (client, messages): (Client, Messages) = match tls {
+            super::tls::Tls::None => {
+                let (client, connection) =
+                    runtime.block_on(limited(connect_limit, config.connect(NoTls)))?;
+                (client, Box::pin(MessageStream::<NoTlsStream>(connection)))
+            }
+            super::tls::Tls::Rustls(make) => {
+                let (client, connection) =
+                    runtime.block_on(limited(connect_limit, config.connect(make.clone())))?;
+                (client, Box::pin(MessageStream(connection)))
+            }
         };
         let link = Link {
             runtime,
-            messages: Box::pin(MessageStream(connection)),
+            messages,
             notifications: VecDeque::new(),
             io_timeout,
             broken: false,

@@ -10,6 +10,7 @@
 mod link;
 mod pgpass;
 mod schema;
+mod tls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use br_core::Timestamp;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, Config, IsolationLevel, Statement, Transaction};
@@ -62,6 +62,8 @@ pub struct PostgresStore {
     /// The URL with its password hidden: how messages name this store.
     url: String,
     config: Config,
+    /// TLS as the URL's `sslmode` asks.
+    tls: tls::Tls,
     /// The schema the tables live in (`current_schema()` when opened).
     schema: String,
     write_lock_key: i32,
@@ -374,28 +376,15 @@ impl PostgresStore {
             url: shown.clone(),
             reason,
         };
-        let no_tls = || {
-            unsupported(
-                "this sslmode needs TLS, which this build of br does not support: use \
-                 sslmode=disable or sslmode=prefer (or reach the server through a TLS tunnel)"
-                    .into(),
-            )
-        };
-        // The driver does not know the verifying modes; they too need TLS.
-        let query = url.split_once('?').map_or("", |(_, q)| q);
-        if query
-            .split('&')
-            .any(|kv| kv == "sslmode=verify-ca" || kv == "sslmode=verify-full")
-        {
-            return Err(no_tls());
-        }
-        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        // The driver knows neither the verifying modes nor `sslrootcert`: they are taken out
+        // and carried out by br's connector (tls.rs).
+        let split = tls::split_url(url).map_err(&unsupported)?;
+        let tls = tls::connector(split.mode, split.root_cert.as_deref()).map_err(&unsupported)?;
+        let mut config: Config = split.url.parse().map_err(|e: tokio_postgres::Error| {
             let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"));
             unsupported(format!("not a PostgreSQL connection URL ({e}{why})"))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(no_tls());
-        }
+        config.ssl_mode(tls::driver_mode(split.mode));
         // A URL without a password: libpq's places for one.
         if let Some(password) = pgpass::password_for(&config) {
             config.password(password);
@@ -417,6 +406,7 @@ impl PostgresStore {
         let mut store = PostgresStore {
             url: shown,
             config,
+            tls,
             schema: String::new(),
             write_lock_key: 0,
             busy_timeout,
@@ -477,7 +467,8 @@ impl PostgresStore {
             .copied()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
             + self.io_timeout;
-        let (link, client) = Link::connect(&self.config, connect_limit, self.io_timeout)?;
+        let (link, client) =
+            Link::connect(&self.config, &self.tls, connect_limit, self.io_timeout)?;
         let mut conn = Connection {
             link,
             client,
@@ -823,7 +814,8 @@ impl PostgresStore {
             .copied()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
             + self.io_timeout;
-        let (mut link, client) = Link::connect(&self.config, connect_limit, self.io_timeout)?;
+        let (mut link, client) =
+            Link::connect(&self.config, &self.tls, connect_limit, self.io_timeout)?;
         link.run(client.batch_execute(&format!("LISTEN {CHANGE_CHANNEL}")))?;
         Ok(Connection {
             link,

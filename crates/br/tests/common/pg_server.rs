@@ -53,6 +53,108 @@ impl PgServer {
         PgServer::start_with(Some(password))
     }
 
+    /// A server that speaks TLS with a throwaway certificate for `localhost`, signed by a
+    /// throwaway CA whose certificate is returned (PEM file), made with `openssl`.
+    pub(crate) fn start_with_tls() -> Option<(PgServer, PathBuf)> {
+        let server = PgServer::start_with(None)?;
+        server.stop();
+        let data = server.data();
+        let dir = server.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (install it: the TLS tests make their certificates with it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=br test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        for (from, to) in [("server.pem", "server.crt"), ("server.key", "server.key")] {
+            std::fs::copy(dir.join(from), data.join(to)).expect("copy the certificate");
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod the key");
+        }
+        if let Some(user) = &server.run_as {
+            for file in ["server.crt", "server.key"] {
+                let chown = Command::new("chown")
+                    .arg(user)
+                    .arg(data.join(file))
+                    .output();
+                assert!(chown.is_ok_and(|o| o.status.success()), "chown {file}");
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("postgresql.conf");
+        server.start_again();
+        let ca = dir.join("ca.pem");
+        Some((server, ca))
+    }
+
     fn start_with(password: Option<&str>) -> Option<PgServer> {
         let Some(bin) = bin_dir() else {
             assert!(
