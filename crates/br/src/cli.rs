@@ -101,6 +101,8 @@ pub(crate) enum Command {
     Events(EventsArgs),
     /// Show a task's output
     Logs(LogsArgs),
+    /// Show what a task's attempt changed, against the commit it started from
+    Diff(DiffArgs),
     /// The live dashboard: sessions, workers, locks, tasks and events as they happen
     Dashboard(DashboardArgs),
     /// The web dashboard and JSON API, with live updates (binds 127.0.0.1 unless told otherwise)
@@ -406,6 +408,19 @@ pub(crate) struct LogsArgs {
     /// Keep printing output as the attempt writes it, until it ends
     #[arg(long, short)]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// TASK (of the latest session), or SESSION TASK
+    #[arg(required = true, num_args = 1..=2, value_names = ["SESSION", "TASK"])]
+    pub names: Vec<String>,
+    /// Which attempt [default: the one that landed, else the latest]
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Only the files changed and how much (git's --stat)
+    #[arg(long)]
+    pub stat: bool,
 }
 
 #[derive(Debug, Args)]

@@ -507,3 +507,34 @@ fn assert_no_stray_verify(pids: &Path) {
         });
     }
 }
+
+/// `br diff`: the landed attempt's change by default, any attempt's with `--attempt` (a failed
+/// one's work is kept at its attempt ref), `--stat`, and a clear error for what does not exist.
+#[test]
+fn br_diff_shows_what_an_attempt_changed_against_its_start() {
+    let repo = TestRepo::new();
+    commit_plan(
+        &repo,
+        r#"name = "diffs"
+retries = 1
+[[task]]
+id = "t"
+run = 'echo "attempt $BR_ATTEMPT" > f.txt; test "$BR_ATTEMPT" = 2'
+"#,
+    );
+    let run = repo.br(&["run", "--workers", "1", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let landed = run_ok(&repo, &["diff", "t"]);
+    assert!(landed.stdout.contains("+attempt 2"), "{}", landed.stdout);
+    let first = run_ok(&repo, &["diff", "diffs", "t", "--attempt", "1"]);
+    assert!(first.stdout.contains("+attempt 1"), "{}", first.stdout);
+    let stat = run_ok(&repo, &["diff", "t", "--stat"]);
+    assert!(stat.stdout.contains("1 file changed"), "{}", stat.stdout);
+    let missing = repo.br(&["diff", "t", "--attempt", "9"]);
+    assert_eq!(missing.code, 2);
+    assert!(
+        missing.stderr.contains("no attempt 9"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -4,6 +4,7 @@
 mod agents;
 mod dashboard;
 mod demo;
+mod diff;
 mod events;
 mod lock;
 mod merge;
@@ -21,6 +22,7 @@ pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> 
     match command {
         Command::Agents(a) => agents::agents(ctx, a),
         Command::Demo(a) => demo::demo(ctx, a),
+        Command::Diff(a) => diff::diff(ctx, a),
         Command::Init(a) => plan::init(ctx, a),
         Command::Run(a) => plan::run(ctx, a),
         Command::Submit(a) => plan::submit(ctx, a),
