@@ -8,12 +8,6 @@ mod common;
 use common::TestRepo;
 use serde_json::Value;
 
-fn commit_plan(repo: &TestRepo, plan: &str) {
-    repo.write("br.toml", plan);
-    repo.git(&["add", "--all"]);
-    repo.git(&["commit", "--quiet", "-m", "plan"]);
-}
-
 #[test]
 fn br_agents_lists_the_built_ins_and_the_plan_s_own_over_them() {
     let repo = TestRepo::new();
@@ -72,8 +66,7 @@ fn a_task_runs_its_agent_on_its_prompt_and_lands() {
         "test -f \"$1\" || { echo 'no prompt file' >&2; exit 9; }\n\
          head -n 1 \"$1\" > answer.txt\n",
     );
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "agents"
 [agent.stand-in]
 run = 'sh agent.sh "$BR_PROMPT_FILE"'
@@ -132,10 +125,8 @@ fn setup_runs_once_per_slot_and_again_when_its_inputs_change() {
     let log = outside.path().join("setup.log");
     repo.write(".gitignore", "deps/\n");
     repo.write("deps.lock", "v1\n");
-    commit_plan(
-        &repo,
-        &format!(
-            r#"name = "setup"
+    repo.commit_plan(&format!(
+        r#"name = "setup"
 keep = ["deps/"]
 setup = "echo ran >> {log} && mkdir -p deps && cp deps.lock deps/installed"
 setup_inputs = ["deps.lock"]
@@ -151,9 +142,8 @@ id = "c"
 after = ["b"]
 run = "cat deps/installed > c.txt"
 "#,
-            log = log.display()
-        ),
-    );
+        log = log.display()
+    ));
     let run = repo.br(&["run", "--workers", "1", "--no-dashboard"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let status = repo.status(&repo.session_id());
@@ -173,8 +163,7 @@ run = "cat deps/installed > c.txt"
     );
 
     let failing = TestRepo::new();
-    commit_plan(
-        &failing,
+    failing.commit_plan(
         "setup = \"echo broken >&2; exit 3\"\n[[task]]\nid = \"a\"\nrun = \"echo never > a.txt\"\n",
     );
     let run = failing.br(&["run", "--workers", "1", "--no-dashboard"]);
@@ -213,10 +202,8 @@ fn a_pool_caps_its_agents_a_rate_limit_parks_it_and_usage_adds_up() {
     let outside = tempfile::tempdir().expect("temp dir");
     let trace = outside.path().join("trace");
     repo.write("agent.sh", STAND_IN);
-    commit_plan(
-        &repo,
-        &format!(
-            r#"name = "fleet"
+    repo.commit_plan(&format!(
+        r#"name = "fleet"
 [agent.stand-in]
 run = 'sh agent.sh {trace}'
 usage = "claude_json"
@@ -242,9 +229,8 @@ id = "d"
 agent = "stand-in"
 prompt = "d"
 "#,
-            trace = trace.display()
-        ),
-    );
+        trace = trace.display()
+    ));
     let run = repo.br(&["run", "--workers", "4", "--no-dashboard"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let status = repo.status(&repo.session_id());
@@ -427,8 +413,7 @@ echo '{"type":"result","total_cost_usd":0.01,"usage":{"input_tokens":100,"output
 fn status_and_summary_say_what_the_agents_spent() {
     let repo = TestRepo::new();
     repo.write("agent.sh", SPENDS_A_CENT);
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "spend"
 [agent.stand-in]
 run = 'sh agent.sh'
@@ -485,7 +470,7 @@ run = "true"
 
     // A store where nothing reported usage says nothing of it.
     let other = TestRepo::new();
-    commit_plan(&other, "[[task]]\nid = \"t\"\nrun = \"true\"\n");
+    other.commit_plan("[[task]]\nid = \"t\"\nrun = \"true\"\n");
     let run = other.br(&["run", "--workers", "1", "--no-dashboard"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let quiet = other.br(&["status"]).stdout + &other.br(&["summary"]).stdout;
@@ -504,8 +489,7 @@ fn a_parked_pool_shows_in_br_pools_status_and_the_dashboard() {
         "agent.sh",
         "printf '\\033[1mClaude AI usage limit reached|1767225600\\033[0m\\n'\nexit 1\n",
     );
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "limited"
 [agent.stand-in]
 run = 'sh agent.sh'
@@ -656,9 +640,7 @@ echo '{{"type":"result","subtype":"success","is_error":false,"result":"done","to
     .expect("write");
     std::fs::set_permissions(&claude, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    commit_plan(
-        &repo,
-        "name = \"claude\"\n[[task]]\nid = \"answer\"\nagent = \"claude\"\nprompt = \"Say hello.\"\n",
+    repo.commit_plan("name = \"claude\"\n[[task]]\nid = \"answer\"\nagent = \"claude\"\nprompt = \"Say hello.\"\n",
     );
     let path = format!(
         "{}:{}",

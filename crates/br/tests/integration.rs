@@ -17,14 +17,6 @@ use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Writes the plan and commits it, so the user's checkout starts clean; returns the commit.
-fn commit_plan(repo: &TestRepo, plan: &str) -> String {
-    repo.write("br.toml", plan);
-    repo.git(&["add", "--all"]);
-    repo.git(&["commit", "--quiet", "-m", "plan"]);
-    repo.git(&["rev-parse", "HEAD"])
-}
-
 fn run_ok(repo: &TestRepo, args: &[&str]) -> Run {
     let run = repo.br(args);
     assert_eq!(run.code, 0, "br {args:?}\n{}\n{}", run.stdout, run.stderr);
@@ -76,8 +68,7 @@ fn assert_all_landed(repo: &TestRepo, status: &Value, ids: &[&str]) {
 #[test]
 fn a_dependent_builds_on_its_dependency_s_landed_files() {
     let repo = TestRepo::new();
-    let head = commit_plan(
-        &repo,
+    let head = repo.commit_plan(
         r#"name = "pipeline"
 [[task]]
 id = "build"
@@ -107,8 +98,7 @@ run = "mkdir -p include && echo '#define VERSION 7' > include/version.h"
 fn three_tasks_under_one_lock_stack_and_all_land() {
     let repo = TestRepo::new();
     repo.write("log.txt", "");
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "stack"
 [[task]]
 id = "one"
@@ -168,8 +158,7 @@ fi
 "#
     );
     repo.write("agent.sh", &agent);
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "clash"
 [[task]]
 id = "left"
@@ -256,8 +245,7 @@ cp "$BR_CONTEXT_FILE" {dir}/context.json; echo fine > fixed.txt; fi
 "#
         ),
     );
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "verified"
 verify = "sh check.sh"
 [[task]]
@@ -302,8 +290,7 @@ run = "sh agent.sh"
 #[test]
 fn a_task_that_cannot_land_after_its_repairs_fails_and_its_dependents_are_skipped() {
     let repo = TestRepo::new();
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "hopeless"
 verify = "false"
 max_repairs = 1
@@ -338,9 +325,7 @@ fn prompts_reach_the_task_as_they_were_at_submit() {
     let dir = outside.path().display();
     repo.write("specs/b.md", "Write the second part.\n");
     let checkout = repo.path().display();
-    commit_plan(
-        &repo,
-        &format!(
+    repo.commit_plan(&format!(
             r#"name = "prompts"
 [[task]]
 id = "a"
@@ -388,8 +373,7 @@ fn submit(repo: &TestRepo) -> String {
 #[test]
 fn a_session_run_only_by_workers_lands_its_tasks() {
     let repo = TestRepo::new();
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "workers-only"
 [[task]]
 id = "a"
@@ -432,10 +416,8 @@ fn a_worker_killed_in_the_middle_of_a_landing_leaves_the_branch_and_store_consis
     let repo = TestRepo::new();
     let outside = tempfile::tempdir().expect("temp dir");
     let marks = outside.path().display();
-    commit_plan(
-        &repo,
-        &format!(
-            r#"name = "kill-landing"
+    repo.commit_plan(&format!(
+        r#"name = "kill-landing"
 heartbeat_timeout = "3s"
 verify = 'echo "$$" >> {marks}/verifying; sleep 2'
 [[task]]
@@ -445,8 +427,7 @@ run = "echo a > a.txt"
 id = "b"
 run = "echo b > b.txt"
 "#
-        ),
-    );
+    ));
     let session = submit(&repo);
     let args = [
         "worker",
@@ -513,8 +494,7 @@ fn assert_no_stray_verify(pids: &Path) {
 #[test]
 fn br_diff_shows_what_an_attempt_changed_against_its_start() {
     let repo = TestRepo::new();
-    commit_plan(
-        &repo,
+    repo.commit_plan(
         r#"name = "diffs"
 retries = 1
 [[task]]

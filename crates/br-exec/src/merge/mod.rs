@@ -366,6 +366,21 @@ pub fn requeue_refused(
     Ok(queued)
 }
 
+/// After `requeue_refused` queued tasks of `session` (which makes it active again): pauses it
+/// when no live worker serves it, so that it is never left `running` with nobody to run it; it
+/// waits for `br resume`. Returns whether it paused it.
+pub fn pause_if_unserved(store: &dyn Store, session: &Session) -> Result<bool, MergeError> {
+    if crate::liveness::serving_workers(store, session)? > 0 {
+        return Ok(false);
+    }
+    match store.change_session(&session.id, br_core::state::SessionAction::Pause) {
+        Ok(_) => Ok(true),
+        // Someone resumed or finished it meanwhile: nothing to pause.
+        Err(StoreError::Transition(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Records a candidate's conflict with the integration branch.
 fn record_conflict(
     store: &dyn Store,

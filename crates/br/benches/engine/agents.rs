@@ -6,12 +6,13 @@
 //! CPU of the same 16 scripts run by `xargs -P 3` in the same process.
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::Value;
+
+use crate::fleet::git;
+use crate::worktrees::cpu_so_far;
 
 const BR: &str = env!("CARGO_BIN_EXE_br");
 const AGENTS: u32 = 16;
@@ -163,34 +164,4 @@ pub(crate) fn agents() {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// CPU time used so far by this process and the children it waited for (theirs included).
-fn cpu_so_far() -> Duration {
-    let of = |who| {
-        getrusage(who).map_or(Duration::ZERO, |u| {
-            let t = |tv: nix::sys::time::TimeVal| {
-                Duration::from_secs(u64::try_from(tv.tv_sec()).unwrap_or(0))
-                    + Duration::from_micros(u64::try_from(tv.tv_usec()).unwrap_or(0))
-            };
-            t(u.user_time()) + t(u.system_time())
-        })
-    };
-    of(UsageWho::RUSAGE_SELF) + of(UsageWho::RUSAGE_CHILDREN)
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@br.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@br.invalid")
-        .output()
-        .expect("git");
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -163,7 +163,8 @@ fn run_fleet(start: &str, locks: Locks) -> FleetRun {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+/// Runs git in `dir` with a hermetic configuration; its output, whole.
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args([
             "-c",

@@ -240,7 +240,7 @@ fn moving_tip(repo: &Repo, base: &str, n: u32) -> Result<Vec<String>, WorktreeEr
 }
 
 /// CPU time used so far by this process and the children it waited for.
-fn cpu_so_far() -> Duration {
+pub(crate) fn cpu_so_far() -> Duration {
     let of = |who| {
         getrusage(who).map_or(Duration::ZERO, |u| {
             let t = |tv: nix::sys::time::TimeVal| {

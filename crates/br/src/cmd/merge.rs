@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use br_exec::merge::{
     Landing, MergeError, MergeMode, MergeOptions, MergeReport, Requeue, RoundEvent, RoundsEnd,
-    RoundsError, merge_rounds, merge_session, requeue_refused,
+    RoundsError, merge_rounds, merge_session, pause_if_unserved, requeue_refused,
 };
 use br_exec::signals::Interrupts;
 use br_git::promote::{
@@ -54,7 +54,7 @@ pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
     let requeued = requeue_refused(&*store, &session, &mut report).map_err(merge_error)?;
     // Requeued tasks make the session active again; with no worker serving it, it would sit
     // `running` with nobody to run it. Paused says what is true: it waits for `br resume`.
-    let paused = requeued > 0 && park_if_unserved(&*store, &session)?;
+    let paused = requeued > 0 && pause_if_unserved(&*store, &session).map_err(merge_error)?;
     let into = match &args.into {
         Some(branch) => {
             let promote = match mode {
@@ -202,19 +202,6 @@ pub(super) fn merge_after_run(
             Exit::SessionFailed
         },
     )
-}
-
-/// Pauses `session` when no live worker serves it; returns whether it did.
-fn park_if_unserved(store: &dyn Store, session: &Session) -> anyhow::Result<bool> {
-    if br_exec::liveness::serving_workers(store, session)? > 0 {
-        return Ok(false);
-    }
-    match store.change_session(&session.id, br_core::state::SessionAction::Pause) {
-        Ok(_) => Ok(true),
-        // Someone resumed or finished it meanwhile: nothing to park.
-        Err(br_store::StoreError::Transition(_)) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Library errors the user can fix become bad input (exit 2); store and git errors keep their

@@ -152,6 +152,15 @@ impl TestRepo {
         std::fs::write(path, content).expect("write");
     }
 
+    /// Writes the plan as `br.toml` and commits everything, so the checkout starts clean;
+    /// returns the commit.
+    pub(crate) fn commit_plan(&self, plan: &str) -> String {
+        self.write("br.toml", plan);
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "-m", "plan"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
     pub(crate) fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path().join(name)).expect("read")
     }
