@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use br_core::WorkerId;
 use br_store::{Heartbeat, Lease, Store, StoreError};
+
+use crate::log_ship::{PIECES_PER_RENEWAL, SharedShipper, Shipped};
 use nix::time::{ClockId, clock_gettime};
 
 /// A reading of the clock fence deadlines are measured on: `CLOCK_BOOTTIME`, which never jumps
@@ -74,6 +76,8 @@ pub(crate) enum Renewal {
 struct State {
     /// The lease being renewed: its generation, the lease, how often, and when next.
     job: Option<(u64, Lease, Duration, Instant)>,
+    /// The attempt's log, shipped to the store a little after each renewal.
+    log: Option<SharedShipper>,
     /// When the thread will look again (it waits for a notification only if a job needs it
     /// sooner): a short attempt starts and ends without waking it at all.
     planned_wake: Option<Instant>,
@@ -129,14 +133,16 @@ impl Renewer {
     }
 
     /// Renews `lease` every `every` from now on, until [`Renewer::release`] (or a reply that
-    /// says the lease is gone or its session cancelled).
-    pub(crate) fn keep(&mut self, lease: &Lease, every: Duration) {
+    /// says the lease is gone or its session cancelled), shipping some of `log` after each
+    /// renewal.
+    pub(crate) fn keep(&mut self, lease: &Lease, every: Duration, log: Option<SharedShipper>) {
         self.generation += 1;
         // Reports about an earlier lease are of no use any more.
         while self.reports.try_recv().is_ok() {}
         let next = Instant::now() + every;
         let mut state = self.shared.lock();
         state.job = Some((self.generation, lease.clone(), every, next));
+        state.log = log;
         if state.planned_wake.is_none_or(|w| w > next) {
             self.shared.wake.notify_one();
         }
@@ -144,7 +150,9 @@ impl Renewer {
 
     /// Stops renewing the current lease (the thread notices when it next wakes).
     pub(crate) fn release(&mut self) {
-        self.shared.lock().job = None;
+        let mut state = self.shared.lock();
+        state.job = None;
+        state.log = None;
     }
 
     /// The reports about the current lease that arrived since the last call.
@@ -180,7 +188,7 @@ fn renew(
         let due = match &mut state.job {
             Some((generation, lease, every, next)) if *next <= now => {
                 *next = now + *every;
-                Some((*generation, lease.clone()))
+                Some((*generation, lease.clone(), state.log.clone()))
             }
             Some((_, _, _, next)) => {
                 let next = *next;
@@ -203,7 +211,7 @@ fn renew(
                 None
             }
         };
-        let Some((generation, lease)) = due else {
+        let Some((generation, lease, log)) = due else {
             continue;
         };
         // The store call may block: not while holding the state.
@@ -221,6 +229,14 @@ fn renew(
             return;
         }
         if let Err(e) = store.requeue_expired_leases()
+            && report.send((generation, Renewal::Failed(e))).is_err()
+        {
+            return;
+        }
+        // Only if the worker is not shipping it itself (the attempt has ended): never wait for
+        // it, the next renewal is due.
+        if let Some(mut log) = log.as_ref().and_then(|l| l.try_lock().ok())
+            && let Shipped::Store(e) = log.ship(store, Some(PIECES_PER_RENEWAL))
             && report.send((generation, Renewal::Failed(e))).is_err()
         {
             return;

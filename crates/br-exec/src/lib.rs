@@ -12,6 +12,7 @@ pub mod drive;
 pub mod landing;
 pub mod lease;
 pub mod liveness;
+mod log_ship;
 pub mod merge;
 pub mod pool;
 pub mod process;

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,7 @@ use br_store::{
 use crate::landing::{LandError, VerifyRefusal};
 use crate::lease::{Moment, Renewal, Renewer};
 use crate::liveness::{host_name, process_exists};
+use crate::log_ship::{LogShipper, SharedShipper, Shipped};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
 use crate::strays::{become_subreaper, kill_strays};
@@ -893,8 +895,13 @@ impl Worker<'_> {
         {
             (self.notify)(Note::StoreTrouble(format!("reaper unreachable: {e}")));
         }
-        self.renewer.keep(&task.lease, timeline.renew_every);
+        let log = LogShipper::shared(&task.lease, task.log_path.clone());
+        self.renewer
+            .keep(&task.lease, timeline.renew_every, Some(Arc::clone(&log)));
         let execution = self.supervise(task, &mut process, &timeline, claimed_at);
+        // The rest of the log goes to the store before the outcome does, while the lease is
+        // still renewed: whoever sees the attempt finished finds all of its output.
+        self.ship_rest(task, &log);
         self.renewer.release();
         if let Some(why) = process.log_failure() {
             (self.notify)(Note::StoreTrouble(format!(
@@ -921,6 +928,21 @@ impl Worker<'_> {
             });
         }
         (execution, process.output_bytes())
+    }
+
+    /// Ships what the store does not have yet of the attempt's log.
+    fn ship_rest(&mut self, task: &ClaimedTask, log: &SharedShipper) {
+        let mut log = LogShipper::lock(log);
+        if let Shipped::Store(e) = log.ship(self.store, None) {
+            // The file stays on this machine; only other machines miss the end of it.
+            self.trouble(&e);
+        }
+        if let Some(why) = log.unreadable() {
+            (self.notify)(Note::StoreTrouble(format!(
+                "the output of {}/{} attempt {} was not stored: {why}",
+                task.session_name, task.lease.task_id, task.lease.attempt
+            )));
+        }
     }
 
     /// Where the attempt's fence deadlines count from, just before its process starts. The

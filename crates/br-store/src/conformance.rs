@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             a_rate_limit_spends_no_retry_and_parks_the_pool,
             usage_adds_up_per_attempt_task_session_and_store,
             a_rate_limit_that_names_its_reset_parks_until_then,
+            attempt_output_is_read_back_from_any_handle_in_pieces,
         );
     };
     (@tests $fresh:expr; $($name:ident),+ $(,)?) => {
@@ -2586,4 +2587,69 @@ pub fn a_rate_limit_that_names_its_reset_parks_until_then(b: &dyn FreshStore) {
         Some(resets),
         "the named reset, not the 60 s backoff"
     );
+}
+
+/// Everything stored of an attempt's log from `from` on, read as a reader on another machine
+/// does: piece after piece until nothing more comes.
+fn read_all_log(store: &dyn Store, lease: &Lease, from: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let more = store
+            .read_log(
+                &lease.session_id,
+                &lease.task_id,
+                lease.attempt,
+                from + out.len() as u64,
+            )
+            .expect("read log");
+        if more.is_empty() {
+            return out;
+        }
+        out.extend(more);
+    }
+}
+
+pub fn attempt_output_is_read_back_from_any_handle_in_pieces(b: &dyn FreshStore) {
+    let writer = b.open();
+    let reader = b.open();
+    let s = submit(&*writer, plan("logs", vec![task("a", &[], &[])]));
+    let w = worker(&*writer, None, Duration::from_secs(30));
+    let c = claim_task(&*writer, &w);
+    let lease = &c.lease;
+    assert!(read_all_log(&*reader, lease, 0).is_empty(), "nothing yet");
+    // Output need not be text: every byte value, then more pieces than one read returns.
+    let first: Vec<u8> = (0..=255u8).collect();
+    writer.append_log(lease, 0, &first).expect("append");
+    assert_eq!(read_all_log(&*reader, lease, 0), first);
+    // The same piece stored twice (a retry after a lost answer) is kept once.
+    writer.append_log(lease, 0, &first).expect("append again");
+    let mut whole = first.clone();
+    for i in 0..100u32 {
+        let piece = format!("line {i}\n").into_bytes();
+        writer
+            .append_log(lease, whole.len() as u64, &piece)
+            .expect("append");
+        whole.extend(piece);
+    }
+    assert_eq!(read_all_log(&*reader, lease, 0), whole);
+    // A follower that has some of it asks for the rest, also from inside a piece.
+    assert_eq!(read_all_log(&*reader, lease, 300), whole[300..].to_vec());
+    // A piece not stored yet ends what can be read: no bytes out of order.
+    let end = whole.len() as u64;
+    writer
+        .append_log(lease, end + 10, b"later")
+        .expect("append");
+    assert_eq!(read_all_log(&*reader, lease, 0), whole);
+    // Another attempt's output is its own.
+    let other = Lease {
+        attempt: Attempt(2),
+        ..lease.clone()
+    };
+    assert!(read_all_log(&*reader, &other, 0).is_empty());
+    // Deleting the session deletes its output.
+    writer
+        .finish_attempt(lease, &Outcome::Succeeded)
+        .expect("finish");
+    writer.delete_session(&s.id).expect("delete");
+    assert!(read_all_log(&*reader, lease, 0).is_empty());
 }

@@ -94,8 +94,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// ended or was paused is running again (`session_resumed`). Refused, changing nothing,
     /// when a named task has not ended badly or nothing has.
     fn retry_tasks(&self, session: &SessionId, scope: RetryScope<'_>) -> Result<Retried>;
-    /// Deletes a finished session with its tasks, attempts and events.
+    /// Deletes a finished session with its tasks, attempts, events and stored output.
     fn delete_session(&self, id: &SessionId) -> Result<()>;
+
+    // Attempt output.
+
+    /// Stores `bytes` of the lease's attempt output, starting at byte `offset` of its log.
+    /// Storing the same piece again changes nothing.
+    fn append_log(&self, lease: &Lease, offset: u64, bytes: &[u8]) -> Result<()>;
+    /// The attempt's stored output from byte `from` on: as much as one read returns (empty when
+    /// nothing more is stored yet); ask again from where it ended for more.
+    fn read_log(
+        &self,
+        session: &SessionId,
+        task: &TaskId,
+        attempt: Attempt,
+        from: u64,
+    ) -> Result<Vec<u8>>;
 
     // Workers and leases.
 

@@ -1666,6 +1666,18 @@ mod tests {
         fn delete_session(&self, id: &SessionId) -> Result<()> {
             self.inner.delete_session(id)
         }
+        fn append_log(&self, lease: &Lease, offset: u64, bytes: &[u8]) -> Result<()> {
+            self.inner.append_log(lease, offset, bytes)
+        }
+        fn read_log(
+            &self,
+            session: &SessionId,
+            task: &TaskId,
+            attempt: Attempt,
+            from: u64,
+        ) -> Result<Vec<u8>> {
+            self.inner.read_log(session, task, attempt, from)
+        }
         fn register_worker(&self, new: &NewWorker) -> Result<WorkerId> {
             self.inner.register_worker(new)
         }

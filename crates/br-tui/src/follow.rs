@@ -1,12 +1,15 @@
 //! Following a task's log as it grows: the tail of the attempt's file, read a little at a time,
-//! never the whole file, and cleaned of terminal escape codes before it reaches the screen.
+//! never the whole file, and cleaned of terminal escape codes before it reaches the screen. An
+//! attempt that ran on another machine (or whose file was removed) is read from the store,
+//! where its worker shipped the output as it was written.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use br_core::{SessionId, TaskId};
+use br_core::{Attempt, SessionId, TaskId};
+use br_store::Store;
 
 /// Lines kept in memory; older ones scroll away.
 const MAX_LINES: usize = 5000;
@@ -108,24 +111,43 @@ impl LogTail {
         }
     }
 
-    /// Reads what was appended since the last poll. Returns whether anything changed.
-    pub fn poll(&mut self) -> bool {
-        match self.read_more() {
+    /// Reads what was appended since the last poll: from the file where this machine has it,
+    /// else from the store (the attempt ran on another machine, or its file was removed).
+    /// Returns whether anything changed.
+    pub fn poll(&mut self, store: &dyn Store) -> bool {
+        let read = match self.read_more() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.read_stored(store),
+            other => other.map_err(|e| e.to_string()),
+        };
+        match read {
             Ok(changed) => {
                 let was = self.problem.take();
                 changed || was.is_some()
             }
-            Err(e) => {
-                let why = if e.kind() == std::io::ErrorKind::NotFound {
-                    "no log file yet".to_string()
-                } else {
-                    e.to_string()
-                };
+            Err(why) => {
                 let changed = self.problem.as_deref() != Some(why.as_str());
                 self.problem = Some(why);
                 changed
             }
         }
+    }
+
+    /// What the store has of the log beyond what was read (one bounded read per poll).
+    fn read_stored(&mut self, store: &dyn Store) -> Result<bool, String> {
+        let more = store
+            .read_log(
+                &self.session,
+                &self.task,
+                Attempt(self.attempt),
+                self.offset,
+            )
+            .map_err(|e| format!("the store cannot be read: {e}"))?;
+        if more.is_empty() && self.offset == 0 {
+            return Err("no output yet".into());
+        }
+        self.offset += more.len() as u64;
+        self.take_lines(&more);
+        Ok(!more.is_empty())
     }
 
     fn read_more(&mut self) -> std::io::Result<bool> {
@@ -156,6 +178,12 @@ impl LogTail {
                 None => chunk = &[],
             }
         }
+        self.take_lines(chunk);
+        Ok(read > 0)
+    }
+
+    /// Splits newly read bytes into lines, keeping an unfinished last line for later.
+    fn take_lines(&mut self, chunk: &[u8]) {
         for piece in chunk.split_inclusive(|&b| b == b'\n') {
             if let Some(line) = piece.strip_suffix(b"\n") {
                 self.partial.extend_from_slice(line);
@@ -169,7 +197,6 @@ impl LogTail {
                 }
             }
         }
-        Ok(read > 0)
     }
 
     fn push_line(&mut self, raw: &[u8]) {
@@ -255,6 +282,12 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use br_store::Lease;
+    use br_store::sqlite::SqliteStore;
+
+    fn empty_store(dir: &Path) -> SqliteStore {
+        SqliteStore::open(&dir.join("br.db")).unwrap()
+    }
 
     fn tail(path: &Path) -> LogTail {
         LogTail::new(
@@ -279,24 +312,26 @@ mod tests {
     fn follows_a_growing_file_and_waits_for_one_that_does_not_exist_yet() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.1.log");
+        let store = empty_store(dir.path());
+        let store = &store;
         let mut t = tail(&path);
-        assert!(t.poll(), "the problem is news");
-        assert_eq!(t.problem(), Some("no log file yet"));
-        assert!(!t.poll(), "the same problem is not");
+        assert!(t.poll(store), "the problem is news");
+        assert_eq!(t.problem(), Some("no output yet"));
+        assert!(!t.poll(store), "the same problem is not");
         let mut f = File::create(&path).unwrap();
         write!(f, "one\ntwo\nthr").unwrap();
-        assert!(t.poll());
+        assert!(t.poll(store));
         assert_eq!(t.problem(), None);
         assert_eq!(t.visible(10), ["one", "two"]);
         assert_eq!(t.partial().as_deref(), Some("thr"));
         write!(f, "ee\nfour\n").unwrap();
-        assert!(t.poll());
+        assert!(t.poll(store));
         assert_eq!(t.visible(2), ["three", "four"]);
-        assert!(!t.poll(), "nothing new");
+        assert!(!t.poll(store), "nothing new");
         t.scroll_up(1);
         assert_eq!(t.visible(2), ["two", "three"]);
         writeln!(f, "five").unwrap();
-        t.poll();
+        t.poll(store);
         assert_eq!(t.visible(2), ["two", "three"], "reading back holds still");
         t.follow();
         assert_eq!(t.visible(2), ["four", "five"]);
@@ -306,19 +341,44 @@ mod tests {
     fn a_big_log_is_read_from_its_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.log");
+        let store = empty_store(dir.path());
+        let store = &store;
         let mut f = File::create(&path).unwrap();
         for i in 0..100_000 {
             writeln!(f, "line {i}").unwrap();
         }
         let mut t = tail(&path);
-        t.poll();
+        t.poll(store);
         assert!(t.lines().len() <= MAX_LINES);
         assert_eq!(t.visible(1), ["line 99999"]);
         assert!(t.lines()[0].starts_with("line "), "no torn first line");
         // Truncation starts over.
         File::create(&path).unwrap();
         std::fs::write(&path, "fresh\n").unwrap();
-        t.poll();
+        t.poll(store);
         assert_eq!(t.visible(5), ["fresh"]);
+    }
+
+    #[test]
+    fn a_log_this_machine_does_not_have_is_read_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = empty_store(dir.path());
+        let mut t = tail(&dir.path().join("elsewhere.log"));
+        let lease = Lease {
+            session_id: t.session().clone(),
+            task_id: t.task().clone(),
+            attempt: Attempt(1),
+            worker_id: br_core::WorkerId::from_string("w"),
+        };
+        store.append_log(&lease, 0, b"one\ntw").unwrap();
+        assert!(t.poll(&store));
+        assert_eq!(
+            (t.visible(5), t.partial()),
+            (vec!["one"], Some("tw".into()))
+        );
+        store.append_log(&lease, 6, b"o\nthree\n").unwrap();
+        assert!(t.poll(&store));
+        assert_eq!(t.visible(5), ["one", "two", "three"]);
+        assert!(!t.poll(&store), "nothing new");
     }
 }

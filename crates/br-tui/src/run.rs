@@ -89,7 +89,7 @@ pub fn run_dashboard(
             continue;
         }
         if let Mode::Log(tail) = model.mode_mut()
-            && tail.poll()
+            && tail.poll(store)
         {
             dirty = true;
         }

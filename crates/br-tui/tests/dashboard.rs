@@ -458,7 +458,8 @@ fn the_log_view_follows_the_file() {
     let Mode::Log(tail) = m.mode_mut() else {
         panic!("log not open")
     };
-    assert!(tail.poll());
+    let store = SqliteStore::open(&dir.path().join("br.db")).unwrap();
+    assert!(tail.poll(&store));
     let text = draw(&m, 70, 8).backend().to_string();
     let text = text.replace(&dir.path().to_string_lossy().into_owned(), "[tmp]");
     insta::assert_snapshot!(text);

@@ -38,6 +38,9 @@ pub const ACTION_HEADER: &str = "x-br-action";
 /// How many sessions `/api/sessions` lists by default (as `br list`).
 const DEFAULT_SESSION_LIMIT: usize = 20;
 
+/// The most of a log one `/log` request returns; ask again `from` where it ended for more.
+const MAX_LOG_BYTES: usize = 4 * 1024 * 1024;
+
 /// How many events `/api/events` returns by default, and at most.
 const DEFAULT_EVENT_LIMIT: usize = 1000;
 const MAX_EVENT_LIMIT: usize = 10_000;
@@ -54,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/resume", post(resume))
         .route("/api/sessions/{id}/cancel", post(cancel))
         .route("/api/sessions/{id}/retry", post(retry))
+        .route("/api/sessions/{id}/tasks/{task}/log", get(task_log))
         .route("/api/workers", get(workers))
         .route("/api/locks", get(locks))
         .route("/api/pools", get(pools))
@@ -477,4 +481,69 @@ async fn events(
         .await?;
     let lines: Vec<EventView<'_>> = list.iter().map(EventView::from).collect();
     Ok(Json(lines).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    /// Which attempt [default: the latest].
+    attempt: Option<u32>,
+    /// From this byte of the log on [default: 0]: how a page follows a running attempt.
+    from: Option<u64>,
+}
+
+/// `GET /api/sessions/{id}/tasks/{task}/log[?attempt=K&from=BYTE]`: the attempt's output as
+/// text, from the store (where workers on every machine ship it as it is written), at most
+/// [`MAX_LOG_BYTES`] of it. `X-Br-Log-Next` says the byte to ask `from` next, and
+/// `X-Br-Log-Complete: true` that the attempt has ended and nothing follows.
+async fn task_log(
+    State(state): State<AppState>,
+    Path((reference, task)): Path<(String, String)>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let task = TaskId::new(task).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let from = q.from.unwrap_or(0);
+    let (bytes, complete) = state
+        .blocking(move |store| {
+            let s = store.resolve_session(&reference)?;
+            let attempts = store.attempts(&s.id, &task)?;
+            let attempt = match q.attempt {
+                Some(k) => attempts.iter().find(|a| a.attempt.0 == k),
+                None => attempts.last(),
+            };
+            let Some(attempt) = attempt else {
+                return Err(ApiError::NotFound(match q.attempt {
+                    Some(k) => format!("task {task} has no attempt {k}"),
+                    None => format!("task {task} has not run yet"),
+                }));
+            };
+            // Asked before reading: an attempt seen ended had all of its output stored.
+            let ended = attempt.finished_at.is_some();
+            let mut bytes = Vec::new();
+            while bytes.len() < MAX_LOG_BYTES {
+                let more =
+                    store.read_log(&s.id, &task, attempt.attempt, from + bytes.len() as u64)?;
+                if more.is_empty() {
+                    break;
+                }
+                bytes.extend(more);
+            }
+            bytes.truncate(MAX_LOG_BYTES);
+            let complete = ended && bytes.len() < MAX_LOG_BYTES;
+            Ok((bytes, complete))
+        })
+        .await?;
+    let next = from + bytes.len() as u64;
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("x-br-log-next", HeaderValue::from(next));
+    headers.insert(
+        "x-br-log-complete",
+        HeaderValue::from_static(if complete { "true" } else { "false" }),
+    );
+    Ok(response)
 }

@@ -1569,3 +1569,89 @@ async fn a_stream_client_that_stops_reading_is_dropped_and_a_reading_one_is_not(
     serving.await.expect("joined").expect("served");
     reader.await.expect("reader");
 }
+
+/// The body of a text response, with the headers a log reader pages by.
+async fn text(response: Response) -> (StatusCode, String, String, String) {
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map_or(String::new(), |v| v.to_str().expect("ascii").to_string())
+    };
+    let (next, complete) = (header("x-br-log-next"), header("x-br-log-complete"));
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        next,
+        complete,
+    )
+}
+
+#[tokio::test]
+async fn a_task_log_is_read_from_the_store_while_it_runs_and_after() {
+    let f = Fixture::new();
+    let s = f.submit("logs", &["build"]);
+    let worker = f
+        .store
+        .register_worker(&NewWorker {
+            host: "another-machine".into(),
+            pid: 4242,
+            session: Some(s.id.clone()),
+            heartbeat_timeout: Duration::from_secs(30),
+        })
+        .expect("register worker");
+    let logs = f._dir.path().join("logs");
+    let Claim::Task(task) = f
+        .store
+        .claim_next_task(&ClaimRequest {
+            worker: &worker,
+            session: Some(&s.id),
+            log_dir: &logs,
+            repo_id: None,
+        })
+        .expect("claim")
+    else {
+        panic!("a task to run")
+    };
+    let get = |uri: String| {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        async { text(f.call(request).await).await }
+    };
+    let uri = format!("/api/sessions/{}/tasks/build/log", s.id);
+    // Shipped so far, by a worker this server has no file of.
+    f.store
+        .append_log(&task.lease, 0, b"compiling\n")
+        .expect("ship");
+    assert_eq!(
+        get(uri.clone()).await,
+        (
+            StatusCode::OK,
+            "compiling\n".into(),
+            "10".into(),
+            "false".into()
+        )
+    );
+    f.store
+        .append_log(&task.lease, 10, b"done\n")
+        .expect("ship");
+    f.store
+        .finish_attempt(&task.lease, &Outcome::Succeeded)
+        .expect("finish");
+    // A follower asks from where it was; the attempt has ended, so nothing follows.
+    assert_eq!(
+        get(format!("{uri}?from=10")).await,
+        (StatusCode::OK, "done\n".into(), "15".into(), "true".into())
+    );
+    assert_eq!(get(format!("{uri}?attempt=1")).await.1, "compiling\ndone\n");
+    let (status, body, ..) = get(format!("{uri}?attempt=2")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("no attempt 2"), "{body}");
+    let (status, ..) = get(format!("/api/sessions/{}/tasks/nope/log", s.id)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, ..) = get(format!("{uri}?attempt=x")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

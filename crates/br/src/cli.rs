@@ -400,8 +400,9 @@ pub(crate) struct EventsArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
-    pub session: String,
-    pub task: String,
+    /// TASK (of the latest session), or SESSION TASK
+    #[arg(required = true, num_args = 1..=2, value_names = ["SESSION", "TASK"])]
+    pub names: Vec<String>,
     /// Which attempt [default: the latest]
     #[arg(long)]
     pub attempt: Option<u32>,

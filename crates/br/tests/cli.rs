@@ -269,33 +269,41 @@ fn logs_and_events_follow_a_running_task() {
 }
 
 #[test]
-fn a_missing_log_is_explained_not_printed_as_empty() {
+fn a_log_not_on_this_machine_is_read_from_the_store() {
     let repo = TestRepo::new();
     simple_plan(&repo);
     assert_eq!(repo.br(&["run"]).code, 0);
     assert_eq!(repo.br(&["logs", "shapes", "a"]).stdout, "hello\n");
+    // One argument: the task of the latest session.
+    assert_eq!(repo.br(&["logs", "a"]).stdout, "hello\n");
     let status = repo.status("shapes");
     let log = status["tasks"][0]["log_path"].as_str().expect("log path");
+    // Removed here (or run on another machine, as far as this one can tell): the store has the
+    // output the worker shipped while the task ran.
     std::fs::remove_file(log).expect("delete the log");
-    let gone = repo.br(&["logs", "shapes", "a"]);
-    assert_eq!(gone.code, 4);
-    assert!(
-        gone.stderr.contains("is gone") && gone.stderr.contains(log),
+    let stored = repo.br(&["logs", "shapes", "a"]);
+    assert_eq!(
+        (stored.code, stored.stdout.as_str()),
+        (0, "hello\n"),
         "{}",
-        gone.stderr
+        stored.stderr
     );
-    // With a shared store, another machine's attempt has its log over there.
     let store = rusqlite::Connection::open(repo.store_path()).expect("open the store");
     store
         .execute("UPDATE workers SET host = 'build-07'", [])
         .expect("move the workers");
+    assert_eq!(repo.br(&["logs", "shapes", "a"]).stdout, "hello\n");
+    // Neither here nor stored (an attempt of an older br): said, not printed as empty.
+    store
+        .execute("DELETE FROM log_chunks", [])
+        .expect("forget the output");
     drop(store);
-    let elsewhere = repo.br(&["logs", "shapes", "a"]);
-    assert_eq!(elsewhere.code, 2);
+    let gone = repo.br(&["logs", "shapes", "a"]);
+    assert_eq!(gone.code, 4, "{}", gone.stderr);
     assert!(
-        elsewhere.stderr.contains("ran on build-07"),
+        gone.stderr.contains("the store holds no output") && gone.stderr.contains(log),
         "{}",
-        elsewhere.stderr
+        gone.stderr
     );
 }
 

@@ -296,3 +296,72 @@ fn reading_commands_create_no_tables_in_an_empty_schema() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(schema.tables().contains(&"sessions".to_string()));
 }
+
+#[test]
+fn another_machine_follows_a_log_live_and_reads_it_after_the_file_is_gone() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let here = TestRepo::with_store(schema.url());
+    let go = tempfile::tempdir().expect("temp dir");
+    let go = go.path().join("go");
+    here.write(
+        "br.toml",
+        &format!(
+            "name = \"talk\"\nisolation = \"shared\"\n\
+             [[task]]\nid = \"talk\"\n\
+             run = 'echo one; while [ ! -f {go} ]; do sleep 0.05; done; echo two'\n",
+            go = go.display()
+        ),
+    );
+    let (there, session) = commit_clone_and_submit(&here);
+    let worker = there.spawn(&[
+        "worker",
+        "--session",
+        &session,
+        "--heartbeat-interval",
+        "200ms",
+    ]);
+    poll("the task to run on the other machine", LONG, || {
+        (tasks(&here.status(&session))[0]["state"] == "running").then_some(())
+    });
+    // This machine has no file of that log: what it reads came through the store, while the
+    // task still runs.
+    let Some(mut follow) = here.br_command_on_host("machine-a", &["logs", "talk", "--follow"])
+    else {
+        return;
+    };
+    let mut follow = follow
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn br logs --follow");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        follow.stdout.take().expect("stdout"),
+    ));
+    assert_eq!(lines.next().expect("a line").expect("read"), "one");
+    std::fs::write(&go, "").expect("let the task end");
+    assert_eq!(lines.next().expect("a line").expect("read"), "two");
+    assert!(
+        follow.wait().expect("wait").success(),
+        "ends with the attempt"
+    );
+    assert_eq!(worker.wait(LONG).code, 0);
+    // The worker's own file is gone (cleanup, a lost machine): the store still has the log.
+    let log = tasks(&here.status(&session))[0]["log_path"]
+        .as_str()
+        .expect("log path")
+        .to_string();
+    std::fs::remove_file(&log).expect("remove the worker's log");
+    for br in [
+        here.br_command_on_host("machine-a", &["logs", &session, "talk", "--attempt", "1"]),
+        there.br_command_on_host("machine-b", &["logs", "talk"]),
+    ] {
+        let out = br.expect("root").output().expect("run br logs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    }
+}

@@ -180,11 +180,12 @@ fn bind<'a>(param: Param<'a>, ty: &Type) -> OpResult<Box<dyn ToSql + Sync + 'a>>
         }
         Param::Integer(n) => Box::new(n),
         Param::Text(s) => Box::new(s),
+        Param::Blob(b) => Box::new(b),
     })
 }
 
 /// A column as the store's logic reads it: integers and booleans as integers (as SQLite keeps
-/// them), everything textual as text.
+/// them), bytes as bytes, everything textual as text.
 impl<'a> FromSql<'a> for Value {
     fn from_sql(
         ty: &Type,
@@ -196,6 +197,8 @@ impl<'a> FromSql<'a> for Value {
             Value::Integer(i32::from_sql(ty, raw)?.into())
         } else if *ty == Type::BOOL {
             Value::Integer(bool::from_sql(ty, raw)?.into())
+        } else if *ty == Type::BYTEA {
+            Value::Blob(raw.to_vec())
         } else {
             Value::Text(String::from_sql(ty, raw)?)
         })
@@ -208,7 +211,8 @@ impl<'a> FromSql<'a> for Value {
     }
 
     fn accepts(ty: &Type) -> bool {
-        [Type::INT8, Type::INT4, Type::BOOL].contains(ty) || <String as FromSql>::accepts(ty)
+        [Type::INT8, Type::INT4, Type::BOOL, Type::BYTEA].contains(ty)
+            || <String as FromSql>::accepts(ty)
     }
 }
 

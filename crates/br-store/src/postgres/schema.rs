@@ -16,6 +16,7 @@ pub(super) const TABLES: &[&str] = &[
     "locks",
     "events",
     "pools",
+    "log_chunks",
 ];
 
 /// One step of the schema.
@@ -49,9 +50,26 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         to: 6,
         sql: V6,
     },
+    Migration {
+        from: 6,
+        to: 7,
+        sql: V7,
+    },
 ];
 
-pub const CURRENT_VERSION: i64 = 6;
+pub const CURRENT_VERSION: i64 = 7;
+
+/// SQLite's version 7: attempt output in the store (see there).
+const V7: &str = r#"
+CREATE TABLE log_chunks (
+    session_id  TEXT COLLATE "C" NOT NULL,
+    task_id     TEXT COLLATE "C" NOT NULL,
+    attempt     BIGINT NOT NULL,
+    byte_offset BIGINT NOT NULL,
+    data        BYTEA NOT NULL,
+    PRIMARY KEY (session_id, task_id, attempt, byte_offset)
+);
+"#;
 
 /// SQLite's version 6: fleets of coding agents (see there).
 const V6: &str = r#"

@@ -12,6 +12,7 @@
 mod landing;
 mod lease;
 mod lock;
+mod log;
 mod read;
 mod retry;
 mod session;
@@ -243,6 +244,31 @@ impl<B: Backend> Store for B {
 
     fn delete_session(&self, id: &SessionId) -> Result<()> {
         self.write("delete a session", |tx| session::delete(tx, id.as_str()))
+    }
+
+    fn append_log(&self, lease: &Lease, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.write("store an attempt's output", |tx| {
+            log::append(
+                tx,
+                lease.session_id.as_str(),
+                lease.task_id.as_str(),
+                lease.attempt.0,
+                offset,
+                bytes,
+            )
+        })
+    }
+
+    fn read_log(
+        &self,
+        session: &SessionId,
+        task: &TaskId,
+        attempt: Attempt,
+        from: u64,
+    ) -> Result<Vec<u8>> {
+        self.read("read an attempt's output", |c| {
+            log::read(c, session.as_str(), task.as_str(), attempt.0, from)
+        })
     }
 
     fn register_worker(&self, new: &NewWorker) -> Result<WorkerId> {

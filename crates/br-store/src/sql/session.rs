@@ -345,6 +345,7 @@ pub(super) fn delete(tx: &Tx<'_>, id: &str) -> OpResult<()> {
         "DELETE FROM attempts WHERE session_id = ?1",
         "DELETE FROM locks WHERE session_id = ?1",
         "DELETE FROM events WHERE session_id = ?1",
+        "DELETE FROM log_chunks WHERE session_id = ?1",
         "DELETE FROM tasks WHERE session_id = ?1",
         "DELETE FROM sessions WHERE id = ?1",
     ] {

@@ -2,8 +2,8 @@
 //! ([`Param`]), and result rows ([`Row`]) read by column index into the model's types
 //! ([`FromValue`]).
 //!
-//! Both schemas keep only integers (timestamps in milliseconds, counters, PostgreSQL's one
-//! BOOLEAN column), text (ids, words, JSON) and NULL, so three kinds of value are enough. A
+//! Both schemas keep integers (timestamps in milliseconds, counters, PostgreSQL's one BOOLEAN
+//! column), text (ids, words, JSON), bytes (attempt output, which need not be UTF-8) and NULL. A
 //! boolean is the integer 0 or 1, as SQLite keeps it; the PostgreSQL driver converts at the edge.
 
 use std::rc::Rc;
@@ -20,6 +20,13 @@ pub(crate) enum Param<'a> {
     Null,
     Integer(i64),
     Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl<'a> From<&'a [u8]> for Param<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Param::Blob(b)
+    }
 }
 
 impl<'a> From<&'a str> for Param<'a> {
@@ -115,6 +122,7 @@ pub(crate) enum Value {
     Null,
     Integer(i64),
     Text(String),
+    Blob(Vec<u8>),
 }
 
 /// One result row. The column names are shared by every row of a query and serve only to name
@@ -154,6 +162,7 @@ fn unexpected(value: &Value, wanted: &str) -> String {
         Value::Null => "NULL",
         Value::Integer(_) => "an integer",
         Value::Text(_) => "text",
+        Value::Blob(_) => "bytes",
     };
     format!("expected {wanted}, found {found}")
 }
@@ -191,6 +200,15 @@ impl FromValue for String {
         match value {
             Value::Text(s) => Ok(s.clone()),
             other => Err(unexpected(other, "text")),
+        }
+    }
+}
+
+impl FromValue for Vec<u8> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Blob(b) => Ok(b.clone()),
+            other => Err(unexpected(other, "bytes")),
         }
     }
 }

@@ -69,20 +69,20 @@ impl rusqlite::ToSql for Param<'_> {
             Param::Null => ValueRef::Null,
             Param::Integer(n) => ValueRef::Integer(n),
             Param::Text(s) => ValueRef::Text(s.as_bytes()),
+            Param::Blob(b) => ValueRef::Blob(b),
         }))
     }
 }
 
-/// A column's value. The schema stores only integers, text and NULL; anything else (a value
-/// some other program wrote) is kept as text, so reading it as the model's type reports the
-/// column as damaged.
+/// A column's value. The schema stores only integers, text, bytes and NULL; anything else (a
+/// value some other program wrote) is kept as text, so reading it as the model's type reports
+/// the column as damaged.
 fn value(v: ValueRef<'_>) -> Value {
     match v {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(n) => Value::Integer(n),
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
-            Value::Text(String::from_utf8_lossy(bytes).into_owned())
-        }
+        ValueRef::Text(bytes) => Value::Text(String::from_utf8_lossy(bytes).into_owned()),
+        ValueRef::Blob(bytes) => Value::Blob(bytes.to_vec()),
         ValueRef::Real(f) => Value::Text(f.to_string()),
     }
 }

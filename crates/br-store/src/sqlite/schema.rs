@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -203,4 +203,18 @@ CREATE TABLE pools (
     parked_reason TEXT
 );
 CREATE INDEX tasks_pool_running ON tasks (pool) WHERE state = 'running';
+"#;
+
+/// Version 7: attempt output kept in the store, in pieces as it is written, so any machine that
+/// reaches the store can read (and follow) any attempt's log. A piece is named by the byte of
+/// the log it starts at: writing one twice (a retry after a lost answer) keeps one copy.
+const V7: &str = r#"
+CREATE TABLE log_chunks (
+    session_id  TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    byte_offset INTEGER NOT NULL,
+    data        BLOB NOT NULL,
+    PRIMARY KEY (session_id, task_id, attempt, byte_offset)
+) WITHOUT ROWID;
 "#;

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use br_core::{Landing, OutcomeKind, TaskId};
+use br_core::{Landing, OutcomeKind};
 use br_store::AttemptRecord;
 
 use crate::cli::DiffArgs;
@@ -12,22 +12,7 @@ use crate::exit::{Exit, usage};
 
 pub(super) fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store_to_read()?;
-    let (session, task) = match args.names.as_slice() {
-        [task] => {
-            let latest = store
-                .list_sessions(&br_store::SessionFilter {
-                    status: None,
-                    limit: Some(1),
-                })?
-                .into_iter()
-                .next()
-                .ok_or_else(|| usage("no session yet: run a plan first"))?;
-            (latest, task)
-        }
-        [session, task] => (store.resolve_session(session)?, task),
-        _ => return Err(usage("give TASK, or SESSION TASK")),
-    };
-    let task = TaskId::new(task.clone()).map_err(|e| usage(e.to_string()))?;
+    let (session, task) = super::session_and_task(&*store, &args.names)?;
     let record = store.task(&session.id, &task)?;
     let attempts = store.attempts(&session.id, &task)?;
     if attempts.is_empty() {

@@ -4,9 +4,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use br_core::TaskId;
+use br_core::{Attempt, SessionId, TaskId};
 use br_store::view::EventView;
-use br_store::{Event, EventFilter};
+use br_store::{Event, EventFilter, Store};
 
 use crate::cli::{EventsArgs, LogsArgs};
 use crate::context::Context;
@@ -86,8 +86,7 @@ fn write_event(out: &mut impl Write, ev: &Event, json: bool) -> anyhow::Result<(
 
 pub(super) fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store_to_read()?;
-    let s = store.resolve_session(&args.session)?;
-    let task = TaskId::new(args.task.clone()).map_err(|e| usage(e.to_string()))?;
+    let (s, task) = super::session_and_task(&*store, &args.names)?;
     let attempts = store.attempts(&s.id, &task)?;
     let Some(latest) = attempts.last() else {
         return Err(usage(format!(
@@ -105,11 +104,7 @@ pub(super) fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
                 latest.attempt
             ))
         })?;
-    let path = attempt
-        .log_path
-        .clone()
-        .ok_or_else(|| usage(format!("attempt {wanted} of {task} has no log")))?;
-    // The log is made on the first byte of output: an attempt that wrote none has no file.
+    // The log is made on the first byte of output: an attempt that wrote none has no log.
     let wrote_nothing = attempt
         .detail
         .get("output_bytes")
@@ -118,45 +113,69 @@ pub(super) fn logs(ctx: &Context, args: LogsArgs) -> anyhow::Result<Exit> {
     if wrote_nothing {
         return Ok(Exit::Success);
     }
-    if !std::path::Path::new(&path).exists() {
-        // With a shared store the attempt may have run on another machine: its log is there.
-        let ran_on = store.worker(&attempt.worker_id).ok().map(|w| w.host);
-        let here = br_exec::liveness::host_name();
-        if let Some(host) = ran_on.filter(|h| *h != here) {
-            return Err(usage(format!(
-                "attempt {wanted} of {task} ran on {host} (worker {}): its log is there, at \
-                 {path}; logs stay on the machine that ran the attempt",
-                attempt.worker_id
-            )));
-        }
-        // A running attempt may not have created its log yet (its worktree is being prepared).
-        if attempt.finished_at.is_some() {
-            anyhow::bail!(
-                "the log of attempt {wanted} of {task} is gone: {path} does not exist (deleted \
-                 by `br cleanup` or by hand)"
-            );
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    let mut offset = 0u64;
-    loop {
-        offset += copy_from(&path, offset, &mut out)?;
-        out.flush()?;
-        if !args.follow {
-            return Ok(Exit::Success);
-        }
-        let finished = store
+    let finished = || -> anyhow::Result<bool> {
+        Ok(store
             .attempts(&s.id, &task)?
             .iter()
-            .any(|a| a.attempt.0 == wanted && a.finished_at.is_some());
-        if finished {
-            // One last read: output written just before the attempt ended.
-            copy_from(&path, offset, &mut out)?;
-            out.flush()?;
+            .any(|a| a.attempt.0 == wanted && a.finished_at.is_some()))
+    };
+    let mut out = std::io::stdout().lock();
+    // The file on the machine that ran the attempt is the freshest copy; everywhere else (and
+    // once `br cleanup` removed the file) the store has it, shipped as it was written.
+    // A path names a file on the machine that ran the attempt: elsewhere a file of that name
+    // is not this log. A worker no longer recorded leaves only the file to go by.
+    let ran_here = match store.worker(&attempt.worker_id) {
+        Ok(w) => Some(w.host == br_exec::liveness::host_name()),
+        Err(_) => None,
+    };
+    let path = attempt.log_path.clone().filter(|p| match ran_here {
+        Some(true) => std::path::Path::new(p).exists() || attempt.finished_at.is_none(),
+        Some(false) => false,
+        None => std::path::Path::new(p).exists(),
+    });
+    let mut offset = 0u64;
+    loop {
+        // Asked before reading: an attempt seen finished had all of its output written (and
+        // stored) by then, so this read is the last one needed.
+        let ended = finished()?;
+        offset += match &path {
+            Some(path) => copy_from(path, offset, &mut out)?,
+            None => copy_stored(&*store, &s.id, &task, attempt.attempt, offset, &mut out)?,
+        };
+        out.flush()?;
+        if path.is_none() && offset == 0 && ended {
+            let place = attempt.log_path.as_deref().map_or(String::new(), |p| {
+                format!(" ({p} is not on this machine: it ran elsewhere, or was removed)")
+            });
+            anyhow::bail!(
+                "the store holds no output of attempt {wanted} of {task}{place}; attempts run \
+                 by a br older than this one logged only to the machine that ran them"
+            );
+        }
+        if !args.follow || ended {
             return Ok(Exit::Success);
         }
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = store.wait_for_change(Duration::ZERO);
+        let _ = store.wait_for_change(Duration::from_millis(200));
+    }
+}
+
+/// Copies the attempt's stored output from `offset` to as far as the store has it.
+fn copy_stored(
+    store: &dyn Store,
+    session: &SessionId,
+    task: &TaskId,
+    attempt: Attempt,
+    offset: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<u64> {
+    let mut copied = 0u64;
+    loop {
+        let more = store.read_log(session, task, attempt, offset + copied)?;
+        if more.is_empty() {
+            return Ok(copied);
+        }
+        out.write_all(&more)?;
+        copied += more.len() as u64;
     }
 }
 

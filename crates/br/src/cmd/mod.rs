@@ -14,9 +14,12 @@ mod serve;
 mod session;
 mod worker;
 
+use br_core::TaskId;
+use br_store::{Session, Store};
+
 use crate::cli::Command;
 use crate::context::Context;
-use crate::exit::Exit;
+use crate::exit::{Exit, usage};
 
 pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> {
     match command {
@@ -55,4 +58,25 @@ pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> 
 /// `__reaper` is handled before a context exists (it must not touch the repository or store).
 fn unreachable_reaper() -> anyhow::Result<Exit> {
     Err(crate::exit::usage("`__reaper` is internal to br workers"))
+}
+
+/// `TASK` (of the latest session) or `SESSION TASK`, as `br diff` and `br logs` take them.
+fn session_and_task(store: &dyn Store, names: &[String]) -> anyhow::Result<(Session, TaskId)> {
+    let (session, task) = match names {
+        [task] => {
+            let latest = store
+                .list_sessions(&br_store::SessionFilter {
+                    status: None,
+                    limit: Some(1),
+                })?
+                .into_iter()
+                .next()
+                .ok_or_else(|| usage("no session yet: run a plan first"))?;
+            (latest, task)
+        }
+        [session, task] => (store.resolve_session(session)?, task),
+        _ => return Err(usage("give TASK, or SESSION TASK")),
+    };
+    let task = TaskId::new(task.clone()).map_err(|e| usage(e.to_string()))?;
+    Ok((session, task))
 }

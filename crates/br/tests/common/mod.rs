@@ -173,6 +173,39 @@ impl TestRepo {
         cmd
     }
 
+    /// br as run on another machine: a host of another name (its own UTS namespace), so br
+    /// does not take this machine's files for that one's. `None` where this process cannot
+    /// make one (it needs root; CI runs as root, and there the test must run).
+    pub(crate) fn br_command_on_host(&self, host: &str, args: &[&str]) -> Option<Command> {
+        let can = Command::new("unshare")
+            .args(["--uts", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !can {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but `unshare --uts` fails: the tests of other machines must run in CI"
+            );
+            eprintln!("skipped: cannot give br another host name here (unshare --uts needs root)");
+            return None;
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--uts",
+            "sh",
+            "-c",
+            r#"hostname "$0" && exec "$@""#,
+            host,
+            BR,
+        ])
+        .args(args)
+        .current_dir(self.path());
+        self.hermetic(&mut cmd);
+        cmd.stdin(Stdio::null());
+        Some(cmd)
+    }
+
     /// Runs br to completion.
     pub(crate) fn br(&self, args: &[&str]) -> Run {
         let out = self.br_command(args).output().expect("run br");
