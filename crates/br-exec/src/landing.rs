@@ -14,6 +14,7 @@ use br_git::refs::{
     RefError, advance_ref, checked_out_in, commit_tree, create_ref, integration_ref, is_ancestor,
     resolve_ref, short_branch,
 };
+use br_git::remote::{Remote, RemoteError, Update, landed_ref};
 use br_store::{LandingItem, LandingJob, LandingResult};
 
 use crate::merge::{QueueLock, merge_message};
@@ -49,6 +50,8 @@ pub enum LandError {
     Git(#[from] GitError),
     #[error(transparent)]
     Merge(#[from] crate::merge::MergeError),
+    #[error(transparent)]
+    Remote(#[from] br_git::remote::RemoteError),
 }
 
 /// How a verify command ended on a merge that did not pass.
@@ -130,6 +133,104 @@ pub fn land_one(
             Err(RefError::RefMoved { .. }) if tries < CAS_TRIES => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Lands `item` of `job`'s session when the session has a remote (`url`): the integration branch
+/// that counts is the remote's, and `tip` is its commit as the store recorded it. The merge is
+/// made and verified here, and its commit pushed to the remote under a landing ref of its own —
+/// not onto the branch: [`publish_integration`] moves the branch once the store has recorded
+/// the landing. So the remote's branch only ever takes commits the store accepted, and a worker
+/// that lost its turn cannot move it.
+pub fn land_one_remote(
+    repo: &Repo,
+    job: &LandingJob,
+    item: &LandingItem,
+    tip: &str,
+    url: &str,
+    verify: &mut Verify<'_>,
+) -> Result<LandingResult, LandError> {
+    let git = repo.own_git(&repo.root)?;
+    let remote = Remote { git: &git, url };
+    // The result was pushed to its attempt ref before its success was recorded.
+    remote.fetch_session(job.session_id.as_str(), &job.session_slug)?;
+    let Some(commit) = &item.result_commit else {
+        return Ok(LandingResult::Landed {
+            commit: tip.to_string(),
+        });
+    };
+    if is_ancestor(&git, commit, tip)? {
+        return Ok(LandingResult::Landed {
+            commit: tip.to_string(),
+        });
+    }
+    let tree = match merge_tree(repo, &git, None, tip, commit)? {
+        MergeTree::Conflicted { files, tree } => {
+            let with = match &item.start_commit {
+                Some(start) => landed_touching(&git, start, tip, &files).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            return Ok(LandingResult::Conflict {
+                details: conflict_hunks(&git, &tree, &files, HUNKS_MAX_BYTES),
+                files,
+                with,
+                tip: tip.to_string(),
+            });
+        }
+        MergeTree::Clean { tree } => tree,
+    };
+    let message = merge_message(&job.session_name, &job.session_id, &item.task_id);
+    let candidate = commit_tree(&git, &tree, tip, commit, &message)?;
+    if let Some(command) = &job.verify
+        && let Some(refused) = verify(&candidate, tip)?
+    {
+        return Ok(LandingResult::VerifyFailed {
+            command: command.clone(),
+            exit_code: refused.exit_code,
+            reason: refused.reason,
+            log_tail: refused.log_tail,
+            tip: tip.to_string(),
+        });
+    }
+    remote.push(&[Update::Forward {
+        commit: &candidate,
+        reference: &landed_ref(job.session_id.as_str(), &candidate),
+    }])?;
+    Ok(LandingResult::Landed { commit: candidate })
+}
+
+/// Moves the session's integration branch on its remote forward to `commit`, a commit the store
+/// recorded as the integration tip (never a forced push: a branch already there or beyond is
+/// left as it is). Also how a turn repairs a branch that a worker which died between recording
+/// and pushing left behind.
+pub fn publish_integration(
+    repo: &Repo,
+    job: &LandingJob,
+    url: &str,
+    commit: &str,
+) -> Result<(), LandError> {
+    let git = repo.git();
+    let remote = Remote { git: &git, url };
+    let reference = integration_ref(&job.session_slug);
+    match remote.push(&[Update::Forward {
+        commit,
+        reference: &reference,
+    }]) {
+        Ok(()) => Ok(()),
+        // Someone published this commit or a later one first.
+        Err(RemoteError::Refused { .. }) => {
+            remote.fetch_session(job.session_id.as_str(), &job.session_slug)?;
+            match remote.fetched(&reference)? {
+                Some(there) if is_ancestor(&git, commit, &there)? => Ok(()),
+                _ => Err(RemoteError::Refused {
+                    remote: remote.shown(),
+                    reference,
+                    why: "it holds commits the store did not record".into(),
+                }
+                .into()),
+            }
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -20,5 +20,6 @@ pub mod reaper;
 pub mod signals;
 mod slot_setup;
 pub mod strays;
+pub mod travel;
 pub mod watch;
 pub mod worker;

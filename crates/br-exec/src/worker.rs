@@ -36,6 +36,7 @@ use crate::log_ship::{LogShipper, SharedShipper, Shipped};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
 use crate::strays::{become_subreaper, kill_strays};
+use crate::travel::Travel;
 use br_git::conflicts::{FinishedBranch, conflicting_branches};
 use br_git::git::Repo;
 use br_git::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
@@ -514,7 +515,12 @@ impl Worker<'_> {
     ) -> Result<Option<Chained>, StoreError> {
         let lease = task.lease.clone();
         (self.notify)(Note::Started(Box::new(task.clone())));
-        let (outcome, lease_lost, report, result) = match self.prepare(&task) {
+        // With a remote, the attempt's start comes from there (it may have landed elsewhere).
+        let (travel, prepared) = match Travel::start(&self.config.repo, &task) {
+            Ok(travel) => (travel, self.prepare(&task)),
+            Err(reason) => (None, Err(reason)),
+        };
+        let (outcome, lease_lost, report, result) = match prepared {
             Err(reason) => (
                 Outcome::SpawnFailed { reason },
                 false,
@@ -561,6 +567,18 @@ impl Worker<'_> {
                         let outcome = extras.setup_outcome(outcome);
                         let (outcome, mut report, result) =
                             self.conclude(&task, outcome, lease_lost);
+                        // Whoever lands it (on any machine) fetches it from the remote: a result
+                        // that cannot be pushed is not a result anyone can use.
+                        let outcome =
+                            match (&travel, result.as_ref().and_then(|r| r.commit.as_deref())) {
+                                (Some(travel), Some(commit)) if outcome == Outcome::Succeeded => {
+                                    match travel.publish_result(commit) {
+                                        Ok(()) => outcome,
+                                        Err(reason) => Outcome::Unrecorded { reason },
+                                    }
+                                }
+                                _ => outcome,
+                            };
                         report.output_bytes = Some(output_bytes);
                         let usage_file = crate::context::usage_path(&task.log_path);
                         report.usage =
@@ -623,6 +641,15 @@ impl Worker<'_> {
         if finish == Finish::Recorded(TaskNext::Succeed)
             && let Some(result) = &result
         {
+            // Only now, with the result accepted, does the task's branch move on the remote.
+            if let (Some(travel), Some(commit)) = (&travel, &result.commit)
+                && let Err(why) = travel.publish_branch(commit)
+            {
+                (self.notify)(Note::StoreTrouble(format!(
+                    "the branch of {}/{} was not moved on the remote: {why}",
+                    task.session_name, task.lease.task_id
+                )));
+            }
             self.predict_conflicts(&task, result);
         }
         (self.notify)(Note::Finished {
@@ -978,6 +1005,22 @@ impl Worker<'_> {
     /// store then takes the turn back) or the turn is lost.
     fn land(&mut self, job: &LandingJob) -> Result<(), StoreError> {
         let store = self.store;
+        // With a remote, the tip is the store's record, and the remote's branch is brought to it
+        // first (a worker may have died between recording a landing and publishing it).
+        let mut tip = job
+            .integration_commit
+            .clone()
+            .or_else(|| job.base_commit.clone());
+        if let (Some(url), Some(tip)) = (&job.remote, &tip)
+            && let Err(e) = crate::landing::publish_integration(&self.config.repo, job, url, tip)
+        {
+            (self.notify)(Note::LandingTrouble(format!(
+                "cannot bring the remote's integration branch of {} to what the store recorded: {}",
+                job.session_name,
+                error_chain(&e)
+            )));
+            return Ok(());
+        }
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -987,10 +1030,22 @@ impl Worker<'_> {
                 NextLanding::Done | NextLanding::Lost => return Ok(()),
             };
             let repo = self.config.repo.clone();
-            let landed =
-                crate::landing::land_one(&repo, job, &item, &mut |candidate: &str, tip: &str| {
-                    self.verify_merge(job, &item, candidate, tip)
-                });
+            let landed = match (&job.remote, &tip) {
+                (Some(url), Some(at)) => crate::landing::land_one_remote(
+                    &repo,
+                    job,
+                    &item,
+                    at,
+                    url,
+                    &mut |candidate: &str, tip: &str| self.verify_merge(job, &item, candidate, tip),
+                ),
+                _ => crate::landing::land_one(
+                    &repo,
+                    job,
+                    &item,
+                    &mut |candidate: &str, tip: &str| self.verify_merge(job, &item, candidate, tip),
+                ),
+            };
             let result = match landed {
                 Ok(result) => result,
                 Err(LandError::TurnLost | LandError::Interrupted) => return Ok(()),
@@ -1010,11 +1065,28 @@ impl Worker<'_> {
                 self.record(|| store.record_landing(job, &item.task_id, item.attempt, &result))?;
             match (&result, recorded) {
                 (_, LandingRecorded::Stale) => return Ok(()),
-                (LandingResult::Landed { commit }, _) => (self.notify)(Note::Landed {
-                    session: job.session_name.clone(),
-                    task: item.task_id.clone(),
-                    commit: commit.clone(),
-                }),
+                (LandingResult::Landed { commit }, _) => {
+                    // Recorded: now, and only now, the remote's branch moves to it.
+                    if let Some(url) = &job.remote {
+                        tip = Some(commit.clone());
+                        if let Err(e) =
+                            crate::landing::publish_integration(&self.config.repo, job, url, commit)
+                        {
+                            (self.notify)(Note::LandingTrouble(format!(
+                                "landed {}/{} but cannot publish it on the remote yet: {}",
+                                job.session_name,
+                                item.task_id,
+                                error_chain(&e)
+                            )));
+                            return Ok(());
+                        }
+                    }
+                    (self.notify)(Note::Landed {
+                        session: job.session_name.clone(),
+                        task: item.task_id.clone(),
+                        commit: commit.clone(),
+                    });
+                }
                 (LandingResult::Conflict { files, .. }, _) => (self.notify)(Note::NotLanded {
                     session: job.session_name.clone(),
                     task: item.task_id.clone(),

@@ -72,6 +72,7 @@ fn job(base: &str, verify: Option<&str>) -> LandingJob {
         heartbeat_timeout: Duration::from_secs(30),
         worker_id: WorkerId::from_string("w0123456789ab"),
         keep: Vec::new(),
+        remote: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod flock;
 pub mod git;
 pub mod promote;
 pub mod refs;
+pub mod remote;
 pub mod worktree;
 
 pub use git::{Git, GitError, Repo};

@@ -135,6 +135,7 @@ fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
         setup: None,
         setup_inputs: Vec::new(),
         ports: 0,
+        remote: None,
         tasks,
     }
 }

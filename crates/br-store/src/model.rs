@@ -76,6 +76,8 @@ pub struct Session {
     pub slot_setup: SlotSetup,
     /// What its tasks' attempts spent.
     pub usage: Usage,
+    /// The git remote its work travels through (a URL, or a path), when it has one.
+    pub remote: Option<String>,
 }
 
 impl Session {
@@ -320,6 +322,8 @@ pub struct ClaimedTask {
     pub pool: Option<String>,
     /// What the slot gets besides its checkout.
     pub slot_setup: SlotSetup,
+    /// The session's git remote: where the attempt's start comes from and its result goes.
+    pub remote: Option<String>,
 }
 
 /// A worker's turn to land what waits in one session: its right to move the integration
@@ -337,6 +341,8 @@ pub struct LandingJob {
     pub keep: Vec<String>,
     pub heartbeat_timeout: Duration,
     pub worker_id: WorkerId,
+    /// The session's git remote: the integration branch that counts is there.
+    pub remote: Option<String>,
 }
 
 /// One succeeded task waiting to land.

@@ -1109,6 +1109,7 @@ mod tests {
             setup: None,
             setup_inputs: Vec::new(),
             ports: 0,
+            remote: None,
             tasks,
         }
     }

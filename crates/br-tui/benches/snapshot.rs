@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             setup: None,
             setup_inputs: Vec::new(),
             ports: 0,
+            remote: None,
             tasks,
         },
         repo_root: PathBuf::from("/repo"),

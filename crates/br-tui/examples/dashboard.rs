@@ -102,6 +102,7 @@ fn simulate(
             setup: None,
             setup_inputs: Vec::new(),
             ports: 0,
+            remote: None,
             tasks,
         },
         repo_root: dir.to_path_buf(),

@@ -532,6 +532,7 @@ fn plan(name: &str, n: usize) -> br_core::Plan {
         setup: None,
         setup_inputs: Vec::new(),
         ports: 0,
+        remote: None,
         tasks,
     }
 }

@@ -211,6 +211,10 @@ pub(crate) struct WorkerArgs {
     /// Only run this session's tasks, and leave when it ends
     #[arg(long, value_name = "SESSION")]
     pub session: Option<String>,
+    /// Serve sessions of the repository at URL without a checkout: br keeps its own clone under
+    /// the user's cache directory (made once, reused). Needs a shared store (--store/BR_STORE)
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
     /// Leave as soon as nothing is claimable
     #[arg(long)]
     pub exit_when_idle: bool,

@@ -46,6 +46,11 @@ impl Context {
         })
     }
 
+    /// Whether the store was named (`--store`, `BR_STORE`), rather than the repository's own.
+    pub(crate) fn has_store_url(&self) -> bool {
+        self.store_url.is_some()
+    }
+
     /// The repository `dir` is in.
     pub(crate) fn repo(&self) -> anyhow::Result<&Repo> {
         if let Some(repo) = self.repo.get() {

@@ -195,6 +195,9 @@ pub struct Plan {
     pub setup_inputs: Vec<String>,
     /// Ports each running slot gets (`BR_PORT_BASE` ..+N-1); 0: none.
     pub ports: u32,
+    /// Where the session's work travels between machines: a remote of the submitting
+    /// repository (submit records its URL) or a URL.
+    pub remote: Option<String>,
     pub tasks: Vec<TaskSpec>,
 }
 
@@ -336,6 +339,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "setup",
     "setup_inputs",
     "ports",
+    "remote",
     "agent",
     "pool",
     "task",
@@ -544,6 +548,11 @@ workers = 2
 # running worktree on the machine holds (0 to 1000; 0: none).
 # ports = 0
 
+# Where the session's work travels between machines (a remote of this repository, or a URL):
+# workers push attempts and task branches there, and landing moves the integration branch
+# there, so workers in other clones (and `br worker --repo`) serve the session.
+# remote = "origin"
+
 # Coding agents. A task may name one with `agent` instead of `run` (built in: "claude",
 # "codex", "aider", "gemini"; `br agents` shows what each runs). An [agent.NAME] table
 # changes a built-in key by key, or adds an agent with its own `run`.
@@ -643,6 +652,7 @@ struct RawPlan {
     #[serde(default)]
     setup_inputs: Strings,
     ports: Option<Spanned<Integer>>,
+    remote: Option<Spanned<String>>,
     #[serde(default)]
     agent: BTreeMap<Spanned<String>, Spanned<agents::RawAgent>>,
     #[serde(default)]
@@ -1183,6 +1193,16 @@ fn validate(
         }
         None => Some(None),
     };
+    let remote = match &raw.remote {
+        Some(r) => {
+            let ok = no_nul(r, "`remote`", problems)
+                & at_most_bytes(r, MAX_BASE_BYTES, "`remote`", problems);
+            non_empty(r, "`remote`", problems)
+                .filter(|_| ok)
+                .map(|r| Some(r.trim().to_string()))
+        }
+        None => Some(None),
+    };
     let settings = LandingSettings::read(
         &RawLanding {
             start: raw.start.as_ref(),
@@ -1252,6 +1272,7 @@ fn validate(
         setup: fleet.setup,
         setup_inputs: fleet.setup_inputs,
         ports: fleet.ports,
+        remote: remote?,
         tasks: tasks?,
     })
 }
@@ -1986,20 +2007,20 @@ mod tests {
                 "[[tasks]]\nid = \"a\"\nrun = \"true\"\n",
                 "plans/br.toml:1:3: unknown key `tasks` (did you mean `task`?); allowed keys: \
                  `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, `retries`, \
-                 `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
+                 `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `remote`, `agent`, `pool`, `task`",
             ),
             (
                 "colour = \"blue\"\n",
                 "plans/br.toml:1:1: unknown key `colour`; allowed keys: `name`, `workers`, \
                  `base`, `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, \
-                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
+                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `remote`, `agent`, `pool`, `task`",
             ),
             // Short keys get no guess: two edits would turn almost anything into one.
             (
                 "ab = 1\n",
                 "plans/br.toml:1:1: unknown key `ab`; allowed keys: `name`, `workers`, `base`, \
                  `isolation`, `heartbeat_timeout`, `retries`, `scope`, `verify`, \
-                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
+                 `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `remote`, `agent`, `pool`, `task`",
             ),
             (
                 "[[task]]\nid = \"a\"\nrun = \"true\"\ndepends_on = [\"b\"]\n",
@@ -2024,13 +2045,13 @@ mod tests {
                 "run = \"make\"\n",
                 "plans/br.toml:1:1: unknown key `run` (task keys go in a [[task]] table); \
                  allowed keys: `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, \
-                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
+                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `remote`, `agent`, `pool`, `task`",
             ),
             (
                 "on-conflict = \"report\"\n",
                 "plans/br.toml:1:1: unknown key `on-conflict` (did you mean `on_conflict`?); \
                  allowed keys: `name`, `workers`, `base`, `isolation`, `heartbeat_timeout`, \
-                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `agent`, `pool`, `task`",
+                 `retries`, `scope`, `verify`, `on_conflict`, `start`, `land`, `max_repairs`, `keep`, `copy`, `setup`, `setup_inputs`, `ports`, `remote`, `agent`, `pool`, `task`",
             ),
             // Wrong types.
             (
@@ -2574,6 +2595,7 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                 setup: None,
                 setup_inputs: Vec::new(),
                 ports: 0,
+                remote: None,
                 tasks: vec![TaskSpec {
                     id: id("a"),
                     run: "true".into(),
@@ -2655,6 +2677,7 @@ max_repairs = 0
                 setup: None,
                 setup_inputs: Vec::new(),
                 ports: 0,
+                remote: None,
                 tasks: vec![
                     TaskSpec {
                         id: id("schema"),
@@ -2810,6 +2833,7 @@ max_repairs = 0
                 "setup": null,
                 "setup_inputs": [],
                 "ports": 0,
+                "remote": null,
                 "tasks": [
                     {
                         "id": "a",

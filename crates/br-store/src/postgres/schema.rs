@@ -59,8 +59,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
 
 pub const CURRENT_VERSION: i64 = 7;
 
-/// SQLite's version 7: attempt output in the store (see there).
+/// SQLite's version 7: the session's remote, and attempt output in the store (see there).
 const V7: &str = r#"
+ALTER TABLE sessions ADD COLUMN remote TEXT;
 CREATE TABLE log_chunks (
     session_id  TEXT COLLATE "C" NOT NULL,
     task_id     TEXT COLLATE "C" NOT NULL,

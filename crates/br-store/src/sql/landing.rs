@@ -96,6 +96,7 @@ pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Opt
         keep: s.keep,
         heartbeat_timeout,
         worker_id: request.worker.clone(),
+        remote: s.remote,
     }))
 }
 

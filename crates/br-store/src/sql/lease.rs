@@ -560,6 +560,7 @@ fn lease_task(
         agent,
         pool: candidate.pool,
         slot_setup: session.slot_setup,
+        remote: session.remote,
     }))
 }
 

@@ -16,7 +16,7 @@ pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, pla
     base_commit, isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted, \
     created_at, started_at, completed_at, total_tasks, succeeded_tasks, failed_tasks, \
     skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep, \
-    lander, slot_setup, input_tokens, output_tokens, cost_micros";
+    lander, slot_setup, input_tokens, output_tokens, cost_micros, remote";
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
     files, after, log_path, run, outcome, blocked_by, timeout_ms, retries, base_commit, landing, \
@@ -116,6 +116,7 @@ pub(super) fn session_from_row(r: &Row) -> OpResult<Session> {
         lander: r.get::<Option<String>>(27)?.map(WorkerId::from_string),
         slot_setup: json(r, 28)?,
         usage: usage(r, 29)?,
+        remote: r.get(32)?,
     })
 }
 

@@ -95,9 +95,9 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
     tx.execute(
         "INSERT INTO sessions (id, name, slug, status, repo_root, plan_path, base, base_commit,
              isolation, scope, verify, on_conflict, heartbeat_timeout_ms, workers_wanted,
-             created_at, total_tasks, repo_id, keep, slot_setup)
+             created_at, total_tasks, repo_id, keep, slot_setup, remote)
          VALUES (?1, ?2, ?3, ?16, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18,
-             ?19)",
+             ?19, ?20)",
         params![
             id.as_str(),
             &plan.name,
@@ -118,6 +118,7 @@ pub(super) fn create(tx: &Tx<'_>, new: &NewSession) -> OpResult<SessionId> {
             &new.repo_id,
             &serde_json::to_string(&plan.keep)?,
             &serde_json::to_string(&plan.slot_setup())?,
+            &plan.remote,
         ],
     )?;
     define_pools(tx, plan)?;

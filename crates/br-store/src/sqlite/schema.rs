@@ -205,10 +205,12 @@ CREATE TABLE pools (
 CREATE INDEX tasks_pool_running ON tasks (pool) WHERE state = 'running';
 "#;
 
-/// Version 7: attempt output kept in the store, in pieces as it is written, so any machine that
+/// Version 7: the session's git remote (where its work travels between machines), and attempt
+/// output kept in the store, in pieces as it is written, so any machine that
 /// reaches the store can read (and follow) any attempt's log. A piece is named by the byte of
 /// the log it starts at: writing one twice (a retry after a lost answer) keeps one copy.
 const V7: &str = r#"
+ALTER TABLE sessions ADD COLUMN remote TEXT;
 CREATE TABLE log_chunks (
     session_id  TEXT NOT NULL,
     task_id     TEXT NOT NULL,

@@ -13,6 +13,9 @@ use crate::exit::{Exit, usage};
 pub(super) fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<Exit> {
     let store = ctx.open_store_to_read()?;
     let (session, task) = super::session_and_task(&*store, &args.names)?;
+    // With a remote, the attempt may have run (and landed) on another machine.
+    let repo = ctx.repo()?;
+    br_exec::travel::adopt_session(repo, &session).map_err(|e| anyhow::anyhow!(e))?;
     let record = store.task(&session.id, &task)?;
     let attempts = store.attempts(&session.id, &task)?;
     if attempts.is_empty() {

@@ -46,11 +46,18 @@ pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
         stop,
         kill_grace: args.kill_grace,
     };
+    // With a remote, the session's branches are there: any machine merges what landed.
+    br_exec::travel::adopt_session(repo, &session).map_err(|e| anyhow::anyhow!(e))?;
     let mut report = match merge_session(&*store, repo, &session, &options) {
         Ok(report) => report,
         Err(MergeError::Interrupted) => return Ok(interrupted(&session)),
         Err(e) => return Err(merge_error(e)),
     };
+    if mode == MergeMode::Land && report.landed_now() > 0 {
+        br_exec::travel::publish_merge(repo, &session, &report.result_commit).map_err(|e| {
+            anyhow::anyhow!("landed here, but cannot publish it on the remote: {e}")
+        })?;
+    }
     let requeued = requeue_refused(&*store, &session, &mut report).map_err(merge_error)?;
     // Requeued tasks make the session active again; with no worker serving it, it would sit
     // `running` with nobody to run it. Paused says what is true: it waits for `br resume`.

@@ -133,6 +133,30 @@ pub(super) fn submit_plan(
     if plan.isolation == Isolation::Worktree && plan.base == "HEAD" {
         warn_about_uncommitted_changes(repo, base_commit.as_deref());
     }
+    let mut plan = plan;
+    if let Some(name) = &plan.remote {
+        let git = repo.git();
+        let url = br_git::remote::resolve(&git, name).map_err(|e| usage(e.to_string()))?;
+        // Workers elsewhere start from the base: it must be on the remote before any claims.
+        if let Some(base) = &base_commit {
+            let remote = br_git::remote::Remote {
+                git: &git,
+                url: &url,
+            };
+            remote
+                .push(&[br_git::remote::Update::Forward {
+                    commit: base,
+                    reference: &br_git::remote::base_ref(base),
+                }])
+                .map_err(|e| {
+                    anyhow::Error::new(e).context(format!(
+                        "cannot push the session's base to its remote {}",
+                        br_git::remote::redact_url(&url)
+                    ))
+                })?;
+        }
+        plan.remote = Some(url);
+    }
     Ok(store.create_session(&NewSession {
         plan,
         repo_root: repo.root.clone(),

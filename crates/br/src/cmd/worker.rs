@@ -21,8 +21,11 @@ use crate::table::{Table, or_dash};
 
 pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
     let max_log = crate::settings::max_log(args.max_log)?;
+    let repo = match &args.repo {
+        Some(url) => own_clone(ctx, url)?,
+        None => ctx.repo()?.clone(),
+    };
     let store = ctx.open_store()?;
-    let repo = ctx.repo()?.clone();
     let session = args
         .session
         .as_deref()
@@ -219,4 +222,31 @@ pub(super) fn workers(ctx: &Context, args: WorkersArgs) -> anyhow::Result<Exit> 
         print(&table.render())?;
     }
     Ok(Exit::Success)
+}
+
+/// `--repo URL`: br's own clone of the repository in the user's cache directory
+/// (`$XDG_CACHE_HOME/br/repos`, else `~/.cache/br/repos`).
+fn own_clone(ctx: &Context, url: &str) -> anyhow::Result<br_git::Repo> {
+    if !ctx.has_store_url() {
+        return Err(usage(
+            "--repo needs the store the sessions are in: give --store or BR_STORE (a \
+             PostgreSQL URL shared by the machines)",
+        ));
+    }
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => std::path::PathBuf::from(home).join(".cache"),
+            None => return Err(usage("--repo needs HOME or XDG_CACHE_HOME for its clone")),
+        },
+    }
+    .join("br")
+    .join("repos");
+    br_git::remote::own_clone(url, &cache).with_context(|| {
+        format!(
+            "cannot keep a clone of {} in {}",
+            br_git::remote::redact_url(url),
+            cache.display()
+        )
+    })
 }

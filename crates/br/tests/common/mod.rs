@@ -90,6 +90,20 @@ impl TestRepo {
         repo
     }
 
+    /// A clone of the repository at `source` (a bare "remote"), with its state at `store_url`:
+    /// a machine that has only what the remote has.
+    pub(crate) fn clone_of(source: &Path, store_url: &str) -> TestRepo {
+        let repo = TestRepo::empty(Some(store_url.to_string()));
+        let target = repo.path().display().to_string();
+        repo.git(&["clone", "--quiet", &source.display().to_string(), &target]);
+        repo
+    }
+
+    /// A machine with no checkout at all, only a HOME and the store (`br worker --repo URL`).
+    pub(crate) fn no_checkout(store_url: &str) -> TestRepo {
+        TestRepo::empty(Some(store_url.to_string()))
+    }
+
     fn empty(store_url: Option<String>) -> TestRepo {
         let dir = tempfile::Builder::new()
             .prefix("br-test-")

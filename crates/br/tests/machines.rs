@@ -1,0 +1,285 @@
+//! Several machines for real: a session whose work travels through a git remote (`remote = …`).
+//! Each "machine" is a clone of its own with its own HOME; the remote is a bare repository; the
+//! store is one PostgreSQL schema. The submitting machine never runs a task, yet the session
+//! lands everything on the remote's integration branch, and a fresh clone reads any attempt's
+//! log and merges the result into its `main`.
+//!
+//! Needs `BR_TEST_POSTGRES_URL` (CI sets it); without it each test says it was skipped.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{PgSchema, TestRepo, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// `git` in the bare remote.
+fn remote_git(bare: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
+/// A bare remote holding `here`'s history, known to `here` as `origin`.
+fn remote_of(here: &TestRepo) -> tempfile::TempDir {
+    let bare = tempfile::tempdir().expect("temp dir");
+    let path = bare.path().display().to_string();
+    here.git(&["init", "--quiet", "--bare", "--initial-branch=main", &path]);
+    here.git(&["remote", "add", "origin", &path]);
+    bare
+}
+
+fn submit(here: &TestRepo, plan: &str) -> (String, String) {
+    here.write("br.toml", plan);
+    here.git(&["add", "br.toml"]);
+    here.git(&["commit", "--quiet", "-m", "plan"]);
+    here.git(&["push", "--quiet", "origin", "main"]);
+    let submitted = here.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = submitted
+        .stdout
+        .lines()
+        .last()
+        .expect("id")
+        .trim()
+        .to_string();
+    let status = here.status(&session);
+    let slug = status["tasks"][0]["branch"]
+        .as_str()
+        .and_then(|b| b.strip_prefix("br/"))
+        .and_then(|b| b.rsplit_once('/'))
+        .map(|(slug, _)| slug.to_string())
+        .expect("br/<slug>/<task>");
+    (session, slug)
+}
+
+/// `a` hangs in its first attempt (whose worker the test kills) and writes its file in its second.
+fn plan(started: &Path) -> String {
+    format!(
+        r#"name = "travel"
+remote = "origin"
+heartbeat_timeout = "2s"
+[[task]]
+id = "a"
+run = 'echo making a; if [ "$BR_ATTEMPT" = 1 ]; then touch {started}; exec sleep 60; fi; echo a > a.txt'
+files = ["a.txt"]
+[[task]]
+id = "b"
+run = "echo making b; echo b > b.txt"
+files = ["b.txt"]
+[[task]]
+id = "c"
+run = "echo making c; cat a.txt b.txt > c.txt"
+files = ["c.txt"]
+after = ["a", "b"]
+"#,
+        started = started.display()
+    )
+}
+
+#[test]
+fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let here = TestRepo::with_store(schema.url());
+    let bare = remote_of(&here);
+    let signal = tempfile::tempdir().expect("temp dir");
+    let started = signal.path().join("started");
+    let (session, slug) = submit(&here, &plan(&started));
+    // The base is on the remote before any worker looks for it.
+    let base = here.status(&session)["base_commit"]
+        .as_str()
+        .expect("base")
+        .to_string();
+    assert_eq!(
+        remote_git(
+            bare.path(),
+            &["rev-parse", &format!("refs/br/bases/{base}")]
+        )
+        .as_deref(),
+        Some(base.as_str())
+    );
+    let worker_args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = extra.iter().map(ToString::to_string).collect();
+        args.extend(["--session", &session, "--heartbeat-interval", "200ms"].map(str::to_string));
+        args
+    };
+    // Machine B, a clone of the remote, takes `a` (first in plan order), which hangs.
+    let there = TestRepo::clone_of(bare.path(), schema.url());
+    let args = worker_args(&["worker"]);
+    let victim = there.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    poll("attempt 1 of a to start on B", LONG, || {
+        started.exists().then_some(())
+    });
+    // Machine D has no checkout: `br worker --repo` keeps a clone of its own.
+    let nomad = TestRepo::no_checkout(schema.url());
+    let url = bare.path().display().to_string();
+    let args = worker_args(&["worker", "--repo", &url]);
+    let rescuer = nomad.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // B dies mid-task: D reruns `a` once B's lease has expired, and lands everything.
+    kill(Pid::from_raw(victim.pid()), Signal::SIGKILL).expect("kill -9 B's worker");
+    let waited = here.br(&["wait", &session, "--timeout", "60s"]);
+    assert_eq!(waited.code, 0, "{}\n{}", waited.stdout, waited.stderr);
+    let left = rescuer.wait(LONG);
+    assert_eq!(left.code, 0, "{}", left.stderr);
+    drop(victim);
+    let clones = std::fs::read_dir(nomad.home().join(".cache/br/repos"))
+        .expect("D's clone is in its cache directory")
+        .count();
+    assert_eq!(clones, 1);
+    let status = here.status(&session);
+    assert_eq!(status["status"], "completed", "{status}");
+    let tasks = status["tasks"].as_array().expect("tasks");
+    assert!(tasks.iter().all(|t| t["landing"] == "landed"), "{status}");
+    assert_eq!(tasks[0]["attempts"], 2, "a was handed over: {status}");
+    // The work is on the remote: every task branch, and the integration branch with all of it.
+    let integration = format!("br/{slug}/integration");
+    assert_eq!(
+        remote_git(bare.path(), &["show", &format!("{integration}:c.txt")]).as_deref(),
+        Some("a\nb")
+    );
+    for task in ["a", "b", "c"] {
+        assert!(
+            remote_git(
+                bare.path(),
+                &["rev-parse", "--verify", &format!("br/{slug}/{task}")]
+            )
+            .is_some(),
+            "br/{slug}/{task} is on the remote"
+        );
+    }
+    // `c` lands last (it waits for both): its landed commit is the tip the store recorded.
+    let landed = tasks[2]["landed_commit"].as_str();
+    assert_eq!(
+        remote_git(bare.path(), &["rev-parse", &integration]).as_deref(),
+        landed,
+        "the remote's branch is what the store recorded"
+    );
+    // The submitting machine ran nothing: it has none of the branches yet.
+    assert!(
+        remote_git(
+            &here.path().join(".git"),
+            &["rev-parse", "--verify", &integration]
+        )
+        .is_none(),
+        "nothing ran here"
+    );
+    // Machine C, a fresh clone with only the remote and the store, reads any attempt's log and
+    // lands the session on its main.
+    let fresh = TestRepo::clone_of(bare.path(), schema.url());
+    let log = fresh.br(&["logs", &session, "c"]);
+    assert_eq!(
+        (log.code, log.stdout.as_str()),
+        (0, "making c\n"),
+        "{}",
+        log.stderr
+    );
+    let diff = fresh.br(&["diff", &session, "a", "--stat"]);
+    assert_eq!(diff.code, 0, "{}", diff.stderr);
+    assert!(diff.stdout.contains("a.txt"), "{}", diff.stdout);
+    let merged = fresh.br(&["merge", &session, "--into", "main"]);
+    assert_eq!(merged.code, 0, "{}\n{}", merged.stdout, merged.stderr);
+    assert_eq!(fresh.read("c.txt"), "a\nb\n");
+    assert_eq!(fresh.git(&["show", "main:a.txt"]), "a");
+}
+
+#[test]
+fn a_worker_that_lost_its_lease_moves_no_remote_branch() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let here = TestRepo::with_store(schema.url());
+    let bare = remote_of(&here);
+    let signal = tempfile::tempdir().expect("temp dir");
+    let started = signal.path().join("started");
+    let plan = format!(
+        r#"name = "stale"
+remote = "origin"
+heartbeat_timeout = "2s"
+[[task]]
+id = "a"
+run = 'if [ "$BR_ATTEMPT" = 1 ]; then echo stale > a.txt; touch {started}; sleep 30; else echo fresh > a.txt; fi'
+files = ["a.txt"]
+"#,
+        started = started.display()
+    );
+    let (session, slug) = submit(&here, &plan);
+    let worker_args = [
+        "worker",
+        "--session",
+        &session,
+        "--heartbeat-interval",
+        "200ms",
+    ];
+    // Machine B starts attempt 1, then freezes (SIGSTOP) past its lease.
+    let there = TestRepo::clone_of(bare.path(), schema.url());
+    let frozen = there.spawn(&worker_args);
+    poll("attempt 1 to start on B", LONG, || {
+        started.exists().then_some(())
+    });
+    kill(Pid::from_raw(frozen.pid()), Signal::SIGSTOP).expect("SIGSTOP");
+    // Machine C takes the task over and lands attempt 2.
+    let other = TestRepo::clone_of(bare.path(), schema.url());
+    let rescuer = other.br(&worker_args);
+    assert_eq!(rescuer.code, 0, "{}", rescuer.stderr);
+    // B wakes up late: its lease is gone, and so is any right to move a branch.
+    kill(Pid::from_raw(frozen.pid()), Signal::SIGCONT).expect("SIGCONT");
+    let woke = frozen.wait(LONG);
+    assert_eq!(woke.code, 0, "{}", woke.stderr);
+    let status = here.status(&session);
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["tasks"][0]["attempts"], 2, "{status}");
+    for branch in [format!("br/{slug}/a"), format!("br/{slug}/integration")] {
+        assert_eq!(
+            remote_git(bare.path(), &["show", &format!("{branch}:a.txt")]).as_deref(),
+            Some("fresh"),
+            "{branch} holds attempt 2's work only"
+        );
+    }
+    assert!(
+        remote_git(
+            bare.path(),
+            &[
+                "rev-parse",
+                "--verify",
+                &format!("refs/br/attempts/{session}/a/1")
+            ]
+        )
+        .is_none(),
+        "the stale attempt published nothing"
+    );
+}
+
+#[test]
+fn a_remote_that_names_nothing_is_refused_before_anything_is_recorded() {
+    let here = TestRepo::new();
+    here.write(
+        "br.toml",
+        "name = \"r\"\nremote = \"upstream\"\n[[task]]\nid = \"a\"\nrun = \"true\"\n",
+    );
+    here.git(&["add", "br.toml"]);
+    here.git(&["commit", "--quiet", "-m", "plan"]);
+    let refused = here.br(&["submit"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("`remote = \"upstream\"` is neither a remote of this repository"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(here.br(&["list", "--json"]).stdout.trim(), "[]");
+}
