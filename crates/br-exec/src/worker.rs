@@ -67,6 +67,9 @@ pub struct WorkerConfig {
     /// The command that starts the reaper (normally `br __reaper`); none runs without it.
     pub reaper: Option<Vec<OsString>>,
     pub host: String,
+    /// Touched (at most once a second) whenever the store answers this worker: how a liveness
+    /// probe (Kubernetes, systemd's watchdog scripts) tells a live worker from a stuck one.
+    pub alive_file: Option<PathBuf>,
 }
 
 /// Why the worker left.
@@ -197,6 +200,7 @@ pub fn run_worker(
             trouble_shown: None,
             grace_cut_said: std::collections::HashSet::new(),
             leave: None,
+            alive_at: None,
         };
         let result = worker.serve();
         // Leave a clean record even if serving failed; a failure here is secondary.
@@ -233,6 +237,8 @@ struct Worker<'a> {
     grace_cut_said: std::collections::HashSet<SessionId>,
     /// Set when an attempt found the worker cannot go on (its disk is full).
     leave: Option<Leave>,
+    /// When `alive_file` was last touched.
+    alive_at: Option<Instant>,
 }
 
 /// The longest an idle worker sleeps between looks at the store; it also wakes on any change.
@@ -449,6 +455,19 @@ impl Worker<'_> {
 
     /// The store answered: if it had been in trouble, say it is back.
     fn store_back(&mut self) {
+        if let Some(path) = &self.config.alive_file
+            && self
+                .alive_at
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            self.alive_at = Some(Instant::now());
+            if let Err(e) = touch(path) {
+                (self.notify)(Note::StoreTrouble(format!(
+                    "cannot touch the alive file {}: {e}",
+                    path.display()
+                )));
+            }
+        }
         if let Some(since) = self.trouble_since.take() {
             self.trouble_shown = None;
             (self.notify)(Note::StoreBack {
@@ -1303,6 +1322,15 @@ impl Worker<'_> {
             }
         }
     }
+}
+
+/// Sets `path`'s modification time to now, making the file if needed.
+fn touch(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .set_modified(std::time::SystemTime::now())
 }
 
 /// When the reaper SIGKILLs a group whose lease was last renewed (sent) at `renewed_at`: half

@@ -215,6 +215,10 @@ pub(crate) struct WorkerArgs {
     /// the user's cache directory (made once, reused). Needs a shared store (--store/BR_STORE)
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
+    /// Touch FILE whenever the store answers (at most once a second): a liveness probe checks
+    /// its age (older than a few heartbeats: the worker is stuck or cut off)
+    #[arg(long, value_name = "FILE")]
+    pub alive_file: Option<std::path::PathBuf>,
     /// Leave as soon as nothing is claimable
     #[arg(long)]
     pub exit_when_idle: bool,

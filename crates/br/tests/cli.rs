@@ -466,3 +466,21 @@ fn the_agents_demo_runs_a_fleet_through_a_rate_limit_and_a_repair_and_says_what_
         assert!(demo.stdout.contains(line), "{what}: {}", demo.stdout);
     }
 }
+
+#[test]
+fn a_worker_touches_its_alive_file_when_the_store_answers() {
+    let repo = TestRepo::new();
+    let alive = repo.home().join("alive");
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let worker = repo.br(&[
+        "worker",
+        "--exit-when-idle",
+        "--alive-file",
+        &alive.display().to_string(),
+    ]);
+    assert_eq!(worker.code, 0, "{}", worker.stderr);
+    let touched = std::fs::metadata(&alive)
+        .and_then(|m| m.modified())
+        .expect("the alive file exists");
+    assert!(touched >= before, "touched by this worker");
+}

@@ -67,6 +67,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         max_log_bytes: max_log.0,
         reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
         host,
+        alive_file: args.alive_file.map(|p| ctx.path(&p)),
     };
     let mut stderr = std::io::stderr();
     let mut notify = |note: Note| {
