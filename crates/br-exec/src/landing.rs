@@ -12,7 +12,7 @@ use br_git::conflicts::{MergeTree, conflict_hunks, landed_touching, merge_tree};
 use br_git::git::{Git, GitError, Repo};
 use br_git::refs::{
     RefError, advance_ref, checked_out_in, commit_tree, create_ref, integration_ref, is_ancestor,
-    resolve_ref, short_branch,
+    resolve_ref, short_branch, task_branch_ref,
 };
 use br_git::remote::{Remote, RemoteError, Update, landed_ref};
 use br_store::{LandingItem, LandingJob, LandingResult};
@@ -159,6 +159,18 @@ pub fn land_one_remote(
             commit: tip.to_string(),
         });
     };
+    // Its worker moves the task's branch on the remote once the result is accepted; one that
+    // died in between left it behind. The store accepted this result, so it may go there — by
+    // compare-and-swap, so a newer attempt's branch is never overwritten.
+    let branch = task_branch_ref(&job.session_slug, item.task_id.as_str());
+    let there = remote.fetched(&branch)?;
+    if there.as_deref() != Some(commit.as_str()) {
+        let _ = remote.push(&[Update::Swap {
+            commit,
+            reference: &branch,
+            expected: there.as_deref(),
+        }]);
+    }
     if is_ancestor(&git, commit, tip)? {
         return Ok(LandingResult::Landed {
             commit: tip.to_string(),

@@ -148,12 +148,30 @@ pub fn run_worker(
     stop: &StopFlag,
     notify: &mut dyn FnMut(Note),
 ) -> Result<Leave, StoreError> {
-    let id = store.register_worker(&NewWorker {
+    let new = NewWorker {
         host: config.host.clone(),
         pid: std::process::id(),
         session: config.session.clone(),
         heartbeat_timeout: config.heartbeat_timeout,
-    })?;
+    };
+    // A store that is away (or a connection cut mid-write) is waited out here as everywhere
+    // else. A registration whose answer was lost may have been recorded: that row never
+    // heartbeats and shows offline after a lease, which is all it can do.
+    let mut wait = Duration::from_millis(50);
+    let id = loop {
+        match store.register_worker(&new) {
+            Ok(id) => break id,
+            Err(e) if e.is_transient() && !stop.load(Ordering::SeqCst) => {
+                notify(Note::StoreTrouble(format!(
+                    "{} (trying again)",
+                    error_chain(&e)
+                )));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(UNREACHABLE_BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    };
     notify(Note::Registered(id.clone()));
     // Orphans among the tasks' descendants (`setsid`, double forks) re-parent to this process
     // instead of init, so each attempt's strays can be found and killed when it ends.

@@ -4,7 +4,9 @@
 //! that holds every byte). Then it checks, from the store and git alone, that every task reached
 //! one terminal state exactly once and succeeded, that no stale result was accepted, that no two
 //! holders ever held overlapping locks, that no lock is left held, and that every task's work is
-//! on its branch.
+//! on its branch. The session's work travels through a git remote (a bare repository): every
+//! branch is read from there, and on PostgreSQL half of the workers run in another clone, so a
+//! task's start, its result and its landing cross between clones.
 //!
 //! Size knobs (CI runs the defaults on both backends; `scripts/chaos` runs a bigger one):
 //! `BR_CHAOS_TASKS` (24), `BR_CHAOS_WORKERS` (4), `BR_CHAOS_ACTIONS` (12), `BR_CHAOS_SEED`
@@ -35,7 +37,9 @@ fn knob(name: &str, default: u64) -> u64 {
 /// Tasks with dependencies (every fifth waits for the one five before it) and locks that
 /// overlap: a shared file, a directory, and a file inside that directory.
 fn plan(tasks: u64) -> String {
-    let mut plan = format!("name = \"chaos\"\nheartbeat_timeout = \"{LEASE}\"\nretries = 30\n");
+    let mut plan = format!(
+        "name = \"chaos\"\nremote = \"origin\"\nheartbeat_timeout = \"{LEASE}\"\nretries = 30\n"
+    );
     for i in 0..tasks {
         let lock = match i % 4 {
             0 => "shared.txt",
@@ -81,6 +85,8 @@ struct Slot {
 
 struct Harness<'a> {
     repo: &'a TestRepo,
+    /// Another clone (PostgreSQL): odd slots' workers run there.
+    elsewhere: Option<TestRepo>,
     session: String,
     /// The store URL workers use, with the proxy's address put in per slot.
     store_url: Option<String>,
@@ -102,12 +108,16 @@ impl Harness<'_> {
             "--kill-grace",
             "300ms",
         ];
+        let repo = match &self.elsewhere {
+            Some(clone) if index % 2 == 1 => clone,
+            _ => self.repo,
+        };
         let slot = &mut self.slots[index];
         let worker = match (&self.store_url, &slot.proxy) {
-            (Some(url), Some(proxy)) => self
-                .repo
-                .spawn_with_store(&args, &common::partition::through(url, proxy)),
-            _ => self.repo.spawn(&args),
+            (Some(url), Some(proxy)) => {
+                repo.spawn_with_store(&args, &common::partition::through(url, proxy))
+            }
+            _ => repo.spawn(&args),
         };
         slot.worker = Some(worker);
         slot.frozen_until = None;
@@ -223,9 +233,20 @@ fn chaos(repo: &TestRepo, store_url: Option<&str>, admin: Option<&str>, app: Opt
     let seed = knob("BR_CHAOS_SEED", fastrand::u64(..));
     println!("chaos: {tasks} tasks, {workers} workers, {actions} actions, BR_CHAOS_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
+    let bare = tempfile::tempdir().expect("temp dir");
+    let remote = bare.path().display().to_string();
+    repo.git(&[
+        "init",
+        "--quiet",
+        "--bare",
+        "--initial-branch=main",
+        &remote,
+    ]);
+    repo.git(&["remote", "add", "origin", &remote]);
     repo.write("br.toml", &plan(tasks));
     repo.git(&["add", "br.toml"]);
     repo.git(&["commit", "--quiet", "-m", "plan"]);
+    repo.git(&["push", "--quiet", "origin", "main"]);
     let submitted = repo.br(&["submit"]);
     assert_eq!(submitted.code, 0, "{}", submitted.stderr);
     let session = submitted
@@ -237,6 +258,7 @@ fn chaos(repo: &TestRepo, store_url: Option<&str>, admin: Option<&str>, app: Opt
         .to_string();
     let mut harness = Harness {
         repo,
+        elsewhere: store_url.map(|_| repo.clone_elsewhere()),
         session: session.clone(),
         store_url: store_url.map(str::to_string),
         slots: (0..workers)
@@ -296,11 +318,29 @@ fn chaos(repo: &TestRepo, store_url: Option<&str>, admin: Option<&str>, app: Opt
         started.elapsed().as_secs_f64(),
         harness.actions
     );
-    verify(repo, &session, seed);
+    verify(repo, bare.path(), &session, seed);
 }
 
-/// What must hold after any chaos, read from the store and git alone.
-fn verify(repo: &TestRepo, session: &str, seed: u64) {
+/// git in the bare remote.
+fn remote_git(bare: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+/// What must hold after any chaos, read from the store and the remote alone.
+fn verify(repo: &TestRepo, bare: &std::path::Path, session: &str, seed: u64) {
     let status = repo.status(session);
     assert_eq!(status["status"], "completed", "seed {seed}: {status}");
     let events = repo.events();
@@ -329,9 +369,9 @@ fn verify(repo: &TestRepo, session: &str, seed: u64) {
         let id = task["id"].as_str().expect("id");
         let branch = task["branch"].as_str().expect("a branch");
         assert_eq!(
-            repo.git(&["show", &format!("{branch}:out/{id}.txt")]),
+            remote_git(bare, &["show", &format!("{branch}:out/{id}.txt")]),
             id,
-            "seed {seed}: {id}'s work is on its branch"
+            "seed {seed}: {id}'s work is on its branch on the remote"
         );
     }
     // Everything landed, each task exactly once, whatever was killed in the middle of a landing;
@@ -342,14 +382,17 @@ fn verify(repo: &TestRepo, session: &str, seed: u64) {
         "seed {seed}: all landed"
     );
     let integration = format!("br/{}/integration", status["slug"].as_str().expect("slug"));
-    let merges = repo.git(&["log", "--first-parent", "--format=%s", &integration]);
+    let merges = remote_git(
+        bare,
+        &["log", "--first-parent", "--format=%s", &integration],
+    );
     for task in tasks {
         let id = task["id"].as_str().expect("id");
         assert_eq!(task["landing"], "landed", "seed {seed}: {id}");
         assert_eq!(
-            repo.git(&["show", &format!("{integration}:out/{id}.txt")]),
+            remote_git(bare, &["show", &format!("{integration}:out/{id}.txt")]),
             id,
-            "seed {seed}: {id}'s work landed"
+            "seed {seed}: {id}'s work landed on the remote"
         );
         let times = merges
             .lines()
@@ -358,7 +401,7 @@ fn verify(repo: &TestRepo, session: &str, seed: u64) {
         assert_eq!(times, 1, "seed {seed}: {id} merged once");
     }
     for file in ["shared.txt", "dir/x.txt"] {
-        let text = repo.git(&["show", &format!("{integration}:{file}")]);
+        let text = remote_git(bare, &["show", &format!("{integration}:{file}")]);
         let mut lines: Vec<&str> = text.lines().collect();
         let all = lines.len();
         lines.sort_unstable();

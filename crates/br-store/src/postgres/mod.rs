@@ -57,6 +57,15 @@ const CHANGE_CHANNEL: &str = "br_change";
 /// reads it after waiting for the write lock, so time follows commit order as in SQLite.
 const CLOCK_MS: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
+/// Whether a write queues behind the store's write lock (`Queued`: everything the store's
+/// logic decides, and every event) or runs beside the other writers (`Apart`: rows only their
+/// writer reads, such as the pieces of an attempt's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteOrder {
+    Queued,
+    Apart,
+}
+
 /// The PostgreSQL store.
 pub struct PostgresStore {
     /// The URL with its password hidden: how messages name this store.
@@ -419,24 +428,37 @@ impl PostgresStore {
             listener: Mutex::new(None),
             writer_pid: AtomicI32::new(0),
         };
-        let mut conn = store.connect().map_err(|e| store.open_error(e))?;
+        // A connection lost while opening (a server restarting, an administrator terminating
+        // it) is tried once more on a new one: opening changes nothing, or migrates in one
+        // transaction, so doing it again is safe.
+        match store.open_once(access) {
+            Err(StoreError::Unreachable { .. }) => store.open_once(access),
+            other => other,
+        }
+        .map(|found| found.then_some(store))
+    }
+
+    /// Connects, finds the schema and checks (or, to write, prepares) it. Whether the store
+    /// holds br's schema now.
+    fn open_once(&mut self, access: Access) -> Result<bool> {
+        let mut conn = self.connect().map_err(|e| self.open_error(e))?;
         let schema: Option<String> = conn
             .query_one("SELECT current_schema()")
             .and_then(|r| r.try_get(0).map_err(LinkError::Pg))
-            .map_err(|e| store.open_error(e))?;
-        store.schema = schema.ok_or_else(|| StoreError::Open {
-            path: store.path(),
+            .map_err(|e| self.open_error(e))?;
+        self.schema = schema.ok_or_else(|| StoreError::Open {
+            path: self.path(),
             source: "no schema of the connection's search_path exists, so br has nowhere to \
                      keep its tables: create one or set search_path (URL option \
                      `options=-csearch_path%3DNAME`)"
                 .into(),
         })?;
-        store.write_lock_key = schema_lock_key(&store.schema);
-        if !store.prepare(&mut conn, access)? {
-            return Ok(None);
+        self.write_lock_key = schema_lock_key(&self.schema);
+        if !self.prepare(&mut conn, access)? {
+            return Ok(false);
         }
-        *store.lock_conn() = Some(conn);
-        Ok(Some(store))
+        *self.lock_conn() = Some(conn);
+        Ok(true)
     }
 
     /// The store as messages name it (its URL, password hidden), where a path is expected.
@@ -687,10 +709,12 @@ impl PostgresStore {
         }
     }
 
-    /// Runs `f` in a write transaction, one writer at a time, and commits it.
+    /// Runs `f` in a write transaction — one writer at a time unless `order` says it may
+    /// run beside the others — and commits it.
     fn write_with_retry<T>(
         &self,
         context: &'static str,
+        order: WriteOrder,
         f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
     ) -> Result<T> {
         let mut f = Some(f);
@@ -698,7 +722,7 @@ impl PostgresStore {
         let mut reconnected = false;
         loop {
             let conn = self.connected(&mut slot)?;
-            let failure = match self.write_once(conn, &mut f) {
+            let failure = match self.write_once(conn, order, &mut f) {
                 Ok(out) => return Ok(out),
                 Err(failure) => failure,
             };
@@ -717,6 +741,7 @@ impl PostgresStore {
     fn write_once<T>(
         &self,
         conn: &mut Connection,
+        order: WriteOrder,
         f: &mut Option<impl FnOnce(&Tx<'_>) -> OpResult<T>>,
     ) -> std::result::Result<T, Failure> {
         let Connection {
@@ -729,13 +754,15 @@ impl PostgresStore {
         let tx = link.run(client.transaction()).map_err(Failure::Begin)?;
         let run = || -> OpResult<T> {
             let db = PgTx::new(link, tx, statements);
-            db.execute(
-                "SELECT pg_advisory_xact_lock(?1, ?2)",
-                &[
-                    Param::Integer(WRITE_LOCK_SPACE.into()),
-                    Param::Integer(self.write_lock_key.into()),
-                ],
-            )?;
+            if order == WriteOrder::Queued {
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(?1, ?2)",
+                    &[
+                        Param::Integer(WRITE_LOCK_SPACE.into()),
+                        Param::Integer(self.write_lock_key.into()),
+                    ],
+                )?;
+            }
             let now = clock_now(&db)?;
             let f = f.take().expect("a write runs its operation once");
             let out = f(&Tx { db: &db, now })?;
@@ -847,7 +874,17 @@ impl Connection {
 
 impl Backend for PostgresStore {
     fn write<T>(&self, context: &'static str, f: impl FnOnce(&Tx<'_>) -> OpResult<T>) -> Result<T> {
-        self.write_with_retry(context, f)
+        self.write_with_retry(context, WriteOrder::Queued, f)
+    }
+
+    /// Without the write lock: what it writes no other writer reads to decide anything, and it
+    /// records no event, so nothing needs it in commit order.
+    fn write_apart<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
+    ) -> Result<T> {
+        self.write_with_retry(context, WriteOrder::Apart, f)
     }
 
     fn read<T>(&self, context: &'static str, f: impl Fn(&dyn Db) -> OpResult<T>) -> Result<T> {
