@@ -70,6 +70,8 @@ pub struct WorkerConfig {
     /// Touched (at most once a second) whenever the store answers this worker: how a liveness
     /// probe (Kubernetes, systemd's watchdog scripts) tells a live worker from a stuck one.
     pub alive_file: Option<PathBuf>,
+    /// Claim only sessions with a git remote (a worker in a clone of its own, `--repo`).
+    pub remote_only: bool,
 }
 
 /// Why the worker left.
@@ -311,6 +313,7 @@ impl Worker<'_> {
                         session: self.config.session.as_ref(),
                         log_dir: &self.config.log_dir,
                         repo_id: Some(&self.config.repo_id),
+                        remote_only: self.config.remote_only,
                     };
                     // The lease the claim grants runs from when the store received the claim,
                     // which is after this moment: fence deadlines counted from here are never
@@ -665,6 +668,7 @@ impl Worker<'_> {
                 session: config.session.as_ref(),
                 log_dir: &config.log_dir,
                 repo_id: Some(&config.repo_id),
+                remote_only: config.remote_only,
             };
             // The new lease counts from when the try that succeeded was sent, not the first
             // try: `record` may have waited out a locked store for longer than a lease.

@@ -175,6 +175,7 @@ fn claim(store: &dyn Store, w: &WorkerId) -> Claim {
             session: None,
             log_dir: log_dir(),
             repo_id: None,
+            remote_only: false,
         })
         .expect("claim")
 }
@@ -586,6 +587,7 @@ pub fn lock_sets_are_taken_all_or_nothing(b: &dyn FreshStore) {
         session: Some(&s.id),
         log_dir: log_dir(),
         repo_id: None,
+        remote_only: false,
     };
     assert!(matches!(
         store.claim_next_task(&req).expect("claim"),
@@ -652,6 +654,7 @@ pub fn manual_locks_conflict_name_the_holder_and_release(b: &dyn FreshStore) {
             session: Some(&a.id),
             log_dir: log_dir(),
             repo_id: None,
+            remote_only: false,
         })
         .expect("claim");
     assert!(matches!(c, Claim::Task(_)), "{c:?}");
@@ -1075,6 +1078,7 @@ pub fn scale_down_stops_idle_workers_first(b: &dyn FreshStore) {
         session: Some(&s.id),
         log_dir: log_dir(),
         repo_id: None,
+        remote_only: false,
     };
     let Claim::Task(c) = store.claim_next_task(&req).expect("claim") else {
         panic!("a task")
@@ -1090,6 +1094,7 @@ pub fn scale_down_stops_idle_workers_first(b: &dyn FreshStore) {
         session: Some(&s.id),
         log_dir: log_dir(),
         repo_id: None,
+        remote_only: false,
     };
     assert!(matches!(
         store.claim_next_task(&stop_req).expect("claim"),
@@ -1352,6 +1357,7 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Fres
                             session: Some(&session),
                             log_dir: log_dir(),
                             repo_id: None,
+                            remote_only: false,
                         })
                         .expect("claim");
                     match c {
@@ -1539,6 +1545,7 @@ pub fn finishing_and_claiming_the_next_is_one_step(b: &dyn FreshStore) {
         session: None,
         log_dir: log_dir(),
         repo_id: None,
+        remote_only: false,
     };
     let a = claim_task(&*store, &w);
     assert_eq!(a.lease.task_id.as_str(), "a");
@@ -1612,6 +1619,7 @@ pub fn workers_claim_only_their_repositorys_sessions(b: &dyn FreshStore) {
                 session: None,
                 log_dir: log_dir(),
                 repo_id: Some(repo),
+                remote_only: false,
             })
             .expect("claim")
     };

@@ -425,6 +425,9 @@ pub struct ClaimRequest<'a> {
     /// The identity of the repository the worker serves: it claims only tasks of sessions of
     /// that repository (and of sessions that record none, from older stores).
     pub repo_id: Option<&'a str>,
+    /// Only sessions whose work travels through a git remote: a worker with no checkout of its
+    /// own (`br worker --repo`) could neither start nor land anything else.
+    pub remote_only: bool,
 }
 
 /// The answer to a heartbeat.

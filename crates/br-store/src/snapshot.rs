@@ -1136,6 +1136,7 @@ mod tests {
                 session,
                 log_dir: Path::new("/tmp/br-snapshot-logs"),
                 repo_id: None,
+                remote_only: false,
             })
             .unwrap()
         {
@@ -1430,6 +1431,7 @@ mod tests {
                 session: None,
                 log_dir: Path::new("/tmp/br-snapshot-logs"),
                 repo_id: None,
+                remote_only: false,
             })
             .unwrap()
         else {

@@ -172,6 +172,7 @@ fn store_with_a_failed_task(path: &std::path::Path) -> (SqliteStore, br_core::Se
             session: None,
             log_dir: &logs,
             repo_id: None,
+            remote_only: false,
         })
         .expect("claim")
     else {

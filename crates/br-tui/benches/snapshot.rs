@@ -117,6 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             session: None,
             log_dir: &log_dir,
             repo_id: None,
+            remote_only: false,
         })? {
             running[i] = Some(c.lease);
         }
@@ -145,6 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     session: None,
                     log_dir: &log_dir,
                     repo_id: None,
+                    remote_only: false,
                 })? {
                     running[i] = Some(c.lease);
                 } else {
@@ -195,6 +197,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         session: None,
                         log_dir: &log_dir,
                         repo_id: None,
+                        remote_only: false,
                     })? {
                         running[i] = Some(c.lease);
                     }

@@ -140,6 +140,7 @@ fn work(store: &dyn Store, log_dir: &Path, stop: &AtomicBool, n: u64) -> Result<
             session: None,
             log_dir,
             repo_id: None,
+            remote_only: false,
         })?;
         let Claim::Task(task) = claim else {
             store.heartbeat(&me, None)?;

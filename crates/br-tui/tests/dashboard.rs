@@ -653,6 +653,7 @@ fn fail_next(store: &dyn Store, session: &br_store::Session) -> String {
             session: Some(&session.id),
             log_dir: &logs,
             repo_id: None,
+            remote_only: false,
         })
         .unwrap()
     else {

@@ -87,6 +87,7 @@ impl Fixture {
                     session: Some(&session.id),
                     log_dir: &logs,
                     repo_id: None,
+                    remote_only: false,
                 })
                 .expect("claim");
             match claim {
@@ -154,6 +155,7 @@ impl Fixture {
                 session: Some(&session.id),
                 log_dir: &logs,
                 repo_id: None,
+                remote_only: false,
             })
             .expect("claim");
         let Claim::Task(task) = claim else {
@@ -486,6 +488,7 @@ async fn pools_and_usage_answer_as_the_cli_shapes_them() {
             session: Some(&s.id),
             log_dir: &f._dir.path().join("logs"),
             repo_id: None,
+            remote_only: false,
         })
         .expect("claim")
     else {
@@ -804,6 +807,7 @@ async fn a_session_that_lands_as_it_runs_shows_where_each_tasks_work_is() {
                 session: Some(&s.id),
                 log_dir: &logs,
                 repo_id: None,
+                remote_only: false,
             })
             .expect("claim")
     };
@@ -1469,6 +1473,7 @@ async fn a_stream_client_that_stops_reading_is_dropped_and_a_reading_one_is_not(
                         session: Some(&session),
                         log_dir: &dir,
                         repo_id: None,
+                        remote_only: false,
                     })
                     .expect("claim")
                 {
@@ -1612,6 +1617,7 @@ async fn a_task_log_is_read_from_the_store_while_it_runs_and_after() {
             session: Some(&s.id),
             log_dir: &logs,
             repo_id: None,
+            remote_only: false,
         })
         .expect("claim")
     else {

@@ -354,6 +354,7 @@ fn claim_latency() {
                     session: None,
                     log_dir: dir.path(),
                     repo_id: None,
+                    remote_only: false,
                 })
                 .expect("claim");
             claims.push(t.elapsed());

@@ -221,6 +221,7 @@ fn main() -> Result<(), Error> {
                 session: Some(&session.id),
                 log_dir: &log_dir,
                 repo_id: None,
+                remote_only: false,
             })? {
                 Claim::Task(task) => Some(task.lease),
                 Claim::Nothing | Claim::Stop | Claim::Land(_) => None,

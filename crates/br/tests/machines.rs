@@ -283,3 +283,42 @@ fn a_remote_that_names_nothing_is_refused_before_anything_is_recorded() {
     );
     assert_eq!(here.br(&["list", "--json"]).stdout.trim(), "[]");
 }
+
+#[test]
+fn a_worker_without_a_checkout_serves_only_sessions_with_a_remote() {
+    let Some(schema) = PgSchema::create() else {
+        return;
+    };
+    let here = TestRepo::with_store(schema.url());
+    let bare = remote_of(&here);
+    here.git(&["push", "--quiet", "origin", "main"]);
+    here.write(
+        "br.toml",
+        "name = \"local\"\n[[task]]\nid = \"a\"\nrun = \"echo a > a.txt\"\nfiles = [\"a.txt\"]\n",
+    );
+    here.git(&["add", "br.toml"]);
+    here.git(&["commit", "--quiet", "-m", "plan"]);
+    let submitted = here.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+    let session = submitted
+        .stdout
+        .lines()
+        .last()
+        .expect("id")
+        .trim()
+        .to_string();
+    let nomad = TestRepo::no_checkout(schema.url());
+    let url = bare.path().display().to_string();
+    // Asked for it by name: refused, saying why.
+    let refused = nomad.br(&["worker", "--repo", &url, "--session", &session]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("has no remote"),
+        "{}",
+        refused.stderr
+    );
+    // Serving whatever comes: it leaves the session to workers in a clone.
+    let idle = nomad.br(&["worker", "--repo", &url, "--exit-when-idle"]);
+    assert_eq!(idle.code, 0, "{}", idle.stderr);
+    assert_eq!(here.status(&session)["tasks"][0]["state"], "ready");
+}

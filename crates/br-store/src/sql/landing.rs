@@ -34,6 +34,7 @@ pub(super) fn anything_to_land(c: &dyn Db, request: &ClaimRequest<'_>, now: i64)
                AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
                AND (s.repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR s.repo_id = ?4)
                AND (s.lander IS NULL OR s.landing_expires_at < ?5)
+               AND (?6 = 0 OR s.remote IS NOT NULL)
                AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_waiting
                            WHERE t.session_id = s.id AND t.landing = 'waiting'))",
         params![
@@ -41,7 +42,8 @@ pub(super) fn anything_to_land(c: &dyn Db, request: &ClaimRequest<'_>, now: i64)
             created,
             running,
             request.repo_id,
-            now
+            now,
+            request.remote_only
         ],
     )?
     .get(0)
@@ -58,6 +60,7 @@ pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Opt
                AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
                AND (s.repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR s.repo_id = ?4)
                AND (s.lander IS NULL OR s.landing_expires_at < ?5)
+               AND (?6 = 0 OR s.remote IS NOT NULL)
                AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_waiting
                            WHERE t.session_id = s.id AND t.landing = 'waiting')
              ORDER BY s.created_at, s.rowid
@@ -67,7 +70,8 @@ pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Opt
                 created,
                 running,
                 request.repo_id,
-                tx.now
+                tx.now,
+                request.remote_only
             ],
         )?
         .map(|r| r.get(0))

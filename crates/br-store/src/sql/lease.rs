@@ -192,13 +192,15 @@ pub(super) fn anything_claimable(c: &dyn Db, request: &ClaimRequest<'_>) -> OpRe
                  WHERE s.status IN (?2, ?3)
                    AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
                    AND (s.repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR s.repo_id = ?4)
+                   AND (?5 = 0 OR s.remote IS NOT NULL)
                    AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_ready
                                WHERE t.session_id = s.id AND t.state = 'ready'))",
             params![
                 session.map(SessionId::as_str),
                 created,
                 running,
-                request.repo_id
+                request.repo_id,
+                request.remote_only
             ],
         )?
         .get(0)?;
@@ -245,12 +247,14 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
             "SELECT id FROM sessions
              WHERE status IN (?2, ?3) AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
                AND (repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR repo_id = ?4)
+               AND (?5 = 0 OR remote IS NOT NULL)
              ORDER BY created_at, rowid",
             params![
                 request.session.map(SessionId::as_str),
                 created,
                 running,
-                request.repo_id
+                request.repo_id,
+                request.remote_only
             ],
         )?
         .iter()

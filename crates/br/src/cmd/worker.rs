@@ -31,6 +31,17 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         .as_deref()
         .map(|s| store.resolve_session(s))
         .transpose()?;
+    if let Some(s) = &session
+        && args.repo.is_some()
+        && s.remote.is_none()
+    {
+        return Err(usage(format!(
+            "session {} ({}) has no remote: its work stays in the clone that submitted it, so \
+             a worker with --repo (no checkout of its own) cannot serve it; name a `remote` in \
+             its plan, or start the worker in a clone",
+            s.name, s.id
+        )));
+    }
     let repo_id = repo.identity()?;
     if let Some(s) = &session
         && s.repo_id.as_ref().is_some_and(|theirs| *theirs != repo_id)
@@ -68,6 +79,7 @@ pub(super) fn worker(ctx: &Context, args: WorkerArgs) -> anyhow::Result<Exit> {
         reaper: Some(vec![exe.into_os_string(), "__reaper".into()]),
         host,
         alive_file: args.alive_file.map(|p| ctx.path(&p)),
+        remote_only: args.repo.is_some(),
     };
     let mut stderr = std::io::stderr();
     let mut notify = |note: Note| {
