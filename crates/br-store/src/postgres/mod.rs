@@ -765,14 +765,19 @@ impl PostgresStore {
             }
             let now = clock_now(&db)?;
             let f = f.take().expect("a write runs its operation once");
-            let out = f(&Tx { db: &db, now })?;
-            // Wake listeners only for a transaction that wrote something (has a transaction
-            // id): a claim that finds nothing must not wake every idle worker, who would each
-            // wake the others in turn. NOTIFY is delivered at commit, and not on rollback.
-            db.execute(
-                "SELECT pg_notify(?1, ?2) WHERE pg_current_xact_id_if_assigned() IS NOT NULL",
-                &[Param::Text(CHANGE_CHANNEL), Param::Text(&self.schema)],
-            )?;
+            let tx = Tx::new(&db, now);
+            let out = f(&tx)?;
+            // Wake listeners only for a transaction that recorded an event: every change that
+            // makes work claimable or that a dashboard shows comes with one. A heartbeat, a
+            // lease renewal, a piece of a log or a claim that found nothing must not wake every
+            // idle worker, each of whom would look for work and write a heartbeat that wakes
+            // the others in turn. NOTIFY is delivered at commit, and not on rollback.
+            if tx.evented.get() {
+                db.execute(
+                    "SELECT pg_notify(?1, ?2)",
+                    &[Param::Text(CHANGE_CHANNEL), Param::Text(&self.schema)],
+                )?;
+            }
             db.commit()?;
             Ok(out)
         };

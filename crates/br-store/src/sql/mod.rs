@@ -97,6 +97,18 @@ pub(crate) trait Db {
 pub(crate) struct Tx<'a> {
     pub db: &'a dyn Db,
     pub now: i64,
+    /// Whether the transaction recorded an event: what is worth waking other processes for.
+    pub evented: std::cell::Cell<bool>,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(db: &'a dyn Db, now: i64) -> Tx<'a> {
+        Tx {
+            db,
+            now,
+            evented: std::cell::Cell::new(false),
+        }
+    }
 }
 
 impl<'a> std::ops::Deref for Tx<'a> {
@@ -146,6 +158,7 @@ impl<'a> Ev<'a> {
 impl Tx<'_> {
     /// Appends `ev`; returns its `seq`.
     pub(crate) fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
+        self.evented.set(true);
         let detail = serde_json::to_string(&ev.detail)?;
         self.query_one(
             "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)
