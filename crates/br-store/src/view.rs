@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `br summary --json`, `GET /api/summary` | [`SummaryView`] |
 //! | `br status --json`, `br run --json`, `GET /api/sessions/{id}` | [`StatusView`] |
+//! | `GET /api/sessions/{id}/tasks/{task}` | [`TaskDetailView`] of [`AttemptView`]s |
 //! | `br list --json`, `GET /api/sessions` | [`SessionListView`] of [`SessionView`]s |
 //! | `br workers --json`, `GET /api/workers` | [`WorkerListView`] of [`WorkerView`]s |
 //! | `br locks --json`, `GET /api/locks` | [`LockListView`] of [`LockView`]s |
@@ -361,6 +362,77 @@ impl Serialize for StatusView {
         Shape {
             session: SessionView::from(&self.session),
             tasks: self.tasks.iter().map(TaskView::from).collect(),
+        }
+        .serialize(s)
+    }
+}
+
+/// One attempt of a task, as `GET /api/sessions/S/tasks/T` lists them.
+#[derive(Debug, Serialize)]
+pub struct AttemptView<'a> {
+    attempt: Attempt,
+    reason: Option<br_core::RunReason>,
+    outcome: Option<OutcomeKind>,
+    exit_code: Option<i32>,
+    worker_id: &'a WorkerId,
+    started_at: Timestamp,
+    finished_at: Option<Timestamp>,
+    /// From start to end; none while it runs.
+    duration_ms: Option<i64>,
+    /// The commit that keeps what it left (as `BR_CONTEXT_FILE`'s `previous.ref`): none when it
+    /// changed nothing, has not ended, or ran in shared isolation.
+    #[serde(rename = "ref")]
+    commit: Option<&'a str>,
+    usage: br_core::agent::Usage,
+    /// The commit it started from.
+    start_commit: Option<&'a str>,
+}
+
+impl<'a> From<&'a AttemptRecord> for AttemptView<'a> {
+    fn from(a: &'a AttemptRecord) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            reason: a.reason,
+            outcome: a.outcome,
+            exit_code: a.exit_code,
+            worker_id: &a.worker_id,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            duration_ms: a.finished_at.map(|end| end.0 - a.started_at.0),
+            commit: a.detail.get("commit").and_then(serde_json::Value::as_str),
+            usage: a.usage,
+            start_commit: a.start_commit.as_deref(),
+        }
+    }
+}
+
+/// `GET /api/sessions/S/tasks/T`: the task as in `br status --json`, plus its `attempts`.
+#[derive(Debug, Clone)]
+pub struct TaskDetailView {
+    pub task: Task,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl TaskDetailView {
+    pub fn read(store: &dyn Store, session: &SessionId, task: &TaskId) -> Result<TaskDetailView> {
+        Ok(TaskDetailView {
+            task: store.task(session, task)?,
+            attempts: store.attempts(session, task)?,
+        })
+    }
+}
+
+impl Serialize for TaskDetailView {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            #[serde(flatten)]
+            task: TaskView<'a>,
+            attempts: Vec<AttemptView<'a>>,
+        }
+        Shape {
+            task: TaskView::from(&self.task),
+            attempts: self.attempts.iter().map(AttemptView::from).collect(),
         }
         .serialize(s)
     }

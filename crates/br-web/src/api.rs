@@ -17,7 +17,7 @@ use br_core::{SessionStatus, TaskId, TaskState, WorkerStatus};
 use br_store::snapshot::build_snapshot;
 use br_store::view::{
     EventView, LockListView, PoolListView, SessionListView, StatusView, SummaryView,
-    WorkerListView, WorkerListing,
+    TaskDetailView, WorkerListView, WorkerListing,
 };
 use br_store::{EventFilter, Session, SessionFilter, Store};
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/resume", post(resume))
         .route("/api/sessions/{id}/cancel", post(cancel))
         .route("/api/sessions/{id}/retry", post(retry))
+        .route("/api/sessions/{id}/tasks/{task}", get(task))
         .route("/api/sessions/{id}/tasks/{task}/log", get(task_log))
         .route("/api/workers", get(workers))
         .route("/api/locks", get(locks))
@@ -546,4 +547,21 @@ async fn task_log(
         HeaderValue::from_static(if complete { "true" } else { "false" }),
     );
     Ok(response)
+}
+
+/// `GET /api/sessions/{id}/tasks/{task}`: the task as in `br status --json`, plus `attempts`
+/// (`attempt`, `reason`, `outcome`, `exit_code`, `worker_id`, `started_at`, `finished_at`,
+/// `duration_ms`, `ref`, `usage`, `start_commit`), oldest first.
+async fn task(
+    State(state): State<AppState>,
+    Path((reference, task)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let task = TaskId::new(task).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let detail = state
+        .blocking(move |store| {
+            let s = store.resolve_session(&reference)?;
+            Ok(TaskDetailView::read(store, &s.id, &task)?)
+        })
+        .await?;
+    Ok(Json(detail).into_response())
 }

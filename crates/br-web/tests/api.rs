@@ -1661,3 +1661,52 @@ async fn a_task_log_is_read_from_the_store_while_it_runs_and_after() {
     let (status, ..) = get(format!("{uri}?attempt=x")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_task_answers_with_its_attempts() {
+    let f = Fixture::new();
+    let s = f.submit("attempts", &["build"]);
+    f.fail_first(&s);
+    let (status, task) = f.get(&format!("/api/sessions/{}/tasks/build", s.id)).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    has_keys(&task, TASK_KEYS);
+    let attempts = task["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{task}");
+    let first = &attempts[0];
+    has_keys(
+        first,
+        &[
+            "attempt",
+            "reason",
+            "outcome",
+            "exit_code",
+            "worker_id",
+            "started_at",
+            "finished_at",
+            "duration_ms",
+            "ref",
+            "usage",
+        ],
+    );
+    assert_eq!(
+        (
+            &first["attempt"],
+            &first["reason"],
+            &first["outcome"],
+            &first["exit_code"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("first"),
+            &serde_json::json!("failed"),
+            &serde_json::json!(1)
+        )
+    );
+    assert!(
+        first["duration_ms"].as_i64().is_some_and(|d| d >= 0),
+        "{first}"
+    );
+    assert_eq!(first["ref"], Value::Null, "it kept no commit");
+    let (status, _) = f.get(&format!("/api/sessions/{}/tasks/nope", s.id)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -489,8 +489,7 @@ impl Backend for SqliteStore {
             conn: &conn,
             committed: false,
         };
-        let out = f(&Tx::new(&*conn, clock_now()))
-        .map_err(|e| self.op_error(context, e))?;
+        let out = f(&Tx::new(&*conn, clock_now())).map_err(|e| self.op_error(context, e))?;
         run("COMMIT").map_err(|e| self.sql_error(context, e))?;
         open.committed = true;
         Ok(out)
