@@ -82,41 +82,10 @@ pub fn land_one(
     loop {
         tries += 1;
         let tip = current_tip(repo, &git, &reference, job)?;
-        let Some(commit) = &item.result_commit else {
-            // It changed nothing: its work is wherever the branch is.
-            return Ok(LandingResult::Landed { commit: tip });
+        let candidate = match merged(repo, &git, job, item, &tip, verify)? {
+            Merged::Decided(result) => return Ok(result),
+            Merged::Candidate(candidate) => candidate,
         };
-        if is_ancestor(&git, commit, &tip)? {
-            return Ok(LandingResult::Landed { commit: tip });
-        }
-        let tree = match merge_tree(repo, &git, None, &tip, commit)? {
-            MergeTree::Conflicted { files, tree } => {
-                let with = match &item.start_commit {
-                    Some(start) => landed_touching(&git, start, &tip, &files).unwrap_or_default(),
-                    None => Vec::new(),
-                };
-                return Ok(LandingResult::Conflict {
-                    details: conflict_hunks(&git, &tree, &files, HUNKS_MAX_BYTES),
-                    files,
-                    with,
-                    tip,
-                });
-            }
-            MergeTree::Clean { tree } => tree,
-        };
-        let message = merge_message(&job.session_name, &job.session_id, &item.task_id);
-        let candidate = commit_tree(&git, &tree, &tip, commit, &message)?;
-        if let Some(command) = &job.verify
-            && let Some(refused) = verify(&candidate, &tip)?
-        {
-            return Ok(LandingResult::VerifyFailed {
-                command: command.clone(),
-                exit_code: refused.exit_code,
-                reason: refused.reason,
-                log_tail: refused.log_tail,
-                tip,
-            });
-        }
         if let Some(holder) = checked_out_in(repo, &reference)? {
             return Err(LandError::CheckedOut {
                 branch: short_branch(&reference).to_string(),
@@ -154,56 +123,24 @@ pub fn land_one_remote(
     let remote = Remote { git: &git, url };
     // The result was pushed to its attempt ref before its success was recorded.
     remote.fetch_session(job.session_id.as_str(), &job.session_slug)?;
-    let Some(commit) = &item.result_commit else {
-        return Ok(LandingResult::Landed {
-            commit: tip.to_string(),
-        });
-    };
-    // Its worker moves the task's branch on the remote once the result is accepted; one that
-    // died in between left it behind. The store accepted this result, so it may go there — by
-    // compare-and-swap, so a newer attempt's branch is never overwritten.
-    let branch = task_branch_ref(&job.session_slug, item.task_id.as_str());
-    let there = remote.fetched(&branch)?;
-    if there.as_deref() != Some(commit.as_str()) {
-        let _ = remote.push(&[Update::Swap {
-            commit,
-            reference: &branch,
-            expected: there.as_deref(),
-        }]);
-    }
-    if is_ancestor(&git, commit, tip)? {
-        return Ok(LandingResult::Landed {
-            commit: tip.to_string(),
-        });
-    }
-    let tree = match merge_tree(repo, &git, None, tip, commit)? {
-        MergeTree::Conflicted { files, tree } => {
-            let with = match &item.start_commit {
-                Some(start) => landed_touching(&git, start, tip, &files).unwrap_or_default(),
-                None => Vec::new(),
-            };
-            return Ok(LandingResult::Conflict {
-                details: conflict_hunks(&git, &tree, &files, HUNKS_MAX_BYTES),
-                files,
-                with,
-                tip: tip.to_string(),
-            });
+    if let Some(commit) = &item.result_commit {
+        // Its worker moves the task's branch on the remote once the result is accepted; one
+        // that died in between left it behind. The store accepted this result, so it may go
+        // there — by compare-and-swap, so a newer attempt's branch is never overwritten.
+        let branch = task_branch_ref(&job.session_slug, item.task_id.as_str());
+        let there = remote.fetched(&branch)?;
+        if there.as_deref() != Some(commit.as_str()) {
+            let _ = remote.push(&[Update::Swap {
+                commit,
+                reference: &branch,
+                expected: there.as_deref(),
+            }]);
         }
-        MergeTree::Clean { tree } => tree,
-    };
-    let message = merge_message(&job.session_name, &job.session_id, &item.task_id);
-    let candidate = commit_tree(&git, &tree, tip, commit, &message)?;
-    if let Some(command) = &job.verify
-        && let Some(refused) = verify(&candidate, tip)?
-    {
-        return Ok(LandingResult::VerifyFailed {
-            command: command.clone(),
-            exit_code: refused.exit_code,
-            reason: refused.reason,
-            log_tail: refused.log_tail,
-            tip: tip.to_string(),
-        });
     }
+    let candidate = match merged(repo, &git, job, item, tip, verify)? {
+        Merged::Decided(result) => return Ok(result),
+        Merged::Candidate(candidate) => candidate,
+    };
     remote.push(&[Update::Forward {
         commit: &candidate,
         reference: &landed_ref(job.session_id.as_str(), &candidate),
@@ -244,6 +181,67 @@ pub fn publish_integration(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// What merging an item onto a tip decided.
+enum Merged {
+    /// Nothing to move: landed already (or it changed nothing), a conflict, or a failed verify.
+    Decided(LandingResult),
+    /// A clean merge that passed the verify command: the commit to move the branch to.
+    Candidate(String),
+}
+
+/// Merges `item`'s result onto `tip` on objects alone and verifies the merge when the session
+/// says so — the part of landing that is the same wherever the integration branch lives.
+fn merged(
+    repo: &Repo,
+    git: &Git,
+    job: &LandingJob,
+    item: &LandingItem,
+    tip: &str,
+    verify: &mut Verify<'_>,
+) -> Result<Merged, LandError> {
+    let decided = |result| Ok(Merged::Decided(result));
+    let Some(commit) = &item.result_commit else {
+        // It changed nothing: its work is wherever the branch is.
+        return decided(LandingResult::Landed {
+            commit: tip.to_string(),
+        });
+    };
+    if is_ancestor(git, commit, tip)? {
+        return decided(LandingResult::Landed {
+            commit: tip.to_string(),
+        });
+    }
+    let tree = match merge_tree(repo, git, None, tip, commit)? {
+        MergeTree::Conflicted { files, tree } => {
+            let with = match &item.start_commit {
+                Some(start) => landed_touching(git, start, tip, &files).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            return decided(LandingResult::Conflict {
+                details: conflict_hunks(git, &tree, &files, HUNKS_MAX_BYTES),
+                files,
+                with,
+                tip: tip.to_string(),
+            });
+        }
+        MergeTree::Clean { tree } => tree,
+    };
+    let message = merge_message(&job.session_name, &job.session_id, &item.task_id);
+    let candidate = commit_tree(git, &tree, tip, commit, &message)?;
+    if let Some(command) = &job.verify
+        && let Some(refused) = verify(&candidate, tip)?
+    {
+        return decided(LandingResult::VerifyFailed {
+            command: command.clone(),
+            exit_code: refused.exit_code,
+            reason: refused.reason,
+            log_tail: refused.log_tail,
+            tip: tip.to_string(),
+        });
+    }
+    Ok(Merged::Candidate(candidate))
 }
 
 /// The integration branch's tip, made at the session's base when it does not exist yet.

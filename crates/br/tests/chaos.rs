@@ -321,22 +321,9 @@ fn chaos(repo: &TestRepo, store_url: Option<&str>, admin: Option<&str>, app: Opt
     verify(repo, bare.path(), &session, seed);
 }
 
-/// git in the bare remote.
+/// git in the bare remote, which must succeed.
 fn remote_git(bare: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    common::git_dir(bare, args).unwrap_or_else(|| panic!("git {args:?} in the remote failed"))
 }
 
 /// What must hold after any chaos, read from the store and the remote alone.

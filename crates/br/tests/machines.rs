@@ -11,26 +11,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{PgSchema, TestRepo, poll};
+use common::{PgSchema, TestRepo, git_dir, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// `git` in the bare remote.
-fn remote_git(bare: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .expect("git");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
-}
 
 /// A bare remote holding `here`'s history, known to `here` as `origin`.
 fn remote_of(here: &TestRepo) -> tempfile::TempDir {
@@ -105,7 +90,7 @@ fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
         .expect("base")
         .to_string();
     assert_eq!(
-        remote_git(
+        git_dir(
             bare.path(),
             &["rev-parse", &format!("refs/br/bases/{base}")]
         )
@@ -148,12 +133,12 @@ fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
     // The work is on the remote: every task branch, and the integration branch with all of it.
     let integration = format!("br/{slug}/integration");
     assert_eq!(
-        remote_git(bare.path(), &["show", &format!("{integration}:c.txt")]).as_deref(),
+        git_dir(bare.path(), &["show", &format!("{integration}:c.txt")]).as_deref(),
         Some("a\nb")
     );
     for task in ["a", "b", "c"] {
         assert!(
-            remote_git(
+            git_dir(
                 bare.path(),
                 &["rev-parse", "--verify", &format!("br/{slug}/{task}")]
             )
@@ -164,13 +149,13 @@ fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
     // `c` lands last (it waits for both): its landed commit is the tip the store recorded.
     let landed = tasks[2]["landed_commit"].as_str();
     assert_eq!(
-        remote_git(bare.path(), &["rev-parse", &integration]).as_deref(),
+        git_dir(bare.path(), &["rev-parse", &integration]).as_deref(),
         landed,
         "the remote's branch is what the store recorded"
     );
     // The submitting machine ran nothing: it has none of the branches yet.
     assert!(
-        remote_git(
+        git_dir(
             &here.path().join(".git"),
             &["rev-parse", "--verify", &integration]
         )
@@ -244,13 +229,13 @@ files = ["a.txt"]
     assert_eq!(status["tasks"][0]["attempts"], 2, "{status}");
     for branch in [format!("br/{slug}/a"), format!("br/{slug}/integration")] {
         assert_eq!(
-            remote_git(bare.path(), &["show", &format!("{branch}:a.txt")]).as_deref(),
+            git_dir(bare.path(), &["show", &format!("{branch}:a.txt")]).as_deref(),
             Some("fresh"),
             "{branch} holds attempt 2's work only"
         );
     }
     assert!(
-        remote_git(
+        git_dir(
             bare.path(),
             &[
                 "rev-parse",
@@ -291,22 +276,10 @@ fn a_worker_without_a_checkout_serves_only_sessions_with_a_remote() {
     };
     let here = TestRepo::with_store(schema.url());
     let bare = remote_of(&here);
-    here.git(&["push", "--quiet", "origin", "main"]);
-    here.write(
-        "br.toml",
+    let (session, _) = submit(
+        &here,
         "name = \"local\"\n[[task]]\nid = \"a\"\nrun = \"echo a > a.txt\"\nfiles = [\"a.txt\"]\n",
     );
-    here.git(&["add", "br.toml"]);
-    here.git(&["commit", "--quiet", "-m", "plan"]);
-    let submitted = here.br(&["submit"]);
-    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
-    let session = submitted
-        .stdout
-        .lines()
-        .last()
-        .expect("id")
-        .trim()
-        .to_string();
     let nomad = TestRepo::no_checkout(schema.url());
     let url = bare.path().display().to_string();
     // Asked for it by name: refused, saying why.

@@ -363,6 +363,22 @@ impl Drop for Guard {
 }
 
 /// Polls `f` until it returns `Some`, failing the test after `limit`.
+/// `git --git-dir DIR …` (a bare remote) with no user or system config: its output without the
+/// final newline, or `None` when git failed.
+pub(crate) fn git_dir(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .expect("run git");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
 pub(crate) fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
