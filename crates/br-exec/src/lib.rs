@@ -8,6 +8,7 @@
 mod agent;
 pub mod cleanup;
 pub mod context;
+pub mod diff;
 pub mod drive;
 pub mod landing;
 pub mod lease;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::query::SessionQuery;
 use crate::serving::serving_workers;
-use crate::state::AppState;
+use crate::state::{AppState, DiffFailure};
 use crate::stream::stream;
 
 /// The dashboard page: one file, inline CSS and JS, nothing fetched from elsewhere.
@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/retry", post(retry))
         .route("/api/sessions/{id}/tasks/{task}", get(task))
         .route("/api/sessions/{id}/tasks/{task}/log", get(task_log))
+        .route("/api/sessions/{id}/tasks/{task}/diff", get(task_diff))
         .route("/api/workers", get(workers))
         .route("/api/locks", get(locks))
         .route("/api/pools", get(pools))
@@ -564,4 +565,42 @@ async fn task(
         })
         .await?;
     Ok(Json(detail).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DiffQuery {
+    /// Which attempt [default: the one that landed, else the latest].
+    attempt: Option<u32>,
+}
+
+/// `GET /api/sessions/{id}/tasks/{task}/diff[?attempt=K]`: what the attempt changed against the
+/// commit it started from, as a unified diff (as `br diff`).
+async fn task_diff(
+    State(state): State<AppState>,
+    Path((reference, task)): Path<(String, String)>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let task = TaskId::new(task).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Some(differ) = state.differ.clone() else {
+        return Err(ApiError::NotFound(
+            "this server runs outside a repository: it has no diffs to show".into(),
+        ));
+    };
+    let diff = state
+        .blocking(move |store| {
+            let s = store.resolve_session(&reference)?;
+            (differ.0)(store, &s, &task, q.attempt).map_err(|e| match e {
+                DiffFailure::Missing(why) => ApiError::NotFound(why),
+                DiffFailure::Store(e) => ApiError::Store(e),
+                DiffFailure::Failed(why) => ApiError::Internal(why),
+            })
+        })
+        .await?;
+    let mut response = diff.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
 }

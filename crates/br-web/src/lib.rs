@@ -22,5 +22,5 @@ pub use api::{ACTION_HEADER, PAGE, router};
 pub use error::ApiError;
 pub use page::{DEFAULT_TASK_PAGE, MAX_TASK_PAGE, STREAM_EVENTS};
 pub use server::{SHUTDOWN_GRACE, Server, Stop, WRITE_STALL};
-pub use state::{AppState, MAX_STREAMS, MIN_REFRESH_GAP, Published};
+pub use state::{AppState, DiffFailure, Differ, MAX_STREAMS, MIN_REFRESH_GAP, Published};
 pub use stream::MIN_SEND_GAP;

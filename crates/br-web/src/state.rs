@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use br_core::SessionId;
+use br_core::{SessionId, TaskId};
 use br_store::snapshot::{Snapshot, SnapshotBuilder};
-use br_store::{Store, StoreError};
+use br_store::{Session, Store, StoreError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::access::Access;
@@ -65,6 +65,9 @@ type Followed = Arc<Mutex<HashMap<SessionId, watch::Sender<Arc<Published>>>>>;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) store: Arc<dyn Store>,
+    /// How an attempt's diff is made (git is the CLI's to run, not this crate's); none when the
+    /// server runs outside a repository.
+    pub(crate) differ: Option<DifferHandle>,
     pub(crate) snapshots: watch::Receiver<Arc<Published>>,
     pub(crate) stopping: watch::Receiver<bool>,
     pub(crate) access: Arc<Access>,
@@ -72,6 +75,31 @@ pub struct AppState {
     streams: Arc<Semaphore>,
     max_streams: usize,
     shared: Arc<Shared>,
+}
+
+/// Makes the unified diff of an attempt of a task (`None`: the landed one, else the latest).
+pub type Differ = dyn Fn(&dyn Store, &Session, &TaskId, Option<u32>) -> Result<Vec<u8>, DiffFailure>
+    + Send
+    + Sync;
+
+/// The differ the state holds (a closure has no `Debug` of its own).
+#[derive(Clone)]
+pub(crate) struct DifferHandle(pub(crate) Arc<Differ>);
+
+impl std::fmt::Debug for DifferHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Differ")
+    }
+}
+
+/// Why a diff could not be made.
+#[derive(Debug)]
+pub enum DiffFailure {
+    /// No such attempt, or it kept no commit (404).
+    Missing(String),
+    Store(StoreError),
+    /// Git could not show it (500).
+    Failed(String),
 }
 
 #[derive(Debug)]
@@ -92,6 +120,13 @@ impl Drop for Shared {
 }
 
 impl AppState {
+    /// The same state, serving `GET …/tasks/T/diff` with `differ`.
+    #[must_use]
+    pub fn with_differ(mut self, differ: Arc<Differ>) -> AppState {
+        self.differ = Some(DifferHandle(differ));
+        self
+    }
+
     /// Builds the first snapshot (blocking: call it outside the async runtime, or before it
     /// starts) and starts the thread that refreshes it when the store changes, or at least
     /// every `refresh`.
@@ -128,6 +163,7 @@ impl AppState {
             })?;
         Ok(AppState {
             store,
+            differ: None,
             snapshots: rx,
             stopping: stopping_rx,
             access: Arc::new(access),

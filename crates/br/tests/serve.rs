@@ -381,3 +381,28 @@ fn more_than_one_host_header_is_refused() {
     let (status, _, _) = served.request("GET", "/api/summary", &[]);
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_task_s_diff_and_log_are_served_from_the_repository_and_the_store() {
+    let repo = TestRepo::new();
+    repo.commit_plan(
+        "name = \"shown\"\n[[task]]\nid = \"a\"\nrun = \"echo writing; echo hello > a.txt\"\nfiles = [\"a.txt\"]\n",
+    );
+    let run = repo.br(&["run", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let served = Served::start(&repo);
+    let (status, _, diff) = served.request("GET", "/api/sessions/shown/tasks/a/diff", &[]);
+    assert_eq!(status, 200, "{diff}");
+    assert!(
+        diff.contains("+++ b/a.txt") && diff.contains("+hello"),
+        "a unified diff of what it changed: {diff}"
+    );
+    let (status, _, log) = served.request("GET", "/api/sessions/shown/tasks/a/log", &[]);
+    assert_eq!((status, log.as_str()), (200, "writing\n"));
+    let (status, body) = served.get_json("/api/sessions/shown/tasks/a/diff?attempt=7");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.to_string().contains("no attempt 7"),
+        "the error says why: {body}"
+    );
+}

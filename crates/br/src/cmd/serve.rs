@@ -24,7 +24,20 @@ pub(super) fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         );
     }
     let store: Arc<dyn br_store::Store> = Arc::from(ctx.open_store()?);
-    let state = AppState::new(store, args.refresh, access)?;
+    let mut state = AppState::new(store, args.refresh, access)?;
+    // Diffs need git in a clone of the repository; outside one the endpoint says so.
+    if let Ok(repo) = ctx.repo() {
+        let repo = repo.clone();
+        state = state.with_differ(Arc::new(move |store, session, task, attempt| {
+            br_exec::diff::attempt_diff(store, &repo, session, task, attempt, false).map_err(|e| {
+                match e {
+                    br_exec::diff::DiffError::Missing(why) => br_web::DiffFailure::Missing(why),
+                    br_exec::diff::DiffError::Store(e) => br_web::DiffFailure::Store(e),
+                    br_exec::diff::DiffError::Git(why) => br_web::DiffFailure::Failed(why),
+                }
+            })
+        }));
+    }
     let stop = server
         .run(state, |addr| {
             // The line tests and scripts read to find the port; flushed at once.
