@@ -20,11 +20,14 @@ Exit codes:
   124  br wait --timeout passed before the session ended
   130  interrupted (Ctrl-C); the session is left paused and nothing recorded is lost";
 
+/// `br --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BR_COMMIT"), ")");
+
 /// br runs a plan of tasks on a git repository in parallel: each task on a worker, two running
 /// tasks never holding overlapping file locks, everything recorded durably so that nothing is
 /// lost when any process dies.
 #[derive(Debug, Parser)]
-#[command(name = "br", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "br", version = VERSION, after_help = AFTER_HELP, max_term_width = 100)]
 pub(crate) struct Cli {
     /// Run as if br was started in DIR (the repository).
     #[arg(short = 'C', value_name = "DIR", global = true)]
@@ -119,6 +122,12 @@ pub(crate) enum Command {
     Summary,
     /// The coding-agent profiles in effect (built in, and the plan's) and what each runs
     Agents(AgentsArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `br completions bash > ~/.local/share/bash-completion/completions/br`
+    Completions(CompletionsArgs),
+    /// Print br's manual page (roff), made from the same definitions as --help, e.g.
+    /// `br man > ~/.local/share/man/man1/br.1`
+    Man,
     /// Delete old finished sessions and their logs; prune stale workers
     Cleanup(CleanupArgs),
     /// Internal: the reaper that stops a dead worker's task processes
@@ -404,6 +413,12 @@ pub(crate) struct EventsArgs {
     /// Only the last N events
     #[arg(long)]
     pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,24 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         );
         return Ok(Exit::Success);
     }
+    // Made from the command line's own definitions; they need no repository and no store.
+    match &cli.command {
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into memory first: writing to a closed pipe must be the error main ignores, not
+            // the panic clap_complete makes of it.
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "br", &mut script);
+            std::io::stdout().write_all(&script)?;
+            return Ok(Exit::Success);
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            return Ok(Exit::Success);
+        }
+        _ => {}
+    }
     let mut store = cli.store;
     if let Command::Worker(args) = &cli.command
         && args.store_from_stdin

@@ -484,3 +484,48 @@ fn a_worker_touches_its_alive_file_when_the_store_answers() {
         .expect("the alive file exists");
     assert!(touched >= before, "touched by this worker");
 }
+
+#[test]
+fn completions_a_manual_and_a_version_that_names_its_commit() {
+    let repo = TestRepo::new();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = repo.br(&["completions", shell]);
+        assert_eq!(script.code, 0, "{shell}: {}", script.stderr);
+        assert!(
+            script.stdout.contains("worker") && script.stdout.contains("alive-file"),
+            "{shell}: the script knows br's commands and flags"
+        );
+    }
+    let bash = repo.br(&["completions", "bash"]).stdout;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("br.bash");
+    std::fs::write(&path, bash).expect("write");
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .status()
+        .expect("bash");
+    assert!(checked.success(), "the bash script parses");
+    let unknown = repo.br(&["completions", "tcsh"]);
+    assert_eq!(unknown.code, 2);
+    let man = repo.br(&["man"]);
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH br 1"),
+        "roff"
+    );
+    assert!(man.stdout.contains("completions"), "every command is in it");
+    let version = repo.br(&["--version"]).stdout;
+    let (release, commit) = version
+        .trim()
+        .strip_prefix("br ")
+        .and_then(|v| v.split_once(" ("))
+        .unwrap_or_else(|| panic!("br X.Y.Z (commit): {version}"));
+    assert_eq!(release, env!("CARGO_PKG_VERSION"));
+    let commit = commit.strip_suffix(')').expect("(commit)");
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        commit == "unknown" || (hash.len() == 12 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+        "the commit it was built from: {version}"
+    );
+}

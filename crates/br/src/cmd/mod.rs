@@ -52,6 +52,9 @@ pub(crate) fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<Exit> 
         Command::Events(a) => events::events(ctx, a),
         Command::Logs(a) => events::logs(ctx, a),
         Command::Reaper => unreachable_reaper(),
+        Command::Completions(_) | Command::Man => Err(crate::exit::usage(
+            "completions and the manual are printed before a context exists",
+        )),
     }
 }
 
