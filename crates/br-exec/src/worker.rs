@@ -968,8 +968,11 @@ impl Worker<'_> {
             .keep(&task.lease, timeline.renew_every, Some(Arc::clone(&log)));
         let execution = self.supervise(task, &mut process, &timeline, claimed_at);
         // The rest of the log goes to the store before the outcome does, while the lease is
-        // still renewed: whoever sees the attempt finished finds all of its output.
-        self.ship_rest(task, &log);
+        // still renewed: whoever sees the attempt finished finds all of its output. A task that
+        // wrote nothing has no log to look for.
+        if process.output_bytes() > 0 {
+            self.ship_rest(task, &log);
+        }
         self.renewer.release();
         if let Some(why) = process.log_failure() {
             (self.notify)(Note::StoreTrouble(format!(
