@@ -252,8 +252,9 @@ pub(crate) fn show_event<W: Write>(
         DriveEvent::Interrupting {
             session: Some(s), ..
         } => progress.note(&format!(
-            "interrupted: pausing session {} and stopping {} running task(s) (Ctrl-C again to kill at once)",
-            s.name, s.running_tasks
+            "interrupted: pausing session {} and stopping {} (Ctrl-C again to kill at once)",
+            s.name,
+            crate::output::count(s.running_tasks, "running task")
         )),
         DriveEvent::Interrupting { error, .. } => progress.note(&format!(
             "interrupted: stopping the workers; the session could not be paused ({})",
@@ -322,10 +323,10 @@ pub(crate) fn final_report(
             .unwrap_or_default();
         writeln!(
             out,
-            "{} of {} task(s) landed on br/{}/integration{tip}; `br merge {} --into BRANCH` \
+            "{} of {} landed on br/{}/integration{tip}; `br merge {} --into BRANCH` \
              promotes it",
             s.landed_tasks,
-            s.total_tasks,
+            crate::output::count(s.total_tasks, "task"),
             esc(&s.slug),
             s.id
         )?;

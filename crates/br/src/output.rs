@@ -9,6 +9,16 @@ use br_store::{Session, Store};
 use crate::escape::esc;
 
 /// Writes JSON to stdout with a trailing newline.
+/// `1 task`, `2 tasks`: a count and its noun, in the number the count says.
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
@@ -38,4 +48,14 @@ pub(crate) fn status_json(store: &dyn Store, s: &Session) -> anyhow::Result<serd
 
 pub(crate) fn print_status_json(store: &dyn Store, s: &Session) -> anyhow::Result<()> {
     print_json(&StatusView::read(store, s.clone())?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_is_singular_and_every_other_count_plural() {
+        assert_eq!(super::count(1u32, "task"), "1 task");
+        assert_eq!(super::count(0u32, "task"), "0 tasks");
+        assert_eq!(super::count(2u64, "worker"), "2 workers");
+    }
 }

@@ -417,7 +417,7 @@ fn the_demo_runs_to_completion_and_cleans_up_after_itself() {
         demo.stdout
     );
     assert!(
-        demo.stdout.contains("8 of 8 task(s) landed"),
+        demo.stdout.contains("8 of 8 tasks landed"),
         "everything landed: {}",
         demo.stdout
     );
@@ -454,7 +454,7 @@ fn the_agents_demo_runs_a_fleet_through_a_rate_limit_and_a_repair_and_says_what_
             "task_started task=audit attempt=2",
         ),
         ("tagline collided", "merge_conflict task=tagline"),
-        ("everything landed", "6 of 6 task(s) landed"),
+        ("everything landed", "6 of 6 tasks landed"),
         (
             "the rerun kept the landed title",
             "# Users, searched and exported",

@@ -95,7 +95,7 @@ fn a_hostile_plans_names_are_escaped_in_every_text_output() {
     );
     let retried = shown(&format!("br retry {session} --no-dashboard"));
     assert!(
-        retried.contains(&format!("retrying 1 task(s) of session {escaped_name} (")),
+        retried.contains(&format!("retrying 1 task of session {escaped_name} (")),
         "{retried}"
     );
     assert!(shown("br start").contains("flags\\u{1b}]0;owned\\u{7}"));

@@ -115,7 +115,7 @@ fn a_failed_task_and_the_dependent_it_skipped_run_again_and_the_session_complete
     assert_eq!(retry.code, 0, "{}\n{}", retry.stdout, retry.stderr);
     assert!(
         retry.stdout.contains(&format!(
-            "retrying 2 task(s) of session flaky ({id}): flaky (failed), dependent (skipped)"
+            "retrying 2 tasks of session flaky ({id}): flaky (failed), dependent (skipped)"
         )),
         "{}",
         retry.stdout
@@ -279,7 +279,7 @@ fn a_refused_retry_changes_nothing_and_a_named_one_runs_only_what_it_names() {
     let detached = repo.br(&["retry", &id, "flaky", "--detach"]);
     assert_eq!(detached.code, 0, "{}", detached.stderr);
     assert!(
-        detached.stdout.contains("0 worker(s) serving it"),
+        detached.stdout.contains("0 workers serving it"),
         "{}",
         detached.stdout
     );

@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::drive::{DriveOptions, final_report, library_options, show_event};
 use crate::escape::esc;
 use crate::exit::{Exit, usage};
-use crate::output::{print, print_json};
+use crate::output::{count, print, print_json};
 use crate::progress::{Progress, Style};
 
 pub(super) fn merge(ctx: &Context, args: MergeArgs) -> anyhow::Result<Exit> {
@@ -168,7 +168,8 @@ pub(super) fn merge_after_run(
                 requeued,
                 integration_branch,
             } if !ctx.json => progress.note(&format!(
-                "running {requeued} requeued task(s) again on top of {integration_branch}"
+                "running {} again on top of {integration_branch}",
+                count(requeued as u64, "requeued task")
             )),
             RoundEvent::Drive(event) => show_event(&mut progress, &event),
             RoundEvent::RerunEnded(s) if !ctx.json => {
@@ -349,15 +350,15 @@ fn write_report(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::
         }
         writeln!(
             out,
-            "{landed} of {} task(s) would be on {branch}",
-            report.tasks.len()
+            "{landed} of {} would be on {branch}",
+            count(report.tasks.len() as u64, "task")
         )?;
     } else {
         writeln!(
             out,
-            "{branch} is at {}: {landed} of {} task(s) landed ({} now)",
+            "{branch} is at {}: {landed} of {} landed ({} now)",
             short(report.integration_commit.as_deref().unwrap_or("?")),
-            report.tasks.len(),
+            count(report.tasks.len() as u64, "task"),
             report.landed_now()
         )?;
     }

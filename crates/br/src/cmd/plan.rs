@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::drive::{DriveOptions, default_workers, drive, finish, kill_grace};
 use crate::escape::esc;
 use crate::exit::{Exit, usage};
-use crate::output::{print, print_json};
+use crate::output::{count, print, print_json};
 use crate::settings;
 
 pub(super) fn init(ctx: &Context, args: InitArgs) -> anyhow::Result<Exit> {
@@ -193,9 +193,9 @@ pub(super) fn submit(ctx: &Context, args: SubmitArgs) -> anyhow::Result<Exit> {
         print_json(&session)?;
     } else {
         print(&format!(
-            "submitted session {} ({} tasks); run it with `br resume {}` or `br worker`\n{}\n",
+            "submitted session {} ({}); run it with `br resume {}` or `br worker`\n{}\n",
             esc(&session.name),
-            session.total_tasks,
+            count(session.total_tasks, "task"),
             session.id,
             session.id
         ))?;
@@ -255,11 +255,11 @@ pub(super) fn run_plan_then(
     let session = submit_plan(ctx, &*store, plan, plan_path, workers)?;
     if !ctx.json {
         print(&format!(
-            "session {} ({}): {} tasks, {} workers, {} isolation\n",
+            "session {} ({}): {}, {}, {} isolation\n",
             esc(&session.name),
             session.id,
-            session.total_tasks,
-            workers,
+            count(session.total_tasks, "task"),
+            count(workers, "worker"),
             session.isolation
         ))?;
     }

@@ -25,7 +25,7 @@ use crate::drive::{
 };
 use crate::escape::esc;
 use crate::exit::{Exit, usage};
-use crate::output::{print, print_json, print_status_json};
+use crate::output::{count, print, print_json, print_status_json};
 use crate::settings;
 use crate::table::{Table, or_dash};
 
@@ -322,10 +322,10 @@ pub(super) fn pause(ctx: &Context, args: SessionArg) -> anyhow::Result<Exit> {
         print_json(&s)?;
     } else {
         print(&format!(
-            "paused session {} ({}): nothing new starts; {} running task(s) finish\n",
+            "paused session {} ({}): nothing new starts; {} finish\n",
             esc(&s.name),
             s.id,
-            s.running_tasks
+            count(s.running_tasks, "running task")
         ))?;
     }
     Ok(Exit::Success)
@@ -365,8 +365,8 @@ pub(super) fn retry(ctx: &Context, args: RetryArgs) -> anyhow::Result<Exit> {
             .map(|(t, was)| format!("{t} ({was})"))
             .collect();
         print(&format!(
-            "retrying {} task(s) of session {} ({}): {}\n",
-            retried.tasks.len(),
+            "retrying {} of session {} ({}): {}\n",
+            count(retried.tasks.len() as u64, "task"),
             esc(&retried.session.name),
             retried.session.id,
             tasks.join(", ")
@@ -406,9 +406,10 @@ fn serve_resumed(
     if args.detach || serving > 0 {
         if !ctx.json {
             print(&format!(
-                "resumed session {} ({}); {serving} worker(s) serving it\n",
+                "resumed session {} ({}); {} serving it\n",
                 esc(&s.name),
-                s.id
+                s.id,
+                count(serving as u64, "worker")
             ))?;
         } else {
             print_json(&s)?;
@@ -422,11 +423,12 @@ fn serve_resumed(
     });
     if !ctx.json {
         print(&format!(
-            "resuming session {} ({}): {} of {} tasks left, {workers} workers\n",
+            "resuming session {} ({}): {} of {} left, {}\n",
             esc(&s.name),
             s.id,
             s.total_tasks - s.finished_tasks(),
-            s.total_tasks
+            count(s.total_tasks, "task"),
+            count(workers, "worker")
         ))?;
     }
     let opts = DriveOptions {
@@ -449,10 +451,10 @@ pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
     if !args.force && s.running_tasks > 0 {
         if !ctx.json {
             print(&format!(
-                "cancelling session {} ({}): stopping {} running task(s)…\n",
+                "cancelling session {} ({}): stopping {}…\n",
                 esc(&s.name),
                 s.id,
-                s.running_tasks
+                count(s.running_tasks, "running task")
             ))?;
         }
         // Workers see the cancellation at their next heartbeat; dead workers' tasks end when
@@ -466,17 +468,17 @@ pub(super) fn cancel(ctx: &Context, args: CancelArgs) -> anyhow::Result<Exit> {
         print_json(&s)?;
     } else if s.running_tasks > 0 {
         print(&format!(
-            "cancelled session {} ({}); {} task(s) still stopping\n",
+            "cancelled session {} ({}); {} still stopping\n",
             esc(&s.name),
             s.id,
-            s.running_tasks
+            count(s.running_tasks, "task")
         ))?;
     } else {
         print(&format!(
-            "cancelled session {} ({}): {} task(s) cancelled, {} succeeded before\n",
+            "cancelled session {} ({}): {} cancelled, {} succeeded before\n",
             esc(&s.name),
             s.id,
-            s.cancelled_tasks,
+            count(s.cancelled_tasks, "task"),
             s.succeeded_tasks
         ))?;
     }
