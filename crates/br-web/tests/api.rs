@@ -12,7 +12,9 @@ use br_core::agent::Usage;
 use br_core::outcome::Outcome;
 use br_core::{LockPath, Plan};
 use br_store::sqlite::SqliteStore;
-use br_store::{AttemptReport, Claim, ClaimRequest, NewSession, NewWorker, Session, Store};
+use br_store::{
+    AttemptReport, Claim, ClaimRequest, ClaimedTask, NewSession, NewWorker, Session, Store,
+};
 use br_web::{
     ACTION_HEADER, Access, AppState, DEFAULT_TASK_PAGE, MAX_TASK_PAGE, Server, Token, router,
 };
@@ -136,8 +138,8 @@ impl Fixture {
         json(self.call(request).await).await
     }
 
-    /// Runs the first ready task of `session` to a failure, as a real worker would.
-    fn fail_first(&self, session: &Session) {
+    /// Claims the first ready task of `session` as a newly registered worker would.
+    fn claim_first(&self, session: &Session) -> (br_core::WorkerId, ClaimedTask) {
         let worker = self
             .store
             .register_worker(&NewWorker {
@@ -161,6 +163,12 @@ impl Fixture {
         let Claim::Task(task) = claim else {
             panic!("expected a task, got {claim:?}")
         };
+        (worker, *task)
+    }
+
+    /// Runs the first ready task of `session` to a failure, as a real worker would.
+    fn fail_first(&self, session: &Session) {
+        let (worker, task) = self.claim_first(session);
         self.store
             .finish_attempt(&task.lease, &Outcome::Failed { exit_code: 1 })
             .expect("finish");
@@ -1600,29 +1608,7 @@ async fn text(response: Response) -> (StatusCode, String, String, String) {
 async fn a_task_log_is_read_from_the_store_while_it_runs_and_after() {
     let f = Fixture::new();
     let s = f.submit("logs", &["build"]);
-    let worker = f
-        .store
-        .register_worker(&NewWorker {
-            host: "another-machine".into(),
-            pid: 4242,
-            session: Some(s.id.clone()),
-            heartbeat_timeout: Duration::from_secs(30),
-        })
-        .expect("register worker");
-    let logs = f._dir.path().join("logs");
-    let Claim::Task(task) = f
-        .store
-        .claim_next_task(&ClaimRequest {
-            worker: &worker,
-            session: Some(&s.id),
-            log_dir: &logs,
-            repo_id: None,
-            remote_only: false,
-        })
-        .expect("claim")
-    else {
-        panic!("a task to run")
-    };
+    let (_, task) = f.claim_first(&s);
     let get = |uri: String| {
         let request = Request::get(uri).body(Body::empty()).expect("request");
         async { text(f.call(request).await).await }
