@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
             only_finished_sessions_are_deleted,
             wait_for_change_sees_other_handles,
             concurrent_workers_claim_each_task_once_without_lock_overlap,
+            sixteen_workers_at_once_keep_every_promise,
             attempt_reports_are_kept_and_scope_violations_recorded,
             a_finished_task_can_be_requeued_on_a_new_base,
             finishing_and_claiming_the_next_is_one_step,
@@ -88,7 +89,8 @@ macro_rules! conformance_tests {
 
 // Building blocks.
 
-fn task(id: &str, files: &[&str], after: &[&str]) -> TaskSpec {
+/// A task that echoes its id, locking `files`, after `after` (also the store benchmark's).
+pub fn task(id: &str, files: &[&str], after: &[&str]) -> TaskSpec {
     TaskSpec {
         id: TaskId::new(id).expect("valid id"),
         run: format!("echo {id}"),
@@ -114,7 +116,8 @@ fn task(id: &str, files: &[&str], after: &[&str]) -> TaskSpec {
     }
 }
 
-fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
+/// A plan of `tasks` in shared isolation, nothing to land (also the store benchmark's).
+pub fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
     Plan {
         name: name.to_string(),
         workers: None,
@@ -140,7 +143,8 @@ fn plan(name: &str, tasks: Vec<TaskSpec>) -> Plan {
     }
 }
 
-fn submit(store: &dyn Store, plan: Plan) -> Session {
+/// Creates a session of `plan` (also the store benchmark's).
+pub fn submit(store: &dyn Store, plan: Plan) -> Session {
     store
         .create_session(&NewSession {
             plan,
@@ -153,7 +157,8 @@ fn submit(store: &dyn Store, plan: Plan) -> Session {
         .expect("create session")
 }
 
-fn worker(store: &dyn Store, session: Option<&SessionId>, timeout: Duration) -> WorkerId {
+/// Registers a worker (also the store benchmark's).
+pub fn worker(store: &dyn Store, session: Option<&SessionId>, timeout: Duration) -> WorkerId {
     store
         .register_worker(&NewWorker {
             host: "test-host".into(),
@@ -164,7 +169,8 @@ fn worker(store: &dyn Store, session: Option<&SessionId>, timeout: Duration) -> 
         .expect("register worker")
 }
 
-fn log_dir() -> &'static Path {
+/// Where claimed attempts say their logs go; nothing is written there.
+pub fn log_dir() -> &'static Path {
     Path::new("/tmp/br-conformance-logs")
 }
 
@@ -1406,6 +1412,223 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Fres
     let checked = audit_lock_order(&events).expect("no overlapping locks");
     assert_eq!(checked, 120);
     audit_terminal_once(&events).expect("terminal once");
+}
+
+/// Sixteen handles at once (sixteen worker processes) on a session that mixes everything a
+/// claim or a completion must get right side by side: tasks with overlapping lock sets and
+/// tasks without files, dependencies, a pool of 2, first attempts that fail and are retried,
+/// completions recorded alone or with the next claim. Every task ends exactly once, no two
+/// running tasks ever held overlapping locks, the pool never ran 3, the counters add up, and a
+/// reader that followed the event log by `seq` while it was written missed no event (`seq`
+/// follows commit order).
+pub fn sixteen_workers_at_once_keep_every_promise(b: &dyn FreshStore) {
+    const TASKS: usize = 160;
+    const WORKERS: usize = 16;
+    let setup = b.open();
+    let paths = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let mut rng = fastrand::Rng::with_seed(16);
+    let specs: Vec<TaskSpec> = (0..TASKS)
+        .map(|i| {
+            let files: Vec<String> = match i % 3 {
+                0 => Vec::new(),
+                _ => (0..rng.usize(1..3))
+                    .map(|_| {
+                        let p = paths[rng.usize(..paths.len())];
+                        if rng.bool() {
+                            p.to_string()
+                        } else {
+                            format!("{p}/x")
+                        }
+                    })
+                    .collect(),
+            };
+            let after: Vec<String> = if i >= 10 && i % 5 == 0 {
+                vec![format!("t{}", rng.usize(..i))]
+            } else {
+                Vec::new()
+            };
+            let files: Vec<&str> = files.iter().map(String::as_str).collect();
+            let after: Vec<&str> = after.iter().map(String::as_str).collect();
+            let mut t = task(&format!("t{i}"), &files, &after);
+            if i % 4 == 1 {
+                t.pool = Some("p".into());
+            }
+            if i % 7 == 0 {
+                t.retries = 1;
+            }
+            t
+        })
+        .collect();
+    let pooled: std::collections::BTreeSet<String> = specs
+        .iter()
+        .filter(|t| t.pool.is_some())
+        .map(|t| t.id.to_string())
+        .collect();
+    let s = submit(
+        &*setup,
+        with_pool(plan("sixteen", specs), "p", 2, Duration::from_secs(60)),
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    // One handle each, opened here: a FreshStore stays on this thread.
+    let follower_store = b.open();
+    let worker_stores: Vec<Box<dyn Store>> = (0..WORKERS).map(|_| b.open()).collect();
+    let (followed, ran) = std::thread::scope(|scope| {
+        // Pages through the log as the workers write it, as `br events --follow` does.
+        let follower = scope.spawn(|| {
+            let store = follower_store;
+            let mut seen: Vec<i64> = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = store
+                    .events(&EventFilter {
+                        after_seq: seen.last().copied(),
+                        session: None,
+                        limit: Some(50),
+                    })
+                    .expect("events");
+                seen.extend(page.iter().map(|e| e.seq));
+                if page.is_empty() {
+                    if finished {
+                        return seen;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let workers: Vec<_> = worker_stores
+            .into_iter()
+            .enumerate()
+            .map(|(n, store)| {
+                let session = s.id.clone();
+                scope.spawn(move || {
+                    let w = worker(&*store, Some(&session), Duration::from_secs(30));
+                    let request = ClaimRequest {
+                        worker: &w,
+                        session: Some(&session),
+                        log_dir: log_dir(),
+                        repo_id: None,
+                        remote_only: false,
+                    };
+                    let mut ran = Vec::new();
+                    let mut claim = store.claim_next_task(&request).expect("claim");
+                    loop {
+                        match claim {
+                            Claim::Task(t) => {
+                                let first_of_a_retried = t.lease.attempt.0 == 1
+                                    && t.lease.task_id.as_str()[1..]
+                                        .parse::<usize>()
+                                        .is_ok_and(|i| i % 7 == 0);
+                                let outcome = if first_of_a_retried {
+                                    Outcome::Failed { exit_code: 1 }
+                                } else {
+                                    Outcome::Succeeded
+                                };
+                                ran.push((t.lease.task_id.to_string(), t.lease.attempt.0));
+                                claim = if n % 2 == 0 {
+                                    store
+                                        .finish_attempt_and_claim(
+                                            &t.lease,
+                                            &outcome,
+                                            &AttemptReport::default(),
+                                            &request,
+                                        )
+                                        .expect("finish and claim")
+                                        .1
+                                } else {
+                                    store.finish_attempt(&t.lease, &outcome).expect("finish");
+                                    store.claim_next_task(&request).expect("claim")
+                                };
+                            }
+                            Claim::Nothing => {
+                                let status = store.session(&session).expect("session").status;
+                                if status.is_terminal() {
+                                    return ran;
+                                }
+                                store
+                                    .wait_for_change(Duration::from_millis(20))
+                                    .expect("wait");
+                                claim = store.claim_next_task(&request).expect("claim");
+                            }
+                            Claim::Stop | Claim::Land(_) => panic!("unexpected {claim:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let ran: Vec<(String, u32)> = workers
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread"))
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (follower.join().expect("follower"), ran)
+    });
+    // Every attempt ran once: first attempts of every task, second ones of the retried.
+    let mut ran = ran;
+    ran.sort();
+    let mut want: Vec<(String, u32)> = (0..TASKS)
+        .flat_map(|i| {
+            let attempts = if i % 7 == 0 { 2 } else { 1 };
+            (1..=attempts).map(move |a| (format!("t{i}"), a))
+        })
+        .collect();
+    want.sort();
+    assert_eq!(ran, want, "every attempt ran exactly once");
+    let end = setup.session(&s.id).expect("session");
+    assert_eq!(
+        (
+            end.status,
+            end.succeeded_tasks,
+            end.failed_tasks,
+            end.running_tasks
+        ),
+        (SessionStatus::Completed, TASKS as u32, 0, 0),
+        "the counters add up"
+    );
+    let events = setup.events(&EventFilter::default()).expect("every event");
+    let all: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        followed, all,
+        "a reader following by seq saw every event, in order"
+    );
+    let session_events: Vec<Event> = events
+        .into_iter()
+        .filter(|e| e.session_id.as_ref() == Some(&s.id))
+        .collect();
+    let locked_attempts: usize = (0..TASKS)
+        .filter(|i| i % 3 != 0)
+        .map(|i| if i % 7 == 0 { 2 } else { 1 })
+        .sum();
+    assert_eq!(
+        audit_lock_order(&session_events).expect("no overlapping locks"),
+        locked_attempts
+    );
+    audit_terminal_once(&session_events).expect("terminal once");
+    // Replayed in commit order, the pool never runs more than its size.
+    let mut running = 0;
+    for e in &session_events {
+        let Some(task) = e.task_id.as_ref().filter(|t| pooled.contains(t.as_str())) else {
+            continue;
+        };
+        match e.kind {
+            EventKind::TaskStarted => {
+                running += 1;
+                assert!(
+                    running <= 2,
+                    "pool p ran {running} at event {} ({task})",
+                    e.seq
+                );
+            }
+            EventKind::TaskSucceeded | EventKind::TaskFailed | EventKind::TaskRequeued => {
+                running -= 1;
+            }
+            _ => {}
+        }
+    }
+    let started = session_events
+        .iter()
+        .filter(|e| e.kind == EventKind::SessionStarted)
+        .count();
+    assert_eq!(started, 1, "the session started once");
 }
 
 pub fn attempt_reports_are_kept_and_scope_violations_recorded(b: &dyn FreshStore) {

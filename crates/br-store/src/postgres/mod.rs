@@ -23,13 +23,15 @@ use std::time::{Duration, Instant};
 use br_core::Timestamp;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql, Type};
-use tokio_postgres::{Client, Config, IsolationLevel, Statement, Transaction};
+use tokio_postgres::{Client, Config, Statement};
 
 use self::link::{Link, LinkError};
 
 use crate::Access;
 use crate::error::{Result, StoreError};
-use crate::sql::{Backend, Db, OpError, OpResult, Param, Row, Tx, Value, millis};
+use crate::sql::{
+    Backend, Db, EVENT_INSERT, OpError, OpResult, Param, Row, Serial, Tx, Value, event_rows, millis,
+};
 
 pub use schema::CURRENT_VERSION;
 
@@ -45,9 +47,30 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// server; beyond that and this slack, no answer means no server (or no network).
 const IO_SLACK: Duration = Duration::from_secs(10);
 
-/// The first half of the advisory lock key that serialises writers; the second half names the
-/// schema, so stores in different schemas of one database do not wait for each other.
+/// The first half of the advisory lock key that orders writers: most take it exclusively and
+/// run one at a time, as under SQLite's `BEGIN IMMEDIATE`; claims, completions and heartbeats
+/// take it shared and run side by side (see [`WriteOrder`]). The second half of every key names
+/// the schema, so stores in different schemas of one database do not wait for each other.
 const WRITE_LOCK_SPACE: i32 = 0x6272_0001; // "br", 1
+
+/// The first half of the key held while a transaction appends its events, to its commit, so
+/// that `seq` follows commit order (`PgTx::append_events_sql`).
+const EVENT_LOCK_SPACE: i32 = 0x6272_0002;
+
+/// The first half of the key held while a claim checks a task's files against the held locks
+/// and takes them ([`Serial::LockSets`]); the second half names the schema and the repository.
+const LOCK_SET_SPACE: i32 = 0x6272_0003;
+
+/// The first half of the key held while a claim counts a pool's running tasks and starts one
+/// ([`Serial::Pool`]); the second half names the schema and the pool.
+const POOL_LOCK_SPACE: i32 = 0x6272_0004;
+
+/// How many statements wait to be sent with the next one at most (`PgTx::execute_later`).
+const MAX_PENDING: usize = 16;
+
+/// How many times a write that runs beside others is tried again when the server broke a
+/// deadlock or a serialization conflict by failing it (nothing of it was committed).
+const CONFLICT_RETRIES: u32 = 5;
 
 /// The channel on which every write transaction that changed something notifies, with the
 /// schema's name as payload.
@@ -57,12 +80,25 @@ const CHANGE_CHANNEL: &str = "br_change";
 /// reads it after waiting for the write lock, so time follows commit order as in SQLite.
 const CLOCK_MS: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
-/// Whether a write queues behind the store's write lock (`Queued`: everything the store's
-/// logic decides, and every event) or runs beside the other writers (`Apart`: rows only their
-/// writer reads, such as the pieces of an attempt's log).
+/// The write lock (`?1`, `?2`), then the clock, in one round trip: the clock is read in the
+/// row the lock's subquery yields, so after the lock is ours.
+const CLOCK_AFTER_LOCK: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+     FROM (SELECT pg_advisory_xact_lock(?1, ?2)) AS l";
+const CLOCK_AFTER_SHARED_LOCK: &str =
+    "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint
+     FROM (SELECT pg_advisory_xact_lock_shared(?1, ?2)) AS l";
+
+/// How a write orders itself with the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteOrder {
-    Queued,
+    /// Alone: no other write of the store runs meanwhile (everything but the hot path, whose
+    /// logic was written for a store that changes only by its own hand).
+    Exclusive,
+    /// Beside the other shared writes, never beside an exclusive one: claims, completions and
+    /// heartbeats, whose logic holds under concurrency by row locks, guarded updates and
+    /// [`Serial`] sections (see `Backend::write_shared`).
+    Shared,
+    /// Beside everything: rows only their writer reads, such as the pieces of an attempt's log.
     Apart,
 }
 
@@ -176,22 +212,26 @@ fn to_postgres(sql: &str) -> String {
 }
 
 /// A parameter as the driver sends it: PostgreSQL types every parameter of a prepared statement,
-/// so the store's integers go as the integer type or the boolean it expects.
-fn bind<'a>(param: Param<'a>, ty: &Type) -> OpResult<Box<dyn ToSql + Sync + 'a>> {
+/// so the store's integers go as the integer type or the boolean it expects. Owned, so that a
+/// statement sent later (`execute_later`) outlives the logic's borrowed values.
+fn bind(param: Param<'_>, ty: &Type) -> OpResult<Bound> {
     Ok(match param {
         Param::Null if *ty == Type::BOOL => Box::new(None::<bool>),
         Param::Null if *ty == Type::INT4 => Box::new(None::<i32>),
         Param::Null if *ty == Type::INT8 => Box::new(None::<i64>),
-        Param::Null => Box::new(None::<&str>),
+        Param::Null => Box::new(None::<String>),
         Param::Integer(n) if *ty == Type::BOOL => Box::new(n != 0),
         Param::Integer(n) if *ty == Type::INT4 => {
             Box::new(i32::try_from(n).map_err(|e| OpError::Sql(Box::new(e)))?)
         }
         Param::Integer(n) => Box::new(n),
-        Param::Text(s) => Box::new(s),
-        Param::Blob(b) => Box::new(b),
+        Param::Text(s) => Box::new(s.to_owned()),
+        Param::Blob(b) => Box::new(b.to_vec()),
     })
 }
+
+/// One bound parameter.
+type Bound = Box<dyn ToSql + Sync + Send>;
 
 /// A column as the store's logic reads it: integers and booleans as integers (as SQLite keeps
 /// them), bytes as bytes, everything textual as text.
@@ -225,25 +265,88 @@ impl<'a> FromSql<'a> for Value {
     }
 }
 
+/// How a write transaction begins: READ COMMITTED, not a snapshot level, so each statement
+/// after a lock sees what the writer before it committed, as in SQLite.
+const BEGIN_WRITE: &str = "BEGIN";
+
+/// How a read begins: one snapshot for all its statements, never blocking a writer.
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 /// One transaction on the connection, as the store's logic sees it ([`Db`]). Methods take
-/// `&self`, as rusqlite's do, hence the cells.
+/// `&self`, as rusqlite's do, hence the cells. BEGIN goes with the transaction's first
+/// statement and COMMIT with its last deferred ones, each one round trip fewer; dropped
+/// without [`PgTx::commit`], it rolls back.
 struct PgTx<'c> {
     link: RefCell<&'c mut Link>,
-    tx: Transaction<'c>,
+    client: &'c Client,
     statements: RefCell<&'c mut HashMap<String, Statement>>,
+    /// The store's schema: the second half of its lock keys, and what its notifications say.
+    schema: &'c str,
+    /// Statements sent with the next one (`execute_later`, and BEGIN), in order.
+    pending: RefCell<Vec<(Statement, Vec<Bound>)>>,
+    /// Whether BEGIN was sent, so that a drop has something to roll back.
+    begun: std::cell::Cell<bool>,
+    committed: bool,
 }
 
 impl<'c> PgTx<'c> {
-    fn new(
+    /// A transaction that begins as `begin` says with its first statement.
+    fn begin(
         link: &'c mut Link,
-        tx: Transaction<'c>,
+        client: &'c Client,
         statements: &'c mut HashMap<String, Statement>,
-    ) -> Self {
-        PgTx {
+        schema: &'c str,
+        begin: &str,
+    ) -> std::result::Result<Self, LinkError> {
+        let tx = PgTx {
             link: RefCell::new(link),
-            tx,
+            client,
             statements: RefCell::new(statements),
+            schema,
+            pending: RefCell::default(),
+            begun: std::cell::Cell::new(false),
+            committed: false,
+        };
+        let stmt = tx.statement(begin)?;
+        tx.pending.borrow_mut().push((stmt, Vec::new()));
+        Ok(tx)
+    }
+
+    /// Runs `last` after every pending statement, all sent at once: one round trip for them
+    /// all. The server runs them in order; the first error fails the lot.
+    fn with_pending<T>(
+        &self,
+        last: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> std::result::Result<T, LinkError> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return self.link.borrow_mut().run(last);
         }
+        self.begun.set(true);
+        let client = self.client;
+        let sent = futures_util::future::try_join_all(
+            pending
+                .iter()
+                .map(|(stmt, bound)| async move { client.execute(stmt, &refs(bound)).await }),
+        );
+        self.link
+            .borrow_mut()
+            .run(async move { futures_util::future::try_join(sent, last).await })
+            .map(|(_, out)| out)
+    }
+
+    /// Takes a transaction-scoped advisory lock, exclusive or shared.
+    fn advisory(&self, space: i32, key: i32, shared: bool) -> OpResult<()> {
+        let sql = if shared {
+            "SELECT pg_advisory_xact_lock_shared(?1, ?2)"
+        } else {
+            "SELECT pg_advisory_xact_lock(?1, ?2)"
+        };
+        self.execute(
+            sql,
+            &[Param::Integer(space.into()), Param::Integer(key.into())],
+        )?;
+        Ok(())
     }
 
     /// The prepared statement for `sql`, translated and prepared the first time. Prepared
@@ -254,7 +357,10 @@ impl<'c> PgTx<'c> {
             return Ok(stmt.clone());
         }
         let translated = to_postgres(sql);
-        let stmt = self.link.borrow_mut().run(self.tx.prepare(&translated))?;
+        let stmt = self
+            .link
+            .borrow_mut()
+            .run(self.client.prepare(&translated))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), stmt.clone());
@@ -262,11 +368,7 @@ impl<'c> PgTx<'c> {
     }
 
     /// The statement for `sql` with `params` bound to its parameter types.
-    fn bound<'p>(
-        &self,
-        sql: &str,
-        params: &[Param<'p>],
-    ) -> OpResult<(Statement, Vec<Box<dyn ToSql + Sync + 'p>>)> {
+    fn bound(&self, sql: &str, params: &[Param<'_>]) -> OpResult<(Statement, Vec<Bound>)> {
         let stmt = self.statement(sql)?;
         let bound = params
             .iter()
@@ -278,25 +380,81 @@ impl<'c> PgTx<'c> {
 
     /// Statements without parameters, in one round trip (migrations).
     fn batch(&self, sql: &str) -> OpResult<()> {
-        Ok(self.link.borrow_mut().run(self.tx.batch_execute(sql))?)
+        Ok(self.with_pending(self.client.batch_execute(sql))?)
     }
 
-    fn commit(self) -> std::result::Result<(), LinkError> {
-        let PgTx { link, tx, .. } = self;
-        link.into_inner().run(tx.commit())
+    /// Commits, with whatever statements still wait to be sent.
+    fn commit(mut self) -> std::result::Result<(), LinkError> {
+        let commit = self.statement("COMMIT")?;
+        self.with_pending(self.client.execute(&commit, &[]))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PgTx<'_> {
+    fn drop(&mut self) {
+        // A transaction the server saw and that did not commit is rolled back now, so the
+        // connection is ready for the next one. Where the connection broke, it is dropped and
+        // the server rolls back on its own.
+        let link = self.link.get_mut();
+        if self.begun.get() && !self.committed && !link.is_broken() {
+            let _ = link.run(self.client.batch_execute("ROLLBACK"));
+        }
     }
 }
 
 /// The parameters as the driver takes them.
-fn refs<'a>(bound: &'a [Box<dyn ToSql + Sync + '_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+fn refs(bound: &[Bound]) -> Vec<&(dyn ToSql + Sync)> {
     bound.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect()
 }
 
 impl Db for PgTx<'_> {
+    /// One statement that takes the event lock (held to commit, so `seq` follows commit order),
+    /// notifies the listeners and appends the events: the section every evented write waits for
+    /// is this statement and the commit. Every change that makes work claimable or that a
+    /// dashboard shows comes with an event, while a heartbeat, a renewal or a claim that found
+    /// nothing must not wake every idle worker; NOTIFY is delivered at commit, not on rollback.
+    /// Every appended row comes out of the join with the lock's one row, so the lock is held
+    /// before any `seq` is drawn.
+    fn append_events_sql(&self, rows: usize) -> String {
+        format!(
+            "INSERT INTO {EVENT_INSERT}
+             SELECT v.* FROM
+                 (SELECT pg_advisory_xact_lock({EVENT_LOCK_SPACE}, {key}),
+                         pg_notify('{CHANGE_CHANNEL}', {schema})) AS l,
+                 (VALUES {values}) AS v
+             RETURNING seq",
+            key = schema_lock_key(self.schema),
+            schema = quote_literal(self.schema),
+            values = event_rows(rows, "::bigint,::text,::text,::text,::text,::bigint,::text"),
+        )
+    }
+
+    fn row_locks(&self, of: &str, skip_locked: bool) -> String {
+        let skip = if skip_locked { " SKIP LOCKED" } else { "" };
+        format!(" FOR UPDATE OF {of}{skip}")
+    }
+
+    fn serialize(&self, what: Serial<'_>) -> OpResult<()> {
+        match what {
+            Serial::LockSets(repo) => self.advisory(
+                LOCK_SET_SPACE,
+                schema_lock_key(&format!("{}\0{}", self.schema, repo.unwrap_or_default())),
+                false,
+            ),
+            Serial::Pool(pool) => self.advisory(
+                POOL_LOCK_SPACE,
+                schema_lock_key(&format!("{}\0{pool}", self.schema)),
+                false,
+            ),
+        }
+    }
+
     fn query(&self, sql: &str, params: &[Param<'_>]) -> OpResult<Vec<Row>> {
         let (stmt, bound) = self.bound(sql, params)?;
         let params = refs(&bound);
-        let rows = self.link.borrow_mut().run(self.tx.query(&stmt, &params))?;
+        let rows = self.with_pending(self.client.query(&stmt, &params))?;
         let columns: Rc<[Box<str>]> = stmt.columns().iter().map(|c| c.name().into()).collect();
         rows.iter()
             .map(|r| {
@@ -311,10 +469,21 @@ impl Db for PgTx<'_> {
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64> {
         let (stmt, bound) = self.bound(sql, params)?;
         let params = refs(&bound);
-        Ok(self
-            .link
-            .borrow_mut()
-            .run(self.tx.execute(&stmt, &params))?)
+        Ok(self.with_pending(self.client.execute(&stmt, &params))?)
+    }
+
+    fn execute_later(&self, sql: &str, params: &[Param<'_>]) -> OpResult<()> {
+        let bound = self.bound(sql, params)?;
+        let queued = {
+            let mut pending = self.pending.borrow_mut();
+            pending.push(bound);
+            pending.len()
+        };
+        // `try_join_all` polls (so sends) in order only up to this many; beyond, send now.
+        if queued >= MAX_PENDING {
+            self.with_pending(async { Ok(()) })?;
+        }
+        Ok(())
     }
 }
 
@@ -339,6 +508,14 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
             .is_some_and(<dyn std::error::Error + 'static>::is::<std::io::Error>)
 }
 
+/// Whether the server failed `e`'s transaction to break a deadlock or a serialization
+/// conflict with another: it was rolled back whole, and may run again.
+fn conflicted(e: &OpError) -> bool {
+    matches!(link_error(e), Some(LinkError::Pg(pg)) if pg.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    }))
+}
+
 /// Whether a failed BEGIN may be sent again on a new connection: anything but the database
 /// refusing it, since a BEGIN that did not run changed nothing.
 fn may_begin_again(e: &LinkError) -> bool {
@@ -351,6 +528,11 @@ fn may_begin_again(e: &LinkError) -> bool {
 /// The store's clock, read inside `db`'s transaction.
 fn clock_now(db: &dyn Db) -> OpResult<i64> {
     db.query_one(CLOCK_MS, &[])?.get(0)
+}
+
+/// `text` as an SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// FNV-1a: a hash that stays the same across br versions and machines, which the advisory lock
@@ -601,8 +783,7 @@ impl PostgresStore {
             client,
             statements,
         } = conn;
-        let tx = link.run(client.transaction())?;
-        let db = PgTx::new(link, tx, statements);
+        let db = PgTx::begin(link, client, statements, &self.schema, BEGIN_WRITE)?;
         // The write lock makes a second br opening a fresh store wait here, then find it done.
         db.execute(
             "SELECT pg_advisory_xact_lock(?1, ?2)",
@@ -709,17 +890,18 @@ impl PostgresStore {
         }
     }
 
-    /// Runs `f` in a write transaction — one writer at a time unless `order` says it may
-    /// run beside the others — and commits it.
+    /// Runs `f` in a write transaction ordered with the others as `order` says, and commits
+    /// it. `f` runs again only for a shared write the server failed to break a deadlock or a
+    /// serialization conflict: that transaction was rolled back whole.
     fn write_with_retry<T>(
         &self,
         context: &'static str,
         order: WriteOrder,
-        f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
+        mut f: impl FnMut(&Tx<'_>) -> OpResult<T>,
     ) -> Result<T> {
-        let mut f = Some(f);
         let mut slot = self.lock_conn();
         let mut reconnected = false;
+        let mut conflicts = 0;
         loop {
             let conn = self.connected(&mut slot)?;
             let failure = match self.write_once(conn, order, &mut f) {
@@ -733,6 +915,15 @@ impl PostgresStore {
                     reconnected = true;
                 }
                 Failure::Begin(e) => return Err(self.failed(&mut slot, context, e.into())),
+                Failure::Op(e)
+                    if order == WriteOrder::Shared
+                        && conflicts < CONFLICT_RETRIES
+                        && conflicted(&e) =>
+                {
+                    conflicts += 1;
+                    // Apart a little, so the transactions that met do not meet again.
+                    std::thread::sleep(Duration::from_micros(fastrand::u64(100..2_000)));
+                }
                 Failure::Op(e) => return Err(self.failed(&mut slot, context, e)),
             }
         }
@@ -742,46 +933,49 @@ impl PostgresStore {
         &self,
         conn: &mut Connection,
         order: WriteOrder,
-        f: &mut Option<impl FnOnce(&Tx<'_>) -> OpResult<T>>,
+        f: &mut impl FnMut(&Tx<'_>) -> OpResult<T>,
     ) -> std::result::Result<T, Failure> {
         let Connection {
             link,
             client,
             statements,
         } = conn;
-        // READ COMMITTED, not a snapshot level: each statement after the lock must see what
-        // the writer before us committed, as in SQLite.
-        let tx = link.run(client.transaction()).map_err(Failure::Begin)?;
-        let run = || -> OpResult<T> {
-            let db = PgTx::new(link, tx, statements);
-            if order == WriteOrder::Queued {
-                db.execute(
-                    "SELECT pg_advisory_xact_lock(?1, ?2)",
-                    &[
-                        Param::Integer(WRITE_LOCK_SPACE.into()),
-                        Param::Integer(self.write_lock_key.into()),
-                    ],
-                )?;
-            }
-            let now = clock_now(&db)?;
-            let f = f.take().expect("a write runs its operation once");
+        let db = PgTx::begin(link, client, statements, &self.schema, BEGIN_WRITE)
+            .map_err(Failure::Begin)?;
+        // BEGIN, the write lock and the clock in one round trip, the clock read once the lock
+        // is ours: time follows the order in which writers got in. Nothing of the operation
+        // was sent if it fails.
+        let sql = match order {
+            WriteOrder::Exclusive => CLOCK_AFTER_LOCK,
+            WriteOrder::Shared => CLOCK_AFTER_SHARED_LOCK,
+            WriteOrder::Apart => CLOCK_MS,
+        };
+        let (stmt, bound) = db
+            .bound(
+                sql,
+                &[
+                    Param::Integer(WRITE_LOCK_SPACE.into()),
+                    Param::Integer(self.write_lock_key.into()),
+                ],
+            )
+            .map_err(Failure::Op)?;
+        let now: i64 = db
+            .with_pending(db.client.query_one(&stmt, &refs(&bound)))
+            .map_err(|e| match e {
+                e if e.lost() => Failure::Begin(e),
+                e => Failure::Op(e.into()),
+            })?
+            .try_get(0)
+            .map_err(|e| Failure::Op(e.into()))?;
+        let mut run = || -> OpResult<T> {
             let tx = Tx::new(&db, now);
             let out = f(&tx)?;
-            // Wake listeners only for a transaction that recorded an event: every change that
-            // makes work claimable or that a dashboard shows comes with one. A heartbeat, a
-            // lease renewal, a piece of a log or a claim that found nothing must not wake every
-            // idle worker, each of whom would look for work and write a heartbeat that wakes
-            // the others in turn. NOTIFY is delivered at commit, and not on rollback.
-            if tx.evented.get() {
-                db.execute(
-                    "SELECT pg_notify(?1, ?2)",
-                    &[Param::Text(CHANGE_CHANNEL), Param::Text(&self.schema)],
-                )?;
-            }
-            db.commit()?;
+            tx.close()?;
             Ok(out)
         };
-        run().map_err(Failure::Op)
+        let out = run().map_err(Failure::Op)?;
+        db.commit().map_err(|e| Failure::Op(e.into()))?;
+        Ok(out)
     }
 
     /// Runs `f` in a read-only transaction: one consistent snapshot, never blocked by writers.
@@ -796,7 +990,7 @@ impl PostgresStore {
         let mut reconnected = false;
         loop {
             let conn = self.connected(&mut slot)?;
-            let e = match Self::read_once(conn, &f) {
+            let e = match Self::read_once(conn, &self.schema, &f) {
                 Ok(out) => return Ok(out),
                 Err(e) => e,
             };
@@ -810,20 +1004,17 @@ impl PostgresStore {
         }
     }
 
-    fn read_once<T>(conn: &mut Connection, f: impl Fn(&dyn Db) -> OpResult<T>) -> OpResult<T> {
+    fn read_once<T>(
+        conn: &mut Connection,
+        schema: &str,
+        f: impl Fn(&dyn Db) -> OpResult<T>,
+    ) -> OpResult<T> {
         let Connection {
             link,
             client,
             statements,
         } = conn;
-        let tx = link.run(
-            client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start(),
-        )?;
-        let db = PgTx::new(link, tx, statements);
+        let db = PgTx::begin(link, client, statements, schema, BEGIN_READ)?;
         let out = f(&db)?;
         db.commit()?;
         Ok(out)
@@ -879,7 +1070,22 @@ impl Connection {
 
 impl Backend for PostgresStore {
     fn write<T>(&self, context: &'static str, f: impl FnOnce(&Tx<'_>) -> OpResult<T>) -> Result<T> {
-        self.write_with_retry(context, WriteOrder::Queued, f)
+        let mut f = Some(f);
+        self.write_with_retry(context, WriteOrder::Exclusive, |tx| {
+            (f.take()
+                .expect("an exclusive write runs its operation once"))(tx)
+        })
+    }
+
+    /// Beside the other shared writes: claims, completions and heartbeats run at once, and
+    /// serialise only where `Serial` says (event order, lock sets, pools) and on the rows they
+    /// change (a task's, its dependents', its session's counters at the end).
+    fn write_shared<T>(
+        &self,
+        context: &'static str,
+        f: impl Fn(&Tx<'_>) -> OpResult<T>,
+    ) -> Result<T> {
+        self.write_with_retry(context, WriteOrder::Shared, f)
     }
 
     /// Without the write lock: what it writes no other writer reads to decide anything, and it
@@ -889,7 +1095,10 @@ impl Backend for PostgresStore {
         context: &'static str,
         f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
     ) -> Result<T> {
-        self.write_with_retry(context, WriteOrder::Apart, f)
+        let mut f = Some(f);
+        self.write_with_retry(context, WriteOrder::Apart, |tx| {
+            (f.take().expect("a write apart runs its operation once"))(tx)
+        })
     }
 
     fn read<T>(&self, context: &'static str, f: impl Fn(&dyn Db) -> OpResult<T>) -> Result<T> {

@@ -81,14 +81,21 @@ pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Opt
     };
     let s = read::session(tx.db, &session_id)?;
     let ttl = i64::try_from(s.heartbeat_timeout_ms).unwrap_or(i64::MAX);
-    tx.execute(
-        "UPDATE sessions SET lander = ?1, landing_expires_at = ?2 WHERE id = ?3",
+    // Taken only if still free, checked by the update itself: two claims running side by side
+    // may both have found it free, and one turn has one holder.
+    let taken = tx.execute(
+        "UPDATE sessions SET lander = ?1, landing_expires_at = ?2
+         WHERE id = ?3 AND (lander IS NULL OR landing_expires_at < ?4)",
         params![
             request.worker.as_str(),
             tx.now.saturating_add(ttl),
-            &session_id
+            &session_id,
+            tx.now
         ],
     )?;
+    if taken == 0 {
+        return Ok(None);
+    }
     let heartbeat_timeout = s.heartbeat_timeout();
     Ok(Some(LandingJob {
         session_id: s.id,

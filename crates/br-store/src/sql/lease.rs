@@ -16,7 +16,7 @@ use br_core::{RunReason, TaskState, WorkerId, WorkerStatus};
 
 use super::lock::{self, Held};
 use super::session::{self, Counter};
-use super::{Db, Ev, OpResult, Tx, millis, params, read};
+use super::{Db, Ev, OpResult, Serial, Tx, millis, params, read};
 use crate::error::StoreError;
 use crate::model::*;
 
@@ -108,52 +108,102 @@ fn clear_current_task(tx: &Tx<'_>, worker: &str) -> OpResult<()> {
     Ok(())
 }
 
-/// Whether `lease` is the task's current attempt and still belongs to its worker.
-fn lease_is_current(tx: &Tx<'_>, lease: &Lease) -> OpResult<bool> {
-    let row: Option<(TaskState, u32, Option<String>)> = tx
-        .query_opt(
-            "SELECT state, attempt, worker_id FROM tasks WHERE session_id = ?1 AND id = ?2",
+/// What recording an attempt's outcome reads of its task and session, in one statement.
+struct AttemptRow {
+    state: TaskState,
+    attempt: u32,
+    worker_id: Option<String>,
+    retries: u32,
+    failures: u32,
+    lost: u32,
+    land: LandMode,
+    isolation: Isolation,
+    session_status: SessionStatus,
+}
+
+impl AttemptRow {
+    /// The task of `lease` and its session. The task's row stays locked to the end of the
+    /// transaction, which goes on to record the attempt's outcome on it.
+    fn read(tx: &Tx<'_>, lease: &Lease) -> OpResult<Option<AttemptRow>> {
+        let sql = format!(
+            "SELECT t.state, t.attempt, t.worker_id, t.retries, t.failures, t.lost, t.land,
+                 s.isolation, s.status
+             FROM tasks t JOIN sessions s ON s.id = t.session_id
+             WHERE t.session_id = ?1 AND t.id = ?2{}",
+            tx.row_locks("t", false)
+        );
+        tx.query_opt(
+            &sql,
             params![lease.session_id.as_str(), lease.task_id.as_str()],
         )?
-        .map(|r| -> OpResult<_> { Ok((r.get(0)?, r.get(1)?, r.get(2)?)) })
-        .transpose()?;
-    Ok(matches!(row, Some((state, attempt, Some(worker)))
-        if state == TaskState::Running
-            && attempt == lease.attempt.0
-            && worker == lease.worker_id.as_str()))
+        .map(|r| {
+            Ok(AttemptRow {
+                state: r.get(0)?,
+                attempt: r.get(1)?,
+                worker_id: r.get(2)?,
+                retries: r.get(3)?,
+                failures: r.get(4)?,
+                lost: r.get(5)?,
+                land: read::serde_word(&r, 6)?,
+                isolation: read::serde_word(&r, 7)?,
+                session_status: r.get(8)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Whether `lease` is the task's current attempt and still belongs to its worker.
+    fn holds(&self, lease: &Lease) -> bool {
+        self.state == TaskState::Running
+            && self.attempt == lease.attempt.0
+            && self.worker_id.as_deref() == Some(lease.worker_id.as_str())
+    }
 }
 
 pub(super) fn heartbeat(tx: &Tx<'_>, worker: &str, lease: Option<&Lease>) -> OpResult<Heartbeat> {
-    let state = worker_state(tx, worker)?;
-    tx.execute(
-        "UPDATE workers SET last_heartbeat = ?1 WHERE id = ?2",
-        params![tx.now, worker],
-    )?;
     let mut reply = Heartbeat {
         lease_held: true,
         session_cancelled: false,
-        stop_requested: state.stop_requested,
+        stop_requested: false,
         rejoined: false,
     };
     if let Some(lease) = lease {
-        reply.lease_held = lease.worker_id.as_str() == worker && lease_is_current(tx, lease)?;
         let r = tx.query_one(
             "SELECT status, heartbeat_timeout_ms FROM sessions WHERE id = ?1",
             params![lease.session_id.as_str()],
         )?;
         let (status, ttl_ms): (SessionStatus, i64) = (r.get(0)?, r.get(1)?);
         reply.session_cancelled = status == SessionStatus::Cancelled;
-        if reply.lease_held {
-            tx.execute(
-                "UPDATE tasks SET lease_expires_at = ?1 WHERE session_id = ?2 AND id = ?3",
+        // Renewed only while it is still this worker's current attempt, checked by the update
+        // itself: a completion or a requeue committed meanwhile leaves it untouched.
+        reply.lease_held = lease.worker_id.as_str() == worker
+            && tx.execute(
+                "UPDATE tasks SET lease_expires_at = ?1
+                 WHERE session_id = ?2 AND id = ?3 AND state = ?4 AND attempt = ?5
+                   AND worker_id = ?6",
                 params![
                     tx.now + ttl_ms,
                     lease.session_id.as_str(),
-                    lease.task_id.as_str()
+                    lease.task_id.as_str(),
+                    TaskState::Running,
+                    lease.attempt.0,
+                    worker
                 ],
-            )?;
-        }
+            )? > 0;
     }
+    // The worker's row after the task's, in the order a completion takes them: a heartbeat
+    // and its worker's completion run side by side.
+    let state = tx
+        .query_opt(
+            "UPDATE workers SET last_heartbeat = ?1 WHERE id = ?2 RETURNING status, stop_requested",
+            params![tx.now, worker],
+        )?
+        .ok_or_else(|| StoreError::NoSuchWorker(worker.to_string()))?;
+    let state = WorkerState {
+        status: state.get(0)?,
+        stop_requested: state.get(1)?,
+    };
+    reply.stop_requested = state.stop_requested;
     if state.status == WorkerStatus::Offline {
         reply.rejoined = true;
         let now = if lease.is_some() && reply.lease_held {
@@ -240,11 +290,11 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
         return Ok(Claim::Land(Box::new(job)));
     }
     let [created, running] = SessionStatus::CLAIMABLE;
-    let sessions: Vec<String> = tx
+    let sessions: Vec<(String, Option<String>)> = tx
         .query(
             // A session of another repository is not this worker's to run, even in a shared
             // store: its tasks would run in the wrong tree.
-            "SELECT id FROM sessions
+            "SELECT id, repo_id FROM sessions
              WHERE status IN (?2, ?3) AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
                AND (repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR repo_id = ?4)
                AND (?5 = 0 OR remote IS NOT NULL)
@@ -258,11 +308,12 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
             ],
         )?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect::<OpResult<_>>()?;
-    let mut held: Option<Vec<Held>> = None;
     let mut pools = PoolGate::default();
-    for session_id in &sessions {
+    for (session_id, repo_id) in &sessions {
+        let mut held: Option<Vec<Held>> = None;
+        let mut serialized = false;
         let mut after_seq = -1i64;
         let mut batch_size = FIRST_CANDIDATE_BATCH;
         loop {
@@ -271,14 +322,26 @@ pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> 
             let Some(last) = batch.last() else { break };
             after_seq = last.seq;
             for candidate in batch {
+                // Checking a task's files against the held locks and taking them is atomic
+                // only if no other claim in the repository does it at once. A pooled task
+                // takes that section too, before its pool's: claims that took them in either
+                // order could each wait for the other's.
+                if !serialized && (!candidate.files.is_empty() || candidate.pool.is_some()) {
+                    tx.serialize(Serial::LockSets(repo_id.as_deref()))?;
+                    serialized = true;
+                }
                 if let Some(pool) = &candidate.pool
                     && !pools.admits(tx, pool)?
                 {
                     continue;
                 }
+                if candidate.files.is_empty() {
+                    return lease_task(tx, request, session_id, candidate).map(Claim::Task);
+                }
+                // Read once the section is ours, so no claim can take locks unseen.
                 let held = match &mut held {
                     Some(h) => h,
-                    None => held.insert(lock::held_locks(tx)?),
+                    None => held.insert(lock::held_locks(tx, session_id)?),
                 };
                 let found = lock::conflicts(session_id, &candidate.files, held);
                 if found.is_empty() {
@@ -304,6 +367,9 @@ impl PoolGate {
         if let Some(&open) = self.known.get(pool) {
             return Ok(open);
         }
+        // Counting the pool's running tasks and starting one is atomic only if no other claim
+        // of the pool does it at once.
+        tx.serialize(Serial::Pool(pool))?;
         let row = tx.query_opt(
             "SELECT size, parked_until FROM pools WHERE name = ?1",
             params![pool],
@@ -342,33 +408,35 @@ fn ready_batch(
     after_seq: i64,
     limit: i64,
 ) -> OpResult<Vec<Candidate>> {
-    tx.query(
-        // Without statistics SQLite would walk `tasks_by_seq` past every finished task;
-        // the partial index holds only ready tasks, so a claim never scans the session.
-        // `state = 'ready'` stays a literal: it must match the index's own predicate.
+    // Without statistics SQLite would walk `tasks_by_seq` past every finished task; the
+    // partial index holds only ready tasks, so a claim never scans the session. `state =
+    // 'ready'` stays a literal: it must match the index's own predicate. Where claims run side
+    // by side, each locks the candidates it reads and passes over those another is taking.
+    let sql = format!(
         "SELECT id, seq, files, blocked_by, pool FROM tasks INDEXED BY tasks_ready
          WHERE session_id = ?1 AND state = 'ready' AND seq > ?2
-         ORDER BY seq LIMIT ?3",
-        params![session_id, after_seq, limit],
-    )?
-    .iter()
-    .map(|r| {
-        let id: String = r.get(0)?;
-        let files: Vec<String> = serde_json::from_str(&r.get::<String>(2)?)?;
-        let files = files
-            .iter()
-            .map(|f| LockPath::parse(f))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Damaged(format!("task {id}: bad lock path: {e}")))?;
-        Ok(Candidate {
-            seq: r.get(1)?,
-            files,
-            blocked_by: r.get(3)?,
-            pool: r.get(4)?,
-            id,
+         ORDER BY seq LIMIT ?3{}",
+        tx.row_locks("tasks", true)
+    );
+    tx.query(&sql, params![session_id, after_seq, limit])?
+        .iter()
+        .map(|r| {
+            let id: String = r.get(0)?;
+            let files: Vec<String> = serde_json::from_str(&r.get::<String>(2)?)?;
+            let files = files
+                .iter()
+                .map(|f| LockPath::parse(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Damaged(format!("task {id}: bad lock path: {e}")))?;
+            Ok(Candidate {
+                seq: r.get(1)?,
+                files,
+                blocked_by: r.get(3)?,
+                pool: r.get(4)?,
+                id,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Records why a ready task waits, once per change of reason, so the dashboard can say which
@@ -384,7 +452,7 @@ fn note_blocked(
     if candidate.blocked_by.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    tx.execute(
+    tx.execute_later(
         "UPDATE tasks SET blocked_by = ?1 WHERE session_id = ?2 AND id = ?3",
         params![&text, session_id, &candidate.id],
     )?;
@@ -445,7 +513,7 @@ fn lease_task(
         .join(session_id)
         .join(format!("{task_id}.{attempt}.log"));
     let log_text = log_path.to_string_lossy().into_owned();
-    tx.execute(
+    tx.execute_later(
         "UPDATE tasks SET state = ?8, attempt = ?1, worker_id = ?2, lease_expires_at = ?3,
              started_at = ?4, finished_at = NULL, exit_code = NULL, outcome = NULL,
              log_path = ?5, blocked_by = NULL, next_reason = NULL, landing = NULL,
@@ -462,7 +530,7 @@ fn lease_task(
             TaskState::Running,
         ],
     )?;
-    tx.execute(
+    tx.execute_later(
         "INSERT INTO attempts (session_id, task_id, attempt, worker_id, started_at, log_path,
              reason, start_commit)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -479,7 +547,7 @@ fn lease_task(
     )?;
     if !candidate.files.is_empty() {
         for f in &candidate.files {
-            tx.execute(
+            tx.execute_later(
                 "INSERT INTO locks (path, session_id, task_id, attempt, acquired_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![f.as_str(), session_id, task_id, attempt, tx.now],
@@ -500,19 +568,9 @@ fn lease_task(
     }
     session::bump(tx, session_id, Counter::Running, 1)?;
     if session.started_at.is_none() {
-        // A paused session keeps its status; a created one starts running.
-        tx.execute(
-            "UPDATE sessions SET started_at = ?1,
-                 status = CASE status WHEN ?3 THEN ?4 ELSE status END
-             WHERE id = ?2",
-            params![
-                tx.now,
-                session_id,
-                SessionStatus::Created,
-                SessionStatus::Running
-            ],
-        )?;
-        tx.event(Ev::new(EventDetail::SessionStarted).session(session_id))?;
+        // At the transaction's end, with the session's other changes: its row is then held
+        // for the last statements only.
+        tx.start(session_id);
     }
     tx.event(
         Ev::new(EventDetail::TaskStarted(TaskStarted {
@@ -523,7 +581,7 @@ fn lease_task(
         .worker(Some(worker))
         .attempt(attempt),
     )?;
-    tx.execute(
+    tx.execute_later(
         "UPDATE workers SET status = ?6, task_session_id = ?1, task_id = ?2, attempt = ?3,
              task_started_at = ?4, last_heartbeat = ?4
          WHERE id = ?5",
@@ -597,17 +655,12 @@ pub(super) fn finish(
 ) -> OpResult<Finish> {
     let worker = lease.worker_id.as_str();
     let (session_id, task_id) = (lease.session_id.as_str(), lease.task_id.as_str());
-    if !lease_is_current(tx, lease)? {
-        let r = tx
-            .query_opt(
-                "SELECT state, attempt FROM tasks WHERE session_id = ?1 AND id = ?2",
-                params![session_id, task_id],
-            )?
-            .ok_or_else(|| StoreError::NoSuchTask {
-                session: session_id.to_string(),
-                task: task_id.to_string(),
-            })?;
-        let (state, attempt): (TaskState, u32) = (r.get(0)?, r.get(1)?);
+    let row = AttemptRow::read(tx, lease)?.ok_or_else(|| StoreError::NoSuchTask {
+        session: session_id.to_string(),
+        task: task_id.to_string(),
+    })?;
+    if !row.holds(lease) {
+        let (state, attempt) = (row.state, row.attempt);
         tx.event(
             Ev::new(EventDetail::StaleResultRejected(StaleResult::of(
                 outcome, state, attempt,
@@ -648,13 +701,13 @@ pub(super) fn finish(
             .attempt(lease.attempt.0),
         )?;
     }
-    let next = apply_outcome_with(tx, lease, outcome, report)?;
+    let next = apply_outcome_with(tx, lease, &row, outcome, report)?;
     let (completed, failed): (i64, i64) = match next {
         TaskNext::Succeed => (1, 0),
         TaskNext::Fail | TaskNext::Retry => (0, 1),
         TaskNext::Requeue | TaskNext::Cancel => (0, 0),
     };
-    tx.execute(
+    tx.execute_later(
         "UPDATE workers SET status = CASE WHEN status IN (?5, ?6) THEN ?7 ELSE status END,
              task_session_id = NULL, task_id = NULL, attempt = NULL, task_started_at = NULL,
              tasks_completed = tasks_completed + ?1, tasks_failed = tasks_failed + ?2,
@@ -767,28 +820,25 @@ fn park_pool(
 /// Records an attempt's end on its task, releases its locks, moves the task on by the core rule,
 /// and settles the session. The caller has checked that `lease` is current.
 fn apply_outcome(tx: &Tx<'_>, lease: &Lease, outcome: &Outcome) -> OpResult<TaskNext> {
-    apply_outcome_with(tx, lease, outcome, &AttemptReport::default())
+    let row = AttemptRow::read(tx, lease)?.ok_or_else(|| StoreError::NoSuchTask {
+        session: lease.session_id.to_string(),
+        task: lease.task_id.to_string(),
+    })?;
+    apply_outcome_with(tx, lease, &row, outcome, &AttemptReport::default())
 }
 
 fn apply_outcome_with(
     tx: &Tx<'_>,
     lease: &Lease,
+    row: &AttemptRow,
     outcome: &Outcome,
     report: &AttemptReport,
 ) -> OpResult<TaskNext> {
     let (session_id, task_id) = (lease.session_id.as_str(), lease.task_id.as_str());
     let attempt = lease.attempt.0;
     let worker = Some(lease.worker_id.as_str());
-    let r = tx.query_one(
-        "SELECT t.retries, t.failures, t.lost, t.land, s.isolation
-         FROM tasks t JOIN sessions s ON s.id = t.session_id
-         WHERE t.session_id = ?1 AND t.id = ?2",
-        params![session_id, task_id],
-    )?;
-    let (retries, failures, lost): (u32, u32, u32) = (r.get(0)?, r.get(1)?, r.get(2)?);
-    let land: LandMode = read::serde_word(&r, 3)?;
-    let isolation: Isolation = read::serde_word(&r, 4)?;
-    let session_status = read::session_status(tx, session_id)?;
+    let (retries, failures, lost) = (row.retries, row.failures, row.lost);
+    let (land, isolation, session_status) = (row.land, row.isolation, row.session_status);
     let mut detail = serde_json::to_value(outcome)?;
     if let serde_json::Value::Object(map) = &mut detail {
         if let Some(commit) = &report.commit {
@@ -801,7 +851,7 @@ fn apply_outcome_with(
             map.insert("output_bytes".into(), bytes.into());
         }
     }
-    tx.execute(
+    tx.execute_later(
         "UPDATE attempts SET finished_at = ?1, outcome = ?2, exit_code = ?3, detail = ?4
          WHERE session_id = ?5 AND task_id = ?6 AND attempt = ?7",
         params![
@@ -853,7 +903,7 @@ fn apply_outcome_with(
     );
     let state = TaskState::after(next);
     let terminal = state.is_terminal();
-    tx.execute(
+    tx.execute_later(
         "UPDATE tasks SET state = ?1, outcome = ?2, exit_code = ?3, lease_expires_at = NULL,
              failures = failures + ?4, lost = lost + ?5,
              finished_at = CASE WHEN ?6 THEN ?7 ELSE finished_at END
@@ -886,7 +936,7 @@ fn apply_outcome_with(
                 changed_files: u32::try_from(report.changed.len()).unwrap_or(u32::MAX),
             })))?;
             if lands_later {
-                tx.execute(
+                tx.execute_later(
                     "UPDATE tasks SET landing = ?1, result_commit = ?2
                      WHERE session_id = ?3 AND id = ?4",
                     params![Landing::Waiting, &report.commit, session_id, task_id],
@@ -930,25 +980,33 @@ fn dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<Vec<Stri
 }
 
 pub(super) fn release_dependents(tx: &Tx<'_>, session_id: &str, task_id: &str) -> OpResult<()> {
-    for dependent in dependents(tx, session_id, task_id)? {
-        // The last `after` task to succeed makes a pending task ready.
-        let now: Option<TaskState> = tx
-            .query_opt(
-                "UPDATE tasks SET deps_left = deps_left - 1,
-                     state = CASE WHEN deps_left = 1 AND state = ?3 THEN ?4 ELSE state END
-                 WHERE session_id = ?1 AND id = ?2
-                 RETURNING state",
-                params![session_id, &dependent, TaskState::Pending, TaskState::Ready],
-            )?
-            .map(|r| r.get(0))
-            .transpose()?;
-        if now == Some(TaskState::Ready) {
-            tx.event(
-                Ev::new(EventDetail::TaskReady)
-                    .session(session_id)
-                    .task(&dependent),
-            )?;
-        }
+    // The last `after` task to succeed makes a pending task ready: every dependent in one
+    // statement, which a task without dependents also costs.
+    let mut ready: Vec<String> = tx
+        .query(
+            "UPDATE tasks SET deps_left = deps_left - 1,
+                 state = CASE WHEN deps_left = 1 AND state = ?3 THEN ?4 ELSE state END
+             WHERE session_id = ?1
+               AND id IN (SELECT task_id FROM task_deps WHERE session_id = ?1 AND dep_id = ?2)
+             RETURNING id, state",
+            params![session_id, task_id, TaskState::Pending, TaskState::Ready],
+        )?
+        .iter()
+        .map(|r| Ok((r.get::<String>(0)?, r.get::<TaskState>(1)?)))
+        .filter(|r: &OpResult<(String, TaskState)>| {
+            r.as_ref()
+                .map_or(true, |(_, state)| *state == TaskState::Ready)
+        })
+        .map(|r| r.map(|(id, _)| id))
+        .collect::<OpResult<_>>()?;
+    // RETURNING has no order; events come in the same order on every backend.
+    ready.sort_unstable();
+    for dependent in &ready {
+        tx.event(
+            Ev::new(EventDetail::TaskReady)
+                .session(session_id)
+                .task(dependent),
+        )?;
     }
     Ok(())
 }

@@ -16,10 +16,18 @@ pub(super) struct Held {
     pub lock: Lock,
 }
 
-pub(super) fn held_locks(tx: &Tx<'_>) -> OpResult<Vec<Held>> {
-    let sql = format!("SELECT {LOCK_COLUMNS} FROM locks ORDER BY id");
+/// The locks held in `session`'s repository: lock paths are relative to a repository, so the
+/// locks of another repository sharing the store never overlap them.
+pub(super) fn held_locks(tx: &Tx<'_>, session: &str) -> OpResult<Vec<Held>> {
+    let sql = format!(
+        "SELECT {LOCK_COLUMNS} FROM locks
+         WHERE session_id IN (
+             SELECT id FROM sessions
+             WHERE repo_id IS NOT DISTINCT FROM (SELECT repo_id FROM sessions WHERE id = ?1))
+         ORDER BY id"
+    );
     let locks = tx
-        .query(&sql, &[])?
+        .query(&sql, params![session])?
         .iter()
         .map(lock_from_row)
         .collect::<OpResult<Vec<_>>>()?;
@@ -89,7 +97,7 @@ pub(super) fn lock_paths(
         })
         .into());
     }
-    let held = held_locks(tx)?;
+    let held = held_locks(tx, session_id)?;
     let found = conflicts(session_id, paths, &held);
     if !found.is_empty() {
         tx.event(Ev::new(EventDetail::LockConflict(conflict_detail(&found))).session(session_id))?;

@@ -18,6 +18,8 @@ mod retry;
 mod session;
 mod value;
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use br_core::outcome::Outcome;
@@ -80,6 +82,41 @@ pub(crate) trait Db {
     /// Runs `sql`; returns how many rows it changed.
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64>;
 
+    /// Runs `sql`, whose count the logic does not need: a backend may send it with the next
+    /// statement (or the commit) instead of waiting for its answer now. Its error, if any,
+    /// fails the transaction all the same.
+    fn execute_later(&self, sql: &str, params: &[Param<'_>]) -> OpResult<()> {
+        self.execute(sql, params).map(drop)
+    }
+
+    /// Waits until this transaction may do `what` without another writer doing it at once,
+    /// for the rest of the transaction. Nothing to do where writers always queue.
+    fn serialize(&self, what: Serial<'_>) -> OpResult<()> {
+        let _ = what;
+        Ok(())
+    }
+
+    /// The statement that appends `rows` events, their columns bound as `?1`… seven per row
+    /// (`at, kind, session_id, task_id, worker_id, attempt, detail`), returning their `seq`s.
+    /// Where writers run side by side, it must also make `seq` follow commit order (or a
+    /// reader paging by `seq` could pass an event that commits later with a smaller one).
+    fn append_events_sql(&self, rows: usize) -> String {
+        format!(
+            "INSERT INTO {EVENT_INSERT} VALUES {} RETURNING seq",
+            event_rows(rows, "")
+        )
+    }
+
+    /// What ends a SELECT whose rows of `of` (a table or its alias) the transaction goes on to
+    /// change, so that no other writer changes them meanwhile: row locks, skipping rows another
+    /// writer holds when
+    /// `skip_locked` (a claim looks for a ready task nobody else is taking). Nothing where
+    /// writers always queue.
+    fn row_locks(&self, of: &str, skip_locked: bool) -> String {
+        let _ = (of, skip_locked);
+        String::new()
+    }
+
     /// The first row, if any.
     fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> OpResult<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
@@ -94,11 +131,69 @@ pub(crate) trait Db {
 
 /// A write transaction with the store's clock read once, so every row and event it writes
 /// carries the same time.
+///
+/// What every writer of a session shares — its counters, its settling, and the event log — is
+/// deferred to the transaction's end ([`Tx::close`]), so that where writers run side by side
+/// (PostgreSQL's claims and completions) they hold those rows, and the event log's order, for
+/// the last round trips only.
 pub(crate) struct Tx<'a> {
     pub db: &'a dyn Db,
     pub now: i64,
-    /// Whether the transaction recorded an event: what is worth waking other processes for.
-    pub evented: std::cell::Cell<bool>,
+    /// Events recorded so far, appended at the end in this order.
+    events: RefCell<Vec<PendingEvent>>,
+    /// Counter changes per session, applied at the end in one statement each.
+    counts: RefCell<BTreeMap<String, Counts>>,
+    /// Sessions to settle at the end, once their counters are up to date.
+    settle: RefCell<BTreeSet<String>>,
+    /// Sessions whose first task this transaction started.
+    start: RefCell<BTreeSet<String>>,
+}
+
+/// An event waiting for its transaction's end. Owned: the logic's borrowed ids end with their
+/// function, the transaction does not.
+struct PendingEvent {
+    kind: br_core::EventKind,
+    detail: String,
+    session: Option<String>,
+    task: Option<String>,
+    worker: Option<String>,
+    attempt: Option<u32>,
+}
+
+/// How much one transaction moves each of a session's counters.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub cancelled: i64,
+    pub running: i64,
+}
+
+impl Counts {
+    fn is_zero(&self) -> bool {
+        [
+            self.succeeded,
+            self.failed,
+            self.skipped,
+            self.cancelled,
+            self.running,
+        ]
+        .iter()
+        .all(|&n| n == 0)
+    }
+}
+
+/// What a backend serialises for the store's logic where writers may run side by side. A
+/// backend whose writers always queue (SQLite) has nothing to do for any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Serial<'a> {
+    /// Taking a set of file locks in a repository (`sessions.repo_id`; `None` for sessions
+    /// that name none): checking them against the held ones and inserting them is atomic only
+    /// if no other claim in that repository does the same at once.
+    LockSets(Option<&'a str>),
+    /// Starting a task of this pool: counting its running tasks against its size.
+    Pool(&'a str),
 }
 
 impl<'a> Tx<'a> {
@@ -106,10 +201,121 @@ impl<'a> Tx<'a> {
         Tx {
             db,
             now,
-            evented: std::cell::Cell::new(false),
+            events: RefCell::default(),
+            counts: RefCell::default(),
+            settle: RefCell::default(),
+            start: RefCell::default(),
         }
     }
+
+    /// Marks `session` started when the transaction ends (see `session::start_now`).
+    pub(crate) fn start(&self, session: &str) {
+        self.start.borrow_mut().insert(session.to_string());
+    }
+
+    /// Adds `delta` to one of `session`'s counters when the transaction ends.
+    pub(crate) fn count(&self, session: &str, change: impl FnOnce(&mut Counts)) {
+        change(
+            self.counts
+                .borrow_mut()
+                .entry(session.to_string())
+                .or_default(),
+        );
+    }
+
+    /// Settles `session` when the transaction ends (see `session::settle_now`).
+    pub(crate) fn settle(&self, session: &str) {
+        self.settle.borrow_mut().insert(session.to_string());
+    }
+
+    /// Ends the transaction's logic: starts and applies the counters of its sessions (in that
+    /// order: each takes the session's row, which is then held to the commit), settles the sessions that asked,
+    /// and appends the events. Every backend calls it just before COMMIT; what it writes
+    /// is the only part of a claim or a completion that other writers of the session (the
+    /// counters) or of the store (the events) wait for. Returns the events' `seq`s, in order.
+    pub(crate) fn close(&self) -> OpResult<Vec<i64>> {
+        for session in std::mem::take(&mut *self.start.borrow_mut()) {
+            session::start_now(self, &session)?;
+        }
+        let counts = std::mem::take(&mut *self.counts.borrow_mut());
+        let mut settle = std::mem::take(&mut *self.settle.borrow_mut());
+        for (session, counts) in &counts {
+            if counts.is_zero() && !settle.contains(session) {
+                continue;
+            }
+            let tallies = session::apply_counts(self, session, counts)?;
+            if settle.remove(session) {
+                session::settle_now(self, session, tallies)?;
+            }
+        }
+        for session in &settle {
+            let tallies = session::tallies(self, session)?;
+            session::settle_now(self, session, tallies)?;
+        }
+        self.append_events()
+    }
+
+    /// Appends the pending events, in as few statements as the backends' parameter limits
+    /// allow, after the backend serialised event appends.
+    fn append_events(&self) -> OpResult<Vec<i64>> {
+        let events = std::mem::take(&mut *self.events.borrow_mut());
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seqs = Vec::with_capacity(events.len());
+        for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+            let sql = self.db.append_events_sql(chunk.len());
+            let mut params = Vec::with_capacity(chunk.len() * 7);
+            for ev in chunk {
+                params.extend([
+                    Param::from(self.now),
+                    Param::from(ev.kind),
+                    Param::from(ev.session.as_deref()),
+                    Param::from(ev.task.as_deref()),
+                    Param::from(ev.worker.as_deref()),
+                    Param::from(ev.attempt),
+                    Param::from(ev.detail.as_str()),
+                ]);
+            }
+            let mut got = self
+                .query(&sql, &params)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<OpResult<Vec<i64>>>()?;
+            // RETURNING promises no order; seq does.
+            got.sort_unstable();
+            seqs.extend(got);
+        }
+        Ok(seqs)
+    }
 }
+
+/// The events table and the columns an append fills, in the order of their parameters.
+pub(crate) const EVENT_INSERT: &str =
+    "events (at, kind, session_id, task_id, worker_id, attempt, detail)";
+
+/// `rows` rows of seven numbered parameters for an event append, each cast as `casts` says
+/// (`casts[i]` follows parameter `i` of a row; empty where the backend needs none).
+pub(crate) fn event_rows(rows: usize, casts: &'static str) -> String {
+    let casts: Vec<&str> = if casts.is_empty() {
+        vec![""; 7]
+    } else {
+        casts.split(',').collect()
+    };
+    (0..rows)
+        .map(|i| {
+            let cols: Vec<String> = (0..7)
+                .map(|c| format!("?{}{}", i * 7 + c + 1, casts[c]))
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many events one INSERT carries: 7 parameters each, well under both databases' limits
+/// (SQLite 32,766; PostgreSQL 65,535).
+const EVENTS_PER_STATEMENT: usize = 500;
 
 impl<'a> std::ops::Deref for Tx<'a> {
     type Target = dyn Db + 'a;
@@ -156,25 +362,18 @@ impl<'a> Ev<'a> {
 }
 
 impl Tx<'_> {
-    /// Appends `ev`; returns its `seq`.
-    pub(crate) fn event(&self, ev: Ev<'_>) -> OpResult<i64> {
-        self.evented.set(true);
+    /// Records `ev`, appended to the log when the transaction ends ([`Tx::close`]).
+    pub(crate) fn event(&self, ev: Ev<'_>) -> OpResult<()> {
         let detail = serde_json::to_string(&ev.detail)?;
-        self.query_one(
-            "INSERT INTO events (at, kind, session_id, task_id, worker_id, attempt, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             RETURNING seq",
-            params![
-                self.now,
-                ev.detail.kind(),
-                ev.session,
-                ev.task,
-                ev.worker,
-                ev.attempt,
-                &detail,
-            ],
-        )?
-        .get(0)
+        self.events.borrow_mut().push(PendingEvent {
+            kind: ev.detail.kind(),
+            detail,
+            session: ev.session.map(str::to_string),
+            task: ev.task.map(str::to_string),
+            worker: ev.worker.map(str::to_string),
+            attempt: ev.attempt,
+        });
+        Ok(())
     }
 }
 
@@ -201,6 +400,20 @@ pub(crate) trait Backend: Send + Sync + std::fmt::Debug {
         &self,
         context: &'static str,
         f: impl FnOnce(&Tx<'_>) -> OpResult<T>,
+    ) -> Result<T> {
+        self.write(context, f)
+    }
+
+    /// Runs `f` in a write transaction that may run beside other shared writes (never beside
+    /// an ordinary one): a claim, a completion, a heartbeat. Their logic holds under
+    /// concurrency because every row it decides on is locked or its update guarded, and what
+    /// must be one at a time is asked for through [`Db::serialize`]. `f` may run more than
+    /// once (a backend may retry a transaction the database failed to break a deadlock). A
+    /// backend whose writers always queue runs it as `write`.
+    fn write_shared<T>(
+        &self,
+        context: &'static str,
+        f: impl Fn(&Tx<'_>) -> OpResult<T>,
     ) -> Result<T> {
         self.write(context, f)
     }
@@ -300,7 +513,7 @@ impl<B: Backend> Store for B {
     }
 
     fn heartbeat(&self, worker: &WorkerId, lease: Option<&Lease>) -> Result<Heartbeat> {
-        self.write("record a heartbeat", |tx| {
+        self.write_shared("record a heartbeat", |tx| {
             lease::heartbeat(tx, worker.as_str(), lease)
         })
     }
@@ -315,7 +528,7 @@ impl<B: Backend> Store for B {
         if !worth_trying {
             return Ok(Claim::Nothing);
         }
-        self.write("claim a task", |tx| lease::claim(tx, request))
+        self.write_shared("claim a task", |tx| lease::claim(tx, request))
     }
 
     fn finish_attempt_with(
@@ -324,7 +537,7 @@ impl<B: Backend> Store for B {
         outcome: &Outcome,
         report: &AttemptReport,
     ) -> Result<Finish> {
-        self.write("record an attempt's outcome", |tx| {
+        self.write_shared("record an attempt's outcome", |tx| {
             lease::finish(tx, lease, outcome, report)
         })
     }
@@ -336,7 +549,7 @@ impl<B: Backend> Store for B {
         report: &AttemptReport,
         next: &ClaimRequest<'_>,
     ) -> Result<(Finish, Claim)> {
-        self.write(
+        self.write_shared(
             "record an attempt's outcome and claim the next task",
             |tx| {
                 let finish = lease::finish(tx, lease, outcome, report)?;
@@ -477,7 +690,10 @@ impl<B: Backend> Store for B {
             ev.task = event.task_id.as_ref().map(TaskId::as_str);
             ev.worker = event.worker_id.as_ref().map(WorkerId::as_str);
             ev.attempt = event.attempt.map(|a| a.0);
-            tx.event(ev)
+            tx.event(ev)?;
+            // Closed here, not by the backend, to learn the event's seq.
+            let seqs = tx.close()?;
+            Ok(*seqs.last().expect("one event was recorded"))
         })?;
         let mut found = self.events(&EventFilter {
             after_seq: Some(seq - 1),

@@ -8,7 +8,7 @@ use br_core::ids::slugify;
 use br_core::state::{SessionAction, TransitionError};
 use br_core::{EventDetail, RunReason, SessionId, SessionStatus, TaskState};
 
-use super::{Ev, OpError, OpResult, Tx, lock, millis, params, read};
+use super::{Counts, Ev, OpError, OpResult, Tx, lock, millis, params, read};
 use crate::error::StoreError;
 use crate::model::NewSession;
 
@@ -22,25 +22,107 @@ pub(super) enum Counter {
     Running,
 }
 
-impl Counter {
-    fn column(self) -> &'static str {
-        match self {
-            Counter::Succeeded => "succeeded_tasks",
-            Counter::Failed => "failed_tasks",
-            Counter::Skipped => "skipped_tasks",
-            Counter::Cancelled => "cancelled_tasks",
-            Counter::Running => "running_tasks",
-        }
-    }
+/// Moves one of `session`'s counters by `delta` when the transaction ends (`Tx::close`): the
+/// session's row is then held for the transaction's last statements only.
+pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> OpResult<()> {
+    tx.count(session, |c| {
+        let field = match counter {
+            Counter::Succeeded => &mut c.succeeded,
+            Counter::Failed => &mut c.failed,
+            Counter::Skipped => &mut c.skipped,
+            Counter::Cancelled => &mut c.cancelled,
+            Counter::Running => &mut c.running,
+        };
+        *field += delta;
+    });
+    Ok(())
 }
 
-pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> OpResult<()> {
-    let sql = format!(
-        "UPDATE sessions SET {col} = {col} + ?1 WHERE id = ?2",
-        col = counter.column()
-    );
-    tx.execute(&sql, params![delta, session])?;
+/// Marks `session` started (its first claim), and running unless it is paused, when the
+/// transaction ends. Guarded by the update itself: first claims that ran side by side start it
+/// once.
+pub(super) fn start_now(tx: &Tx<'_>, session: &str) -> OpResult<()> {
+    let started = tx.execute(
+        "UPDATE sessions SET started_at = ?1,
+             status = CASE status WHEN ?3 THEN ?4 ELSE status END
+         WHERE id = ?2 AND started_at IS NULL",
+        params![
+            tx.now,
+            session,
+            SessionStatus::Created,
+            SessionStatus::Running
+        ],
+    )?;
+    if started > 0 {
+        tx.event(Ev::new(EventDetail::SessionStarted).session(session))?;
+    }
     Ok(())
+}
+
+/// Settles `session` when the transaction ends, after its counters moved (see
+/// [`settle_now`]).
+pub(super) fn settle(tx: &Tx<'_>, session: &str) -> OpResult<()> {
+    tx.settle(session);
+    Ok(())
+}
+
+/// What `settle_now` decides from: a session's status and counters.
+#[derive(Debug)]
+pub(super) struct Tallies {
+    status: SessionStatus,
+    total: u32,
+    succeeded: u32,
+    failed: u32,
+    skipped: u32,
+    cancelled: u32,
+    running: u32,
+    completed_at: Option<i64>,
+}
+
+const TALLY_COLUMNS: &str = "status, total_tasks, succeeded_tasks, failed_tasks, skipped_tasks, \
+     cancelled_tasks, running_tasks, completed_at";
+
+fn tallies_from(r: &super::Row) -> OpResult<Tallies> {
+    Ok(Tallies {
+        status: r.get(0)?,
+        total: r.get(1)?,
+        succeeded: r.get(2)?,
+        failed: r.get(3)?,
+        skipped: r.get(4)?,
+        cancelled: r.get(5)?,
+        running: r.get(6)?,
+        completed_at: r.get(7)?,
+    })
+}
+
+/// Applies one transaction's counter changes to `session` in one statement, which also reads
+/// the counters back for settling.
+pub(super) fn apply_counts(tx: &Tx<'_>, session: &str, c: &Counts) -> OpResult<Tallies> {
+    let sql = format!(
+        "UPDATE sessions SET succeeded_tasks = succeeded_tasks + ?1,
+             failed_tasks = failed_tasks + ?2, skipped_tasks = skipped_tasks + ?3,
+             cancelled_tasks = cancelled_tasks + ?4, running_tasks = running_tasks + ?5
+         WHERE id = ?6
+         RETURNING {TALLY_COLUMNS}"
+    );
+    let row = tx.query_one(
+        &sql,
+        params![
+            c.succeeded,
+            c.failed,
+            c.skipped,
+            c.cancelled,
+            c.running,
+            session
+        ],
+    )?;
+    tallies_from(&row)
+}
+
+/// `session`'s status and counters as they are.
+pub(super) fn tallies(tx: &Tx<'_>, session: &str) -> OpResult<Tallies> {
+    let sql = format!("SELECT {TALLY_COLUMNS} FROM sessions WHERE id = ?1");
+    tallies_from(&tx.query_one(&sql, params![session])?)
 }
 
 /// The plan's pools, shared by every session of the store: a pool it defines takes the size and
@@ -240,33 +322,19 @@ pub(super) fn change(tx: &Tx<'_>, id: &str, action: SessionAction) -> OpResult<(
 }
 
 /// Ends the session once every task is terminal: `completed` if all succeeded, else `failed`.
-/// A cancelled session gets its `completed_at` once its last running task has ended.
-pub(super) fn settle(tx: &Tx<'_>, id: &str) -> OpResult<()> {
-    let r = tx.query_one(
-        "SELECT status, total_tasks, succeeded_tasks, failed_tasks, skipped_tasks,
-                cancelled_tasks, running_tasks, completed_at
-         FROM sessions WHERE id = ?1",
-        params![id],
-    )?;
-    let (status, total, succeeded, failed, skipped, cancelled, running, completed_at): (
-        SessionStatus,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        u32,
-        Option<i64>,
-    ) = (
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-    );
+/// A cancelled session gets its `completed_at` once its last running task has ended. Runs at
+/// the end of a transaction (`Tx::close`), from the counters as they stand then.
+pub(super) fn settle_now(tx: &Tx<'_>, id: &str, t: Tallies) -> OpResult<()> {
+    let Tallies {
+        status,
+        total,
+        succeeded,
+        failed,
+        skipped,
+        cancelled,
+        running,
+        completed_at,
+    } = t;
     if status.is_terminal() {
         if status == SessionStatus::Cancelled && running == 0 && completed_at.is_none() {
             tx.execute(

@@ -489,7 +489,10 @@ impl Backend for SqliteStore {
             conn: &conn,
             committed: false,
         };
-        let out = f(&Tx::new(&*conn, clock_now())).map_err(|e| self.op_error(context, e))?;
+        let tx = Tx::new(&*conn, clock_now());
+        let out = f(&tx)
+            .and_then(|out| tx.close().map(|_| out))
+            .map_err(|e| self.op_error(context, e))?;
         run("COMMIT").map_err(|e| self.sql_error(context, e))?;
         open.committed = true;
         Ok(out)
