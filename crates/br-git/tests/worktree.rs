@@ -1397,6 +1397,64 @@ fn a_seed_of_kept_caches_is_made_and_planted_or_declined_by_the_file_system() {
     }
 }
 
+/// Two workers seeding the same patterns at once leave one seed: the rename of one wins, the
+/// other finds the seed there and removes its own copy. Where files cannot be cloned, both
+/// decline and leave nothing.
+#[test]
+fn workers_seeding_at_once_leave_one_seed_and_no_copy_of_their_own() {
+    let t = TestRepo::new();
+    let keep = ["target/".to_string()];
+    for round in 0..5 {
+        let slots: Vec<WorktreeSlot> = ["api", "web"]
+            .iter()
+            .map(|task| {
+                let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+                let dir = slot
+                    .checkout(&AttemptSpec {
+                        keep: &keep,
+                        ..t.attempt(task, round + 1)
+                    })
+                    .unwrap();
+                write(&dir, "target/debug/app", &format!("built by {task}\n"));
+                slot.discard().unwrap();
+                slot
+            })
+            .collect();
+        let start = Barrier::new(slots.len());
+        let mut seedings: Vec<Seeding> = std::thread::scope(|scope| {
+            let running: Vec<_> = slots
+                .iter()
+                .map(|slot| {
+                    let (start, keep) = (&start, &keep);
+                    scope.spawn(move || {
+                        start.wait();
+                        slot.seed(keep).unwrap()
+                    })
+                })
+                .collect();
+            running.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        seedings.sort_by_key(|s| matches!(s, Seeding::Exists));
+        match &seedings[..] {
+            [Seeding::Made(seed), Seeding::Exists] => {
+                assert_eq!(seeds(&t.repo).unwrap(), std::slice::from_ref(seed));
+                let built = std::fs::read_to_string(seed.join("target/debug/app")).unwrap();
+                assert!(built.starts_with("built by "), "{built}");
+                br_git::worktree::remove_seed(seed).unwrap();
+            }
+            [Seeding::CannotClone(_), Seeding::CannotClone(_)] => {
+                assert_eq!(seeds(&t.repo).unwrap(), Vec::<PathBuf>::new());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            seeding_leftovers(&t).is_empty(),
+            "{:?}",
+            seeding_leftovers(&t)
+        );
+    }
+}
+
 /// A seed that cannot be cloned into a slot being made (the repository moved to a file system
 /// that cannot clone files) costs the slot its caches, not the checkout: it is left as the
 /// checkout made it.

@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use super::{WorktreeError, io_error};
 use crate::git::{Git, Repo};
 
-/// What [`make`] did.
+/// What `WorktreeSlot::seed` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seeding {
     /// A seed was made of the slot's kept paths, at this directory.
@@ -41,7 +41,7 @@ pub enum Seeding {
     CannotClone(String),
 }
 
-/// What [`plant`] did for a slot just made.
+/// What the repository's seed gave a slot a `checkout` made (`WorktreeSlot::last_planting`).
 #[derive(Debug)]
 pub enum Planting {
     /// The repository has no seed for the slot's patterns.
@@ -74,38 +74,54 @@ pub(crate) fn make(
     if paths.is_empty() {
         return Ok(Seeding::NothingKept);
     }
-    if let Some(why) = cannot_clone_in(&repo.br_dir())? {
-        return Ok(Seeding::CannotClone(why));
-    }
-    // Named after this process: a directory of that name is left by a dead process of the same
-    // pid, and is nobody's.
+    // Named after this process and slot, so no other maker uses it: a directory of that name
+    // was left by a dead process of the same pid, and is nobody's.
+    let slot_name = slot.file_name().unwrap_or_default().to_string_lossy();
     let temp = repo
         .seeds_dir()
-        .join(format!(".tmp-{name}-{}", std::process::id()));
+        .join(format!(".tmp-{name}-{}-{slot_name}", std::process::id()));
     remove_if_present(&temp)?;
     fs::create_dir_all(&temp).map_err(io_error("create", &temp))?;
-    let seeding = match clone_paths(slot, &paths, &temp) {
-        Err(CloneFailure::Unsupported(why)) => Ok(Seeding::CannotClone(why)),
-        Err(CloneFailure::Failed(e)) => Err(e),
-        Ok(()) => match fs::rename(&temp, &seed) {
-            Ok(()) => return Ok(Seeding::Made(seed)),
-            // Another worker's rename won: a seed of the same patterns, as good as this one.
-            Err(_) if seed.is_dir() => Ok(Seeding::Exists),
-            Err(e) => Err(io_error("rename", &temp)(e)),
-        },
-    };
-    let removed = fs::remove_dir_all(&temp).map_err(io_error("remove", &temp));
+    let seeding = fill_and_rename(&temp, slot, &paths, &seed);
+    // Gone already when renamed; else whatever the clone made goes.
+    let removed = remove_if_present(&temp);
     let seeding = seeding?;
     removed?;
     Ok(seeding)
+}
+
+/// Clones `paths` of the slot into `temp` and renames it to `seed`, after a probe of whether
+/// files there can be cloned at all.
+fn fill_and_rename(
+    temp: &Path,
+    slot: &Path,
+    paths: &[PathBuf],
+    seed: &Path,
+) -> Result<Seeding, WorktreeError> {
+    if let Some(why) = cannot_clone_in(temp)? {
+        return Ok(Seeding::CannotClone(why));
+    }
+    match clone_paths(slot, paths, temp) {
+        Err(CloneFailure::Unsupported(why)) => return Ok(Seeding::CannotClone(why)),
+        Err(CloneFailure::Failed(e)) => return Err(e),
+        Ok(()) => {}
+    }
+    match fs::rename(temp, seed) {
+        Ok(()) => Ok(Seeding::Made(seed.to_path_buf())),
+        // Another worker's rename won: a seed of the same patterns, as good as this one.
+        Err(_) if seed.is_dir() => Ok(Seeding::Exists),
+        Err(e) => Err(io_error("rename", temp)(e)),
+    }
 }
 
 /// Gives the slot at `slot`, just made, the paths of the repository's seed for `keep` that its
 /// checkout lacks. Never fails: a failure is [`Planting::Failed`], and the slot is left as the
 /// checkout made it.
 pub(crate) fn plant(repo: &Repo, slot_git: &Git, slot: &Path, keep: &[String]) -> Planting {
-    // Most repositories have no seed: that costs one look, and no git.
-    if keep.is_empty() || !repo.seeds_dir().is_dir() {
+    // Most repositories have no seed (or, where files cannot be cloned, an empty directory of
+    // seeds): that costs one look, and no git.
+    let none = fs::read_dir(repo.seeds_dir()).map_or(true, |mut d| d.next().is_none());
+    if keep.is_empty() || none {
         return Planting::NoSeed;
     }
     match plant_from_seed(repo, slot_git, slot, keep) {
@@ -220,10 +236,9 @@ fn absent_paths(seed: &Path, slot: &Path) -> Result<Vec<PathBuf>, WorktreeError>
 
 /// Whether files in `dir` can be cloned: `None` if they can, else what `cp` said. One small
 /// file is cloned, so that a file system that cannot costs one failed clone, not one per file
-/// of a cache (`cp` goes on to the next file after each).
+/// of a cache (`cp` goes on to the next file after each). Leaves `dir` as it found it.
 fn cannot_clone_in(dir: &Path) -> Result<Option<String>, WorktreeError> {
-    let probe = dir.join(format!(".clone-probe-{}", std::process::id()));
-    remove_if_present(&probe)?;
+    let probe = dir.join(".clone-probe");
     let into = probe.join("clone");
     fs::create_dir_all(&into).map_err(io_error("create", &into))?;
     fs::write(probe.join("probe"), b"br\n").map_err(io_error("write", &probe))?;
@@ -293,11 +308,11 @@ fn clone_paths(from: &Path, paths: &[PathBuf], into: &Path) -> Result<(), CloneF
 
 /// Whether `cp --reflink=always` failed because the files could not be cloned (GNU cp:
 /// "failed to clone 'b' from 'a': Operation not supported", "Invalid cross-device link" between
-/// two file systems, or the ioctl unknown to an older one), not for want of space or
-/// permission.
+/// two file systems, or the ioctl unknown to an older one) or this `cp` cannot clone at all,
+/// not for want of space or permission.
 fn cannot_clone(stderr: &str) -> bool {
     stderr.lines().any(|l| {
-        l.contains("failed to clone")
+        let refused = l.contains("failed to clone")
             && [
                 "not supported",
                 "cross-device",
@@ -305,7 +320,12 @@ fn cannot_clone(stderr: &str) -> bool {
                 "Inappropriate ioctl",
             ]
             .iter()
-            .any(|why| l.contains(why))
+            .any(|why| l.contains(why));
+        // A `cp` that is not GNU's (BusyBox's, BSD's) knows no `--reflink` or `--parents`.
+        let unknown_option = ["unrecognized option", "illegal option", "invalid option"]
+            .iter()
+            .any(|o| l.contains(o));
+        refused || unknown_option
     })
 }
 
@@ -347,6 +367,7 @@ mod tests {
         assert!(!cannot_clone(
             "cp: cannot open 'a' for reading: Permission denied"
         ));
+        assert!(cannot_clone("cp: unrecognized option '--reflink=always'"));
     }
 
     #[test]
