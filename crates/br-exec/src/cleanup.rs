@@ -1,5 +1,6 @@
 //! `br cleanup` as a plan and its application. [`plan`] looks and changes nothing: which worktree
-//! slots reconcile would keep, prune or remove, which finished sessions are old enough to go
+//! slots reconcile would keep, prune or remove, which seeds of kept caches go (all: they are
+//! caches, made again by the next attempt in a slot), which finished sessions are old enough to go
 //! with their logs, which of their refs are merged (deletable) or hold work (kept), and which
 //! worker records are stale (one cut-off for all of it). A dry run reports the plan; [`apply`]
 //! carries out that plan and reports what it did, in the same shape. Deciding a ref's fate is
@@ -13,7 +14,7 @@ use br_core::{SessionId, SessionStatus, TaskId, Timestamp, WorkerStatus};
 use br_git::Repo;
 use br_git::fates::{RefAction, RefFate, SessionRefs, delete_merged_refs, session_ref_fates};
 use br_git::refs::RefError;
-use br_git::worktree::{Reconcile, ReconcileMode, WorktreeError, reconcile};
+use br_git::worktree::{Reconcile, ReconcileMode, WorktreeError, reconcile, remove_seed, seeds};
 use br_store::{SessionFilter, Store, StoreError, WorkerFilter};
 use serde::Serialize;
 
@@ -78,6 +79,12 @@ pub struct WorktreesReport {
     pub removed_bytes: u64,
     /// Disk the slots in use take.
     pub in_use_bytes: u64,
+    /// The seeds of kept caches (and any temporary directory a worker left making one), which
+    /// go: slots made later start without the caches until an attempt seeds them again.
+    pub seeds: Vec<PathBuf>,
+    /// Disk the seeds take, counted as `du` counts it: the blocks a seed shares with the slots
+    /// cloned from it count here in full, and stay in use while those slots keep them.
+    pub seeds_bytes: u64,
 }
 
 impl WorktreesReport {
@@ -87,6 +94,13 @@ impl WorktreesReport {
         self.removed_bytes = sum(&self.removed);
         self.in_use_bytes = sum(&self.in_use);
         self
+    }
+
+    /// Fills in the repository's seeds and the disk they take.
+    fn with_seeds(mut self, repo: &Repo) -> Result<Self, WorktreeError> {
+        self.seeds = seeds(repo)?;
+        self.seeds_bytes = self.seeds.iter().map(|p| disk_usage(p)).sum();
+        Ok(self)
     }
 }
 
@@ -146,6 +160,8 @@ impl From<Reconcile> for WorktreesReport {
             other: r.other,
             removed_bytes: 0,
             in_use_bytes: 0,
+            seeds: Vec::new(),
+            seeds_bytes: 0,
         }
     }
 }
@@ -247,7 +263,8 @@ pub fn plan(
     let worktrees = match repo {
         Some(repo) => Some(
             WorktreesReport::from(reconcile(repo, ReconcileMode::DryRun, 0)?)
-                .measured(&slot_sizes(repo)),
+                .measured(&slot_sizes(repo))
+                .with_seeds(repo)?,
         ),
         None => None,
     };
@@ -298,7 +315,7 @@ pub fn plan(
     })
 }
 
-/// Carries out `plan`: reconciles the worktree slots, deletes each planned session's merged
+/// Carries out `plan`: reconciles the worktree slots, removes the seeds of kept caches, deletes each planned session's merged
 /// refs (each only if it still points where the plan saw it), its records and its logs, and
 /// prunes the stale worker records. Returns what was done.
 pub fn apply(
@@ -312,8 +329,13 @@ pub fn apply(
     // check of that session then kept.
     if let Some(repo) = repo {
         let sizes = slot_sizes(repo);
-        done.worktrees =
-            Some(WorktreesReport::from(reconcile(repo, ReconcileMode::Apply, 0)?).measured(&sizes));
+        let worktrees = WorktreesReport::from(reconcile(repo, ReconcileMode::Apply, 0)?)
+            .measured(&sizes)
+            .with_seeds(repo)?;
+        for seed in &worktrees.seeds {
+            remove_seed(seed)?;
+        }
+        done.worktrees = Some(worktrees);
     }
     for s in &mut done.sessions {
         if let Some(r) = repo

@@ -8,7 +8,7 @@
 //! sets the deadlines, docs/leases.md draws them. A store that cannot be reached is waited out,
 //! not a reason to leave.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,7 +39,9 @@ use crate::strays::{become_subreaper, kill_strays};
 use crate::travel::Travel;
 use br_git::conflicts::{FinishedBranch, conflicting_branches};
 use br_git::git::Repo;
-use br_git::worktree::{AttemptResult, AttemptSpec, Keep, WorktreeSlot, scope_violations};
+use br_git::worktree::{
+    AttemptResult, AttemptSpec, Keep, Planting, Seeding, WorktreeSlot, scope_violations,
+};
 
 /// How a worker behaves.
 #[derive(Debug, Clone)]
@@ -215,6 +217,8 @@ pub fn run_worker(
             notify,
             renewer,
             slot: None,
+            seed_due: None,
+            seeds_tried: HashSet::new(),
             changes: HashMap::new(),
             trouble_since: None,
             trouble_shown: None,
@@ -245,6 +249,11 @@ struct Worker<'a> {
     /// The worktree slot this worker runs worktree-isolated tasks in, taken on first use and
     /// held until the worker leaves.
     slot: Option<WorktreeSlot>,
+    /// The `keep` patterns of the last attempt in the slot: once the worker finds nothing to
+    /// claim, it seeds them from the slot (see `seed_from_slot`).
+    seed_due: Option<Vec<String>>,
+    /// The `keep` patterns this process has seeded, or found it cannot: tried once each.
+    seeds_tried: HashSet<Vec<String>>,
     /// What each finished task's attempt changed, as read from the store: conflict prediction
     /// needs every other finished task's changes after each success, and reading them afresh
     /// each time would cost a store read per task per success.
@@ -339,6 +348,7 @@ impl Worker<'_> {
                 Ok(Claim::Stop) => return Ok(Leave::AskedToLeave),
                 Ok(Claim::Nothing) => {
                     self.store_back();
+                    self.seed_from_slot();
                     let ended = match &self.config.session {
                         Some(session) => match self.store.session(session) {
                             Ok(s) => s.status.is_terminal(),
@@ -728,8 +738,57 @@ impl Worker<'_> {
                         WorktreeSlot::acquire(&self.config.repo).map_err(|e| error_chain(&e))?,
                     ),
                 };
-                slot.checkout(&spec(task, base))
-                    .map_err(|e| error_chain(&e))
+                let dir = slot
+                    .checkout(&spec(task, base))
+                    .map_err(|e| error_chain(&e))?;
+                // A slot just made goes without the seed's caches when they could not be
+                // cloned: the task builds them, as in any new slot.
+                if let Some(Planting::Failed(e)) = slot.last_planting() {
+                    let warning = format!(
+                        "{} starts without the kept caches of the repository's seed: {}",
+                        dir.display(),
+                        error_chain(e)
+                    );
+                    (self.notify)(Note::StoreTrouble(warning));
+                }
+                Ok(dir)
+            }
+        }
+    }
+
+    /// Remembers that the slot's kept caches (`keep`) may seed slots made later.
+    fn seed_due_for(&mut self, keep: &[String]) {
+        if !keep.is_empty() {
+            self.seed_due = Some(keep.to_vec());
+        }
+    }
+
+    /// When nothing is left to claim: makes the repository's seed of the caches the last
+    /// attempt kept in the slot, if it has none (see `br_git::worktree::seed`). Now, because no
+    /// task runs in the slot and nothing waits for this worker: a failure costs a warning, never
+    /// an attempt or the time of one. Tried once per process for each set of patterns.
+    fn seed_from_slot(&mut self) {
+        let (Some(keep), Some(slot)) = (self.seed_due.take(), &self.slot) else {
+            return;
+        };
+        if self.stop.load(Ordering::SeqCst) || self.seeds_tried.contains(&keep) {
+            return;
+        }
+        match slot.seed(&keep) {
+            // The next attempt in the slot may have built them.
+            Ok(Seeding::NothingKept) => {}
+            // On a file system that cannot clone, nothing is shared, by design: no warning.
+            Ok(Seeding::Made(_) | Seeding::Exists | Seeding::CannotClone(_)) => {
+                self.seeds_tried.insert(keep);
+            }
+            Err(e) => {
+                let warning = format!(
+                    "could not seed the caches kept in {} for slots made later: {}",
+                    slot.path().display(),
+                    error_chain(&e)
+                );
+                self.seeds_tried.insert(keep);
+                (self.notify)(Note::StoreTrouble(warning));
             }
         }
     }
@@ -789,6 +848,7 @@ impl Worker<'_> {
                 )));
             }
         }
+        self.seed_due_for(&task.keep);
         let report = AttemptReport {
             commit: result.commit.clone(),
             changed: result.changed.clone(),
@@ -1248,6 +1308,7 @@ impl Worker<'_> {
         if let Some(slot) = &mut self.slot {
             let _ = slot.discard();
         }
+        self.seed_due_for(&job.keep);
         let outcome = outcome_of(status?);
         if outcome == Outcome::Succeeded {
             return Ok(None);

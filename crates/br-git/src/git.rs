@@ -359,7 +359,7 @@ impl Repo {
         Ok(git)
     }
 
-    /// `<git common dir>/br`: br's store, logs and worktrees.
+    /// `<git common dir>/br`: br's store, logs, worktrees and seeds.
     pub fn br_dir(&self) -> PathBuf {
         self.common_dir.join("br")
     }
@@ -370,6 +370,11 @@ impl Repo {
 
     pub fn worktrees_dir(&self) -> PathBuf {
         self.br_dir().join("worktrees")
+    }
+
+    /// Where the seeds of kept caches are (see `worktree::seed`).
+    pub fn seeds_dir(&self) -> PathBuf {
+        self.br_dir().join("seeds")
     }
 
     /// What makes this repository the same one in every clone: `root:<commit>`, the first (in

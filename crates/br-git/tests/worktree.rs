@@ -20,8 +20,8 @@ use br_git::Repo;
 use br_git::conflicts::predict_conflicts;
 use br_git::git::set_process_env;
 use br_git::worktree::{
-    AttemptSpec, Keep, Reconcile, ReconcileMode, ResetPolicy, ResetWay, SavedLeftovers,
-    WorktreeError, WorktreeSlot, reconcile, scope_violations,
+    AttemptSpec, Keep, Planting, Reconcile, ReconcileMode, ResetPolicy, ResetWay, SavedLeftovers,
+    Seeding, WorktreeError, WorktreeSlot, reconcile, scope_violations, seeds,
 };
 use tempfile::TempDir;
 
@@ -1291,4 +1291,214 @@ fn keep_preserves_ignored_caches_and_removes_every_other_untracked_file() {
         assert_pristine(&t, &dir, &t.base);
         slot.discard().unwrap();
     }
+}
+
+/// Whether anything of a seed's making is left in br's directory but seeds themselves: the
+/// probe of whether files can be cloned, a temporary seed.
+fn seeding_leftovers(t: &TestRepo) -> Vec<PathBuf> {
+    let mut left: Vec<PathBuf> = std::fs::read_dir(t.repo.br_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    left.extend(
+        seeds(&t.repo)
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.')),
+    );
+    left
+}
+
+/// Where the temporary directory's file system clones files (XFS with reflink, btrfs), a slot
+/// made while another is held gets the caches the first kept, cloned from the seed, but only
+/// those its own commit ignores; where it cannot (ext4, tmpfs), seeding is declined, nothing is
+/// copied and nothing is left behind. `crates/br/tests/seeds.rs` runs both on file systems of
+/// its choosing.
+#[test]
+fn a_seed_of_kept_caches_is_made_and_planted_or_declined_by_the_file_system() {
+    let t = TestRepo::new();
+    // `target/` is ignored (see TestRepo::new); a commit that stops ignoring it comes later.
+    let keep = ["target/".to_string()];
+    let first = AttemptSpec {
+        keep: &keep,
+        ..t.attempt("api", 1)
+    };
+    let mut held = WorktreeSlot::acquire(&t.repo).unwrap();
+    let dir = held.checkout(&first).unwrap();
+    assert!(matches!(held.last_planting(), Some(Planting::NoSeed)));
+    assert_eq!(held.seed(&keep).unwrap(), Seeding::NothingKept);
+    write(&dir, "target/debug/app", "built once\n");
+    write(&dir, "dir/target/nested.o", "built once, deeper\n");
+    write(&dir, "build.log", "ignored, not kept\n");
+    held.finish(&first, Keep::AttemptRef).unwrap();
+
+    let seeding = held.seed(&keep).unwrap();
+    assert!(
+        seeding_leftovers(&t).is_empty(),
+        "{:?}",
+        seeding_leftovers(&t)
+    );
+    // `held` is held, so these slots are made.
+    let mut made = WorktreeSlot::acquire(&t.repo).unwrap();
+    let dir = made
+        .checkout(&AttemptSpec {
+            keep: &keep,
+            ..t.attempt("web", 1)
+        })
+        .unwrap();
+    assert_eq!(made.last_reset(), Some(&ResetWay::Created));
+    std::fs::write(t.root.join(".gitignore"), "*.log\n").unwrap();
+    t.git(&["commit", "-q", "-am", "target/ is not ignored any more"]);
+    let unignored = t.git(&["rev-parse", "HEAD"]);
+    let mut other = WorktreeSlot::acquire(&t.repo).unwrap();
+    let other_dir = other
+        .checkout(&AttemptSpec {
+            keep: &keep,
+            base_commit: &unignored,
+            ..t.attempt("docs", 1)
+        })
+        .unwrap();
+    match seeding {
+        Seeding::Made(seed) => {
+            let in_seed: Vec<PathBuf> = files_under(&seed).into_keys().collect();
+            assert_eq!(
+                in_seed,
+                ["dir/target/nested.o", "target/debug/app"].map(PathBuf::from),
+                "the seed holds the kept paths and nothing else"
+            );
+            assert!(
+                matches!(made.last_planting(), Some(Planting::Planted { paths: 2 })),
+                "{:?}",
+                made.last_planting()
+            );
+            assert_tree_is(
+                &t,
+                &dir,
+                &t.base,
+                &["dir/target/nested.o", "target/debug/app"],
+            );
+            // What its commit does not ignore is cleaned away, as from any slot.
+            assert!(matches!(
+                other.last_planting(),
+                Some(Planting::Planted { paths: 2 })
+            ));
+            assert_pristine(&t, &other_dir, &unignored);
+            assert_eq!(held.seed(&keep).unwrap(), Seeding::Exists);
+        }
+        Seeding::CannotClone(why) => {
+            assert!(why.contains("failed to clone"), "{why}");
+            assert_eq!(seeds(&t.repo).unwrap(), Vec::<PathBuf>::new());
+            assert!(matches!(made.last_planting(), Some(Planting::NoSeed)));
+            assert_pristine(&t, &dir, &t.base);
+            assert_pristine(&t, &other_dir, &unignored);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Two workers seeding the same patterns at once leave one seed: the rename of one wins, the
+/// other finds the seed there and removes its own copy. Where files cannot be cloned, both
+/// decline and leave nothing.
+#[test]
+fn workers_seeding_at_once_leave_one_seed_and_no_copy_of_their_own() {
+    let t = TestRepo::new();
+    let keep = ["target/".to_string()];
+    for round in 0..5 {
+        let slots: Vec<WorktreeSlot> = ["api", "web"]
+            .iter()
+            .map(|task| {
+                let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+                let dir = slot
+                    .checkout(&AttemptSpec {
+                        keep: &keep,
+                        ..t.attempt(task, round + 1)
+                    })
+                    .unwrap();
+                write(&dir, "target/debug/app", &format!("built by {task}\n"));
+                slot.discard().unwrap();
+                slot
+            })
+            .collect();
+        let start = Barrier::new(slots.len());
+        let mut seedings: Vec<Seeding> = std::thread::scope(|scope| {
+            let running: Vec<_> = slots
+                .iter()
+                .map(|slot| {
+                    let (start, keep) = (&start, &keep);
+                    scope.spawn(move || {
+                        start.wait();
+                        slot.seed(keep).unwrap()
+                    })
+                })
+                .collect();
+            running.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        seedings.sort_by_key(|s| matches!(s, Seeding::Exists));
+        match &seedings[..] {
+            [Seeding::Made(seed), Seeding::Exists] => {
+                assert_eq!(seeds(&t.repo).unwrap(), std::slice::from_ref(seed));
+                let built = std::fs::read_to_string(seed.join("target/debug/app")).unwrap();
+                assert!(built.starts_with("built by "), "{built}");
+                br_git::worktree::remove_seed(seed).unwrap();
+            }
+            [Seeding::CannotClone(_), Seeding::CannotClone(_)] => {
+                assert_eq!(seeds(&t.repo).unwrap(), Vec::<PathBuf>::new());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            seeding_leftovers(&t).is_empty(),
+            "{:?}",
+            seeding_leftovers(&t)
+        );
+    }
+}
+
+/// A seed that cannot be cloned into a slot being made (the repository moved to a file system
+/// that cannot clone files) costs the slot its caches, not the checkout: it is left as the
+/// checkout made it.
+#[test]
+fn a_seed_that_cannot_be_planted_leaves_the_new_slot_as_its_checkout_made_it() {
+    let t = TestRepo::new();
+    let keep = ["target/".to_string()];
+    let name = git_with_input(&t, "target/\n", &["hash-object", "--stdin"]);
+    let seed = t.repo.seeds_dir().join(name);
+    write(&seed, "target/debug/app", "built elsewhere\n");
+    let mut slot = WorktreeSlot::acquire(&t.repo).unwrap();
+    let dir = slot
+        .checkout(&AttemptSpec {
+            keep: &keep,
+            ..t.attempt("api", 1)
+        })
+        .unwrap();
+    match slot.last_planting() {
+        Some(Planting::Planted { paths: 1 }) => {
+            assert_tree_is(&t, &dir, &t.base, &["target/debug/app"]);
+        }
+        Some(Planting::Failed(e)) => {
+            assert!(e.to_string().contains("failed to clone"), "{e}");
+            assert_pristine(&t, &dir, &t.base);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(seed.join("target/debug/app").is_file(), "the seed stays");
+}
+
+fn git_with_input(t: &TestRepo, input: &str, args: &[&str]) -> String {
+    use std::io::Write;
+    let mut child = git_command(t.tmp.path(), &t.root, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

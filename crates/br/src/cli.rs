@@ -128,7 +128,8 @@ pub(crate) enum Command {
     /// Print br's manual page (roff), made from the same definitions as --help, e.g.
     /// `br man > ~/.local/share/man/man1/br.1`
     Man,
-    /// Delete old finished sessions and their logs; prune stale workers
+    /// Delete old finished sessions and their logs; remove free worktree slots and the seeds of
+    /// kept caches; prune stale workers
     Cleanup(CleanupArgs),
     /// Internal: the reaper that stops a dead worker's task processes
     #[command(name = "__reaper", hide = true)]

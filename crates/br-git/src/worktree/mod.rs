@@ -6,7 +6,9 @@
 //! workers reuse: a worker takes one for its lifetime and, for each attempt, moves its detached
 //! HEAD to the base, rewrites the files that differ from it, and removes every untracked file
 //! and every ignored one but the caches the plan's `keep` names (see `reset.rs`). Only the files
-//! the previous attempt touched, or that the two commits change, are rewritten.
+//! the previous attempt touched, or that the two commits change, are rewritten. A slot made
+//! later starts with those caches cloned copy-on-write from the repository's seed of them, where
+//! the file system can clone files (see `seed.rs`).
 //!
 //! Beside each slot directory live two small files:
 //! - `slot-<n>.lock`, held with an OS file lock (`flock`) by the worker using the slot. The kernel
@@ -29,6 +31,7 @@ mod reconcile;
 mod record;
 mod registry;
 mod reset;
+mod seed;
 mod slot;
 mod slot_files;
 
@@ -40,6 +43,7 @@ pub use attempt::{AttemptResult, AttemptSpec, Keep, attempt_ref, one_line, scope
 pub use leftovers::{ReconcileMode, SavedLeftovers};
 pub use reconcile::{Reconcile, reconcile};
 pub use registry::{WorktreeEntry, list_worktrees};
+pub use seed::{Planting, Seeding, remove_seed, seeds};
 pub use slot::{ResetPolicy, ResetWay, WorktreeSlot};
 
 /// Beyond this many slots in one repository something is wrong (a loop creating workers), and
@@ -84,6 +88,12 @@ pub enum WorktreeError {
         branch: String,
         worktree: PathBuf,
         kept: String,
+    },
+    #[error("could not clone {} into {} copy-on-write: {stderr}", from.display(), into.display())]
+    Clone {
+        from: PathBuf,
+        into: PathBuf,
+        stderr: String,
     },
 }
 

@@ -159,7 +159,7 @@ fn detach_at(git: &Git, base: &str) -> Result<(), GitError> {
 /// `--exclude` ones, so what they match counts as ignored and stays, and git does not walk into
 /// it. A kept path inside an ignored directory (`build/cache/` under an ignored `build/`) stays
 /// too: git walks into `build/`, since it is not excluded, and removes the rest of it.
-fn clean(git: &Git, keep: &[String]) -> Result<(), GitError> {
+pub(crate) fn clean(git: &Git, keep: &[String]) -> Result<(), GitError> {
     if keep.is_empty() {
         return git.run(["clean", "-ffdxq"]).map(drop);
     }

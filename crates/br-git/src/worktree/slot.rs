@@ -12,6 +12,7 @@ use super::leftovers::{Leftovers, ReconcileMode};
 use super::record::{SlotRecord, read_record, remove_file_if_present, write_record};
 use super::registry::{admin_dir, is_worktree_of, list_worktrees, same_path};
 use super::reset::{self, Move};
+use super::seed::{self, Planting, Seeding};
 use super::slot_files::{FlockFile, flock_slot, record_path, slot_path};
 use super::{MAX_SLOTS, WorktreeError, io_error};
 use crate::flock::RepoFlock;
@@ -48,6 +49,8 @@ pub struct WorktreeSlot {
     known_good: bool,
     /// How the last `checkout` made the tree.
     last_reset: Option<ResetWay>,
+    /// What the seed gave the slot, if the last `checkout` made it.
+    last_planting: Option<Planting>,
     policy: ResetPolicy,
 }
 
@@ -92,6 +95,7 @@ impl WorktreeSlot {
                     _flock: lock,
                     known_good: false,
                     last_reset: None,
+                    last_planting: None,
                     policy: ResetPolicy::Quick,
                 });
             }
@@ -198,6 +202,20 @@ impl WorktreeSlot {
         self.last_reset.as_ref()
     }
 
+    /// What the repository's seed gave the slot, if the last `checkout` made it
+    /// ([`ResetWay::Created`]). A failure is not the attempt's (the slot is as its checkout made
+    /// it), only worth a warning.
+    pub fn last_planting(&self) -> Option<&Planting> {
+        self.last_planting.as_ref()
+    }
+
+    /// Makes the repository's seed for `keep` from this slot's kept caches, unless it has one
+    /// or the file system cannot clone files. Call it only while no task runs in the slot:
+    /// the seed must not catch a cache half written.
+    pub fn seed(&self, keep: &[String]) -> Result<Seeding, WorktreeError> {
+        seed::make(&self.repo, &self.git, &self.path, keep)
+    }
+
     /// Chooses the ways later `checkout`s may take (the default is [`ResetPolicy::Quick`]).
     pub fn set_reset_policy(&mut self, policy: ResetPolicy) {
         self.policy = policy;
@@ -219,6 +237,7 @@ impl WorktreeSlot {
 
     fn reset_to(&mut self, base: &str, keep: &[String]) -> Result<(), WorktreeError> {
         self.last_reset = None;
+        self.last_planting = None;
         if self.known_good || is_worktree_of(&self.repo, &self.git, &self.path) {
             // The short way first: it looks at every file once and rewrites only what differs.
             // What it declines or fails at, the thorough way does.
@@ -252,16 +271,24 @@ impl WorktreeSlot {
                 Err(_) => Err(first),
             };
         }
-        self.create(base)?;
-        reset::verify(&self.git, &self.path, base, keep)?;
-        self.known_good = true;
-        self.last_reset = Some(ResetWay::Created);
-        Ok(())
+        self.make(base, keep)
     }
 
     fn recreate(&mut self, base: &str, keep: &[String]) -> Result<(), WorktreeError> {
         self.remove_registration()?;
+        self.make(base, keep)
+    }
+
+    /// Creates the slot's worktree at `base`, gives it the seed's caches, and verifies it.
+    fn make(&mut self, base: &str, keep: &[String]) -> Result<(), WorktreeError> {
         self.create(base)?;
+        let planting = seed::plant(&self.repo, &self.git, &self.path, keep);
+        if matches!(planting, Planting::Planted { paths } if paths > 0) {
+            // The seed's paths were kept under the ignore rules of the commit it was made at;
+            // what this commit does not ignore goes, as it would from any slot.
+            reset::clean(&self.git, keep)?;
+        }
+        self.last_planting = Some(planting);
         reset::verify(&self.git, &self.path, base, keep)?;
         self.known_good = true;
         self.last_reset = Some(ResetWay::Created);

@@ -573,7 +573,7 @@ pub(super) fn summary(ctx: &Context) -> anyhow::Result<Exit> {
 }
 
 /// `br cleanup`: reconciles br's worktree slots with git's registrations (keeping what dead
-/// attempts left, removing free slots), then deletes finished sessions older than `--days` with
+/// attempts left, removing free slots), removes the seeds of kept caches, then deletes finished sessions older than `--days` with
 /// their logs and those of their refs whose commits are all merged; refs holding unmerged work
 /// are kept and listed. Never touches the user's own branches or worktrees. The dry run shows
 /// the plan; the real run applies that same plan.
@@ -656,6 +656,28 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
                     "reclaimed"
                 },
                 human_bytes(w.in_use_bytes)
+            )?;
+        }
+        for path in &w.seeds {
+            writeln!(
+                out,
+                "{} seed of kept caches {}",
+                would("removed", "would remove"),
+                esc(path.display())
+            )?;
+        }
+        if !w.seeds.is_empty() {
+            // Slots cloned from a seed share its blocks: those stay in use as long as the
+            // slots keep them, so the seeds' size is what cleanup gives back at most.
+            writeln!(
+                out,
+                "seeds of kept caches: {} {}, less what slots still share with them",
+                human_bytes(w.seeds_bytes),
+                if report.dry_run {
+                    "to reclaim"
+                } else {
+                    "reclaimed"
+                }
             )?;
         }
     }

@@ -16,6 +16,7 @@ pub(crate) mod pg_server;
 pub(crate) mod proxy;
 pub(crate) mod served;
 pub(crate) mod tmpfs;
+pub(crate) mod xfs;
 
 use br_store::sqlite::SqliteStore;
 use br_store::{Event, EventFilter, Store, StoreLocation};
@@ -29,6 +30,8 @@ pub(crate) const BR: &str = env!("CARGO_BIN_EXE_br");
 pub(crate) struct TestRepo {
     /// A tmpfs mounted over `dir`, if the repository lives on one: unmounted first.
     disk: Option<tmpfs::Tmpfs>,
+    /// An XFS file system mounted over `dir`, if the repository lives on one: unmounted first.
+    xfs: Option<xfs::Xfs>,
     dir: tempfile::TempDir,
     home: tempfile::TempDir,
     /// Where br keeps its state when not in the repository's own SQLite file (`BR_STORE`).
@@ -55,6 +58,23 @@ impl TestRepo {
         repo.git(&["add", "--all"]);
         repo.git(&["commit", "--quiet", "-m", "initial"]);
         Some(repo)
+    }
+
+    /// A repository on an XFS file system of its own of `bytes`, whose files can be cloned
+    /// copy-on-write (reflink); `None` where none can be made and mounted.
+    pub(crate) fn on_xfs(bytes: u64) -> Option<TestRepo> {
+        let mut repo = TestRepo::empty(None);
+        repo.xfs = Some(xfs::Xfs::mount(repo.path(), bytes)?);
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo.write("README.md", "test repository\n");
+        repo.git(&["add", "--all"]);
+        repo.git(&["commit", "--quiet", "-m", "initial"]);
+        Some(repo)
+    }
+
+    /// The XFS file system the repository lives on (see [`TestRepo::on_xfs`]).
+    pub(crate) fn xfs(&self) -> &xfs::Xfs {
+        self.xfs.as_ref().expect("a repository on XFS")
     }
 
     /// The tmpfs the repository lives on (see [`TestRepo::on_tmpfs`]).
@@ -112,6 +132,7 @@ impl TestRepo {
         let home = tempfile::tempdir().expect("temp home");
         TestRepo {
             disk: None,
+            xfs: None,
             dir,
             home,
             store_url,
