@@ -11,10 +11,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use br_core::outcome::Outcome;
-use br_store::conformance::{log_dir, plan, submit, task, worker};
+use br_store::Store;
+use br_store::conformance::{Record, plan, submit, task, work_session};
 use br_store::postgres::PostgresStore;
 use br_store::sqlite::SqliteStore;
-use br_store::{Claim, ClaimRequest, Store};
 
 /// Tasks per run: enough that startup is noise against the run.
 const TASKS: usize = 3000;
@@ -80,47 +80,10 @@ fn run(open: &(dyn Fn() -> Box<dyn Store> + Sync), workers: usize) -> Duration {
             let (start, session) = (Arc::clone(&start), session.clone());
             scope.spawn(move || {
                 let store = open();
-                let w = worker(&*store, Some(&session), Duration::from_secs(60));
-                let request = ClaimRequest {
-                    worker: &w,
-                    session: Some(&session),
-                    log_dir: log_dir(),
-                    repo_id: None,
-                    remote_only: false,
-                };
                 start.wait();
-                let mut claim = store.claim_next_task(&request).expect("claim");
-                loop {
-                    match claim {
-                        Claim::Task(t) => {
-                            let (_, next) = store
-                                .finish_attempt_and_claim(
-                                    &t.lease,
-                                    &Outcome::Succeeded,
-                                    &Default::default(),
-                                    &request,
-                                )
-                                .expect("finish and claim");
-                            claim = next;
-                        }
-                        Claim::Nothing => {
-                            // Another worker holds the last tasks; done when the session is.
-                            if store
-                                .session(&session)
-                                .expect("session")
-                                .status
-                                .is_terminal()
-                            {
-                                return;
-                            }
-                            store
-                                .wait_for_change(Duration::from_millis(5))
-                                .expect("wait");
-                            claim = store.claim_next_task(&request).expect("claim");
-                        }
-                        Claim::Stop | Claim::Land(_) => panic!("unexpected {claim:?}"),
-                    }
-                }
+                work_session(&*store, &session, Record::WithNextClaim, |_| {
+                    Outcome::Succeeded
+                });
             });
         }
         start.wait();

@@ -174,6 +174,77 @@ pub fn log_dir() -> &'static Path {
     Path::new("/tmp/br-conformance-logs")
 }
 
+/// How a worker of [`work_session`] records each attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// `finish_attempt`, then `claim_next_task`.
+    Apart,
+    /// `finish_attempt_and_claim`, one transaction, as `br worker` does.
+    WithNextClaim,
+}
+
+/// Works `session` as one worker process would, on its own handle: claims, lets `outcome`
+/// decide each attempt's end, records it, until the session is over. Returns the attempts it
+/// ran. Shared by the concurrency checks and the store benchmark.
+pub fn work_session(
+    store: &dyn Store,
+    session: &SessionId,
+    record: Record,
+    mut outcome: impl FnMut(&ClaimedTask) -> Outcome,
+) -> Vec<(String, u32)> {
+    let w = worker(store, Some(session), Duration::from_secs(30));
+    let request = ClaimRequest {
+        worker: &w,
+        session: Some(session),
+        log_dir: log_dir(),
+        repo_id: None,
+        remote_only: false,
+    };
+    let mut ran = Vec::new();
+    let mut claim = store.claim_next_task(&request).expect("claim");
+    loop {
+        claim = match claim {
+            Claim::Task(t) => {
+                let end = outcome(&t);
+                ran.push((t.lease.task_id.to_string(), t.lease.attempt.0));
+                match record {
+                    Record::WithNextClaim => {
+                        store
+                            .finish_attempt_and_claim(
+                                &t.lease,
+                                &end,
+                                &AttemptReport::default(),
+                                &request,
+                            )
+                            .expect("finish and claim")
+                            .1
+                    }
+                    Record::Apart => {
+                        store.finish_attempt(&t.lease, &end).expect("finish");
+                        store.claim_next_task(&request).expect("claim")
+                    }
+                }
+            }
+            Claim::Nothing => {
+                // Others hold the last tasks; done when the session is.
+                if store
+                    .session(session)
+                    .expect("session")
+                    .status
+                    .is_terminal()
+                {
+                    return ran;
+                }
+                store
+                    .wait_for_change(Duration::from_millis(20))
+                    .expect("wait");
+                store.claim_next_task(&request).expect("claim")
+            }
+            Claim::Stop | Claim::Land(_) => panic!("unexpected {claim:?}"),
+        };
+    }
+}
+
 fn claim(store: &dyn Store, w: &WorkerId) -> Claim {
     store
         .claim_next_task(&ClaimRequest {
@@ -1354,50 +1425,17 @@ pub fn concurrent_workers_claim_each_task_once_without_lock_overlap(b: &dyn Fres
             let store = b.open();
             let session = s.id.clone();
             std::thread::spawn(move || {
-                let w = worker(&*store, Some(&session), Duration::from_secs(30));
-                let mut ran = Vec::new();
-                loop {
-                    let c = store
-                        .claim_next_task(&ClaimRequest {
-                            worker: &w,
-                            session: Some(&session),
-                            log_dir: log_dir(),
-                            repo_id: None,
-                            remote_only: false,
-                        })
-                        .expect("claim");
-                    match c {
-                        Claim::Task(c) => {
-                            std::thread::sleep(Duration::from_micros(300));
-                            store
-                                .finish_attempt(&c.lease, &Outcome::Succeeded)
-                                .expect("finish");
-                            ran.push(c.lease.task_id.to_string());
-                        }
-                        Claim::Stop => break,
-                        Claim::Land(job) => panic!("shared isolation lands nothing: {job:?}"),
-                        Claim::Nothing => {
-                            if store
-                                .session(&session)
-                                .expect("session")
-                                .status
-                                .is_terminal()
-                            {
-                                break;
-                            }
-                            store
-                                .wait_for_change(Duration::from_millis(20))
-                                .expect("wait");
-                        }
-                    }
-                }
-                ran
+                work_session(&*store, &session, Record::Apart, |_| {
+                    std::thread::sleep(Duration::from_micros(300));
+                    Outcome::Succeeded
+                })
             })
         })
         .collect();
     let mut ran: Vec<String> = handles
         .into_iter()
         .flat_map(|h| h.join().expect("worker thread"))
+        .map(|(task, _)| task)
         .collect();
     ran.sort();
     let mut want: Vec<String> = (0..120).map(|i| format!("t{i}")).collect();
@@ -1500,58 +1538,22 @@ pub fn sixteen_workers_at_once_keep_every_promise(b: &dyn FreshStore) {
             .enumerate()
             .map(|(n, store)| {
                 let session = s.id.clone();
+                let record = if n % 2 == 0 {
+                    Record::WithNextClaim
+                } else {
+                    Record::Apart
+                };
                 scope.spawn(move || {
-                    let w = worker(&*store, Some(&session), Duration::from_secs(30));
-                    let request = ClaimRequest {
-                        worker: &w,
-                        session: Some(&session),
-                        log_dir: log_dir(),
-                        repo_id: None,
-                        remote_only: false,
-                    };
-                    let mut ran = Vec::new();
-                    let mut claim = store.claim_next_task(&request).expect("claim");
-                    loop {
-                        match claim {
-                            Claim::Task(t) => {
-                                let first_of_a_retried = t.lease.attempt.0 == 1
-                                    && t.lease.task_id.as_str()[1..]
-                                        .parse::<usize>()
-                                        .is_ok_and(|i| i % 7 == 0);
-                                let outcome = if first_of_a_retried {
-                                    Outcome::Failed { exit_code: 1 }
-                                } else {
-                                    Outcome::Succeeded
-                                };
-                                ran.push((t.lease.task_id.to_string(), t.lease.attempt.0));
-                                claim = if n % 2 == 0 {
-                                    store
-                                        .finish_attempt_and_claim(
-                                            &t.lease,
-                                            &outcome,
-                                            &AttemptReport::default(),
-                                            &request,
-                                        )
-                                        .expect("finish and claim")
-                                        .1
-                                } else {
-                                    store.finish_attempt(&t.lease, &outcome).expect("finish");
-                                    store.claim_next_task(&request).expect("claim")
-                                };
-                            }
-                            Claim::Nothing => {
-                                let status = store.session(&session).expect("session").status;
-                                if status.is_terminal() {
-                                    return ran;
-                                }
-                                store
-                                    .wait_for_change(Duration::from_millis(20))
-                                    .expect("wait");
-                                claim = store.claim_next_task(&request).expect("claim");
-                            }
-                            Claim::Stop | Claim::Land(_) => panic!("unexpected {claim:?}"),
+                    work_session(&*store, &session, record, |t| {
+                        let retried = t.lease.task_id.as_str()[1..]
+                            .parse::<usize>()
+                            .is_ok_and(|i| i % 7 == 0);
+                        if retried && t.lease.attempt.0 == 1 {
+                            Outcome::Failed { exit_code: 1 }
+                        } else {
+                            Outcome::Succeeded
                         }
-                    }
+                    })
                 })
             })
             .collect();

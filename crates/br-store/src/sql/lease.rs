@@ -570,7 +570,7 @@ fn lease_task(
     if session.started_at.is_none() {
         // At the transaction's end, with the session's other changes: its row is then held
         // for the last statements only.
-        tx.start(session_id);
+        tx.start(session_id)?;
     }
     tx.event(
         Ev::new(EventDetail::TaskStarted(TaskStarted {

@@ -208,9 +208,14 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// Marks `session` started when the transaction ends (see `session::start_now`).
-    pub(crate) fn start(&self, session: &str) {
-        self.start.borrow_mut().insert(session.to_string());
+    /// Marks `session` started when the transaction ends (see `session::start_now`). Its
+    /// `session_started` takes its place in the log now, before the task that starts it, and is
+    /// dropped at the end if another transaction started the session first.
+    pub(crate) fn start(&self, session: &str) -> OpResult<()> {
+        if self.start.borrow_mut().insert(session.to_string()) {
+            self.event(Ev::new(EventDetail::SessionStarted).session(session))?;
+        }
+        Ok(())
     }
 
     /// Adds `delta` to one of `session`'s counters when the transaction ends.
@@ -235,7 +240,12 @@ impl<'a> Tx<'a> {
     /// counters) or of the store (the events) wait for. Returns the events' `seq`s, in order.
     pub(crate) fn close(&self) -> OpResult<Vec<i64>> {
         for session in std::mem::take(&mut *self.start.borrow_mut()) {
-            session::start_now(self, &session)?;
+            if !session::start_now(self, &session)? {
+                self.events.borrow_mut().retain(|e| {
+                    !(e.kind == br_core::EventKind::SessionStarted
+                        && e.session.as_deref() == Some(session.as_str()))
+                });
+            }
         }
         let counts = std::mem::take(&mut *self.counts.borrow_mut());
         let mut settle = std::mem::take(&mut *self.settle.borrow_mut());

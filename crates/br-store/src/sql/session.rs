@@ -40,8 +40,8 @@ pub(super) fn bump(tx: &Tx<'_>, session: &str, counter: Counter, delta: i64) -> 
 
 /// Marks `session` started (its first claim), and running unless it is paused, when the
 /// transaction ends. Guarded by the update itself: first claims that ran side by side start it
-/// once.
-pub(super) fn start_now(tx: &Tx<'_>, session: &str) -> OpResult<()> {
+/// once. Whether this transaction did (its `session_started` was recorded by `Tx::start`).
+pub(super) fn start_now(tx: &Tx<'_>, session: &str) -> OpResult<bool> {
     let started = tx.execute(
         "UPDATE sessions SET started_at = ?1,
              status = CASE status WHEN ?3 THEN ?4 ELSE status END
@@ -53,10 +53,7 @@ pub(super) fn start_now(tx: &Tx<'_>, session: &str) -> OpResult<()> {
             SessionStatus::Running
         ],
     )?;
-    if started > 0 {
-        tx.event(Ev::new(EventDetail::SessionStarted).session(session))?;
-    }
-    Ok(())
+    Ok(started > 0)
 }
 
 /// Settles `session` when the transaction ends, after its counters moved (see
