@@ -49,37 +49,15 @@ pub(super) fn anything_to_land(c: &dyn Db, request: &ClaimRequest<'_>, now: i64)
     .get(0)
 }
 
-/// Gives `request`'s worker the landing turn of the oldest session that has something waiting
-/// and nobody landing it (or a lander whose turn expired: it died or went silent).
-pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Option<LandingJob>> {
-    let [created, running] = SessionStatus::CLAIMABLE;
-    let found: Option<String> = tx
-        .query_opt(
-            "SELECT s.id FROM sessions s
-             WHERE s.status IN (?2, ?3)
-               AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
-               AND (s.repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR s.repo_id = ?4)
-               AND (s.lander IS NULL OR s.landing_expires_at < ?5)
-               AND (?6 = 0 OR s.remote IS NOT NULL)
-               AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_waiting
-                           WHERE t.session_id = s.id AND t.landing = 'waiting')
-             ORDER BY s.created_at, s.rowid
-             LIMIT 1",
-            params![
-                request.session.map(SessionId::as_str),
-                created,
-                running,
-                request.repo_id,
-                tx.now,
-                request.remote_only
-            ],
-        )?
-        .map(|r| r.get(0))
-        .transpose()?;
-    let Some(session_id) = found else {
-        return Ok(None);
-    };
-    let s = read::session(tx.db, &session_id)?;
+/// Gives `request`'s worker the landing turn of `session_id`, which `claim` found with something
+/// waiting and nobody landing it (or a lander whose turn expired: it died or went silent), if
+/// no other claim took it meanwhile.
+pub(super) fn take_turn(
+    tx: &Tx<'_>,
+    request: &ClaimRequest<'_>,
+    session_id: &str,
+) -> OpResult<Option<LandingJob>> {
+    let s = read::session(tx.db, session_id)?;
     let ttl = i64::try_from(s.heartbeat_timeout_ms).unwrap_or(i64::MAX);
     // Taken only if still free, checked by the update itself: two claims running side by side
     // may both have found it free, and one turn has one holder.
@@ -89,7 +67,7 @@ pub(super) fn take_turn(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Opt
         params![
             request.worker.as_str(),
             tx.now.saturating_add(ttl),
-            &session_id,
+            session_id,
             tx.now
         ],
     )?;

@@ -278,38 +278,65 @@ const FIRST_CANDIDATE_BATCH: i64 = 4;
 
 pub(super) fn claim(tx: &Tx<'_>, request: &ClaimRequest<'_>) -> OpResult<Claim> {
     let worker = request.worker.as_str();
-    let state = worker_state(tx, worker)?;
+    let [created, running] = SessionStatus::CLAIMABLE;
+    // The worker's state and the sessions it may serve, oldest first, each saying whether it
+    // has something to land and nobody landing it: one statement. A session of another
+    // repository is not this worker's to run, even in a shared store: its tasks would run in
+    // the wrong tree. `t.landing = 'waiting'` stays a literal: the partial index's predicate.
+    let rows = tx.query(
+        "SELECT w.status, w.stop_requested, s.id, s.repo_id,
+             CASE WHEN s.id IS NOT NULL
+                       AND (s.lander IS NULL OR s.landing_expires_at < ?6)
+                       AND EXISTS (SELECT 1 FROM tasks t INDEXED BY tasks_waiting
+                                   WHERE t.session_id = s.id AND t.landing = 'waiting')
+                  THEN 1 ELSE 0 END
+         FROM workers w
+         LEFT JOIN sessions s
+           ON s.status IN (?2, ?3) AND (CAST(?1 AS TEXT) IS NULL OR s.id = ?1)
+              AND (s.repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR s.repo_id = ?4)
+              AND (?5 = 0 OR s.remote IS NOT NULL)
+         WHERE w.id = ?7
+         ORDER BY s.created_at, s.rowid",
+        params![
+            request.session.map(SessionId::as_str),
+            created,
+            running,
+            request.repo_id,
+            request.remote_only,
+            tx.now,
+            worker
+        ],
+    )?;
+    let first = rows
+        .first()
+        .ok_or_else(|| StoreError::NoSuchWorker(worker.to_string()))?;
+    let state = WorkerState {
+        status: first.get(0)?,
+        stop_requested: first.get(1)?,
+    };
     if state.stop_requested || state.status == WorkerStatus::Stopped {
         return Ok(Claim::Stop);
     }
     if state.status == WorkerStatus::Offline {
         rejoin(tx, worker, WorkerStatus::Idle)?;
     }
-    // Landing first: what waits to land holds locks and dependents back.
-    if let Some(job) = super::landing::take_turn(tx, request)? {
-        return Ok(Claim::Land(Box::new(job)));
+    let mut sessions: Vec<(String, Option<String>)> = Vec::new();
+    let mut to_land: Vec<String> = Vec::new();
+    for r in &rows {
+        let Some(id) = r.get::<Option<String>>(2)? else {
+            continue;
+        };
+        if r.get::<bool>(4)? {
+            to_land.push(id.clone());
+        }
+        sessions.push((id, r.get(3)?));
     }
-    let [created, running] = SessionStatus::CLAIMABLE;
-    let sessions: Vec<(String, Option<String>)> = tx
-        .query(
-            // A session of another repository is not this worker's to run, even in a shared
-            // store: its tasks would run in the wrong tree.
-            "SELECT id, repo_id FROM sessions
-             WHERE status IN (?2, ?3) AND (CAST(?1 AS TEXT) IS NULL OR id = ?1)
-               AND (repo_id IS NULL OR CAST(?4 AS TEXT) IS NULL OR repo_id = ?4)
-               AND (?5 = 0 OR remote IS NOT NULL)
-             ORDER BY created_at, rowid",
-            params![
-                request.session.map(SessionId::as_str),
-                created,
-                running,
-                request.repo_id,
-                request.remote_only
-            ],
-        )?
-        .iter()
-        .map(|r| Ok((r.get(0)?, r.get(1)?)))
-        .collect::<OpResult<_>>()?;
+    // Landing first: what waits to land holds locks and dependents back.
+    for session_id in &to_land {
+        if let Some(job) = super::landing::take_turn(tx, request, session_id)? {
+            return Ok(Claim::Land(Box::new(job)));
+        }
+    }
     let mut pools = PoolGate::default();
     for (session_id, repo_id) in &sessions {
         let mut held: Option<Vec<Held>> = None;
@@ -472,27 +499,36 @@ fn lease_task(
 ) -> OpResult<Box<ClaimedTask>> {
     let worker = request.worker.as_str();
     let task_id = candidate.id.as_str();
-    let session = super::read::session(tx.db, session_id)?;
-    let r = tx.query_one(
-        "SELECT attempt, run, env, timeout_ms, base_commit, start, next_reason, prompt, outcome,
-             agent
-         FROM tasks WHERE session_id = ?1 AND id = ?2",
-        params![session_id, task_id],
-    )?;
+    // The session and the task in one statement: the session's columns, then the task's.
+    let (session_columns, n) = read::session_columns_of("s");
+    let sql = format!(
+        "SELECT {session_columns}, t.attempt, t.run, t.env, t.timeout_ms, t.base_commit,
+             t.start, t.next_reason, t.prompt, t.outcome, t.agent
+         FROM sessions s JOIN tasks t ON t.session_id = s.id
+         WHERE s.id = ?1 AND t.id = ?2"
+    );
+    let r = tx.query_one(&sql, params![session_id, task_id])?;
+    let session = read::session_from_row(&r)?;
     let (previous_attempt, run, env, timeout_ms, task_base): (
         u32,
         String,
         String,
         Option<u64>,
         Option<String>,
-    ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-    let start: StartMode = super::read::serde_word(&r, 5)?;
-    let next_reason: Option<RunReason> = r.get(6)?;
-    let prompt: Option<String> = r.get(7)?;
-    let previous_outcome: Option<OutcomeKind> = r.get(8)?;
+    ) = (
+        r.get(n)?,
+        r.get(n + 1)?,
+        r.get(n + 2)?,
+        r.get(n + 3)?,
+        r.get(n + 4)?,
+    );
+    let start: StartMode = super::read::serde_word(&r, n + 5)?;
+    let next_reason: Option<RunReason> = r.get(n + 6)?;
+    let prompt: Option<String> = r.get(n + 7)?;
+    let previous_outcome: Option<OutcomeKind> = r.get(n + 8)?;
     let agent: Option<br_core::agent::AgentProfile> = r
-        .get::<Option<String>>(9)?
-        .map(|text| serde_json::from_str(&text).map_err(|e| r.damaged(9, e)))
+        .get::<Option<String>>(n + 9)?
+        .map(|text| serde_json::from_str(&text).map_err(|e| r.damaged(n + 9, e)))
         .transpose()?;
     let attempt = previous_attempt + 1;
     let reason = next_reason.unwrap_or_else(|| reason_after(previous_attempt, previous_outcome));
