@@ -3,7 +3,8 @@
 //! before attempt 2 started. Asserts nothing; a run where attempt 1 still ran when attempt 2
 //! started is printed as OVERLAP and counted.
 //!
-//! `cargo bench -p br --bench partition [-- postgres|sqlite] [RUNS]` (20 runs each by default).
+//! `cargo bench -p br --bench partition [-- postgres|sqlite|killed] [RUNS]` (20 runs each by
+//! default). `killed` measures the time from a worker's `kill -9` to its task running elsewhere.
 //! The PostgreSQL scenario needs `BR_TEST_POSTGRES_URL`.
 
 #[path = "../tests/common/mod.rs"]
@@ -12,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::PgSchema;
-use common::partition::{Measured, postgres_cut, sqlite_locked};
+use common::partition::{LEASE, Measured, Trace, postgres_cut, sqlite_locked, worker_killed};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -45,6 +46,41 @@ fn main() {
     if want("sqlite") {
         report("SQLite held locked past the lease", runs, sqlite_locked);
     }
+    if want("killed") {
+        takeover("a worker killed mid-task, SQLite", runs, || {
+            worker_killed(None)
+        });
+        if std::env::var_os(common::POSTGRES_URL_VAR).is_some() {
+            takeover("a worker killed mid-task, PostgreSQL", runs, || {
+                let schema = PgSchema::create().expect("a schema");
+                worker_killed(Some(&schema))
+            });
+        }
+    }
+}
+
+/// From a worker's `kill -9` to its task's next attempt starting on another worker: the lease
+/// must expire first (by design), then any process's next requeue frees the task and the waiting
+/// worker claims it.
+fn takeover(title: &str, runs: u32, mut scenario: impl FnMut() -> (Trace, Duration)) {
+    println!(
+        "\n{title}: from the kill to attempt 2 starting elsewhere (lease {}s)",
+        LEASE.as_secs()
+    );
+    let mut took: Vec<Duration> = Vec::new();
+    let mut overlaps = 0;
+    for _ in 0..runs {
+        let (trace, d) = scenario();
+        overlaps += u32::from(trace.overlap);
+        took.push(d);
+    }
+    took.sort();
+    println!(
+        "  min {} ms, median {} ms, max {} ms; attempt 1 still running at attempt 2: {overlaps} of {runs}",
+        took[0].as_millis(),
+        took[took.len() / 2].as_millis(),
+        took[took.len() - 1].as_millis()
+    );
 }
 
 fn report(title: &str, runs: u32, mut scenario: impl FnMut() -> Measured) {

@@ -330,3 +330,30 @@ pub(crate) fn describe(m: &Measured) -> String {
         if m.trace.overlap { " (OVERLAP)" } else { "" }
     )
 }
+
+/// A worker killed (`kill -9`) while its task runs, with another worker waiting: the task's next
+/// attempt starts on the other once the lease has expired and a requeue has run. Returns the
+/// trace and the time from the kill to attempt 2's start. On `schema`'s PostgreSQL, else SQLite.
+pub(crate) fn worker_killed(schema: Option<&PgSchema>) -> (Trace, Duration) {
+    let repo = schema.map_or_else(TestRepo::new, |s| TestRepo::with_store(s.url()));
+    let dir = tempfile::tempdir().expect("trace dir");
+    let trace_path = dir.path().join("trace");
+    let session = submit(&repo, &trace_path);
+    let victim = repo.spawn(&worker_args(&session));
+    wait_for_start(&trace_path, 1);
+    let other = repo.spawn(&worker_args(&session));
+    victim.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed_at = now_nanos();
+    let trace = wait_for_start(&trace_path, 2);
+    let other = other.wait(LONG);
+    assert_eq!(other.code, 0, "{}", other.stderr);
+    let status = repo.status(&session);
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["tasks"][0]["attempts"], 2, "{status}");
+    let events = repo.events();
+    audit_lock_order(&events).expect("no two holders of a lock");
+    audit_terminal_once(&events).expect("the task ended once");
+    audit_fencing(&events).expect("no stale result accepted");
+    let took = since(killed_at, trace.start2.unwrap_or(killed_at));
+    (trace, took)
+}
