@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::TestRepo;
+use common::xfs::Xfs;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -122,10 +123,11 @@ fn a_slot_made_later_clones_the_kept_cache_from_the_seed_sharing_its_blocks() {
     );
     // The cache and its clone in the seed: one cache's blocks (and some for the store, logs and
     // git), not two.
+    let grown = warmed.saturating_sub(before);
     assert!(
-        warmed - before < blob + blob / 2,
+        grown < blob + blob / 2,
         "the seed shares the cache's blocks: {} MiB more in use",
-        (warmed - before) / MIB
+        grown / MIB
     );
 
     let rendezvous = tempfile::tempdir().expect("temp dir");
@@ -141,9 +143,16 @@ fn a_slot_made_later_clones_the_kept_cache_from_the_seed_sharing_its_blocks() {
         "slot 1's cache is the seed's"
     );
     assert!(
-        paired - warmed < blob / 2,
+        Xfs::all_shared(&slot(&repo, 1).join("cache/blob")),
+        "every block of slot 1's cache is shared with the seed's"
+    );
+    // Usage may also fall meanwhile (XFS trims speculative preallocation of files written
+    // before): what matters is that it did not grow by a copy.
+    let grown = paired.saturating_sub(warmed);
+    assert!(
+        grown < blob / 2,
         "slot 1 shares the seed's blocks instead of copying them: {} MiB more in use",
-        (paired - warmed) / MIB
+        grown / MIB
     );
     assert_eq!(seeds(&repo), [seed], "the seed was made once");
 }

@@ -55,6 +55,28 @@ impl Xfs {
         }
     }
 
+    /// Whether every extent of `file` is shared with another file (copy-on-write), as
+    /// `filefrag -v` reports it: the direct proof that a clone copied no block.
+    pub(crate) fn all_shared(file: &Path) -> bool {
+        let out = Command::new("filefrag")
+            .arg("-v")
+            .arg(file)
+            .output()
+            .expect("run filefrag (e2fsprogs)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Extent lines start with their number and a colon; flags are their last column.
+        let extents: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .split(':')
+                    .next()
+                    .is_some_and(|n| n.trim().parse::<u32>().is_ok())
+            })
+            .collect();
+        !extents.is_empty() && extents.iter().all(|l| l.contains("shared"))
+    }
+
     /// Bytes in use on it, once everything written is on the disk: what `df` shows.
     pub(crate) fn used_bytes(&self) -> u64 {
         run(Command::new("sync").arg("-f").arg(&self.path)).expect("sync");
