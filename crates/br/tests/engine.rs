@@ -423,6 +423,35 @@ fn a_failed_task_skips_its_dependents_and_fails_the_session() {
         ),
         (Some(2), Some(2))
     );
+    // The notes say which dependency each skipped task waited for in vain, down the chain.
+    let text = repo.br(&["status", "fails"]).stdout;
+    let note = |task: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(task))
+            .unwrap_or_else(|| panic!("no row for {task}:\n{text}"))
+            .to_string()
+    };
+    assert!(note("after-bad").ends_with("skipped: bad failed"), "{text}");
+    assert!(
+        note("later").ends_with("skipped: after-bad was skipped (bad failed)"),
+        "{text}"
+    );
+    // FAILED counts the tasks that failed; the ones they skipped have their own column.
+    let list = repo.br(&["list"]).stdout;
+    let header: Vec<&str> = list
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = list
+        .lines()
+        .find(|l| l.contains(" fails "))
+        .expect("the session's row")
+        .split_whitespace()
+        .collect();
+    let column = |name: &str| row[header.iter().position(|h| *h == name).expect(name)];
+    assert_eq!((column("FAILED"), column("SKIPPED")), ("2", "2"), "{list}");
     let bad = task_by_id(&status, "bad");
     let log = std::fs::read_to_string(bad["log_path"].as_str().expect("log path")).expect("log");
     assert_eq!(log, "broken\n");

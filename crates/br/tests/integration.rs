@@ -314,6 +314,24 @@ run = "echo y > y.txt"
     assert_eq!(never["attempts"], 2);
     assert_eq!(task(&status, "after-never")["state"], "skipped");
     assert_eq!(status["landed_tasks"], 0);
+    // In words: the task that ran has its branch; the one that never ran has none to show, and
+    // says which dependency it waited for in vain.
+    let text = repo.br(&["status", "-v", &repo.session_id()]).stdout;
+    let section = |task: &str| {
+        let start = text
+            .find(&format!("\n{task}:\n"))
+            .unwrap_or_else(|| panic!("no section for {task}:\n{text}"));
+        let rest = &text[start + 1..];
+        rest[..rest[1..].find("\n\n").map_or(rest.len(), |e| e + 1)].to_string()
+    };
+    let never = section("never");
+    assert!(
+        never.contains("branch: br/hopeless-") && never.contains("/never\n"),
+        "{text}"
+    );
+    assert!(text.contains("· 1 worker wanted ·"), "{text}");
+    assert!(!section("after-never").contains("branch:"), "{text}");
+    assert!(text.contains("skipped: never failed"), "{text}");
 }
 
 /// The prompt file is read at submit: editing it afterwards (here, by the first task, in the

@@ -229,6 +229,40 @@ files = ["a.txt"]
     untouched(&repo, &head);
 }
 
+/// A task that changed nothing has nothing of its own to land: the queue says so, and does not
+/// call it landed.
+#[test]
+fn a_task_that_changed_nothing_is_told_apart_from_one_that_landed() {
+    let repo = TestRepo::new();
+    commit_plan(
+        &repo,
+        r#"name = "idle"
+[[task]]
+id = "noop"
+run = "true"
+[[task]]
+id = "writes"
+run = "echo w > w.txt"
+"#,
+    );
+    run_ok(&repo, &["run", "--workers", "2"]);
+    let (code, report) = merge(&repo, &["idle"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(entry(&report, "noop")["result"], "unchanged", "{report:#}");
+    assert_eq!(entry(&report, "writes")["result"], "landed", "{report:#}");
+    // Again: the one that wrote has landed by now; the other still changed nothing.
+    let again = run_ok(&repo, &["merge", "idle"]).stdout;
+    let line = |task: &str| {
+        again
+            .lines()
+            .find(|l| l.split_whitespace().last() == Some(task))
+            .unwrap_or_else(|| panic!("no line for {task}:\n{again}"))
+            .to_string()
+    };
+    assert!(line("noop").contains("changed nothing"), "{again}");
+    assert!(line("writes").contains("already landed"), "{again}");
+}
+
 #[test]
 fn a_conflict_is_reported_by_file_and_check_predicts_it_without_writing_anything() {
     let repo = repo_with_shared_file();

@@ -255,7 +255,18 @@ impl Queue<'_> {
         };
         entry.commit = Some(commit.clone());
         entry.landing = if is_ancestor(self.git, &commit, &self.tip)? {
-            Landing::AlreadyLanded
+            // A branch still at its attempt's start commit holds no work of its own.
+            let started_at = self
+                .store
+                .attempts(&self.session.id, &task.id)?
+                .into_iter()
+                .next_back()
+                .and_then(|a| a.start_commit);
+            if started_at.as_deref() == Some(commit.as_str()) {
+                Landing::Unchanged
+            } else {
+                Landing::AlreadyLanded
+            }
         } else {
             match merge_tree(self.repo, self.git, None, &self.tip, &commit)? {
                 MergeTree::Conflicted { files, .. } => {

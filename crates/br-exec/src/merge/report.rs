@@ -16,9 +16,11 @@ pub enum Landing {
         commit: String,
         verify_log: Option<PathBuf>,
     },
-    /// Its branch is already contained in the integration branch (landed earlier, or it changed
-    /// nothing).
+    /// Its branch is already contained in the integration branch: it landed earlier.
     AlreadyLanded,
+    /// Its branch is where its attempt started: it changed nothing, so there is nothing of its
+    /// own to land (not the same as having landed).
+    Unchanged,
     /// `Check`: it would merge cleanly onto the tip the clean candidates before it would make.
     WouldLand,
     /// It does not merge cleanly onto the integration branch: these files conflict.
@@ -38,6 +40,7 @@ impl Landing {
         match self {
             Landing::Landed { .. } => "landed",
             Landing::AlreadyLanded => "already_landed",
+            Landing::Unchanged => "unchanged",
             Landing::WouldLand => "would_land",
             Landing::Conflict { .. } => "conflict",
             Landing::VerifyFailed { .. } => "verify_failed",
@@ -50,7 +53,10 @@ impl Landing {
     pub fn is_landed(&self) -> bool {
         matches!(
             self,
-            Landing::Landed { .. } | Landing::AlreadyLanded | Landing::WouldLand
+            Landing::Landed { .. }
+                | Landing::AlreadyLanded
+                | Landing::Unchanged
+                | Landing::WouldLand
         )
     }
 

@@ -303,6 +303,7 @@ fn write_report(out: &mut String, s: &Session, report: &MergeReport) -> anyhow::
                 },
             ),
             Landing::AlreadyLanded => ("already landed", String::new()),
+            Landing::Unchanged => ("changed nothing", String::new()),
             Landing::WouldLand => ("would land", String::new()),
             Landing::Conflict { files } => (
                 if check { "would conflict" } else { "conflict" },

@@ -77,8 +77,9 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     };
     writeln!(
         out,
-        "base {base} · {} isolation · {} workers wanted · {when}",
-        s.isolation, s.workers_wanted
+        "base {base} · {} isolation · {} wanted · {when}",
+        s.isolation,
+        crate::output::count(s.workers_wanted, "worker")
     )?;
     let tasks = store.tasks(&s.id)?;
     let lands =
@@ -161,7 +162,8 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     if args.verbose {
         for t in &tasks {
             writeln!(out, "\n{}:\n  run: {}", esc(&t.id), esc(&t.run))?;
-            if let Some(b) = &t.branch {
+            // A task that never ran has no branch yet, whatever its name would be.
+            if let Some(b) = t.branch.as_ref().filter(|_| t.attempts > 0) {
                 writeln!(out, "  branch: {}", esc(b))?;
             }
             for a in store.attempts(&s.id, &t.id)? {
@@ -250,6 +252,7 @@ fn task_note(
             }
             notes.join("; ")
         }
+        TaskState::Skipped => skipped_because(t, all),
         TaskState::Succeeded if t.landing == Some(Landing::Waiting) => {
             let mut notes = vec!["waiting to land".to_string()];
             notes.extend(t.merge_notes());
@@ -257,6 +260,44 @@ fn task_note(
         }
         _ => t.merge_notes().join("; "),
     }
+}
+
+/// Which dependency a skipped task waited for in vain: one that failed or was cancelled, or one
+/// skipped in turn, followed to the task that failed.
+fn skipped_because(t: &br_store::Task, all: &[br_store::Task]) -> String {
+    let find = |id: &str| all.iter().find(|o| o.id.as_str() == id);
+    let Some(dep) = t
+        .after
+        .iter()
+        .filter_map(|a| find(a))
+        .find(|d| d.state != TaskState::Succeeded)
+    else {
+        return "skipped".to_string();
+    };
+    if dep.state != TaskState::Skipped {
+        return format!("skipped: {} {}", dep.id, dep.state);
+    }
+    // Down the chain of skipped tasks to the one that ended badly; bounded, as a plan's
+    // dependencies have no cycle but a damaged store might.
+    let mut root = dep;
+    for _ in 0..all.len() {
+        match root
+            .after
+            .iter()
+            .filter_map(|a| find(a))
+            .find(|d| d.state != TaskState::Succeeded)
+        {
+            Some(next) if next.state == TaskState::Skipped => root = next,
+            Some(next) => {
+                return format!(
+                    "skipped: {} was skipped ({} {})",
+                    dep.id, next.id, next.state
+                );
+            }
+            None => break,
+        }
+    }
+    format!("skipped: {} was skipped", dep.id)
 }
 
 pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
@@ -281,7 +322,7 @@ pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
     let sessions = sessions.0;
     let now = store.now()?;
     let mut table = Table::new(&[
-        "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "LANDED", "CREATED",
+        "ID", "NAME", "STATUS", "PROGRESS", "TASKS", "FAILED", "SKIPPED", "LANDED", "CREATED",
     ]);
     for s in &sessions {
         // Tasks whose work is on br/<slug>/integration, landed as the session ran; a shared
@@ -296,7 +337,8 @@ pub(super) fn list(ctx: &Context, args: ListArgs) -> anyhow::Result<Exit> {
             s.status.to_string(),
             format!("{}%", s.progress_percent),
             format!("{}/{}", s.finished_tasks(), s.total_tasks),
-            (s.failed_tasks + s.skipped_tasks).to_string(),
+            s.failed_tasks.to_string(),
+            s.skipped_tasks.to_string(),
             landed,
             ago(now.since(s.created_at)),
         ]);
