@@ -28,6 +28,15 @@ pub enum CleanupError {
     Ref(#[from] RefError),
     #[error(transparent)]
     Git(#[from] br_git::GitError),
+    /// `br cleanup SESSION` of a session that has not ended (or still has a task running).
+    #[error(
+        "session {session} is {status}{running}: only a finished session is cleaned up (cancel it first with `br cancel {session}`)"
+    )]
+    NotFinished {
+        session: SessionId,
+        status: br_core::SessionStatus,
+        running: String,
+    },
     #[error("cannot remove {}", path.display())]
     RemoveLogs {
         path: PathBuf,
@@ -37,10 +46,12 @@ pub enum CleanupError {
 }
 
 /// What to clean.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CleanupScope {
     /// Sessions that ended (and worker records last seen) more than this many days ago.
     pub older_than_days: u32,
+    /// This one finished session only, whatever its age (`br cleanup SESSION`).
+    pub session: Option<SessionId>,
 }
 
 /// The plan, or what applying it did: one shape for both (`dry_run` tells them apart).
@@ -50,6 +61,9 @@ pub struct CleanupReport {
     /// br's worktree slots; `None` when the store is used outside a repository.
     pub worktrees: Option<WorktreesReport>,
     pub sessions: Vec<SessionCleanup>,
+    /// Sessions left as they are, and why: still running (or not ended), or ended within the
+    /// last `older_than_days` days.
+    pub kept_sessions: KeptSessions,
     /// Stale worker records (offline or stopped, last seen before the cut-off).
     pub workers_pruned: u32,
     #[serde(skip)]
@@ -65,6 +79,15 @@ impl CleanupReport {
             .filter(|r| r.action == "keep")
             .count()
     }
+}
+
+/// How many sessions cleanup left, by reason.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct KeptSessions {
+    /// Not ended, or ended with a task still running.
+    pub unfinished: u32,
+    /// Ended more recently than the cut-off.
+    pub recent: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -269,11 +292,32 @@ pub fn plan(
         None => None,
     };
     let mut sessions = Vec::new();
-    for s in store.list_sessions(&SessionFilter::default())? {
+    let mut kept = KeptSessions::default();
+    let candidates = match &scope.session {
+        Some(id) => {
+            let s = store.session(id)?;
+            if !(s.status.is_terminal() && s.running_tasks == 0) {
+                return Err(CleanupError::NotFinished {
+                    running: if s.running_tasks > 0 {
+                        format!(" with {} still running", s.running_tasks)
+                    } else {
+                        String::new()
+                    },
+                    session: s.id,
+                    status: s.status,
+                });
+            }
+            vec![s]
+        }
+        None => store.list_sessions(&SessionFilter::default())?,
+    };
+    for s in candidates {
         if !(s.status.is_terminal() && s.running_tasks == 0) {
+            kept.unfinished += 1;
             continue;
         }
-        if s.completed_at.unwrap_or(s.created_at) > cutoff {
+        if scope.session.is_none() && s.completed_at.unwrap_or(s.created_at) > cutoff {
+            kept.recent += 1;
             continue;
         }
         let logs = log_dir
@@ -310,6 +354,7 @@ pub fn plan(
         dry_run: true,
         worktrees,
         sessions,
+        kept_sessions: kept,
         workers_pruned: u32::try_from(stale).unwrap_or(u32::MAX),
         stale_workers_before,
     })

@@ -506,6 +506,8 @@ pub(crate) struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct CleanupArgs {
+    /// Clean up this one finished session (name or id), whatever its age
+    pub session: Option<String>,
     /// Delete sessions that ended more than N days ago
     #[arg(long, default_value_t = 7)]
     pub days: u32,

@@ -417,3 +417,57 @@ fn br_run_starts_by_keeping_what_a_killed_run_left_in_its_worktrees() {
         );
     }
 }
+
+/// `br cleanup SESSION` removes that one finished session, whatever its age, and nothing of
+/// another; a session that has not ended is refused with a reason, and nothing is removed.
+#[test]
+fn cleanup_of_one_session_removes_it_alone_and_refuses_one_that_has_not_ended() {
+    let repo = TestRepo::new();
+    for name in ["first", "second"] {
+        commit_file(
+            &repo,
+            "br.toml",
+            &format!(
+                "name = \"{name}\"\nisolation = \"shared\"\n[[task]]\nid = \"t\"\nrun = \"true\"\n"
+            ),
+        );
+        let run = repo.br(&["run", "--workers", "1"]);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    }
+    commit_file(
+        &repo,
+        "br.toml",
+        "name = \"waiting\"\nisolation = \"shared\"\n[[task]]\nid = \"t\"\nrun = \"true\"\n",
+    );
+    let submitted = repo.br(&["submit"]);
+    assert_eq!(submitted.code, 0, "{}", submitted.stderr);
+
+    let refused = repo.br(&["cleanup", "waiting"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("is created") && refused.stderr.contains("br cancel"),
+        "{}",
+        refused.stderr
+    );
+    let one = repo.br(&["cleanup", "first"]);
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert!(
+        one.stdout.contains("deleted session first"),
+        "{}",
+        one.stdout
+    );
+    assert!(
+        one.stdout.contains("deleted 1 finished session;"),
+        "{}",
+        one.stdout
+    );
+    let left: Vec<String> = serde_json::from_str::<Value>(&repo.br(&["list", "--json"]).stdout)
+        .expect("list JSON")
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&"second".to_string()) && left.contains(&"waiting".to_string()));
+}

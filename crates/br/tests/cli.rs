@@ -326,7 +326,14 @@ fn cleanup_deletes_finished_sessions_and_their_logs() {
     let keep = repo.br(&["cleanup"]);
     assert!(
         keep.stdout
-            .contains("deleted 0 finished session(s) older than 7 day(s)"),
+            .contains("deleted 0 finished sessions older than 7 days"),
+        "{}",
+        keep.stdout
+    );
+    // It says why it kept the session.
+    assert!(
+        keep.stdout
+            .contains("kept: 1 session ended within the last 7 days"),
         "{}",
         keep.stdout
     );

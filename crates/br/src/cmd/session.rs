@@ -625,8 +625,14 @@ pub(super) fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> 
     // or refs to look at, only records and logs.
     let repo = ctx.repo().ok();
     let log_dir = ctx.log_dir().ok();
+    let session = args
+        .session
+        .as_deref()
+        .map(|reference| store.resolve_session(reference).map(|s| s.id))
+        .transpose()?;
     let scope = CleanupScope {
         older_than_days: args.days,
+        session,
     };
     let plan = cleanup::plan(&*store, repo, log_dir.as_deref(), scope)?;
     let report = if args.dry_run {
@@ -637,12 +643,13 @@ pub(super) fn cleanup(ctx: &Context, args: CleanupArgs) -> anyhow::Result<Exit> 
     if ctx.json {
         print_json(&report)?;
     } else {
-        print(&cleanup_text(&report, args.days)?)?;
+        print(&cleanup_text(&report, args.days, args.session.is_some())?)?;
     }
     Ok(Exit::Success)
 }
 
-fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
+fn cleanup_text(report: &CleanupReport, days: u32, one: bool) -> anyhow::Result<String> {
+    use crate::output::count;
     let dry = report.dry_run;
     let would = |done: &'static str, planned: &'static str| if dry { planned } else { done };
     let verb = would("deleted", "would delete");
@@ -763,18 +770,46 @@ fn cleanup_text(report: &CleanupReport, days: u32) -> anyhow::Result<String> {
     if kept_refs > 0 {
         writeln!(
             out,
-            "{kept_refs} ref(s) kept because deleting them would lose work; delete one yourself \
-             with `git update-ref -d REF` (or `git branch -D BRANCH`) when it is no longer needed"
+            "{} kept because deleting them would lose work; delete one yourself with \
+             `git update-ref -d REF` (or `git branch -D BRANCH`) when it is no longer needed",
+            count(u64::try_from(kept_refs).unwrap_or(u64::MAX), "ref")
         )?;
     }
-    writeln!(
-        out,
-        "{} {} finished session(s) older than {} day(s); {} {} stale worker record(s)",
-        verb,
-        report.sessions.len(),
-        days,
-        would("pruned", "would prune"),
-        report.workers_pruned
-    )?;
+    let sessions = count(
+        u64::try_from(report.sessions.len()).unwrap_or(u64::MAX),
+        "finished session",
+    );
+    let workers = count(report.workers_pruned, "stale worker record");
+    if one {
+        writeln!(
+            out,
+            "{verb} {sessions}; {} {workers}",
+            would("pruned", "would prune")
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{verb} {sessions} older than {}; {} {workers}",
+            count(days, "day"),
+            would("pruned", "would prune"),
+        )?;
+        // What was left, and why, so that nobody wonders where a session went or why it is
+        // still listed.
+        let kept = &report.kept_sessions;
+        let mut why = Vec::new();
+        if kept.unfinished > 0 {
+            why.push(format!("{} not ended", count(kept.unfinished, "session")));
+        }
+        if kept.recent > 0 {
+            why.push(format!(
+                "{} ended within the last {} (`--days 0` or `br cleanup SESSION` for those)",
+                count(kept.recent, "session"),
+                count(days, "day")
+            ));
+        }
+        if !why.is_empty() {
+            writeln!(out, "kept: {}", why.join("; "))?;
+        }
+    }
     Ok(out)
 }
