@@ -1,11 +1,13 @@
 //! Plan files (`br.toml`): parsing and validation, with errors that name the file, line and reason.
 //!
-//! Parsing happens in two steps. First the TOML is deserialised into raw structs whose fields are
-//! `toml::Spanned`, so every value remembers where it was written; a syntax error, an unknown key
-//! or a value of the wrong type stops here with that one error, because serde cannot carry on past
-//! it. Then the raw plan is validated as a whole, and every problem found (bad ids, bad paths,
-//! unknown dependencies, cycles, out-of-range values, ...) is reported at once, in file order, so
-//! that a user fixes a plan in one round instead of one error per run.
+//! Parsing happens in two steps. First the TOML is read into a table of spanned keys and values;
+//! the keys neither the plan nor a `[[task]]` knows are taken out there, each a problem, and the
+//! rest is deserialised into raw structs whose fields are `toml::Spanned`, so every value
+//! remembers where it was written (a syntax error, or a value of the wrong type, stops here,
+//! because serde cannot carry on past it). Then the raw plan is validated as a whole, and every
+//! problem found (unknown keys, bad ids, bad paths, unknown dependencies, cycles, out-of-range
+//! values, ...) is reported at once, in file order, so that a user fixes a plan in one round
+//! instead of one error per run.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -392,19 +394,38 @@ impl Plan {
     /// session name (its stem); nothing is read from disk.
     pub fn parse(source: &str, file: &Path) -> Result<Plan, PlanError> {
         let lines = LineIndex::new(source);
-        let raw: RawPlan = match toml::from_str(source) {
+        let one = |e: &toml::de::Error| PlanError {
+            file: file.to_path_buf(),
+            problems: vec![lines.problem(
+                e.span().map(|span| span.start),
+                &describe_toml_error(e, source),
+            )],
+        };
+        let mut root = toml::de::DeTable::parse(source).map_err(|e| one(&e))?;
+        // Unknown keys are reported with every other problem, not alone: they are taken out
+        // here, each a problem, and the rest of the plan is read and validated as usual.
+        let mut problems = Problems::default();
+        let misplaced = take_unknown_keys(root.get_mut(), &mut problems);
+        let raw: RawPlan = match RawPlan::deserialize(toml::de::Deserializer::from(root)) {
             Ok(raw) => raw,
+            Err(e) if problems.list.is_empty() => return Err(one(&e)),
             Err(e) => {
-                let offset = e.span().map(|span| span.start);
-                let message = describe_toml_error(&e, source);
-                return Err(PlanError {
-                    file: file.to_path_buf(),
-                    problems: vec![lines.problem(offset, &message)],
-                });
+                // Another problem stops serde (a value of the wrong type): it joins the unknown
+                // keys found before.
+                let at = e.span().unwrap_or(0..0);
+                problems.at(&at, describe_toml_error(&e, source));
+                return Err(problems.into_error(file, &lines));
             }
         };
-        let mut problems = Problems::default();
-        match validate(raw, file, &lines, &mut problems) {
+        let valid = validate(raw, file, &lines, &mut problems);
+        if misplaced {
+            // The tasks may well be under the unknown key (`[[tasks]]`): that there are none
+            // follows from it, and is not a problem of its own.
+            problems
+                .list
+                .retain(|(at, message)| !(at.is_none() && message.starts_with(NO_TASKS)));
+        }
+        match valid {
             Some(plan) if problems.list.is_empty() => Ok(plan),
             _ => {
                 if problems.list.is_empty() {
@@ -904,6 +925,76 @@ fn one_line(message: &str) -> String {
     out
 }
 
+/// Takes the keys that are neither the plan's nor a task's out of `root` (and out of each
+/// `[[task]]`), each a problem at its place, in the words serde's refusal would have had.
+/// The start of the problem of a plan without tasks.
+const NO_TASKS: &str = "no tasks";
+
+/// Returns whether a plan-wide key was unknown.
+fn take_unknown_keys<'i>(root: &mut toml::de::DeTable<'i>, problems: &mut Problems) -> bool {
+    fn unknown<'i>(
+        table: &toml::de::DeTable<'i>,
+        known: &[&str],
+    ) -> Vec<Spanned<toml::de::DeString<'i>>> {
+        table
+            .keys()
+            .filter(|k| !known.contains(&k.get_ref().as_ref()))
+            .cloned()
+            .collect()
+    }
+    let top = unknown(root, TOP_LEVEL_KEYS);
+    let misplaced = !top.is_empty();
+    for key in top {
+        problems.at(&key.span(), unknown_key_message(key.get_ref(), false));
+        root.remove(&key);
+    }
+    let Some(tasks) = root
+        .iter_mut()
+        .find(|(k, _)| k.get_ref().as_ref() == "task")
+    else {
+        return misplaced;
+    };
+    if let toml::de::DeValue::Array(tasks) = tasks.1.get_mut() {
+        for task in tasks.iter_mut() {
+            if let toml::de::DeValue::Table(table) = task.get_mut() {
+                for key in unknown(table, TASK_KEYS) {
+                    problems.at(&key.span(), unknown_key_message(key.get_ref(), true));
+                    table.remove(&key);
+                }
+            }
+        }
+    }
+    misplaced
+}
+
+/// What is said of an unknown key: where it is, what was perhaps meant, what is allowed.
+fn unknown_key_message(key: &str, in_task: bool) -> String {
+    let (keys, other_keys, place) = if in_task {
+        (TASK_KEYS, TOP_LEVEL_KEYS, " in [[task]]")
+    } else {
+        (TOP_LEVEL_KEYS, TASK_KEYS, "")
+    };
+    let hint = if other_keys.contains(&key) {
+        // TOML puts every key after a `[[task]]` header into that task, so a plan-wide key
+        // written below the tasks lands in the last one.
+        if in_task {
+            " (plan-wide keys go above the first [[task]])".to_string()
+        } else {
+            " (task keys go in a [[task]] table)".to_string()
+        }
+    } else {
+        suggest_key(key, keys)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default()
+    };
+    let allowed = keys
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("unknown key `{key}`{place}{hint}; allowed keys: {allowed}")
+}
+
 /// The plain reason from a TOML or serde error: toml's own rendering repeats the source line and
 /// a caret over several lines, but our callers want `file:line:column: reason` on one line.
 fn describe_toml_error(e: &toml::de::Error, source: &str) -> String {
@@ -919,31 +1010,7 @@ fn describe_toml_error(e: &toml::de::Error, source: &str) -> String {
         && let Some((key, expected)) = rest.split_once('`')
     {
         // serde lists the fields it expected; which list it is tells which table the key is in.
-        let in_task = expected.contains("`run`");
-        let (keys, other_keys, place) = if in_task {
-            (TASK_KEYS, TOP_LEVEL_KEYS, " in [[task]]")
-        } else {
-            (TOP_LEVEL_KEYS, TASK_KEYS, "")
-        };
-        let hint = if other_keys.contains(&key) {
-            // TOML puts every key after a `[[task]]` header into that task, so a plan-wide key
-            // written below the tasks lands in the last one.
-            if in_task {
-                " (plan-wide keys go above the first [[task]])".to_string()
-            } else {
-                " (task keys go in a [[task]] table)".to_string()
-            }
-        } else {
-            suggest_key(key, keys)
-                .map(|k| format!(" (did you mean `{k}`?)"))
-                .unwrap_or_default()
-        };
-        let allowed = keys
-            .iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return format!("unknown key `{key}`{place}{hint}; allowed keys: {allowed}");
+        return unknown_key_message(key, expected.contains("`run`"));
     }
     if message == "duplicate key"
         && let Some(key) = e.span().and_then(|span| source.get(span))
@@ -1228,7 +1295,9 @@ fn validate(
     );
 
     if raw.task.0.is_empty() {
-        problems.nowhere("no tasks: add at least one [[task]] table with an `id` and a `run`");
+        problems.nowhere(format!(
+            "{NO_TASKS}: add at least one [[task]] table with an `id` and a `run`"
+        ));
     }
     if let Some(first_extra) = raw.task.0.get(MAX_TASKS) {
         problems.at(
@@ -2396,6 +2465,43 @@ plans/br.toml:15:10: task `c`: depends on itself in after";
                 column: Some(11),
                 message: "`workers` must be between 1 and 256, got 0".into()
             }
+        );
+    }
+
+    /// Unknown keys are not reported alone, one run at a time: they come with every other
+    /// problem of the plan, in file order.
+    #[test]
+    fn unknown_keys_come_with_every_other_problem() {
+        let source = "\
+naem = \"typo\"
+workers = 0
+
+[[task]]
+id = \"a\"
+run = \"true\"
+timout = \"5s\"
+after = [\"nope\"]
+";
+        let err = parse(source).unwrap_err();
+        let lines: Vec<String> = err.to_string().lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 4, "{err}");
+        assert!(
+            lines[0].starts_with("plans/br.toml:1:1: unknown key `naem`"),
+            "{err}"
+        );
+        assert_eq!(
+            lines[1],
+            "plans/br.toml:2:11: `workers` must be between 1 and 256, got 0"
+        );
+        assert!(
+            lines[2].starts_with(
+                "plans/br.toml:7:1: unknown key `timout` in [[task]] (did you mean `timeout`?)"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            lines[3],
+            "plans/br.toml:8:10: task `a`: unknown dependency `nope` in after"
         );
     }
 
