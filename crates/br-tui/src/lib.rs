@@ -55,8 +55,8 @@ pub fn no_color() -> bool {
     std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
-/// Draws one frame of `snapshot` as plain text, with no escape codes: for `br dashboard --once`,
-/// CI logs and tests. Trailing spaces and empty lines at the end are trimmed. Use
+/// Draws one frame of `snapshot` as plain text, with no escape codes and no key hints (no key
+/// does anything there): for `br dashboard --once`, CI logs and tests. Trailing spaces and empty lines at the end are trimmed. Use
 /// [`once_height`] for a height that shows every row.
 pub fn render_once(
     snapshot: &Snapshot,
@@ -65,6 +65,7 @@ pub fn render_once(
     options: &DashboardOptions,
 ) -> String {
     let mut model = Model::new(snapshot.clone(), options);
+    model.hints = false;
     update(&mut model, Msg::Refreshed);
     text::render_to_text(&model, width, height)
 }

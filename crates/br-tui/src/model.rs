@@ -67,6 +67,9 @@ pub struct Model {
     pub snapshot: Snapshot,
     pub compact: bool,
     pub color: bool,
+    /// Whether the footer lists the keys: not in a frame printed once (`--once`), where no key
+    /// does anything.
+    pub hints: bool,
     focus: Focus,
     /// The session whose tasks the user wants; the snapshot follows it from the next refresh.
     selected_session: Option<SessionId>,
@@ -94,6 +97,7 @@ impl Model {
             snapshot,
             compact: options.compact,
             color: options.color,
+            hints: true,
             focus: Focus::Sessions,
             selected_session,
             selected_task: None,

@@ -1012,6 +1012,8 @@ fn draw_footer(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
         ])
     } else if let Some(status) = model.status() {
         Line::styled(status.to_string(), theme.warn())
+    } else if !model.hints {
+        return;
     } else {
         let gap = if area.width >= 90 { "  " } else { " " };
         let mut keys = FOOTER_KEYS.to_vec();

@@ -321,6 +321,10 @@ fn render_once_is_plain_text_with_everything() {
         !text.lines().any(|l| l.ends_with(' ')),
         "trailing spaces trimmed"
     );
+    assert!(
+        !text.contains("q quit"),
+        "a frame printed once lists no keys: none does anything there"
+    );
     insta::assert_snapshot!(render_once(&one_running(), 100, 30, &opts));
 }
 
