@@ -109,9 +109,8 @@ pub(crate) trait Db {
 
     /// What ends a SELECT whose rows of `of` (a table or its alias) the transaction goes on to
     /// change, so that no other writer changes them meanwhile: row locks, skipping rows another
-    /// writer holds when
-    /// `skip_locked` (a claim looks for a ready task nobody else is taking). Nothing where
-    /// writers always queue.
+    /// writer holds when `skip_locked` (a claim looks for a ready task nobody else is taking).
+    /// Nothing where writers always queue.
     fn row_locks(&self, of: &str, skip_locked: bool) -> String {
         let _ = (of, skip_locked);
         String::new()
@@ -218,7 +217,7 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Adds `delta` to one of `session`'s counters when the transaction ends.
+    /// Moves `session`'s counters as `change` says, when the transaction ends.
     pub(crate) fn count(&self, session: &str, change: impl FnOnce(&mut Counts)) {
         change(
             self.counts
