@@ -23,10 +23,21 @@ pub struct Travel {
     branch_at_start: Option<String>,
 }
 
+/// Why an attempt could not start from the session's remote.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The remote did not answer (a network, a server or a path that is not there now): the
+    /// session's remote was reachable when it was submitted, so this is waited out, like a store
+    /// that cannot be reached, and costs the task no retry.
+    Unreachable(String),
+    /// Anything else, which the attempt fails on.
+    Other(String),
+}
+
 impl Travel {
     /// Fetches the session from its remote, so the attempt's start commit is here, and notes
     /// where the task's branch is there. `None` without a remote.
-    pub(crate) fn start(repo: &Repo, task: &ClaimedTask) -> Result<Option<Travel>, String> {
+    pub(crate) fn start(repo: &Repo, task: &ClaimedTask) -> Result<Option<Travel>, StartError> {
         let Some(url) = &task.remote else {
             return Ok(None);
         };
@@ -35,9 +46,13 @@ impl Travel {
         let remote = Remote { git: &git, url };
         remote
             .fetch_session(&session_id, &task.session_slug)
-            .map_err(|e| format!("cannot fetch from the session's remote: {e}"))?;
+            .map_err(|e| {
+                StartError::Unreachable(format!("cannot fetch from the session's remote: {e}"))
+            })?;
         let branch = task_branch_ref(&task.session_slug, task.lease.task_id.as_str());
-        let branch_at_start = remote.fetched(&branch).map_err(|e| e.to_string())?;
+        let branch_at_start = remote
+            .fetched(&branch)
+            .map_err(|e| StartError::Other(e.to_string()))?;
         Ok(Some(Travel {
             url: url.clone(),
             session_id,

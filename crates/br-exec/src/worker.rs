@@ -36,7 +36,7 @@ use crate::log_ship::{LogShipper, SharedShipper, Shipped};
 use crate::process::{TaskCommand, TaskProcess, outcome_of};
 use crate::reaper::Reaper;
 use crate::strays::{become_subreaper, kill_strays};
-use crate::travel::Travel;
+use crate::travel::{StartError, Travel};
 use br_git::conflicts::{FinishedBranch, conflicting_branches};
 use br_git::git::Repo;
 use br_git::worktree::{
@@ -281,6 +281,10 @@ const FENCE_POLL: Duration = Duration::from_millis(10);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// While the store cannot be reached, a warning at most this often.
 const TROUBLE_EVERY: Duration = Duration::from_secs(10);
+/// How long a worker waits before it claims again after the session's remote did not answer:
+/// the task it gave back would otherwise come straight back to it, and fail to fetch again.
+const REMOTE_BACKOFF: Duration = Duration::from_secs(2);
+
 /// How long a worker that was told to stop keeps trying to record an outcome in a store it
 /// cannot reach. Giving up loses nothing: the lease expires and the store records the attempt
 /// as `lease_lost` itself.
@@ -512,6 +516,11 @@ impl Worker<'_> {
     fn back_off(&self) {
         let out_for = self.trouble_since.map_or(Duration::ZERO, |t| t.elapsed());
         let wait = (out_for / 4).clamp(Duration::from_millis(50), UNREACHABLE_BACKOFF_MAX);
+        self.pause(wait);
+    }
+
+    /// Waits `wait`, never past a stop request.
+    fn pause(&self, wait: Duration) {
         let until = Instant::now() + wait;
         while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(STOP_POLL.min(until.saturating_duration_since(Instant::now())));
@@ -566,11 +575,23 @@ impl Worker<'_> {
         let lease = task.lease.clone();
         (self.notify)(Note::Started(Box::new(task.clone())));
         // With a remote, the attempt's start comes from there (it may have landed elsewhere).
+        // A remote that does not answer is waited out: the task goes back to the queue without
+        // spending a retry, and this worker waits a little before it claims again.
+        let mut remote_down = false;
         let (travel, prepared) = match Travel::start(&self.config.repo, &task) {
             Ok(travel) => (travel, self.prepare(&task)),
-            Err(reason) => (None, Err(reason)),
+            Err(StartError::Unreachable(reason)) => {
+                (self.notify)(Note::StoreTrouble(format!(
+                    "task {}: {reason}; it goes back to the queue, no retry spent",
+                    task.lease.task_id
+                )));
+                remote_down = true;
+                (None, Err(reason))
+            }
+            Err(StartError::Other(reason)) => (None, Err(reason)),
         };
         let (outcome, lease_lost, report, result) = match prepared {
+            Err(_) if remote_down => (Outcome::Interrupted, false, AttemptReport::default(), None),
             Err(reason) => (
                 Outcome::SpawnFailed { reason },
                 false,
@@ -670,6 +691,10 @@ impl Worker<'_> {
         let store = self.store;
         let (finish, chained) = if self.stop.load(Ordering::SeqCst) || self.leave.is_some() {
             let finish = self.record(|| store.finish_attempt_with(&lease, &outcome, &report))?;
+            (finish, None)
+        } else if remote_down {
+            let finish = self.record(|| store.finish_attempt_with(&lease, &outcome, &report))?;
+            self.pause(REMOTE_BACKOFF);
             (finish, None)
         } else {
             let (id, config) = (self.id.clone(), self.config);

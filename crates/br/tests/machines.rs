@@ -295,3 +295,56 @@ fn a_worker_without_a_checkout_serves_only_sessions_with_a_remote() {
     assert_eq!(idle.code, 0, "{}", idle.stderr);
     assert_eq!(here.status(&session)["tasks"][0]["state"], "ready");
 }
+
+/// A remote that does not answer when an attempt starts is waited out, as an unreachable store
+/// is: the attempt goes back to the queue as interrupted, spending no retry (the task has
+/// none), and the task runs once the remote is back. (SQLite: the store is not the point.)
+#[test]
+fn a_remote_that_does_not_answer_at_an_attempt_s_start_costs_no_retry() {
+    let here = TestRepo::new();
+    let bare = remote_of(&here);
+    let (session, _) = submit(
+        &here,
+        "name = \"away\"\nremote = \"origin\"\n[[task]]\nid = \"a\"\nrun = \"echo a > a.txt\"\n",
+    );
+    // The remote goes away after the session was submitted to it, before any attempt.
+    let away = bare.path().with_extension("away");
+    std::fs::rename(bare.path(), &away).expect("move the remote away");
+    let worker = here.spawn(&["worker", "--session", &session]);
+    let (id, task) = (
+        br_core::SessionId::from_string(&session),
+        br_core::TaskId::new("a").expect("task id"),
+    );
+    poll("an attempt to be given back", LONG, || {
+        let attempts = here.store().attempts(&id, &task).ok()?;
+        attempts
+            .first()
+            .filter(|a| a.outcome == Some(br_core::OutcomeKind::Interrupted))
+            .map(drop)
+    });
+    std::fs::rename(&away, bare.path()).expect("bring the remote back");
+    let done = worker.wait(LONG);
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("cannot fetch from the session's remote")
+            && done.stderr.contains("no retry spent"),
+        "the worker says why it gave the task back:\n{}",
+        done.stderr
+    );
+    let status = here.status(&session);
+    assert_eq!(status["status"], "completed", "{status:#}");
+    let attempts = here.store().attempts(&id, &task).expect("attempts");
+    assert_eq!(
+        attempts.last().and_then(|a| a.outcome),
+        Some(br_core::OutcomeKind::Succeeded),
+        "{attempts:?}"
+    );
+    // The work travelled once the remote was back: the task's branch is there.
+    let branches = git_dir(
+        bare.path(),
+        &["for-each-ref", "--format=%(refname)", "refs/heads/br"],
+    )
+    .expect("the remote's branches");
+    assert!(branches.lines().any(|b| b.ends_with("/a")), "{branches}");
+}
