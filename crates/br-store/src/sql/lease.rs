@@ -119,6 +119,11 @@ struct AttemptRow {
     land: LandMode,
     isolation: Isolation,
     session_status: SessionStatus,
+    /// Whether the task may hold locks (its `files`, or a lock recorded for it): a task without
+    /// any has none to release.
+    may_hold_locks: bool,
+    /// Whether any task waits for this one: a task nobody waits for readies no dependent.
+    has_dependents: bool,
 }
 
 impl AttemptRow {
@@ -127,7 +132,11 @@ impl AttemptRow {
     fn read(tx: &Tx<'_>, lease: &Lease) -> OpResult<Option<AttemptRow>> {
         let sql = format!(
             "SELECT t.state, t.attempt, t.worker_id, t.retries, t.failures, t.lost, t.land,
-                 s.isolation, s.status
+                 s.isolation, s.status,
+                 t.files <> '[]' OR EXISTS (SELECT 1 FROM locks l
+                                            WHERE l.session_id = t.session_id AND l.task_id = t.id),
+                 EXISTS (SELECT 1 FROM task_deps d
+                         WHERE d.session_id = t.session_id AND d.dep_id = t.id)
              FROM tasks t JOIN sessions s ON s.id = t.session_id
              WHERE t.session_id = ?1 AND t.id = ?2{}",
             tx.row_locks("t", false)
@@ -147,6 +156,8 @@ impl AttemptRow {
                 land: read::serde_word(&r, 6)?,
                 isolation: read::serde_word(&r, 7)?,
                 session_status: r.get(8)?,
+                may_hold_locks: r.get(9)?,
+                has_dependents: r.get(10)?,
             })
         })
         .transpose()
@@ -927,7 +938,9 @@ fn apply_outcome_with(
         && isolation == Isolation::Worktree
         && session_status != SessionStatus::Cancelled;
     if !lands_later {
-        lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
+        if row.may_hold_locks {
+            lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
+        }
     }
     let lost_now = u32::from(outcome.kind() == OutcomeKind::LeaseLost);
     let failed_now = u32::from(
@@ -978,7 +991,9 @@ fn apply_outcome_with(
                     params![Landing::Waiting, &report.commit, session_id, task_id],
                 )?;
             } else {
-                release_dependents(tx, session_id, task_id)?;
+                if row.has_dependents {
+                    release_dependents(tx, session_id, task_id)?;
+                }
             }
         }
         TaskNext::Retry | TaskNext::Requeue => {
