@@ -937,10 +937,8 @@ fn apply_outcome_with(
         && land == LandMode::Auto
         && isolation == Isolation::Worktree
         && session_status != SessionStatus::Cancelled;
-    if !lands_later {
-        if row.may_hold_locks {
-            lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
-        }
+    if !lands_later && row.may_hold_locks {
+        lock::release_task_locks(tx, session_id, task_id, worker, attempt)?;
     }
     let lost_now = u32::from(outcome.kind() == OutcomeKind::LeaseLost);
     let failed_now = u32::from(
