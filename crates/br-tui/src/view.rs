@@ -263,17 +263,45 @@ fn draw_stats(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, bord
         label(if compact { "  " } else { "  Throughput " }),
         Span::raw(format!("{:.1}/min", snap.throughput.per_minute)),
     ];
+    // The selected session's tasks, not the store's: what a user watching one run wants to
+    // count (the sessions panel has the others).
+    let (queued, running, done, failed, skipped) = match snap.selected_session() {
+        Some(row) => {
+            let x = &row.session;
+            (
+                x.total_tasks
+                    .saturating_sub(x.finished_tasks())
+                    .saturating_sub(x.running_tasks),
+                x.running_tasks,
+                x.succeeded_tasks,
+                x.failed_tasks,
+                x.skipped_tasks,
+            )
+        }
+        None => (
+            s.tasks.queued,
+            s.tasks.running,
+            s.tasks.completed,
+            s.tasks.failed,
+            0,
+        ),
+    };
     let mut second = vec![
         label("Tasks "),
-        num(s.tasks.queued, Style::new()),
+        num(queued, Style::new()),
         Span::raw(" queued · "),
-        num(s.tasks.running, theme.busy()),
+        num(running, theme.busy()),
         Span::raw(" running · "),
-        num(s.tasks.completed, theme.good()),
+        num(done, theme.good()),
         Span::raw(" done · "),
-        num(s.tasks.failed, alarm(s.tasks.failed)),
+        num(failed, alarm(failed)),
         Span::raw(" failed"),
     ];
+    if skipped > 0 {
+        second.push(Span::raw(" · "));
+        second.push(num(skipped, alarm(skipped)));
+        second.push(Span::raw(" skipped"));
+    }
     if let Some(row) = snap.selected_session() {
         second.push(Span::raw("  "));
         second.push(Span::styled(row.session.name.clone(), theme.title()));
