@@ -466,7 +466,7 @@ fn ready_batch(
     // by side, each locks the candidates it reads and passes over those another is taking.
     // With `prefetch`, each row also carries what leasing it reads, first (see `lease_task`).
     let (lease, at) = if prefetch {
-        let (session_columns, n) = read::session_columns_of("s");
+        let (session_columns, n) = read::session_columns_of_s();
         (
             format!("{session_columns}, {LEASE_COLUMNS}, "),
             n + LEASE_COLUMN_COUNT,
@@ -539,7 +539,7 @@ fn lease_task(
     let task_id = candidate.id.as_str();
     // The session and the task in one statement (unless the batch read them): the session's
     // columns, then the task's.
-    let (session_columns, n) = read::session_columns_of("s");
+    let (session_columns, n) = read::session_columns_of_s();
     let r = match prefetched {
         Some(r) => r,
         None => {

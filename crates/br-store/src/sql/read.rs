@@ -18,14 +18,18 @@ pub(super) const SESSION_COLUMNS: &str = "id, name, slug, status, repo_root, pla
     skipped_tasks, cancelled_tasks, running_tasks, repo_id, integration_commit, landed_tasks, keep, \
     lander, slot_setup, input_tokens, output_tokens, cost_micros, remote";
 
-/// [`SESSION_COLUMNS`] of the table named `alias`, for a query that joins sessions with
-/// another table, and how many they are (where that table's columns start).
-pub(super) fn session_columns_of(alias: &str) -> (String, usize) {
-    let columns: Vec<String> = SESSION_COLUMNS
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect();
-    (columns.join(", "), columns.len())
+/// [`SESSION_COLUMNS`] of the sessions table aliased `s`, for a query that joins sessions with
+/// another table, and how many they are (where that table's columns start). Made once: every
+/// claim's query names them.
+pub(super) fn session_columns_of_s() -> (&'static str, usize) {
+    static COLUMNS: std::sync::LazyLock<(String, usize)> = std::sync::LazyLock::new(|| {
+        let columns: Vec<String> = SESSION_COLUMNS
+            .split(',')
+            .map(|c| format!("s.{}", c.trim()))
+            .collect();
+        (columns.join(", "), columns.len())
+    });
+    (COLUMNS.0.as_str(), COLUMNS.1)
 }
 
 const TASK_COLUMNS: &str = "id, state, attempt, worker_id, exit_code, started_at, finished_at, \
