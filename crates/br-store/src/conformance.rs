@@ -1932,7 +1932,10 @@ pub fn landing_is_one_turn_at_a_time_and_decides_what_follows(b: &dyn FreshStore
             "land",
             vec![
                 task("a", &["x"], &[]),
-                task("b", &["x"], &[]),
+                TaskSpec {
+                    prompt: Some("Make x say \"b\".".into()),
+                    ..task("b", &["x"], &[])
+                },
                 task("c", &[], &["a"]),
             ],
         ),
@@ -1953,6 +1956,10 @@ pub fn landing_is_one_turn_at_a_time_and_decides_what_follows(b: &dyn FreshStore
     assert_eq!(
         (got.state, got.landing),
         (Succeeded, Some(br_core::state::Landing::Waiting))
+    );
+    assert_eq!(
+        store.history(&s.id).expect("history").waiting,
+        std::slice::from_ref(&task_a)
     );
     // Waiting to land, `a` still holds `x` and `c` still waits for it.
     assert!(
@@ -2068,6 +2075,42 @@ pub fn landing_is_one_turn_at_a_time_and_decides_what_follows(b: &dyn FreshStore
         (1, Some("t2"))
     );
     assert_eq!(states(&*store, &s.id)[2], ("c".into(), Ready));
+    // The run page's history: both attempts of `a`, the conflict that reran it, its landing.
+    let history = store.history(&s.id).expect("history");
+    let attempts: Vec<_> = history
+        .attempts
+        .iter()
+        .map(|a| (a.task_id.as_str(), a.record.attempt.0, a.record.reason))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("a", 1, Some(RunReason::First)),
+            ("a", 2, Some(RunReason::Conflict))
+        ]
+    );
+    let landing: Vec<_> = history
+        .landing
+        .iter()
+        .map(|e| (e.kind, e.task_id.as_ref().map(TaskId::as_str)))
+        .collect();
+    assert_eq!(
+        landing,
+        [
+            (EventKind::MergeConflict, Some("a")),
+            (EventKind::TaskLanded, Some("a"))
+        ]
+    );
+    assert!(history.waiting.is_empty(), "{:?}", history.waiting);
+    // Its prompt is kept with the task; a command has none.
+    assert_eq!(
+        store
+            .task_prompt(&s.id, &TaskId::new("b").expect("id"))
+            .expect("prompt")
+            .as_deref(),
+        Some("Make x say \"b\".")
+    );
+    assert_eq!(store.task_prompt(&s.id, &task_a).expect("prompt"), None);
     // The turn goes back once nothing waits; later attempts start from the tip.
     assert!(matches!(
         store.next_landing(&job).expect("next"),

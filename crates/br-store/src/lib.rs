@@ -76,6 +76,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn tasks(&self, session: &SessionId) -> Result<Vec<Task>>;
     fn task(&self, session: &SessionId, task: &TaskId) -> Result<Task>;
     fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
+    /// Every attempt of the session and its landing record, for a run page.
+    fn history(&self, session: &SessionId) -> Result<SessionHistory>;
+    /// The task's prompt (an agent task's; none for a command).
+    fn task_prompt(&self, session: &SessionId, task: &TaskId) -> Result<Option<String>>;
     /// Queues a task that already ended (typically succeeded) again as its next attempt,
     /// starting from `base_commit` — the merge queue's `on_conflict = "requeue"`. Its session
     /// becomes running again if it had ended.

@@ -235,6 +235,23 @@ pub struct AttemptRecord {
     pub usage: Usage,
 }
 
+/// One attempt of a session, with its task: a bar of the run page's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionAttempt {
+    pub task_id: TaskId,
+    pub record: AttemptRecord,
+}
+
+/// What a session did, as a run page draws it: every attempt (by start time), and its landing
+/// record (its `task_landed`, `merge_conflict` and `verify_failed` events, oldest first, and
+/// the tasks that succeeded and wait to land, in plan order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionHistory {
+    pub attempts: Vec<SessionAttempt>,
+    pub landing: Vec<Event>,
+    pub waiting: Vec<TaskId>,
+}
+
 /// What `retry_tasks` did: the session afterwards, and the tasks queued again, in plan order,
 /// with the state each had.
 #[derive(Debug, Clone, PartialEq)]

@@ -1666,6 +1666,12 @@ mod tests {
         fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>> {
             self.inner.attempts(session, task)
         }
+        fn history(&self, session: &SessionId) -> Result<SessionHistory> {
+            self.inner.history(session)
+        }
+        fn task_prompt(&self, session: &SessionId, task: &TaskId) -> Result<Option<String>> {
+            self.inner.task_prompt(session, task)
+        }
         fn delete_session(&self, id: &SessionId) -> Result<()> {
             self.inner.delete_session(id)
         }

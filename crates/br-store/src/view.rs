@@ -6,6 +6,7 @@
 //! | `br summary --json`, `GET /api/summary` | [`SummaryView`] |
 //! | `br status --json`, `br run --json`, `GET /api/sessions/{id}` | [`StatusView`] |
 //! | `GET /api/sessions/{id}/tasks/{task}` | [`TaskDetailView`] of [`AttemptView`]s |
+//! | `GET /api/sessions/{id}/history` | [`HistoryView`] |
 //! | `br list --json`, `GET /api/sessions` | [`SessionListView`] of [`SessionView`]s |
 //! | `br workers --json`, `GET /api/workers` | [`WorkerListView`] of [`WorkerView`]s |
 //! | `br locks --json`, `GET /api/locks` | [`LockListView`] of [`LockView`]s |
@@ -406,11 +407,13 @@ impl<'a> From<&'a AttemptRecord> for AttemptView<'a> {
     }
 }
 
-/// `GET /api/sessions/S/tasks/T`: the task as in `br status --json`, plus its `attempts`.
+/// `GET /api/sessions/S/tasks/T`: the task as in `br status --json`, plus its `attempts` and
+/// its `prompt` (none for a command).
 #[derive(Debug, Clone)]
 pub struct TaskDetailView {
     pub task: Task,
     pub attempts: Vec<AttemptRecord>,
+    pub prompt: Option<String>,
 }
 
 impl TaskDetailView {
@@ -418,6 +421,7 @@ impl TaskDetailView {
         Ok(TaskDetailView {
             task: store.task(session, task)?,
             attempts: store.attempts(session, task)?,
+            prompt: store.task_prompt(session, task)?,
         })
     }
 }
@@ -429,10 +433,85 @@ impl Serialize for TaskDetailView {
             #[serde(flatten)]
             task: TaskView<'a>,
             attempts: Vec<AttemptView<'a>>,
+            prompt: Option<&'a str>,
         }
         Shape {
             task: TaskView::from(&self.task),
             attempts: self.attempts.iter().map(AttemptView::from).collect(),
+            prompt: self.prompt.as_deref(),
+        }
+        .serialize(s)
+    }
+}
+
+/// `GET /api/sessions/S/history`: what a run page draws — every attempt of the session (its
+/// timeline: who ran what, when, how it ended) and its landing record (what landed on the
+/// integration branch, when, at which commit, what conflicted or failed to verify, and what
+/// waits to land), with
+/// the store's time for the bars of attempts still running.
+#[derive(Debug, Clone)]
+pub struct HistoryView {
+    pub session: SessionId,
+    pub now: Timestamp,
+    pub history: SessionHistory,
+}
+
+impl HistoryView {
+    pub fn read(store: &dyn Store, session: &SessionId) -> Result<HistoryView> {
+        Ok(HistoryView {
+            history: store.history(session)?,
+            now: store.now()?,
+            session: session.clone(),
+        })
+    }
+}
+
+impl Serialize for HistoryView {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        /// A bar of the timeline: an attempt without what only its task's view needs (its
+        /// usage and commits), so that 20,000 of them stay a few megabytes.
+        #[derive(Serialize)]
+        struct Bar<'a> {
+            task_id: &'a TaskId,
+            attempt: Attempt,
+            reason: Option<br_core::RunReason>,
+            outcome: Option<OutcomeKind>,
+            worker_id: &'a WorkerId,
+            started_at: Timestamp,
+            finished_at: Option<Timestamp>,
+        }
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            session_id: &'a SessionId,
+            now: Timestamp,
+            attempts: Vec<Bar<'a>>,
+            landing: Vec<DescribedEventView<'a>>,
+            waiting: &'a [TaskId],
+        }
+        Shape {
+            session_id: &self.session,
+            now: self.now,
+            attempts: self
+                .history
+                .attempts
+                .iter()
+                .map(|a| Bar {
+                    task_id: &a.task_id,
+                    attempt: a.record.attempt,
+                    reason: a.record.reason,
+                    outcome: a.record.outcome,
+                    worker_id: &a.record.worker_id,
+                    started_at: a.record.started_at,
+                    finished_at: a.record.finished_at,
+                })
+                .collect(),
+            landing: self
+                .history
+                .landing
+                .iter()
+                .map(DescribedEventView::from)
+                .collect(),
+            waiting: &self.history.waiting,
         }
         .serialize(s)
     }

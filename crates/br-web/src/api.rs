@@ -16,7 +16,7 @@ use br_core::state::SessionAction;
 use br_core::{SessionStatus, TaskId, TaskState, WorkerStatus};
 use br_store::snapshot::build_snapshot;
 use br_store::view::{
-    EventView, LockListView, PoolListView, SessionListView, StatusView, SummaryView,
+    EventView, HistoryView, LockListView, PoolListView, SessionListView, StatusView, SummaryView,
     TaskDetailView, WorkerListView, WorkerListing,
 };
 use br_store::{EventFilter, Session, SessionFilter, Store};
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/resume", post(resume))
         .route("/api/sessions/{id}/cancel", post(cancel))
         .route("/api/sessions/{id}/retry", post(retry))
+        .route("/api/sessions/{id}/history", get(history))
         .route("/api/sessions/{id}/tasks/{task}", get(task))
         .route("/api/sessions/{id}/tasks/{task}/log", get(task_log))
         .route("/api/sessions/{id}/tasks/{task}/diff", get(task_diff))
@@ -550,9 +551,25 @@ async fn task_log(
     Ok(response)
 }
 
+/// `GET /api/sessions/{id}/history`: the session's attempts and landing record, for the run
+/// page's timeline and landing view.
+async fn history(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let json = state
+        .blocking(move |store| {
+            let s = store.resolve_session(&reference)?;
+            let view = HistoryView::read(store, &s.id)?;
+            serde_json::to_string(&view).map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .await?;
+    Ok(json_text(json))
+}
+
 /// `GET /api/sessions/{id}/tasks/{task}`: the task as in `br status --json`, plus `attempts`
 /// (`attempt`, `reason`, `outcome`, `exit_code`, `worker_id`, `started_at`, `finished_at`,
-/// `duration_ms`, `ref`, `usage`, `start_commit`), oldest first.
+/// `duration_ms`, `ref`, `usage`, `start_commit`), oldest first, and its `prompt`.
 async fn task(
     State(state): State<AppState>,
     Path((reference, task)): Path<(String, String)>,

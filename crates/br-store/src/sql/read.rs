@@ -365,6 +365,26 @@ pub(super) fn task(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Task
     Ok(task)
 }
 
+/// The columns [`attempt_from_row`] reads, in its order.
+const ATTEMPT_COLUMNS: &str = "attempt, worker_id, started_at, finished_at, outcome, exit_code, \
+     detail, log_path, reason, start_commit, input_tokens, output_tokens, cost_micros";
+
+fn attempt_from_row(r: &Row) -> OpResult<AttemptRecord> {
+    Ok(AttemptRecord {
+        attempt: Attempt(r.get(0)?),
+        worker_id: WorkerId::from_string(r.get::<String>(1)?),
+        started_at: ts(r, 2)?,
+        finished_at: opt_ts(r, 3)?,
+        outcome: r.get(4)?,
+        exit_code: r.get(5)?,
+        detail: json(r, 6)?,
+        log_path: r.get(7)?,
+        reason: r.get(8)?,
+        start_commit: r.get(9)?,
+        usage: usage(r, 10)?,
+    })
+}
+
 pub(super) fn attempts(
     c: &dyn Db,
     session_id: &str,
@@ -372,28 +392,74 @@ pub(super) fn attempts(
 ) -> OpResult<Vec<AttemptRecord>> {
     task(c, session_id, task_id)?;
     c.query(
-        "SELECT attempt, worker_id, started_at, finished_at, outcome, exit_code, detail, log_path,
-                reason, start_commit, input_tokens, output_tokens, cost_micros
-         FROM attempts WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt",
+        &format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts
+             WHERE session_id = ?1 AND task_id = ?2 ORDER BY attempt"
+        ),
         params![session_id, task_id],
     )?
     .iter()
-    .map(|r| {
-        Ok(AttemptRecord {
-            attempt: Attempt(r.get(0)?),
-            worker_id: WorkerId::from_string(r.get::<String>(1)?),
-            started_at: ts(r, 2)?,
-            finished_at: opt_ts(r, 3)?,
-            outcome: r.get(4)?,
-            exit_code: r.get(5)?,
-            detail: json(r, 6)?,
-            log_path: r.get(7)?,
-            reason: r.get(8)?,
-            start_commit: r.get(9)?,
-            usage: usage(r, 10)?,
-        })
-    })
+    .map(attempt_from_row)
     .collect()
+}
+
+/// The event kinds of a session's landing record: what landed, and what could not.
+const LANDING_KINDS: [EventKind; 3] = [
+    EventKind::TaskLanded,
+    EventKind::MergeConflict,
+    EventKind::VerifyFailed,
+];
+
+pub(super) fn history(c: &dyn Db, session_id: &str) -> OpResult<SessionHistory> {
+    session(c, session_id)?;
+    let attempts = c
+        .query(
+            &format!(
+                "SELECT {ATTEMPT_COLUMNS}, task_id FROM attempts
+                 WHERE session_id = ?1 ORDER BY started_at, task_id, attempt"
+            ),
+            params![session_id],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(SessionAttempt {
+                task_id: TaskId::new(r.get::<String>(13)?).map_err(|e| r.damaged(13, e))?,
+                record: attempt_from_row(r)?,
+            })
+        })
+        .collect::<OpResult<Vec<_>>>()?;
+    let [landed, conflict, verify] = LANDING_KINDS;
+    let landing = c
+        .query(
+            "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
+             WHERE session_id = ?1 AND kind IN (?2, ?3, ?4) ORDER BY seq",
+            params![session_id, landed, conflict, verify],
+        )?
+        .iter()
+        .map(event_from_row)
+        .collect::<OpResult<Vec<_>>>()?;
+    let waiting = c
+        .query(
+            "SELECT id FROM tasks WHERE session_id = ?1 AND landing = ?2 ORDER BY seq",
+            params![session_id, Landing::Waiting],
+        )?
+        .iter()
+        .map(|r| TaskId::new(r.get::<String>(0)?).map_err(|e| r.damaged(0, e)))
+        .collect::<OpResult<Vec<_>>>()?;
+    Ok(SessionHistory {
+        attempts,
+        landing,
+        waiting,
+    })
+}
+
+pub(super) fn task_prompt(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Option<String>> {
+    task(c, session_id, task_id)?;
+    let r = c.query_one(
+        "SELECT prompt FROM tasks WHERE session_id = ?1 AND id = ?2",
+        params![session_id, task_id],
+    )?;
+    r.get(0)
 }
 
 fn worker_from_row(r: &Row) -> OpResult<Worker> {
@@ -494,21 +560,23 @@ pub(super) fn events(c: &dyn Db, filter: &EventFilter) -> OpResult<Vec<Event>> {
         ],
     )?
     .iter()
-    .map(|r| {
-        let kind: EventKind = r.get(2)?;
-        let detail: String = r.get(7)?;
-        Ok(Event {
-            seq: r.get(0)?,
-            at: ts(r, 1)?,
-            kind,
-            session_id: r.get::<Option<String>>(3)?.map(SessionId::from_string),
-            task_id: task_id(r, 4)?,
-            worker_id: r.get::<Option<String>>(5)?.map(WorkerId::from_string),
-            attempt: r.get::<Option<u32>>(6)?.map(Attempt),
-            detail: EventDetail::from_stored(kind, &detail).map_err(|e| r.damaged(7, e))?,
-        })
-    })
+    .map(event_from_row)
     .collect()
+}
+
+fn event_from_row(r: &Row) -> OpResult<Event> {
+    let kind: EventKind = r.get(2)?;
+    let detail: String = r.get(7)?;
+    Ok(Event {
+        seq: r.get(0)?,
+        at: ts(r, 1)?,
+        kind,
+        session_id: r.get::<Option<String>>(3)?.map(SessionId::from_string),
+        task_id: task_id(r, 4)?,
+        worker_id: r.get::<Option<String>>(5)?.map(WorkerId::from_string),
+        attempt: r.get::<Option<u32>>(6)?.map(Attempt),
+        detail: EventDetail::from_stored(kind, &detail).map_err(|e| r.damaged(7, e))?,
+    })
 }
 
 pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
