@@ -140,6 +140,15 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// Makes the window `width` × `height` CSS pixels.
+    fn resize(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "window/rect",
+            Some(&json!({ "width": width, "height": height })),
+        );
+    }
+
     fn go(&self, url: &str) {
         self.command("POST", "url", Some(&json!({ "url": url })));
     }
@@ -181,8 +190,8 @@ impl Drop for Browser {
     }
 }
 
-#[test]
-fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
+/// chromedriver's path, or none (and the test says it was skipped) outside CI.
+fn driver() -> Option<String> {
     let Ok(driver) = std::env::var(DRIVER_VAR) else {
         // CI must never be green by skipping: there the browser is required.
         assert!(
@@ -192,6 +201,22 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
         println!(
             "skipped: {DRIVER_VAR} is not set (set it to chromedriver's path to run this test)"
         );
+        return None;
+    };
+    Some(driver)
+}
+
+/// Starts `br serve` in `repo` on a free loopback port; its address.
+fn serve(repo: &TestRepo) -> (Background, String) {
+    let serve = repo.br_command(&["serve", "--addr", "127.0.0.1:0"]);
+    Background::start(serve, |line| {
+        line.strip_prefix("listening on ").map(str::to_string)
+    })
+}
+
+#[test]
+fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
+    let Some(driver) = driver() else {
         return;
     };
     let repo = TestRepo::new();
@@ -306,18 +331,161 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
         );
         (clicked == true).then_some(())
     });
-    let first = browser.text_when("the first page", |t| {
+    browser.text_when("the first page", |t| {
         t.contains("TASKS OF MANY") && t.contains("tasks 1–200 of 205")
     });
+    // The task list, not the dependency graph below it, which draws every task.
+    let listed = || {
+        browser
+            .eval("return document.getElementById('tasks').innerText")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = listed();
     assert!(first.contains("m199") && !first.contains("m200"), "{first}");
     browser.eval(
         "for (const b of document.querySelectorAll('#pager button')) \
          { if (b.textContent === 'next') { b.click(); return true; } } return false;",
     );
-    let last = browser.text_when("the last page", |t| t.contains("tasks 201–205 of 205"));
+    browser.text_when("the last page", |t| t.contains("tasks 201–205 of 205"));
+    let last = listed();
     assert!(last.contains("m204") && !last.contains("m199"), "{last}");
     assert_eq!(
         browser.eval("return location.hash.includes('offset=200')"),
         true
     );
+}
+
+/// Clicks the first element matching `selector` whose text is `text` (any text when empty);
+/// whether there was one.
+fn click(browser: &Browser, selector: &str, text: &str) -> bool {
+    let script = format!(
+        "for (const e of document.querySelectorAll({selector})) \
+         {{ if ({text} === '' || e.textContent === {text}) {{ e.click(); return true; }} }} \
+         return false;",
+        selector = json!(selector),
+        text = json!(text),
+    );
+    browser.eval(&script) == true
+}
+
+#[test]
+fn a_task_opens_from_the_run_page_with_its_live_log_diff_and_retry() {
+    let Some(driver) = driver() else {
+        return;
+    };
+    let repo = TestRepo::new();
+    let release = repo.path().join("release");
+    let fixed = repo.path().join("fixed");
+    // `talk` writes a file (its diff) and says two things, the second only once released (its
+    // log grows while it is open); `flaky` fails until `fixed` exists; `last` waits for both.
+    repo.commit_plan(&format!(
+        "name = \"run page\"\n\
+         [[task]]\nid = \"talk\"\nfiles = [\"greet.txt\"]\n\
+         run = 'printf \"hello\\n\" > greet.txt; echo first-line; \
+                while [ ! -f {release} ]; do sleep 0.05; done; echo second-line'\n\
+         [[task]]\nid = \"flaky\"\nfiles = [\"flaky.txt\"]\n\
+         run = 'echo trying; test -f {fixed} && echo ok > flaky.txt'\n\
+         [[task]]\nid = \"last\"\nafter = [\"talk\", \"flaky\"]\nrun = 'true'\n",
+        release = release.display(),
+        fixed = fixed.display(),
+    ));
+    let run = repo.spawn(&["run", "--workers", "2", "--no-dashboard"]);
+    let (_server, url) = serve(&repo);
+    let browser = Browser::open(&driver);
+    browser.resize(1280, 1000);
+    browser.go(&url);
+    browser.text_when("the run page", |t| {
+        t.contains("TIMELINE") && t.contains("DEPENDENCIES") && t.contains("talk")
+    });
+
+    // Open `talk` from the run page's task list: its attempt, and its log as it grows.
+    poll("talk's row, clicked", LONG, || {
+        click(&browser, "tr.task[data-task='talk']", "").then_some(())
+    });
+    let view = browser.text_when("talk's task view", |t| t.contains("task talk"));
+    assert!(view.contains("attempts"), "{view}");
+    let log = || {
+        browser
+            .eval("const l = document.getElementById('task-log'); return l ? l.textContent : ''")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    poll("the log's first line", LONG, || {
+        log().contains("first-line").then_some(())
+    });
+    assert!(!log().contains("second-line"), "{}", log());
+    repo.write("release", "");
+    poll("the log grown by its second line", LONG, || {
+        log().contains("second-line").then_some(())
+    });
+    // Its diff: the file it wrote, the line it added.
+    poll("the diff tab, clicked", LONG, || {
+        click(&browser, "#task-view .tabs button[data-tab='diff']", "").then_some(())
+    });
+    let diff = browser.text_when("talk's diff", |t| {
+        t.contains("greet.txt") && t.contains("+hello")
+    });
+    assert!(diff.contains("1 file changed"), "{diff}");
+    // The timeline drew the attempts; the graph drew each task, `last` below the other two.
+    assert_eq!(
+        browser.eval("return timelineBars.length >= 2"),
+        true,
+        "the timeline has a bar per attempt"
+    );
+    assert_eq!(
+        browser.eval("return document.querySelectorAll('#graph .chip').length"),
+        3
+    );
+
+    // `flaky` failed (and skipped `last`): retried from its task view once fixed, it succeeds.
+    poll("flaky failed", LONG, || {
+        let status = repo.status("run page");
+        let flaky = status["tasks"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["id"] == "flaky"))
+            .cloned()?;
+        (flaky["state"] == "failed").then_some(())
+    });
+    assert_eq!(run.wait(LONG).code, 1, "the session failed with flaky");
+    click(&browser, "#task-view .close", "");
+    poll("flaky's row, clicked", LONG, || {
+        click(&browser, "tr.task[data-task='flaky']", "").then_some(())
+    });
+    browser.text_when("flaky's task view, failed", |t| {
+        t.contains("task flaky failed") && t.contains("trying")
+    });
+    repo.write("fixed", "");
+    poll("the retry button of the task view, clicked", LONG, || {
+        click(&browser, "#task-view button", "retry").then_some(())
+    });
+    // Nothing serves the session now that `br run` ended: a worker does.
+    let worker = repo.spawn(&["worker", "--exit-when-idle"]);
+    let done = browser.text_when("flaky succeeded in its second attempt", |t| {
+        t.contains("task flaky succeeded") && t.contains("retry")
+    });
+    assert!(done.contains("trying"), "{done}");
+    assert_eq!(worker.wait(LONG).code, 0);
+    poll("the session completed", LONG, || {
+        (repo.status("run page")["status"] == "completed").then_some(())
+    });
+
+    // 700 px wide (and as narrow as a phone), the main view does not scroll sideways.
+    click(&browser, "#task-view .close", "");
+    for width in [700, 400] {
+        browser.resize(width, 900);
+        poll("the page laid out again", LONG, || {
+            (browser.eval("return window.innerWidth").as_u64()? < 1000).then_some(())
+        });
+        let (scroll, inner) = (
+            browser.eval("return document.documentElement.scrollWidth"),
+            browser.eval("return window.innerWidth"),
+        );
+        assert!(
+            scroll.as_u64() <= inner.as_u64(),
+            "at {width} px the page is {scroll} px wide in a {inner} px window"
+        );
+    }
 }
