@@ -488,6 +488,18 @@ impl<B: Backend> Store for B {
         })
     }
 
+    fn task_prompt(&self, session: &SessionId, task: &TaskId) -> Result<Option<String>> {
+        self.read("read a task's prompt", |c| {
+            read::task_prompt(c, session.as_str(), task.as_str())
+        })
+    }
+
+    fn task_events(&self, session: &SessionId, task: &TaskId) -> Result<Vec<Event>> {
+        self.read("read a task's events", |c| {
+            read::task_events(c, session.as_str(), task.as_str())
+        })
+    }
+
     fn delete_session(&self, id: &SessionId) -> Result<()> {
         self.write("delete a session", |tx| session::delete(tx, id.as_str()))
     }

@@ -396,6 +396,27 @@ pub(super) fn attempts(
     .collect()
 }
 
+pub(super) fn task_prompt(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Option<String>> {
+    task(c, session_id, task_id)?;
+    let r = c.query_one(
+        "SELECT prompt FROM tasks WHERE session_id = ?1 AND id = ?2",
+        params![session_id, task_id],
+    )?;
+    r.get(0)
+}
+
+pub(super) fn task_events(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Vec<Event>> {
+    task(c, session_id, task_id)?;
+    c.query(
+        "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
+         WHERE session_id = ?1 AND task_id = ?2 ORDER BY seq",
+        params![session_id, task_id],
+    )?
+    .iter()
+    .map(event_from_row)
+    .collect()
+}
+
 fn worker_from_row(r: &Row) -> OpResult<Worker> {
     let serving: Option<String> = r.get(4)?;
     let task_session: Option<String> = r.get(5)?;
@@ -494,21 +515,23 @@ pub(super) fn events(c: &dyn Db, filter: &EventFilter) -> OpResult<Vec<Event>> {
         ],
     )?
     .iter()
-    .map(|r| {
-        let kind: EventKind = r.get(2)?;
-        let detail: String = r.get(7)?;
-        Ok(Event {
-            seq: r.get(0)?,
-            at: ts(r, 1)?,
-            kind,
-            session_id: r.get::<Option<String>>(3)?.map(SessionId::from_string),
-            task_id: task_id(r, 4)?,
-            worker_id: r.get::<Option<String>>(5)?.map(WorkerId::from_string),
-            attempt: r.get::<Option<u32>>(6)?.map(Attempt),
-            detail: EventDetail::from_stored(kind, &detail).map_err(|e| r.damaged(7, e))?,
-        })
-    })
+    .map(event_from_row)
     .collect()
+}
+
+fn event_from_row(r: &Row) -> OpResult<Event> {
+    let kind: EventKind = r.get(2)?;
+    let detail: String = r.get(7)?;
+    Ok(Event {
+        seq: r.get(0)?,
+        at: ts(r, 1)?,
+        kind,
+        session_id: r.get::<Option<String>>(3)?.map(SessionId::from_string),
+        task_id: task_id(r, 4)?,
+        worker_id: r.get::<Option<String>>(5)?.map(WorkerId::from_string),
+        attempt: r.get::<Option<u32>>(6)?.map(Attempt),
+        detail: EventDetail::from_stored(kind, &detail).map_err(|e| r.damaged(7, e))?,
+    })
 }
 
 pub(super) fn summary(c: &dyn Db, now: i64) -> OpResult<Summary> {
