@@ -821,6 +821,10 @@ fn enter_shows_a_retried_tasks_attempts_read_from_the_store() {
     ]}, {
         insta::assert_snapshot!(text);
     });
+    // Every size, the compact one included, gets something sensible.
+    for (w, h) in [(80, 24), (60, 12), (30, 8), (10, 3), (1, 1), (0, 0)] {
+        draw(&m, w, h);
+    }
     press(&mut m, &[ch('[')]);
     br_tui::poll(&store, &mut m);
     let Mode::Task(view) = m.mode() else {
