@@ -66,6 +66,7 @@ macro_rules! conformance_tests {
             a_landing_turn_whose_holder_went_silent_passes_to_another_worker,
             a_task_out_of_repairs_fails_and_skips_its_dependents,
             retry_reruns_ended_tasks_as_next_attempts,
+            a_tasks_prompt_and_events_are_read_back,
             retry_refuses_tasks_that_did_not_end_badly,
             retry_runs_a_cancelled_session_again,
             retry_forgets_what_did_not_land,
@@ -2263,6 +2264,48 @@ fn assert_refused_unchanged(store: &dyn Store, s: &SessionId, scope: RetryScope<
     );
     assert_eq!(before, after, "a refused retry changed something: {err}");
     err.to_string()
+}
+
+pub fn a_tasks_prompt_and_events_are_read_back(b: &dyn FreshStore) {
+    let store = b.open();
+    let mut asked = task("asked", &[], &[]);
+    asked.prompt = Some("Greet the reader.".into());
+    asked.retries = 1;
+    let s = submit(&*store, plan("p", vec![asked, task("plain", &[], &[])]));
+    let (asked, plain) = (
+        TaskId::new("asked").expect("id"),
+        TaskId::new("plain").expect("id"),
+    );
+    assert_eq!(
+        store.task_prompt(&s.id, &asked).expect("prompt").as_deref(),
+        Some("Greet the reader.")
+    );
+    assert_eq!(store.task_prompt(&s.id, &plain).expect("prompt"), None);
+    let w = worker(&*store, None, Duration::from_secs(30));
+    let first = claim_task(&*store, &w);
+    assert_eq!(first.lease.task_id, asked);
+    store
+        .finish_attempt(&first.lease, &Outcome::Failed { exit_code: 3 })
+        .expect("finish");
+    let kinds: Vec<(EventKind, Option<u32>)> = store
+        .task_events(&s.id, &asked)
+        .expect("events")
+        .iter()
+        .map(|e| (e.kind, e.attempt.map(|a| a.0)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::TaskReady, None),
+            (EventKind::TaskStarted, Some(1)),
+            // A failure with retries left is a requeue, not a `task_failed`.
+            (EventKind::TaskRequeued, Some(1)),
+        ],
+        "the task's own events only, oldest first"
+    );
+    let missing = TaskId::new("nope").expect("id");
+    assert!(store.task_prompt(&s.id, &missing).is_err());
+    assert!(store.task_events(&s.id, &missing).is_err());
 }
 
 pub fn retry_reruns_ended_tasks_as_next_attempts(b: &dyn FreshStore) {

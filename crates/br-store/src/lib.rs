@@ -78,8 +78,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn attempts(&self, session: &SessionId, task: &TaskId) -> Result<Vec<AttemptRecord>>;
     /// Every attempt of the session and its landing record, for a run page.
     fn history(&self, session: &SessionId) -> Result<SessionHistory>;
-    /// The task's prompt (an agent task's; none for a command).
+    /// What the task asks its coding agent to do (`prompt`, or `prompt_file`'s text read at
+    /// submit); none for a task that runs a command.
     fn task_prompt(&self, session: &SessionId, task: &TaskId) -> Result<Option<String>>;
+    /// The task's events, oldest first: why each attempt ran, the conflicts and `verify` failures
+    /// that sent it back, where it landed.
+    fn task_events(&self, session: &SessionId, task: &TaskId) -> Result<Vec<Event>>;
     /// Queues a task that already ended (typically succeeded) again as its next attempt,
     /// starting from `base_commit` — the merge queue's `on_conflict = "requeue"`. Its session
     /// becomes running again if it had ended.

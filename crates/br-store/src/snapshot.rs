@@ -1672,6 +1672,9 @@ mod tests {
         fn task_prompt(&self, session: &SessionId, task: &TaskId) -> Result<Option<String>> {
             self.inner.task_prompt(session, task)
         }
+        fn task_events(&self, session: &SessionId, task: &TaskId) -> Result<Vec<Event>> {
+            self.inner.task_events(session, task)
+        }
         fn delete_session(&self, id: &SessionId) -> Result<()> {
             self.inner.delete_session(id)
         }

@@ -9,9 +9,11 @@
 //! The dashboard only reads the store, except for what a user asks of a session (pause, resume,
 //! cancel, retry), which becomes a store request that workers act on.
 
+mod diff;
 mod follow;
 mod model;
 mod run;
+mod task;
 mod text;
 mod theme;
 mod view;
@@ -21,9 +23,11 @@ use std::time::Duration;
 use br_core::SessionId;
 pub use br_store::snapshot::Snapshot;
 
+pub use diff::{DiffSource, DiffView, Differ};
 pub use follow::LogTail;
-pub use model::{Action, Focus, Mode, Model, Msg, perform, update};
+pub use model::{Action, Focus, Mode, Model, Msg, Panels, perform, poll, update};
 pub use run::{DashboardEnd, run_dashboard};
+pub use task::{LogSize, TaskDetail, TaskView};
 pub use view::view;
 
 /// How the dashboard looks and behaves.
@@ -37,6 +41,8 @@ pub struct DashboardOptions {
     pub session: Option<SessionId>,
     /// Whether to use colours. The terminal dashboard never uses them while `NO_COLOR` is set.
     pub color: bool,
+    /// Makes the diffs `d` shows (git is the CLI's to run); none: `d` says there are none.
+    pub differ: Option<DiffSource>,
 }
 
 impl Default for DashboardOptions {
@@ -46,6 +52,7 @@ impl Default for DashboardOptions {
             compact: false,
             session: None,
             color: !no_color(),
+            differ: None,
         }
     }
 }
@@ -66,6 +73,7 @@ pub fn render_once(
 ) -> String {
     let mut model = Model::new(snapshot.clone(), options);
     model.hints = false;
+    model.panels = Panels::Expanded;
     update(&mut model, Msg::Refreshed);
     text::render_to_text(&model, width, height)
 }

@@ -10,13 +10,49 @@ use br_store::{Retried, Store};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::DashboardOptions;
+use crate::diff::{DiffSource, DiffView};
 use crate::follow::LogTail;
+use crate::task::{LogSize, TaskView};
 
-/// Which list the arrow keys move in.
+/// Which list the arrow keys move in. The workers and the locks take one line each unless they
+/// have it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Focus {
     Sessions,
     Tasks,
+    Workers,
+    Locks,
+}
+
+impl Focus {
+    /// The next in Tab's cycle.
+    fn next(self) -> Focus {
+        match self {
+            Focus::Sessions => Focus::Tasks,
+            Focus::Tasks => Focus::Workers,
+            Focus::Workers => Focus::Locks,
+            Focus::Locks => Focus::Sessions,
+        }
+    }
+
+    /// The one before, for Shift-Tab.
+    fn previous(self) -> Focus {
+        match self {
+            Focus::Sessions => Focus::Locks,
+            Focus::Tasks => Focus::Sessions,
+            Focus::Workers => Focus::Tasks,
+            Focus::Locks => Focus::Workers,
+        }
+    }
+}
+
+/// Whether the workers and locks panels take one line each unless focused (the live
+/// dashboard: the task list gets the height), or show every row (a frame printed once, which
+/// no key can open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Panels {
+    Collapsible,
+    Expanded,
 }
 
 /// What the screen shows on top of (or instead of) the panels.
@@ -34,6 +70,10 @@ pub enum Mode {
     },
     /// A task's log, full screen.
     Log(LogTail),
+    /// A task opened with Enter: its attempts, landing, prompt and the selected attempt's log.
+    Task(Box<TaskView>),
+    /// An attempt's diff against its start commit.
+    Diff(DiffView),
 }
 
 /// Something that happened: a key was pressed, or the snapshot was refreshed.
@@ -70,7 +110,13 @@ pub struct Model {
     /// Whether the footer lists the keys: not in a frame printed once (`--once`), where no key
     /// does anything.
     pub hints: bool,
+    pub panels: Panels,
+    /// Makes the diffs `d` shows; none outside a repository.
+    differ: Option<DiffSource>,
     focus: Focus,
+    /// The first worker and lock shown when their panels are open.
+    worker_offset: usize,
+    lock_offset: usize,
     /// The session whose tasks the user wants; the snapshot follows it from the next refresh.
     selected_session: Option<SessionId>,
     /// The task under the cursor; `None` means the first visible one.
@@ -98,7 +144,11 @@ impl Model {
             compact: options.compact,
             color: options.color,
             hints: true,
+            panels: Panels::Collapsible,
+            differ: options.differ.clone(),
             focus: Focus::Sessions,
+            worker_offset: 0,
+            lock_offset: 0,
             selected_session,
             selected_task: None,
             filter: String::new(),
@@ -119,6 +169,14 @@ impl Model {
 
     pub fn mode_mut(&mut self) -> &mut Mode {
         &mut self.mode
+    }
+
+    pub fn worker_offset(&self) -> usize {
+        self.worker_offset
+    }
+
+    pub fn lock_offset(&self) -> usize {
+        self.lock_offset
     }
 
     pub fn filter(&self) -> &str {
@@ -198,14 +256,27 @@ impl Model {
                 .map(|s| s.id.clone())
                 .or_else(|| self.snapshot.sessions.first().map(|s| s.session.id.clone()));
         }
-        if let Mode::Log(tail) = &mut self.mode
-            && let Some(selected) = &self.snapshot.selected
-            && &selected.id == tail.session()
-            && let Some(row) = selected.tasks.iter().find(|t| &t.task.id == tail.task())
-            && let Some(path) = &row.task.log_path
-        {
-            // A new attempt writes a new log: follow the task, not the file.
-            tail.retarget(path.into(), row.task.attempts);
+        let seen = |session: &SessionId, task: &TaskId| {
+            self.snapshot
+                .selected
+                .as_ref()
+                .filter(|s| &s.id == session)
+                .and_then(|s| s.tasks.iter().find(|t| &t.task.id == task))
+        };
+        match &mut self.mode {
+            Mode::Log(tail) => {
+                if let Some(row) = seen(tail.session(), tail.task())
+                    && let Some(path) = &row.task.log_path
+                {
+                    // A new attempt writes a new log: follow the task, not the file.
+                    tail.retarget(path.into(), row.task.attempts);
+                }
+            }
+            Mode::Task(view) => {
+                let row = seen(view.session(), view.task());
+                view.refreshed(row.map(|r| &r.task));
+            }
+            _ => {}
         }
     }
 
@@ -236,6 +307,12 @@ impl Model {
         match self.focus {
             Focus::Sessions => self.move_session(delta),
             Focus::Tasks => self.move_task(delta),
+            Focus::Workers => {
+                self.worker_offset = step(self.worker_offset, delta, self.snapshot.workers.len());
+            }
+            Focus::Locks => {
+                self.lock_offset = step(self.lock_offset, delta, self.snapshot.locks.len());
+            }
         }
     }
 
@@ -260,7 +337,7 @@ impl Model {
             return None;
         };
         let tasks = match self.focus {
-            Focus::Sessions => Vec::new(),
+            Focus::Sessions | Focus::Workers | Focus::Locks => Vec::new(),
             Focus::Tasks => match self.selected_task() {
                 Some(row) => vec![row.task.id.clone()],
                 None => {
@@ -270,6 +347,36 @@ impl Model {
             },
         };
         Some(Action::Retry { session, tasks })
+    }
+
+    /// Enter on a task: the task view.
+    fn open_task(&mut self) {
+        let Some(selected) = &self.snapshot.selected else {
+            return;
+        };
+        let session = selected.id.clone();
+        let Some(row) = self.selected_task() else {
+            self.status = Some("no task selected".into());
+            return;
+        };
+        self.mode = Mode::Task(Box::new(TaskView::new(session, row.task.id.clone())));
+    }
+
+    /// `d` on the task list: the diff of the task's landed attempt, else its latest.
+    fn open_diff(&mut self) {
+        let Some(selected) = &self.snapshot.selected else {
+            return;
+        };
+        let session = selected.id.clone();
+        let Some(row) = self.selected_task() else {
+            self.status = Some("no task selected".into());
+            return;
+        };
+        if row.task.attempts == 0 {
+            self.status = Some(format!("task {} has not run: no diff yet", row.task.id));
+            return;
+        }
+        self.mode = Mode::Diff(DiffView::new(session, row.task.id.clone(), None, None));
     }
 
     fn open_log(&mut self) {
@@ -364,6 +471,58 @@ fn on_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
             }
             None
         }
+        Mode::Task(view) => {
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('q') => match view.log_size() {
+                    LogSize::Full => view.toggle_log_size(),
+                    LogSize::Pane => model.mode = Mode::Normal,
+                },
+                KeyCode::Up | KeyCode::Char('k' | '[') => view.previous_attempt(),
+                KeyCode::Down | KeyCode::Char('j' | ']') => view.next_attempt(),
+                KeyCode::PageUp => scroll_log(view, |t| t.scroll_up(PAGE.unsigned_abs())),
+                KeyCode::PageDown => scroll_log(view, |t| t.scroll_down(PAGE.unsigned_abs())),
+                KeyCode::Home | KeyCode::Char('g') => scroll_log(view, |t| t.scroll_up(usize::MAX)),
+                KeyCode::End | KeyCode::Char('G' | 'f' | 'F') => scroll_log(view, LogTail::follow),
+                KeyCode::Char('o' | 'z') => view.toggle_log_size(),
+                KeyCode::Char('d') => {
+                    let attempt = view.selected().map(|a| a.attempt.0);
+                    if attempt.is_none() {
+                        model.status =
+                            Some(format!("task {} has not run: no diff yet", view.task()));
+                        return None;
+                    }
+                    let Mode::Task(view) = std::mem::replace(&mut model.mode, Mode::Normal) else {
+                        return None;
+                    };
+                    let (session, task) = (view.session().clone(), view.task().clone());
+                    model.mode = Mode::Diff(DiffView::new(session, task, attempt, Some(view)));
+                }
+                _ => {}
+            }
+            None
+        }
+        Mode::Diff(diff) => {
+            match key.code {
+                KeyCode::Esc | KeyCode::Char('q') => {
+                    model.mode = match diff.take_back() {
+                        Some(mut view) => {
+                            // What it showed may have changed meanwhile.
+                            view.mark_stale();
+                            Mode::Task(view)
+                        }
+                        None => Mode::Normal,
+                    }
+                }
+                KeyCode::Up | KeyCode::Char('k') => diff.scroll_up(1),
+                KeyCode::Down | KeyCode::Char('j') => diff.scroll_down(1),
+                KeyCode::PageUp => diff.scroll_up(PAGE.unsigned_abs()),
+                KeyCode::PageDown => diff.scroll_down(PAGE.unsigned_abs()),
+                KeyCode::Home | KeyCode::Char('g') => diff.scroll_up(usize::MAX),
+                KeyCode::End | KeyCode::Char('G') => diff.scroll_down(usize::MAX),
+                _ => {}
+            }
+            None
+        }
         Mode::Filter => {
             match key.code {
                 KeyCode::Esc => {
@@ -391,12 +550,8 @@ fn on_normal_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
         KeyCode::Char('q') => model.quit = true,
         KeyCode::Esc => model.filter.clear(),
         KeyCode::Char('?') => model.mode = Mode::Help,
-        KeyCode::Tab | KeyCode::BackTab => {
-            model.focus = match model.focus {
-                Focus::Sessions => Focus::Tasks,
-                Focus::Tasks => Focus::Sessions,
-            }
-        }
+        KeyCode::Tab => model.focus = model.focus.next(),
+        KeyCode::BackTab => model.focus = model.focus.previous(),
         KeyCode::Left | KeyCode::Char('h') => model.focus = Focus::Sessions,
         KeyCode::Right | KeyCode::Char('l') => model.focus = Focus::Tasks,
         KeyCode::Up | KeyCode::Char('k') => model.move_cursor(-1),
@@ -407,8 +562,11 @@ fn on_normal_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
         KeyCode::End | KeyCode::Char('G') => model.move_cursor(isize::MAX),
         KeyCode::Enter => match model.focus {
             Focus::Sessions => model.focus = Focus::Tasks,
-            Focus::Tasks => model.open_log(),
+            Focus::Tasks => model.open_task(),
+            Focus::Workers | Focus::Locks => {}
         },
+        KeyCode::Char('o') => model.open_log(),
+        KeyCode::Char('d') => model.open_diff(),
         KeyCode::Char('/') => {
             model.focus = Focus::Tasks;
             model.mode = Mode::Filter;
@@ -423,6 +581,25 @@ fn on_normal_key(model: &mut Model, key: KeyEvent) -> Option<Action> {
         _ => {}
     }
     None
+}
+
+/// Scrolls the task view's log, once it has one.
+fn scroll_log(view: &mut TaskView, scroll: impl FnOnce(&mut LogTail)) {
+    if let Some(tail) = view.log_mut() {
+        scroll(tail);
+    }
+}
+
+/// Reads what the screen follows: the open log's new lines, the task view's task and log, or
+/// the diff, the first time. Returns whether anything changed (the loop then draws again).
+pub fn poll(store: &dyn Store, model: &mut Model) -> bool {
+    let differ = model.differ.clone();
+    match &mut model.mode {
+        Mode::Log(tail) => tail.poll(store),
+        Mode::Task(view) => view.poll(store),
+        Mode::Diff(diff) => diff.poll(store, differ.as_ref()),
+        Mode::Normal | Mode::Help | Mode::Filter | Mode::ConfirmCancel { .. } => false,
+    }
 }
 
 /// Carries out `action` against the store and says in the footer how it went. A refused

@@ -17,7 +17,7 @@ use crossterm::{cursor, execute};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 
-use crate::model::{Mode, Model, Msg, perform, update};
+use crate::model::{Model, Msg, perform, poll, update};
 use crate::view::view;
 use crate::{DashboardOptions, no_color};
 
@@ -88,9 +88,7 @@ pub fn run_dashboard(
             }
             continue;
         }
-        if let Mode::Log(tail) = model.mode_mut()
-            && tail.poll(store)
-        {
+        if poll(store, &mut model) {
             dirty = true;
         }
         // Refresh early when something happened: a new event is what changes a snapshot, and

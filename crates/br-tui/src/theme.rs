@@ -102,6 +102,16 @@ impl Theme {
         self.fg(Color::Cyan)
     }
 
+    /// A line a diff adds.
+    pub(crate) fn added(self) -> Style {
+        self.fg(Color::Green)
+    }
+
+    /// A line a diff removes.
+    pub(crate) fn removed(self) -> Style {
+        self.fg(Color::Red)
+    }
+
     pub(crate) fn key(self) -> Style {
         self.fg(Color::Cyan).add_modifier(Modifier::BOLD)
     }

@@ -10,13 +10,13 @@ use br_core::{OutcomeKind, SessionId, TaskState, Timestamp, WorkerStatus};
 use br_store::snapshot::{LockRow, SessionRow, Snapshot, TaskRow, Waiting};
 use br_store::{Event, Worker};
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Rect};
 use ratatui::style::Style;
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use crate::follow::LogTail;
-use crate::model::{Focus, Mode, Model};
+use crate::model::{Focus, Mode, Model, Panels};
 use crate::theme::Theme;
 
 /// Below this the full layout does not fit and the compact one is used.
@@ -37,9 +37,11 @@ pub fn view(model: &Model, frame: &mut Frame) {
         return;
     }
     let theme = Theme::new(model.color);
-    if let Mode::Log(tail) = model.mode() {
-        draw_log(frame, area, tail, model, theme);
-        return;
+    match model.mode() {
+        Mode::Log(tail) => return draw_log(frame, area, tail, model, theme),
+        Mode::Task(task) => return crate::task::draw(frame, area, task, model, theme),
+        Mode::Diff(diff) => return crate::diff::draw(frame, area, diff, model, theme),
+        Mode::Normal | Mode::Help | Mode::Filter | Mode::ConfirmCancel { .. } => {}
     }
     if area.width < TINY_WIDTH || area.height < TINY_HEIGHT {
         draw_tiny(frame, area, &model.snapshot);
@@ -51,7 +53,7 @@ pub fn view(model: &Model, frame: &mut Frame) {
     match model.mode() {
         Mode::Help => draw_help(frame, area, theme),
         Mode::ConfirmCancel { name, .. } => draw_confirm(frame, area, name, theme),
-        Mode::Normal | Mode::Filter | Mode::Log(_) => {}
+        Mode::Normal | Mode::Filter | Mode::Log(_) | Mode::Task(_) | Mode::Diff(_) => {}
     }
 }
 
@@ -67,17 +69,18 @@ pub(crate) fn natural_height(snapshot: &Snapshot, compact: bool) -> u16 {
     let events = snapshot.events.len().clamp(1, ONCE_MAX_EVENTS);
     let locks = snapshot.locks.len().max(1);
     let stats = stats_lines(snapshot);
+    // Every panel open, as a frame printed once shows them.
     let h = if compact {
         // Stats, then each section: title, header, rows; events: title, rows; footer.
-        stats + (2 + sessions) + (2 + workers) + (2 + tasks) + (1 + events) + 1
+        stats + (2 + sessions) + (2 + workers) + (2 + tasks) + (2 + locks) + (1 + events) + 1
     } else {
-        (2 + stats) + (3 + sessions) + (3 + workers) + (3 + tasks) + (2 + events.max(locks + 1)) + 1
+        (2 + stats) + (3 + sessions) + (3 + workers) + (3 + tasks) + (3 + locks) + (2 + events) + 1
     };
     u16::try_from(h).unwrap_or(u16::MAX).max(FULL_MIN_HEIGHT)
 }
 
 /// Splits `area` into rows of the given heights, top to bottom; the last may be cut short.
-fn rows_of(area: Rect, heights: &[u16]) -> Vec<Rect> {
+pub(crate) fn rows_of(area: Rect, heights: &[u16]) -> Vec<Rect> {
     let mut y = area.y;
     let bottom = area.bottom();
     heights
@@ -91,19 +94,25 @@ fn rows_of(area: Rect, heights: &[u16]) -> Vec<Rect> {
         .collect()
 }
 
-/// Shares `total` lines among panels that each want `(min, want)`, giving every panel its
-/// minimum, then more in order of the list up to what it wants and its cap; the flexible
-/// panel takes whatever is left. When everything fits, every panel gets what it wants.
-fn allot(total: u16, panels: &[(u16, u16, u16)], flex: usize) -> Vec<u16> {
+/// Shares `total` lines among panels that each want `(min, want, cap)`, giving every panel its
+/// minimum, then more in the order `order` lists them, up to what each wants and (when not
+/// everything fits) its cap; the flexible panel takes whatever is left. When everything fits,
+/// every panel gets what it wants.
+pub(crate) fn allot(
+    total: u16,
+    panels: &[(u16, u16, u16)],
+    order: &[usize],
+    flex: usize,
+) -> Vec<u16> {
     let want_all: u32 = panels.iter().map(|p| u32::from(p.1)).sum();
     let mut heights: Vec<u16> = panels.iter().map(|p| p.0).collect();
     let mins: u16 = heights.iter().fold(0u16, |a, b| a.saturating_add(*b));
     let mut left = total.saturating_sub(mins);
     let fits = want_all <= u32::from(total);
-    for (i, &(min, want, cap)) in panels.iter().enumerate() {
-        if i == flex {
+    for &i in order {
+        let Some(&(min, want, cap)) = panels.get(i) else {
             continue;
-        }
+        };
         let goal = if fits { want } else { want.min(cap.max(min)) };
         let more = goal.saturating_sub(min).min(left);
         heights[i] += more;
@@ -119,17 +128,31 @@ fn pct_of(total: u16, percent: u16) -> u16 {
     u16::try_from(u32::from(total) * u32::from(percent) / 100).unwrap_or(total)
 }
 
+/// Whether `panel` (the workers or the locks) shows all its rows: when it has the keyboard,
+/// or in a frame printed once; else it takes one line, and the task list the height.
+fn is_open(model: &Model, panel: Focus) -> bool {
+    model.panels == Panels::Expanded || model.focus() == panel
+}
+
+/// The order in which the panels (statistics, sessions, workers, tasks, locks, events) get more
+/// than their minimum: live, the workers and locks first (one line each unless the user opened
+/// one), sessions (up to their cap), then the tasks before the events; in a frame printed once,
+/// the tasks before the workers and locks.
+fn priority(model: &Model) -> [usize; 6] {
+    match model.panels {
+        Panels::Collapsible => [0, 2, 4, 1, 3, 5],
+        Panels::Expanded => [0, 1, 3, 2, 4, 5],
+    }
+}
+
 fn draw_full(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     let snap = &model.snapshot;
     let tasks_visible = model.visible_tasks();
     let body = area.height.saturating_sub(1);
     let n = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
-    let bottom_rows = n(snap
-        .events
-        .len()
-        .max(snap.locks.len() + 1)
-        .clamp(1, ONCE_MAX_EVENTS));
     let stats = n(stats_lines(snap)).saturating_add(2);
+    let workers_open = is_open(model, Focus::Workers);
+    let locks_open = is_open(model, Focus::Locks);
     let heights = allot(
         body,
         &[
@@ -139,14 +162,32 @@ fn draw_full(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
                 n(snap.sessions.len().max(1)).saturating_add(3),
                 pct_of(body, 28),
             ),
-            (
-                4,
-                n(snap.workers.len().max(1)).saturating_add(3),
-                pct_of(body, 25),
-            ),
+            if workers_open {
+                (
+                    4,
+                    n(snap.workers.len().max(1)).saturating_add(3),
+                    pct_of(body, 25),
+                )
+            } else {
+                (1, 1, 1)
+            },
             (5, n(tasks_visible.len().max(1)).saturating_add(3), u16::MAX),
-            (3, bottom_rows.saturating_add(2), 8),
+            if locks_open {
+                (
+                    4,
+                    n(snap.locks.len().max(1)).saturating_add(3),
+                    pct_of(body, 25),
+                )
+            } else {
+                (1, 1, 1)
+            },
+            (
+                1,
+                n(snap.events.len().clamp(1, ONCE_MAX_EVENTS)).saturating_add(2),
+                8,
+            ),
         ],
+        &priority(model),
         3,
     );
     let mut all = heights.clone();
@@ -154,13 +195,19 @@ fn draw_full(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     let r = rows_of(area, &all);
     draw_stats(frame, r[0], snap, theme, Borders::ALL);
     draw_sessions(frame, r[1], model, theme, false);
-    draw_workers(frame, r[2], snap, theme, false);
+    if workers_open {
+        draw_workers(frame, r[2], model, theme, false);
+    } else {
+        draw_workers_line(frame, r[2], snap, theme);
+    }
     draw_tasks(frame, r[3], model, &tasks_visible, theme, false);
-    let [locks, events] =
-        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(r[4]);
-    draw_locks(frame, locks, snap, theme);
-    draw_events(frame, events, snap, theme, Borders::ALL);
-    draw_footer(frame, r[5], model, theme);
+    if locks_open {
+        draw_locks(frame, r[4], model, theme, Borders::ALL);
+    } else {
+        draw_locks_line(frame, r[4], snap, theme);
+    }
+    draw_events(frame, r[5], snap, theme, Borders::ALL);
+    draw_footer(frame, r[6], model, theme);
 }
 
 fn draw_compact(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
@@ -169,19 +216,32 @@ fn draw_compact(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     let body = area.height.saturating_sub(1);
     let n = |len: usize| u16::try_from(len).unwrap_or(u16::MAX);
     let stats = n(stats_lines(snap));
+    let workers_open = is_open(model, Focus::Workers);
+    let locks_open = is_open(model, Focus::Locks);
+    let open = |rows: usize| (3, n(rows.max(1)).saturating_add(2), 5);
     let heights = allot(
         body,
         &[
             (stats, stats, stats),
-            (3, n(snap.sessions.len().max(1)).saturating_add(2), 5),
-            (3, n(snap.workers.len().max(1)).saturating_add(2), 5),
+            open(snap.sessions.len()),
+            if workers_open {
+                open(snap.workers.len())
+            } else {
+                (1, 1, 1)
+            },
             (3, n(tasks_visible.len().max(1)).saturating_add(2), u16::MAX),
+            if locks_open {
+                open(snap.locks.len())
+            } else {
+                (1, 1, 1)
+            },
             (
-                2,
+                1,
                 n(snap.events.len().clamp(1, ONCE_MAX_EVENTS)).saturating_add(1),
                 3,
             ),
         ],
+        &priority(model),
         3,
     );
     let mut all = heights.clone();
@@ -189,10 +249,19 @@ fn draw_compact(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
     let r = rows_of(area, &all);
     draw_stats(frame, r[0], snap, theme, Borders::NONE);
     draw_sessions(frame, r[1], model, theme, true);
-    draw_workers(frame, r[2], snap, theme, true);
+    if workers_open {
+        draw_workers(frame, r[2], model, theme, true);
+    } else {
+        draw_workers_line(frame, r[2], snap, theme);
+    }
     draw_tasks(frame, r[3], model, &tasks_visible, theme, true);
-    draw_events(frame, r[4], snap, theme, Borders::TOP);
-    draw_footer(frame, r[5], model, theme);
+    if locks_open {
+        draw_locks(frame, r[4], model, theme, Borders::TOP);
+    } else {
+        draw_locks_line(frame, r[4], snap, theme);
+    }
+    draw_events(frame, r[5], snap, theme, Borders::TOP);
+    draw_footer(frame, r[6], model, theme);
 }
 
 /// A few lines of numbers for a terminal too small for tables.
@@ -220,7 +289,7 @@ fn draw_tiny(frame: &mut Frame, area: Rect, snap: &Snapshot) {
 
 /// Whether a panel has the keyboard (or is a dialog that does): its border stands out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Emphasis {
+pub(crate) enum Emphasis {
     Focused,
     Plain,
 }
@@ -235,7 +304,12 @@ impl Emphasis {
     }
 }
 
-fn block<'a>(title: String, theme: Theme, borders: Borders, emphasis: Emphasis) -> Block<'a> {
+pub(crate) fn block<'a>(
+    title: String,
+    theme: Theme,
+    borders: Borders,
+    emphasis: Emphasis,
+) -> Block<'a> {
     Block::new()
         .borders(borders)
         .border_style(theme.border(emphasis == Emphasis::Focused))
@@ -502,19 +576,62 @@ fn session_row<'a>(
     }
 }
 
-fn draw_workers(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, compact: bool) {
-    let chrome = if compact { 2 } else { 3 };
-    let rows_fit = body_rows(area, chrome);
-    // Offline workers first: they are what needs attention.
+/// The workers, offline ones first: they are what needs attention.
+fn workers_in_order(snap: &Snapshot) -> Vec<&Worker> {
     let mut workers: Vec<&Worker> = snap.workers.iter().collect();
     workers.sort_by_key(|w| w.status != WorkerStatus::Offline);
+    workers
+}
+
+/// The workers in one line, for when the panel is closed: how many and in what state, then
+/// each one's task while the width lasts.
+fn draw_workers_line(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme) {
+    let workers = workers_in_order(snap);
+    let count = |status: WorkerStatus| workers.iter().filter(|w| w.status == status).count();
+    let (busy, idle, offline) = (
+        count(WorkerStatus::Busy),
+        count(WorkerStatus::Idle),
+        count(WorkerStatus::Offline),
+    );
+    let mut spans = vec![
+        Span::styled("▸ Workers ", theme.title()),
+        Span::raw(format!("{} ({busy} busy, {idle} idle", workers.len())),
+    ];
+    if offline > 0 {
+        spans.push(Span::raw(", "));
+        spans.push(Span::styled(format!("{offline} OFFLINE"), theme.bad()));
+    }
+    spans.push(Span::raw(")"));
+    for w in workers.iter().filter(|w| w.status != WorkerStatus::Stopped) {
+        let what = match (&w.current_task, w.status) {
+            (_, WorkerStatus::Offline) => "OFFLINE".to_string(),
+            (Some(t), _) => t.to_string(),
+            (None, _) => w.status.as_str().to_string(),
+        };
+        spans.push(Span::styled(" · ", theme.label()));
+        spans.push(Span::styled(
+            format!("{} {what}", short_id(w.id.as_str())),
+            theme.worker(w.status),
+        ));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_workers(frame: &mut Frame, area: Rect, model: &Model, theme: Theme, compact: bool) {
+    let snap = &model.snapshot;
+    let focused = model.focus() == Focus::Workers;
+    let chrome = if compact { 2 } else { 3 };
+    let rows_fit = body_rows(area, chrome);
+    let workers = workers_in_order(snap);
     let total = workers.len();
     let offline = workers
         .iter()
         .filter(|w| w.status == WorkerStatus::Offline)
         .count();
+    let offset = model.worker_offset().min(total.saturating_sub(rows_fit));
     let mut rows: Vec<Row> = workers
         .iter()
+        .skip(offset)
         .take(rows_fit)
         .map(|w| worker_row(w, snap.now, theme, compact))
         .collect();
@@ -557,17 +674,23 @@ fn draw_workers(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, co
             ],
         )
     };
-    let mut title = format!(" Workers ({total}) ");
+    let mut count = if total > rows_fit && rows_fit > 0 {
+        format!(
+            "{}–{} of {total}",
+            offset + 1,
+            (offset + rows_fit).min(total)
+        )
+    } else {
+        total.to_string()
+    };
     if offline > 0 {
-        title = format!(" Workers ({total}, {offline} OFFLINE) ");
+        count.push_str(&format!(", {offline} OFFLINE"));
     }
-    if total > rows_fit && rows_fit > 0 {
-        title = format!("{}+{} more ", title, total - rows_fit);
-    }
+    let title = format!(" Workers ({count}) ");
     let borders = if compact { Borders::TOP } else { Borders::ALL };
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(theme.header()))
-        .block(block(title, theme, borders, Emphasis::Plain));
+        .block(block(title, theme, borders, Emphasis::of(focused)));
     frame.render_widget(table, area);
 }
 
@@ -921,12 +1044,66 @@ fn session_names(snap: &Snapshot) -> HashMap<&SessionId, &str> {
         .collect()
 }
 
-fn draw_locks(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme) {
+/// The locks in one line, for when the panel is closed: how many and who holds them, then each
+/// path while the width lasts.
+fn draw_locks_line(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme) {
     let names = session_names(snap);
-    let rows_fit = body_rows(area, 3);
+    let mut holders: Vec<String> = Vec::new();
+    for l in &snap.locks {
+        let who = lock_holder(l, &names);
+        if !holders.contains(&who) {
+            holders.push(who);
+        }
+    }
+    let mut spans = vec![Span::styled("▸ Locks ", theme.title())];
+    if snap.locks.is_empty() {
+        spans.push(Span::raw("none held"));
+    } else {
+        let tasks = snap.locks.iter().all(|l| l.lock.task_id.is_some());
+        let by = match (holders.len(), tasks) {
+            (1, true) => "1 task".to_string(),
+            (n, true) => format!("{n} tasks"),
+            (1, false) => "1 holder".to_string(),
+            (n, false) => format!("{n} holders"),
+        };
+        spans.push(Span::raw(format!("{} held by {by}", snap.locks.len())));
+        for l in &snap.locks {
+            spans.push(Span::styled(" · ", theme.label()));
+            let task = l
+                .lock
+                .task_id
+                .as_ref()
+                .map_or_else(|| lock_holder(l, &names), ToString::to_string);
+            spans.push(Span::raw(format!("{} ({task})", l.lock.path)));
+        }
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// Who holds a lock: its task (and the task's session, in words), or a session's `br lock`.
+fn lock_holder(l: &LockRow, names: &HashMap<&SessionId, &str>) -> String {
+    let session = names
+        .get(&l.lock.session_id)
+        .copied()
+        .unwrap_or(l.lock.session_id.as_str());
+    match &l.lock.task_id {
+        Some(t) => format!("{session}/{t}"),
+        None => format!("{session} (br lock)"),
+    }
+}
+
+fn draw_locks(frame: &mut Frame, area: Rect, model: &Model, theme: Theme, borders: Borders) {
+    let snap = &model.snapshot;
+    let focused = model.focus() == Focus::Locks;
+    let names = session_names(snap);
+    let chrome = if borders == Borders::ALL { 3 } else { 2 };
+    let rows_fit = body_rows(area, chrome);
+    let total = snap.locks.len();
+    let offset = model.lock_offset().min(total.saturating_sub(rows_fit));
     let mut rows: Vec<Row> = snap
         .locks
         .iter()
+        .skip(offset)
         .take(rows_fit)
         .map(|l| lock_row(l, snap.now, &names))
         .collect();
@@ -943,10 +1120,18 @@ fn draw_locks(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme) {
     )
     .header(Row::new(vec!["Path", "Held by", "Since"]).style(theme.header()))
     .block(block(
-        format!(" Locks ({}) ", snap.locks.len()),
+        if total > rows_fit && rows_fit > 0 {
+            format!(
+                " Locks ({}–{} of {total}) ",
+                offset + 1,
+                (offset + rows_fit).min(total)
+            )
+        } else {
+            format!(" Locks ({total}) ")
+        },
         theme,
-        Borders::ALL,
-        Emphasis::Plain,
+        borders,
+        Emphasis::of(focused),
     ));
     frame.render_widget(table, area);
 }
@@ -971,7 +1156,13 @@ fn lock_row<'a>(l: &'a LockRow, now: Timestamp, names: &HashMap<&SessionId, &str
 fn draw_events(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, borders: Borders) {
     let names = session_names(snap);
     let chrome = if borders == Borders::ALL { 2 } else { 1 };
-    let fit = usize::from(area.height.saturating_sub(chrome));
+    // Too short for its frame (the tasks took the height): the latest events alone.
+    let framed = area.height > chrome;
+    let fit = usize::from(if framed {
+        area.height - chrome
+    } else {
+        area.height
+    });
     let start = snap.events.len().saturating_sub(fit);
     let mut lines: Vec<Line> = snap.events[start..]
         .iter()
@@ -980,12 +1171,17 @@ fn draw_events(frame: &mut Frame, area: Rect, snap: &Snapshot, theme: Theme, bor
     if lines.is_empty() {
         lines.push(Line::styled("nothing notable yet", theme.label()));
     }
-    let p = Paragraph::new(lines).block(block(
-        " Recent events ".to_string(),
-        theme,
-        borders,
-        Emphasis::Plain,
-    ));
+    let p = Paragraph::new(lines);
+    let p = if framed {
+        p.block(block(
+            " Recent events ".to_string(),
+            theme,
+            borders,
+            Emphasis::Plain,
+        ))
+    } else {
+        p
+    };
     frame.render_widget(p, area);
 }
 
@@ -1024,7 +1220,7 @@ fn event_line<'a>(e: &'a Event, names: &HashMap<&SessionId, &str>, theme: Theme)
 
 /// The event's detail in words ([`br_core::EventDetail::describe`], as progress lines and the
 /// web page say it), with a leading separator.
-fn event_detail(e: &Event) -> String {
+pub(crate) fn event_detail(e: &Event) -> String {
     e.detail
         .describe()
         .map(|d| format!(" — {d}"))
@@ -1081,12 +1277,14 @@ fn draw_footer(frame: &mut Frame, area: Rect, model: &Model, theme: Theme) {
 
 /// The footer's keys: key, what it does, and how readily it is left out when the line is too
 /// narrow (0: never; the highest goes first).
-const FOOTER_KEYS: [(&str, &str, u8); 10] = [
+const FOOTER_KEYS: [(&str, &str, u8); 12] = [
     ("q", "quit", 0),
     ("?", "help", 0),
-    ("↑↓", "select", 3),
-    ("Tab", "focus", 2),
-    ("Enter", "log", 1),
+    ("↑↓", "select", 5),
+    ("Tab", "focus", 1),
+    ("Enter", "task", 1),
+    ("d", "diff", 3),
+    ("o", "log", 4),
     ("p", "pause", 0),
     ("r", "resume", 0),
     ("c", "cancel", 0),
@@ -1109,8 +1307,15 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 const HELP: &[(&str, &str)] = &[
     ("↑ ↓  j k", "move in the focused list"),
     ("PgUp PgDn g G", "page, first, last"),
-    ("Tab  ← →", "focus sessions or tasks"),
-    ("Enter", "tasks: open the task's live log"),
+    ("Tab", "focus sessions, tasks, workers, locks"),
+    ("", "  (workers and locks open when focused)"),
+    ("← →  h l", "focus sessions / tasks"),
+    ("Enter", "tasks: open the task: attempts, landing,"),
+    ("", "  prompt, the selected attempt's live log"),
+    ("", "  (↑↓ or [ ] attempt, o full log, Esc back)"),
+    ("d", "the selected task's diff (in a task: the"),
+    ("", "  attempt's) against its start commit"),
+    ("o", "tasks: the task's live log, full screen"),
     ("p / r", "pause / resume the selected session"),
     ("c", "cancel the selected session (asks first)"),
     ("R", "retry failed, skipped and cancelled tasks"),
@@ -1196,7 +1401,29 @@ fn draw_log(frame: &mut Frame, area: Rect, tail: &LogTail, model: &Model, theme:
         Rect::new(area.x, area.y, area.width, body),
         Rect::new(area.x, area.y + body, area.width, area.height - body),
     ];
-    let inner_height = usize::from(main.height.saturating_sub(2));
+    draw_log_lines(frame, main, tail, title, theme);
+    let hints = key_hints(
+        &[
+            ("Esc/q", "back"),
+            ("↑↓ PgUp PgDn", "scroll"),
+            ("g", "top"),
+            ("G/f", "follow"),
+        ],
+        theme,
+    );
+    frame.render_widget(Paragraph::new(hints), footer);
+}
+
+/// A log in a frame titled `title`: the lines that fit (the end while following), the line
+/// being written, and why the log cannot be read, if it cannot.
+pub(crate) fn draw_log_lines(
+    frame: &mut Frame,
+    area: Rect,
+    tail: &LogTail,
+    title: String,
+    theme: Theme,
+) {
+    let inner_height = usize::from(area.height.saturating_sub(2));
     let partial = tail.partial().filter(|_| tail.is_following());
     let room = inner_height.saturating_sub(usize::from(partial.is_some()));
     let mut lines: Vec<Line> = tail.visible(room).into_iter().map(Line::raw).collect();
@@ -1213,22 +1440,21 @@ fn draw_log(frame: &mut Frame, area: Rect, tail: &LogTail, model: &Model, theme:
         format!(" {} ", tail.path().display()),
         theme.label(),
     ));
-    frame.render_widget(Paragraph::new(lines).block(b), main);
+    frame.render_widget(Paragraph::new(lines).block(b), area);
+}
+
+/// A footer of keys and what they do.
+pub(crate) fn key_hints(keys: &[(&str, &str)], theme: Theme) -> Line<'static> {
     let mut spans = Vec::new();
-    for (key, what) in [
-        ("Esc/q", "back"),
-        ("↑↓ PgUp PgDn", "scroll"),
-        ("g", "top"),
-        ("G/f", "follow"),
-    ] {
-        spans.push(Span::styled(key, theme.key()));
+    for (key, what) in keys {
+        spans.push(Span::styled(key.to_string(), theme.key()));
         spans.push(Span::raw(format!(" {what}  ")));
     }
-    frame.render_widget(Paragraph::new(Line::from(spans)), footer);
+    Line::from(spans)
 }
 
 /// A worker id cut to its first seven characters, like a short git hash: enough to tell the
 /// workers of one store apart, and the full id is in the workers table.
-fn short_id(id: &str) -> &str {
+pub(crate) fn short_id(id: &str) -> &str {
     id.get(..7).unwrap_or(id)
 }

@@ -4,7 +4,7 @@
 mod fixture;
 
 use br_core::state::SessionAction;
-use br_core::{SessionStatus, TaskState};
+use br_core::{OutcomeKind, RunReason, SessionStatus, TaskState};
 use br_store::Store;
 use br_store::snapshot::{Snapshot, build_snapshot};
 use br_store::sqlite::SqliteStore;
@@ -76,7 +76,15 @@ fn many_sessions_scroll_to_the_selected_one() {
 
 #[test]
 fn offline_workers_stand_out() {
-    let m = model(offline_workers(), false);
+    let mut m = model(offline_workers(), false);
+    let closed = draw(&m, 110, 36).backend().to_string();
+    let line = closed.lines().find(|l| l.contains("▸ Workers")).unwrap();
+    assert!(
+        line.contains("2 OFFLINE") && line.contains("w51be93 OFFLINE"),
+        "closed, the workers' line names the offline ones first: {line}"
+    );
+    // Tab to the workers opens their panel.
+    press(&mut m, &[key(KeyCode::Tab), key(KeyCode::Tab)]);
     let terminal = draw(&m, 110, 36);
     insta::assert_snapshot!(terminal.backend());
     let text = terminal.backend().to_string();
@@ -221,6 +229,15 @@ fn no_size_makes_it_panic() {
         vec![ch('?')],
         vec![ch('c')],
         vec![ch('/'), ch('a')],
+        vec![key(KeyCode::Tab), key(KeyCode::Tab), key(KeyCode::End)],
+        vec![
+            key(KeyCode::Tab),
+            key(KeyCode::Tab),
+            key(KeyCode::Tab),
+            key(KeyCode::End),
+        ],
+        vec![key(KeyCode::Tab), ch('j'), key(KeyCode::Enter)],
+        vec![key(KeyCode::Tab), ch('j'), ch('d')],
         vec![
             key(KeyCode::Tab),
             ch('j'),
@@ -359,7 +376,22 @@ fn tab_moves_focus_and_arrows_then_move_tasks() {
     assert_eq!(m.selected_task().unwrap().task.id.as_str(), "api");
     assert_eq!(m.selected_session(), Some(&sid(1)), "sessions did not move");
     press(&mut m, &[key(KeyCode::Tab)]);
+    assert_eq!(m.focus(), Focus::Workers);
+    press(&mut m, &[key(KeyCode::Tab)]);
+    assert_eq!(m.focus(), Focus::Locks);
+    press(&mut m, &[key(KeyCode::Tab)]);
+    assert_eq!(m.focus(), Focus::Sessions, "Tab goes round");
+    press(&mut m, &[key(KeyCode::BackTab)]);
+    assert_eq!(m.focus(), Focus::Locks, "Shift-Tab goes back");
+    press(&mut m, &[ch('l')]);
+    assert_eq!(m.focus(), Focus::Tasks);
+    press(&mut m, &[ch('h')]);
     assert_eq!(m.focus(), Focus::Sessions);
+    assert_eq!(
+        m.selected_task().unwrap().task.id.as_str(),
+        "api",
+        "the task cursor stayed"
+    );
 }
 
 #[test]
@@ -412,7 +444,7 @@ fn slash_filters_tasks_by_id_or_state() {
 }
 
 #[test]
-fn enter_opens_the_selected_tasks_log_and_esc_returns() {
+fn enter_opens_the_selected_task_and_o_its_log_and_esc_returns() {
     let mut m = model(one_running(), false);
     press(&mut m, &[key(KeyCode::Enter)]);
     assert_eq!(
@@ -421,6 +453,14 @@ fn enter_opens_the_selected_tasks_log_and_esc_returns() {
         "Enter on a session goes to its tasks"
     );
     press(&mut m, &[ch('j'), ch('j'), ch('j'), key(KeyCode::Enter)]);
+    match m.mode() {
+        Mode::Task(view) => assert_eq!(view.task().as_str(), "api"),
+        other => panic!("expected the task, got {other:?}"),
+    }
+    press(&mut m, &[ch('q')]);
+    assert!(matches!(m.mode(), Mode::Normal), "q leaves the task");
+    assert!(!m.should_quit());
+    press(&mut m, &[ch('o')]);
     match m.mode() {
         Mode::Log(tail) => {
             assert_eq!(tail.task().as_str(), "api");
@@ -431,7 +471,7 @@ fn enter_opens_the_selected_tasks_log_and_esc_returns() {
     press(&mut m, &[key(KeyCode::Esc)]);
     assert!(matches!(m.mode(), Mode::Normal));
     // A task that never started has no log.
-    press(&mut m, &[key(KeyCode::End), key(KeyCode::Enter)]);
+    press(&mut m, &[key(KeyCode::End), ch('o')]);
     assert!(matches!(m.mode(), Mode::Normal));
     assert_eq!(m.status(), Some("task release has not started: no log yet"));
 }
@@ -456,7 +496,7 @@ fn the_log_view_follows_the_file() {
             key(KeyCode::Down),
             ch('j'),
             ch('j'),
-            key(KeyCode::Enter),
+            ch('o'),
         ],
     );
     let Mode::Log(tail) = m.mode_mut() else {
@@ -729,4 +769,94 @@ fn shift_r_retries_the_session_or_the_task_under_the_cursor() {
         text.contains("retrying t0 of session build"),
         "the footer says it"
     );
+}
+
+#[test]
+fn enter_shows_a_retried_tasks_attempts_read_from_the_store() {
+    let (_dir, store) = temp_store();
+    let s = submit(&store, "build");
+    assert_eq!(fail_next(&store, &s), "t0");
+    store
+        .retry_tasks(&s.id, br_core::retry::RetryScope::All)
+        .unwrap();
+    assert_eq!(fail_next(&store, &s), "t0");
+    let mut m = Model::new(build_snapshot(&store, None).unwrap(), &options(false));
+    update(&mut m, Msg::Refreshed);
+    press(&mut m, &[key(KeyCode::Tab), key(KeyCode::Enter)]);
+    assert!(br_tui::poll(&store, &mut m), "the task is read");
+    let Mode::Task(view) = m.mode() else {
+        panic!("the task view is open: {:?}", m.mode())
+    };
+    let attempts: Vec<_> = view
+        .detail()
+        .unwrap()
+        .attempts
+        .iter()
+        .map(|a| (a.attempt.0, a.reason, a.outcome, a.exit_code))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (
+                1,
+                Some(RunReason::First),
+                Some(OutcomeKind::Failed),
+                Some(1)
+            ),
+            (
+                2,
+                Some(RunReason::Retry),
+                Some(OutcomeKind::Failed),
+                Some(1)
+            ),
+        ]
+    );
+    assert_eq!(view.selected().unwrap().attempt.0, 2, "the latest");
+    let text = draw(&m, 100, 24).backend().to_string();
+    insta::with_settings!({filters => vec![
+        (r"\d\d:\d\d:\d\d", "[time]"),
+        (r"\bw[0-9a-f]{6}\b", "[worker]"),
+        (r"\b\d+ms\b", "[ms]"),
+        (r"/[^ ]*br-tui-test-logs/[^ ]*", "[log]"),
+    ]}, {
+        insta::assert_snapshot!(text);
+    });
+    // Every size, the compact one included, gets something sensible.
+    for (w, h) in [(80, 24), (60, 12), (30, 8), (10, 3), (1, 1), (0, 0)] {
+        draw(&m, w, h);
+    }
+    press(&mut m, &[ch('[')]);
+    br_tui::poll(&store, &mut m);
+    let Mode::Task(view) = m.mode() else {
+        panic!("still the task view")
+    };
+    assert_eq!(view.selected().unwrap().attempt.0, 1, "[ goes back");
+    assert_eq!(view.log().unwrap().attempt(), 1, "and shows that log");
+    press(&mut m, &[ch(']')]);
+    let Mode::Task(view) = m.mode() else {
+        panic!("still the task view")
+    };
+    assert!(view.follows_latest(), "] past the last follows the latest");
+    press(&mut m, &[ch('o')]);
+    let Mode::Task(view) = m.mode() else {
+        panic!("still the task view")
+    };
+    assert_eq!(view.log_size(), br_tui::LogSize::Full);
+    press(&mut m, &[key(KeyCode::Esc)]);
+    assert!(
+        matches!(m.mode(), Mode::Task(_)),
+        "Esc shrinks the log first"
+    );
+    press(&mut m, &[key(KeyCode::Esc)]);
+    assert!(matches!(m.mode(), Mode::Normal));
+    // Without a differ (outside a repository), `d` says there is no diff.
+    press(&mut m, &[ch('d')]);
+    assert!(br_tui::poll(&store, &mut m));
+    let text = draw(&m, 100, 12).backend().to_string();
+    assert!(
+        text.contains("no diffs here: the dashboard runs outside a repository"),
+        "{text}"
+    );
+    press(&mut m, &[key(KeyCode::Esc)]);
+    assert!(matches!(m.mode(), Mode::Normal));
 }

@@ -118,6 +118,7 @@ pub(crate) fn drive_with(
     let done = AtomicBool::new(false);
     let options = DashboardOptions {
         session: Some(session.id.clone()),
+        differ: crate::cmd::diff::dashboard_differ(ctx),
         ..DashboardOptions::default()
     };
     std::thread::scope(|scope| {

@@ -200,7 +200,16 @@ struct Pty {
 impl Pty {
     /// Runs `script` with `sh -c` in the repository, in a 140×50 terminal.
     fn start(repo: &TestRepo, script: &str) -> Pty {
-        let (rows, cols) = (50, 140);
+        Pty::start_sized(repo, script, (50, 140), &[])
+    }
+
+    /// Runs `script` in a terminal of `(rows, cols)`, with `env` added to its environment.
+    fn start_sized(
+        repo: &TestRepo,
+        script: &str,
+        (rows, cols): (u16, u16),
+        env: &[(&str, &str)],
+    ) -> Pty {
         let pair = portable_pty::native_pty_system()
             .openpty(portable_pty::PtySize {
                 rows,
@@ -221,6 +230,9 @@ impl Pty {
             ("TERM", "xterm-256color".into()),
             ("LC_ALL", "C.UTF-8".into()),
         ] {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
             cmd.env(k, v);
         }
         let child = pair.slave.spawn_command(cmd).expect("spawn in the pty");
@@ -265,6 +277,22 @@ impl Pty {
 
     fn screen(&self) -> String {
         self.screen.lock().expect("screen").screen().contents()
+    }
+
+    /// The colour of the first character of the first line that contains `needle`.
+    fn colour_of(&self, needle: &str) -> Option<vt100::Color> {
+        let parser = self.screen.lock().expect("screen");
+        let screen = parser.screen();
+        let (rows, cols) = screen.size();
+        let (rows, cols) = (rows.get(), cols.get());
+        for row in 0..rows {
+            let line = screen.contents_between(row, 0, row, cols);
+            if let Some(at) = line.find(needle) {
+                let col = u16::try_from(line[..at].chars().count()).expect("column");
+                return screen.cell(row, col).map(vt100::Cell::fgcolor);
+            }
+        }
+        None
     }
 
     /// Whether the program left the terminal as it found it: main screen, cursor shown.
@@ -417,4 +445,185 @@ run = 'while [ ! -f release ]; do sleep 0.05; done'
     assert!(pty.screen_restored(), "main screen and cursor are back");
     assert_eq!(session_status(&repo, "onscreen"), "paused");
     assert!(repo.workers().iter().all(|w| w["status"] == "stopped"));
+}
+
+/// The task rows of a dashboard screen: the lines of the tasks table that name one of `ids`.
+fn task_rows<'a>(screen: &'a str, ids: &[String]) -> Vec<&'a str> {
+    screen
+        .lines()
+        .filter(|l| l.starts_with('│') && ids.iter().any(|id| l.contains(&format!(" {id} "))))
+        .collect()
+}
+
+#[test]
+fn a_35_row_terminal_shows_all_20_tasks_beside_one_line_of_workers_and_one_of_locks() {
+    let repo = TestRepo::new();
+    let mut plan = String::from("name = \"twenty\"\nisolation = \"shared\"\n");
+    for i in 1..=20 {
+        // The first four each hold a lock and wait: four busy workers, four locks held.
+        let files = if i <= 4 {
+            format!("files = [\"part{i}/**\"]\n")
+        } else {
+            String::new()
+        };
+        plan.push_str(&format!(
+            "[[task]]\nid = \"task-{i:02}\"\n{files}run = 'while [ ! -f release ]; do sleep 0.05; done'\n"
+        ));
+    }
+    repo.write("br.toml", &plan);
+    let run = repo.spawn(&["run", "--workers", "4", "--no-dashboard"]);
+    poll("four tasks running", LONG, || {
+        let s = status_when_there(&repo, "twenty")?;
+        (s["running_tasks"] == 4).then_some(())
+    });
+    let ids: Vec<String> = (1..=20).map(|i| format!("task-{i:02}")).collect();
+    let br = Path::new(common::BR).display().to_string();
+    let mut pty = Pty::start_sized(
+        &repo,
+        &format!("{br} dashboard --refresh 100ms"),
+        (35, 120),
+        &[],
+    );
+    let screen = pty.wait_until("every task in the table", |screen| {
+        task_rows(screen, &ids).len() == 20
+            && screen.contains("▸ Workers 4 (4 busy, 0 idle)")
+            && screen.contains("▸ Locks 4 held by 4 tasks")
+    });
+    for id in &ids {
+        assert!(
+            task_rows(&screen, std::slice::from_ref(id)).len() == 1,
+            "{id} is not in the table:\n{screen}"
+        );
+    }
+    // Focused, the workers open (and the task list gives up the room).
+    pty.keys(TAB);
+    pty.keys(TAB);
+    pty.wait_until("the workers' panel", |screen| {
+        screen.contains("Workers (4)") && screen.contains("Heartbeat")
+    });
+    pty.keys(TAB);
+    pty.wait_until("the locks' panel", |screen| {
+        screen.contains("Locks (4)") && screen.contains("part1/**") && screen.contains("Held by")
+    });
+    pty.keys(b"q");
+    repo.write("release", "");
+    assert_eq!(run.wait(LONG).code, 0);
+}
+
+#[test]
+fn enter_shows_the_attempts_of_a_retried_task_and_the_log_of_each() {
+    let repo = TestRepo::new();
+    repo.write(
+        "br.toml",
+        r#"name = "again"
+isolation = "shared"
+[[task]]
+id = "flaky"
+retries = 1
+prompt = "Say it again, louder."
+run = 'if [ -f tried ]; then echo "second try"; else touch tried; echo "first try"; exit 3; fi'
+"#,
+    );
+    let run = repo.br(&["run", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let br = Path::new(common::BR).display().to_string();
+    let mut pty = Pty::start(&repo, &format!("{br} dashboard --refresh 100ms"));
+    pty.wait_until("the dashboard", |screen| {
+        screen.contains("flaky") && screen.contains("succeeded")
+    });
+    pty.keys(TAB);
+    pty.keys(ENTER);
+    let screen = pty.wait_until("the task with its two attempts", |screen| {
+        screen.contains("Attempts (2)")
+            && screen.contains("second try")
+            && screen.contains("Say it again, louder.")
+    });
+    assert!(
+        screen.contains("┌ Prompt"),
+        "the prompt has its panel:\n{screen}"
+    );
+    let row = |n: &str| {
+        screen
+            .lines()
+            .find(|l| {
+                l.split_whitespace().take(2).any(|w| w == n)
+                    && l.contains("first") | l.contains("failed")
+            })
+            .unwrap_or_else(|| panic!("no row for attempt {n}:\n{screen}"))
+            .to_string()
+    };
+    let first = row("1");
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert!(
+        words.windows(3).any(|w| w == ["first", "failed", "3"]),
+        "attempt 1: the first, failed with exit 3: {first}"
+    );
+    let second = row("2");
+    let words: Vec<&str> = second.split_whitespace().collect();
+    assert!(
+        words.windows(2).any(|w| w == ["failed", "succeeded"]),
+        "attempt 2: run because the first failed, succeeded: {second}"
+    );
+    assert!(
+        screen.contains("task_requeued") && screen.contains("exit 3; attempt 2 next"),
+        "why it ran again:\n{screen}"
+    );
+    // The attempt before: its own log.
+    pty.keys(b"[");
+    pty.wait_until("the first attempt's log", |screen| {
+        screen.contains("first try") && screen.contains("Log of attempt 1")
+    });
+    pty.keys(ESCAPE);
+    pty.wait_for("back to the panels", "Sessions (1)");
+    pty.keys(b"q");
+}
+
+#[test]
+fn d_shows_the_diff_of_a_task_that_changed_a_file_in_colour_unless_no_color() {
+    let repo = TestRepo::new();
+    repo.commit_plan(
+        r#"name = "changes"
+[[task]]
+id = "greeter"
+run = 'echo "hello from greeter" > greeting.txt'
+"#,
+    );
+    let run = repo.br(&["run", "--no-dashboard"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let br = Path::new(common::BR).display().to_string();
+    for (env, coloured) in [(vec![], true), (vec![("NO_COLOR", "1")], false)] {
+        let mut pty = Pty::start_sized(
+            &repo,
+            &format!("{br} dashboard --refresh 100ms"),
+            (50, 140),
+            &env,
+        );
+        pty.wait_for("the dashboard", "greeter");
+        pty.keys(TAB);
+        pty.keys(b"d");
+        let screen = pty.wait_until("the diff", |screen| {
+            screen.contains("+hello from greeter") && screen.contains("greeting.txt")
+        });
+        assert!(screen.contains("Diff of changes/greeter"), "{screen}");
+        let added = pty.colour_of("+hello from greeter");
+        if coloured {
+            assert_eq!(added, Some(vt100::Color::Idx(2)), "added lines are green");
+        } else {
+            assert_eq!(added, Some(vt100::Color::Default), "NO_COLOR: no colour");
+        }
+        pty.keys(ESCAPE);
+        pty.wait_for("back to the panels", "Sessions (1)");
+        // From the task view, `d` shows the attempt's diff too.
+        pty.keys(ENTER);
+        pty.wait_for("the task", "Attempts (1)");
+        pty.keys(b"d");
+        pty.wait_until("the attempt's diff", |screen| {
+            screen.contains("attempt 1 against its start commit")
+                && screen.contains("+hello from greeter")
+        });
+        pty.keys(ESCAPE);
+        pty.wait_for("back to the task", "Attempts (1)");
+        pty.keys(b"q");
+        pty.keys(b"q");
+    }
 }

@@ -500,6 +500,12 @@ impl<B: Backend> Store for B {
         })
     }
 
+    fn task_events(&self, session: &SessionId, task: &TaskId) -> Result<Vec<Event>> {
+        self.read("read a task's events", |c| {
+            read::task_events(c, session.as_str(), task.as_str())
+        })
+    }
+
     fn delete_session(&self, id: &SessionId) -> Result<()> {
         self.write("delete a session", |tx| session::delete(tx, id.as_str()))
     }

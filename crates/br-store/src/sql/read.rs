@@ -462,6 +462,18 @@ pub(super) fn task_prompt(c: &dyn Db, session_id: &str, task_id: &str) -> OpResu
     r.get(0)
 }
 
+pub(super) fn task_events(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Vec<Event>> {
+    task(c, session_id, task_id)?;
+    c.query(
+        "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
+         WHERE session_id = ?1 AND task_id = ?2 ORDER BY seq",
+        params![session_id, task_id],
+    )?
+    .iter()
+    .map(event_from_row)
+    .collect()
+}
+
 fn worker_from_row(r: &Row) -> OpResult<Worker> {
     let serving: Option<String> = r.get(4)?;
     let task_session: Option<String> = r.get(5)?;

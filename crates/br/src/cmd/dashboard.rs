@@ -51,6 +51,7 @@ pub(super) fn dashboard(ctx: &Context, args: DashboardArgs) -> anyhow::Result<Ex
             "br dashboard needs a terminal; `br dashboard --once` prints one frame as text",
         ));
     }
+    options.differ = super::diff::dashboard_differ(ctx);
     run_dashboard(&*store, &options, &AtomicBool::new(false))?;
     Ok(Exit::Success)
 }

@@ -4,7 +4,7 @@
 mod agents;
 mod dashboard;
 mod demo;
-mod diff;
+pub(crate) mod diff;
 mod events;
 mod lock;
 mod merge;
