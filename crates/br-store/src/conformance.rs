@@ -2081,7 +2081,7 @@ pub fn landing_is_one_turn_at_a_time_and_decides_what_follows(b: &dyn FreshStore
     let attempts: Vec<_> = history
         .attempts
         .iter()
-        .map(|a| (a.task_id.as_str(), a.record.attempt.0, a.record.reason))
+        .map(|a| (a.task_id.as_str(), a.attempt.0, a.reason))
         .collect();
     assert_eq!(
         attempts,

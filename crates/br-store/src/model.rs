@@ -235,11 +235,17 @@ pub struct AttemptRecord {
     pub usage: Usage,
 }
 
-/// One attempt of a session, with its task: a bar of the run page's timeline.
+/// One attempt of a session as its timeline draws it (a bar): whose, who ran it, when, why,
+/// and how it ended — without what only its task's view needs (its report, usage, commits).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionAttempt {
     pub task_id: TaskId,
-    pub record: AttemptRecord,
+    pub attempt: Attempt,
+    pub reason: Option<RunReason>,
+    pub outcome: Option<OutcomeKind>,
+    pub worker_id: WorkerId,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
 }
 
 /// What a session did, as a run page draws it: every attempt (by start time), and its landing

@@ -468,8 +468,7 @@ impl HistoryView {
 
 impl Serialize for HistoryView {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        /// A bar of the timeline: an attempt without what only its task's view needs (its
-        /// usage and commits), so that 20,000 of them stay a few megabytes.
+        /// A bar of the timeline ([`SessionAttempt`]): 20,000 of them stay a few megabytes.
         #[derive(Serialize)]
         struct Bar<'a> {
             task_id: &'a TaskId,
@@ -497,12 +496,12 @@ impl Serialize for HistoryView {
                 .iter()
                 .map(|a| Bar {
                     task_id: &a.task_id,
-                    attempt: a.record.attempt,
-                    reason: a.record.reason,
-                    outcome: a.record.outcome,
-                    worker_id: &a.record.worker_id,
-                    started_at: a.record.started_at,
-                    finished_at: a.record.finished_at,
+                    attempt: a.attempt,
+                    reason: a.reason,
+                    outcome: a.outcome,
+                    worker_id: &a.worker_id,
+                    started_at: a.started_at,
+                    finished_at: a.finished_at,
                 })
                 .collect(),
             landing: self

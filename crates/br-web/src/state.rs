@@ -135,8 +135,22 @@ impl AppState {
         refresh: Duration,
         access: Access,
     ) -> Result<AppState, StoreError> {
+        AppState::with_publisher_store(Arc::clone(&store), store, refresh, access)
+    }
+
+    /// As [`AppState::new`], with a store handle of its own for the thread that builds the
+    /// snapshots: a handle is one connection, and a request (a run page's history, a task)
+    /// then never waits behind the rebuild of a 20,000-task snapshot.
+    pub fn with_publisher_store(
+        store: Arc<dyn Store>,
+        publisher_store: Arc<dyn Store>,
+        refresh: Duration,
+        access: Access,
+    ) -> Result<AppState, StoreError> {
         let mut default = View::new(None);
-        default.builder.refresh(&*store, &mut default.snapshot)?;
+        default
+            .builder
+            .refresh(&*publisher_store, &mut default.snapshot)?;
         let first = Arc::new(default.snapshot.clone());
         default.published = Some(Arc::clone(&first));
         let (tx, rx) = watch::channel(Arc::new(Published::of(first)));
@@ -145,7 +159,7 @@ impl AppState {
         let stop = Arc::new(AtomicBool::new(false));
         let followed = Followed::default();
         let publisher = Publisher {
-            store: Arc::clone(&store),
+            store: publisher_store,
             default,
             tx,
             followed: Arc::clone(&followed),

@@ -414,17 +414,20 @@ pub(super) fn history(c: &dyn Db, session_id: &str) -> OpResult<SessionHistory> 
     session(c, session_id)?;
     let attempts = c
         .query(
-            &format!(
-                "SELECT {ATTEMPT_COLUMNS}, task_id FROM attempts
-                 WHERE session_id = ?1 ORDER BY started_at, task_id, attempt"
-            ),
+            "SELECT task_id, attempt, reason, outcome, worker_id, started_at, finished_at
+             FROM attempts WHERE session_id = ?1 ORDER BY started_at, task_id, attempt",
             params![session_id],
         )?
         .iter()
         .map(|r| {
             Ok(SessionAttempt {
-                task_id: TaskId::new(r.get::<String>(13)?).map_err(|e| r.damaged(13, e))?,
-                record: attempt_from_row(r)?,
+                task_id: TaskId::new(r.get::<String>(0)?).map_err(|e| r.damaged(0, e))?,
+                attempt: Attempt(r.get(1)?),
+                reason: r.get(2)?,
+                outcome: r.get(3)?,
+                worker_id: WorkerId::from_string(r.get::<String>(4)?),
+                started_at: ts(r, 5)?,
+                finished_at: opt_ts(r, 6)?,
             })
         })
         .collect::<OpResult<Vec<_>>>()?;

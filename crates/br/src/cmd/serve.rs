@@ -24,7 +24,11 @@ pub(super) fn serve(ctx: &Context, args: ServeArgs) -> anyhow::Result<Exit> {
         );
     }
     let store: Arc<dyn br_store::Store> = Arc::from(ctx.open_store()?);
-    let mut state = AppState::new(store, args.refresh, access)?;
+    let snapshots: Arc<dyn br_store::Store> = Arc::from(ctx.open_store()?);
+    // Dropped here, after the server: a PostgreSQL handle runs a runtime of its own, which must
+    // not be dropped by the server's last task (tokio refuses that in an async context).
+    let _last_handle = Arc::clone(&store);
+    let mut state = AppState::with_publisher_store(store, snapshots, args.refresh, access)?;
     // Diffs need git in a clone of the repository; outside one the endpoint says so.
     if let Ok(repo) = ctx.repo() {
         let repo = repo.clone();

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub(crate) mod browser;
 pub(crate) mod partition;
 pub(crate) mod pg_server;
 pub(crate) mod proxy;
