@@ -12,10 +12,14 @@ use std::path::{Path, PathBuf};
 
 use br_core::{SessionId, SessionStatus, TaskId, Timestamp, WorkerStatus};
 use br_git::Repo;
-use br_git::fates::{RefAction, RefFate, SessionRefs, delete_merged_refs, session_ref_fates};
-use br_git::refs::RefError;
+use br_git::fates::{
+    RefAction, RefFate, SessionRefs, delete_merged_refs, remote_name, remote_ref_fates,
+    session_ref_fates,
+};
+use br_git::refs::{RefError, delete_ref};
+use br_git::remote::{Remote, RemoteError, Update};
 use br_git::worktree::{Reconcile, ReconcileMode, WorktreeError, reconcile, remove_seed, seeds};
-use br_store::{SessionFilter, Store, StoreError, WorkerFilter};
+use br_store::{Session, SessionFilter, Store, StoreError, WorkerFilter};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,12 @@ pub enum CleanupError {
     Ref(#[from] RefError),
     #[error(transparent)]
     Git(#[from] br_git::GitError),
+    #[error("session {session}'s git remote: {source}")]
+    Remote {
+        session: SessionId,
+        #[source]
+        source: RemoteError,
+    },
     /// `br cleanup SESSION` of a session that has not ended (or still has a task running).
     #[error(
         "session {session} is {status}{running}: only a finished session is cleaned up (cancel it first with `br cancel {session}`)"
@@ -88,6 +98,9 @@ pub struct KeptSessions {
     pub unfinished: u32,
     /// Ended more recently than the cut-off.
     pub recent: u32,
+    /// Its work travelled through a git remote that could not be reached: its refs there go
+    /// with it, once the remote answers.
+    pub remote_unreachable: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -203,6 +216,9 @@ pub struct SessionCleanup {
     pub other_repository: Option<String>,
     #[serde(skip)]
     fates: Vec<RefFate>,
+    /// Its refs on its git remote, judged on their copies here.
+    #[serde(skip)]
+    remote_fates: Vec<RefFate>,
 }
 
 /// What happens to one ref of a session that goes.
@@ -216,8 +232,22 @@ pub struct RefReport {
     pub reason: String,
     pub unmerged_commits: Option<u32>,
     pub merged_into: Option<String>,
+    /// The git remote the ref is on (its URL without a password); none for a ref here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     #[serde(skip)]
     pub foreign: bool,
+}
+
+impl RefReport {
+    /// A ref on the session's remote: named as the remote names it.
+    fn on_remote(fate: &RefFate, remote: &str) -> RefReport {
+        RefReport {
+            reference: remote_name(&fate.reference),
+            remote: Some(br_git::remote::redact_url(remote)),
+            ..RefReport::from(fate)
+        }
+    }
 }
 
 impl From<&RefFate> for RefReport {
@@ -252,6 +282,7 @@ impl From<&RefFate> for RefReport {
                 RefAction::Delete { merged_into } => Some(merged_into.clone()),
                 _ => None,
             },
+            remote: None,
             foreign: matches!(fate.action, RefAction::KeepForeign),
         }
     }
@@ -269,6 +300,69 @@ fn ref_fates(store: &dyn Store, repo: &Repo, id: &SessionId) -> Result<Vec<RefFa
         base_commit: s.base_commit.as_deref(),
     };
     Ok(session_ref_fates(repo, &refs, &ids)?)
+}
+
+/// What deleting each of the session's refs on its git remote would do: fetches them (to
+/// `refs/br/remote/…`, pruning copies of refs the remote no longer has) and judges the copies by
+/// the same rule.
+fn remote_fates(
+    store: &dyn Store,
+    repo: &Repo,
+    s: &Session,
+    url: &str,
+) -> Result<Vec<RefFate>, CleanupError> {
+    let git = repo.git();
+    let remote = Remote { git: &git, url };
+    remote
+        .fetch_session(s.id.as_str(), &s.slug)
+        .map_err(|source| CleanupError::Remote {
+            session: s.id.clone(),
+            source,
+        })?;
+    let ids: Vec<TaskId> = store.tasks(&s.id)?.into_iter().map(|t| t.id).collect();
+    let refs = SessionRefs {
+        session_id: s.id.as_str(),
+        session_slug: &s.slug,
+        base_commit: s.base_commit.as_deref(),
+    };
+    Ok(remote_ref_fates(repo, &refs, &ids)?)
+}
+
+/// Deletes on the remote, in one atomic push, the refs whose fate is `Delete` (each only if it
+/// still is the commit it was judged by), then their copies here.
+fn delete_remote_refs(
+    repo: &Repo,
+    s: &Session,
+    url: &str,
+    fates: &[RefFate],
+) -> Result<(), CleanupError> {
+    let doomed: Vec<(&RefFate, String)> = fates
+        .iter()
+        .filter(|f| f.action.is_delete())
+        .map(|f| (f, remote_name(&f.reference)))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let git = repo.git();
+    let updates: Vec<Update<'_>> = doomed
+        .iter()
+        .map(|(f, name)| Update::Delete {
+            reference: name,
+            expected: &f.commit,
+        })
+        .collect();
+    Remote { git: &git, url }
+        .push(&updates)
+        .map_err(|source| CleanupError::Remote {
+            session: s.id.clone(),
+            source,
+        })?;
+    let own = repo.own_git(&repo.root)?;
+    for (f, _) in &doomed {
+        delete_ref(repo, &own, &f.reference, &f.commit)?;
+    }
+    Ok(())
 }
 
 /// Looks at everything cleanup would do, and changes nothing. `repo` is the repository the
@@ -332,8 +426,26 @@ pub fn plan(
             Some(r) => ref_fates(store, r, &s.id)?,
             None => Vec::new(),
         };
+        // Its refs on its remote are judged from any clone: the remote is where they all are.
+        let remote_fates = match (&s.remote, repo) {
+            (Some(url), Some(r)) => match remote_fates(store, r, &s, url) {
+                Ok(f) => f,
+                Err(e) if scope.session.is_some() => return Err(e),
+                Err(_) => {
+                    kept.remote_unreachable += 1;
+                    continue;
+                }
+            },
+            _ => Vec::new(),
+        };
+        let url = s.remote.as_deref().unwrap_or_default();
         sessions.push(SessionCleanup {
-            refs: fates.iter().map(RefReport::from).collect(),
+            refs: fates
+                .iter()
+                .map(RefReport::from)
+                .chain(remote_fates.iter().map(|f| RefReport::on_remote(f, url)))
+                .collect(),
+            remote_fates,
             other_repository: (own.is_none() && repo.is_some()).then(|| s.repo_root.clone()),
             session_id: s.id,
             name: s.name,
@@ -383,12 +495,22 @@ pub fn apply(
         done.worktrees = Some(worktrees);
     }
     for s in &mut done.sessions {
+        let session = store.session(&s.session_id)?;
+        let mut refs = Vec::new();
         if let Some(r) = repo
             && s.other_repository.is_none()
         {
             s.fates = ref_fates(store, r, &s.session_id)?;
-            s.refs = s.fates.iter().map(RefReport::from).collect();
+            refs.extend(s.fates.iter().map(RefReport::from));
             delete_merged_refs(r, &s.fates)?;
+        }
+        if let (Some(r), Some(url)) = (repo, session.remote.as_deref()) {
+            s.remote_fates = remote_fates(store, r, &session, url)?;
+            refs.extend(s.remote_fates.iter().map(|f| RefReport::on_remote(f, url)));
+            delete_remote_refs(r, &session, url, &s.remote_fates)?;
+        }
+        if repo.is_some() {
+            s.refs = refs;
         }
         store.delete_session(&s.session_id)?;
         if let Some(dir) = &s.logs {

@@ -9,6 +9,7 @@ use br_core::TaskId;
 
 use crate::git::{Git, GitError, Repo};
 use crate::refs::{RefError, delete_ref, integration_ref, is_ancestor, resolve_ref, short_branch};
+use crate::remote::fetched_ref;
 use crate::worktree::list_worktrees;
 
 /// The refs of one session, as br names them.
@@ -61,22 +62,58 @@ pub fn session_ref_fates(
     session: &SessionRefs<'_>,
     tasks: &[TaskId],
 ) -> Result<Vec<RefFate>, GitError> {
-    let git = &repo.git();
-    let tasks: BTreeSet<&str> = tasks.iter().map(TaskId::as_str).collect();
-    let branch_prefix = format!("refs/heads/br/{}", session.session_slug);
-    let attempt_prefix = format!("refs/br/attempts/{}", session.session_id);
-    let integration = integration_ref(session.session_slug);
-    let listed = git.run_raw([
-        "for-each-ref",
-        "--format=%(refname)%00%(objectname)",
-        &branch_prefix,
-        &attempt_prefix,
-    ])?;
     let checked_out: BTreeMap<String, PathBuf> = list_worktrees(repo)?
         .into_iter()
         .filter(|w| !w.prunable)
         .filter_map(|w| w.branch.map(|b| (b, w.path)))
         .collect();
+    fates_of(repo, session, tasks, str::to_owned, &checked_out)
+}
+
+/// The same rule for the session's refs on its git remote, judged on the copies the last
+/// [`Remote::fetch_session`](crate::remote::Remote::fetch_session) made here
+/// (`refs/br/remote/…`): its task branches, attempt refs, landing candidates and integration
+/// branch there. Each fate's `reference` is the copy; [`remote_name`] is the remote's name for
+/// it. The remote's integration branch goes only when a branch here outside `br/` contains it
+/// (`br merge --into main` was run here); no checkout holds a remote ref.
+pub fn remote_ref_fates(
+    repo: &Repo,
+    session: &SessionRefs<'_>,
+    tasks: &[TaskId],
+) -> Result<Vec<RefFate>, GitError> {
+    fates_of(repo, session, tasks, fetched_ref, &BTreeMap::new())
+}
+
+/// The remote's name of a ref copied here as `copy` (the inverse of
+/// [`fetched_ref`](crate::remote::fetched_ref)).
+pub fn remote_name(copy: &str) -> String {
+    let rest = copy.strip_prefix("refs/br/remote/").unwrap_or(copy);
+    format!("refs/{rest}")
+}
+
+/// The fates of a session's refs as `named` names them here (themselves, or their copies of
+/// the remote's).
+fn fates_of(
+    repo: &Repo,
+    session: &SessionRefs<'_>,
+    tasks: &[TaskId],
+    named: impl Fn(&str) -> String,
+    checked_out: &BTreeMap<String, PathBuf>,
+) -> Result<Vec<RefFate>, GitError> {
+    let git = &repo.git();
+    let tasks: BTreeSet<&str> = tasks.iter().map(TaskId::as_str).collect();
+    let branch_prefix = named(&format!("refs/heads/br/{}", session.session_slug));
+    let attempt_prefix = named(&format!("refs/br/attempts/{}", session.session_id));
+    // Landing candidates exist on a remote only (locally a landing moves the branch itself).
+    let landed_prefix = named(&format!("refs/br/landed/{}", session.session_id));
+    let integration = named(&integration_ref(session.session_slug));
+    let listed = git.run_raw([
+        "for-each-ref",
+        "--format=%(refname)%00%(objectname)",
+        &branch_prefix,
+        &attempt_prefix,
+        &landed_prefix,
+    ])?;
     let integration_commit = resolve_ref(git, &integration)?;
     let base = session.base_commit;
 
@@ -143,7 +180,7 @@ pub fn session_ref_fates(
             };
             RefAction::Delete {
                 merged_into: if in_integration {
-                    short_branch(&integration).to_string()
+                    short_branch(&integration_ref(session.session_slug)).to_string()
                 } else {
                     "the base".to_string()
                 },

@@ -167,6 +167,11 @@ pub struct Remote<'a> {
 /// How one ref should move on the remote.
 #[derive(Debug, Clone)]
 pub enum Update<'a> {
+    /// Delete, only if it still is `expected`.
+    Delete {
+        reference: &'a str,
+        expected: &'a str,
+    },
     /// Create or fast-forward (refused otherwise).
     Forward { commit: &'a str, reference: &'a str },
     /// Move from exactly `expected` (`None`: the ref must not exist yet), whatever the history.
@@ -192,9 +197,17 @@ impl Remote<'_> {
             format!("refs/heads/br/{slug}/*"),
             format!("refs/br/landed/{session_id}/*"),
         ];
-        let mut args: Vec<OsString> = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
-            .map(OsString::from)
-            .to_vec();
+        // Pruned: a copy here of a ref the remote no longer has (a cleanup elsewhere deleted
+        // it) goes too, so the copies are what the remote holds.
+        let mut args: Vec<OsString> = [
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--no-tags",
+            "--no-write-fetch-head",
+        ]
+        .map(OsString::from)
+        .to_vec();
         args.push(self.url.into());
         for spec in &specs {
             args.push(format!("+{spec}:{}", fetched_ref(spec)).into());
@@ -223,6 +236,13 @@ impl Remote<'_> {
         let mut specs = Vec::new();
         for u in updates {
             match u {
+                Update::Delete {
+                    reference,
+                    expected,
+                } => {
+                    args.push(format!("--force-with-lease={reference}:{expected}").into());
+                    specs.push(format!(":{reference}"));
+                }
                 Update::Forward { commit, reference } => {
                     specs.push(format!("{commit}:{reference}"));
                 }

@@ -179,6 +179,49 @@ fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
     assert_eq!(merged.code, 0, "{}\n{}", merged.stdout, merged.stderr);
     assert_eq!(fresh.read("c.txt"), "a\nb\n");
     assert_eq!(fresh.git(&["show", "main:a.txt"]), "a");
+
+    // Cleaned up from machine C, the session takes its refs on the remote with it: every task
+    // branch and attempt ref is in the integration branch, which C's main now contains.
+    let remote_refs = || {
+        git_dir(
+            bare.path(),
+            &[
+                "for-each-ref",
+                "--format=%(refname)",
+                &format!("refs/heads/br/{slug}"),
+                &format!("refs/br/attempts/{session}"),
+                &format!("refs/br/landed/{session}"),
+            ],
+        )
+        .unwrap_or_default()
+    };
+    assert!(remote_refs().contains("integration"), "{}", remote_refs());
+    let cleaned = fresh.br(&["cleanup", &session, "--json"]);
+    assert_eq!(cleaned.code, 0, "{}\n{}", cleaned.stdout, cleaned.stderr);
+    let report: serde_json::Value = serde_json::from_str(&cleaned.stdout).expect("JSON");
+    let refs = report["sessions"][0]["refs"].as_array().expect("refs");
+    assert!(
+        refs.iter()
+            .any(|r| r["ref"] == format!("refs/heads/br/{slug}/integration")
+                && r["action"] == "delete"
+                && r["remote"].is_string()),
+        "{refs:?}"
+    );
+    assert!(
+        refs.iter().all(|r| r["action"] == "delete"),
+        "nothing holds unmerged work: {refs:?}"
+    );
+    assert_eq!(remote_refs(), "", "the session's refs left the remote");
+    assert_eq!(
+        fresh.git(&[
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/br/remote/heads/br"
+        ]),
+        "",
+        "and their copies here"
+    );
+    assert_eq!(fresh.git(&["show", "main:a.txt"]), "a", "main is untouched");
 }
 
 #[test]

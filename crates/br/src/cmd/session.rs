@@ -754,7 +754,11 @@ fn cleanup_text(report: &CleanupReport, days: u32, one: bool) -> anyhow::Result<
                 .reference
                 .strip_prefix("refs/heads/")
                 .unwrap_or(&r.reference);
-            let (name, reason) = (esc(name), esc(&r.reason));
+            let name = match &r.remote {
+                Some(remote) => format!("{name} on {remote}"),
+                None => name.to_string(),
+            };
+            let (name, reason) = (esc(&name), esc(&r.reason));
             if r.action == "delete" {
                 writeln!(out, "  {verb} {name} ({reason})")?;
             } else if r.foreign {
@@ -805,6 +809,12 @@ fn cleanup_text(report: &CleanupReport, days: u32, one: bool) -> anyhow::Result<
                 "{} ended within the last {} (`--days 0` or `br cleanup SESSION` for those)",
                 count(kept.recent, "session"),
                 count(days, "day")
+            ));
+        }
+        if kept.remote_unreachable > 0 {
+            why.push(format!(
+                "{} whose git remote could not be reached (they go, with their refs there, once                  it answers)",
+                count(kept.remote_unreachable, "session")
             ));
         }
         if !why.is_empty() {
