@@ -96,9 +96,11 @@ impl Db for Connection {
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let values = (0..columns.len())
-                .map(|i| row.get_ref(i).map(value))
-                .collect::<rusqlite::Result<_>>()?;
+            // Sized up front: collecting fallible items would grow it a few times per row.
+            let mut values = Vec::with_capacity(columns.len());
+            for i in 0..columns.len() {
+                values.push(value(row.get_ref(i)?));
+            }
             out.push(Row::new(columns.clone(), values));
         }
         Ok(out)
