@@ -15,13 +15,16 @@
 //! Each figure is the median of the rounds, wall time, with the CPU time of the child (user +
 //! system) beside it: the VM is shared and noisy. It prints numbers and asserts nothing.
 //!
-//! Run: `cargo bench -p br --bench scale -- [TASKS] [ROUNDS]` (20,000 tasks, 10 rounds).
+//! Run: `cargo bench -p br --bench scale -- [TASKS] [ROUNDS]` (20,000 tasks, 10 rounds). With
+//! `BR_BENCH_BASELINE=/path/to/an/older/br`, every command is timed for that binary too, the
+//! two taking turns round by round, so a before and an after come from the same minutes of a
+//! noisy machine.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::fmt::Write as _;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use br_core::outcome::Outcome;
@@ -44,39 +47,57 @@ fn arg(n: usize, default: usize) -> usize {
 
 fn main() -> Result<(), Error> {
     let (tasks, rounds) = (arg(0, 20_000), arg(1, 10).max(1));
+    let mut binaries = vec![Binary {
+        name: "br".into(),
+        path: common::BR.into(),
+    }];
+    if let Some(path) = std::env::var_os("BR_BENCH_BASELINE") {
+        binaries.push(Binary {
+            name: "baseline".into(),
+            path: path.into(),
+        });
+    }
     let repo = TestRepo::new();
     repo.commit_plan(&plan(tasks));
     println!(
         "br scale benchmark: a plan of {tasks} tasks ({} kB), {rounds} rounds, medians (wall, CPU of br)",
         repo.read("br.toml").len() / 1000
     );
+    for b in &binaries {
+        println!("  {}: {}", b.name, b.path.display());
+    }
 
     // 1. Submit, into a fresh store each time (the last one stays for what follows).
     let submit_rounds = rounds.div_ceil(2).max(3);
     let mut session = String::new();
-    let submits = timed(submit_rounds, || {
-        let _ = std::fs::remove_dir_all(repo.path().join(".git").join("br"));
-        let out = run(&repo, &["submit", "br.toml"]);
-        session = out.lines().last().unwrap_or_default().to_string();
-    });
-    report(
+    compare(
         &format!("br submit ({submit_rounds} rounds, fresh store)"),
-        &submits,
+        &binaries,
+        submit_rounds,
+        |bin| {
+            let _ = std::fs::remove_dir_all(repo.path().join(".git").join("br"));
+            let out = run(&repo, bin, &["submit", "br.toml"]);
+            session = out.lines().last().unwrap_or_default().to_string();
+        },
     );
 
     // 2. Status of the session as submitted: every task queued.
-    let bytes = run(&repo, &["status", "--json"]).len();
-    report(
+    let bytes = run(&repo, &binaries[0], &["status", "--json"]).len();
+    compare(
         &format!("br status --json, just submitted ({} kB)", bytes / 1000),
-        &timed(rounds, || {
-            run(&repo, &["status", "--json"]);
-        }),
+        &binaries,
+        rounds,
+        |bin| {
+            run(&repo, bin, &["status", "--json"]);
+        },
     );
-    report(
+    compare(
         "br status (text), just submitted",
-        &timed(rounds, || {
-            run(&repo, &["status"]);
-        }),
+        &binaries,
+        rounds,
+        |bin| {
+            run(&repo, bin, &["status"]);
+        },
     );
 
     // A quarter of the session done, 8 tasks running.
@@ -88,34 +109,36 @@ fn main() -> Result<(), Error> {
         "  (the store: {ended} tasks ended by 8 workers in {:.1} s, 8 running)",
         t.elapsed().as_secs_f64()
     );
-    let bytes = run(&repo, &["status", "--json"]).len();
-    report(
+    let bytes = run(&repo, &binaries[0], &["status", "--json"]).len();
+    compare(
         &format!("br status --json, a quarter done ({} kB)", bytes / 1000),
-        &timed(rounds, || {
-            run(&repo, &["status", "--json"]);
-        }),
+        &binaries,
+        rounds,
+        |bin| {
+            run(&repo, bin, &["status", "--json"]);
+        },
     );
-    report(
+    compare(
         "br status (text), a quarter done",
-        &timed(rounds, || {
-            run(&repo, &["status"]);
-        }),
+        &binaries,
+        rounds,
+        |bin| {
+            run(&repo, bin, &["status"]);
+        },
     );
 
     // 3. The dashboard.
-    report(
-        "br dashboard --once",
-        &timed(rounds, || {
-            run(&repo, &["dashboard", "--once"]);
-        }),
-    );
+    compare("br dashboard --once", &binaries, rounds, |bin| {
+        run(&repo, bin, &["dashboard", "--once"]);
+    });
     let id = br_core::SessionId::from_string(session.clone());
     let mut builder = SnapshotBuilder::new(Some(id));
     let mut snapshot = Snapshot::empty(store.now()?);
     let t = Instant::now();
     builder.refresh(&store, &mut snapshot)?;
     println!(
-        "  dashboard's first snapshot (in process)        {:>8.1} ms",
+        "  {:<58} {:>8.1} ms",
+        "dashboard's first snapshot (in process)",
         ms(t.elapsed())
     );
     let mut refreshes = Vec::new();
@@ -130,6 +153,30 @@ fn main() -> Result<(), Error> {
         &refreshes,
     );
     Ok(())
+}
+
+/// A br binary to time: this build's, or the baseline's.
+struct Binary {
+    name: String,
+    path: std::path::PathBuf,
+}
+
+/// Times `f` for each binary, `rounds` times, the binaries taking turns; prints each one's
+/// figures.
+fn compare(what: &str, binaries: &[Binary], rounds: usize, mut f: impl FnMut(&Binary)) {
+    let mut samples: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); binaries.len()];
+    for _ in 0..rounds {
+        for (b, of) in binaries.iter().zip(&mut samples) {
+            of.extend(timed(1, || f(b)));
+        }
+    }
+    for (b, of) in binaries.iter().zip(&samples) {
+        if binaries.len() == 1 {
+            report(what, of);
+        } else {
+            report(&format!("{what} [{}]", b.name), of);
+        }
+    }
 }
 
 /// A plan of `n` tasks: ids in plan order; 7 in 10 lock one file of their own, 2 in 10 a
@@ -250,17 +297,28 @@ impl<'a> Workers<'a> {
     }
 }
 
-/// Runs br in the repository to its end, its output read whole; returns its stdout.
-fn run(repo: &TestRepo, args: &[&str]) -> String {
-    let out = repo
-        .br_command(args)
+/// Runs `bin` in the repository to its end, its output read whole; returns its stdout.
+fn run(repo: &TestRepo, bin: &Binary, args: &[&str]) -> String {
+    // The harness's command (hermetic environment), with the program swapped.
+    let harness = repo.br_command(args);
+    let mut command = Command::new(&bin.path);
+    command
+        .args(harness.get_args())
+        .current_dir(repo.path())
+        .env_clear()
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run br");
+        .stderr(Stdio::piped());
+    for (key, value) in harness.get_envs() {
+        if let Some(value) = value {
+            command.env(key, value);
+        }
+    }
+    let out = command.output().expect("run br");
     assert!(
         out.status.success(),
-        "br {args:?}: {}",
+        "{} {args:?}: {}",
+        bin.path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -306,7 +364,7 @@ fn report(what: &str, samples: &[(Duration, Duration)]) {
         format!(", CPU {:.1} ms", ms(median(&cpu)))
     };
     println!(
-        "  {what:<48} {:>8.1} ms (min {:.1}, max {:.1}{cpu_text})",
+        "  {what:<58} {:>8.1} ms (min {:.1}, max {:.1}{cpu_text})",
         ms(median(&wall)),
         ms(wall[0]),
         ms(wall[wall.len() - 1]),
