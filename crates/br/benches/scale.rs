@@ -102,7 +102,8 @@ fn main() -> Result<(), Error> {
 
     // A quarter of the session done, 8 tasks running.
     let store = SqliteStore::open(&repo.store_path())?;
-    let mut workers = Workers::register(&store, &session, 8)?;
+    let log_dir = repo.store_path().with_file_name("logs");
+    let mut workers = Workers::register(&store, &session, 8, log_dir)?;
     let t = Instant::now();
     let ended = workers.end_tasks(tasks / 4)?;
     println!(
@@ -229,7 +230,12 @@ struct Workers<'a> {
 }
 
 impl<'a> Workers<'a> {
-    fn register(store: &'a SqliteStore, session: &str, n: u32) -> Result<Workers<'a>, Error> {
+    fn register(
+        store: &'a SqliteStore,
+        session: &str,
+        n: u32,
+        log_dir: std::path::PathBuf,
+    ) -> Result<Workers<'a>, Error> {
         let session = store.resolve_session(session)?;
         let workers = (0..n)
             .map(|i| {
@@ -245,7 +251,7 @@ impl<'a> Workers<'a> {
             store,
             repo_id: session.repo_id.clone(),
             session: session.id,
-            log_dir: std::env::temp_dir().join("br-bench-scale-logs"),
+            log_dir,
             running: vec![None; workers.len()],
             workers,
             ended: 0,
