@@ -410,7 +410,7 @@ impl ByteSet {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Edge {
     bytes: ByteSet,
     to: usize,
@@ -418,7 +418,7 @@ struct Edge {
 
 /// An automaton without empty moves: state 0 starts, and the last state is "anything under a
 /// covered path", entered by reading `/` after an accepting state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Nfa {
     /// `edges[offsets[s]..offsets[s + 1]]` leave state `s`.
     offsets: Vec<usize>,

@@ -54,6 +54,10 @@ pub struct LockPath {
     nfa: Nfa,
 }
 
+/// The characters globset reads as something other than themselves (`]` and `}` too, which
+/// it refuses outside a class or an alternation).
+const GLOB_SYNTAX: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+
 impl LockPath {
     /// Normalises and validates a lock path.
     ///
@@ -79,6 +83,17 @@ impl LockPath {
         // (`[./]`) or escaped (`\/`) is not mistaken for one.
         let raw = parse_glob(input).map_err(|reason| invalid(globset_reason(input, reason)))?;
         let text = normalise(input, &raw.separators)?;
+        if !text.contains(GLOB_SYNTAX) {
+            // A plain path, as most are: globset reads every character of it as itself and
+            // refuses none, and its automaton is the literal one (compiling it is most of what
+            // parsing a plan of thousands of tasks costs).
+            return Ok(LockPath {
+                prefix: text.as_bytes().to_vec(),
+                literal: true,
+                nfa: Nfa::literal(text.as_bytes()),
+                text,
+            });
+        }
         globset::GlobBuilder::new(&text)
             .literal_separator(true)
             .build()
@@ -388,6 +403,57 @@ mod tests {
         }
         for s in ["src", "Cargo.lock", "a,b", "x]"] {
             assert!(!lock(s).is_glob(), "{s}");
+        }
+    }
+
+    /// What `parse` makes of `input` the long way: globset's verdict and the automaton compiled
+    /// from the tokens, as a plain path skips them.
+    fn parsed_the_long_way(lock: &LockPath) -> (bool, Option<Nfa>, bool) {
+        let globset_accepts = globset::GlobBuilder::new(lock.as_str())
+            .literal_separator(true)
+            .build()
+            .is_ok();
+        let tokens = parse_glob(lock.as_str())
+            .map(|g| g.tokens)
+            .unwrap_or_default();
+        let literal = tokens.iter().all(|t| matches!(t, Token::Literal(_)));
+        (globset_accepts, Nfa::compile(&tokens), literal)
+    }
+
+    #[test]
+    fn a_plain_path_is_what_the_glob_machinery_makes_of_it() {
+        for s in [
+            "src",
+            "Cargo.lock",
+            "src/a b.rs",
+            "a,b/c",
+            "é/ü.rs",
+            "..a/b..",
+            " x ",
+            "a!",
+        ] {
+            let plain = lock(s);
+            let (globset_accepts, nfa, literal) = parsed_the_long_way(&plain);
+            assert!(globset_accepts && literal && plain.literal, "{s}");
+            assert_eq!(nfa.as_ref(), Some(&plain.nfa), "{s}");
+            assert_eq!(plain.prefix, plain.as_str().as_bytes(), "{s}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_plain_path_is_what_the_glob_machinery_makes_of_it(
+            s in "[a-c./ ,!é-]{1,10}"
+        ) {
+            // (`.` is the whole repository, `**`: not a plain path.)
+            if let Some(plain) = LockPath::parse(&s)
+                .ok()
+                .filter(|l| !l.as_str().contains(GLOB_SYNTAX))
+            {
+                let (globset_accepts, nfa, literal) = parsed_the_long_way(&plain);
+                prop_assert!(globset_accepts && literal && plain.literal);
+                prop_assert_eq!(nfa.as_ref(), Some(&plain.nfa));
+            }
         }
     }
 

@@ -1,14 +1,13 @@
 //! What commands print: text (escaped) and JSON to stdout, and the status JSON of a session (the shape of
 //! `br status --json`, also what `br run --json` and `br wait --json` print at the end).
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 
 use br_store::view::StatusView;
 use br_store::{Session, Store};
 
 use crate::escape::esc;
 
-/// Writes JSON to stdout with a trailing newline.
 /// `1 task`, `2 tasks`: a count and its noun, in the number the count says.
 pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     let n = n.into();
@@ -19,18 +18,27 @@ pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
     }
 }
 
+/// Writes JSON to stdout with a trailing newline.
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
+}
+
+/// Stdout in blocks: Rust's stdout writes each line as it ends, and a 20,000-task status is
+/// 700,000 lines of JSON — as many `write` system calls, most of `br status --json`'s time.
+/// Callers flush at the end (dropping the writer would ignore an error).
+fn stdout() -> BufWriter<std::io::StdoutLock<'static>> {
+    BufWriter::with_capacity(64 * 1024, std::io::stdout().lock())
 }
 
 /// Writes text to stdout, every line escaped ([`esc`]): the values in it come from the store,
 /// and a value a caller forgot to escape still cannot reach the terminal as a control sequence.
 /// (Escaping is idempotent: what [`esc`] writes holds no control character.)
 pub(crate) fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
             out.write_all(b"\n")?;

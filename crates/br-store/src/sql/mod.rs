@@ -79,6 +79,17 @@ struct NoRows;
 pub(crate) trait Db {
     /// Every row `sql` returns.
     fn query(&self, sql: &str, params: &[Param<'_>]) -> OpResult<Vec<Row>>;
+
+    /// Every row `sql` returns, handed to `each` one by one and not kept: for a read of a whole
+    /// session's tasks, where holding every row's values at once costs more than the rows.
+    fn query_each(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&Row) -> OpResult<()>,
+    ) -> OpResult<()> {
+        self.query(sql, params)?.iter().try_for_each(each)
+    }
     /// Runs `sql`; returns how many rows it changed.
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64>;
 

@@ -337,11 +337,11 @@ fn still_blocked(c: &dyn Db, tasks: &mut [Task]) -> OpResult<()> {
 pub(super) fn tasks(c: &dyn Db, session_id: &str) -> OpResult<Vec<Task>> {
     let session = session(c, session_id)?;
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE session_id = ?1 ORDER BY seq");
-    let mut rows = c
-        .query(&sql, params![session_id])?
-        .iter()
-        .map(|r| task_from_row(r, &session))
-        .collect::<OpResult<Vec<_>>>()?;
+    let mut rows = Vec::with_capacity(usize::try_from(session.total_tasks).unwrap_or(0));
+    c.query_each(&sql, params![session_id], &mut |r| {
+        rows.push(task_from_row(r, &session)?);
+        Ok(())
+    })?;
     annotate(c, session_id, &mut rows)?;
     still_blocked(c, &mut rows)?;
     Ok(rows)

@@ -138,6 +138,11 @@ impl Row {
         Row { columns, values }
     }
 
+    /// Its values, for a backend that reuses one row while it reads many.
+    pub(crate) fn values_mut(&mut self) -> &mut Vec<Value> {
+        &mut self.values
+    }
+
     /// Column `idx` in the model's type; a value that type cannot hold means the store is
     /// damaged.
     pub(crate) fn get<T: FromValue>(&self, idx: usize) -> OpResult<T> {

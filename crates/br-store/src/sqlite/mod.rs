@@ -96,12 +96,36 @@ impl Db for Connection {
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
-            let values = (0..columns.len())
-                .map(|i| row.get_ref(i).map(value))
-                .collect::<rusqlite::Result<_>>()?;
+            // Sized up front: collecting fallible items would grow it a few times per row.
+            let mut values = Vec::with_capacity(columns.len());
+            for i in 0..columns.len() {
+                values.push(value(row.get_ref(i)?));
+            }
             out.push(Row::new(columns.clone(), values));
         }
         Ok(out)
+    }
+
+    fn query_each(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: &mut dyn FnMut(&Row) -> OpResult<()>,
+    ) -> OpResult<()> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let columns: Rc<[Box<str>]> = stmt.column_names().into_iter().map(Box::from).collect();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+        // One row's worth of values, refilled for each row.
+        let mut current = Row::new(columns.clone(), Vec::with_capacity(columns.len()));
+        while let Some(row) = rows.next()? {
+            let values = current.values_mut();
+            values.clear();
+            for i in 0..columns.len() {
+                values.push(value(row.get_ref(i)?));
+            }
+            each(&current)?;
+        }
+        Ok(())
     }
 
     fn execute(&self, sql: &str, params: &[Param<'_>]) -> OpResult<u64> {

@@ -1,6 +1,7 @@
 //! Commands about sessions: `status`, `list`, `pause`, `resume`, `retry`, `cancel`, `scale`,
 //! `wait`, `summary`, `cleanup`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -121,6 +122,7 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     }
     headers.extend(["FILES", "NOTE"]);
     let mut table = Table::new(&headers);
+    let by_id = by_id(&tasks);
     for t in &tasks {
         let time = match (t.started_at, t.finished_at) {
             (Some(a), Some(b)) => short_duration(b.since(a)),
@@ -154,7 +156,7 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
             } else {
                 t.files.join(",")
             },
-            task_note(t, &tasks, &pools, now),
+            task_note(t, &by_id, &pools, now),
         ]);
         table.row(row);
     }
@@ -187,10 +189,18 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
+/// A session's tasks by id: the notes look up each task's dependencies, and a session may have
+/// tens of thousands of tasks.
+type TasksById<'a> = HashMap<&'a str, &'a br_store::Task>;
+
+fn by_id(tasks: &[br_store::Task]) -> TasksById<'_> {
+    tasks.iter().map(|t| (t.id.as_str(), t)).collect()
+}
+
 /// Why a task is where it is, in a few words.
 fn task_note(
     t: &br_store::Task,
-    all: &[br_store::Task],
+    all: &TasksById<'_>,
     pools: &[br_store::Pool],
     now: br_core::Timestamp,
 ) -> String {
@@ -209,10 +219,8 @@ fn task_note(
                 .after
                 .iter()
                 .filter(|a| {
-                    all.iter().any(|o| {
-                        o.id.as_str() == a.as_str()
-                            && (o.state != TaskState::Succeeded
-                                || o.landing == Some(Landing::Waiting))
+                    all.get(a.as_str()).is_some_and(|o| {
+                        o.state != TaskState::Succeeded || o.landing == Some(Landing::Waiting)
                     })
                 })
                 .map(String::as_str)
@@ -264,8 +272,8 @@ fn task_note(
 
 /// Which dependency a skipped task waited for in vain: one that failed or was cancelled, or one
 /// skipped in turn, followed to the task that failed.
-fn skipped_because(t: &br_store::Task, all: &[br_store::Task]) -> String {
-    let find = |id: &str| all.iter().find(|o| o.id.as_str() == id);
+fn skipped_because(t: &br_store::Task, all: &TasksById<'_>) -> String {
+    let find = |id: &str| all.get(id).copied();
     let Some(dep) = t
         .after
         .iter()
