@@ -182,6 +182,22 @@ fn the_page_shows_a_run_live_escapes_store_text_and_pauses_from_its_button() {
         browser.eval("return location.hash.includes('offset=200')"),
         true
     );
+
+    // Sessions are found by name and by status.
+    let shown_sessions = |search: &str, status: &str| {
+        browser.eval(&format!(
+            "const q = document.getElementById('session-search'); q.value = {search}; \
+             q.dispatchEvent(new Event('input')); \
+             const s = document.getElementById('session-status'); s.value = {status}; \
+             s.dispatchEvent(new Event('change')); \
+             return [...document.querySelectorAll('tr.session')].map(r => r.children[0].textContent)",
+            search = json!(search),
+            status = json!(status),
+        ))
+    };
+    assert_eq!(shown_sessions("man", ""), json!(["many"]));
+    assert_eq!(shown_sessions("", "completed"), json!(["web <b>bold</b>"]));
+    assert_eq!(shown_sessions("idle", "completed"), json!([]));
 }
 
 /// Clicks the first element matching `selector` whose text is `text` (any text when empty);
