@@ -85,7 +85,7 @@ pub fn remote_ref_fates(
 }
 
 /// The remote's name of a ref copied here as `copy` (the inverse of
-/// [`fetched_ref`](crate::remote::fetched_ref)).
+/// [`fetched_ref`]).
 pub fn remote_name(copy: &str) -> String {
     let rest = copy.strip_prefix("refs/br/remote/").unwrap_or(copy);
     format!("refs/{rest}")
