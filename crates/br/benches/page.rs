@@ -18,10 +18,9 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use br_core::Plan;
@@ -31,48 +30,16 @@ use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
 use common::browser::{Browser, DRIVER_VAR};
 use serde_json::Value;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "shared/server.rs"]
+mod server;
+
+use server::{Error, Server};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
         .nth(n)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)
-}
-
-/// `br serve`, killed and reaped when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(db: &Path) -> Result<Server, Error> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_br"))
-            .arg("--store")
-            .arg(db)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let url = line
-            .trim_end()
-            .strip_prefix("listening on ")
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?
-            .to_string();
-        Ok(Server { child, url })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A session of `tasks` tasks in chains of ten, each with a file of its own, one retry each.
@@ -163,10 +130,7 @@ fn timing(browser: &Browser, name: &str) -> Result<f64, Error> {
 }
 
 /// How long `GET path` takes to answer whole, in ms, and how many bytes it answered.
-fn get(url: &str, path: &str) -> Result<(f64, usize), Error> {
-    let addr = url
-        .strip_prefix("http://")
-        .ok_or("not an http:// address")?;
+fn get(addr: SocketAddr, path: &str) -> Result<(f64, usize), Error> {
     let t = Instant::now();
     let mut socket = TcpStream::connect(addr)?;
     write!(
@@ -208,7 +172,7 @@ fn main() -> Result<(), Error> {
     let mut served = Vec::new();
     let mut bytes = 0;
     for _ in 0..5 {
-        let (ms, n) = get(&server.url, &path)?;
+        let (ms, n) = get(server.addr, &path)?;
         served.push(ms);
         bytes = n;
     }
@@ -224,7 +188,7 @@ fn main() -> Result<(), Error> {
     for load in 0..loads {
         // A fresh page each time (about:blank in between, so the fragment is a navigation).
         browser.go("about:blank");
-        browser.go(&format!("{}/#session={}", server.url, session.id));
+        browser.go(&format!("http://{}/#session={}", server.addr, session.id));
         timeline.push(timing(&browser, "timeline")?);
         history.push(timing(&browser, "history")?);
         since_load.push(timing(&browser, "timeline_since_load")?);

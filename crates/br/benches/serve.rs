@@ -10,10 +10,9 @@
 //! Run: `cargo bench -p br --bench serve -- [TASKS] [CLIENTS] [SECONDS]`
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -24,62 +23,16 @@ use br_core::outcome::Outcome;
 use br_store::sqlite::SqliteStore;
 use br_store::{Claim, ClaimRequest, Lease, NewSession, NewWorker, Store};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "shared/server.rs"]
+mod server;
+
+use server::{Error, Server};
 
 fn arg(n: usize, default: u64) -> u64 {
     std::env::args()
         .nth(n)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)
-}
-
-/// `br serve`, killed and reaped when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(db: &Path) -> Result<Server, Error> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_br"))
-            .arg("--store")
-            .arg(db)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut server = Server {
-            child,
-            addr: "127.0.0.1:0".parse()?,
-        };
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        server.addr = line
-            .trim_end()
-            .strip_prefix("listening on http://")
-            .ok_or_else(|| format!("unexpected first line {line:?}"))?
-            .parse()?;
-        Ok(server)
-    }
-
-    /// A line of /proc/<pid>/status, in kB.
-    fn status_kb(&self, key: &str) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// How a stream client reads.
