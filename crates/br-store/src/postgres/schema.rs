@@ -55,9 +55,20 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         to: 7,
         sql: V7,
     },
+    Migration {
+        from: 7,
+        to: 8,
+        sql: V8,
+    },
 ];
 
-pub const CURRENT_VERSION: i64 = 7;
+pub const CURRENT_VERSION: i64 = 8;
+
+/// SQLite's version 8: the landing record's index (see there).
+const V8: &str = r#"
+CREATE INDEX events_landing ON events (session_id, seq)
+    WHERE kind IN ('task_landed', 'merge_conflict', 'verify_failed');
+"#;
 
 /// SQLite's version 7: the session's remote, and attempt output in the store (see there).
 const V7: &str = r#"

@@ -2,7 +2,7 @@
 //! with a version above [`CURRENT_VERSION`] was written by a newer br and is refused untouched.
 
 /// Each entry migrates from version `i` to `i + 1`. Never edit a released entry: append.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -219,4 +219,11 @@ CREATE TABLE log_chunks (
     data        BLOB NOT NULL,
     PRIMARY KEY (session_id, task_id, attempt, byte_offset)
 ) WITHOUT ROWID;
+"#;
+
+/// Version 8: a run page reads a session's landing record (`Store::history`) without reading
+/// every event of the session (20,000 tasks have over 100,000).
+const V8: &str = r#"
+CREATE INDEX events_landing ON events (session_id, seq)
+    WHERE kind IN ('task_landed', 'merge_conflict', 'verify_failed');
 "#;
