@@ -304,7 +304,7 @@ fn ref_fates(store: &dyn Store, repo: &Repo, id: &SessionId) -> Result<Vec<RefFa
 
 /// What deleting each of the session's refs on its git remote would do: fetches them (to
 /// `refs/br/remote/…`, pruning copies of refs the remote no longer has) and judges the copies by
-/// the same rule.
+/// the same rule, the integration branch against the remote's own branches.
 fn remote_fates(
     store: &dyn Store,
     repo: &Repo,
@@ -313,19 +313,21 @@ fn remote_fates(
 ) -> Result<Vec<RefFate>, CleanupError> {
     let git = repo.git();
     let remote = Remote { git: &git, url };
+    let failed = |source| CleanupError::Remote {
+        session: s.id.clone(),
+        source,
+    };
     remote
         .fetch_session(s.id.as_str(), &s.slug)
-        .map_err(|source| CleanupError::Remote {
-            session: s.id.clone(),
-            source,
-        })?;
+        .map_err(failed)?;
+    let heads = remote.heads().map_err(failed)?;
     let ids: Vec<TaskId> = store.tasks(&s.id)?.into_iter().map(|t| t.id).collect();
     let refs = SessionRefs {
         session_id: s.id.as_str(),
         session_slug: &s.slug,
         base_commit: s.base_commit.as_deref(),
     };
-    Ok(remote_ref_fates(repo, &refs, &ids)?)
+    Ok(remote_ref_fates(repo, &refs, &ids, &heads)?)
 }
 
 /// Deletes on the remote, in one atomic push, the refs whose fate is `Delete` (each only if it

@@ -67,21 +67,59 @@ pub fn session_ref_fates(
         .filter(|w| !w.prunable)
         .filter_map(|w| w.branch.map(|b| (b, w.path)))
         .collect();
-    fates_of(repo, session, tasks, str::to_owned, &checked_out)
+    let git = repo.git();
+    // The integration branch goes once a branch here outside `br/` holds it.
+    let outside = |commit: &str| -> Result<Option<String>, GitError> {
+        Ok(branches_containing(&git, commit)?
+            .into_iter()
+            .find(|b| !b.starts_with("refs/heads/br/"))
+            .map(|b| short_branch(&b).to_string()))
+    };
+    fates_of(repo, session, tasks, str::to_owned, &checked_out, &outside)
 }
 
 /// The same rule for the session's refs on its git remote, judged on the copies the last
 /// [`Remote::fetch_session`](crate::remote::Remote::fetch_session) made here
 /// (`refs/br/remote/…`): its task branches, attempt refs, landing candidates and integration
 /// branch there. Each fate's `reference` is the copy; [`remote_name`] is the remote's name for
-/// it. The remote's integration branch goes only when a branch here outside `br/` contains it
-/// (`br merge --into main` was run here); no checkout holds a remote ref.
+/// it. The remote's integration branch goes only when one of the remote's own branches outside
+/// `br/` (`remote_heads`: name and commit, as `git ls-remote --heads` lists them) contains it —
+/// a `main` merged here but not pushed does not count, or the remote would be left without the
+/// work; no checkout holds a remote ref.
 pub fn remote_ref_fates(
     repo: &Repo,
     session: &SessionRefs<'_>,
     tasks: &[TaskId],
+    remote_heads: &[(String, String)],
 ) -> Result<Vec<RefFate>, GitError> {
-    fates_of(repo, session, tasks, fetched_ref, &BTreeMap::new())
+    let git = repo.git();
+    let outside = |commit: &str| -> Result<Option<String>, GitError> {
+        for (name, head) in remote_heads {
+            // A head whose commit is not here cannot be shown to hold it: it stays.
+            if name.starts_with("refs/heads/br/") || !has_commit(&git, head)? {
+                continue;
+            }
+            if is_ancestor(&git, commit, head)? {
+                return Ok(Some(short_branch(name).to_string()));
+            }
+        }
+        Ok(None)
+    };
+    fates_of(
+        repo,
+        session,
+        tasks,
+        fetched_ref,
+        &BTreeMap::new(),
+        &outside,
+    )
+}
+
+/// Whether this repository has `commit`.
+fn has_commit(git: &Git, commit: &str) -> Result<bool, GitError> {
+    let spec = format!("{commit}^{{commit}}");
+    let out = git.output(["cat-file", "-e", spec.as_str()])?;
+    Ok(out.status.success())
 }
 
 /// The remote's name of a ref copied here as `copy` (the inverse of
@@ -99,6 +137,7 @@ fn fates_of(
     tasks: &[TaskId],
     named: impl Fn(&str) -> String,
     checked_out: &BTreeMap<String, PathBuf>,
+    outside: &dyn Fn(&str) -> Result<Option<String>, GitError>,
 ) -> Result<Vec<RefFate>, GitError> {
     let git = &repo.git();
     let tasks: BTreeSet<&str> = tasks.iter().map(TaskId::as_str).collect();
@@ -141,13 +180,8 @@ fn fates_of(
             continue;
         }
         if reference == integration {
-            let outside = branches_containing(git, &commit)?
-                .into_iter()
-                .find(|b| !b.starts_with("refs/heads/br/"));
-            let action = match outside {
-                Some(b) => RefAction::Delete {
-                    merged_into: short_branch(&b).to_string(),
-                },
+            let action = match outside(&commit)? {
+                Some(merged_into) => RefAction::Delete { merged_into },
                 None => RefAction::KeepIntegration,
             };
             integration_fate = Some(RefFate {

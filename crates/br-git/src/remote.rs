@@ -219,6 +219,20 @@ impl Remote<'_> {
         Ok(())
     }
 
+    /// The remote's branches now: each full ref name with its commit (`git ls-remote --heads`).
+    pub fn heads(&self) -> Result<Vec<(String, String)>, RemoteError> {
+        let args: Vec<OsString> = vec!["ls-remote".into(), "--heads".into(), self.url.into()];
+        let out = self.git.output(&args)?;
+        if !out.status.success() {
+            return Err(redact_error(failure(&args, &out)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(commit, name)| (name.to_string(), commit.to_string()))
+            .collect())
+    }
+
     /// The remote's value of `reference` as last fetched.
     pub fn fetched(&self, reference: &str) -> Result<Option<String>, GitError> {
         resolve_ref(self.git, &fetched_ref(reference))

@@ -181,7 +181,8 @@ fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
     assert_eq!(fresh.git(&["show", "main:a.txt"]), "a");
 
     // Cleaned up from machine C, the session takes its refs on the remote with it: every task
-    // branch and attempt ref is in the integration branch, which C's main now contains.
+    // branch and attempt ref is in the integration branch — which goes once a branch of the
+    // remote holds it: C's main, merged here but not yet pushed, does not count.
     let remote_refs = || {
         git_dir(
             bare.path(),
@@ -196,15 +197,28 @@ fn a_session_lands_on_its_remote_and_a_fresh_clone_merges_it() {
         .unwrap_or_default()
     };
     assert!(remote_refs().contains("integration"), "{}", remote_refs());
+    let integration_ref = format!("refs/heads/br/{slug}/integration");
+    let planned = fresh.br(&["cleanup", &session, "--dry-run", "--json"]);
+    assert_eq!(planned.code, 0, "{}", planned.stderr);
+    let planned: serde_json::Value = serde_json::from_str(&planned.stdout).expect("JSON");
+    let kept = planned["sessions"][0]["refs"]
+        .as_array()
+        .expect("refs")
+        .iter()
+        .find(|r| r["ref"] == integration_ref.as_str())
+        .cloned()
+        .expect("the remote's integration branch");
+    assert_eq!(kept["action"], "keep", "{kept}");
+    fresh.git(&["push", "--quiet", "origin", "main"]);
     let cleaned = fresh.br(&["cleanup", &session, "--json"]);
     assert_eq!(cleaned.code, 0, "{}\n{}", cleaned.stdout, cleaned.stderr);
     let report: serde_json::Value = serde_json::from_str(&cleaned.stdout).expect("JSON");
     let refs = report["sessions"][0]["refs"].as_array().expect("refs");
     assert!(
-        refs.iter()
-            .any(|r| r["ref"] == format!("refs/heads/br/{slug}/integration")
-                && r["action"] == "delete"
-                && r["remote"].is_string()),
+        refs.iter().any(|r| r["ref"] == integration_ref.as_str()
+            && r["action"] == "delete"
+            && r["merged_into"] == "main"
+            && r["remote"].is_string()),
         "{refs:?}"
     );
     assert!(
