@@ -351,41 +351,36 @@ impl Model {
 
     /// Enter on a task: the task view.
     fn open_task(&mut self) {
-        let Some(selected) = &self.snapshot.selected else {
+        let Some((session, row)) = self.session_and_task() else {
             return;
         };
-        let session = selected.id.clone();
-        let Some(row) = self.selected_task() else {
+        self.mode = Mode::Task(Box::new(TaskView::new(session, row.task.id)));
+    }
+
+    /// The shown session and the task under the cursor; with none, the footer says so.
+    fn session_and_task(&mut self) -> Option<(SessionId, TaskRow)> {
+        let session = self.snapshot.selected.as_ref()?.id.clone();
+        let row = self.selected_task().cloned();
+        if row.is_none() {
             self.status = Some("no task selected".into());
-            return;
-        };
-        self.mode = Mode::Task(Box::new(TaskView::new(session, row.task.id.clone())));
+        }
+        Some((session, row?))
     }
 
     /// `d` on the task list: the diff of the task's landed attempt, else its latest.
     fn open_diff(&mut self) {
-        let Some(selected) = &self.snapshot.selected else {
-            return;
-        };
-        let session = selected.id.clone();
-        let Some(row) = self.selected_task() else {
-            self.status = Some("no task selected".into());
+        let Some((session, row)) = self.session_and_task() else {
             return;
         };
         if row.task.attempts == 0 {
             self.status = Some(format!("task {} has not run: no diff yet", row.task.id));
             return;
         }
-        self.mode = Mode::Diff(DiffView::new(session, row.task.id.clone(), None, None));
+        self.mode = Mode::Diff(DiffView::new(session, row.task.id, None, None));
     }
 
     fn open_log(&mut self) {
-        let Some(selected) = &self.snapshot.selected else {
-            return;
-        };
-        let session = selected.id.clone();
-        let Some(row) = self.selected_task() else {
-            self.status = Some("no task selected".into());
+        let Some((session, row)) = self.session_and_task() else {
             return;
         };
         match &row.task.log_path {
