@@ -235,8 +235,9 @@ pub struct AttemptRecord {
     pub usage: Usage,
 }
 
-/// One attempt of a session as its timeline draws it (a bar): whose, who ran it, when, why,
-/// and how it ended — without what only its task's view needs (its report, usage, commits).
+/// One attempt of a session as its timeline draws it (a bar: whose, who ran it, when, why, how
+/// it ended) and `br status -v` lists it (where its log is, what it spent) — without what only
+/// its task's view needs (its report, its commits).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionAttempt {
     pub task_id: TaskId,
@@ -246,6 +247,8 @@ pub struct SessionAttempt {
     pub worker_id: WorkerId,
     pub started_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    pub log_path: Option<String>,
+    pub usage: Usage,
 }
 
 /// What a session did, as a run page draws it: every attempt (by start time), and its landing

@@ -407,7 +407,8 @@ pub(super) fn history(c: &dyn Db, session_id: &str) -> OpResult<SessionHistory> 
     session(c, session_id)?;
     let attempts = c
         .query(
-            "SELECT task_id, attempt, reason, outcome, worker_id, started_at, finished_at
+            "SELECT task_id, attempt, reason, outcome, worker_id, started_at, finished_at,
+                    log_path, input_tokens, output_tokens, cost_micros
              FROM attempts WHERE session_id = ?1 ORDER BY started_at, task_id, attempt",
             params![session_id],
         )?
@@ -421,6 +422,8 @@ pub(super) fn history(c: &dyn Db, session_id: &str) -> OpResult<SessionHistory> 
                 worker_id: WorkerId::from_string(r.get::<String>(4)?),
                 started_at: ts(r, 5)?,
                 finished_at: opt_ts(r, 6)?,
+                log_path: r.get(7)?,
+                usage: usage(r, 8)?,
             })
         })
         .collect::<OpResult<Vec<_>>>()?;

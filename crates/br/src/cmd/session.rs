@@ -162,13 +162,24 @@ pub(super) fn status(ctx: &Context, args: StatusArgs) -> anyhow::Result<Exit> {
     }
     out.push_str(&table.render());
     if args.verbose {
+        // Every attempt of the session in one read (one per task was 0.8 s at 20,000 tasks),
+        // each task's in order.
+        let mut attempts: HashMap<&str, Vec<br_store::SessionAttempt>> = HashMap::new();
+        let history = store.history(&s.id)?;
+        for a in history.attempts {
+            if let Some(t) = by_id.get(a.task_id.as_str()) {
+                attempts.entry(t.id.as_str()).or_default().push(a);
+            }
+        }
         for t in &tasks {
             writeln!(out, "\n{}:\n  run: {}", esc(&t.id), esc(&t.run))?;
             // A task that never ran has no branch yet, whatever its name would be.
             if let Some(b) = t.branch.as_ref().filter(|_| t.attempts > 0) {
                 writeln!(out, "  branch: {}", esc(b))?;
             }
-            for a in store.attempts(&s.id, &t.id)? {
+            let mut own = attempts.remove(t.id.as_str()).unwrap_or_default();
+            own.sort_by_key(|a| a.attempt);
+            for a in own {
                 let spent = if a.usage.is_zero() {
                     String::new()
                 } else {
