@@ -390,7 +390,7 @@ pub(super) fn attempts(
     session_id: &str,
     task_id: &str,
 ) -> OpResult<Vec<AttemptRecord>> {
-    task(c, session_id, task_id)?;
+    require_task(c, session_id, task_id)?;
     c.query(
         &format!(
             "SELECT {ATTEMPT_COLUMNS} FROM attempts
@@ -455,17 +455,39 @@ pub(super) fn history(c: &dyn Db, session_id: &str) -> OpResult<SessionHistory> 
     })
 }
 
+/// Refuses a task that does not exist (or a session that does not), as [`task`] would, without
+/// reading the task whole: a read of its attempts, prompt or events needs only to know it is
+/// there.
+fn require_task(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<()> {
+    let found = c.query_opt(
+        "SELECT 1 FROM tasks WHERE session_id = ?1 AND id = ?2",
+        params![session_id, task_id],
+    )?;
+    if found.is_none() {
+        // Which is missing: the session, or the task in it.
+        session(c, session_id)?;
+        return Err(StoreError::NoSuchTask {
+            session: session_id.to_string(),
+            task: task_id.to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 pub(super) fn task_prompt(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Option<String>> {
-    task(c, session_id, task_id)?;
-    let r = c.query_one(
+    let r = c.query_opt(
         "SELECT prompt FROM tasks WHERE session_id = ?1 AND id = ?2",
         params![session_id, task_id],
     )?;
-    r.get(0)
+    match r {
+        Some(r) => r.get(0),
+        None => require_task(c, session_id, task_id).map(|()| None),
+    }
 }
 
 pub(super) fn task_events(c: &dyn Db, session_id: &str, task_id: &str) -> OpResult<Vec<Event>> {
-    task(c, session_id, task_id)?;
+    require_task(c, session_id, task_id)?;
     c.query(
         "SELECT seq, at, kind, session_id, task_id, worker_id, attempt, detail FROM events
          WHERE session_id = ?1 AND task_id = ?2 ORDER BY seq",
