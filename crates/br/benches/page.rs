@@ -26,21 +26,17 @@ use std::time::{Duration, Instant};
 use br_core::Plan;
 use br_core::outcome::Outcome;
 use br_store::sqlite::SqliteStore;
-use br_store::{Claim, ClaimRequest, NewSession, NewWorker, Store};
+use br_store::{Claim, ClaimRequest, NewSession, Store};
 use common::browser::{Browser, DRIVER_VAR};
 use serde_json::Value;
 
+#[path = "shared/bench.rs"]
+mod bench;
 #[path = "shared/server.rs"]
 mod server;
 
+use bench::{arg, register_workers};
 use server::{Error, Server};
-
-fn arg(n: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A session of `tasks` tasks in chains of ten, each with a file of its own, one retry each.
 fn big_session(store: &SqliteStore, tasks: u64) -> Result<br_store::Session, Error> {
@@ -69,16 +65,7 @@ fn big_session(store: &SqliteStore, tasks: u64) -> Result<br_store::Session, Err
 
 /// Runs the session to its end with eight workers: every 40th task fails its first attempt.
 fn run_it(store: &SqliteStore, session: &br_store::Session, logs: &Path) -> Result<u64, Error> {
-    let workers = (0..8)
-        .map(|i| {
-            store.register_worker(&NewWorker {
-                host: "bench-host".into(),
-                pid: 100_000 + i,
-                session: Some(session.id.clone()),
-                heartbeat_timeout: Duration::from_secs(60),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let workers = register_workers(store, &session.id, 8)?;
     let mut attempts = 0;
     loop {
         let mut claimed = Vec::new();
@@ -152,7 +139,7 @@ fn main() -> Result<(), Error> {
         println!("skipped: set {DRIVER_VAR} to chromedriver's path to run this benchmark");
         return Ok(());
     };
-    let (tasks, loads) = (arg(1, 20_000), arg(2, 5).max(1));
+    let (tasks, loads) = (arg(0, 20_000_u64), arg(1, 5_u64).max(1));
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("br.db");
     let store = SqliteStore::open(&db)?;

@@ -30,23 +30,19 @@ use std::time::{Duration, Instant};
 use br_core::outcome::Outcome;
 use br_store::snapshot::{Snapshot, SnapshotBuilder};
 use br_store::sqlite::SqliteStore;
-use br_store::{Claim, ClaimRequest, Lease, NewWorker, Store};
+use br_store::{Claim, ClaimRequest, Lease, Store};
 use common::TestRepo;
 use nix::sys::resource::{UsageWho, getrusage};
 
+#[path = "shared/bench.rs"]
+mod bench;
+
+use bench::{arg, register_workers};
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn arg(n: usize, default: usize) -> usize {
-    std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> Result<(), Error> {
-    let (tasks, rounds) = (arg(0, 20_000), arg(1, 10).max(1));
+    let (tasks, rounds) = (arg(0, 20_000_usize), arg(1, 10_usize).max(1));
     let mut binaries = vec![Binary {
         name: "br".into(),
         path: common::BR.into(),
@@ -237,16 +233,7 @@ impl<'a> Workers<'a> {
         log_dir: std::path::PathBuf,
     ) -> Result<Workers<'a>, Error> {
         let session = store.resolve_session(session)?;
-        let workers = (0..n)
-            .map(|i| {
-                store.register_worker(&NewWorker {
-                    host: "bench-host".into(),
-                    pid: 100_000 + i,
-                    session: Some(session.id.clone()),
-                    heartbeat_timeout: Duration::from_secs(60),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let workers = register_workers(store, &session.id, n)?;
         let mut w = Workers {
             store,
             repo_id: session.repo_id.clone(),

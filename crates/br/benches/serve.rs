@@ -21,19 +21,15 @@ use std::time::{Duration, Instant};
 use br_core::Plan;
 use br_core::outcome::Outcome;
 use br_store::sqlite::SqliteStore;
-use br_store::{Claim, ClaimRequest, Lease, NewSession, NewWorker, Store};
+use br_store::{Claim, ClaimRequest, Lease, NewSession, Store};
 
+#[path = "shared/bench.rs"]
+mod bench;
 #[path = "shared/server.rs"]
 mod server;
 
+use bench::{arg, register_workers};
 use server::{Error, Server};
-
-fn arg(n: usize, default: u64) -> u64 {
-    std::env::args()
-        .nth(n)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(default)
-}
 
 /// How a stream client reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +140,7 @@ fn big_session(store: &SqliteStore, tasks: u64) -> Result<br_store::Session, Err
 }
 
 fn main() -> Result<(), Error> {
-    let (tasks, clients, seconds) = (arg(1, 20_000), arg(2, 30), arg(3, 40));
+    let (tasks, clients, seconds) = (arg(0, 20_000_u64), arg(1, 30_u64), arg(2, 40_u64));
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("br.db");
     let store = SqliteStore::open(&db)?;
@@ -157,16 +153,7 @@ fn main() -> Result<(), Error> {
 
     // Eight workers keep eight tasks running, so the session is running and changes all along.
     let log_dir = dir.path().join("logs");
-    let workers = (0..8)
-        .map(|i| {
-            store.register_worker(&NewWorker {
-                host: "bench-host".into(),
-                pid: 100_000 + i,
-                session: Some(session.id.clone()),
-                heartbeat_timeout: Duration::from_secs(60),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let workers = register_workers(&store, &session.id, 8)?;
     let claim = |w| -> Result<Option<Lease>, Error> {
         Ok(
             match store.claim_next_task(&ClaimRequest {
